@@ -1,0 +1,1 @@
+"""annuaire core: configuration, HSM signer, registry, ingestion, directory sync and the service."""

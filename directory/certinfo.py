@@ -1,0 +1,105 @@
+"""What the registry and the directory need to know about a certificate, read once at import."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from directory import serials
+
+PROFILES = ("authentication", "signature", "encryption", "server-tls", "server-smime", "ocsp-signing", "ca")
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    serial: int
+    serial_hex: str
+    issuer_dn: str
+    subject_dn: str
+    emails: tuple[str, ...]
+    dns_names: tuple[str, ...]
+    professional_id: str | None
+    not_before: int
+    not_after: int
+    der: bytes
+    sha256: str
+    profile: str
+
+
+def describe(cert: x509.Certificate, der: bytes | None = None) -> CertificateInfo:
+    """Extract the registry fields; raise ``ValueError`` with a precise reason when something is off."""
+    der = der if der is not None else cert.public_bytes(Encoding.DER)
+    serial = cert.serial_number
+    serials.check(serial)
+    emails: list[str] = []
+    dns: list[str] = []
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        emails.extend(san.get_values_for_type(x509.RFC822Name))
+        dns.extend(san.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        pass
+    for attr in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
+        if attr.value not in emails:
+            emails.append(str(attr.value))
+    ids = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+    return CertificateInfo(
+        serial=serial,
+        serial_hex=serials.to_hex(serial),
+        issuer_dn=cert.issuer.rfc4514_string(),
+        subject_dn=cert.subject.rfc4514_string(),
+        emails=tuple(e.lower() for e in emails),
+        dns_names=tuple(d.lower() for d in dns),
+        professional_id=str(ids[0].value) if ids else None,
+        not_before=int(cert.not_valid_before_utc.timestamp()),
+        not_after=int(cert.not_valid_after_utc.timestamp()),
+        der=der,
+        sha256=hashlib.sha256(der).hexdigest(),
+        profile=profile_of(cert),
+    )
+
+
+def profile_of(cert: x509.Certificate) -> str:
+    """Classify by extensions, the way the demo issuance stub (and IGC-Santé-like profiles) shape them."""
+    ext = cert.extensions
+    try:
+        if ext.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return "ca"
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        eku = set(ext.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        eku = set()
+    if ExtendedKeyUsageOID.OCSP_SIGNING in eku:
+        return "ocsp-signing"
+    if ExtendedKeyUsageOID.SERVER_AUTH in eku:
+        return "server-tls"
+    try:
+        ku = ext.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        ku = None
+    if ku is not None and ku.content_commitment:
+        return "signature"
+    if ExtendedKeyUsageOID.EMAIL_PROTECTION in eku and ku is not None and ku.digital_signature \
+            and ku.key_encipherment:
+        return "server-smime"
+    if ku is not None and not ku.digital_signature and (ku.key_encipherment or ku.key_agreement):
+        return "encryption"
+    return "authentication"
+
+
+def epoch(dt: datetime) -> int:
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp())
+
+
+def from_epoch(value: int | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+

@@ -1,0 +1,252 @@
+"""The ``annuaire`` command line. Exit codes: 0 done, 1 refused (with a message), 2 usage or configuration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from directory import serials
+from directory.certinfo import from_epoch
+from directory.config import Config, ConfigError, load_config
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+
+
+class Refusal(Exception):
+    """A refused operation: printed, exit code 1."""
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path = args.config or os.environ.get("ANNUAIRE_CONFIG") or "annuaire.toml"
+    return load_config(path)
+
+
+def _time(text: str) -> int:
+    """ISO 8601 (``2026-11-28T10:00:00Z``, offsets allowed; naive means UTC) to epoch seconds."""
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp())
+
+
+def _serial(text: str) -> str:
+    try:
+        return serials.to_hex(serials.parse(text))
+    except serials.SerialError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _iso(value: int | None) -> str | None:
+    dt = from_epoch(value)
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ") if dt else None
+
+
+# -- commands ----------------------------------------------------------------------------------
+def cmd_init_demo(args: argparse.Namespace) -> int:
+    from directory.demo.init import DemoError, DemoOptions, init_demo
+
+    try:
+        path = init_demo(DemoOptions(Path(args.directory), args.certs, args.key_type, args.http_port,
+                                     args.ldap_port), say=lambda m: print(m, file=sys.stderr))
+    except DemoError as exc:
+        raise Refusal(str(exc)) from None
+    print(path)
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from directory.ingest.importer import Importer, ProgressBar
+    from directory.runtime import known_issuers, open_config_registry
+
+    config = _config(args)
+    registry = open_config_registry(config)
+    importer = Importer(registry, known_issuers(config), actor=f"cli:{_user()}")
+    bar = ProgressBar("importing")
+    summary = importer.import_paths([Path(p) for p in args.paths], Path(args.certs_dir) if args.certs_dir else None,
+                                    progress=bar)
+    bar.finish()
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=1))
+    else:
+        for source, reason in summary.refused:
+            print(f"refused: {source}: {reason}", file=sys.stderr)
+        print(f"imported {summary.imported}, already present {summary.present}, refused {len(summary.refused)}"
+              + (f", revocations applied {summary.revoked}" if summary.revoked else ""))
+    return EXIT_OK if summary.ok else EXIT_REFUSED
+
+
+def _registry_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from directory.runtime import open_config_registry
+
+    config = _config(args)
+    if args.issuer not in {i.name for i in config.issuers}:
+        raise Refusal(f"unknown issuer {args.issuer!r} (configured: {', '.join(i.name for i in config.issuers)})")
+    return open_config_registry(config)
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from directory.registry import UnknownCertificate
+    from directory.revocation import RevocationRefused, parse_reason
+
+    registry = _registry_for(args)
+    try:
+        reason = parse_reason(args.reason)
+        if reason == "certificateHold" and args.invalidity_date is not None:
+            raise RevocationRefused("an invalidity date makes no sense for a hold")
+        outcome = registry.revoke(args.issuer, args.serial, reason, at=args.at, invalidity_date=args.invalidity_date,
+                                  actor=f"cli:{_user()}", force=args.force)
+    except (RevocationRefused, UnknownCertificate) as exc:
+        raise Refusal(str(exc)) from None
+    print(f"{args.issuer} 0x{args.serial}: {outcome.message}" + ("" if outcome.changed else " (nothing changed)"))
+    return EXIT_OK
+
+
+def cmd_release_hold(args: argparse.Namespace) -> int:
+    from directory.registry import UnknownCertificate
+    from directory.revocation import RevocationRefused
+
+    registry = _registry_for(args)
+    try:
+        outcome = registry.release_hold(args.issuer, args.serial, actor=f"cli:{_user()}")
+    except (RevocationRefused, UnknownCertificate) as exc:
+        raise Refusal(str(exc)) from None
+    print(f"{args.issuer} 0x{args.serial}: {outcome.message}" + ("" if outcome.changed else " (nothing changed)"))
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    registry = _registry_for(args)
+    record = registry.get(args.issuer, args.serial)
+    if record is None:
+        raise Refusal(f"issuer {args.issuer} has no certificate with serial 0x{args.serial}")
+    data: dict[str, Any] = record.as_dict()
+    for key in ("not_before", "not_after", "revocation_time", "invalidity_date"):
+        data[key] = _iso(data[key])
+    data["serial_colon"] = serials.colon_hex(int(record.serial_hex, 16))
+    if args.json:
+        print(json.dumps(data, indent=1, ensure_ascii=False))
+    else:
+        for key, value in data.items():
+            if value not in (None, [], ""):
+                print(f"{key:16} {', '.join(value) if isinstance(value, list) else value}")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from directory.runtime import open_config_registry
+
+    counts = open_config_registry(_config(args)).counts()
+    if args.json:
+        print(json.dumps(counts, indent=1))
+        return EXIT_OK
+    print(f"{'issuer':20} {'good':>8} {'revoked':>8} {'on-hold':>8}")
+    for issuer, by_status in counts.items():
+        print(f"{issuer:20} {by_status['good']:>8} {by_status['revoked']:>8} {by_status['on-hold']:>8}")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from directory.service.app import serve
+
+    return serve(_config(args))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    print(f"{config.path}: OK ({len(config.issuers)} issuers)")
+    return EXIT_OK
+
+
+def _user() -> str:
+    return os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
+
+
+# -- parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="annuaire", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("ANNUAIRE_LOG_LEVEL", "INFO"))
+    common = argparse.ArgumentParser(add_help=False)
+    config_help = "configuration file (default: $ANNUAIRE_CONFIG or ./annuaire.toml)"
+    parser.add_argument("--config", "-c", help=config_help)
+    common.add_argument("--config", "-c", help=config_help, default=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init-demo", help="build a demo CA hierarchy and config under DIR (demo/tests only)")
+    p.add_argument("directory")
+    p.add_argument("--certs", type=int, default=200)
+    p.add_argument("--key-type", choices=["rsa", "ec"], default="rsa")
+    p.add_argument("--http-port", type=int, default=8080)
+    p.add_argument("--ldap-port", type=int, default=3890)
+    p.set_defaults(func=cmd_init_demo)
+
+    p = sub.add_parser("import", parents=[common], help="import certificates (PEM, DER, folders, index.txt)")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--certs-dir", help="where an index.txt's certificates are (default: newcerts/, certs/)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_import)
+
+    def target(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--issuer", required=True)
+        p.add_argument("--serial", required=True, type=_serial, help="hex (0x1A2B, 1A:2B) or decimal")
+
+    p = sub.add_parser("revoke", parents=[common], help="revoke a certificate")
+    target(p)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--invalidity-date", type=_time)
+    p.add_argument("--at", type=_time, help="revocation time (default: now)")
+    p.add_argument("--force", action="store_true", help="revoke a serial the registry has never seen")
+    p.set_defaults(func=cmd_revoke)
+
+    p = sub.add_parser("release-hold", parents=[common], help="release a certificateHold")
+    target(p)
+    p.set_defaults(func=cmd_release_hold)
+
+    p = sub.add_parser("show", parents=[common], help="show one certificate's registry entry")
+    target(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("status", parents=[common], help="counts by issuer and status")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("serve", parents=[common], help="run the service")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check-config", parents=[common], help="validate the configuration and exit")
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from directory.hsm.signer import HsmError
+    from directory.registry import RegistryError
+
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"annuaire: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Refusal as exc:
+        print(f"annuaire: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (HsmError, RegistryError) as exc:
+        print(f"annuaire: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The TOML configuration, validated at start-up into typed, frozen objects.
+
+Every error names the file, the key and what is wrong, and is raised before anything is touched.
+Secrets are never inline: the HSM PIN comes from ``pin_env`` or ``pin_file``, the LDAP password from
+``password_file``. Relative paths are resolved against the directory holding the config file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from directory.hsm.algorithms import SignatureAlgorithm
+
+ISSUER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class ConfigError(Exception):
+    """A configuration problem: ``file: key: what is wrong``."""
+
+    def __init__(self, file: Path | str, key: str, problem: str) -> None:
+        super().__init__(f"{file}: {key}: {problem}")
+        self.file = str(file)
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class HsmConfig:
+    module: str
+    token_label: str
+    pin_env: str | None
+    pin_file: Path | None
+    max_concurrent: int
+    softhsm2_conf: Path | None
+
+    def read_pin(self) -> str:
+        """The PIN, read when needed (not kept in the config object)."""
+        if self.pin_env:
+            return os.environ[self.pin_env]
+        assert self.pin_file is not None
+        return self.pin_file.read_text().strip()
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str
+    port: int
+    base_url: str
+
+
+@dataclass(frozen=True)
+class LdapConfig:
+    urls: tuple[str, ...]
+    bind_dn: str
+    password_file: Path | None
+    suffix: str
+    managed: bool
+
+    def read_password(self) -> str:
+        if self.password_file is None:
+            return ""
+        return self.password_file.read_text().strip()
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    name: str
+    certificate_path: Path
+    certificate: x509.Certificate = field(repr=False, compare=False)
+    key_label: str
+    signature_algorithm: SignatureAlgorithm | None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    demo: bool
+    data_dir: Path
+    hsm: HsmConfig
+    http: HttpConfig
+    registry_url: str
+    ldap: LdapConfig | None
+    issuers: tuple[IssuerConfig, ...]
+
+    def issuer(self, name: str) -> IssuerConfig:
+        for issuer in self.issuers:
+            if issuer.name == name:
+                return issuer
+        raise KeyError(name)
+
+
+class _Section:
+    """Typed access to one TOML table that remembers its dotted key for error messages."""
+
+    def __init__(self, file: Path, prefix: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+        self.file, self.prefix, self.table = file, prefix, table
+        for key in table:
+            if key not in allowed:
+                raise ConfigError(file, self.key(key), f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, self.key(name), problem)
+
+    def get(self, name: str, kind: type, default: Any = ..., required: bool = False) -> Any:
+        if name not in self.table:
+            if required or default is ...:
+                raise self.error(name, "missing")
+            return default
+        value = self.table[name]
+        if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+            raise self.error(name, f"must be {kind.__name__}, got {type(value).__name__} {value!r}")
+        return value
+
+    def path(self, name: str, default: Any = ...) -> Path | None:
+        value = self.get(name, str, default)
+        if value is None:
+            return None
+        p = Path(value)
+        return p if p.is_absolute() else (self.file.parent / p)
+
+    def table_of(self, name: str) -> Mapping[str, Any]:
+        value = self.table.get(name, {})
+        if not isinstance(value, dict):
+            raise self.error(name, "must be a table")
+        return value
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate ``path``; raise ``ConfigError`` on the first problem."""
+    file = Path(path).resolve()
+    try:
+        raw = tomllib.loads(file.read_text())
+    except FileNotFoundError:
+        raise ConfigError(file, "-", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(file, "-", f"cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "-", f"invalid TOML: {exc}") from None
+
+    top = _Section(file, "", raw, {"demo", "data_dir", "hsm", "http", "registry", "ldap", "issuers"})
+    demo = top.get("demo", bool, False)
+    data_dir = top.path("data_dir", "data")
+    assert data_dir is not None
+    hsm = _hsm(_Section(file, "hsm", top.table_of("hsm"), {
+        "module", "token_label", "pin_env", "pin_file", "max_concurrent", "softhsm2_conf"}))
+    http = _http(_Section(file, "http", top.table_of("http"), {"listen", "base_url"}))
+    registry = _Section(file, "registry", top.table_of("registry"), {"url"})
+    registry_url = registry.get("url", str, f"sqlite:///{data_dir / 'registry.sqlite3'}")
+    if not registry_url.startswith("sqlite:///"):
+        raise registry.error("url", "only sqlite:///PATH is supported in this version")
+    ldap = None
+    if "ldap" in raw:
+        ldap = _ldap(_Section(file, "ldap", top.table_of("ldap"), {
+            "urls", "bind_dn", "password_file", "suffix", "managed"}))
+    issuers_raw = raw.get("issuers", [])
+    if not isinstance(issuers_raw, list) or not issuers_raw:
+        raise ConfigError(file, "issuers", "at least one [[issuers]] table is required")
+    issuers = tuple(_issuer(file, i, table) for i, table in enumerate(issuers_raw))
+    names = [i.name for i in issuers]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(file, "issuers", f"duplicate issuer name {name!r}")
+    return Config(file, demo, data_dir, hsm, http, registry_url, ldap, issuers)
+
+
+def _hsm(s: _Section) -> HsmConfig:
+    module = s.get("module", str, required=True)
+    if not os.path.exists(module):
+        raise s.error("module", f"PKCS#11 module {module} does not exist")
+    pin_env = s.get("pin_env", str, None)
+    pin_file = s.path("pin_file", None)
+    if (pin_env is None) == (pin_file is None):
+        raise s.error("pin_env", "exactly one of pin_env or pin_file must be set (the PIN is never inline)")
+    if pin_env is not None and not os.environ.get(pin_env):
+        raise s.error("pin_env", f"environment variable {pin_env} is not set or empty")
+    if pin_file is not None:
+        try:
+            if not pin_file.read_text().strip():
+                raise s.error("pin_file", f"{pin_file} is empty")
+        except OSError as exc:
+            raise s.error("pin_file", f"cannot read {pin_file}: {exc.strerror}") from None
+    max_concurrent = s.get("max_concurrent", int, 2)
+    if not 1 <= max_concurrent <= 256:
+        raise s.error("max_concurrent", "must be between 1 and 256")
+    conf = s.path("softhsm2_conf", None)
+    if conf is not None and not conf.exists():
+        raise s.error("softhsm2_conf", f"{conf} does not exist")
+    return HsmConfig(module, s.get("token_label", str, required=True), pin_env, pin_file, max_concurrent, conf)
+
+
+def _http(s: _Section) -> HttpConfig:
+    listen = s.get("listen", str, "127.0.0.1:8080")
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise s.error("listen", f"must be HOST:PORT, got {listen!r}")
+    base_url = s.get("base_url", str, f"http://{listen}").rstrip("/")
+    if not base_url.startswith(("http://", "https://")):
+        raise s.error("base_url", "must start with http:// or https://")
+    return HttpConfig(host.strip("[]"), int(port_text), base_url)
+
+
+def _ldap(s: _Section) -> LdapConfig:
+    urls = s.get("urls", list, required=True)
+    if not urls or not all(isinstance(u, str) and u.startswith(("ldap://", "ldaps://", "ldapi://")) for u in urls):
+        raise s.error("urls", "must be a non-empty list of ldap://, ldaps:// or ldapi:// URLs")
+    password_file = s.path("password_file", None)
+    if password_file is not None and not password_file.exists():
+        raise s.error("password_file", f"{password_file} does not exist")
+    return LdapConfig(tuple(urls), s.get("bind_dn", str, required=True), password_file,
+                      s.get("suffix", str, "o=sante,c=fr"), s.get("managed", bool, False))
+
+
+def _issuer(file: Path, index: int, table: Any) -> IssuerConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(file, f"issuers[{index}]", "must be a table")
+    s = _Section(file, f"issuers[{index}]", table, {"name", "certificate", "key_label", "signature_algorithm"})
+    name = s.get("name", str, required=True)
+    if not ISSUER_NAME.match(name):
+        raise s.error("name", f"{name!r} must be lower-case letters, digits and dashes (it appears in URLs)")
+    s.prefix = f"issuers[{name}]"
+    cert_path = s.path("certificate")
+    assert cert_path is not None
+    try:
+        data = cert_path.read_bytes()
+    except OSError as exc:
+        raise s.error("certificate", f"cannot read {cert_path}: {exc.strerror}") from None
+    try:
+        cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise s.error("certificate", f"{cert_path} is not an X.509 certificate: {exc}") from None
+    algorithm = None
+    if "signature_algorithm" in table:
+        try:
+            algorithm = SignatureAlgorithm.parse(s.get("signature_algorithm", str))
+        except ValueError as exc:
+            raise s.error("signature_algorithm", str(exc)) from None
+    return IssuerConfig(name, cert_path, cert, s.get("key_label", str, required=True), algorithm)

@@ -1,0 +1,1 @@
+"""The issuance stub (demo and tests only)."""

@@ -1,0 +1,305 @@
+"""``annuaire init-demo DIR``: a health-sector-shaped hierarchy, ready to serve.
+
+Layout of DIR (a contract: tests, make run and operators' scripts read it):
+  annuaire.toml          config marked ``demo = true`` (written last: its presence means "complete")
+  hsm/                   private SoftHSM2 token (softhsm2.conf, tokens/, pin 0600)
+  secrets/ldap-password  bind password of the managed slapd (0600)
+  ca/NAME.pem            root, issuing CAs and OCSP signers; ca/chain.pem = root + issuing CAs
+  certs/*.pem            end entities; certs/manifest.json lists {file, issuer, serial_hex, profile, status, reason}
+  data/registry.sqlite3  the registry, with the end entities imported and ~10% revoked, one on hold
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from directory.config import Config, load_config
+from directory.demo import issuance
+from directory.demo.issuance import CertificateAuthority
+from directory.hsm.signer import HsmSettings, HsmSigner
+from directory.hsm.softhsm import create_token, find_module
+from directory.ingest.importer import Importer
+from directory.runtime import known_issuers, open_config_registry
+from directory.serials import to_hex
+
+TOKEN_LABEL = "annuaire-demo"
+ROOT, PERSONNES, STRUCTURES = "ac-racine", "ac-personnes", "ac-structures"
+LDAP_SUFFIX = "o=sante,c=fr"
+_MARKERS = {"hsm", "ca", "certs", "data", "secrets", "annuaire.toml"}
+
+GIVEN = ["Hélène", "Jean-Éric", "Françoise", "Noël", "Zoë", "Amélie", "Loïc", "Mathéo", "Inès", "Raphaël"]
+SURNAMES = ["DUPONT", "MARTIN", "LEFÈVRE", "N'DIAYE", "DE LA FONTAINE", "GARCÍA", "MÜLLER", "NGUYEN", "BERNARD",
+            "PETIT"]
+PROFESSIONS = [("Médecin", "Médecine générale"), ("Infirmier", "Soins infirmiers"), ("Pharmacien", "Officine"),
+               ("Sage-femme", "Obstétrique"), ("Chirurgien-dentiste", "Orthodontie"),
+               ("Masseur-kinésithérapeute", "Rééducation")]
+STRUCTURES_NAMES = ["CHU DEMO DE NANTES", "CENTRE HOSPITALIER DEMO D'ARLES", "LABORATOIRE DEMO BIO+",
+                    "CLINIQUE DEMO SAINT-LUC, ANNEXE"]
+REASONS = ["keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation", "privilegeWithdrawn",
+           "unspecified"]
+
+
+class DemoError(RuntimeError):
+    """init-demo cannot proceed (e.g. the directory holds a non-demo configuration)."""
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    directory: Path
+    certs: int = 200
+    key_type: str = "rsa"
+    http_port: int = 8080
+    ldap_port: int = 3890
+
+
+@dataclass(frozen=True)
+class DemoUrls:
+    base: str
+    ldap: str
+
+    def crl(self, issuer: str) -> list[str]:
+        return [f"{self.base}/crl/{issuer}.crl",
+                f"{self.ldap}/cn={issuer},ou=AC,{LDAP_SUFFIX}?certificateRevocationList;binary"]
+
+    def ca_issuers(self, issuer: str) -> str:
+        return f"{self.base}/ca/{issuer}.crt"
+
+    @property
+    def ocsp(self) -> str:
+        return f"{self.base}/ocsp"
+
+
+def _name(*pairs: tuple[x509.ObjectIdentifier, str]) -> x509.Name:
+    return x509.Name([x509.NameAttribute(oid, value) for oid, value in pairs])
+
+
+def _ca_name(cn: str) -> x509.Name:
+    return _name((NameOID.COUNTRY_NAME, "FR"), (NameOID.ORGANIZATION_NAME, "ANNUAIRE SANTE DEMO"),
+                 (NameOID.ORGANIZATIONAL_UNIT_NAME, "IGC-SANTE DEMO"), (NameOID.COMMON_NAME, cn))
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def _prepare_directory(directory: Path) -> bool:
+    """True when a complete demo is already there. Refuse non-demo configs; clear a half-built demo."""
+    config_file = directory / "annuaire.toml"
+    if config_file.exists():
+        try:
+            config = load_config(config_file)
+        except Exception as exc:
+            raise DemoError(f"{config_file} exists and is not a valid demo configuration: {exc}") from exc
+        if not config.demo:
+            raise DemoError(f"{config_file} is not marked 'demo = true': the issuance stub refuses to touch it")
+        return True
+    if directory.exists():
+        leftovers = {p.name for p in directory.iterdir()}
+        if leftovers - _MARKERS:
+            raise DemoError(f"{directory} exists and holds files that are not a demo's: {sorted(leftovers - _MARKERS)}")
+        for name in leftovers:  # an interrupted init-demo: start again from scratch
+            target = directory / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def init_demo(options: DemoOptions, say: Callable[[str], None] = lambda _: None) -> Path:
+    """Build the demo under ``options.directory``; return the config path. Idempotent."""
+    directory = options.directory.resolve()
+    config_file = directory / "annuaire.toml"
+    if _prepare_directory(directory):
+        say(f"demo already initialised in {directory}")
+        return config_file
+    token = create_token(directory / "hsm", TOKEN_LABEL)
+    hsm = HsmSigner(HsmSettings(token.module, TOKEN_LABEL, token.pin(), 2, softhsm2_conf=str(token.conf)))
+    try:
+        urls = DemoUrls(f"http://127.0.0.1:{options.http_port}", f"ldap://127.0.0.1:{options.ldap_port}")
+        say(f"generating CA keys ({options.key_type}) in the SoftHSM2 token")
+        cas, ocsp_certs = _build_hierarchy(hsm, options.key_type, urls)
+        ca_dir = directory / "ca"
+        ca_dir.mkdir(exist_ok=True)
+        for ca in cas.values():
+            assert ca.certificate is not None
+            (ca_dir / f"{ca.name}.pem").write_bytes(issuance.pem(ca.certificate))
+        for name, cert in ocsp_certs.items():
+            (ca_dir / f"{name}.pem").write_bytes(issuance.pem(cert))
+        (ca_dir / "chain.pem").write_bytes(b"".join(issuance.pem(ca.certificate) for ca in cas.values()
+                                                    if ca.certificate is not None))
+        _write_private(directory / "secrets" / "ldap-password", secrets.token_urlsafe(18) + "\n")
+        _write_config(config_file.with_suffix(".toml.tmp"), options)
+        config = load_config(config_file.with_suffix(".toml.tmp"))
+        say(f"issuing {options.certs} end-entity certificates")
+        _populate(config, hsm, cas, ocsp_certs, directory, options, urls)
+        os.replace(config_file.with_suffix(".toml.tmp"), config_file)
+    finally:
+        hsm.close()
+    say(f"demo ready: {config_file}")
+    return config_file
+
+
+def _build_hierarchy(hsm: HsmSigner, key_type: str, urls: DemoUrls
+                     ) -> tuple[dict[str, CertificateAuthority], dict[str, x509.Certificate]]:
+    now = issuance.utcnow()
+    spkis: dict[str, bytes] = {}
+    with hsm.admin_session() as session:
+        for label in (ROOT, PERSONNES, STRUCTURES, f"ocsp-{PERSONNES}", f"ocsp-{STRUCTURES}"):
+            spkis[label] = issuance.generate_key(session, key_type, label, store=True)
+    subjects = {ROOT: _ca_name("AC RACINE SANTE DEMO"), PERSONNES: _ca_name("AC SANTE PERSONNES DEMO"),
+                STRUCTURES: _ca_name("AC SANTE STRUCTURES DEMO")}
+    cas = {name: CertificateAuthority(name, subjects[name],
+                                      issuance.signer_for_spki(hsm, name, spkis[name], name), spkis[name])
+           for name in (ROOT, PERSONNES, STRUCTURES)}
+    root = cas[ROOT]
+    root.certificate = issuance.issue(root, root.subject, root.spki_der, now - issuance.days(1),
+                                      now + issuance.days(365 * 20),
+                                      issuance.ca_extensions(root.spki_der, None, 1, [], None))
+    for name in (PERSONNES, STRUCTURES):
+        ca = cas[name]
+        ca.certificate = issuance.issue(root, ca.subject, ca.spki_der, now - issuance.days(1),
+                                        now + issuance.days(365 * 10),
+                                        issuance.ca_extensions(ca.spki_der, root, 0, urls.crl(ROOT),
+                                                               urls.ca_issuers(ROOT)))
+    ocsp: dict[str, x509.Certificate] = {}
+    for name in (PERSONNES, STRUCTURES):
+        label = f"ocsp-{name}"
+        subject = _ca_name(f"OCSP {subjects[name].get_attributes_for_oid(NameOID.COMMON_NAME)[0].value}")
+        ocsp[label] = issuance.issue(
+            cas[name], subject, spkis[label], now - issuance.days(1), now + issuance.days(365),
+            issuance.end_entity_extensions(cas[name], spkis[label], "ocsp-signing", [], [], [], None, None))
+    return cas, ocsp
+
+
+def _write_config(path: Path, options: DemoOptions) -> None:
+    issuers = "".join(
+        f'\n[[issuers]]\nname = "{name}"\ncertificate = "ca/{name}.pem"\nkey_label = "{name}"\n'
+        for name in (ROOT, PERSONNES, STRUCTURES))
+    path.write_text(
+        "# Written by `annuaire init-demo`: a DEMO configuration. Keys live in the private SoftHSM2 token\n"
+        "# under hsm/; the PIN and the LDAP password are in files readable only by their owner.\n"
+        "demo = true\n"
+        'data_dir = "data"\n\n'
+        "[hsm]\n"
+        f'module = "{find_module()}"\n'
+        f'token_label = "{TOKEN_LABEL}"\n'
+        'pin_file = "hsm/pin"\n'
+        'softhsm2_conf = "hsm/softhsm2.conf"\n'
+        "max_concurrent = 2\n\n"
+        "[http]\n"
+        f'listen = "127.0.0.1:{options.http_port}"\n'
+        f'base_url = "http://127.0.0.1:{options.http_port}"\n\n'
+        "[ldap]\n"
+        f'urls = ["ldap://127.0.0.1:{options.ldap_port}"]\n'
+        f'bind_dn = "cn=annuaire,{LDAP_SUFFIX}"\n'
+        'password_file = "secrets/ldap-password"\n'
+        f'suffix = "{LDAP_SUFFIX}"\n'
+        "managed = true\n"
+        + issuers
+    )
+
+
+def _populate(config: Config, hsm: HsmSigner, cas: dict[str, CertificateAuthority],
+              ocsp_certs: dict[str, x509.Certificate], directory: Path, options: DemoOptions,
+              urls: DemoUrls) -> None:
+    registry = open_config_registry(config)
+    importer = Importer(registry, known_issuers(config), actor="init-demo")
+    certs_dir = directory / "certs"
+    certs_dir.mkdir(exist_ok=True)
+    issued = issue_end_entities(hsm, cas, options.certs, options.key_type, urls)
+    manifest = []
+    for cert in [*(ca.certificate for ca in cas.values() if ca.name != ROOT), *ocsp_certs.values()]:
+        assert cert is not None
+        importer.import_der(cert.public_bytes(Encoding.DER))
+    for n, (issuer, profile, cert) in enumerate(issued):
+        filename = f"{profile}-{n:05d}.pem"
+        (certs_dir / filename).write_bytes(issuance.pem(cert))
+        importer.import_der(cert.public_bytes(Encoding.DER))
+        manifest.append({"file": filename, "issuer": issuer, "serial_hex": to_hex(cert.serial_number),
+                         "profile": profile})
+    revoke_every = 10
+    hold_done = False
+    for n, entry in enumerate(manifest):
+        if n % revoke_every == (3 if (n // revoke_every) % 2 == 0 else 8):
+            reason = REASONS[(n // revoke_every) % len(REASONS)]
+            at = int(issuance.utcnow().timestamp()) - 3600
+            invalidity = at - 86400 if reason == "keyCompromise" else None
+            registry.revoke(entry["issuer"], entry["serial_hex"], reason, at=at, invalidity_date=invalidity,
+                            actor="init-demo")
+        elif n % revoke_every == 7 and not hold_done:
+            registry.revoke(entry["issuer"], entry["serial_hex"], "certificateHold", actor="init-demo")
+            hold_done = True
+    for entry in manifest:
+        record = registry.get(entry["issuer"], entry["serial_hex"])
+        assert record is not None
+        entry["status"] = record.status
+        entry["reason"] = record.reason
+    (certs_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    registry.close()
+
+
+def issue_end_entities(hsm: HsmSigner, cas: dict[str, CertificateAuthority], count: int, key_type: str,
+                       urls: DemoUrls) -> list[tuple[str, str, x509.Certificate]]:
+    """``count`` end entities: about 70% professionals (3 card certificates each), 30% servers.
+
+    EE keys are token session objects (their private halves are never needed). RSA key generation in
+    SoftHSM2 takes ~0.4 s, so RSA end entities share a pool of 8 keys; EC ones get a key each.
+    """
+    pool_size = count if not key_type.startswith("rsa") else min(count, 8)
+    with hsm.admin_session() as session:
+        pool = [issuance.generate_key(session, key_type, None, store=False) for _ in range(max(pool_size, 1))]
+    now = issuance.utcnow()
+    out: list[tuple[str, str, x509.Certificate]] = []
+    person = server = 0
+    for n in range(count):
+        spki = pool[n % len(pool)]
+        if n % 10 < 7:
+            profile = ("authentication", "signature", "encryption")[person % 3]
+            p = person // 3
+            given, surname = GIVEN[p % len(GIVEN)], SURNAMES[(p // len(GIVEN) + p) % len(SURNAMES)]
+            profession, _specialty = PROFESSIONS[p % len(PROFESSIONS)]
+            rpps = f"10{100000000 + p:09d}"
+            mail = f"{_ascii(given)}.{_ascii(surname)}.{p}@demo.mssante.fr".lower()
+            subject = _name((NameOID.COUNTRY_NAME, "FR"),
+                            (NameOID.ORGANIZATION_NAME, STRUCTURES_NAMES[p % len(STRUCTURES_NAMES)]),
+                            (NameOID.TITLE, profession), (NameOID.SERIAL_NUMBER, f"8{rpps}"),
+                            (NameOID.GIVEN_NAME, given), (NameOID.SURNAME, surname),
+                            (NameOID.COMMON_NAME, f"{given} {surname}"))
+            issuer, emails, dns = PERSONNES, [mail], []
+            person += 1
+        else:
+            profile = ("server-tls", "server-smime")[server % 2]
+            s = server
+            org = STRUCTURES_NAMES[s % len(STRUCTURES_NAMES)]
+            finess = f"{750000000 + s:09d}"
+            host = f"srv{s}.{_ascii(org.split()[-1]).lower()}.demo-sante.fr"
+            cn = host if profile == "server-tls" else f"messagerie{s}@{host}"
+            subject = _name((NameOID.COUNTRY_NAME, "FR"), (NameOID.ORGANIZATION_NAME, org),
+                            (NameOID.ORGANIZATIONAL_UNIT_NAME, finess), (NameOID.COMMON_NAME, cn))
+            issuer = STRUCTURES
+            emails, dns = ([], [host]) if profile == "server-tls" else ([cn], [])
+            server += 1
+        ca = cas[issuer]
+        exts = issuance.end_entity_extensions(ca, spki, profile, emails, dns, urls.crl(issuer), urls.ocsp,
+                                              urls.ca_issuers(issuer))
+        cert = issuance.issue(ca, subject, spki, now - issuance.days(1), now + issuance.days(3 * 365), exts)
+        out.append((issuer, profile, cert))
+    return out
+
+
+def _ascii(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if c.isalnum() and c.isascii()) or "x"

@@ -1,0 +1,1 @@
+"""PKCS#11 signing: issuer keys stay in the HSM."""

@@ -1,0 +1,213 @@
+"""Checking and importing certificates: only what a configured issuer really signed gets in.
+
+Each certificate must parse, carry a serial of at most 20 octets, be signed by the key of a
+configured issuer (name and signature checked with ``cryptography``) and have a sane validity
+(notBefore < notAfter, inside the issuer certificate's validity). Refusals are listed with their reason;
+everything else is imported in batches, each batch one transaction, so an interrupted import can simply
+be run again.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from directory.certinfo import CertificateInfo, describe
+from directory.ingest.sources import SourceItem, expand, read_file
+from directory.registry import Registry, RegistryError
+from directory.revocation import RevocationRefused
+from directory.serials import SerialError
+
+BATCH = 500
+VALIDITY_TOLERANCE = 300  # seconds of clock skew tolerated against the issuer's validity
+
+
+class Refused(ValueError):
+    """A certificate that will not be imported, with the reason."""
+
+
+@dataclass(frozen=True)
+class KnownIssuer:
+    name: str
+    certificate: x509.Certificate
+
+
+@dataclass
+class ImportSummary:
+    imported: int = 0
+    present: int = 0
+    revoked: int = 0
+    refused: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused
+
+    def as_dict(self) -> dict[str, object]:
+        return {"imported": self.imported, "already_present": self.present, "revocations_applied": self.revoked,
+                "refused": [{"source": s, "reason": r} for s, r in self.refused]}
+
+
+class CertificateChecker:
+    """Maps a certificate to the configured issuer that signed it, or refuses it."""
+
+    def __init__(self, issuers: Iterable[KnownIssuer]) -> None:
+        self._by_subject: dict[bytes, list[KnownIssuer]] = {}
+        for issuer in issuers:
+            self._by_subject.setdefault(issuer.certificate.subject.public_bytes(), []).append(issuer)
+
+    def check(self, der: bytes) -> tuple[str, CertificateInfo]:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError as exc:
+            raise Refused(f"not a valid DER X.509 certificate ({_short(exc)})") from None
+        if cert.public_bytes(Encoding.DER) != der:
+            raise Refused("trailing or non-canonical bytes after the certificate")
+        candidates = self._by_subject.get(cert.issuer.public_bytes())
+        if not candidates:
+            raise Refused(f"issuer {cert.issuer.rfc4514_string()!r} is not a configured issuer")
+        last_error = "signature does not verify"
+        for issuer in candidates:
+            try:
+                cert.verify_directly_issued_by(issuer.certificate)
+            except (ValueError, TypeError, InvalidSignature) as exc:
+                last_error = f"signature does not verify under issuer {issuer.name} ({_short(exc) or 'bad signature'})"
+                continue
+            try:
+                info = describe(cert, der)
+            except (SerialError, ValueError) as exc:
+                raise Refused(f"unusable certificate: {exc}") from None
+            self._check_validity(info, issuer)
+            return issuer.name, info
+        raise Refused(last_error)
+
+    @staticmethod
+    def _check_validity(info: CertificateInfo, issuer: KnownIssuer) -> None:
+        if info.not_before >= info.not_after:
+            raise Refused("validity is empty or reversed (notBefore >= notAfter)")
+        ca_from = int(issuer.certificate.not_valid_before_utc.timestamp())
+        ca_to = int(issuer.certificate.not_valid_after_utc.timestamp())
+        if info.not_before < ca_from - VALIDITY_TOLERANCE or info.not_after > ca_to + VALIDITY_TOLERANCE:
+            raise Refused(f"validity lies outside issuer {issuer.name}'s own validity")
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:160] if str(exc) else ""
+
+
+class Importer:
+    """Feeds checked certificates (and index.txt revocations) into the registry."""
+
+    def __init__(self, registry: Registry, issuers: Iterable[KnownIssuer], actor: str = "import") -> None:
+        self.registry = registry
+        self.checker = CertificateChecker(issuers)
+        self.actor = actor
+
+    def import_paths(self, paths: list[Path], certs_dir: Path | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> ImportSummary:
+        files = expand(paths)
+        summary = ImportSummary()
+        for missing in (p for p in paths if not p.exists()):
+            summary.refused.append((str(missing), "no such file or directory"))
+        existing = [f for f in files if f.exists()]
+
+        def items() -> Iterator[tuple[int, SourceItem]]:
+            for n, path in enumerate(existing, start=1):
+                for item in read_file(path, certs_dir):
+                    yield n, item
+
+        self.import_items(items(), summary, lambda n: progress(n, len(existing)) if progress else None)
+        return summary
+
+    def import_items(self, items: Iterator[tuple[int, SourceItem]], summary: ImportSummary,
+                     progress: Callable[[int], None] | None = None) -> None:
+        batch: list[tuple[str, str, CertificateInfo, SourceItem]] = []
+        done = 0
+        for done, item in items:
+            if item.der is None:
+                summary.refused.append((item.origin, item.error or "unreadable"))
+                continue
+            try:
+                issuer, info = self.checker.check(item.der)
+            except Refused as exc:
+                summary.refused.append((item.origin, str(exc)))
+                continue
+            batch.append((item.origin, issuer, info, item))
+            if len(batch) >= BATCH:
+                self._flush(batch, summary)
+                if progress:
+                    progress(done)
+        self._flush(batch, summary)
+        if progress:
+            progress(done)
+
+    def import_der(self, der: bytes, summary: ImportSummary | None = None) -> tuple[str, str, str]:
+        """Import one certificate; returns (issuer, serial_hex, result) or raises ``Refused``."""
+        issuer, info = self.checker.check(der)
+        outcome = self.registry.import_certificates(issuer, [info], self.actor)[0]
+        if outcome.result == "conflict":
+            raise Refused(outcome.message)
+        return issuer, info.serial_hex, outcome.result
+
+    def _flush(self, batch: list[tuple[str, str, CertificateInfo, SourceItem]], summary: ImportSummary) -> None:
+        by_issuer: dict[str, list[tuple[str, CertificateInfo, SourceItem]]] = {}
+        for origin, issuer, info, item in batch:
+            by_issuer.setdefault(issuer, []).append((origin, info, item))
+        for issuer, entries in by_issuer.items():
+            outcomes = self.registry.import_certificates(issuer, [e[1] for e in entries], self.actor)
+            for (origin, info, item), outcome in zip(entries, outcomes, strict=True):
+                if outcome.result == "conflict":
+                    summary.refused.append((origin, outcome.message))
+                    continue
+                if outcome.result == "present":
+                    summary.present += 1
+                else:
+                    summary.imported += 1
+                if item.revocation is not None:
+                    self._apply_index_revocation(origin, issuer, info, item, summary)
+        batch.clear()
+
+    def _apply_index_revocation(self, origin: str, issuer: str, info: CertificateInfo, item: SourceItem,
+                                summary: ImportSummary) -> None:
+        rev = item.revocation
+        assert rev is not None
+        try:
+            result = self.registry.revoke(issuer, info.serial_hex, rev.reason, at=rev.at,
+                                          invalidity_date=rev.invalidity_date, actor=self.actor)
+        except (RevocationRefused, RegistryError) as exc:
+            summary.refused.append((origin, f"revocation not applied: {exc}"))
+            return
+        if result.changed:
+            summary.revoked += 1
+
+
+class ProgressBar:
+    """A one-line progress indicator on stderr, shown only on a terminal."""
+
+    def __init__(self, label: str, stream=sys.stderr) -> None:  # type: ignore[no-untyped-def]
+        self.label = label
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.start = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        rate = done / max(time.monotonic() - self.start, 1e-6)
+        width = 30
+        filled = int(width * done / total) if total else width
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} files "
+                          f"({rate:,.0f}/s)")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()

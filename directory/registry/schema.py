@@ -1,0 +1,62 @@
+"""Versioned registry migrations. Append only: a released migration is never edited.
+
+Times are integer seconds since the epoch (UTC); serials are canonical lower-case hex
+(``directory.serials``); DER is stored as BLOB. The SQL is kept portable (no SQLite-only types
+in the table definitions) so that the PostgreSQL backend can reuse it.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "issuers, certificates, audit",
+        """
+        CREATE TABLE issuers (
+            id               INTEGER PRIMARY KEY,
+            name             TEXT NOT NULL UNIQUE,
+            subject_der      BLOB NOT NULL,
+            certificate_der  BLOB NOT NULL,
+            last_crl_number  INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE certificates (
+            id               INTEGER PRIMARY KEY,
+            issuer_id        INTEGER NOT NULL REFERENCES issuers(id),
+            serial_hex       TEXT NOT NULL,
+            subject_dn       TEXT,
+            emails           TEXT NOT NULL DEFAULT '',
+            dns_names        TEXT NOT NULL DEFAULT '',
+            professional_id  TEXT,
+            not_before       INTEGER,
+            not_after        INTEGER,
+            der              BLOB,
+            sha256           TEXT,
+            profile          TEXT,
+            status           TEXT NOT NULL DEFAULT 'good'
+                             CHECK (status IN ('good', 'revoked', 'on-hold')),
+            revocation_time  INTEGER,
+            reason           TEXT,
+            invalidity_date  INTEGER,
+            forced           INTEGER NOT NULL DEFAULT 0,
+            imported_at      INTEGER NOT NULL,
+            updated_at       INTEGER NOT NULL,
+            UNIQUE (issuer_id, serial_hex)
+        );
+        CREATE INDEX certificates_status ON certificates (issuer_id, status);
+        CREATE INDEX certificates_sha256 ON certificates (sha256);
+        CREATE INDEX certificates_professional_id ON certificates (professional_id);
+        CREATE TABLE audit (
+            id          INTEGER PRIMARY KEY,
+            at          INTEGER NOT NULL,
+            actor       TEXT NOT NULL,
+            action      TEXT NOT NULL,
+            issuer      TEXT,
+            serial_hex  TEXT,
+            before      TEXT,
+            after       TEXT,
+            prev_hash   TEXT NOT NULL,
+            hash        TEXT NOT NULL
+        );
+        """,
+    ),
+]

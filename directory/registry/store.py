@@ -1,0 +1,402 @@
+"""The certificate registry: the one place that holds SQL.
+
+Every operation is one transaction (``BEGIN IMMEDIATE``: writers queue instead of failing half-way)
+and appends its audit record, hash-chained to the previous one, inside that same transaction.
+SQLite runs in WAL mode with ``synchronous=FULL`` and foreign keys on: a committed revocation survives
+a crash or a power cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from directory.certinfo import CertificateInfo
+from directory.registry.schema import MIGRATIONS
+from directory.revocation import (
+    Decision,
+    RevocationRefused,
+    RevocationState,
+    decide_release,
+    decide_revoke,
+)
+
+GENESIS_HASH = "0" * 64
+
+
+class RegistryError(Exception):
+    """The registry cannot be opened or used."""
+
+
+class UnknownIssuer(RegistryError):
+    pass
+
+
+class UnknownCertificate(RegistryError):
+    pass
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    issuer: str
+    serial_hex: str
+    subject_dn: str | None
+    emails: tuple[str, ...]
+    dns_names: tuple[str, ...]
+    professional_id: str | None
+    not_before: int | None
+    not_after: int | None
+    der: bytes | None
+    sha256: str | None
+    profile: str | None
+    status: str
+    revocation_time: int | None
+    reason: str | None
+    invalidity_date: int | None
+    forced: bool
+
+    @property
+    def state(self) -> RevocationState:
+        return RevocationState(self.status, self.reason, self.revocation_time, self.invalidity_date)  # type: ignore[arg-type]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "issuer": self.issuer, "serial_hex": self.serial_hex, "subject": self.subject_dn,
+            "emails": list(self.emails), "dns_names": list(self.dns_names),
+            "professional_id": self.professional_id, "not_before": self.not_before,
+            "not_after": self.not_after, "sha256": self.sha256, "profile": self.profile,
+            "status": self.status, "revocation_time": self.revocation_time, "reason": self.reason,
+            "invalidity_date": self.invalidity_date, "forced": self.forced,
+        }
+
+
+ImportResult = Literal["created", "present", "conflict", "completed"]
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    result: ImportResult
+    message: str
+
+
+@dataclass(frozen=True)
+class ChangeOutcome:
+    changed: bool
+    message: str
+    record: CertificateRecord
+
+
+ChangeListener = Callable[[str, str, str], None]  # (issuer, serial_hex, what)
+
+_COLUMNS = (
+    "i.name, c.serial_hex, c.subject_dn, c.emails, c.dns_names, c.professional_id, c.not_before, c.not_after, "
+    "c.der, c.sha256, c.profile, c.status, c.revocation_time, c.reason, c.invalidity_date, c.forced"
+)
+
+
+def _record(row: tuple[Any, ...]) -> CertificateRecord:
+    return CertificateRecord(
+        issuer=row[0], serial_hex=row[1], subject_dn=row[2],
+        emails=tuple(x for x in row[3].split("\n") if x), dns_names=tuple(x for x in row[4].split("\n") if x),
+        professional_id=row[5], not_before=row[6], not_after=row[7],
+        der=bytes(row[8]) if row[8] is not None else None, sha256=row[9], profile=row[10], status=row[11],
+        revocation_time=row[12], reason=row[13], invalidity_date=row[14], forced=bool(row[15]),
+    )
+
+
+def _state_json(record: CertificateRecord | None) -> str | None:
+    if record is None:
+        return None
+    return json.dumps({"status": record.status, "reason": record.reason,
+                       "revocation_time": record.revocation_time,
+                       "invalidity_date": record.invalidity_date}, sort_keys=True)
+
+
+class Registry:
+    """Certificates and their status per issuer, plus the audit trail."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        self._local = threading.local()
+        self._listeners: list[ChangeListener] = []
+        self._issuer_ids: dict[str, int] = {}
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._migrate()
+
+    # -- connection ------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute("PRAGMA busy_timeout=30000")
+            except sqlite3.Error as exc:
+                raise RegistryError(f"cannot open registry {self.path}: {exc}") from exc
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        conn = self._conn()
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+                     "description TEXT NOT NULL, applied_at INTEGER NOT NULL)")
+        for version, description, sql in MIGRATIONS:
+            with self._write() as tx:
+                done = tx.execute("SELECT 1 FROM schema_version WHERE version = ?", (version,)).fetchone()
+                if done:
+                    continue
+                for statement in filter(str.strip, sql.split(";")):
+                    tx.execute(statement)
+                tx.execute("INSERT INTO schema_version VALUES (?, ?, ?)", (version, description, int(self.clock())))
+
+    def schema_version(self) -> int:
+        row = self._conn().execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    def ping(self) -> None:
+        """Raise ``RegistryError`` unless the database answers (readiness)."""
+        try:
+            self._conn().execute("SELECT 1 FROM issuers LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise RegistryError(f"registry unreachable: {exc}") from exc
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Called after commit for every status change (OCSP re-signing, CRL and LDAP triggers)."""
+        self._listeners.append(listener)
+
+    def _notify(self, issuer: str, serial_hex: str, what: str) -> None:
+        for listener in self._listeners:
+            listener(issuer, serial_hex, what)
+
+    # -- audit -----------------------------------------------------------------------------
+    def _audit(self, tx: sqlite3.Connection, actor: str, action: str, issuer: str | None,
+               serial_hex: str | None, before: str | None, after: str | None) -> None:
+        row = tx.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        prev = row[0] if row else GENESIS_HASH
+        at = int(self.clock())
+        digest = audit_hash(prev, at, actor, action, issuer, serial_hex, before, after)
+        tx.execute("INSERT INTO audit (at, actor, action, issuer, serial_hex, before, after, prev_hash, hash) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (at, actor, action, issuer, serial_hex, before, after,
+                                                          prev, digest))
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        cur = self._conn().execute("SELECT id, at, actor, action, issuer, serial_hex, before, after, prev_hash, "
+                                   "hash FROM audit ORDER BY id")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    # -- issuers ---------------------------------------------------------------------------
+    def ensure_issuer(self, name: str, subject_der: bytes, certificate_der: bytes, actor: str = "config") -> None:
+        """Record a configured issuer (idempotent; a renewed CA certificate replaces the stored one)."""
+        with self._write() as tx:
+            row = tx.execute("SELECT id, certificate_der FROM issuers WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                tx.execute("INSERT INTO issuers (name, subject_der, certificate_der) VALUES (?, ?, ?)",
+                           (name, subject_der, certificate_der))
+                self._audit(tx, actor, "issuer-added", name, None, None, hashlib.sha256(certificate_der).hexdigest())
+            elif bytes(row[1]) != certificate_der:
+                tx.execute("UPDATE issuers SET subject_der = ?, certificate_der = ? WHERE id = ?",
+                           (subject_der, certificate_der, row[0]))
+                self._audit(tx, actor, "issuer-certificate-changed", name, None,
+                            hashlib.sha256(bytes(row[1])).hexdigest(), hashlib.sha256(certificate_der).hexdigest())
+
+    def _issuer_id(self, name: str) -> int:
+        cached = self._issuer_ids.get(name)
+        if cached is not None:
+            return cached
+        row = self._conn().execute("SELECT id FROM issuers WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise UnknownIssuer(f"unknown issuer {name!r}")
+        self._issuer_ids[name] = row[0]
+        return row[0]
+
+    def issuer_names(self) -> list[str]:
+        return [r[0] for r in self._conn().execute("SELECT name FROM issuers ORDER BY name")]
+
+    # -- certificates ----------------------------------------------------------------------
+    def get(self, issuer: str, serial_hex: str) -> CertificateRecord | None:
+        row = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM certificates c JOIN issuers i ON i.id = c.issuer_id "
+            "WHERE c.issuer_id = ? AND c.serial_hex = ?", (self._issuer_id(issuer), serial_hex)).fetchone()
+        return _record(row) if row else None
+
+    def _get_tx(self, tx: sqlite3.Connection, issuer_id: int, serial_hex: str) -> CertificateRecord | None:
+        row = tx.execute(f"SELECT {_COLUMNS} FROM certificates c JOIN issuers i ON i.id = c.issuer_id "
+                         "WHERE c.issuer_id = ? AND c.serial_hex = ?", (issuer_id, serial_hex)).fetchone()
+        return _record(row) if row else None
+
+    def find_by_sha256(self, sha256: str) -> CertificateRecord | None:
+        row = self._conn().execute(f"SELECT {_COLUMNS} FROM certificates c JOIN issuers i ON i.id = c.issuer_id "
+                                   "WHERE c.sha256 = ?", (sha256,)).fetchone()
+        return _record(row) if row else None
+
+    def iter_certificates(self, issuer: str | None = None) -> Iterator[CertificateRecord]:
+        sql = f"SELECT {_COLUMNS} FROM certificates c JOIN issuers i ON i.id = c.issuer_id"
+        args: tuple[Any, ...] = ()
+        if issuer is not None:
+            sql += " WHERE c.issuer_id = ?"
+            args = (self._issuer_id(issuer),)
+        for row in self._conn().execute(sql + " ORDER BY c.id", args):
+            yield _record(row)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{issuer: {status: n}} for every configured issuer (zeros included)."""
+        result = {name: {"good": 0, "revoked": 0, "on-hold": 0} for name in self.issuer_names()}
+        for name, status, n in self._conn().execute(
+                "SELECT i.name, c.status, COUNT(*) FROM certificates c JOIN issuers i ON i.id = c.issuer_id "
+                "GROUP BY i.name, c.status"):
+            result[name][status] = n
+        return result
+
+    def import_certificates(self, issuer: str, infos: Iterable[CertificateInfo],
+                            actor: str = "import") -> list[ImportOutcome]:
+        """Insert certificates in one transaction; each gets its own outcome, conflicts change nothing."""
+        issuer_id = self._issuer_id(issuer)
+        items = list(infos)
+        now = int(self.clock())
+        with self._write() as tx:
+            outcomes = [self._import_one(tx, issuer, issuer_id, info, actor, now) for info in items]
+        for outcome, info in zip(outcomes, items, strict=True):
+            if outcome.result in ("created", "completed"):
+                self._notify(issuer, info.serial_hex, "imported")
+        return outcomes
+
+    def _import_one(self, tx: sqlite3.Connection, issuer: str, issuer_id: int, info: CertificateInfo,
+                    actor: str, now: int) -> ImportOutcome:
+        row = tx.execute("SELECT sha256, forced FROM certificates WHERE issuer_id = ? AND serial_hex = ?",
+                         (issuer_id, info.serial_hex)).fetchone()
+        fields = (info.subject_dn, "\n".join(info.emails), "\n".join(info.dns_names), info.professional_id,
+                  info.not_before, info.not_after, info.der, info.sha256, info.profile)
+        if row is None:
+            tx.execute("INSERT INTO certificates (issuer_id, serial_hex, subject_dn, emails, dns_names, "
+                       "professional_id, not_before, not_after, der, sha256, profile, status, imported_at, "
+                       "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'good', ?, ?)",
+                       (issuer_id, info.serial_hex, *fields, now, now))
+            self._audit(tx, actor, "import", issuer, info.serial_hex, None, info.sha256)
+            return ImportOutcome("created", "imported")
+        if row[0] == info.sha256:
+            return ImportOutcome("present", "already present")
+        if row[0] is None:
+            # A serial revoked with --force before we had its certificate: keep the revocation, add the bytes.
+            tx.execute("UPDATE certificates SET subject_dn = ?, emails = ?, dns_names = ?, professional_id = ?, "
+                       "not_before = ?, not_after = ?, der = ?, sha256 = ?, profile = ?, updated_at = ? "
+                       "WHERE issuer_id = ? AND serial_hex = ?", (*fields, now, issuer_id, info.serial_hex))
+            self._audit(tx, actor, "import-completes-forced", issuer, info.serial_hex, None, info.sha256)
+            return ImportOutcome("completed", "imported; it was already revoked with --force, revocation kept")
+        return ImportOutcome(
+            "conflict",
+            f"conflict: issuer {issuer} serial 0x{info.serial_hex} is already registered with other bytes "
+            f"(sha256 {row[0][:16]}...); nothing changed",
+        )
+
+    def revoke(self, issuer: str, serial_hex: str, reason: str, at: int | None = None,
+               invalidity_date: int | None = None, actor: str = "cli", force: bool = False) -> ChangeOutcome:
+        """Apply the RFC 5280 rules (``directory.revocation``) in one transaction."""
+        issuer_id = self._issuer_id(issuer)
+        now = int(self.clock())
+        at = now if at is None else at
+        with self._write() as tx:
+            current = self._get_tx(tx, issuer_id, serial_hex)
+            if current is None:
+                if not force:
+                    raise UnknownCertificate(
+                        f"issuer {issuer} has no certificate with serial 0x{serial_hex}; "
+                        "use --force to revoke a serial the registry has never seen")
+                decision = decide_revoke(RevocationState("good"), reason, at, invalidity_date, now, None)
+                tx.execute("INSERT INTO certificates (issuer_id, serial_hex, status, revocation_time, reason, "
+                           "invalidity_date, forced, imported_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                           (issuer_id, serial_hex, decision.state.status, decision.state.revocation_time,
+                            decision.state.reason, decision.state.invalidity_date, now, now))
+                after = self._get_tx(tx, issuer_id, serial_hex)
+                self._audit(tx, actor, "revoke-forced", issuer, serial_hex, None, _state_json(after))
+                message = decision.message + " (forced: serial unknown to the registry)"
+            else:
+                decision = decide_revoke(current.state, reason, at, invalidity_date, now, current.not_before)
+                if decision.action == "noop":
+                    return ChangeOutcome(False, decision.message, current)
+                after = self._apply(tx, issuer_id, serial_hex, decision, now)
+                self._audit(tx, actor, "revoke", issuer, serial_hex, _state_json(current), _state_json(after))
+                message = decision.message
+        assert after is not None
+        self._notify(issuer, serial_hex, "revoked")
+        return ChangeOutcome(True, message, after)
+
+    def release_hold(self, issuer: str, serial_hex: str, actor: str = "cli") -> ChangeOutcome:
+        issuer_id = self._issuer_id(issuer)
+        now = int(self.clock())
+        with self._write() as tx:
+            current = self._get_tx(tx, issuer_id, serial_hex)
+            if current is None:
+                raise UnknownCertificate(f"issuer {issuer} has no certificate with serial 0x{serial_hex}")
+            decision = decide_release(current.state)
+            if decision.action == "noop":
+                return ChangeOutcome(False, decision.message, current)
+            after = self._apply(tx, issuer_id, serial_hex, decision, now)
+            self._audit(tx, actor, "release-hold", issuer, serial_hex, _state_json(current), _state_json(after))
+        self._notify(issuer, serial_hex, "released")
+        return ChangeOutcome(True, decision.message, after)
+
+    def _apply(self, tx: sqlite3.Connection, issuer_id: int, serial_hex: str, decision: Decision,
+               now: int) -> CertificateRecord:
+        s = decision.state
+        tx.execute("UPDATE certificates SET status = ?, reason = ?, revocation_time = ?, invalidity_date = ?, "
+                   "updated_at = ? WHERE issuer_id = ? AND serial_hex = ?",
+                   (s.status, s.reason, s.revocation_time, s.invalidity_date, now, issuer_id, serial_hex))
+        after = self._get_tx(tx, issuer_id, serial_hex)
+        assert after is not None
+        return after
+
+
+def audit_hash(prev: str, at: int, actor: str, action: str, issuer: str | None, serial_hex: str | None,
+               before: str | None, after: str | None) -> str:
+    """SHA-256 over the previous hash and this record's fields, canonically encoded."""
+    payload = json.dumps([prev, at, actor, action, issuer, serial_hex, before, after], separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def open_registry(url: str, clock: Callable[[], float] = time.time) -> Registry:
+    """Open (and migrate) the registry named by ``sqlite:///PATH``."""
+    if not url.startswith("sqlite:///"):
+        raise RegistryError(f"unsupported registry URL {url!r} (expected sqlite:///PATH)")
+    return Registry(Path(url[len("sqlite:///"):]), clock)
+
+
+__all__ = [
+    "CertificateRecord",
+    "ChangeOutcome",
+    "ImportOutcome",
+    "Registry",
+    "RegistryError",
+    "RevocationRefused",
+    "UnknownCertificate",
+    "UnknownIssuer",
+    "open_registry",
+]

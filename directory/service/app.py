@@ -1,0 +1,137 @@
+"""``annuaire serve``: one asyncio process, an aiohttp application and an apscheduler scheduler.
+
+Parts added by later work (CRL publication, OCSP, LDAP sync) are ``Component``s: each gets the
+``Service`` at start-up to add routes and jobs, and is stopped in reverse order on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from directory.config import Config
+from directory.hsm.signer import HsmError, HsmSigner, KeySigner
+from directory.registry import Registry, RegistryError
+from directory.runtime import issuer_signers, open_config_registry, open_hsm
+
+log = logging.getLogger(__name__)
+
+
+class Component(Protocol):
+    name: str
+
+    async def start(self, service: Service) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+
+
+@dataclass
+class Service:
+    config: Config
+    hsm: HsmSigner
+    registry: Registry
+    signers: dict[str, KeySigner]
+    app: web.Application
+    scheduler: AsyncIOScheduler
+    components: list[Component] = field(default_factory=list)
+    readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+
+    async def readiness(self) -> dict[str, str]:
+        """Problems by part; empty when ready."""
+        problems: dict[str, str] = {}
+        labels = [i.key_label for i in self.config.issuers]
+        try:
+            await self.hsm.run(self.hsm.check, labels)
+        except HsmError as exc:
+            problems["hsm"] = str(exc)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.registry.ping)
+        except RegistryError as exc:
+            problems["registry"] = str(exc)
+        for name, check in self.readiness_checks.items():
+            try:
+                problem = await check()
+            except Exception as exc:  # a failing check is a reason, not a crash
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem:
+                problems[name] = problem
+        return problems
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    service: Service = request.app["service"]
+    problems = await service.readiness()
+    if problems:
+        return web.json_response({"status": "not ready", "problems": problems}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def build_service(config: Config, components: list[Component] | None = None) -> Service:
+    """Open the HSM and the registry and assemble the application (nothing listens yet)."""
+    hsm = open_hsm(config)
+    registry = open_config_registry(config)
+    signers = issuer_signers(config, hsm)
+    app = web.Application(client_max_size=64 * 1024)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    service = Service(config, hsm, registry, signers, app, AsyncIOScheduler(timezone="UTC"),
+                      list(components or []))
+    app["service"] = service
+    return service
+
+
+async def run_service(service: Service, stop: asyncio.Event) -> None:
+    """Start components, listen, wait for ``stop``, then shut down cleanly."""
+    started: list[Component] = []
+    runner = web.AppRunner(service.app, access_log=None)
+    try:
+        for component in service.components:
+            await component.start(service)
+            started.append(component)
+        service.scheduler.start()
+        await runner.setup()
+        site = web.TCPSite(runner, service.config.http.host, service.config.http.port, reuse_address=True)
+        await site.start()
+        log.info("listening on http://%s:%d (public base URL %s)", service.config.http.host,
+                 service.config.http.port, service.config.http.base_url)
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+        if service.scheduler.running:
+            service.scheduler.shutdown(wait=False)
+        for component in reversed(started):
+            with contextlib.suppress(Exception):
+                await component.stop()
+        service.hsm.close()
+        service.registry.close()
+
+
+def serve(config: Config, components: list[Component] | None = None) -> int:
+    """Run until SIGTERM/SIGINT; return the process exit code."""
+
+    async def main() -> None:
+        service = build_service(config, components)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_service(service, stop)
+
+    asyncio.run(main())
+    return 0
