@@ -1,0 +1,54 @@
+# annuaire: the two commands are `make run` and `make test`. Every target sets up what it needs
+# (Debian packages, .venv, the project) and is safe to run again.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= var/demo
+HTTP_PORT ?= 8080
+LDAP_PORT ?= 3890
+DEB_PACKAGES := slapd ldap-utils softhsm2 opensc openssl gnutls-bin wrk
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench lint deps system-packages venv demo clean
+
+run: deps demo
+	$(BIN)/annuaire serve --config $(DEMO_DIR)/annuaire.toml
+
+test: deps
+	$(BIN)/pytest -q
+
+bench: deps
+	$(BIN)/python -m bench.hsm
+	$(BIN)/python -m bench.importer
+
+lint: deps
+	$(BIN)/ruff check .
+
+deps: system-packages venv
+
+# Debian packages, installed non-interactively when one is missing. The slapd package may start a
+# system slapd on port 389: it does not matter, ours run on their own ports with their own config.
+system-packages:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then missing="$$missing python3-venv"; fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: deps
+	test -f $(DEMO_DIR)/annuaire.toml || $(BIN)/annuaire init-demo $(DEMO_DIR) --http-port $(HTTP_PORT) --ldap-port $(LDAP_PORT)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

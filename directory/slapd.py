@@ -1,0 +1,124 @@
+"""A private OpenLDAP slapd run as a managed child process (demo, tests; production uses its own).
+
+It listens on loopback only, keeps its data under a directory of ours, and is stopped with us.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCHEMA_DIR = Path("/etc/ldap/schema")
+MODULE_DIRS = (Path("/usr/lib/ldap"), Path("/usr/lib/x86_64-linux-gnu/ldap"), Path("/usr/lib/aarch64-linux-gnu/ldap"))
+
+
+class SlapdError(RuntimeError):
+    """slapd is missing, its configuration is refused, or it did not start."""
+
+
+def find_slapd() -> str:
+    path = shutil.which("slapd") or ("/usr/sbin/slapd" if Path("/usr/sbin/slapd").exists() else None)
+    if path is None:
+        raise SlapdError("slapd not found: install the slapd package (make run does)")
+    return path
+
+
+def _module_dir() -> Path:
+    for candidate in MODULE_DIRS:
+        if (candidate / "back_mdb.la").exists() or (candidate / "back_mdb.so").exists() or candidate.is_dir():
+            return candidate
+    raise SlapdError("OpenLDAP module directory not found")
+
+
+@dataclass
+class SlapdConfig:
+    """Enough to write a slapd.conf for one mdb database."""
+
+    directory: Path
+    suffix: str
+    root_dn: str
+    root_password: str = field(repr=False)
+    port: int = 389
+    host: str = "127.0.0.1"
+    schemas: tuple[Path, ...] = (SCHEMA_DIR / "core.schema", SCHEMA_DIR / "cosine.schema",
+                                 SCHEMA_DIR / "inetorgperson.schema")
+    indexes: tuple[str, ...] = ("objectClass eq", "cn eq,sub", "mail eq")
+    extra: str = ""
+    dbnosync: bool = True
+
+    @property
+    def url(self) -> str:
+        return f"ldap://{self.host}:{self.port}"
+
+    def render(self) -> str:
+        data = self.directory / "data"
+        lines = [*(f"include {s}" for s in self.schemas),
+                 f"pidfile {self.directory / 'slapd.pid'}",
+                 f"modulepath {_module_dir()}", "moduleload back_mdb",
+                 "database mdb", "maxsize 1073741824", f'suffix "{self.suffix}"', f'rootdn "{self.root_dn}"',
+                 f"rootpw {self.root_password}", f"directory {data}",
+                 *(f"index {i}" for i in self.indexes)]
+        if self.dbnosync:
+            lines.append("dbnosync")
+        if self.extra:
+            lines.append(self.extra)
+        return "\n".join(lines) + "\n"
+
+
+class Slapd:
+    """Start, check and stop one slapd."""
+
+    def __init__(self, config: SlapdConfig) -> None:
+        self.config = config
+        self.process: subprocess.Popen[bytes] | None = None
+        self.conf_file = config.directory / "slapd.conf"
+        self.log_file = config.directory / "slapd.log"
+
+    def write_config(self) -> None:
+        self.config.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.config.directory / "data").mkdir(exist_ok=True, mode=0o700)
+        self.conf_file.write_text(self.config.render())
+        self.conf_file.chmod(0o600)
+
+    def test_config(self) -> None:
+        """``slaptest`` on the written configuration."""
+        slaptest = shutil.which("slaptest") or "/usr/sbin/slaptest"
+        result = subprocess.run([slaptest, "-u", "-f", str(self.conf_file)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SlapdError(f"slaptest refused {self.conf_file}: {result.stderr.strip()}")
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.write_config()
+        self.test_config()
+        log = self.log_file.open("ab")
+        self.process = subprocess.Popen(
+            [find_slapd(), "-f", str(self.conf_file), "-h", self.config.url + "/", "-d", "0"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SlapdError(f"slapd exited with {self.process.returncode}; see {self.log_file}")
+            with contextlib.suppress(OSError), socket.create_connection((self.config.host, self.config.port), 0.2):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise SlapdError(f"slapd did not listen on {self.config.url} within {timeout}s")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)

@@ -1,0 +1,88 @@
+"""The operator commands: revoke, release-hold, show, status; serial spellings; exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+@pytest.fixture()
+def loaded(private_config: Path, demo_token: Path) -> tuple[Path, list[dict]]:
+    run_cli("import", "--config", str(private_config), str(demo_token / "certs"), check=True)
+    manifest = json.loads((demo_token / "certs" / "manifest.json").read_text())
+    return private_config, [m for m in manifest if m["issuer"] == "ac-personnes"]
+
+
+@pytest.mark.parametrize("spelling", ["hex0x", "colon", "decimal"])
+def test_serial_spellings(loaded: tuple[Path, list[dict]], spelling: str) -> None:
+    config, manifest = loaded
+    serial = int(manifest[0]["serial_hex"], 16)
+    text = {"hex0x": f"0x{serial:X}", "decimal": str(serial),
+            "colon": ":".join(f"{b:02X}" for b in serial.to_bytes((serial.bit_length() + 7) // 8, "big"))}[spelling]
+    result = run_cli("show", "--config", str(config), "--issuer", "ac-personnes", "--serial", text, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["serial_hex"] == manifest[0]["serial_hex"]
+
+
+def test_revoke_release_and_exit_codes(loaded: tuple[Path, list[dict]]) -> None:
+    config, manifest = loaded
+    serial = "0x" + manifest[0]["serial_hex"]
+    base = ["--config", str(config), "--issuer", "ac-personnes", "--serial", serial]
+    r = run_cli("revoke", *base, "--reason", "certificateHold")
+    assert r.returncode == 0 and "placed on hold" in r.stdout
+    r = run_cli("revoke", *base, "--reason", "certificateHold")
+    assert r.returncode == 0 and "nothing changed" in r.stdout
+    r = run_cli("release-hold", *base)
+    assert r.returncode == 0 and "hold released" in r.stdout
+    r = run_cli("revoke", *base, "--reason", "superseded")
+    assert r.returncode == 0
+    r = run_cli("revoke", *base, "--reason", "affiliationChanged")
+    assert r.returncode == 1 and "may only change to keyCompromise" in r.stderr
+    r = run_cli("release-hold", *base)
+    assert r.returncode == 1 and "revocation is final" in r.stderr
+    r = run_cli("revoke", *base, "--reason", "bogus")
+    assert r.returncode == 1 and "unknown reason" in r.stderr
+    r = run_cli("revoke", "--config", str(config), "--issuer", "ac-personnes", "--serial", "0xdeadbeef",
+                "--reason", "keyCompromise")
+    assert r.returncode == 1 and "--force" in r.stderr
+    r = run_cli("revoke", "--config", str(config), "--issuer", "ac-personnes", "--serial", "0xdeadbeef",
+                "--reason", "keyCompromise", "--force", "--invalidity-date", "2026-11-01T00:00:00Z")
+    assert r.returncode == 0 and "forced" in r.stdout
+    r = run_cli("revoke", "--config", str(config), "--issuer", "nope", "--serial", "1", "--reason", "unspecified")
+    assert r.returncode == 1 and "unknown issuer 'nope'" in r.stderr
+    r = run_cli("revoke", *base)  # --reason missing
+    assert r.returncode == 2
+    r = run_cli("revoke", "--config", str(config), "--issuer", "ac-personnes", "--serial", "zz", "--reason", "1")
+    assert r.returncode == 2 and "bad serial" in r.stderr
+
+
+def test_status_counts(loaded: tuple[Path, list[dict]], demo_token: Path) -> None:
+    config, _ = loaded
+    result = run_cli("status", "--config", str(config), "--json", check=True)
+    counts = json.loads(result.stdout)
+    manifest = json.loads((demo_token / "certs" / "manifest.json").read_text())
+    total = sum(sum(v.values()) for v in counts.values())
+    assert total == len(manifest)
+    assert set(counts) == {"ac-racine", "ac-personnes", "ac-structures"}
+    human = run_cli("status", "--config", str(config), check=True).stdout
+    assert "ac-personnes" in human and "revoked" in human
+
+
+def test_serial_parser_rules() -> None:
+    from directory import serials
+
+    assert serials.parse("0x1A2b") == 0x1A2B
+    assert serials.parse("1a:2B") == 0x1A2B
+    assert serials.parse("1a2b") == 0x1A2B  # has hex letters: hex
+    assert serials.parse("6699") == 6699  # only digits: decimal
+    assert serials.parse("0x6699") == 0x6699
+    for bad in ("", "0x", "1::2", "12g", "-5"):
+        with pytest.raises(serials.SerialError):
+            serials.parse(bad)
+    with pytest.raises(serials.SerialError, match="longer than 20 octets"):
+        serials.parse("0x" + "ff" * 21)
+    assert serials.colon_hex(0x1A2B) == "1A:2B"

@@ -1,0 +1,72 @@
+"""Configuration errors name the file, the key and the problem, and nothing is touched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from directory.config import ConfigError, load_config
+from tests.conftest import run_cli
+
+
+def _edit(config: Path, old: str, new: str) -> Path:
+    text = config.read_text()
+    assert old in text, old
+    config.write_text(text.replace(old, new, 1))
+    return config
+
+
+def test_private_config_loads(private_config: Path) -> None:
+    config = load_config(private_config)
+    assert config.demo is True
+    assert [i.name for i in config.issuers] == ["ac-racine", "ac-personnes", "ac-structures"]
+    assert config.registry_url.startswith("sqlite:////")
+    assert config.http.port == 18080 and config.ldap is not None and config.ldap.managed
+
+
+@pytest.mark.parametrize("old,new,key,problem", [
+    ('token_label = "annuaire-demo"', 'token_label = "annuaire-demo"\npin = "1234"', "hsm.pin", "unknown key"),
+    ('pin_file = ', 'pin_env = "ANNUAIRE_TEST_UNSET_PIN"\npin_file = ', "hsm.pin_env", "exactly one of"),
+    ('listen = "127.0.0.1:18080"', 'listen = "nowhere"', "http.listen", "must be HOST:PORT"),
+    ('max_concurrent = 2', 'max_concurrent = "two"', "hsm.max_concurrent", "must be int"),
+    ('name = "ac-personnes"', 'name = "AC Personnes"', "issuers[1].name", "lower-case"),
+    ('ca/ac-structures.pem"', 'ca/missing.pem"', "issuers[ac-structures].certificate", "cannot read"),
+    ('module = "', 'module = "/nonexistent/libpkcs11.so"\n#', "hsm.module", "does not exist"),
+])
+def test_errors_name_file_key_and_problem(private_config: Path, old: str, new: str, key: str,
+                                          problem: str) -> None:
+    _edit(private_config, old, new)
+    with pytest.raises(ConfigError) as info:
+        load_config(private_config)
+    assert info.value.file == str(private_config)
+    assert info.value.key == key
+    assert problem in info.value.problem
+
+
+def test_pin_env_must_be_set(private_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = private_config.read_text()
+    lines = [line for line in text.splitlines() if not line.startswith("pin_file")]
+    private_config.write_text("\n".join(lines).replace("[hsm]", '[hsm]\npin_env = "ANNUAIRE_TEST_PIN"'))
+    monkeypatch.delenv("ANNUAIRE_TEST_PIN", raising=False)
+    with pytest.raises(ConfigError, match="ANNUAIRE_TEST_PIN is not set"):
+        load_config(private_config)
+    monkeypatch.setenv("ANNUAIRE_TEST_PIN", "secret")
+    assert load_config(private_config).hsm.read_pin() == "secret"
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text("demo = [")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "none.toml")
+
+
+def test_cli_exits_2_before_touching_anything(private_config: Path) -> None:
+    _edit(private_config, 'listen = "127.0.0.1:18080"', 'listen = "nowhere"')
+    for args in (["status"], ["serve"], ["import", "/dev/null"]):
+        result = run_cli(*args, "--config", str(private_config))
+        assert result.returncode == 2, result.stderr
+        assert f"{private_config}: http.listen: must be HOST:PORT" in result.stderr
+    assert not (private_config.parent / "data").exists()

@@ -1,0 +1,147 @@
+"""RFC 5280 revocation rules, applied by the registry in one transaction each."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from directory.certinfo import CertificateInfo
+from directory.registry import Registry, UnknownCertificate
+from directory.registry.store import audit_hash
+from directory.revocation import RevocationRefused, parse_reason
+
+NOW = 1_900_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = float(NOW)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _info(serial: int, not_before: int = NOW - 86400 * 30, not_after: int = NOW + 86400 * 365) -> CertificateInfo:
+    return CertificateInfo(serial, format(serial, "x"), "CN=CA", f"CN=user {serial}", ("u@x.fr",), (), None,
+                           not_before, not_after, b"\x30\x03" + serial.to_bytes(1, "big"), f"{serial:064x}",
+                           "authentication")
+
+
+@pytest.fixture()
+def registry(tmp_path: Path) -> Registry:
+    reg = Registry(tmp_path / "r.sqlite3", clock=Clock())
+    reg.ensure_issuer("ca", b"subject", b"cert")
+    reg.import_certificates("ca", [_info(n) for n in range(1, 10)])
+    return reg
+
+
+def test_revoke_then_repeat_is_a_noop(registry: Registry) -> None:
+    first = registry.revoke("ca", "1", "superseded")
+    assert first.changed and first.record.status == "revoked" and first.record.reason == "superseded"
+    again = registry.revoke("ca", "1", "superseded")
+    assert not again.changed and "already revoked" in again.message
+
+
+def test_reason_may_only_change_to_key_compromise(registry: Registry) -> None:
+    registry.revoke("ca", "2", "superseded", at=NOW - 100)
+    with pytest.raises(RevocationRefused, match="may only change to keyCompromise"):
+        registry.revoke("ca", "2", "affiliationChanged")
+    changed = registry.revoke("ca", "2", "keyCompromise", invalidity_date=NOW - 500)
+    assert changed.changed and changed.record.reason == "keyCompromise"
+    assert changed.record.revocation_time == NOW - 100  # the original time is kept
+    assert registry.get("ca", "2").reason == "keyCompromise"  # type: ignore[union-attr]
+
+
+def test_hold_release_and_release_again(registry: Registry) -> None:
+    held = registry.revoke("ca", "3", "certificateHold")
+    assert held.record.status == "on-hold"
+    assert not registry.revoke("ca", "3", "certificateHold").changed
+    released = registry.release_hold("ca", "3")
+    assert released.changed and released.record.status == "good" and released.record.reason is None
+    again = registry.release_hold("ca", "3")
+    assert not again.changed and "not on hold" in again.message
+
+
+def test_hold_made_permanent_keeps_the_hold_time(registry: Registry) -> None:
+    registry.revoke("ca", "4", "certificateHold", at=NOW - 1000)
+    permanent = registry.revoke("ca", "4", "keyCompromise")
+    assert permanent.record.status == "revoked" and permanent.record.revocation_time == NOW - 1000
+    with pytest.raises(RevocationRefused, match="revocation is final"):
+        registry.release_hold("ca", "4")
+
+
+def test_revoked_cannot_be_released(registry: Registry) -> None:
+    registry.revoke("ca", "5", "keyCompromise")
+    with pytest.raises(RevocationRefused, match="only certificateHold can be released"):
+        registry.release_hold("ca", "5")
+
+
+def test_times_are_checked(registry: Registry) -> None:
+    with pytest.raises(RevocationRefused, match="in the future"):
+        registry.revoke("ca", "6", "superseded", at=NOW + 3600)
+    with pytest.raises(RevocationRefused, match="before the certificate's notBefore"):
+        registry.revoke("ca", "6", "superseded", at=NOW - 86400 * 60)
+    with pytest.raises(RevocationRefused, match="invalidity date is after"):
+        registry.revoke("ca", "6", "keyCompromise", at=NOW - 10, invalidity_date=NOW - 5)
+    assert registry.get("ca", "6").status == "good"  # type: ignore[union-attr]
+
+
+def test_revoking_an_expired_certificate_is_allowed(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "e.sqlite3", clock=Clock())
+    reg.ensure_issuer("ca", b"s", b"c")
+    reg.import_certificates("ca", [_info(42, NOW - 86400 * 800, NOW - 86400 * 10)])
+    assert reg.revoke("ca", "2a", "cessationOfOperation").record.status == "revoked"
+
+
+def test_unknown_serial_refused_unless_forced(registry: Registry) -> None:
+    with pytest.raises(UnknownCertificate, match="--force"):
+        registry.revoke("ca", "ff", "keyCompromise")
+    assert registry.get("ca", "ff") is None
+    forced = registry.revoke("ca", "ff", "keyCompromise", force=True)
+    assert forced.changed and forced.record.forced and "forced" in forced.message
+    audit = [a for a in registry.audit_records() if a["serial_hex"] == "ff"]
+    assert [a["action"] for a in audit] == ["revoke-forced"]
+    # the certificate arriving later completes the row and keeps the revocation
+    outcome = registry.import_certificates("ca", [_info(0xFF)])[0]
+    assert outcome.result == "completed"
+    assert registry.get("ca", "ff").status == "revoked"  # type: ignore[union-attr]
+
+
+def test_reason_parsing() -> None:
+    assert parse_reason("keycompromise") == "keyCompromise"
+    assert parse_reason("1") == "keyCompromise"
+    assert parse_reason("CACompromise") == "cACompromise"
+    with pytest.raises(RevocationRefused, match="unknown reason"):
+        parse_reason("removeFromCRL")
+
+
+def test_audit_records_before_after_and_chain(registry: Registry) -> None:
+    registry.revoke("ca", "7", "superseded", actor="alice")
+    records = registry.audit_records()
+    last = records[-1]
+    assert last["actor"] == "alice" and last["action"] == "revoke"
+    assert '"status": "good"' in last["before"] and '"status": "revoked"' in last["after"]
+    prev = "0" * 64
+    for r in records:
+        assert r["prev_hash"] == prev
+        assert r["hash"] == audit_hash(prev, r["at"], r["actor"], r["action"], r["issuer"], r["serial_hex"],
+                                       r["before"], r["after"])
+        prev = r["hash"]
+
+
+def test_failed_operation_changes_nothing(registry: Registry, tmp_path: Path) -> None:
+    before = sqlite3.connect(tmp_path / "r.sqlite3").execute("SELECT COUNT(*) FROM audit").fetchone()[0]
+    with pytest.raises(RevocationRefused):
+        registry.revoke("ca", "8", "superseded", at=NOW + 99999)
+    after = sqlite3.connect(tmp_path / "r.sqlite3").execute("SELECT COUNT(*) FROM audit").fetchone()[0]
+    assert before == after
+
+
+def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
+    Registry(tmp_path / "m.sqlite3").close()
+    reg = Registry(tmp_path / "m.sqlite3")
+    assert reg.schema_version() == 1
+    mode = sqlite3.connect(tmp_path / "m.sqlite3").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"

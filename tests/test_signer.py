@@ -1,0 +1,203 @@
+"""The PKCS#11 signer against the real SoftHSM2 token of the demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pkcs11
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+from directory.demo import issuance
+from directory.hsm.algorithms import SignatureAlgorithm
+from directory.hsm.signer import HsmSettings, HsmSigner, KeyNotFound, SignatureCheckFailed
+
+
+def _signer(demo: Path) -> HsmSigner:
+    return HsmSigner(HsmSettings("/usr/lib/softhsm/libsofthsm2.so", "annuaire-demo",
+                                 (demo / "hsm" / "pin").read_text().strip(), 2,
+                                 softhsm2_conf=str(demo / "hsm" / "softhsm2.conf")))
+
+
+def _cert(demo: Path, name: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate((demo / "ca" / f"{name}.pem").read_bytes())
+
+
+@pytest.fixture(scope="module")
+def hsm(demo_token: Path):  # type: ignore[no-untyped-def]
+    signer = _signer(demo_token)
+    yield signer
+    signer.close()
+
+
+@pytest.fixture(scope="module")
+def ec_keys(hsm: HsmSigner) -> dict[str, bytes]:
+    """P-256 and P-384 keys generated in the token for these tests (stored, non-extractable)."""
+    out = {}
+    with hsm.admin_session() as session:
+        for curve in ("p-256", "p-384"):
+            label = f"test-{curve}"
+            existing = list(session.get_objects({pkcs11.Attribute.LABEL: label,
+                                                 pkcs11.Attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY}))
+            if existing:
+                continue
+            out[curve] = issuance.generate_key(session, "ec" if curve == "p-256" else "p-384", label, store=True)
+    return out
+
+
+@pytest.mark.parametrize("name", ["rsa-pkcs1-sha256", "rsa-pkcs1-sha384", "rsa-pkcs1-sha512",
+                                  "rsa-pss-sha256", "rsa-pss-sha512"])
+def test_rsa_signatures_verify_with_cryptography(hsm: HsmSigner, demo_token: Path, name: str) -> None:
+    cert = _cert(demo_token, "ac-personnes")
+    key = hsm.key("ac-personnes", cert, SignatureAlgorithm.parse(name))
+    data = b"TBSCertList bytes " * 100
+    signature = key.sign(data)
+    algo = key.algorithm
+    if algo.scheme == "pkcs1":
+        cert.public_key().verify(signature, data, padding.PKCS1v15(), algo.cryptography_hash())  # type: ignore[call-arg]
+    else:
+        pss = padding.PSS(padding.MGF1(algo.cryptography_hash()), algo.digest_size)
+        cert.public_key().verify(signature, data, pss, algo.cryptography_hash())  # type: ignore[call-arg]
+
+
+def test_algorithm_identifiers_are_the_standard_encodings() -> None:
+    assert SignatureAlgorithm.parse("rsa-pkcs1-sha256").algorithm_identifier_der().hex() == \
+        "300d06092a864886f70d01010b0500"
+    assert SignatureAlgorithm.parse("ecdsa-sha256").algorithm_identifier_der().hex() == "300a06082a8648ce3d040302"
+    assert SignatureAlgorithm.parse("ecdsa-sha384").algorithm_identifier_der().hex() == "300a06082a8648ce3d040303"
+    with pytest.raises(ValueError, match="unknown signature algorithm"):
+        SignatureAlgorithm.parse("rsa-md5")
+
+
+@pytest.mark.parametrize("curve,hash_name", [("p-256", "sha256"), ("p-384", "sha384")])
+def test_ecdsa_signatures_are_der_and_verify(hsm: HsmSigner, ec_keys: dict[str, bytes], curve: str,
+                                             hash_name: str) -> None:
+    if curve not in ec_keys:
+        pytest.fail("EC test key missing from the token")
+    public = load_der_public_key(ec_keys[curve])
+    key = issuance.signer_for_spki(hsm, f"test-{curve}", ec_keys[curve], curve)
+    assert key.algorithm.hash == hash_name
+    data = b"ResponseData" * 50
+    signature = key.sign(data)
+    assert signature[0] == 0x30  # DER Ecdsa-Sig-Value, not raw r||s
+    public.verify(signature, data, ec.ECDSA(getattr(hashes, hash_name.upper())()))  # type: ignore[union-attr,call-arg]
+
+
+def test_large_input_is_hashed_on_the_host_and_streamed(hsm: HsmSigner, demo_token: Path) -> None:
+    cert = _cert(demo_token, "ac-personnes")
+    key = hsm.key("ac-personnes", cert)
+    chunk = b"\x30\x82" * 512 * 1024  # 1 MiB
+    signature = key.sign(iter([chunk] * 50))  # 50 MiB, never one bytes object
+    cert.public_key().verify(signature, chunk * 50, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[call-arg]
+
+
+def test_wrong_key_for_certificate_is_caught(hsm: HsmSigner, demo_token: Path) -> None:
+    key = hsm.key("ac-structures", _cert(demo_token, "ac-personnes"))
+    with pytest.raises(SignatureCheckFailed, match="wrong key label or certificate"):
+        key.sign(b"x")
+
+
+def test_unknown_key_label(hsm: HsmSigner, demo_token: Path) -> None:
+    with pytest.raises(KeyNotFound, match="no private key labelled 'nope'"):
+        hsm.key("nope", _cert(demo_token, "ac-personnes")).sign(b"x")
+
+
+def test_issuer_keys_are_sensitive_and_not_extractable(hsm: HsmSigner) -> None:
+    with hsm.admin_session() as session:
+        for label in ("ac-racine", "ac-personnes", "ac-structures", "ocsp-ac-personnes"):
+            key = session.get_key(object_class=pkcs11.ObjectClass.PRIVATE_KEY, label=label)
+            assert key[pkcs11.Attribute.SENSITIVE] is True
+            assert key[pkcs11.Attribute.EXTRACTABLE] is False
+            with pytest.raises(pkcs11.exceptions.AttributeSensitive):
+                key[pkcs11.Attribute.PRIVATE_EXPONENT]
+
+
+def test_recovers_after_sessions_closed_underneath(hsm: HsmSigner, demo_token: Path) -> None:
+    cert = _cert(demo_token, "ac-personnes")
+    key = hsm.key("ac-personnes", cert)
+    key.sign(b"before")
+    relogins = hsm.stats.relogins
+    hsm._close_all_sessions_underneath()
+    key.sign(b"after")  # no exception: the signer re-opened and logged in again
+    assert hsm.stats.relogins > relogins
+
+
+def test_recovers_after_logout_underneath(hsm: HsmSigner, demo_token: Path) -> None:
+    key = hsm.key("ac-personnes", _cert(demo_token, "ac-personnes"))
+    key.sign(b"before")
+    with hsm.admin_session() as session:
+        hsm._module.raw.logout(session.handle)
+    key.sign(b"after logout")
+
+
+_SCRIPT_PRELUDE = """
+import os, sys, threading, time
+from pathlib import Path
+from cryptography import x509
+from directory.hsm.signer import HsmSettings, HsmSigner, HsmUnavailable
+demo = Path(sys.argv[1])
+hsm = HsmSigner(HsmSettings("/usr/lib/softhsm/libsofthsm2.so", "annuaire-demo",
+                            (demo / "hsm" / "pin").read_text().strip(), 4,
+                            softhsm2_conf=str(demo / "hsm" / "softhsm2.conf")))
+cert = x509.load_pem_x509_certificate((demo / "ca" / "ac-personnes.pem").read_bytes())
+key = hsm.key("ac-personnes", cert)
+"""
+
+
+def _run_script(body: str, demo: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    code = _SCRIPT_PRELUDE + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", code, str(demo)], capture_output=True, text=True, timeout=timeout,
+                          cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_threads_sign_thousands_of_times_without_crashing(demo: Path) -> None:
+    """Run in a child process: without OS locking SoftHSM2 corrupts its heap and the process dies."""
+    result = _run_script("""
+        errors = []
+        def work():
+            try:
+                for i in range(800):
+                    key.sign(b"x%d" % i)
+            except Exception as exc:
+                errors.append(exc)
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        print("signatures", hsm.stats.signatures, "errors", errors)
+        sys.exit(1 if errors else 0)
+    """, demo.parent)
+    assert result.returncode == 0, f"child died with {result.returncode}: {result.stderr[-2000:]}"
+    assert "signatures 3200 errors []" in result.stdout
+
+
+def test_token_disappears_and_returns(demo: Path) -> None:
+    result = _run_script("""
+        key.sign(b"present")
+        tokens = demo / "hsm" / "tokens"
+        tokens.rename(demo / "hsm" / "tokens.away"); tokens.mkdir()
+        hsm._close_all_sessions_underneath()
+        try:
+            key.sign(b"gone")
+            print("SIGNED WHILE GONE"); sys.exit(1)
+        except HsmUnavailable as exc:
+            print("unavailable:", exc)
+        tokens.rmdir(); (demo / "hsm" / "tokens.away").rename(tokens)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                key.sign(b"back"); print("recovered"); break
+            except HsmUnavailable:
+                if time.monotonic() > deadline: raise
+                time.sleep(0.2)
+    """, demo.parent)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "unavailable: token 'annuaire-demo' not found" in result.stdout
+    assert "recovered" in result.stdout
+    pin = (demo.parent / "hsm" / "pin").read_text().strip()
+    assert pin not in result.stdout + result.stderr
