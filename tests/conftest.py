@@ -28,7 +28,8 @@ def run_cli(*args: str, check: bool = False, env: dict[str, str] | None = None, 
     result = subprocess.run([*ANNUAIRE, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
                             env={**os.environ, **(env or {})}, input=input)
     if check and result.returncode != 0:
-        raise AssertionError(f"annuaire {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(f"annuaire {' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
     return result
 
 
