@@ -201,3 +201,16 @@ def test_token_disappears_and_returns(demo: Path) -> None:
     assert "recovered" in result.stdout
     pin = (demo.parent / "hsm" / "pin").read_text().strip()
     assert pin not in result.stdout + result.stderr
+
+
+def test_ecdsa_der_conversion_matches_asn1crypto() -> None:
+    import os
+
+    from asn1crypto import algos
+
+    from directory.hsm.signer import ecdsa_der
+
+    cases = [os.urandom(64) for _ in range(500)] + [os.urandom(96) for _ in range(200)]
+    cases += [b"\x00" * 10 + os.urandom(54), b"\x80" + os.urandom(63), b"\x00" * 64, b"\x01" + b"\x00" * 63]
+    for raw in cases:
+        assert ecdsa_der(raw) == algos.DSASignature.from_p1363(raw).dump()

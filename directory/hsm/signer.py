@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +46,10 @@ class HsmError(Exception):
 
 class HsmUnavailable(HsmError):
     """The token cannot be used right now (absent, module failing, PIN refused); retry later."""
+
+
+class PinRefused(HsmUnavailable):
+    """The token refused the PIN; we back off instead of retrying (tokens lock PINs after a few failures)."""
 
 
 class KeyNotFound(HsmError):
@@ -89,26 +94,39 @@ class HsmSettings:
 
 
 class _RWLock:
-    """Many signers share the module; a re-initialisation needs it alone."""
+    """Many signers share the module; a re-initialisation needs it alone. Cheap on the shared path."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
 
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
+    def acquire_shared(self) -> None:
+        self._mutex.acquire()
+        try:
             while self._writer:
                 self._cond.wait()
             self._readers += 1
+        finally:
+            self._mutex.release()
+
+    def release_shared(self) -> None:
+        self._mutex.acquire()
+        try:
+            self._readers -= 1
+            if self._readers == 0 and self._writer:
+                self._cond.notify_all()
+        finally:
+            self._mutex.release()
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        self.acquire_shared()
         try:
             yield
         finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
+            self.release_shared()
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -205,7 +223,10 @@ class HsmSigner:
         self._local = threading.local()
         self._open: set[Any] = set()
         self._open_lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(settings.max_concurrent)
+        # Bound on concurrent signatures for every caller; a C-level queue of permits is the cheapest gate.
+        self._permits: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(settings.max_concurrent):
+            self._permits.put(None)
         self._executor = ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="hsm")
         self._pin_refused_until = 0.0
         self._last_error: str | None = None
@@ -226,7 +247,7 @@ class HsmSigner:
         if entry is not None:
             self._forget(entry)
         if time.monotonic() < self._pin_refused_until:
-            raise HsmUnavailable("PIN refused by the token; backing off before trying again")
+            raise PinRefused("PIN refused by the token; backing off before trying again")
         token = self._find_token()
         session = token.open()
         try:
@@ -236,7 +257,7 @@ class HsmSigner:
                 session.close()
             if exc.rv in (0xA0, 0xA4):  # CKR_PIN_INCORRECT, CKR_PIN_LOCKED
                 self._pin_refused_until = time.monotonic() + _PIN_BACKOFF
-                raise HsmUnavailable("PIN refused by the token") from None
+                raise PinRefused("PIN refused by the token") from None
             raise HsmUnavailable(f"login failed: CKR 0x{exc.rv:x}") from None
         entry = _ThreadSession(self._module.generation, session)
         self._local.entry = entry
@@ -274,23 +295,29 @@ class HsmSigner:
     def _with_session(self, action: Callable[[_ThreadSession], T]) -> T:
         """Run ``action`` on this thread's session, recovering from lost sessions and tokens."""
         last: Exception | None = None
-        with self._slots:
+        self._permits.get()
+        try:
+            lock = self._module.lock
             for attempt in range(3):
                 try:
-                    with self._module.lock.shared():
-                        try:
-                            result = action(self._thread_session())
-                        except _SESSION_ERRORS as exc:
-                            self._drop_thread_session()
-                            raise _Retry(exc) from exc
-                    self._last_error = None
+                    lock.acquire_shared()
+                    try:
+                        result = action(self._thread_session())
+                    except _SESSION_ERRORS as exc:
+                        self._drop_thread_session()
+                        raise _Retry(exc) from exc
+                    finally:
+                        lock.release_shared()
+                    if self._last_error is not None:
+                        self._last_error = None
                     return result
                 except _Retry as retry:
                     last = retry.cause
+                except PinRefused as exc:
+                    last = exc
+                    break
                 except HsmUnavailable as exc:
                     last = exc
-                    if "PIN" in str(exc):
-                        break
                 self.stats.errors += 1
                 if attempt >= 1:
                     try:
@@ -298,6 +325,8 @@ class HsmSigner:
                             self.stats.reinits += 1
                     except HsmUnavailable as exc:
                         last = exc
+        finally:
+            self._permits.put(None)
         self._last_error = _describe(last)
         if isinstance(last, HsmUnavailable):
             raise last
@@ -420,7 +449,7 @@ class KeySigner:
         if self.algorithm.scheme == "ecdsa":
             if len(raw) != 2 * self._curve_bytes:
                 raise SignatureCheckFailed(f"key {self.label!r}: token returned {len(raw)} bytes for ECDSA")
-            signature = algos.DSASignature.from_p1363(raw).dump()
+            signature = ecdsa_der(raw)
         else:
             signature = raw
         self._verify(signature, digest)
@@ -449,3 +478,21 @@ class KeySigner:
                 f"key {self.label!r}: signature does not verify under the public key of {self.holder} "
                 "(wrong key label or certificate?)"
             ) from None
+
+
+def _der_int(value: bytes) -> bytes:
+    value = value.lstrip(b"\x00") or b"\x00"
+    if value[0] & 0x80:
+        value = b"\x00" + value
+    return b"\x02" + _der_len(len(value)) + value
+
+
+def _der_len(n: int) -> bytes:
+    return bytes([n]) if n < 0x80 else bytes([0x81, n]) if n < 0x100 else bytes([0x82, n >> 8, n & 0xFF])
+
+
+def ecdsa_der(raw: bytes) -> bytes:
+    """PKCS#11 raw r||s to DER Ecdsa-Sig-Value (the form X.509 and OCSP carry)."""
+    half = len(raw) // 2
+    body = _der_int(raw[:half]) + _der_int(raw[half:])
+    return b"\x30" + _der_len(len(body)) + body

@@ -1,0 +1,24 @@
+"""Helpers shared by the benchmarks: a demo built on demand under bench/out, peak RSS."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def demo(name: str, key_type: str, certs: int = 0) -> Path:
+    """An init-demo directory under bench/out (built once, reused)."""
+    directory = OUT / name
+    if not (directory / "annuaire.toml").exists():
+        OUT.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "directory.cli", "init-demo", str(directory), "--certs", str(certs),
+                        "--key-type", key_type], check=True)
+    return directory
+
+
+def peak_rss_mb_children() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
