@@ -59,6 +59,16 @@ def test_pem_der_bundle_and_folder(private_config: Path, demo_token: Path, tmp_p
     assert _rows(private_config) == 4
 
 
+def test_chain_bundle_imports_issuing_cas_and_refuses_the_root(private_config: Path, demo_token: Path) -> None:
+    code, summary = _import(private_config, demo_token / "ca" / "chain.pem")
+    assert code == 1
+    assert summary["imported"] == 2  # the issuing CAs, under the root (its ARL lists them when revoked)
+    assert len(summary["refused"]) == 1  # the root itself
+    assert "issuer ac-racine's own certificate: it is configured, not imported" in summary["refused"][0]["reason"]
+    code, summary = _import(private_config, demo_token / "ca" / "ocsp-ac-personnes.pem")
+    assert code == 0 and summary["imported"] == 1
+
+
 def test_whole_demo_folder_imports(private_config: Path, demo_token: Path) -> None:
     code, summary = _import(private_config, demo_token / "certs")
     assert code == 0, summary["refused"][:3]

@@ -73,6 +73,9 @@ class CertificateChecker:
         candidates = self._by_subject.get(cert.issuer.public_bytes())
         if not candidates:
             raise Refused(f"issuer {cert.issuer.rfc4514_string()!r} is not a configured issuer")
+        for issuer in candidates:
+            if der == issuer.certificate.public_bytes(Encoding.DER):
+                raise Refused(f"this is issuer {issuer.name}'s own certificate: it is configured, not imported")
         last_error = "signature does not verify"
         for issuer in candidates:
             try:
