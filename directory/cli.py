@@ -166,6 +166,66 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_crl_build(args: argparse.Namespace) -> int:
+    from directory.crl.builder import CrlBuildError
+    from directory.crl.service import publishers_for
+    from directory.runtime import open_config_registry, open_hsm
+
+    config = _config(args)
+    names = [i.name for i in config.issuers]
+    if args.issuer and args.issuer not in names:
+        raise Refusal(f"unknown issuer {args.issuer!r} (configured: {', '.join(names)})")
+    registry = open_config_registry(config)
+    hsm = open_hsm(config)
+    failed = 0
+    results = []
+    try:
+        for name, publisher in publishers_for(config, hsm, registry).items():
+            if args.issuer and name != args.issuer:
+                continue
+            try:
+                for crl in publisher.publish_all():
+                    results.append({"issuer": name, "file": str(crl.path), "kind": crl.target.kind,
+                                    "number": crl.record.number, "entries": crl.entries, "size": crl.size,
+                                    "this_update": _iso(crl.this_update), "next_update": _iso(crl.next_update),
+                                    "seconds": round(crl.seconds, 3)})
+            except CrlBuildError as exc:
+                failed += 1
+                print(f"annuaire: CRL of {name} not published: {exc}", file=sys.stderr)
+    finally:
+        hsm.close()
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            print(f"{r['file']}: {r['kind']} CRL number {r['number']}, {r['entries']} entries, {r['size']} bytes, "
+                  f"next update {r['next_update']} ({r['seconds']} s)")
+    return EXIT_REFUSED if failed else EXIT_OK
+
+
+def cmd_crl_show(args: argparse.Namespace) -> int:
+    from directory.crl.inspect import describe_crl
+
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise Refusal(f"cannot read {args.file}: {exc.strerror}") from None
+    issuers = []
+    if args.config or os.environ.get("ANNUAIRE_CONFIG") or Path("annuaire.toml").exists():
+        issuers = list(_config(args).issuers)
+    try:
+        info = describe_crl(data, issuers)
+    except ValueError as exc:
+        raise Refusal(str(exc)) from None
+    if args.json:
+        print(json.dumps(info, indent=1, ensure_ascii=False))
+    else:
+        for key, value in info.items():
+            if key != "entries_sample":
+                print(f"{key:22} {value}")
+    return EXIT_OK
+
+
 def _user() -> str:
     return os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
 
@@ -221,6 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", parents=[common], help="run the service")
     p.set_defaults(func=cmd_serve)
+
+    crl = sub.add_parser("crl", help="CRL operations").add_subparsers(dest="crl_command", required=True)
+    p = crl.add_parser("build", parents=[common], help="build, sign, check and publish CRLs now")
+    p.add_argument("--issuer", help="only this issuer (default: all)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_crl_build)
+    p = crl.add_parser("show", parents=[common], help="describe a CRL file (and verify it when a config is given)")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_crl_show)
 
     p = sub.add_parser("check-config", parents=[common], help="validate the configuration and exit")
     p.set_defaults(func=cmd_check_config)

@@ -71,12 +71,30 @@ class LdapConfig:
 
 
 @dataclass(frozen=True)
+class CrlConfig:
+    """CRL publication of one issuer (``[issuers.crl]``); durations in seconds."""
+
+    interval: int = 3600
+    validity: int = 7 * 86400
+    overlap: int = 86400
+    on_revocation_delay: int | None = 60
+    delta: bool = False
+    delta_interval: int = 900
+    delta_validity: int = 86400
+    partitions: int = 0
+    keep_expired: bool = False
+    archive: int = 10
+    issuing_distribution_point: bool = False
+
+
+@dataclass(frozen=True)
 class IssuerConfig:
     name: str
     certificate_path: Path
     certificate: x509.Certificate = field(repr=False, compare=False)
     key_label: str
     signature_algorithm: SignatureAlgorithm | None
+    crl: CrlConfig = field(default_factory=CrlConfig)
 
 
 @dataclass(frozen=True)
@@ -224,7 +242,8 @@ def _ldap(s: _Section) -> LdapConfig:
 def _issuer(file: Path, index: int, table: Any) -> IssuerConfig:
     if not isinstance(table, dict):
         raise ConfigError(file, f"issuers[{index}]", "must be a table")
-    s = _Section(file, f"issuers[{index}]", table, {"name", "certificate", "key_label", "signature_algorithm"})
+    s = _Section(file, f"issuers[{index}]", table,
+                 {"name", "certificate", "key_label", "signature_algorithm", "crl"})
     name = s.get("name", str, required=True)
     if not ISSUER_NAME.match(name):
         raise s.error("name", f"{name!r} must be lower-case letters, digits and dashes (it appears in URLs)")
@@ -245,4 +264,51 @@ def _issuer(file: Path, index: int, table: Any) -> IssuerConfig:
             algorithm = SignatureAlgorithm.parse(s.get("signature_algorithm", str))
         except ValueError as exc:
             raise s.error("signature_algorithm", str(exc)) from None
-    return IssuerConfig(name, cert_path, cert, s.get("key_label", str, required=True), algorithm)
+    crl = _crl(_Section(file, f"issuers[{name}].crl", s.table_of("crl"), set(CrlConfig.__dataclass_fields__)))
+    return IssuerConfig(name, cert_path, cert, s.get("key_label", str, required=True), algorithm, crl)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object) -> int:
+    """Seconds from an integer or a string like ``90s``, ``15m``, ``6h``, ``7d``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like 15m, 6h, 7d")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return value
+    if isinstance(value, str) and len(value) > 1 and value[-1] in _UNITS and value[:-1].isdigit():
+        return int(value[:-1]) * _UNITS[value[-1]]
+    raise ValueError(f"{value!r} is not a duration (seconds, or 90s, 15m, 6h, 7d)")
+
+
+def _crl(s: _Section) -> CrlConfig:
+    defaults = CrlConfig()
+    values: dict[str, object] = {}
+    if s.table.get("on_revocation_delay") is False:  # explicitly off: only the schedule rebuilds
+        values["on_revocation_delay"] = None
+    for key in ("interval", "validity", "overlap", "delta_interval", "delta_validity", "on_revocation_delay"):
+        if key in s.table and key not in values:
+            try:
+                values[key] = parse_duration(s.table[key])
+            except ValueError as exc:
+                raise s.error(key, str(exc)) from None
+    for key in ("delta", "keep_expired", "issuing_distribution_point"):
+        if key in s.table:
+            values[key] = s.get(key, bool)
+    for key, low, high in (("partitions", 0, 4096), ("archive", 0, 10000)):
+        if key in s.table:
+            value = s.get(key, int)
+            if not low <= value <= high:
+                raise s.error(key, f"must be between {low} and {high}")
+            values[key] = value
+    crl = CrlConfig(**{**defaults.__dict__, **values})  # type: ignore[arg-type]
+    if crl.validity <= crl.overlap:
+        raise s.error("overlap", f"must be shorter than validity ({crl.validity}s)")
+    if crl.interval <= 0 or crl.interval > crl.validity - crl.overlap:
+        raise s.error("interval", "must be positive and at most validity - overlap, or CRLs could expire")
+    if crl.delta and not 0 < crl.delta_interval < crl.delta_validity:
+        raise s.error("delta_interval", "must be positive and shorter than delta_validity")
+    return crl

@@ -142,6 +142,8 @@ def test_failed_operation_changes_nothing(registry: Registry, tmp_path: Path) ->
 def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
     Registry(tmp_path / "m.sqlite3").close()
     reg = Registry(tmp_path / "m.sqlite3")
-    assert reg.schema_version() == 1
+    from directory.registry.schema import MIGRATIONS
+
+    assert reg.schema_version() == max(v for v, _, _ in MIGRATIONS)
     mode = sqlite3.connect(tmp_path / "m.sqlite3").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"

@@ -60,3 +60,45 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """,
     ),
 ]
+
+MIGRATIONS.append((
+    2,
+    "CRL publication: entry DER kept at revocation, status change log, CRL number scopes, CRL records",
+    """
+    ALTER TABLE certificates ADD COLUMN crl_entry_der BLOB;
+    ALTER TABLE certificates ADD COLUMN serial_low INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX certificates_crl ON certificates (issuer_id, status, serial_low);
+    CREATE TABLE status_changes (
+        seq             INTEGER PRIMARY KEY,
+        issuer_id       INTEGER NOT NULL REFERENCES issuers(id),
+        certificate_id  INTEGER NOT NULL REFERENCES certificates(id),
+        at              INTEGER NOT NULL,
+        status          TEXT NOT NULL
+    );
+    CREATE INDEX status_changes_issuer ON status_changes (issuer_id, seq);
+    CREATE TABLE crl_scopes (
+        issuer_id    INTEGER NOT NULL REFERENCES issuers(id),
+        scope        TEXT NOT NULL,
+        last_number  INTEGER NOT NULL,
+        PRIMARY KEY (issuer_id, scope)
+    );
+    CREATE TABLE crls (
+        id           INTEGER PRIMARY KEY,
+        issuer_id    INTEGER NOT NULL REFERENCES issuers(id),
+        scope        TEXT NOT NULL,
+        kind         TEXT NOT NULL CHECK (kind IN ('full', 'delta')),
+        number       INTEGER NOT NULL,
+        base_number  INTEGER,
+        this_update  INTEGER NOT NULL,
+        next_update  INTEGER NOT NULL,
+        change_seq   INTEGER NOT NULL DEFAULT 0,
+        state        TEXT NOT NULL CHECK (state IN ('building', 'published', 'failed')),
+        entries      INTEGER,
+        size         INTEGER,
+        sha256       TEXT,
+        error        TEXT,
+        created_at   INTEGER NOT NULL,
+        UNIQUE (issuer_id, scope, number)
+    );
+    """,
+))

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from directory.certinfo import CertificateInfo
+from directory.crl import der
 from directory.registry.schema import MIGRATIONS
 from directory.revocation import (
+    REASON_CODES,
     Decision,
     RevocationRefused,
     RevocationState,
@@ -96,6 +98,83 @@ class ChangeOutcome:
 
 ChangeListener = Callable[[str, str, str], None]  # (issuer, serial_hex, what)
 
+
+@dataclass(frozen=True)
+class CrlRecord:
+    """One CRL number as recorded in the registry (allocated before the CRL is built)."""
+
+    issuer: str
+    scope: str
+    kind: str
+    number: int
+    base_number: int | None
+    this_update: int
+    next_update: int
+    change_seq: int
+    state: str
+    entries: int | None
+    size: int | None
+    sha256: str | None
+    error: str | None
+
+
+_CRL_COLUMNS = ("i.name, r.scope, r.kind, r.number, r.base_number, r.this_update, r.next_update, r.change_seq, "
+                "r.state, r.entries, r.size, r.sha256, r.error")
+
+
+class CrlSnapshot:
+    """A consistent read view of one issuer's revocations (one read transaction) for building CRLs."""
+
+    def __init__(self, conn: sqlite3.Connection, issuer_id: int) -> None:
+        self._conn = conn
+        self._issuer_id = issuer_id
+        row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM status_changes WHERE issuer_id = ?",
+                           (issuer_id,)).fetchone()
+        self.change_seq: int = int(row[0])
+
+    def _where(self, cutoff: int | None, partition: tuple[int, int] | None) -> tuple[str, list[Any]]:
+        sql = "WHERE issuer_id = ? AND status IN ('revoked', 'on-hold')"
+        args: list[Any] = [self._issuer_id]
+        if cutoff is not None:  # drop certificates expired before the cutoff (unknown expiry is kept)
+            sql += " AND (not_after IS NULL OR not_after >= ?)"
+            args.append(cutoff)
+        if partition is not None:
+            sql += " AND serial_low % ? = ?"
+            args.extend(partition)
+        return sql, args
+
+    def full_stats(self, cutoff: int | None, partition: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(number of entries, total DER length) of a complete CRL."""
+        where, args = self._where(cutoff, partition)
+        row = self._conn.execute(f"SELECT COUNT(*), COALESCE(SUM(LENGTH(crl_entry_der)), 0) FROM certificates "
+                                 f"{where}", args).fetchone()
+        return int(row[0]), int(row[1])
+
+    def full_chunks(self, cutoff: int | None, partition: tuple[int, int] | None = None,
+                    batch: int = 50_000) -> Iterator[bytes]:
+        """The entries' stored DER, concatenated in chunks of ``batch`` entries (no per-entry Python work)."""
+        where, args = self._where(cutoff, partition)
+        cur = self._conn.execute(f"SELECT crl_entry_der FROM certificates {where} ORDER BY id", args)
+        while rows := cur.fetchmany(batch):
+            yield b"".join([r[0] for r in rows])
+
+    def delta_entries(self, since_seq: int, removal_time: int) -> list[bytes]:
+        """Entries changed after ``since_seq``: current entries, plus removeFromCRL for released holds."""
+        rows = self._conn.execute(
+            "SELECT c.id, c.serial_hex, c.status, c.crl_entry_der, c.not_after FROM certificates c "
+            "WHERE c.id IN (SELECT certificate_id FROM status_changes WHERE issuer_id = ? AND seq > ? AND seq <= ?) "
+            "ORDER BY c.id", (self._issuer_id, since_seq, self.change_seq)).fetchall()
+        out: list[bytes] = []
+        for cid, serial_hex, status, entry, _not_after in rows:
+            if status != "good":
+                out.append(bytes(entry))
+                continue
+            was = self._conn.execute("SELECT status FROM status_changes WHERE certificate_id = ? AND seq <= ? "
+                                     "ORDER BY seq DESC LIMIT 1", (cid, since_seq)).fetchone()
+            if was is not None and was[0] == "on-hold":
+                out.append(der.revoked_entry(int(serial_hex, 16), removal_time, der.REMOVE_FROM_CRL))
+        return out
+
 _COLUMNS = (
     "i.name, c.serial_hex, c.subject_dn, c.emails, c.dns_names, c.professional_id, c.not_before, c.not_after, "
     "c.der, c.sha256, c.profile, c.status, c.revocation_time, c.reason, c.invalidity_date, c.forced"
@@ -169,6 +248,9 @@ class Registry:
                     continue
                 for statement in filter(str.strip, sql.split(";")):
                     tx.execute(statement)
+                backfill = _BACKFILLS.get(version)
+                if backfill is not None:
+                    backfill(tx)
                 tx.execute("INSERT INTO schema_version VALUES (?, ?, ?)", (version, description, int(self.clock())))
 
     def schema_version(self) -> int:
@@ -241,6 +323,69 @@ class Registry:
     def issuer_names(self) -> list[str]:
         return [r[0] for r in self._conn().execute("SELECT name FROM issuers ORDER BY name")]
 
+    # -- CRLs ------------------------------------------------------------------------------
+    def crl_allocate(self, issuer: str, scope: str, kind: str, this_update: int, next_update: int,
+                     base_number: int | None = None) -> CrlRecord:
+        """Allocate the next number of ``scope`` and record the CRL as 'building', in one transaction.
+
+        The number is never reused, even when the build then fails or the process dies: it is burnt.
+        """
+        issuer_id = self._issuer_id(issuer)
+        now = int(self.clock())
+        with self._write() as tx:
+            row = tx.execute("SELECT last_number FROM crl_scopes WHERE issuer_id = ? AND scope = ?",
+                             (issuer_id, scope)).fetchone()
+            number = (row[0] if row else 0) + 1
+            if row:
+                tx.execute("UPDATE crl_scopes SET last_number = ? WHERE issuer_id = ? AND scope = ?",
+                           (number, issuer_id, scope))
+            else:
+                tx.execute("INSERT INTO crl_scopes (issuer_id, scope, last_number) VALUES (?, ?, ?)",
+                           (issuer_id, scope, number))
+            if scope == "main":
+                tx.execute("UPDATE issuers SET last_crl_number = ? WHERE id = ?", (number, issuer_id))
+            tx.execute("INSERT INTO crls (issuer_id, scope, kind, number, base_number, this_update, next_update, "
+                       "state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'building', ?)",
+                       (issuer_id, scope, kind, number, base_number, this_update, next_update, now))
+        return CrlRecord(issuer, scope, kind, number, base_number, this_update, next_update, 0, "building",
+                         None, None, None, None)
+
+    def crl_finish(self, record: CrlRecord, state: str, change_seq: int = 0, entries: int | None = None,
+                   size: int | None = None, sha256: str | None = None, error: str | None = None,
+                   actor: str = "crl") -> None:
+        issuer_id = self._issuer_id(record.issuer)
+        with self._write() as tx:
+            tx.execute("UPDATE crls SET state = ?, change_seq = ?, entries = ?, size = ?, sha256 = ?, error = ? "
+                       "WHERE issuer_id = ? AND scope = ? AND number = ?",
+                       (state, change_seq, entries, size, sha256, error, issuer_id, record.scope, record.number))
+            if state == "published":
+                self._audit(tx, actor, f"crl-published-{record.kind}", record.issuer, None, None,
+                            json.dumps({"scope": record.scope, "number": record.number, "entries": entries,
+                                        "sha256": sha256}, sort_keys=True))
+
+    def crl_latest(self, issuer: str, scope: str = "main", kind: str = "full") -> CrlRecord | None:
+        row = self._conn().execute(
+            f"SELECT {_CRL_COLUMNS} FROM crls r JOIN issuers i ON i.id = r.issuer_id WHERE r.issuer_id = ? "
+            "AND r.scope = ? AND r.kind = ? AND r.state = 'published' ORDER BY r.number DESC LIMIT 1",
+            (self._issuer_id(issuer), scope, kind)).fetchone()
+        return CrlRecord(*row) if row else None
+
+    def crl_records(self, issuer: str) -> list[CrlRecord]:
+        rows = self._conn().execute(f"SELECT {_CRL_COLUMNS} FROM crls r JOIN issuers i ON i.id = r.issuer_id "
+                                    "WHERE r.issuer_id = ? ORDER BY r.scope, r.number", (self._issuer_id(issuer),))
+        return [CrlRecord(*row) for row in rows.fetchall()]
+
+    @contextlib.contextmanager
+    def crl_snapshot(self, issuer: str) -> Iterator[CrlSnapshot]:
+        """A read transaction: counts and entries seen by one CRL build are consistent with each other."""
+        issuer_id = self._issuer_id(issuer)
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield CrlSnapshot(conn, issuer_id)
+        finally:
+            conn.execute("COMMIT")
+
     # -- certificates ----------------------------------------------------------------------
     def get(self, issuer: str, serial_hex: str) -> CertificateRecord | None:
         row = self._conn().execute(
@@ -298,8 +443,8 @@ class Registry:
         if row is None:
             tx.execute("INSERT INTO certificates (issuer_id, serial_hex, subject_dn, emails, dns_names, "
                        "professional_id, not_before, not_after, der, sha256, profile, status, imported_at, "
-                       "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'good', ?, ?)",
-                       (issuer_id, info.serial_hex, *fields, now, now))
+                       "updated_at, serial_low) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'good', ?, ?, ?)",
+                       (issuer_id, info.serial_hex, *fields, now, now, serial_low(info.serial_hex)))
             self._audit(tx, actor, "import", issuer, info.serial_hex, None, info.sha256)
             return ImportOutcome("created", "imported")
         if row[0] == info.sha256:
@@ -331,11 +476,10 @@ class Registry:
                         f"issuer {issuer} has no certificate with serial 0x{serial_hex}; "
                         "use --force to revoke a serial the registry has never seen")
                 decision = decide_revoke(RevocationState("good"), reason, at, invalidity_date, now, None)
-                tx.execute("INSERT INTO certificates (issuer_id, serial_hex, status, revocation_time, reason, "
-                           "invalidity_date, forced, imported_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)",
-                           (issuer_id, serial_hex, decision.state.status, decision.state.revocation_time,
-                            decision.state.reason, decision.state.invalidity_date, now, now))
-                after = self._get_tx(tx, issuer_id, serial_hex)
+                tx.execute("INSERT INTO certificates (issuer_id, serial_hex, status, forced, imported_at, updated_at, "
+                           "serial_low) VALUES (?, ?, 'good', 1, ?, ?, ?)",
+                           (issuer_id, serial_hex, now, now, serial_low(serial_hex)))
+                after = self._apply(tx, issuer_id, serial_hex, decision, now)
                 self._audit(tx, actor, "revoke-forced", issuer, serial_hex, None, _state_json(after))
                 message = decision.message + " (forced: serial unknown to the registry)"
             else:
@@ -366,13 +510,40 @@ class Registry:
 
     def _apply(self, tx: sqlite3.Connection, issuer_id: int, serial_hex: str, decision: Decision,
                now: int) -> CertificateRecord:
+        """Write the new state, its CRL entry bytes (encoded once, here) and a status change record."""
         s = decision.state
+        entry = crl_entry_for(serial_hex, s.status, s.revocation_time, s.reason, s.invalidity_date)
         tx.execute("UPDATE certificates SET status = ?, reason = ?, revocation_time = ?, invalidity_date = ?, "
-                   "updated_at = ? WHERE issuer_id = ? AND serial_hex = ?",
-                   (s.status, s.reason, s.revocation_time, s.invalidity_date, now, issuer_id, serial_hex))
+                   "crl_entry_der = ?, updated_at = ? WHERE issuer_id = ? AND serial_hex = ?",
+                   (s.status, s.reason, s.revocation_time, s.invalidity_date, entry, now, issuer_id, serial_hex))
+        tx.execute("INSERT INTO status_changes (issuer_id, certificate_id, at, status) SELECT issuer_id, id, ?, ? "
+                   "FROM certificates WHERE issuer_id = ? AND serial_hex = ?", (now, s.status, issuer_id, serial_hex))
         after = self._get_tx(tx, issuer_id, serial_hex)
         assert after is not None
         return after
+
+
+def serial_low(serial_hex: str) -> int:
+    """The low 32 bits of the serial: a stable, cheap partition key (partition = serial_low % N)."""
+    return int(serial_hex[-8:], 16)
+
+
+def crl_entry_for(serial_hex: str, status: str, revocation_time: int | None, reason: str | None,
+                  invalidity_date: int | None) -> bytes | None:
+    if status == "good" or revocation_time is None:
+        return None
+    code = REASON_CODES[reason] if reason else None
+    return der.revoked_entry(int(serial_hex, 16), revocation_time, code, invalidity_date)
+
+
+def _backfill_v2(tx: sqlite3.Connection) -> None:
+    rows = tx.execute("SELECT id, serial_hex, status, revocation_time, reason, invalidity_date FROM certificates")
+    for cid, serial_hex, status, rtime, reason, inval in rows.fetchall():
+        tx.execute("UPDATE certificates SET serial_low = ?, crl_entry_der = ? WHERE id = ?",
+                   (serial_low(serial_hex), crl_entry_for(serial_hex, status, rtime, reason, inval), cid))
+
+
+_BACKFILLS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _backfill_v2}
 
 
 def audit_hash(prev: str, at: int, actor: str, action: str, issuer: str | None, serial_hex: str | None,

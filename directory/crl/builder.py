@@ -1,0 +1,315 @@
+"""Building, self-checking and publishing one issuer's CRLs (full, delta, partitions).
+
+The flow for one CRL, Boulder-style (each step with a clear failure story):
+1. allocate the next cRLNumber and record the CRL as 'building' (one registry transaction: a number is
+   never reused, a failed build burns it);
+2. in one read snapshot, count the entries and stream their stored DER to a temporary file and to the
+   hash; only the digest goes to the HSM;
+3. assemble the signed CRL in a second temporary file and fsync it;
+4. self-check with ``cryptography``: signature under the CA certificate, issuer, number, entry count,
+   times; a CRL that fails is never published (logged, counted, recorded as 'failed');
+5. under a per-issuer file lock, refuse to go backwards (a newer CRL already published), then rename
+   into place atomically, keep it in the archive, and record it as 'published'.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+from directory.config import IssuerConfig
+from directory.crl import der
+from directory.hsm.signer import KeySigner
+from directory.registry import Registry
+from directory.registry.store import CrlRecord
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 20
+
+
+class CrlBuildError(RuntimeError):
+    """A CRL failed its self-check or could not be written; the previous CRL stays published."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one CRL covers and where it is published."""
+
+    kind: str  # full | delta
+    scope: str  # main | p<i>
+    filename: str  # e.g. ac-personnes.crl, ac-personnes-delta.crl, ac-personnes-p3.crl
+    partition: tuple[int, int] | None = None  # (N, i): serial_low % N == i
+
+
+@dataclass(frozen=True)
+class PublishedCrl:
+    target: Target
+    record: CrlRecord
+    path: Path
+    entries: int
+    size: int
+    sha256: str
+    this_update: int
+    next_update: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Tbs:
+    digest: bytes
+    entries: int
+    size: int
+    change_seq: int
+
+
+@dataclass
+class CrlStats:
+    published: int = 0
+    failed: int = 0
+
+
+class CrlPublisher:
+    """All CRLs of one issuer."""
+
+    def __init__(self, issuer: IssuerConfig, signer: KeySigner, registry: Registry, crl_dir: Path,
+                 base_url: str, clock: Callable[[], float] = time.time,
+                 on_published: Callable[[PublishedCrl], None] | None = None) -> None:
+        self.issuer = issuer
+        self.settings = issuer.crl
+        self.signer = signer
+        self.registry = registry
+        self.dir = crl_dir
+        self.base_url = base_url.rstrip("/")
+        self.clock = clock
+        self.on_published = on_published
+        self.stats = CrlStats()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "archive").mkdir(exist_ok=True)
+        cert = issuer.certificate
+        self._issuer_name = cert.subject.public_bytes()
+        self._public_key = cert.public_key()
+        try:
+            self._key_id = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+        except x509.ExtensionNotFound:
+            self._key_id = x509.SubjectKeyIdentifier.from_public_key(self._public_key).digest  # type: ignore[arg-type]
+
+    # -- targets -----------------------------------------------------------------------------
+    def url(self, filename: str) -> str:
+        return f"{self.base_url}/crl/{filename}"
+
+    def full_targets(self) -> list[Target]:
+        name = self.issuer.name
+        targets = [Target("full", "main", f"{name}.crl")]
+        n = self.settings.partitions
+        targets += [Target("full", f"p{i}", f"{name}-p{i}.crl", (n, i)) for i in range(n)]
+        return targets
+
+    def delta_target(self) -> Target:
+        return Target("delta", "main", f"{self.issuer.name}-delta.crl")
+
+    # -- building ----------------------------------------------------------------------------
+    def publish_all(self) -> list[PublishedCrl]:
+        """Full CRL(s), then the delta against the new base when deltas are on."""
+        out = [self.publish(t) for t in self.full_targets()]
+        if self.settings.delta:
+            out.append(self.publish(self.delta_target()))
+        return out
+
+    def publish(self, target: Target) -> PublishedCrl:
+        started = time.monotonic()
+        now = int(self.clock())
+        validity = self.settings.delta_validity if target.kind == "delta" else self.settings.validity
+        base: CrlRecord | None = None
+        if target.kind == "delta":
+            base = self.registry.crl_latest(self.issuer.name, "main", "full")
+            if base is None:
+                raise CrlBuildError(f"{self.issuer.name}: no published full CRL to base a delta on")
+        record = self.registry.crl_allocate(self.issuer.name, target.scope, target.kind, now, now + validity,
+                                            base.number if base else None)
+        tbs_tmp = self.dir / f".{target.filename}.{record.number}.tbs.tmp"
+        crl_tmp = self.dir / f".{target.filename}.{record.number}.tmp"
+        try:
+            tbs = self._write_tbs(target, record, base, tbs_tmp)
+            signature = self.signer.sign_digest(tbs.digest)
+            size = self._assemble(tbs_tmp, tbs.size, signature, crl_tmp)
+            sha256 = self._self_check(target, record, crl_tmp, tbs.entries)
+            published = self._install(target, record, crl_tmp, tbs, size, sha256, started)
+        except Exception as exc:
+            self.stats.failed += 1
+            log.error("CRL %s number %d not published: %s", target.filename, record.number, exc)
+            with contextlib.suppress(Exception):
+                self.registry.crl_finish(record, "failed", error=f"{type(exc).__name__}: {exc}"[:500])
+            raise CrlBuildError(f"{target.filename} number {record.number}: {exc}") from exc
+        finally:
+            for tmp in (tbs_tmp, crl_tmp):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+        return published
+
+    def _extensions(self, target: Target, record: CrlRecord, base: CrlRecord | None) -> bytes:
+        exts = [der.authority_key_identifier(self._key_id), der.crl_number(record.number)]
+        if target.kind == "delta":
+            assert base is not None
+            exts.append(der.delta_crl_indicator(base.number))
+        if target.partition is not None:
+            exts.append(der.issuing_distribution_point(self.url(target.filename)))
+        elif self.settings.issuing_distribution_point:
+            exts.append(der.issuing_distribution_point(self.url(f"{self.issuer.name}.crl")))
+        if target.kind == "full" and target.scope == "main" and self.settings.delta:
+            exts.append(der.freshest_crl(self.url(self.delta_target().filename)))
+        if self.settings.keep_expired:
+            not_before = int(self.issuer.certificate.not_valid_before_utc.timestamp())
+            exts.append(der.expired_certs_on_crl(not_before))
+        return der.tlv(0xA0, der.sequence(*exts))
+
+    def _write_tbs(self, target: Target, record: CrlRecord, base: CrlRecord | None, path: Path) -> _Tbs:
+        """Stream the TBSCertList to ``path`` and to the hash."""
+        cutoff = None if self.settings.keep_expired else record.this_update
+        hasher = self.signer.algorithm.new_hash()
+        with self.registry.crl_snapshot(self.issuer.name) as snap:
+            chunks: Iterable[bytes]
+            if target.kind == "delta":
+                assert base is not None
+                delta = snap.delta_entries(base.change_seq, record.this_update)
+                entries, entries_len, chunks = len(delta), sum(map(len, delta)), [b"".join(delta)]
+            else:
+                entries, entries_len = snap.full_stats(cutoff, target.partition)
+                chunks = snap.full_chunks(cutoff, target.partition)
+            head = (b"\x02\x01\x01" + self.signer.algorithm_identifier_der + self._issuer_name
+                    + der.time(record.this_update) + der.time(record.next_update))
+            revoked_header = der.header(0x30, entries_len) if entries else b""  # never an empty SEQUENCE
+            exts = self._extensions(target, record, base)
+            body_len = len(head) + len(revoked_header) + entries_len + len(exts)
+            size = 0
+            with open(path, "wb") as out:
+                for piece in _pieces(der.header(0x30, body_len) + head + revoked_header,
+                                     chunks if entries else [], exts):
+                    hasher.update(piece)
+                    out.write(piece)
+                    size += len(piece)
+            change_seq = snap.change_seq
+        expected = len(der.header(0x30, body_len)) + body_len
+        if size != expected:
+            raise CrlBuildError(f"registry changed the entries under the snapshot ({size} != {expected} bytes)")
+        return _Tbs(hasher.digest(), entries, size, change_seq)
+
+    def _assemble(self, tbs_path: Path, tbs_size: int, signature: bytes, path: Path) -> int:
+        tail = self.signer.algorithm_identifier_der + der.tlv(0x03, b"\x00" + signature)
+        header = der.header(0x30, tbs_size + len(tail))
+        with open(path, "wb") as out, open(tbs_path, "rb") as tbs:
+            out.write(header)
+            shutil.copyfileobj(tbs, out, CHUNK)
+            out.write(tail)
+            out.flush()
+            os.fsync(out.fileno())
+        return len(header) + tbs_size + len(tail)
+
+    def _self_check(self, target: Target, record: CrlRecord, path: Path, entries: int) -> str:
+        data = path.read_bytes()
+        try:
+            crl = x509.load_der_x509_crl(data)
+        except ValueError as exc:
+            raise CrlBuildError(f"does not parse back: {exc}") from None
+        if not crl.is_signature_valid(self._public_key):  # type: ignore[arg-type]
+            raise CrlBuildError("signature does not verify under the CA certificate")
+        if crl.issuer.public_bytes() != self._issuer_name:
+            raise CrlBuildError("issuer does not match the CA certificate's subject")
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        if number != record.number:
+            raise CrlBuildError(f"cRLNumber {number} is not the allocated {record.number}")
+        previous = self.registry.crl_latest(self.issuer.name, target.scope, target.kind)
+        if previous is not None and number <= previous.number:
+            raise CrlBuildError(f"cRLNumber {number} is not greater than the published {previous.number}")
+        if len(crl) != entries:
+            raise CrlBuildError(f"{len(crl)} entries, the registry has {entries}")
+        now = int(self.clock())
+        next_update = crl.next_update_utc
+        if next_update is None or int(next_update.timestamp()) <= now:
+            raise CrlBuildError("nextUpdate is not in the future")
+        if int(crl.last_update_utc.timestamp()) > now + 1:
+            raise CrlBuildError("thisUpdate is in the future")
+        return hashlib.sha256(data).hexdigest()
+
+    def _install(self, target: Target, record: CrlRecord, tmp: Path, tbs: _Tbs, size: int, sha256: str,
+                 started: float) -> PublishedCrl:
+        final = self.dir / target.filename
+        with self._lock():
+            latest = self.registry.crl_latest(self.issuer.name, target.scope, target.kind)
+            if latest is not None and latest.number >= record.number:
+                raise CrlBuildError(f"a newer CRL (number {latest.number}) was published meanwhile")
+            archived = self.dir / "archive" / f"{final.stem}-{record.number}{final.suffix}"
+            if not archived.exists():
+                os.link(tmp, archived)
+            pem = self.dir / f".{final.stem}.pem.tmp"
+            _write_durably(pem, _pem(tmp.read_bytes()))
+            os.replace(pem, self.dir / f"{final.stem}.pem")
+            os.replace(tmp, final)
+            _fsync_dir(self.dir)
+            self.registry.crl_finish(record, "published", tbs.change_seq, tbs.entries, size, sha256)
+        self._prune_archive(final)
+        published = PublishedCrl(target, record, final, tbs.entries, size, sha256, record.this_update,
+                                 record.next_update, time.monotonic() - started)
+        self.stats.published += 1
+        log.info("published %s number %d: %d entries, %d bytes, %.3f s", target.filename, record.number,
+                 tbs.entries, size, published.seconds)
+        if self.on_published is not None:
+            self.on_published(published)
+        return published
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        with open(self.dir / f".{self.issuer.name}.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _prune_archive(self, final: Path) -> None:
+        """Keep the newest ``archive`` CRLs of this file name (archive/NAME-NUMBER.crl)."""
+        pattern = re.compile(rf"^{re.escape(final.stem)}-(\d+){re.escape(final.suffix)}$")
+        numbered = sorted((int(m.group(1)), p) for p in (self.dir / "archive").iterdir()
+                          if (m := pattern.match(p.name)))
+        keep = self.settings.archive
+        for _, old in numbered[:-keep] if keep else numbered:
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+
+
+def _pieces(head: bytes, chunks: Iterable[bytes], tail: bytes) -> Iterator[bytes]:
+    yield head
+    yield from chunks
+    yield tail
+
+
+def _pem(data: bytes) -> bytes:
+    body = base64.encodebytes(data).replace(b"\n", b"")
+    lines = b"\n".join(body[i:i + 64] for i in range(0, len(body), 64))
+    return b"-----BEGIN X509 CRL-----\n" + lines + b"\n-----END X509 CRL-----\n"
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
