@@ -155,9 +155,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from directory.crl.service import CrlComponent
     from directory.service.app import serve
 
-    return serve(_config(args))
+    return serve(_config(args), [CrlComponent()])
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

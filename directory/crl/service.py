@@ -1,27 +1,175 @@
-"""CRL publication wired into the service: publishers per issuer, schedules, revocation triggers."""
+"""CRL publication inside ``annuaire serve``: publishers, schedules, revocation triggers and HTTP routes.
+
+Per issuer:
+- every ``interval``: full CRL(s) (and the delta);
+- every ``delta_interval`` when deltas are on: a delta against the newest full CRL;
+- a freshness watchdog: whenever ``now >= nextUpdate - overlap`` the CRL is rebuilt, so a CRL never
+  expires because nothing was revoked (this also covers a missed schedule or a clock jump);
+- when ``on_revocation_delay`` is set, the registry's change log is polled every ``delay / 2`` seconds
+  (at least 1 s): a revocation made by any process is in a new CRL within ``on_revocation_delay``.
+Builds run on a worker thread, one at a time per issuer; serving never waits for them.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
 from directory.config import Config
-from directory.crl.builder import CrlPublisher, PublishedCrl
-from directory.hsm.signer import HsmSigner
+from directory.crl.builder import CrlBuildError, CrlPublisher, PublishedCrl, Target
+from directory.crl.http import CERT_NAME, CRL_NAME, CrlFiles, ServedFile, ca_file, respond
+from directory.hsm.signer import HsmError, HsmSigner
 from directory.registry import Registry
 
+if TYPE_CHECKING:
+    from directory.service.app import Service
 
-def crl_dir(config: Config):  # type: ignore[no-untyped-def]
+log = logging.getLogger(__name__)
+
+
+def crl_dir(config: Config) -> Path:
     return config.data_dir / "crl"
 
 
-def publishers_for(config: Config, hsm: HsmSigner, registry: Registry, clock=None,  # type: ignore[no-untyped-def]
-                   on_published=None) -> dict[str, CrlPublisher]:
-    import time
-
+def publishers_for(config: Config, hsm: HsmSigner, registry: Registry, clock: Callable[[], float] = time.time,
+                   on_published: Callable[[PublishedCrl], None] | None = None) -> dict[str, CrlPublisher]:
     out = {}
     for issuer in config.issuers:
         signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm)
-        out[issuer.name] = CrlPublisher(issuer, signer, registry, crl_dir(config), config.http.base_url,
-                                        clock or time.time, on_published)
+        out[issuer.name] = CrlPublisher(issuer, signer, registry, crl_dir(config), config.http.base_url, clock,
+                                        on_published)
     return out
 
 
-__all__ = ["PublishedCrl", "crl_dir", "publishers_for"]
+class CrlComponent:
+    """Mounts /crl/ and /ca/ and keeps every issuer's CRLs fresh."""
+
+    name = "crl"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.publishers: dict[str, CrlPublisher] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="crl")
+        self._ca_files: dict[str, ServedFile] = {}
+        self.files: CrlFiles | None = None
+        self.last_error: dict[str, str] = {}
+
+    async def start(self, service: Service) -> None:
+        config = service.config
+        self.registry = service.registry
+        self.publishers = publishers_for(config, service.hsm, service.registry, self.clock)
+        self._locks = {name: asyncio.Lock() for name in self.publishers}
+        cap = min(i.crl.interval for i in config.issuers)
+        self.files = CrlFiles(crl_dir(config), cap, self.clock)
+        self.files.refresh_all()
+        self._ca_files = {i.name: ca_file(i.certificate) for i in config.issuers}
+        service.app.router.add_get("/crl/{name}", self._serve_crl)
+        service.app.router.add_get("/ca/{name}", self._serve_ca)
+        for name, publisher in self.publishers.items():
+            settings = publisher.settings
+            service.scheduler.add_job(self.build, "interval", seconds=settings.interval, args=[name, "all"],
+                                      id=f"crl-{name}", coalesce=True, max_instances=1)
+            if settings.delta:
+                service.scheduler.add_job(self.build, "interval", seconds=settings.delta_interval,
+                                          args=[name, "delta"], id=f"crl-delta-{name}", coalesce=True,
+                                          max_instances=1)
+            if settings.on_revocation_delay is not None:
+                period = max(1, settings.on_revocation_delay // 2)
+                service.scheduler.add_job(self.build_if_changed, "interval", seconds=period, args=[name],
+                                          id=f"crl-changes-{name}", coalesce=True, max_instances=1)
+        service.scheduler.add_job(self.watchdog, "interval", seconds=30, id="crl-watchdog", coalesce=True,
+                                  max_instances=1)
+        service.readiness_checks["crl"] = self.readiness
+        await self.watchdog()  # publish at start-up what is missing or due
+
+    async def stop(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    # -- decisions ----------------------------------------------------------------------------
+    def due(self, name: str, now: float | None = None) -> bool:
+        """True when a full CRL of ``name`` is missing or within ``overlap`` of its nextUpdate."""
+        publisher = self.publishers[name]
+        now = self.clock() if now is None else now
+        for target in publisher.full_targets():
+            latest = self.registry.crl_latest(name, target.scope, "full")
+            if latest is None or now >= latest.next_update - publisher.settings.overlap:
+                return True
+            if latest.this_update > now:  # the clock went back: do not keep a CRL from the future
+                return True
+        return False
+
+    def changed(self, name: str) -> bool:
+        latest = self.registry.crl_latest(name, "main", "full")
+        return latest is None or self.registry.change_seq(name) > latest.change_seq
+
+    # -- jobs ---------------------------------------------------------------------------------
+    async def watchdog(self) -> None:
+        for name in self.publishers:
+            if await self._in_thread(self.due, name):
+                await self.build(name, "all")
+
+    async def build_if_changed(self, name: str) -> None:
+        if await self._in_thread(self.changed, name):
+            await self.build(name, "delta" if self.publishers[name].settings.delta else "all")
+
+    async def build(self, name: str, what: str = "all") -> list[PublishedCrl]:
+        publisher = self.publishers[name]
+        async with self._locks[name]:
+            try:
+                if what == "delta" and self.registry.crl_latest(name, "main", "full") is not None:
+                    result = [await self._in_thread(publisher.publish, publisher.delta_target())]
+                else:
+                    result = await self._in_thread(publisher.publish_all)
+            except (CrlBuildError, HsmError) as exc:
+                self.last_error[name] = str(exc)
+                log.error("CRL build for %s failed: %s", name, exc)
+                return []
+        self.last_error.pop(name, None)
+        assert self.files is not None
+        for crl in result:
+            self.files.refresh(crl.path.name)
+            self.files.refresh(crl.path.with_suffix(".pem").name)
+        return result
+
+    async def _in_thread(self, fn: Callable[..., object], *args: object):  # type: ignore[no-untyped-def]
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def readiness(self) -> str | None:
+        now = self.clock()
+        problems = []
+        for publisher in self.publishers.values():
+            for target in publisher.full_targets():
+                served = self.files.refresh(target.filename) if self.files else None
+                if served is None:
+                    problems.append(f"{target.filename} not published")
+                elif served.expires is not None and served.expires <= now:
+                    problems.append(f"{target.filename} expired")
+        return "; ".join(problems) or None
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    async def _serve_crl(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if not CRL_NAME.match(name) or self.files is None:
+            raise web.HTTPNotFound(text="no such CRL\n")
+        served = await self.files.get(name)
+        if served is None:
+            raise web.HTTPNotFound(text="no such CRL\n")
+        return respond(request, served, self.files.max_age_cap, self.clock())
+
+    async def _serve_ca(self, request: web.Request) -> web.Response:
+        match = CERT_NAME.match(request.match_info["name"])
+        served = self._ca_files.get(match.group(1)) if match else None
+        if served is None:
+            raise web.HTTPNotFound(text="no such CA certificate\n")
+        return respond(request, served, 86400, self.clock())
+
+
+__all__ = ["CrlComponent", "PublishedCrl", "Target", "crl_dir", "publishers_for"]

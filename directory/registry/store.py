@@ -370,6 +370,12 @@ class Registry:
             (self._issuer_id(issuer), scope, kind)).fetchone()
         return CrlRecord(*row) if row else None
 
+    def change_seq(self, issuer: str) -> int:
+        """Sequence number of the issuer's latest status change (0 when none)."""
+        row = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM status_changes WHERE issuer_id = ?",
+                                   (self._issuer_id(issuer),)).fetchone()
+        return int(row[0])
+
     def crl_records(self, issuer: str) -> list[CrlRecord]:
         rows = self._conn().execute(f"SELECT {_CRL_COLUMNS} FROM crls r JOIN issuers i ON i.id = r.issuer_id "
                                     "WHERE r.issuer_id = ? ORDER BY r.scope, r.number", (self._issuer_id(issuer),))
