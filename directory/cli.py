@@ -56,7 +56,7 @@ def cmd_init_demo(args: argparse.Namespace) -> int:
 
     try:
         path = init_demo(DemoOptions(Path(args.directory), args.certs, args.key_type, args.http_port,
-                                     args.ldap_port), say=lambda m: print(m, file=sys.stderr))
+                                     args.ldap_port, args.crl_partitions), say=lambda m: print(m, file=sys.stderr))
     except DemoError as exc:
         raise Refusal(str(exc)) from None
     print(path)
@@ -185,7 +185,10 @@ def cmd_crl_build(args: argparse.Namespace) -> int:
             if args.issuer and name != args.issuer:
                 continue
             try:
-                for crl in publisher.publish_all():
+                if args.delta and not publisher.settings.delta:
+                    continue
+                crls = [publisher.publish(publisher.delta_target())] if args.delta else publisher.publish_all()
+                for crl in crls:
                     results.append({"issuer": name, "file": str(crl.path), "kind": crl.target.kind,
                                     "number": crl.record.number, "entries": crl.entries, "size": crl.size,
                                     "this_update": _iso(crl.this_update), "next_update": _iso(crl.next_update),
@@ -247,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-type", choices=["rsa", "ec"], default="rsa")
     p.add_argument("--http-port", type=int, default=8080)
     p.add_argument("--ldap-port", type=int, default=3890)
+    p.add_argument("--crl-partitions", type=int, default=0, metavar="N",
+                   help="partition the issuing CAs' CRLs in N (certificates carry the matching CDP)")
     p.set_defaults(func=cmd_init_demo)
 
     p = sub.add_parser("import", parents=[common], help="import certificates (PEM, DER, folders, index.txt)")
@@ -286,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     crl = sub.add_parser("crl", help="CRL operations").add_subparsers(dest="crl_command", required=True)
     p = crl.add_parser("build", parents=[common], help="build, sign, check and publish CRLs now")
     p.add_argument("--issuer", help="only this issuer (default: all)")
+    p.add_argument("--delta", action="store_true", help="only the delta CRLs (issuers with delta = true)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_crl_build)
     p = crl.add_parser("show", parents=[common], help="describe a CRL file (and verify it when a config is given)")

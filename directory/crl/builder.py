@@ -97,6 +97,7 @@ class CrlPublisher:
         self.stats = CrlStats()
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "archive").mkdir(exist_ok=True)
+        self._remove_stale_temporaries()
         cert = issuer.certificate
         self._issuer_name = cert.subject.public_bytes()
         self._public_key = cert.public_key()
@@ -267,6 +268,14 @@ class CrlPublisher:
         if self.on_published is not None:
             self.on_published(published)
         return published
+
+    def _remove_stale_temporaries(self, older_than: float = 3600) -> None:
+        """Temporary files of builds killed mid-write (never served: their names start with a dot)."""
+        limit = time.time() - older_than
+        for tmp in self.dir.glob(f".{self.issuer.name}*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if tmp.stat().st_mtime < limit:
+                    tmp.unlink()
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:

@@ -61,16 +61,21 @@ class DemoOptions:
     key_type: str = "rsa"
     http_port: int = 8080
     ldap_port: int = 3890
+    crl_partitions: int = 0
 
 
 @dataclass(frozen=True)
 class DemoUrls:
     base: str
     ldap: str
+    partitions: int = 0  # CRL partitions of the issuing CAs (0: one CRL each)
 
-    def crl(self, issuer: str) -> list[str]:
-        return [f"{self.base}/crl/{issuer}.crl",
-                f"{self.ldap}/cn={issuer},ou=AC,{LDAP_SUFFIX}?certificateRevocationList;binary"]
+    def crl(self, issuer: str, serial: int | None = None) -> list[str]:
+        """CDP URLs: the partition's CRL when the issuer is partitioned (serial_low % N), else the full one."""
+        http = f"{self.base}/crl/{issuer}.crl"
+        if self.partitions and serial is not None:
+            http = f"{self.base}/crl/{issuer}-p{(serial & 0xFFFFFFFF) % self.partitions}.crl"
+        return [http, f"{self.ldap}/cn={issuer},ou=AC,{LDAP_SUFFIX}?certificateRevocationList;binary"]
 
     def ca_issuers(self, issuer: str) -> str:
         return f"{self.base}/ca/{issuer}.crt"
@@ -128,7 +133,8 @@ def init_demo(options: DemoOptions, say: Callable[[str], None] = lambda _: None)
     token = create_token(directory / "hsm", TOKEN_LABEL)
     hsm = HsmSigner(HsmSettings(token.module, TOKEN_LABEL, token.pin(), 2, softhsm2_conf=str(token.conf)))
     try:
-        urls = DemoUrls(f"http://127.0.0.1:{options.http_port}", f"ldap://127.0.0.1:{options.ldap_port}")
+        urls = DemoUrls(f"http://127.0.0.1:{options.http_port}", f"ldap://127.0.0.1:{options.ldap_port}",
+                        options.crl_partitions)
         say(f"generating CA keys ({options.key_type}) in the SoftHSM2 token")
         cas, ocsp_certs = _build_hierarchy(hsm, options.key_type, urls)
         ca_dir = directory / "ca"
@@ -185,8 +191,16 @@ def _build_hierarchy(hsm: HsmSigner, key_type: str, urls: DemoUrls
 
 
 def _write_config(path: Path, options: DemoOptions) -> None:
+    def crl_table(name: str) -> str:
+        lines = ["on_revocation_delay = 5"]
+        if name != ROOT and options.crl_partitions:
+            lines.append(f"partitions = {options.crl_partitions}")
+        if name == PERSONNES:
+            lines += ["delta = true", 'delta_interval = "5m"']
+        return "\n[issuers.crl]\n" + "\n".join(lines) + "\n"
+
     issuers = "".join(
-        f'\n[[issuers]]\nname = "{name}"\ncertificate = "ca/{name}.pem"\nkey_label = "{name}"\n'
+        f'\n[[issuers]]\nname = "{name}"\ncertificate = "ca/{name}.pem"\nkey_label = "{name}"\n' + crl_table(name)
         for name in (ROOT, PERSONNES, STRUCTURES))
     path.write_text(
         "# Written by `annuaire init-demo`: a DEMO configuration. Keys live in the private SoftHSM2 token\n"
@@ -293,9 +307,11 @@ def issue_end_entities(hsm: HsmSigner, cas: dict[str, CertificateAuthority], cou
             emails, dns = ([], [host]) if profile == "server-tls" else ([cn], [])
             server += 1
         ca = cas[issuer]
-        exts = issuance.end_entity_extensions(ca, spki, profile, emails, dns, urls.crl(issuer), urls.ocsp,
+        serial = issuance.random_serial()
+        exts = issuance.end_entity_extensions(ca, spki, profile, emails, dns, urls.crl(issuer, serial), urls.ocsp,
                                               urls.ca_issuers(issuer))
-        cert = issuance.issue(ca, subject, spki, now - issuance.days(1), now + issuance.days(3 * 365), exts)
+        cert = issuance.issue(ca, subject, spki, now - issuance.days(1), now + issuance.days(3 * 365), exts,
+                              serial=serial)
         out.append((issuer, profile, cert))
     return out
 
