@@ -58,7 +58,7 @@ def service(demo: Path) -> Iterator[tuple[str, Path]]:
 
 
 def test_http_caching_rules(service: tuple[str, Path]) -> None:
-    base, demo = service
+    base, _ = service
     status, headers, body = _request(base + "/crl/ac-personnes.crl")
     assert status == 200 and headers["Content-Type"] == "application/pkix-crl"
     crl = x509.load_der_x509_crl(body)
