@@ -168,8 +168,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_crl_build(args: argparse.Namespace) -> int:
-    from directory.crl.builder import CrlBuildError
-    from directory.crl.service import publishers_for
+    from directory.crl.builder import CrlBuildError, publishers_for
     from directory.runtime import open_config_registry, open_hsm
 
     config = _config(args)

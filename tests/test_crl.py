@@ -186,11 +186,15 @@ def _bulk_revoked(db_path: Path, issuer: str, count: int) -> None:
     db = sqlite3.connect(db_path)
     issuer_id = db.execute("SELECT id FROM issuers WHERE name = ?", (issuer,)).fetchone()[0]
     now = int(time.time())
-    rows = [(issuer_id, format(10**12 + n, "x"), "revoked", now - 60, "superseded",
-             der.revoked_entry(10**12 + n, now - 60, 4), (10**12 + n) & 0xFFFFFFFF, now, now, now + 10**7)
-            for n in range(count)]
-    db.executemany("INSERT INTO certificates (issuer_id, serial_hex, status, revocation_time, reason, "
-                   "crl_entry_der, serial_low, imported_at, updated_at, not_after) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+    first = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM certificates").fetchone()[0]
+    serials = [(first + n, 10**12 + n) for n in range(count)]
+    db.executemany("INSERT INTO certificates (id, issuer_id, serial_hex, status, revocation_time, reason, serial_low, "
+                   "imported_at, updated_at, not_after) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                   [(cid, issuer_id, format(s, "x"), "revoked", now - 60, "superseded", s & 0xFFFFFFFF, now, now,
+                     now + 10**7) for cid, s in serials])
+    db.executemany("INSERT INTO crl_entries (issuer_id, certificate_id, not_after, serial_low, entry_der) "
+                   "VALUES (?,?,?,?,?)", [(issuer_id, cid, now + 10**7, s & 0xFFFFFFFF,
+                                          der.revoked_entry(s, now - 60, 4)) for cid, s in serials])
     db.commit()
 
 

@@ -23,20 +23,35 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 
-from directory.config import IssuerConfig
+from directory.config import Config, IssuerConfig
 from directory.crl import der
-from directory.hsm.signer import KeySigner
+from directory.hsm.signer import HsmSigner, KeySigner, SignatureCheckFailed
 from directory.registry import Registry
 from directory.registry.store import CrlRecord
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+
+
+def crl_dir(config: Config) -> Path:
+    return config.data_dir / "crl"
+
+
+def publishers_for(config: Config, hsm: HsmSigner, registry: Registry, clock: Callable[[], float] = time.time,
+                   on_published: Callable[[PublishedCrl], None] | None = None) -> dict[str, CrlPublisher]:
+    """One publisher per configured issuer, signing with that issuer's HSM key."""
+    out = {}
+    for issuer in config.issuers:
+        signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm)
+        out[issuer.name] = CrlPublisher(issuer, signer, registry, crl_dir(config), config.http.base_url, clock,
+                                        on_published)
+    return out
 
 
 class CrlBuildError(RuntimeError):
@@ -145,7 +160,7 @@ class CrlPublisher:
             tbs = self._write_tbs(target, record, base, tbs_tmp)
             signature = self.signer.sign_digest(tbs.digest)
             size = self._assemble(tbs_tmp, tbs.size, signature, crl_tmp)
-            sha256 = self._self_check(target, record, crl_tmp, tbs.entries)
+            sha256 = self._self_check(target, record, crl_tmp, tbs)
             published = self._install(target, record, crl_tmp, tbs, size, sha256, started)
         except Exception as exc:
             self.stats.failed += 1
@@ -180,14 +195,13 @@ class CrlPublisher:
         cutoff = None if self.settings.keep_expired else record.this_update
         hasher = self.signer.algorithm.new_hash()
         with self.registry.crl_snapshot(self.issuer.name) as snap:
-            chunks: Iterable[bytes]
             if target.kind == "delta":
                 assert base is not None
                 delta = snap.delta_entries(base.change_seq, record.this_update)
-                entries, entries_len, chunks = len(delta), sum(map(len, delta)), [b"".join(delta)]
+                entries, blob = len(delta), b"".join(delta)
             else:
-                entries, entries_len = snap.full_stats(cutoff, target.partition)
-                chunks = snap.full_chunks(cutoff, target.partition)
+                entries, blob = snap.full_entries(cutoff, target.partition)
+            entries_len = len(blob)
             head = (b"\x02\x01\x01" + self.signer.algorithm_identifier_der + self._issuer_name
                     + der.time(record.this_update) + der.time(record.next_update))
             revoked_header = der.header(0x30, entries_len) if entries else b""  # never an empty SEQUENCE
@@ -195,8 +209,7 @@ class CrlPublisher:
             body_len = len(head) + len(revoked_header) + entries_len + len(exts)
             size = 0
             with open(path, "wb") as out:
-                for piece in _pieces(der.header(0x30, body_len) + head + revoked_header,
-                                     chunks if entries else [], exts):
+                for piece in (der.header(0x30, body_len) + head + revoked_header, blob, exts):
                     hasher.update(piece)
                     out.write(piece)
                     size += len(piece)
@@ -217,14 +230,28 @@ class CrlPublisher:
             os.fsync(out.fileno())
         return len(header) + tbs_size + len(tail)
 
-    def _self_check(self, target: Target, record: CrlRecord, path: Path, entries: int) -> str:
+    def _self_check(self, target: Target, record: CrlRecord, path: Path, tbs: _Tbs) -> str:
+        """Read the file back as a relying party would, and refuse it unless everything holds."""
+        entries = tbs.entries
         data = path.read_bytes()
         try:
             crl = x509.load_der_x509_crl(data)
         except ValueError as exc:
             raise CrlBuildError(f"does not parse back: {exc}") from None
-        if not crl.is_signature_valid(self._public_key):  # type: ignore[arg-type]
-            raise CrlBuildError("signature does not verify under the CA certificate")
+        # The signature, checked over the TBS bytes exactly as they are in the file (hashed again from disk,
+        # not reusing the build's digest) with the CA certificate's public key.
+        tail_len = len(self.signer.algorithm_identifier_der) + len(der.tlv(0x03, b"\x00" + crl.signature))
+        tbs_start = len(der.header(0x30, tbs.size + tail_len))
+        start = tbs_start + tbs.size
+        if start + tail_len != len(data) or data[tbs_start] != 0x30:
+            raise CrlBuildError("the file is not laid out as built (TBS, algorithm, signature)")
+        if crl.signature_algorithm_oid.dotted_string != self.signer.algorithm_identifier["algorithm"].dotted:
+            raise CrlBuildError("signature algorithm differs from the signer's")
+        digest = self.signer.algorithm.digest(memoryview(data)[tbs_start:start])
+        try:
+            self.signer.verify_digest(crl.signature, digest)
+        except SignatureCheckFailed:
+            raise CrlBuildError("signature does not verify under the CA certificate") from None
         if crl.issuer.public_bytes() != self._issuer_name:
             raise CrlBuildError("issuer does not match the CA certificate's subject")
         number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
@@ -297,15 +324,9 @@ class CrlPublisher:
                 old.unlink()
 
 
-def _pieces(head: bytes, chunks: Iterable[bytes], tail: bytes) -> Iterator[bytes]:
-    yield head
-    yield from chunks
-    yield tail
-
-
 def _pem(data: bytes) -> bytes:
-    body = base64.encodebytes(data).replace(b"\n", b"")
-    lines = b"\n".join(body[i:i + 64] for i in range(0, len(body), 64))
+    body = base64.b64encode(data)
+    lines = b"\n".join([body[i:i + 64] for i in range(0, len(body), 64)])
     return b"-----BEGIN X509 CRL-----\n" + lines + b"\n-----END X509 CRL-----\n"
 
 

@@ -17,35 +17,18 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from directory.config import Config
-from directory.crl.builder import CrlBuildError, CrlPublisher, PublishedCrl, Target
+from directory.crl.builder import CrlBuildError, CrlPublisher, PublishedCrl, Target, crl_dir, publishers_for
 from directory.crl.http import CERT_NAME, CRL_NAME, CrlFiles, ServedFile, ca_file, respond
-from directory.hsm.signer import HsmError, HsmSigner
-from directory.registry import Registry
+from directory.hsm.signer import HsmError
 
 if TYPE_CHECKING:
     from directory.service.app import Service
 
 log = logging.getLogger(__name__)
-
-
-def crl_dir(config: Config) -> Path:
-    return config.data_dir / "crl"
-
-
-def publishers_for(config: Config, hsm: HsmSigner, registry: Registry, clock: Callable[[], float] = time.time,
-                   on_published: Callable[[PublishedCrl], None] | None = None) -> dict[str, CrlPublisher]:
-    out = {}
-    for issuer in config.issuers:
-        signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm)
-        out[issuer.name] = CrlPublisher(issuer, signer, registry, crl_dir(config), config.http.base_url, clock,
-                                        on_published)
-    return out
 
 
 class CrlComponent:

@@ -452,7 +452,7 @@ class KeySigner:
             signature = ecdsa_der(raw)
         else:
             signature = raw
-        self._verify(signature, digest)
+        self.verify_digest(signature, digest)
         return signature
 
     def sign(self, data: bytes | Iterable[bytes]) -> bytes:
@@ -462,7 +462,8 @@ class KeySigner:
     async def sign_async(self, data: bytes) -> bytes:
         return await self.hsm.run(self.sign, data)
 
-    def _verify(self, signature: bytes, digest: bytes) -> None:
+    def verify_digest(self, signature: bytes, digest: bytes) -> None:
+        """Raise ``SignatureCheckFailed`` unless ``signature`` over ``digest`` verifies under our public key."""
         prehashed = utils.Prehashed(self.algorithm.cryptography_hash())
         try:
             if self.algorithm.scheme == "ecdsa":

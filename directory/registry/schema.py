@@ -65,9 +65,15 @@ MIGRATIONS.append((
     2,
     "CRL publication: entry DER kept at revocation, status change log, CRL number scopes, CRL records",
     """
-    ALTER TABLE certificates ADD COLUMN crl_entry_der BLOB;
     ALTER TABLE certificates ADD COLUMN serial_low INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX certificates_crl ON certificates (issuer_id, status, serial_low);
+    CREATE TABLE crl_entries (
+        issuer_id       INTEGER NOT NULL REFERENCES issuers(id),
+        certificate_id  INTEGER NOT NULL REFERENCES certificates(id),
+        not_after       INTEGER,
+        serial_low      INTEGER NOT NULL,
+        entry_der       BLOB NOT NULL,
+        PRIMARY KEY (issuer_id, certificate_id)
+    ) WITHOUT ROWID;
     CREATE TABLE status_changes (
         seq             INTEGER PRIMARY KEY,
         issuer_id       INTEGER NOT NULL REFERENCES issuers(id),
