@@ -74,10 +74,10 @@ def test_openssl_verify_crl_check_on_every_demo_certificate(demo: Path) -> None:
     _build(demo)
     demo_dir = demo.parent
     crl_dir = demo_dir / "data" / "crl"
-    arl = crl_dir / "ac-racine.pem"
+    arl = crl_dir / "ac-racine.crl"
     for entry in _manifest(demo_dir)[:30]:
         cert_file = demo_dir / "certs" / entry["file"]
-        out = _openssl_verify(demo_dir, cert_file, crl_dir / f"{entry['issuer']}.pem", arl,
+        out = _openssl_verify(demo_dir, cert_file, crl_dir / f"{entry['issuer']}.crl", arl,
                               extra=("-crl_check_all",))
         if entry["status"] == "good":
             assert f"{cert_file}: OK" in out, out
@@ -96,9 +96,9 @@ def test_delta_crl_is_used_by_openssl(demo: Path) -> None:
     assert delta[0]["kind"] == "delta" and delta[0]["entries"] == 1
     crl_dir = demo_dir / "data" / "crl"
     cert_file = demo_dir / "certs" / good["file"]
-    full_only = _openssl_verify(demo_dir, cert_file, crl_dir / "ac-personnes.pem")
+    full_only = _openssl_verify(demo_dir, cert_file, crl_dir / "ac-personnes.crl")
     assert f"{cert_file}: OK" in full_only  # the base does not know yet
-    with_delta = _openssl_verify(demo_dir, cert_file, crl_dir / "ac-personnes.pem", crl_dir / "ac-personnes-delta.pem",
+    with_delta = _openssl_verify(demo_dir, cert_file, crl_dir / "ac-personnes.crl", crl_dir / "ac-personnes-delta.crl",
                                  extra=("-use_deltas",))
     assert "certificate revoked" in with_delta, with_delta
     parsed = x509.load_der_x509_crl((crl_dir / "ac-personnes-delta.crl").read_bytes())
@@ -126,8 +126,8 @@ def test_delta_carries_remove_from_crl_for_a_released_hold(demo: Path) -> None:
     assert entry is not None
     assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == x509.ReasonFlags.remove_from_crl
     cert_file = demo_dir / "certs" / good["file"]
-    assert "certificate revoked" in _openssl_verify(demo_dir, cert_file, crl_dir / "ac-personnes.pem")
-    out = _openssl_verify(demo_dir, cert_file, crl_dir / "ac-personnes.pem", crl_dir / "ac-personnes-delta.pem",
+    assert "certificate revoked" in _openssl_verify(demo_dir, cert_file, crl_dir / "ac-personnes.crl")
+    out = _openssl_verify(demo_dir, cert_file, crl_dir / "ac-personnes.crl", crl_dir / "ac-personnes-delta.crl",
                           extra=("-use_deltas",))
     assert f"{cert_file}: OK" in out, out
 
@@ -146,11 +146,11 @@ def test_partitioned_crls_are_accepted_for_each_partition(tmp_path: Path) -> Non
         cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value[0].full_name[0].value
         part = cdp.rsplit("/", 1)[1].removesuffix(".crl")
         seen.add(part)
-        pem = crl_dir / f"{part}.pem"
-        idp = x509.load_pem_x509_crl(pem.read_bytes()).extensions.get_extension_for_class(
+        part_crl = crl_dir / f"{part}.crl"
+        idp = x509.load_der_x509_crl(part_crl.read_bytes()).extensions.get_extension_for_class(
             x509.IssuingDistributionPoint).value
         assert idp.full_name[0].value == cdp
-        out = _openssl_verify(demo_dir, cert_file, pem)
+        out = _openssl_verify(demo_dir, cert_file, part_crl)
         if entry["status"] == "good":
             assert f"{cert_file}: OK" in out, out
         else:

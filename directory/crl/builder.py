@@ -197,11 +197,11 @@ class CrlPublisher:
         with self.registry.crl_snapshot(self.issuer.name) as snap:
             if target.kind == "delta":
                 assert base is not None
-                delta = snap.delta_entries(base.change_seq, record.this_update)
-                entries, blob = len(delta), b"".join(delta)
+                chunks = snap.delta_entries(base.change_seq, record.this_update)
+                entries = len(chunks)
             else:
-                entries, blob = snap.full_entries(cutoff, target.partition)
-            entries_len = len(blob)
+                entries, chunks = snap.full_entries(cutoff, target.partition)
+            entries_len = sum(map(len, chunks))
             head = (b"\x02\x01\x01" + self.signer.algorithm_identifier_der + self._issuer_name
                     + der.time(record.this_update) + der.time(record.next_update))
             revoked_header = der.header(0x30, entries_len) if entries else b""  # never an empty SEQUENCE
@@ -209,7 +209,7 @@ class CrlPublisher:
             body_len = len(head) + len(revoked_header) + entries_len + len(exts)
             size = 0
             with open(path, "wb") as out:
-                for piece in (der.header(0x30, body_len) + head + revoked_header, blob, exts):
+                for piece in (der.header(0x30, body_len) + head + revoked_header, *chunks, exts):
                     hasher.update(piece)
                     out.write(piece)
                     size += len(piece)
@@ -280,9 +280,6 @@ class CrlPublisher:
             archived = self.dir / "archive" / f"{final.stem}-{record.number}{final.suffix}"
             if not archived.exists():
                 os.link(tmp, archived)
-            pem = self.dir / f".{final.stem}.pem.tmp"
-            _write_durably(pem, _pem(tmp.read_bytes()))
-            os.replace(pem, self.dir / f"{final.stem}.pem")
             os.replace(tmp, final)
             _fsync_dir(self.dir)
             self.registry.crl_finish(record, "published", tbs.change_seq, tbs.entries, size, sha256)
@@ -324,17 +321,11 @@ class CrlPublisher:
                 old.unlink()
 
 
-def _pem(data: bytes) -> bytes:
+def pem_crl(data: bytes) -> bytes:
+    """PEM form of a DER CRL (served on demand; the build only writes DER)."""
     body = base64.b64encode(data)
     lines = b"\n".join([body[i:i + 64] for i in range(0, len(body), 64)])
     return b"-----BEGIN X509 CRL-----\n" + lines + b"\n-----END X509 CRL-----\n"
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
 
 
 def _fsync_dir(path: Path) -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 from aiohttp import web
 from cryptography import x509
 
+from directory.crl.builder import pem_crl
+
 CRL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}\.(crl|pem)$")
 CERT_NAME = re.compile(r"^([a-z0-9][a-z0-9-]{0,62})\.crt$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -46,14 +48,14 @@ def _stat_key(path: Path) -> tuple[int, int, int] | None:
 
 
 def load_crl_file(path: Path) -> ServedFile:
-    """Read a published CRL (DER ``.crl`` or ``.pem``) and take thisUpdate/nextUpdate from it."""
+    """Read a published DER CRL and take thisUpdate/nextUpdate from it."""
     key = _stat_key(path)
     data = path.read_bytes()
-    crl = x509.load_pem_x509_crl(data) if path.suffix == ".pem" else x509.load_der_x509_crl(data)
+    crl = x509.load_der_x509_crl(data)
     next_update = crl.next_update_utc
     return ServedFile(
         body=data,
-        content_type="application/x-pem-file" if path.suffix == ".pem" else "application/pkix-crl",
+        content_type="application/pkix-crl",
         etag=f'"{hashlib.sha256(data).hexdigest()[:32]}"',
         last_modified=int(crl.last_update_utc.timestamp()),
         expires=int(next_update.timestamp()) if next_update else None,
@@ -71,7 +73,12 @@ class CrlFiles:
         self._files: dict[str, ServedFile] = {}
 
     def refresh(self, name: str) -> ServedFile | None:
-        """(Re)load ``name`` when its file changed; keep the previous bytes if the new ones cannot be read."""
+        """(Re)load ``name`` when its file changed; keep the previous bytes if the new ones cannot be read.
+
+        ``NAME.pem`` is derived from ``NAME.crl`` (only DER is written by the builder) and cached with it.
+        """
+        if name.endswith(".pem"):
+            return self._pem(name)
         path = self.directory / name
         key = _stat_key(path)
         current = self._files.get(name)
@@ -86,15 +93,28 @@ class CrlFiles:
         self._files[name] = loaded
         return loaded
 
+    def _pem(self, name: str) -> ServedFile | None:
+        source = self.refresh(name[: -len(".pem")] + ".crl")
+        if source is None:
+            return None
+        current = self._files.get(name)
+        if current is not None and current.stat_key == source.stat_key:
+            return current
+        pem = ServedFile(pem_crl(source.body), "application/x-pem-file", source.etag[:-1] + '-pem"',
+                         source.last_modified, source.expires, source.stat_key)
+        self._files[name] = pem
+        return pem
+
     def refresh_all(self) -> None:
         if self.directory.is_dir():
             for path in self.directory.iterdir():
-                if CRL_NAME.match(path.name):
+                if path.suffix == ".crl" and CRL_NAME.match(path.name):
                     self.refresh(path.name)
 
     async def get(self, name: str) -> ServedFile | None:
         current = self._files.get(name)
-        key = _stat_key(self.directory / name)
+        source = name[: -len(".pem")] + ".crl" if name.endswith(".pem") else name
+        key = _stat_key(self.directory / source)
         if current is not None and current.stat_key == key:
             return current
         return await asyncio.get_running_loop().run_in_executor(None, self.refresh, name)

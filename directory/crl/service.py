@@ -117,9 +117,8 @@ class CrlComponent:
                 return []
         self.last_error.pop(name, None)
         assert self.files is not None
-        for crl in result:
-            self.files.refresh(crl.path.name)
-            self.files.refresh(crl.path.with_suffix(".pem").name)
+        for crl in result:  # load the new bytes off the event loop; PEM forms are derived on first request
+            await self._in_thread(self.files.refresh, crl.path.name)
         return result
 
     async def _in_thread(self, fn: Callable[..., object], *args: object):  # type: ignore[no-untyped-def]
