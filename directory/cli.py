@@ -157,8 +157,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from directory.crl.service import CrlComponent
     from directory.service.app import serve
+    from ocsp.http import OcspComponent
 
-    return serve(_config(args), [CrlComponent()])
+    return serve(_config(args), [CrlComponent(), OcspComponent()])
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run drowns the rest
     from directory.hsm.signer import HsmError
     from directory.registry import RegistryError
 

@@ -88,6 +88,20 @@ class CrlConfig:
 
 
 @dataclass(frozen=True)
+class OcspConfig:
+    """OCSP for one issuer (``[issuers.ocsp]``); present means served, absent means ``unauthorized``."""
+
+    signer_certificate_path: Path | None
+    signer_certificate: x509.Certificate | None = field(repr=False, compare=False)
+    signer_key_label: str | None = None
+    validity: int = 4 * 86400
+    nonce: str = "echo"
+    unknown_status: str = "unknown"
+    max_cert_ids: int = 10
+    live_concurrency: int = 4
+
+
+@dataclass(frozen=True)
 class IssuerConfig:
     name: str
     certificate_path: Path
@@ -95,6 +109,7 @@ class IssuerConfig:
     key_label: str
     signature_algorithm: SignatureAlgorithm | None
     crl: CrlConfig = field(default_factory=CrlConfig)
+    ocsp: OcspConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -243,7 +258,7 @@ def _issuer(file: Path, index: int, table: Any) -> IssuerConfig:
     if not isinstance(table, dict):
         raise ConfigError(file, f"issuers[{index}]", "must be a table")
     s = _Section(file, f"issuers[{index}]", table,
-                 {"name", "certificate", "key_label", "signature_algorithm", "crl"})
+                 {"name", "certificate", "key_label", "signature_algorithm", "crl", "ocsp"})
     name = s.get("name", str, required=True)
     if not ISSUER_NAME.match(name):
         raise s.error("name", f"{name!r} must be lower-case letters, digits and dashes (it appears in URLs)")
@@ -265,7 +280,66 @@ def _issuer(file: Path, index: int, table: Any) -> IssuerConfig:
         except ValueError as exc:
             raise s.error("signature_algorithm", str(exc)) from None
     crl = _crl(_Section(file, f"issuers[{name}].crl", s.table_of("crl"), set(CrlConfig.__dataclass_fields__)))
-    return IssuerConfig(name, cert_path, cert, s.get("key_label", str, required=True), algorithm, crl)
+    ocsp = None
+    if "ocsp" in table:
+        ocsp = _ocsp(_Section(file, f"issuers[{name}].ocsp", s.table_of("ocsp"), {
+            "signer_certificate", "signer_key_label", "validity", "nonce", "unknown_status", "max_cert_ids",
+            "live_concurrency"}), cert)
+    return IssuerConfig(name, cert_path, cert, s.get("key_label", str, required=True), algorithm, crl, ocsp)
+
+
+def _load_certificate(s: _Section, key: str, path: Path) -> x509.Certificate:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise s.error(key, f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise s.error(key, f"{path} is not an X.509 certificate: {exc}") from None
+
+
+def _ocsp(s: _Section, ca: x509.Certificate) -> OcspConfig:
+    """A delegated responder (certificate + key label, issued by this CA for id-kp-OCSPSigning) or the CA key."""
+    cert_path = s.path("signer_certificate", None)
+    label = s.get("signer_key_label", str, None)
+    if (cert_path is None) != (label is None):
+        raise s.error("signer_key_label", "signer_certificate and signer_key_label go together "
+                                          "(omit both to sign with the CA key)")
+    signer = None
+    if cert_path is not None:
+        signer = _load_certificate(s, "signer_certificate", cert_path)
+        try:
+            signer.verify_directly_issued_by(ca)
+        except Exception:
+            raise s.error("signer_certificate", "not issued by this issuer's CA certificate") from None
+        try:
+            eku = signer.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            eku = []
+        if x509.oid.ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
+            raise s.error("signer_certificate", "lacks extendedKeyUsage id-kp-OCSPSigning")
+    validity = OcspConfig.validity
+    if "validity" in s.table:
+        try:
+            validity = parse_duration(s.table["validity"])
+        except ValueError as exc:
+            raise s.error("validity", str(exc)) from None
+        if validity < 60:
+            raise s.error("validity", "must be at least 60 seconds")
+    nonce = s.get("nonce", str, "echo")
+    if nonce not in ("echo", "ignore"):
+        raise s.error("nonce", 'must be "echo" or "ignore"')
+    unknown = s.get("unknown_status", str, "unknown")
+    if unknown not in ("unknown", "revoked"):
+        raise s.error("unknown_status", 'must be "unknown" or "revoked" (RFC 6960 §2.2)')
+    max_ids = s.get("max_cert_ids", int, 10)
+    live = s.get("live_concurrency", int, 4)
+    if not 1 <= max_ids <= 100:
+        raise s.error("max_cert_ids", "must be between 1 and 100")
+    if not 1 <= live <= 1024:
+        raise s.error("live_concurrency", "must be between 1 and 1024")
+    return OcspConfig(cert_path, signer, label, validity, nonce, unknown, max_ids, live)
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

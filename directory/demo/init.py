@@ -197,7 +197,11 @@ def _write_config(path: Path, options: DemoOptions) -> None:
             lines.append(f"partitions = {options.crl_partitions}")
         if name == PERSONNES:
             lines += ["delta = true", 'delta_interval = "5m"']
-        return "\n[issuers.crl]\n" + "\n".join(lines) + "\n"
+        text = "\n[issuers.crl]\n" + "\n".join(lines) + "\n"
+        if name != ROOT:  # the issuing CAs answer OCSP through their delegated responder
+            text += (f'\n[issuers.ocsp]\nsigner_certificate = "ca/ocsp-{name}.pem"\n'
+                     f'signer_key_label = "ocsp-{name}"\n')
+        return text
 
     issuers = "".join(
         f'\n[[issuers]]\nname = "{name}"\ncertificate = "ca/{name}.pem"\nkey_label = "{name}"\n' + crl_table(name)

@@ -108,3 +108,20 @@ MIGRATIONS.append((
     );
     """,
 ))
+
+MIGRATIONS.append((
+    3,
+    "OCSP: pre-signed responses persisted so that a restart does not stampede the HSM",
+    """
+    CREATE TABLE ocsp_responses (
+        issuer_id    INTEGER NOT NULL REFERENCES issuers(id),
+        serial_hex   TEXT NOT NULL,
+        hash_name    TEXT NOT NULL,
+        this_update  INTEGER NOT NULL,
+        next_update  INTEGER NOT NULL,
+        body         BLOB NOT NULL,
+        PRIMARY KEY (issuer_id, serial_hex, hash_name)
+    );
+    CREATE INDEX ocsp_responses_this_update ON ocsp_responses (this_update);
+    """,
+))

@@ -382,6 +382,49 @@ class Registry:
                                    (self._issuer_id(issuer),)).fetchone()
         return int(row[0])
 
+    # -- OCSP ------------------------------------------------------------------------------
+    def status_of(self, issuer: str, serial_hex: str) -> tuple[str, int | None, str | None] | None:
+        """(status, revocation_time, reason) of one certificate, or None when the registry never saw it."""
+        row = self._conn().execute("SELECT status, revocation_time, reason FROM certificates WHERE issuer_id = ? "
+                                   "AND serial_hex = ?", (self._issuer_id(issuer), serial_hex)).fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
+    def serials(self, issuer: str) -> list[str]:
+        """Serials of the certificates we hold (forced placeholders without a certificate included)."""
+        return [r[0] for r in self._conn().execute("SELECT serial_hex FROM certificates WHERE issuer_id = ?",
+                                                   (self._issuer_id(issuer),))]
+
+    def latest_change(self) -> int:
+        return int(self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM status_changes").fetchone()[0])
+
+    def changes_after(self, seq: int, limit: int = 10000) -> list[tuple[int, str, str]]:
+        """(seq, issuer, serial_hex) of status changes after ``seq``, oldest first."""
+        return [tuple(r) for r in self._conn().execute(  # type: ignore[misc]
+            "SELECT s.seq, i.name, c.serial_hex FROM status_changes s JOIN certificates c ON c.id = s.certificate_id "
+            "JOIN issuers i ON i.id = s.issuer_id WHERE s.seq > ? ORDER BY s.seq LIMIT ?", (seq, limit))]
+
+    def ocsp_store(self, rows: list[tuple[str, str, str, int, int, bytes]]) -> None:
+        """Persist pre-signed responses: (issuer, serial_hex, hash_name, this_update, next_update, body)."""
+        if not rows:
+            return
+        with self._write() as tx:
+            tx.executemany("INSERT OR REPLACE INTO ocsp_responses (issuer_id, serial_hex, hash_name, this_update, "
+                           "next_update, body) VALUES (?, ?, ?, ?, ?, ?)",
+                           [(self._issuer_id(i), s, h, t, n, b) for i, s, h, t, n, b in rows])
+
+    def ocsp_load(self, now: int) -> Iterator[tuple[str, str, str, int, int, bytes]]:
+        """Persisted responses still valid and signed after the certificate's last change."""
+        yield from self._conn().execute(
+            "SELECT i.name, r.serial_hex, r.hash_name, r.this_update, r.next_update, r.body FROM ocsp_responses r "
+            "JOIN issuers i ON i.id = r.issuer_id JOIN certificates c ON c.issuer_id = r.issuer_id "
+            "AND c.serial_hex = r.serial_hex WHERE r.next_update > ? AND c.updated_at < r.this_update", (now,))
+
+    def ocsp_due(self, issuer: str, signed_before: int) -> list[tuple[str, str]]:
+        """(serial_hex, hash_name) of persisted responses signed before ``signed_before`` (to refresh)."""
+        return [(r[0], r[1]) for r in self._conn().execute(
+            "SELECT serial_hex, hash_name FROM ocsp_responses WHERE issuer_id = ? AND this_update < ?",
+            (self._issuer_id(issuer), signed_before))]
+
     def crl_records(self, issuer: str) -> list[CrlRecord]:
         rows = self._conn().execute(f"SELECT {_CRL_COLUMNS} FROM crls r JOIN issuers i ON i.id = r.issuer_id "
                                     "WHERE r.issuer_id = ? ORDER BY r.scope, r.number", (self._issuer_id(issuer),))

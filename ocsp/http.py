@@ -1,0 +1,190 @@
+"""``POST /ocsp`` and ``GET /ocsp/{base64}`` in the service, plus the jobs that keep the cache fresh.
+
+Whatever arrives, the answer is an OCSP response (or 405/413 for wrong methods and oversized bodies):
+never an HTTP 500, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from email.utils import formatdate
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from directory.hsm.signer import HsmError
+from ocsp import response as resp
+from ocsp.request import Malformed, decode_get_path
+from ocsp.responder import PRESIGN_HASH, OcspResponder, Outcome
+
+if TYPE_CHECKING:
+    from directory.service.app import Service
+
+log = logging.getLogger(__name__)
+MAX_BODY = 10 * 1024
+CONTENT_TYPE = "application/ocsp-response"
+CHANGE_POLL = 0.2  # seconds between looks at the registry's change log
+
+
+class OcspComponent:
+    """Mounts the responder and runs: change polling, pre-signing, refresh at half validity, persistence."""
+
+    name = "ocsp"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.responder: OcspResponder | None = None
+        self._seq = 0
+        self._presign_executor = ThreadPoolExecutor(1, thread_name_prefix="ocsp-presign")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    async def start(self, service: Service) -> None:
+        self.service = service
+        self.responder = OcspResponder(service.config, service.hsm, service.registry, self.clock)
+        loop = asyncio.get_running_loop()
+        self._seq = await loop.run_in_executor(None, service.registry.latest_change)
+        loaded = await loop.run_in_executor(None, self.responder.load_persisted)
+        log.info("OCSP: %d pre-signed responses loaded from the registry", loaded)
+        router = service.app.router
+        router.add_post("/ocsp", self._post)
+        router.add_post("/ocsp/", self._post)
+        router.add_get("/ocsp/{tail:.*}", self._get)
+        router.add_get("/ocsp", self._get_empty)
+        service.registry.add_listener(self._on_change)
+        self._tasks = [asyncio.create_task(self._poll_changes()), asyncio.create_task(self._presign_loop())]
+        service.scheduler.add_job(self._flush, "interval", seconds=2, id="ocsp-flush", coalesce=True,
+                                  max_instances=1)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.responder is not None:
+            await asyncio.get_running_loop().run_in_executor(self._presign_executor, self.responder.flush)
+        self._presign_executor.shutdown(wait=True)
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    async def _post(self, request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
+        body = await self._read_limited(request)
+        if request.content_type != "application/ocsp-request":
+            return self._send(_error(resp.MALFORMED_REQUEST), get=False)
+        return self._send(await self._answer(body), get=False)
+
+    async def _get(self, request: web.Request) -> web.Response:
+        raw = request.raw_path.split("?", 1)[0]
+        tail = raw[raw.index("/ocsp") + len("/ocsp"):]
+        try:
+            der = decode_get_path(tail)
+        except Malformed:
+            return self._send(_error(resp.MALFORMED_REQUEST), get=True)
+        if len(der) > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(der))
+        return self._send(await self._answer(der), get=True)
+
+    async def _get_empty(self, request: web.Request) -> web.Response:
+        return self._send(_error(resp.MALFORMED_REQUEST), get=True)
+
+    async def _read_limited(self, request: web.Request) -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(4096):
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=size)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _answer(self, der: bytes) -> Outcome:
+        assert self.responder is not None
+        try:
+            first = self.responder.from_cache(der)
+            if isinstance(first, Outcome):
+                outcome = first
+            else:
+                outcome = await self.service.hsm.run(self.responder.answer_live, first)
+        except Exception:  # never a 500: an unexpected failure is an internalError response, logged
+            log.exception("OCSP request failed unexpectedly")
+            outcome = _error(resp.INTERNAL_ERROR)
+        self.responder.stats.count(outcome.status, outcome.path)
+        return outcome
+
+    def _send(self, outcome: Outcome, get: bool) -> web.Response:
+        headers = {"Content-Type": CONTENT_TYPE}
+        if get and outcome.next_update is not None and outcome.this_update is not None:
+            max_age = max(0, int(outcome.next_update - self.clock()))
+            headers["Cache-Control"] = f"max-age={max_age}, public, no-transform, must-revalidate"
+            headers["Last-Modified"] = formatdate(outcome.this_update, usegmt=True)
+            headers["Expires"] = formatdate(outcome.next_update, usegmt=True)
+            headers["ETag"] = '"' + hashlib.blake2b(outcome.body, digest_size=12).hexdigest() + '"'
+        else:
+            headers["Cache-Control"] = "no-cache, no-store"
+        return web.Response(body=outcome.body, headers=headers)
+
+    # -- freshness ---------------------------------------------------------------------------------
+    def _on_change(self, issuer: str, serial_hex: str, what: str) -> None:
+        """Registry listener (any thread): drop cached answers now; the poller re-signs."""
+        if self.responder is not None and what in ("revoked", "released"):
+            self.responder.invalidate(issuer, serial_hex)
+
+    async def _poll_changes(self) -> None:
+        """Follow the registry's change log (revocations from any process): invalidate, then re-sign."""
+        assert self.responder is not None
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            try:
+                changes = await loop.run_in_executor(None, self.service.registry.changes_after, self._seq)
+                for seq, issuer, serial_hex in changes:
+                    self.responder.invalidate(issuer, serial_hex)
+                    self._seq = seq
+                for _, issuer, serial_hex in changes:
+                    try:
+                        await self.service.hsm.run(self.responder.presign, issuer, serial_hex)
+                    except HsmError as exc:
+                        log.warning("OCSP re-signing of %s 0x%s deferred: %s", issuer, serial_hex, exc)
+            except Exception:
+                log.exception("OCSP change polling failed; retrying")
+            await asyncio.sleep(CHANGE_POLL)
+
+    async def _presign_loop(self) -> None:
+        """Sign what is missing (start-up, new certificates) and what is past half its validity."""
+        assert self.responder is not None
+        responder = self.responder
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            try:
+                for issuer in responder.issuers:
+                    missing = await loop.run_in_executor(None, responder.missing, issuer)
+                    due = await loop.run_in_executor(None, responder.due_for_refresh, issuer)
+                    work = [(s, PRESIGN_HASH) for s in missing] + due
+                    for serial_hex, hash_name in work:
+                        if self._stopping.is_set():
+                            return
+                        await loop.run_in_executor(self._presign_executor, responder.presign, issuer, serial_hex,
+                                                   hash_name)
+                    if work:
+                        log.info("OCSP: %d responses pre-signed for %s", len(work), issuer)
+            except HsmError as exc:
+                log.warning("OCSP pre-signing paused: %s", exc)
+            except Exception:
+                log.exception("OCSP pre-signing failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=30)
+
+    async def _flush(self) -> None:
+        assert self.responder is not None
+        await asyncio.get_running_loop().run_in_executor(self._presign_executor, self.responder.flush)
+
+
+def _error(code: int) -> Outcome:
+    return Outcome(resp.error_response(code), resp.STATUS_NAMES[code], "error")

@@ -1,0 +1,259 @@
+"""The OCSP responder's logic: which issuer, what status, pre-signed cache, live signing with load shedding.
+
+Single-CertID requests without a nonce (RFC 5019 clients: browsers, TLS stacks) are answered from a
+cache of responses signed ahead of time. Everything else (nonces, several CertIDs, cache misses) is
+signed live, at most ``live_concurrency`` at a time per issuer; beyond that the answer is ``tryLater``.
+
+Freshness: any status change (seen through the registry's change log, whichever process made it)
+first removes the cached responses of that certificate, then re-signs them. A request arriving in
+between is signed live from the registry, so "revoked" is never hidden behind a cached "good". A
+generation counter per certificate keeps a slow live signature from putting back a stale response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from directory.config import Config, IssuerConfig
+from directory.hsm.signer import HsmError, HsmSigner, KeySigner
+from directory.registry import Registry
+from directory.revocation import REASON_CODES
+from ocsp import response as resp
+from ocsp.request import HASHES, CertId, Malformed, Request, parse_request
+
+log = logging.getLogger(__name__)
+PRESIGN_HASH = "sha1"  # what RFC 5019 clients use in CertIDs
+
+
+@dataclass
+class OcspStats:
+    by_status: dict[str, int] = field(default_factory=dict)
+    by_path: dict[str, int] = field(default_factory=dict)
+    shed: int = 0
+    presigned: int = 0
+
+    def count(self, status: str, path: str) -> None:
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+        self.by_path[path] = self.by_path.get(path, 0) + 1
+
+
+class IssuerResponder:
+    """One issuer's responder: its signer, responder id, certificates sent along, and CertID hashes."""
+
+    def __init__(self, issuer: IssuerConfig, hsm: HsmSigner) -> None:
+        assert issuer.ocsp is not None
+        self.name = issuer.name
+        self.settings = issuer.ocsp
+        if issuer.ocsp.signer_certificate is not None:
+            responder_cert = issuer.ocsp.signer_certificate
+            assert issuer.ocsp.signer_key_label is not None
+            self.signer: KeySigner = hsm.key(issuer.ocsp.signer_key_label, responder_cert)
+            cert_ders = [responder_cert.public_bytes(Encoding.DER)]
+        else:
+            responder_cert = issuer.certificate
+            self.signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm)
+            cert_ders = []
+        self.responder_key_hash = _key_hash(responder_cert, "sha1")
+        self.certs = resp.certs_field(cert_ders)
+        subject = issuer.certificate.subject.public_bytes()
+        self.lookup_keys = {(h, hashlib.new(h, subject).digest(), _key_hash(issuer.certificate, h)) for h in
+                            HASHES.values()}
+        self.live_slots = threading.BoundedSemaphore(issuer.ocsp.live_concurrency)
+
+
+def _key_hash(cert: x509.Certificate, hash_name: str) -> bytes:
+    """Hash of the subjectPublicKey BIT STRING contents (RFC 6960 issuerKeyHash, responderID byKey)."""
+    from asn1crypto import keys
+
+    spki = keys.PublicKeyInfo.load(cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+    return hashlib.new(hash_name, spki["public_key"].contents[1:]).digest()
+
+
+class Outcome:
+    """What to send back: the DER, the status for metrics, and caching information for GET."""
+
+    __slots__ = ("body", "next_update", "path", "status", "this_update")
+
+    def __init__(self, body: bytes, status: str, path: str, this_update: int | None = None,
+                 next_update: int | None = None) -> None:
+        self.body, self.status, self.path = body, status, path
+        self.this_update, self.next_update = this_update, next_update
+
+
+def _error(code: int, path: str) -> Outcome:
+    return Outcome(resp.error_response(code), resp.STATUS_NAMES[code], path)
+
+
+class OcspResponder:
+    def __init__(self, config: Config, hsm: HsmSigner, registry: Registry,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry
+        self.clock = clock
+        self.issuers: dict[str, IssuerResponder] = {
+            i.name: IssuerResponder(i, hsm) for i in config.issuers if i.ocsp is not None}
+        self._by_key = {key: r for r in self.issuers.values() for key in r.lookup_keys}
+        # cache[(issuer, hash_name)][serial] = (signed part, thisUpdate, nextUpdate)
+        self.cache: dict[tuple[str, str], dict[int, tuple[bytes, int, int]]] = {
+            (name, h): {} for name in self.issuers for h in HASHES.values()}
+        self._generation: dict[tuple[str, int], int] = {}
+        self._pending_store: list[tuple[str, str, str, int, int, bytes]] = []
+        self._lock = threading.Lock()
+        self.stats = OcspStats()
+
+    # -- answering ----------------------------------------------------------------------------
+    def from_cache(self, der: bytes) -> Outcome | Request | None:
+        """The fast path (event loop, no I/O): a cached answer, or the parsed request for the slow path."""
+        try:
+            request = parse_request(der, 100)
+        except Malformed:
+            return _error(resp.MALFORMED_REQUEST, "error")
+        issuer = self._issuer_of(request)
+        if issuer is None:
+            return _error(resp.UNAUTHORIZED, "error")
+        if len(request.cert_ids) > issuer.settings.max_cert_ids:
+            return _error(resp.MALFORMED_REQUEST, "error")
+        if len(request.cert_ids) == 1 and (request.nonce is None or issuer.settings.nonce == "ignore"):
+            cid = request.cert_ids[0]
+            hit = self.cache[(issuer.name, cid.hash_name)].get(cid.serial)
+            if hit is not None:
+                signed, this_update, next_update = hit
+                if next_update > self.clock() + 60:
+                    return Outcome(resp.assemble(signed, issuer.certs), "successful", "presigned", this_update,
+                                   next_update)
+        return request
+
+    def answer_live(self, request: Request) -> Outcome:
+        """The slow path, run on an HSM worker thread: registry lookup, signature, maybe cache."""
+        issuer = self._issuer_of(request)
+        if issuer is None:
+            return _error(resp.UNAUTHORIZED, "error")
+        if not issuer.live_slots.acquire(blocking=False):
+            self.stats.shed += 1
+            return _error(resp.TRY_LATER, "shed")
+        try:
+            single = len(request.cert_ids) == 1
+            echo = request.nonce_extension if issuer.settings.nonce == "echo" else None
+            cacheable = single and echo is None
+            gens = [self._generation.get((issuer.name, c.serial), 0) for c in request.cert_ids]
+            try:
+                signed, this_update, next_update = self._sign(issuer, request.cert_ids, echo)
+            except HsmError as exc:
+                log.warning("OCSP live signing for %s unavailable: %s", issuer.name, exc)
+                return _error(resp.TRY_LATER, "error")
+            if cacheable and gens[0] == self._generation.get((issuer.name, request.cert_ids[0].serial), 0):
+                self._remember(issuer, request.cert_ids[0], signed, this_update, next_update)
+            return Outcome(resp.assemble(signed, issuer.certs), "successful", "live", this_update,
+                           None if echo else next_update)
+        finally:
+            issuer.live_slots.release()
+
+    def _issuer_of(self, request: Request) -> IssuerResponder | None:
+        found = {self._by_key.get((c.hash_name, c.name_hash, c.key_hash)) for c in request.cert_ids}
+        if len(found) != 1:
+            return None  # unknown issuer, or CertIDs of several issuers (one response has one signer)
+        return found.pop()
+
+    def _status(self, issuer: IssuerResponder, cid: CertId) -> tuple[resp.SingleStatus, bool]:
+        """(what to say, whether the extended-revoke extension is needed)."""
+        serial_hex = format(cid.serial, "x")
+        row = self.registry.status_of(issuer.name, serial_hex)
+        if row is None:
+            if issuer.settings.unknown_status == "revoked":  # RFC 6960 §2.2: never issued
+                return resp.SingleStatus(cid.der, "revoked", 0, REASON_CODES["certificateHold"]), True
+            return resp.SingleStatus(cid.der, "unknown"), False
+        status, revocation_time, reason = row
+        if status == "good":
+            return resp.SingleStatus(cid.der, "good"), False
+        return resp.SingleStatus(cid.der, "revoked", revocation_time, REASON_CODES[reason] if reason else None), False
+
+    def _sign(self, issuer: IssuerResponder, cert_ids: tuple[CertId, ...],
+              nonce_extension: bytes | None) -> tuple[bytes, int, int]:
+        now = int(self.clock())
+        this_update, next_update = now, now + issuer.settings.validity
+        singles, extended = [], False
+        for cid in cert_ids:
+            status, ext = self._status(issuer, cid)
+            extended = extended or ext
+            singles.append(resp.single_response(status, this_update, next_update))
+        tbs = resp.response_data(issuer.responder_key_hash, now, singles, nonce_extension, extended)
+        signature = issuer.signer.sign(tbs)
+        return resp.signed_part(tbs, issuer.signer.algorithm_identifier_der, signature), this_update, next_update
+
+    def _remember(self, issuer: IssuerResponder, cid: CertId, signed: bytes, this_update: int,
+                  next_update: int) -> None:
+        self.cache[(issuer.name, cid.hash_name)][cid.serial] = (signed, this_update, next_update)
+        with self._lock:
+            self._pending_store.append((issuer.name, format(cid.serial, "x"), cid.hash_name, this_update,
+                                        next_update, signed))
+
+    # -- keeping the cache true and fresh --------------------------------------------------------
+    def invalidate(self, issuer: str, serial_hex: str) -> None:
+        """Forget every cached response of a certificate whose status changed (before re-signing it)."""
+        if issuer not in self.issuers:
+            return
+        serial = int(serial_hex, 16)
+        key = (issuer, serial)
+        self._generation[key] = self._generation.get(key, 0) + 1
+        for h in HASHES.values():
+            self.cache[(issuer, h)].pop(serial, None)
+
+    def presign(self, issuer: str, serial_hex: str, hash_name: str = PRESIGN_HASH) -> bool:
+        """Sign (blocking, HSM thread) the single-CertID response of one certificate and cache it."""
+        responder = self.issuers.get(issuer)
+        if responder is None:
+            return False
+        serial = int(serial_hex, 16)
+        gen = self._generation.get((issuer, serial), 0)
+        cid = self.cert_id(responder, serial, hash_name)
+        signed, this_update, next_update = self._sign(responder, (cid,), None)
+        if gen != self._generation.get((issuer, serial), 0):
+            return False
+        self._remember(responder, cid, signed, this_update, next_update)
+        self.stats.presigned += 1
+        return True
+
+    def cert_id(self, responder: IssuerResponder, serial: int, hash_name: str) -> CertId:
+        """The CertID a client would send for ``serial`` with ``hash_name`` (NULL hash parameters)."""
+        from directory.crl import der
+
+        name_hash, key_hash = next((n, k) for h, n, k in responder.lookup_keys if h == hash_name)
+        oid = {"sha1": "06052b0e03021a", "sha256": "0609608648016503040201", "sha384": "0609608648016503040202",
+               "sha512": "0609608648016503040203"}[hash_name]
+        cid_der = der.sequence(der.sequence(bytes.fromhex(oid), b"\x05\x00"), der.octet_string(name_hash),
+                               der.octet_string(key_hash), der.integer(serial))
+        return CertId(cid_der, hash_name, name_hash, key_hash, serial)
+
+    def load_persisted(self) -> int:
+        """Fill the cache from the registry (valid responses signed after each certificate's last change)."""
+        n = 0
+        margin = int(self.clock()) + 60
+        for issuer, serial_hex, hash_name, this_update, next_update, body in self.registry.ocsp_load(margin):
+            if issuer in self.issuers and (issuer, hash_name) in self.cache:
+                self.cache[(issuer, hash_name)][int(serial_hex, 16)] = (bytes(body), this_update, next_update)
+                n += 1
+        return n
+
+    def missing(self, issuer: str) -> list[str]:
+        """Serials of ``issuer`` without a usable pre-signed response."""
+        cached = self.cache[(issuer, PRESIGN_HASH)]
+        return [s for s in self.registry.serials(issuer) if int(s, 16) not in cached]
+
+    def due_for_refresh(self, issuer: str) -> list[tuple[str, str]]:
+        """Responses past half their validity (re-signed ahead of expiry)."""
+        validity = self.issuers[issuer].settings.validity
+        return self.registry.ocsp_due(issuer, int(self.clock()) - validity // 2)
+
+    def flush(self) -> int:
+        """Persist responses signed since the last flush (called from a worker thread)."""
+        with self._lock:
+            rows, self._pending_store = self._pending_store, []
+        self.registry.ocsp_store(rows)
+        return len(rows)

@@ -1,0 +1,90 @@
+"""OCSP responses (RFC 6960 §4.2), hand-encoded in DER, spelled like the RFC.
+
+A signed response is kept as two parts: ``ResponseData`` + signature (variable, a few hundred bytes) and
+the responder's certificates (constant per responder). ``assemble`` glues them into an ``OCSPResponse``
+when serving, so a million cached responses do not each carry a copy of the responder certificate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from directory.crl import der
+
+# OCSPResponseStatus
+SUCCESSFUL, MALFORMED_REQUEST, INTERNAL_ERROR, TRY_LATER, SIG_REQUIRED, UNAUTHORIZED = 0, 1, 2, 3, 5, 6
+STATUS_NAMES = {0: "successful", 1: "malformedRequest", 2: "internalError", 3: "tryLater", 5: "sigRequired",
+                6: "unauthorized"}
+_ID_PKIX_OCSP_BASIC = bytes.fromhex("06092b0601050507300101")  # 1.3.6.1.5.5.7.48.1.1
+_ID_EXTENDED_REVOKE = bytes.fromhex("06092b0601050507300109")  # 1.3.6.1.5.5.7.48.1.9
+_NULL = b"\x05\x00"
+
+
+def error_response(status: int) -> bytes:
+    """An unsigned OCSPResponse carrying only a status (no responseBytes)."""
+    return der.sequence(der.tlv(0x0A, bytes((status,))))
+
+
+@dataclass(frozen=True)
+class SingleStatus:
+    """What to say about one CertID."""
+
+    cert_id_der: bytes
+    status: str  # good | revoked | unknown
+    revocation_time: int | None = None
+    reason_code: int | None = None
+
+
+def single_response(item: SingleStatus, this_update: int, next_update: int) -> bytes:
+    if item.status == "good":
+        cert_status = b"\x80\x00"
+    elif item.status == "unknown":
+        cert_status = b"\x82\x00"
+    else:
+        assert item.revocation_time is not None
+        info = der.generalized_time(item.revocation_time)
+        if item.reason_code:  # unspecified (0) is left out, as on CRLs
+            info += der.tlv(0xA0, der.tlv(0x0A, bytes((item.reason_code,))))
+        cert_status = der.tlv(0xA1, info)
+    return der.sequence(item.cert_id_der, cert_status, der.generalized_time(this_update),
+                        der.tlv(0xA0, der.generalized_time(next_update)))
+
+
+def response_data(responder_key_hash: bytes, produced_at: int, singles: list[bytes],
+                  nonce_extension: bytes | None, extended_revoke: bool) -> bytes:
+    """ResponseData with responderID byKey (SHA-1 of the responder's public key bits)."""
+    exts = b""
+    if nonce_extension is not None:
+        exts += nonce_extension
+    if extended_revoke:
+        exts += der.sequence(_ID_EXTENDED_REVOKE, der.octet_string(_NULL))
+    body = (der.tlv(0xA2, der.octet_string(responder_key_hash)) + der.generalized_time(produced_at)
+            + der.sequence(*singles))
+    if exts:
+        body += der.tlv(0xA1, der.sequence(exts))
+    return der.sequence(body)
+
+
+@dataclass(frozen=True)
+class SignedPart:
+    """ResponseData + signatureAlgorithm + signature: the part that differs between responses."""
+
+    body: bytes
+    this_update: int
+    next_update: int
+
+
+def signed_part(tbs: bytes, algorithm_der: bytes, signature: bytes) -> bytes:
+    return tbs + algorithm_der + der.tlv(0x03, b"\x00" + signature)
+
+
+def certs_field(cert_ders: list[bytes]) -> bytes:
+    """``certs [0] EXPLICIT SEQUENCE OF Certificate``, or nothing."""
+    return der.tlv(0xA0, der.sequence(*cert_ders)) if cert_ders else b""
+
+
+def assemble(signed: bytes, certs: bytes) -> bytes:
+    """OCSPResponse { successful, responseBytes { id-pkix-ocsp-basic, BasicOCSPResponse } }."""
+    basic = der.sequence(signed, certs)
+    response_bytes = der.tlv(0xA0, der.sequence(_ID_PKIX_OCSP_BASIC, der.octet_string(basic)))
+    return der.sequence(b"\x0a\x01\x00", response_bytes)
