@@ -144,11 +144,13 @@ class OcspResponder:
             cacheable = single and echo is None
             gens = [self._generation.get((issuer.name, c.serial), 0) for c in request.cert_ids]
             try:
-                signed, this_update, next_update = self._sign(issuer, request.cert_ids, echo)
+                signed, this_update, next_update, known = self._sign(issuer, request.cert_ids, echo)
             except HsmError as exc:
                 log.warning("OCSP live signing for %s unavailable: %s", issuer.name, exc)
                 return _error(resp.TRY_LATER, "error")
-            if cacheable and gens[0] == self._generation.get((issuer.name, request.cert_ids[0].serial), 0):
+            # Answers about serials the registry does not know are never cached: an import (from any
+            # process) must be answerable at once.
+            if cacheable and known and gens[0] == self._generation.get((issuer.name, request.cert_ids[0].serial), 0):
                 self._remember(issuer, request.cert_ids[0], signed, this_update, next_update)
             return Outcome(resp.assemble(signed, issuer.certs), "successful", "live", this_update,
                            None if echo else next_update)
@@ -161,31 +163,41 @@ class OcspResponder:
             return None  # unknown issuer, or CertIDs of several issuers (one response has one signer)
         return found.pop()
 
-    def _status(self, issuer: IssuerResponder, cid: CertId) -> tuple[resp.SingleStatus, bool]:
-        """(what to say, whether the extended-revoke extension is needed)."""
-        serial_hex = format(cid.serial, "x")
-        row = self.registry.status_of(issuer.name, serial_hex)
+    def _status(self, issuer: IssuerResponder, cid: CertId) -> tuple[resp.SingleStatus, bool] | None:
+        """What to say about one CertID; None when the registry never saw the serial."""
+        row = self.registry.status_of(issuer.name, format(cid.serial, "x"))
         if row is None:
-            if issuer.settings.unknown_status == "revoked":  # RFC 6960 §2.2: never issued
-                return resp.SingleStatus(cid.der, "revoked", 0, REASON_CODES["certificateHold"]), True
-            return resp.SingleStatus(cid.der, "unknown"), False
+            return None
         status, revocation_time, reason = row
         if status == "good":
             return resp.SingleStatus(cid.der, "good"), False
         return resp.SingleStatus(cid.der, "revoked", revocation_time, REASON_CODES[reason] if reason else None), False
 
+    @staticmethod
+    def _never_issued(issuer: IssuerResponder, cid: CertId) -> tuple[resp.SingleStatus, bool]:
+        """(status, extended-revoke needed): ``unknown``, or RFC 6960 §2.2 "revoked" when configured."""
+        if issuer.settings.unknown_status == "revoked":
+            return resp.SingleStatus(cid.der, "revoked", 0, REASON_CODES["certificateHold"]), True
+        return resp.SingleStatus(cid.der, "unknown"), False
+
     def _sign(self, issuer: IssuerResponder, cert_ids: tuple[CertId, ...],
-              nonce_extension: bytes | None) -> tuple[bytes, int, int]:
+              nonce_extension: bytes | None) -> tuple[bytes, int, int, bool]:
+        """(signed part, thisUpdate, nextUpdate, whether every serial is known to the registry)."""
         now = int(self.clock())
         this_update, next_update = now, now + issuer.settings.validity
-        singles, extended = [], False
+        singles, extended, known = [], False, True
         for cid in cert_ids:
-            status, ext = self._status(issuer, cid)
+            found = self._status(issuer, cid)
+            if found is None:
+                known = False
+                found = self._never_issued(issuer, cid)
+            status, ext = found
             extended = extended or ext
             singles.append(resp.single_response(status, this_update, next_update))
         tbs = resp.response_data(issuer.responder_key_hash, now, singles, nonce_extension, extended)
         signature = issuer.signer.sign(tbs)
-        return resp.signed_part(tbs, issuer.signer.algorithm_identifier_der, signature), this_update, next_update
+        signed = resp.signed_part(tbs, issuer.signer.algorithm_identifier_der, signature)
+        return signed, this_update, next_update, known
 
     def _remember(self, issuer: IssuerResponder, cid: CertId, signed: bytes, this_update: int,
                   next_update: int) -> None:
@@ -213,8 +225,8 @@ class OcspResponder:
         serial = int(serial_hex, 16)
         gen = self._generation.get((issuer, serial), 0)
         cid = self.cert_id(responder, serial, hash_name)
-        signed, this_update, next_update = self._sign(responder, (cid,), None)
-        if gen != self._generation.get((issuer, serial), 0):
+        signed, this_update, next_update, known = self._sign(responder, (cid,), None)
+        if not known or gen != self._generation.get((issuer, serial), 0):
             return False
         self._remember(responder, cid, signed, this_update, next_update)
         self.stats.presigned += 1
