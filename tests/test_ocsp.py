@@ -66,6 +66,7 @@ def responder(demo: Path) -> Iterator[tuple[str, Path]]:
         proc.wait(timeout=15)
     finally:
         output = proc.stdout.read().decode() if proc.stdout else ""
+        print(output[-5000:])  # shown by pytest when the test fails
         assert "Traceback" not in output, output[-3000:]
 
 
@@ -306,3 +307,116 @@ def test_newly_imported_certificate_is_answerable_at_once(responder: tuple[str, 
     run_cli("import", "--config", str(demo), str(new), check=True)
     after = ocsp.load_der_ocsp_response(_post(base + "/ocsp", body)[2])
     assert after.certificate_status == ocsp.OCSPCertStatus.GOOD  # no waiting for a refresh job
+
+
+def test_hsm_gone_serves_cached_and_answers_try_later(responder: tuple[str, Path]) -> None:
+    base, demo = responder
+    d = demo.parent
+    entry = _pick(demo, "good")
+    cached_request = _request(demo, entry)
+    deadline = time.monotonic() + 30  # pre-signing of the demo runs at start-up
+    while True:
+        first = _post(base + "/ocsp", cached_request)[2]
+        if ocsp.load_der_ocsp_response(first).response_status == ocsp.OCSPResponseStatus.SUCCESSFUL:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(2.5)  # let the pre-signed answer be cached (and persisted)
+    tokens = d / "hsm" / "tokens"
+    tokens.rename(d / "hsm" / "tokens.away")
+    tokens.mkdir()
+    try:
+        nonce_request = _request(demo, entry, nonce=b"z" * 16)
+        deadline = time.monotonic() + 20
+        while _status_of(_post(base + "/ocsp", nonce_request)[2]) != ocsp.OCSPResponseStatus.TRY_LATER:
+            assert time.monotonic() < deadline, "live signing still answered with the token gone"
+            time.sleep(0.3)
+        cached = ocsp.load_der_ocsp_response(_post(base + "/ocsp", cached_request)[2])
+        assert cached.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL  # valid pre-signed answer
+        assert cached.certificate_status == ocsp.OCSPCertStatus.GOOD
+        assert _get(base + "/readyz")[0] == 503
+    finally:
+        tokens.rmdir()
+        (d / "hsm" / "tokens.away").rename(tokens)
+    deadline = time.monotonic() + 20
+    while _status_of(_post(base + "/ocsp", _request(demo, entry, nonce=b"w" * 16))[2]) != \
+            ocsp.OCSPResponseStatus.SUCCESSFUL:
+        assert time.monotonic() < deadline, "did not recover after the token came back"
+        time.sleep(0.3)
+
+
+def test_never_issued_can_be_answered_revoked(demo: Path, tmp_path: Path) -> None:
+    text = demo.read_text()
+    demo.write_text(text.replace('signer_key_label = "ocsp-ac-personnes"\n',
+                                 'signer_key_label = "ocsp-ac-personnes"\nunknown_status = "revoked"\n'))
+    port = free_port()
+    demo.write_text(demo.read_text().replace('listen = "127.0.0.1:18080"', f'listen = "127.0.0.1:{port}"'))
+    proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(demo)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if _get(base + "/readyz")[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        d = demo.parent
+        respout = tmp_path / "resp.der"
+        out = subprocess.run(["openssl", "ocsp", "-issuer", str(d / "ca" / "ac-personnes.pem"), "-serial", "0xabcdef",
+                              "-url", base + "/ocsp", "-CAfile", str(d / "ca" / "chain.pem"), "-respout",
+                              str(respout)], capture_output=True, text=True, timeout=30)
+        text_out = out.stdout + out.stderr
+        assert "Response verify OK" in text_out and ": revoked" in out.stdout
+        assert "Reason: certificateHold" in out.stdout
+        from asn1crypto import ocsp as aocsp
+
+        data = aocsp.OCSPResponse.load(respout.read_bytes())["response_bytes"]["response"].parsed["tbs_response_data"]
+        single = data["responses"][0]
+        assert single["cert_status"].chosen["revocation_time"].native.year == 1970
+        assert "1.3.6.1.5.5.7.48.1.9" in {e["extn_id"].dotted for e in data["response_extensions"]}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+
+
+def test_restart_reuses_persisted_responses(responder: tuple[str, Path]) -> None:
+    _, demo = responder
+    time.sleep(3)  # the first start pre-signs the demo and persists it (flush every 2 s)
+    import sqlite3
+
+    db = sqlite3.connect(demo.parent / "data" / "registry.sqlite3")
+    stored = db.execute("SELECT COUNT(*) FROM ocsp_responses").fetchone()[0]
+    certs = db.execute("SELECT COUNT(*) FROM certificates c JOIN issuers i ON i.id = c.issuer_id "
+                       "WHERE i.name != 'ac-racine'").fetchone()[0]
+    assert stored >= certs
+    # a second instance on the same registry loads them instead of signing them again
+    port = free_port()
+    text = demo.read_text()
+    other = demo.with_name("second.toml")
+    import re
+
+    other.write_text(re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"', text))
+    proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(other)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if _get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    log_text = proc.stdout.read().decode() if proc.stdout else ""
+    loaded = int(re.search(r"OCSP: (\d+) pre-signed responses loaded", log_text).group(1))  # type: ignore[union-attr]
+    assert loaded >= certs
+    assert "responses pre-signed for" not in log_text  # nothing had to be signed again

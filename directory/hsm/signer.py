@@ -230,6 +230,7 @@ class HsmSigner:
         self._executor = ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="hsm")
         self._pin_refused_until = 0.0
         self._last_error: str | None = None
+        self._known_labels: set[str] = set()
         self.stats = HsmStats()
 
     # -- sessions --------------------------------------------------------------------------
@@ -284,12 +285,17 @@ class HsmSigner:
             try:
                 key = entry.session.get_key(object_class=pkcs11.ObjectClass.PRIVATE_KEY, label=label)
             except p11e.NoSuchKey:
+                if label in self._known_labels:
+                    # It was there before: the token's contents went away under an open session (token
+                    # removed, files gone). Recover like a lost session: reopen, then re-initialise.
+                    raise p11e.DeviceRemoved() from None
                 raise KeyNotFound(f"no private key labelled {label!r} on token "
                                   f"{self.settings.token_label!r}") from None
             except p11e.MultipleObjectsReturned:
                 raise KeyNotFound(f"several private keys labelled {label!r} on token "
                                   f"{self.settings.token_label!r}") from None
             entry.keys[label] = key
+            self._known_labels.add(label)
         return key
 
     def _with_session(self, action: Callable[[_ThreadSession], T]) -> T:
