@@ -21,6 +21,8 @@ test: deps
 bench: deps
 	$(BIN)/python -m bench.hsm
 	$(BIN)/python -m bench.importer
+	$(BIN)/python -m bench.crl
+	$(BIN)/python -m bench.ocsp
 
 lint: deps
 	$(BIN)/ruff check .

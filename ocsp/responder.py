@@ -31,6 +31,7 @@ from ocsp.request import HASHES, CertId, Malformed, Request, parse_request
 
 log = logging.getLogger(__name__)
 PRESIGN_HASH = "sha1"  # what RFC 5019 clients use in CertIDs
+PARSED_CACHE_SIZE = 200_000  # request bytes -> parsed CertID, for repeated RFC 5019 requests
 
 
 @dataclass
@@ -104,13 +105,24 @@ class OcspResponder:
         self.cache: dict[tuple[str, str], dict[int, tuple[bytes, int, int]]] = {
             (name, h): {} for name in self.issuers for h in HASHES.values()}
         self._generation: dict[tuple[str, int], int] = {}
+        self._parsed: dict[bytes, tuple[IssuerResponder, CertId]] = {}
         self._pending_store: list[tuple[str, str, str, int, int, bytes]] = []
         self._lock = threading.Lock()
         self.stats = OcspStats()
 
     # -- answering ----------------------------------------------------------------------------
     def from_cache(self, der: bytes) -> Outcome | Request | None:
-        """The fast path (event loop, no I/O): a cached answer, or the parsed request for the slow path."""
+        """The fast path (event loop, no I/O): a cached answer, or the parsed request for the slow path.
+
+        RFC 5019 clients send byte-identical requests for a certificate, so the parse of a cacheable
+        request (one CertID, no nonce, known issuer) is itself remembered by its bytes.
+        """
+        known = self._parsed.get(der)
+        if known is not None:
+            issuer, cid = known
+            hit = self.cache[(issuer.name, cid.hash_name)].get(cid.serial)
+            if hit is not None and hit[2] > self.clock() + 60:
+                return Outcome(resp.assemble(hit[0], issuer.certs), "successful", "presigned", hit[1], hit[2])
         try:
             request = parse_request(der, 100)
         except Malformed:
@@ -122,6 +134,9 @@ class OcspResponder:
             return _error(resp.MALFORMED_REQUEST, "error")
         if len(request.cert_ids) == 1 and (request.nonce is None or issuer.settings.nonce == "ignore"):
             cid = request.cert_ids[0]
+            if len(self._parsed) >= PARSED_CACHE_SIZE:
+                self._parsed.clear()  # crude but bounded; refills from live traffic
+            self._parsed[der] = (issuer, cid)
             hit = self.cache[(issuer.name, cid.hash_name)].get(cid.serial)
             if hit is not None:
                 signed, this_update, next_update = hit
