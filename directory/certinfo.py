@@ -19,7 +19,6 @@ PROFILES = ("authentication", "signature", "encryption", "server-tls", "server-s
 class CertificateInfo:
     serial: int
     serial_hex: str
-    issuer_dn: str
     subject_dn: str
     emails: tuple[str, ...]
     dns_names: tuple[str, ...]
@@ -51,7 +50,6 @@ def describe(cert: x509.Certificate, der: bytes | None = None) -> CertificateInf
     return CertificateInfo(
         serial=serial,
         serial_hex=serials.to_hex(serial),
-        issuer_dn=cert.issuer.rfc4514_string(),
         subject_dn=cert.subject.rfc4514_string(),
         emails=tuple(e.lower() for e in emails),
         dns_names=tuple(d.lower() for d in dns),

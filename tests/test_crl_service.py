@@ -173,7 +173,7 @@ def test_idle_issuer_is_renewed_before_next_update(private_config: Path) -> None
 
 
 def _fake(serial: int, not_after: int) -> CertificateInfo:
-    return CertificateInfo(serial, format(serial, "x"), "CN=x", f"CN=expired {serial}", (), (), None,
+    return CertificateInfo(serial, format(serial, "x"), f"CN=expired {serial}", (), (), None,
                            not_after - 86400 * 365, not_after, b"\x30\x00" + serial.to_bytes(8, "big"),
                            f"{serial:064x}", "authentication")
 

@@ -24,7 +24,7 @@ class Clock:
 
 
 def _info(serial: int, not_before: int = NOW - 86400 * 30, not_after: int = NOW + 86400 * 365) -> CertificateInfo:
-    return CertificateInfo(serial, format(serial, "x"), "CN=CA", f"CN=user {serial}", ("u@x.fr",), (), None,
+    return CertificateInfo(serial, format(serial, "x"), f"CN=user {serial}", ("u@x.fr",), (), None,
                            not_before, not_after, b"\x30\x03" + serial.to_bytes(1, "big"), f"{serial:064x}",
                            "authentication")
 

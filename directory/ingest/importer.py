@@ -68,8 +68,7 @@ class CertificateChecker:
             cert = x509.load_der_x509_certificate(der)
         except ValueError as exc:
             raise Refused(f"not a valid DER X.509 certificate ({_short(exc)})") from None
-        if cert.public_bytes(Encoding.DER) != der:
-            raise Refused("trailing or non-canonical bytes after the certificate")
+        # (trailing bytes after the certificate are refused by the parser itself: ParseError ExtraData)
         candidates = self._by_subject.get(cert.issuer.public_bytes())
         if not candidates:
             raise Refused(f"issuer {cert.issuer.rfc4514_string()!r} is not a configured issuer")
