@@ -29,7 +29,8 @@ from directory.demo import issuance
 from directory.demo.issuance import CertificateAuthority
 from directory.hsm.signer import HsmSettings, HsmSigner
 from directory.hsm.softhsm import create_token, find_module
-from directory.ingest.importer import Importer
+from directory.ingest.importer import Importer, ImportSummary
+from directory.ingest.sources import SourceItem
 from directory.runtime import known_issuers, open_config_registry
 from directory.serials import to_hex
 
@@ -242,12 +243,17 @@ def _populate(config: Config, hsm: HsmSigner, cas: dict[str, CertificateAuthorit
     for cert in [*(ca.certificate for ca in cas.values() if ca.name != ROOT), *ocsp_certs.values()]:
         assert cert is not None
         importer.import_der(cert.public_bytes(Encoding.DER))
+    items = []
     for n, (issuer, profile, cert) in enumerate(issued):
         filename = f"{profile}-{n:05d}.pem"
         (certs_dir / filename).write_bytes(issuance.pem(cert))
-        importer.import_der(cert.public_bytes(Encoding.DER))
+        items.append((n, SourceItem(filename, der=cert.public_bytes(Encoding.DER))))
         manifest.append({"file": filename, "issuer": issuer, "serial_hex": to_hex(cert.serial_number),
                          "profile": profile})
+    summary = ImportSummary()
+    importer.import_items(iter(items), summary)  # batches of 500 per transaction
+    if summary.refused:
+        raise DemoError(f"the demo's own certificates were refused: {summary.refused[:3]}")
     revoke_every = 10
     hold_done = False
     for n, entry in enumerate(manifest):
