@@ -22,3 +22,15 @@ def demo(name: str, key_type: str, certs: int = 0) -> Path:
 
 def peak_rss_mb_children() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def config_with_data_dir(demo_dir: Path, work: Path) -> Path:
+    """``work/annuaire.toml``: the demo's CA files, token and secrets, with a registry of its own in ``work/data``."""
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    text = (demo_dir / "annuaire.toml").read_text().replace('data_dir = "data"', f'data_dir = "{data}"')
+    for rel in ("hsm/pin", "hsm/softhsm2.conf", "secrets/ldap-password"):
+        text = text.replace(f'"{rel}"', f'"{demo_dir / rel}"')
+    config = work / "annuaire.toml"
+    config.write_text(text.replace('certificate = "ca/', f'certificate = "{demo_dir}/ca/'))
+    return config

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import OUT, demo
+from bench.common import OUT, config_with_data_dir, demo
 from directory.crl import der
 
 SIZES = [int(x) for x in os.environ.get("BENCH_CRL_SIZES", "10000,100000,1000000").split(",")]
@@ -37,14 +37,9 @@ def measure(cmd: list[str], cwd: Path | None = None) -> tuple[float, float]:
 
 
 def our_side(demo_dir: Path, n: int, work: Path) -> tuple[float, float, int]:
-    data = work / "data"
     shutil.rmtree(work, ignore_errors=True)
-    data.mkdir(parents=True)
-    config = work / "annuaire.toml"
-    text = (demo_dir / "annuaire.toml").read_text().replace('data_dir = "data"', f'data_dir = "{data}"')
-    for rel in ("hsm/pin", "hsm/softhsm2.conf", "secrets/ldap-password"):
-        text = text.replace(f'"{rel}"', f'"{demo_dir / rel}"')
-    config.write_text(text.replace('certificate = "ca/', f'certificate = "{demo_dir}/ca/'))
+    config = config_with_data_dir(demo_dir, work)
+    data = work / "data"
     # registry with the issuer, then n revoked rows straight in (setup, not timed)
     subprocess.run([sys.executable, "-m", "directory.cli", "status", "--config", str(config)], check=True,
                    stdout=subprocess.DEVNULL)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import OUT, demo, peak_rss_mb_children
+from bench.common import OUT, config_with_data_dir, demo, peak_rss_mb_children
 from directory.demo import issuance
 from directory.demo.init import PERSONNES, DemoUrls, issue_end_entities
 from directory.demo.issuance import CertificateAuthority
@@ -57,12 +57,7 @@ def main() -> int:
     generate(directory, certs)
     run_dir = OUT / "import-run"
     subprocess.run(["rm", "-rf", str(run_dir)], check=True)
-    run_dir.mkdir(parents=True)
-    config = run_dir / "annuaire.toml"
-    text = (directory / "annuaire.toml").read_text().replace('data_dir = "data"', f'data_dir = "{run_dir / "data"}"')
-    for rel in ("hsm/pin", "hsm/softhsm2.conf", "secrets/ldap-password"):
-        text = text.replace(f'"{rel}"', f'"{directory / rel}"')
-    config.write_text(text.replace('certificate = "ca/', f'certificate = "{directory}/ca/'))
+    config = config_with_data_dir(directory, run_dir)
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "directory.cli", "import", "--config", str(config), str(certs)],
                             capture_output=True, text=True)

@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
@@ -22,39 +16,18 @@ from directory.config import load_config
 from directory.crl.builder import CrlPublisher
 from directory.crl.service import CrlComponent, publishers_for
 from directory.runtime import open_config_registry, open_hsm
-from tests.conftest import ROOT, free_port, run_cli
+from tests.conftest import run_cli
+from tests.served import http, serve
 
 
 def _request(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, dict, bytes]:
-    req = urllib.request.Request(url, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+    return http(url, method, headers=headers)
 
 
 @pytest.fixture()
 def service(demo: Path) -> Iterator[tuple[str, Path]]:
-    port = free_port()
-    demo.write_text(demo.read_text().replace('listen = "127.0.0.1:18080"', f'listen = "127.0.0.1:{port}"'))
-    proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(demo)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if _request(base + "/readyz")[0] == 200:
-                break
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(proc.stdout.read().decode() if proc.stdout else "")
-        time.sleep(0.2)
-    yield base, demo
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=15)
+    with serve(demo) as served:
+        yield served.base, demo
 
 
 def test_http_caching_rules(service: tuple[str, Path]) -> None:

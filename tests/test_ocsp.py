@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,53 +20,22 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from tests.conftest import ROOT, free_port, run_cli
+from tests.conftest import ROOT, run_cli
+from tests.served import http, serve
 
 
 def _post(url: str, body: bytes, content_type: str = "application/ocsp-request") -> tuple[int, dict, bytes]:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+    return http(url, "POST", body, {"Content-Type": content_type})
 
 
 def _get(url: str, method: str = "GET") -> tuple[int, dict, bytes]:
-    req = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+    return http(url, method)
 
 
 @pytest.fixture()
 def responder(demo: Path) -> Iterator[tuple[str, Path]]:
-    port = free_port()
-    demo.write_text(demo.read_text().replace('listen = "127.0.0.1:18080"', f'listen = "127.0.0.1:{port}"'))
-    proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(demo)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if _get(base + "/readyz")[0] == 200:
-                break
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(proc.stdout.read().decode() if proc.stdout else "")
-        time.sleep(0.2)
-    yield base, demo
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    finally:
-        output = proc.stdout.read().decode() if proc.stdout else ""
-        print(output[-5000:])  # shown by pytest when the test fails
-        assert "Traceback" not in output, output[-3000:]
+    with serve(demo) as served:
+        yield served.base, demo
 
 
 def _manifest(demo: Path) -> list[dict]:
@@ -349,21 +317,8 @@ def test_never_issued_can_be_answered_revoked(demo: Path, tmp_path: Path) -> Non
     text = demo.read_text()
     demo.write_text(text.replace('signer_key_label = "ocsp-ac-personnes"\n',
                                  'signer_key_label = "ocsp-ac-personnes"\nunknown_status = "revoked"\n'))
-    port = free_port()
-    demo.write_text(demo.read_text().replace('listen = "127.0.0.1:18080"', f'listen = "127.0.0.1:{port}"'))
-    proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(demo)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if _get(base + "/readyz")[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+    with serve(demo) as served:
+        base = served.base
         d = demo.parent
         respout = tmp_path / "resp.der"
         out = subprocess.run(["openssl", "ocsp", "-issuer", str(d / "ca" / "ac-personnes.pem"), "-serial", "0xabcdef",
@@ -378,9 +333,6 @@ def test_never_issued_can_be_answered_revoked(demo: Path, tmp_path: Path) -> Non
         single = data["responses"][0]
         assert single["cert_status"].chosen["revocation_time"].native.year == 1970
         assert "1.3.6.1.5.5.7.48.1.9" in {e["extn_id"].dotted for e in data["response_extensions"]}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
 
 
 def test_restart_reuses_persisted_responses(responder: tuple[str, Path]) -> None:
@@ -394,29 +346,13 @@ def test_restart_reuses_persisted_responses(responder: tuple[str, Path]) -> None
                        "WHERE i.name != 'ac-racine'").fetchone()[0]
     assert stored >= certs
     # a second instance on the same registry loads them instead of signing them again
-    port = free_port()
-    text = demo.read_text()
     other = demo.with_name("second.toml")
+    other.write_text(demo.read_text())
+    with serve(other) as second:
+        time.sleep(1)
+    log_text = second.output
     import re
 
-    other.write_text(re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"', text))
-    proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(other)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if _get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        time.sleep(1)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
-    log_text = proc.stdout.read().decode() if proc.stdout else ""
     loaded = int(re.search(r"OCSP: (\d+) pre-signed responses loaded", log_text).group(1))  # type: ignore[union-attr]
     assert loaded >= certs
     assert "responses pre-signed for" not in log_text  # nothing had to be signed again

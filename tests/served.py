@@ -1,0 +1,78 @@
+"""Running `annuaire serve` for a test: pick a free port, wait until ready, stop cleanly, check the log."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.conftest import ROOT, free_port
+
+
+def http(url: str, method: str = "GET", body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of one request; HTTP errors are answers too."""
+    req = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+@dataclass
+class Served:
+    base: str
+    config: Path
+    proc: subprocess.Popen[bytes]
+    output: str = ""
+
+    def stop(self) -> str:
+        """SIGTERM, wait, and return what the service logged."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None and not self.output:
+            self.output = self.proc.stdout.read().decode()
+        return self.output
+
+
+@contextmanager
+def serve(config: Path, ready: bool = True) -> Iterator[Served]:
+    """Start the service on a free port (rewriting ``listen`` in ``config``); wait for /readyz (or /healthz)."""
+    port = free_port()
+    config.write_text(re.sub(r'listen = "127\.0\.0\.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text()))
+    proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(config)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+    served = Served(f"http://127.0.0.1:{port}", config, proc)
+    deadline = time.monotonic() + 60
+    probe = "/readyz" if ready else "/healthz"
+    while True:
+        try:
+            if http(served.base + probe)[0] == 200:
+                break
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"service did not become ready:\n{served.stop()[-5000:]}")
+        time.sleep(0.2)
+    try:
+        yield served
+    finally:
+        output = served.stop()
+        print(output[-5000:])  # shown by pytest when the test fails
+        assert "Traceback" not in output, output[-3000:]
