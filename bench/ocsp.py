@@ -85,14 +85,19 @@ def wrk(base: str, paths: Path, close: bool = False, delay_ms: float = 0) -> dic
     env = {**os.environ, "PATHS": str(paths), "CLOSE": "1" if close else "0", "DELAY_MS": str(delay_ms)}
     out = subprocess.run(["wrk", "-t2", "-c16", f"-d{DURATION}", "--latency", "-s", str(script), base], env=env,
                          capture_output=True, text=True, timeout=300).stdout
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise RuntimeError(f"wrk against {base} printed no rate:\n{out[-2000:]}")
+    rate = float(found.group(1))
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     factor = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {"rps": rate, "p99_ms": float(p99.group(1)) * factor[p99.group(2)] if p99 else float("nan"),
-            "non2xx": float(errors.group(1)) if errors else 0.0,
-            "socket_errors": float(sum(int(x) for x in sock.groups())) if sock else 0.0}
+    result = {"rps": rate, "p99_ms": float(p99.group(1)) * factor[p99.group(2)] if p99 else float("nan"),
+              "non2xx": float(errors.group(1)) if errors else 0.0,
+              "socket_errors": float(sum(int(x) for x in sock.groups())) if sock else 0.0}
+    print(f"{base} close={close} delay={delay_ms:.2f}: {result}", file=sys.stderr)
+    return result
 
 
 def request_paths(demo_dir: Path, prefix: str, nonce: bool, count: int) -> Path:
@@ -130,6 +135,7 @@ def openssl_index(demo_dir: Path) -> Path:
               f"{reasons.get(entry['reason'], entry['reason'])}" if status == "R" else ""
         lines.append(f"{status}\t301231000000Z\t{rev}\t{serial}\tunknown\t/CN=x")
     (work / "index.txt").write_text("\n".join(lines) + "\n")
+    (work / "index.txt.attr").write_text("unique_subject = no\n")  # every line has the same dummy subject
     key, cert = work / "responder.key", work / "responder.pem"
     if not key.exists():
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
