@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -30,6 +31,12 @@ log = logging.getLogger(__name__)
 MAX_BODY = 10 * 1024
 CONTENT_TYPE = "application/ocsp-response"
 CHANGE_POLL = 0.2  # seconds between looks at the registry's change log
+DECODED_CACHE_SIZE = 200_000
+
+
+@functools.lru_cache(maxsize=65536)
+def _http_date(ts: int) -> str:
+    return formatdate(ts, usegmt=True)
 
 
 class OcspComponent:
@@ -44,6 +51,7 @@ class OcspComponent:
         self._presign_executor = ThreadPoolExecutor(1, thread_name_prefix="ocsp-presign")
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._decoded: dict[str, bytes] = {}  # GET path -> request DER (repeated RFC 5019 GETs)
 
     async def start(self, service: Service) -> None:
         self.service = service
@@ -85,10 +93,15 @@ class OcspComponent:
     async def _get(self, request: web.Request) -> web.Response:
         raw = request.raw_path.split("?", 1)[0]
         tail = raw[raw.index("/ocsp") + len("/ocsp"):]
-        try:
-            der = decode_get_path(tail)
-        except Malformed:
-            return self._send(_error(resp.MALFORMED_REQUEST), get=True)
+        der = self._decoded.get(tail)
+        if der is None:
+            try:
+                der = decode_get_path(tail)
+            except Malformed:
+                return self._send(_error(resp.MALFORMED_REQUEST), get=True)
+            if len(self._decoded) >= DECODED_CACHE_SIZE:
+                self._decoded.clear()
+            self._decoded[tail] = der
         if len(der) > MAX_BODY:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(der))
         return self._send(await self._answer(der), get=True)
@@ -124,8 +137,8 @@ class OcspComponent:
         if get and outcome.next_update is not None and outcome.this_update is not None:
             max_age = max(0, int(outcome.next_update - self.clock()))
             headers["Cache-Control"] = f"max-age={max_age}, public, no-transform, must-revalidate"
-            headers["Last-Modified"] = formatdate(outcome.this_update, usegmt=True)
-            headers["Expires"] = formatdate(outcome.next_update, usegmt=True)
+            headers["Last-Modified"] = _http_date(outcome.this_update)
+            headers["Expires"] = _http_date(outcome.next_update)
             headers["ETag"] = '"' + hashlib.blake2b(outcome.body, digest_size=12).hexdigest() + '"'
         else:
             headers["Cache-Control"] = "no-cache, no-store"

@@ -83,8 +83,29 @@ def certs_field(cert_ders: list[bytes]) -> bytes:
     return der.tlv(0xA0, der.sequence(*cert_ders)) if cert_ders else b""
 
 
+def _len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x100:
+        return bytes((0x81, n))
+    if n < 0x10000:
+        return bytes((0x82, n >> 8, n & 0xFF))
+    return der.length(n)
+
+
 def assemble(signed: bytes, certs: bytes) -> bytes:
-    """OCSPResponse { successful, responseBytes { id-pkix-ocsp-basic, BasicOCSPResponse } }."""
-    basic = der.sequence(signed, certs)
-    response_bytes = der.tlv(0xA0, der.sequence(_ID_PKIX_OCSP_BASIC, der.octet_string(basic)))
-    return der.sequence(b"\x0a\x01\x00", response_bytes)
+    """OCSPResponse { successful, responseBytes { id-pkix-ocsp-basic, BasicOCSPResponse } }.
+
+    On the hot path of every pre-signed answer: a handful of length computations, no generic helpers.
+    """
+    n = len(signed) + len(certs)
+    basic_header = b"\x30" + _len(n)
+    octet_len = len(basic_header) + n
+    octet_header = b"\x04" + _len(octet_len)
+    inner_len = len(_ID_PKIX_OCSP_BASIC) + len(octet_header) + octet_len
+    inner_header = b"\x30" + _len(inner_len)
+    tagged_len = len(inner_header) + inner_len
+    tagged_header = b"\xa0" + _len(tagged_len)
+    total = 3 + len(tagged_header) + tagged_len
+    return b"".join((b"\x30", _len(total), b"\x0a\x01\x00", tagged_header, inner_header, _ID_PKIX_OCSP_BASIC,
+                     octet_header, basic_header, signed, certs))
