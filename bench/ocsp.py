@@ -231,12 +231,12 @@ def main() -> int:
     openssl = subprocess.Popen(["openssl", "ocsp", "-index", str(work / "index.txt"), "-port", str(oport), "-rsigner",
                                 str(work / "responder.pem"), "-rkey", str(work / "responder.key"), "-CA",
                                 str(demo_dir / "ca" / "ac-personnes.pem"), "-ndays", "4", "-multi", "2"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         time.sleep(2)
         results["openssl ocsp -multi 2 (new connection)"] = wrk(f"http://127.0.0.1:{oport}", openssl_paths, close=True)
     finally:
-        openssl.terminate()
+        os.killpg(openssl.pid, signal.SIGTERM)  # -multi forks workers: stop the whole group
         openssl.wait()
 
     import bench.hsm as hsm_bench
