@@ -231,7 +231,7 @@ def main() -> int:
     openssl = subprocess.Popen(["openssl", "ocsp", "-index", str(work / "index.txt"), "-port", str(oport), "-rsigner",
                                 str(work / "responder.pem"), "-rkey", str(work / "responder.key"), "-CA",
                                 str(demo_dir / "ca" / "ac-personnes.pem"), "-ndays", "4", "-multi", "2"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60  # openssl's HTTP/1.0 answers upset urllib: wait for the port
         while True:
@@ -244,7 +244,11 @@ def main() -> int:
                 time.sleep(0.2)
         results["openssl ocsp -multi 2 (new connection)"] = wrk(f"http://127.0.0.1:{oport}", openssl_paths, close=True)
     finally:
-        os.killpg(openssl.pid, signal.SIGTERM)  # -multi forks workers: stop the whole group
+        # -multi forks workers that outlive their parent: stop them first (a new session stops it listening)
+        children = subprocess.run(["pgrep", "-P", str(openssl.pid)], capture_output=True, text=True).stdout.split()
+        for child in children:
+            os.kill(int(child), signal.SIGTERM)
+        openssl.terminate()
         openssl.wait()
 
     import bench.hsm as hsm_bench
