@@ -19,10 +19,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from asn1crypto import keys
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from directory.config import Config, IssuerConfig
+from directory.crl import der
 from directory.hsm.signer import HsmError, HsmSigner, KeySigner
 from directory.registry import Registry
 from directory.revocation import REASON_CODES
@@ -72,8 +74,6 @@ class IssuerResponder:
 
 def _key_hash(cert: x509.Certificate, hash_name: str) -> bytes:
     """Hash of the subjectPublicKey BIT STRING contents (RFC 6960 issuerKeyHash, responderID byKey)."""
-    from asn1crypto import keys
-
     spki = keys.PublicKeyInfo.load(cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
     return hashlib.new(hash_name, spki["public_key"].contents[1:]).digest()
 
@@ -249,8 +249,6 @@ class OcspResponder:
 
     def cert_id(self, responder: IssuerResponder, serial: int, hash_name: str) -> CertId:
         """The CertID a client would send for ``serial`` with ``hash_name`` (NULL hash parameters)."""
-        from directory.crl import der
-
         name_hash, key_hash = next((n, k) for h, n, k in responder.lookup_keys if h == hash_name)
         oid = {"sha1": "06052b0e03021a", "sha256": "0609608648016503040201", "sha384": "0609608648016503040202",
                "sha512": "0609608648016503040203"}[hash_name]

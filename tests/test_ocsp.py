@@ -169,7 +169,6 @@ def test_multiple_certids_in_one_request(responder: tuple[str, Path]) -> None:
     d = demo.parent
     issuer = x509.load_pem_x509_certificate((d / "ca" / "ac-personnes.pem").read_bytes())
     entries = [m for m in _manifest(demo) if m["issuer"] == "ac-personnes"][:4]
-    builder = ocsp.OCSPRequestBuilder()
     from asn1crypto import ocsp as aocsp
 
     requests = []
@@ -178,7 +177,6 @@ def test_multiple_certids_in_one_request(responder: tuple[str, Path]) -> None:
         single = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build()
         requests.append(aocsp.OCSPRequest.load(single.public_bytes(serialization.Encoding.DER))[
             "tbs_request"]["request_list"][0])
-    del builder
     multi = aocsp.OCSPRequest({"tbs_request": {"request_list": requests}}).dump()
     _, _, body = _post(base + "/ocsp", multi)
     basic = aocsp.OCSPResponse.load(body)
