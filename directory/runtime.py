@@ -5,7 +5,7 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from directory.config import Config
-from directory.hsm.signer import HsmSettings, HsmSigner, KeySigner
+from directory.hsm.signer import HsmSettings, HsmSigner
 from directory.ingest.importer import KnownIssuer
 from directory.registry import Registry, open_registry
 
@@ -32,7 +32,3 @@ def open_config_registry(config: Config) -> Registry:
 
 def known_issuers(config: Config) -> list[KnownIssuer]:
     return [KnownIssuer(i.name, i.certificate) for i in config.issuers]
-
-
-def issuer_signers(config: Config, hsm: HsmSigner) -> dict[str, KeySigner]:
-    return {i.name: hsm.key(i.key_label, i.certificate, i.signature_algorithm) for i in config.issuers}

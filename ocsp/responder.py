@@ -119,10 +119,9 @@ class OcspResponder:
         """
         known = self._parsed.get(der)
         if known is not None:
-            issuer, cid = known
-            hit = self.cache[(issuer.name, cid.hash_name)].get(cid.serial)
-            if hit is not None and hit[2] > self.clock() + 60:
-                return Outcome(resp.assemble(hit[0], issuer.certs), "successful", "presigned", hit[1], hit[2])
+            hit = self._presigned(*known)
+            if hit is not None:
+                return hit
         try:
             request = parse_request(der, 100)
         except Malformed:
@@ -137,13 +136,18 @@ class OcspResponder:
             if len(self._parsed) >= PARSED_CACHE_SIZE:
                 self._parsed.clear()  # crude but bounded; refills from live traffic
             self._parsed[der] = (issuer, cid)
-            hit = self.cache[(issuer.name, cid.hash_name)].get(cid.serial)
+            hit = self._presigned(issuer, cid)
             if hit is not None:
-                signed, this_update, next_update = hit
-                if next_update > self.clock() + 60:
-                    return Outcome(resp.assemble(signed, issuer.certs), "successful", "presigned", this_update,
-                                   next_update)
+                return hit
         return request
+
+    def _presigned(self, issuer: IssuerResponder, cid: CertId) -> Outcome | None:
+        """The cached answer for one CertID, while it has more than a minute of validity left."""
+        hit = self.cache[(issuer.name, cid.hash_name)].get(cid.serial)
+        if hit is None or hit[2] <= self.clock() + 60:
+            return None
+        signed, this_update, next_update = hit
+        return Outcome(resp.assemble(signed, issuer.certs), "successful", "presigned", this_update, next_update)
 
     def answer_live(self, request: Request) -> Outcome:
         """The slow path, run on an HSM worker thread: registry lookup, signature, maybe cache."""

@@ -443,10 +443,7 @@ class Registry:
 
     # -- certificates ----------------------------------------------------------------------
     def get(self, issuer: str, serial_hex: str) -> CertificateRecord | None:
-        row = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM certificates c JOIN issuers i ON i.id = c.issuer_id "
-            "WHERE c.issuer_id = ? AND c.serial_hex = ?", (self._issuer_id(issuer), serial_hex)).fetchone()
-        return _record(row) if row else None
+        return self._get_tx(self._conn(), self._issuer_id(issuer), serial_hex)
 
     def _get_tx(self, tx: sqlite3.Connection, issuer_id: int, serial_hex: str) -> CertificateRecord | None:
         row = tx.execute(f"SELECT {_COLUMNS} FROM certificates c JOIN issuers i ON i.id = c.issuer_id "

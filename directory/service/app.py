@@ -18,9 +18,9 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from directory.config import Config
-from directory.hsm.signer import HsmError, HsmSigner, KeySigner
+from directory.hsm.signer import HsmError, HsmSigner
 from directory.registry import Registry, RegistryError
-from directory.runtime import issuer_signers, open_config_registry, open_hsm
+from directory.runtime import open_config_registry, open_hsm
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ class Service:
     config: Config
     hsm: HsmSigner
     registry: Registry
-    signers: dict[str, KeySigner]
     app: web.Application
     scheduler: AsyncIOScheduler
     components: list[Component] = field(default_factory=list)
@@ -85,11 +84,10 @@ def build_service(config: Config, components: list[Component] | None = None) -> 
     """Open the HSM and the registry and assemble the application (nothing listens yet)."""
     hsm = open_hsm(config)
     registry = open_config_registry(config)
-    signers = issuer_signers(config, hsm)
     app = web.Application(client_max_size=64 * 1024)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
-    service = Service(config, hsm, registry, signers, app, AsyncIOScheduler(timezone="UTC"),
+    service = Service(config, hsm, registry, app, AsyncIOScheduler(timezone="UTC"),
                       list(components or []))
     app["service"] = service
     return service
