@@ -6,6 +6,7 @@ It listens on loopback only, keeps its data under a directory of ours, and is st
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import signal
 import socket
@@ -15,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SCHEMA_DIR = Path("/etc/ldap/schema")
+PROJECT = Path(__file__).resolve().parent.parent
+ANNUAIRE_SCHEMA_DIR = PROJECT / "schema"
+PROVIDER_TEMPLATE = PROJECT / "deploy" / "slapd" / "provider.conf"
 MODULE_DIRS = (Path("/usr/lib/ldap"), Path("/usr/lib/x86_64-linux-gnu/ldap"), Path("/usr/lib/aarch64-linux-gnu/ldap"))
 
 
@@ -51,6 +55,8 @@ class SlapdConfig:
     indexes: tuple[str, ...] = ("objectClass eq", "cn eq,sub", "mail eq")
     extra: str = ""
     dbnosync: bool = True
+    template: Path | None = None  # e.g. PROVIDER_TEMPLATE: @NAME@ placeholders filled from this config
+    service_dn: str = ""
 
     @property
     def url(self) -> str:
@@ -58,6 +64,17 @@ class SlapdConfig:
 
     def render(self) -> str:
         data = self.directory / "data"
+        if self.template is not None:
+            values = {"SCHEMA_DIR": SCHEMA_DIR, "ANNUAIRE_SCHEMA_DIR": ANNUAIRE_SCHEMA_DIR, "RUN_DIR": self.directory,
+                      "MODULE_DIR": _module_dir(), "SUFFIX": self.suffix, "ROOT_DN": self.root_dn,
+                      "ROOT_PW": self.root_password, "DATA_DIR": data, "SERVICE_DN": self.service_dn or self.root_dn}
+            text = self.template.read_text()
+            for name, value in values.items():
+                text = text.replace(f"@{name}@", str(value))
+            left = re.search(r"@[A-Z_]+@", "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#")))
+            if left:
+                raise SlapdError(f"{self.template}: placeholder {left.group(0)} has no value")
+            return text + ("dbnosync\n" if self.dbnosync else "") + (self.extra + "\n" if self.extra else "")
         lines = [*(f"include {s}" for s in self.schemas),
                  f"pidfile {self.directory / 'slapd.pid'}",
                  f"modulepath {_module_dir()}", "moduleload back_mdb",
