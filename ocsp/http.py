@@ -139,7 +139,7 @@ class OcspComponent:
             headers["Cache-Control"] = f"max-age={max_age}, public, no-transform, must-revalidate"
             headers["Last-Modified"] = _http_date(outcome.this_update)
             headers["Expires"] = _http_date(outcome.next_update)
-            headers["ETag"] = '"' + hashlib.blake2b(outcome.body, digest_size=12).hexdigest() + '"'
+            headers["ETag"] = outcome.etag or '"' + hashlib.blake2b(outcome.body, digest_size=12).hexdigest() + '"'
         else:
             headers["Cache-Control"] = "no-cache, no-store"
         return web.Response(body=outcome.body, headers=headers)

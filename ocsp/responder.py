@@ -81,12 +81,15 @@ def _key_hash(cert: x509.Certificate, hash_name: str) -> bytes:
 class Outcome:
     """What to send back: the DER, the status for metrics, and caching information for GET."""
 
-    __slots__ = ("body", "next_update", "path", "status", "this_update")
+    __slots__ = ("body", "etag", "next_update", "path", "status", "this_update")
 
     def __init__(self, body: bytes, status: str, path: str, this_update: int | None = None,
-                 next_update: int | None = None) -> None:
+                 next_update: int | None = None, signature_tail: bytes = b"") -> None:
         self.body, self.status, self.path = body, status, path
         self.this_update, self.next_update = this_update, next_update
+        # The signed part ends with the signature: its last bytes name this exact response (same bytes
+        # only for the same signed content), without hashing the whole answer on every request.
+        self.etag = f'"{signature_tail.hex()}"' if signature_tail else ""
 
 
 def _error(code: int, path: str) -> Outcome:
@@ -147,7 +150,8 @@ class OcspResponder:
         if hit is None or hit[2] <= self.clock() + 60:
             return None
         signed, this_update, next_update = hit
-        return Outcome(resp.assemble(signed, issuer.certs), "successful", "presigned", this_update, next_update)
+        return Outcome(resp.assemble(signed, issuer.certs), "successful", "presigned", this_update, next_update,
+                       signed[-16:])
 
     def answer_live(self, request: Request) -> Outcome:
         """The slow path, run on an HSM worker thread: registry lookup, signature, maybe cache."""
@@ -172,7 +176,7 @@ class OcspResponder:
             if cacheable and known and gens[0] == self._generation.get((issuer.name, request.cert_ids[0].serial), 0):
                 self._remember(issuer, request.cert_ids[0], signed, this_update, next_update)
             return Outcome(resp.assemble(signed, issuer.certs), "successful", "live", this_update,
-                           None if echo else next_update)
+                           None if echo else next_update, signed[-16:])
         finally:
             issuer.live_slots.release()
 
