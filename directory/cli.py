@@ -156,10 +156,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from directory.crl.service import CrlComponent
+    from directory.managed_ldap import ManagedLdapComponent
     from directory.service.app import serve
     from ocsp.http import OcspComponent
 
-    return serve(_config(args), [CrlComponent(), OcspComponent()])
+    return serve(_config(args), [ManagedLdapComponent(), CrlComponent(), OcspComponent()])
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ class Served:
     base: str
     config: Path
     proc: subprocess.Popen[bytes]
+    ldap_url: str = ""
     output: str = ""
 
     def stop(self) -> str:
@@ -52,12 +53,13 @@ class Served:
 
 @contextmanager
 def serve(config: Path, ready: bool = True) -> Iterator[Served]:
-    """Start the service on a free port (rewriting ``listen`` in ``config``); wait for /readyz (or /healthz)."""
-    port = free_port()
-    config.write_text(re.sub(r'listen = "127\.0\.0\.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text()))
+    """Start the service on free ports (HTTP, and the managed slapd's); wait for /readyz (or /healthz)."""
+    port, ldap_port = free_port(), free_port()
+    text = re.sub(r'listen = "127\.0\.0\.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text())
+    config.write_text(re.sub(r'"ldap://127\.0\.0\.1:\d+"', f'"ldap://127.0.0.1:{ldap_port}"', text))
     proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(config)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
-    served = Served(f"http://127.0.0.1:{port}", config, proc)
+    served = Served(f"http://127.0.0.1:{port}", config, proc, f"ldap://127.0.0.1:{ldap_port}")
     deadline = time.monotonic() + 60
     probe = "/readyz" if ready else "/healthz"
     while True:

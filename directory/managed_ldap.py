@@ -1,0 +1,105 @@
+"""The slapd that ``annuaire serve`` runs itself when ``[ldap] managed = true`` (demo, single machine).
+
+It listens on the loopback address of the first ``[ldap] urls`` entry, keeps its database under
+``DATA_DIR/ldap``, uses ``deploy/slapd/provider.conf`` (indexes, ACLs) and stops with the service.
+At start it makes sure the DIT skeleton exists (suffix, ``ou=AC``, ``ou=Personnes``, ``ou=Structures``)
+and that the service's bind entry carries the password from ``[ldap] password_file``. The slapd root
+password is random per start and never written anywhere but the private slapd.conf (0600).
+Production points ``[ldap] urls`` at an external OpenLDAP instead (``managed = false``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import secrets
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import ldap3
+from ldap3.utils.dn import parse_dn
+
+from directory.config import Config, LdapConfig
+from directory.slapd import PROVIDER_TEMPLATE, Slapd, SlapdConfig, SlapdError
+
+if TYPE_CHECKING:
+    from directory.service.app import Service
+
+log = logging.getLogger(__name__)
+BRANCHES = ("AC", "Personnes", "Structures")
+
+
+def managed_slapd(config: Config) -> Slapd:
+    """The Slapd for ``config`` (not started). Refuses anything but an ldap:// URL on a loopback address."""
+    ldap = config.ldap
+    if ldap is None or not ldap.managed:
+        raise SlapdError("[ldap] managed is not set")
+    url = urlsplit(ldap.urls[0])
+    if url.scheme != "ldap" or url.hostname not in ("127.0.0.1", "localhost", "::1") or not url.port:
+        raise SlapdError(f"a managed slapd listens on ldap://127.0.0.1:PORT, not {ldap.urls[0]}")
+    return Slapd(SlapdConfig(directory=config.data_dir / "ldap", suffix=ldap.suffix,
+                             root_dn=f"cn=admin,{ldap.suffix}", root_password=secrets.token_urlsafe(24),
+                             port=url.port, host="127.0.0.1" if url.hostname == "localhost" else url.hostname,
+                             template=PROVIDER_TEMPLATE, service_dn=ldap.bind_dn, dbnosync=False))
+
+
+def ensure_skeleton(slapd: Slapd, ldap: LdapConfig) -> None:
+    """Create the suffix, the three branches and the service's bind entry when missing (idempotent)."""
+    server = ldap3.Server(slapd.config.host, port=slapd.config.port, get_info=ldap3.NONE)
+    with ldap3.Connection(server, slapd.config.root_dn, slapd.config.root_password, auto_bind=True,
+                          client_strategy=ldap3.SAFE_SYNC) as conn:
+        first = parse_dn(ldap.suffix)[0]
+        entries = [(ldap.suffix, ["top", "organization"] if first[0].lower() == "o" else ["top", "dcObject",
+                                                                                          "organization"],
+                    {first[0]: first[1]} | ({"o": first[1]} if first[0].lower() == "dc" else {}))]
+        entries += [(f"ou={b},{ldap.suffix}", ["top", "organizationalUnit"], {"ou": b}) for b in BRANCHES]
+        password = ssha(ldap.read_password())
+        service_rdn = parse_dn(ldap.bind_dn)[0]
+        entries.append((ldap.bind_dn, ["top", "applicationProcess", "simpleSecurityObject"],
+                        {service_rdn[0]: service_rdn[1], "userPassword": password}))
+        for dn, classes, attrs in entries:
+            status, result, _, _ = conn.search(dn, "(objectClass=*)", search_scope=ldap3.BASE, attributes=[])
+            if status:
+                continue
+            status, result, _, _ = conn.add(dn, classes, attrs)
+            if not status:
+                raise SlapdError(f"cannot create {dn}: {result.get('description')} {result.get('message')}")
+        # the password file is the truth: keep the bind entry in step with it (a fresh salt each start)
+        conn.modify(ldap.bind_dn, {"userPassword": [(ldap3.MODIFY_REPLACE, [password])]})
+
+
+def ssha(password: str) -> str:
+    """``{SSHA}`` form for userPassword: slapd checks binds against it; the cleartext is never stored."""
+    salt = secrets.token_bytes(8)
+    return "{SSHA}" + base64.b64encode(hashlib.sha1(password.encode() + salt).digest() + salt).decode()
+
+
+class ManagedLdapComponent:
+    """Starts the private slapd with the service and stops it on exit."""
+
+    name = "managed-ldap"
+
+    def __init__(self) -> None:
+        self.slapd: Slapd | None = None
+
+    async def start(self, service: Service) -> None:
+        ldap = service.config.ldap
+        if ldap is None or not ldap.managed:
+            return
+        self.slapd = managed_slapd(service.config)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.slapd.start)
+        await loop.run_in_executor(None, ensure_skeleton, self.slapd, ldap)
+        log.info("managed slapd listening on %s (data in %s)", self.slapd.config.url, self.slapd.config.directory)
+        service.readiness_checks["ldap"] = self.readiness
+
+    async def readiness(self) -> str | None:
+        if self.slapd is None or self.slapd.process is None or self.slapd.process.poll() is not None:
+            return "managed slapd is not running"
+        return None
+
+    async def stop(self) -> None:
+        if self.slapd is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.slapd.stop)
