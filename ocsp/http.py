@@ -67,8 +67,7 @@ class OcspComponent:
         router.add_get("/ocsp", self._get_empty)
         service.registry.add_listener(self._on_change)
         self._tasks = [asyncio.create_task(self._poll_changes()), asyncio.create_task(self._presign_loop())]
-        service.scheduler.add_job(self._flush, "interval", seconds=2, id="ocsp-flush", coalesce=True,
-                                  max_instances=1)
+        service.add_job(self._flush, "interval", seconds=2, id="ocsp-flush")
 
     async def stop(self) -> None:
         self._stopping.set()

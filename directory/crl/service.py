@@ -58,18 +58,16 @@ class CrlComponent:
         service.app.router.add_get("/ca/{name}", self._serve_ca)
         for name, publisher in self.publishers.items():
             settings = publisher.settings
-            service.scheduler.add_job(self.build, "interval", seconds=settings.interval, args=[name, "all"],
-                                      id=f"crl-{name}", coalesce=True, max_instances=1)
+            service.add_job(self.build, "interval", seconds=settings.interval, args=[name, "all"],
+                            id=f"crl-{name}")
             if settings.delta:
-                service.scheduler.add_job(self.build, "interval", seconds=settings.delta_interval,
-                                          args=[name, "delta"], id=f"crl-delta-{name}", coalesce=True,
-                                          max_instances=1)
+                service.add_job(self.build, "interval", seconds=settings.delta_interval, args=[name, "delta"],
+                                id=f"crl-delta-{name}")
             if settings.on_revocation_delay is not None:
                 period = max(1, settings.on_revocation_delay // 2)
-                service.scheduler.add_job(self.build_if_changed, "interval", seconds=period, args=[name],
-                                          id=f"crl-changes-{name}", coalesce=True, max_instances=1)
-        service.scheduler.add_job(self.watchdog, "interval", seconds=30, id="crl-watchdog", coalesce=True,
-                                  max_instances=1)
+                service.add_job(self.build_if_changed, "interval", seconds=period, args=[name],
+                                id=f"crl-changes-{name}")
+        service.add_job(self.watchdog, "interval", seconds=30, id="crl-watchdog")
         service.readiness_checks["crl"] = self.readiness
         await self.watchdog()  # publish at start-up what is missing or due
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,18 @@ class Service:
     scheduler: AsyncIOScheduler
     components: list[Component] = field(default_factory=list)
     readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+
+    def add_job(self, func: Callable[..., Awaitable[object]], trigger: str, **kwargs: object) -> None:
+        """Schedule a coroutine job; a shutdown that cancels it mid-run is a normal end, not an error."""
+
+        @functools.wraps(func)
+        async def job(*args: object, **kw: object) -> None:
+            try:
+                await func(*args, **kw)
+            except asyncio.CancelledError:
+                log.debug("job %s stopped by shutdown", getattr(func, "__name__", func))
+
+        self.scheduler.add_job(job, trigger, coalesce=True, max_instances=1, **kwargs)
 
     async def readiness(self) -> dict[str, str]:
         """Problems by part; empty when ready."""
