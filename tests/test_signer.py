@@ -179,6 +179,7 @@ def test_threads_sign_thousands_of_times_without_crashing(demo: Path) -> None:
 def test_token_disappears_and_returns(demo: Path) -> None:
     result = _run_script("""
         key.sign(b"present")
+        hsm.check(["ac-personnes"])
         tokens = demo / "hsm" / "tokens"
         tokens.rename(demo / "hsm" / "tokens.away"); tokens.mkdir()
         hsm._close_all_sessions_underneath()
@@ -187,10 +188,16 @@ def test_token_disappears_and_returns(demo: Path) -> None:
             print("SIGNED WHILE GONE"); sys.exit(1)
         except HsmUnavailable as exc:
             print("unavailable:", exc)
+        try:
+            hsm.check(["ac-personnes"])  # readiness sees it too, as "unavailable", not as a missing key
+            print("CHECK PASSED WHILE GONE"); sys.exit(1)
+        except HsmUnavailable as exc:
+            print("check unavailable")
         tokens.rmdir(); (demo / "hsm" / "tokens.away").rename(tokens)
         deadline = time.monotonic() + 10
         while True:
             try:
+                hsm.check(["ac-personnes"])
                 key.sign(b"back"); print("recovered"); break
             except HsmUnavailable:
                 if time.monotonic() > deadline: raise
@@ -198,7 +205,7 @@ def test_token_disappears_and_returns(demo: Path) -> None:
     """, demo.parent)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert "unavailable: token 'annuaire-demo' not found" in result.stdout
-    assert "recovered" in result.stdout
+    assert "recovered" in result.stdout and "check unavailable" in result.stdout
     pin = (demo.parent / "hsm" / "pin").read_text().strip()
     assert pin not in result.stdout + result.stderr
 

@@ -376,8 +376,12 @@ class HsmSigner:
             for label in wanted or [""]:
                 attrs = {cls: pkcs11.ObjectClass.PRIVATE_KEY, pkcs11.Attribute.LABEL: label}
                 found = list(entry.session.get_objects(attrs))
+                if label and not found and label in self._known_labels:
+                    raise p11e.DeviceRemoved()  # it was there: the token went away; recover as in _key
                 if label and len(found) != 1:
                     raise KeyNotFound(f"{len(found)} private keys labelled {label!r} on the token")
+                if label:
+                    self._known_labels.add(label)
 
         self._with_session(action)
 
