@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from directory.hsm.signer import HsmError
+from directory.httpdate import http_date
 from ocsp import response as resp
 from ocsp.request import Malformed, decode_get_path
-from ocsp.responder import PRESIGN_HASH, OcspResponder, Outcome
+from ocsp.responder import PRESIGN_HASH, OcspResponder, Outcome, error_outcome
 
 if TYPE_CHECKING:
     from directory.service.app import Service
@@ -33,10 +32,6 @@ CONTENT_TYPE = "application/ocsp-response"
 CHANGE_POLL = 0.2  # seconds between looks at the registry's change log
 DECODED_CACHE_SIZE = 200_000
 
-
-@functools.lru_cache(maxsize=65536)
-def _http_date(ts: int) -> str:
-    return formatdate(ts, usegmt=True)
 
 
 class OcspComponent:
@@ -86,7 +81,7 @@ class OcspComponent:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
         body = await self._read_limited(request)
         if request.content_type != "application/ocsp-request":
-            return self._send(_error(resp.MALFORMED_REQUEST), get=False)
+            return self._send(error_outcome(resp.MALFORMED_REQUEST), get=False)
         return self._send(await self._answer(body), get=False)
 
     async def _get(self, request: web.Request) -> web.Response:
@@ -97,7 +92,7 @@ class OcspComponent:
             try:
                 der = decode_get_path(tail)
             except Malformed:
-                return self._send(_error(resp.MALFORMED_REQUEST), get=True)
+                return self._send(error_outcome(resp.MALFORMED_REQUEST), get=True)
             if len(self._decoded) >= DECODED_CACHE_SIZE:
                 self._decoded.clear()
             self._decoded[tail] = der
@@ -106,7 +101,7 @@ class OcspComponent:
         return self._send(await self._answer(der), get=True)
 
     async def _get_empty(self, request: web.Request) -> web.Response:
-        return self._send(_error(resp.MALFORMED_REQUEST), get=True)
+        return self._send(error_outcome(resp.MALFORMED_REQUEST), get=True)
 
     async def _read_limited(self, request: web.Request) -> bytes:
         chunks, size = [], 0
@@ -127,7 +122,7 @@ class OcspComponent:
                 outcome = await self.service.hsm.run(self.responder.answer_live, first)
         except Exception:  # never a 500: an unexpected failure is an internalError response, logged
             log.exception("OCSP request failed unexpectedly")
-            outcome = _error(resp.INTERNAL_ERROR)
+            outcome = error_outcome(resp.INTERNAL_ERROR)
         self.responder.stats.count(outcome.status, outcome.path)
         return outcome
 
@@ -136,8 +131,8 @@ class OcspComponent:
         if get and outcome.next_update is not None and outcome.this_update is not None:
             max_age = max(0, int(outcome.next_update - self.clock()))
             headers["Cache-Control"] = f"max-age={max_age}, public, no-transform, must-revalidate"
-            headers["Last-Modified"] = _http_date(outcome.this_update)
-            headers["Expires"] = _http_date(outcome.next_update)
+            headers["Last-Modified"] = http_date(outcome.this_update)
+            headers["Expires"] = http_date(outcome.next_update)
             headers["ETag"] = outcome.etag or '"' + hashlib.blake2b(outcome.body, digest_size=12).hexdigest() + '"'
         else:
             headers["Cache-Control"] = "no-cache, no-store"
@@ -197,6 +192,3 @@ class OcspComponent:
         assert self.responder is not None
         await asyncio.get_running_loop().run_in_executor(self._presign_executor, self.responder.flush)
 
-
-def _error(code: int) -> Outcome:
-    return Outcome(resp.error_response(code), resp.STATUS_NAMES[code], "error")

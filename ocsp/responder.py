@@ -92,7 +92,7 @@ class Outcome:
         self.etag = f'"{signature_tail.hex()}"' if signature_tail else ""
 
 
-def _error(code: int, path: str) -> Outcome:
+def error_outcome(code: int, path: str = "error") -> Outcome:
     return Outcome(resp.error_response(code), resp.STATUS_NAMES[code], path)
 
 
@@ -128,12 +128,12 @@ class OcspResponder:
         try:
             request = parse_request(der, 100)
         except Malformed:
-            return _error(resp.MALFORMED_REQUEST, "error")
+            return error_outcome(resp.MALFORMED_REQUEST, "error")
         issuer = self._issuer_of(request)
         if issuer is None:
-            return _error(resp.UNAUTHORIZED, "error")
+            return error_outcome(resp.UNAUTHORIZED, "error")
         if len(request.cert_ids) > issuer.settings.max_cert_ids:
-            return _error(resp.MALFORMED_REQUEST, "error")
+            return error_outcome(resp.MALFORMED_REQUEST, "error")
         if len(request.cert_ids) == 1 and (request.nonce is None or issuer.settings.nonce == "ignore"):
             cid = request.cert_ids[0]
             if len(self._parsed) >= PARSED_CACHE_SIZE:
@@ -157,10 +157,10 @@ class OcspResponder:
         """The slow path, run on an HSM worker thread: registry lookup, signature, maybe cache."""
         issuer = self._issuer_of(request)
         if issuer is None:
-            return _error(resp.UNAUTHORIZED, "error")
+            return error_outcome(resp.UNAUTHORIZED, "error")
         if not issuer.live_slots.acquire(blocking=False):
             self.stats.shed += 1
-            return _error(resp.TRY_LATER, "shed")
+            return error_outcome(resp.TRY_LATER, "shed")
         try:
             single = len(request.cert_ids) == 1
             echo = request.nonce_extension if issuer.settings.nonce == "echo" else None
@@ -170,7 +170,7 @@ class OcspResponder:
                 signed, this_update, next_update, known = self._sign(issuer, request.cert_ids, echo)
             except HsmError as exc:
                 log.warning("OCSP live signing for %s unavailable: %s", issuer.name, exc)
-                return _error(resp.TRY_LATER, "error")
+                return error_outcome(resp.TRY_LATER, "error")
             # Answers about serials the registry does not know are never cached: an import (from any
             # process) must be answerable at once.
             if cacheable and known and gens[0] == self._generation.get((issuer.name, request.cert_ids[0].serial), 0):

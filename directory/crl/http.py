@@ -15,14 +15,16 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import format_datetime, parsedate_to_datetime
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from aiohttp import web
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from directory.crl.builder import pem_crl
+from directory.httpdate import http_date
 
 CRL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}\.(crl|pem)$")
 CERT_NAME = re.compile(r"^([a-z0-9][a-z0-9-]{0,62})\.crt$")
@@ -119,18 +121,15 @@ class CrlFiles:
             return current
         return await asyncio.get_running_loop().run_in_executor(None, self.refresh, name)
 
-    def names(self) -> list[str]:
-        return sorted(self._files)
-
 
 def respond(request: web.Request, file: ServedFile, max_age_cap: int | None, now: float) -> web.Response:
     """A GET/HEAD response with ETag, Last-Modified, Expires, Cache-Control, 304s and single ranges."""
     headers = {"ETag": file.etag, "Accept-Ranges": "bytes", "Content-Type": file.content_type,
                "X-Content-Type-Options": "nosniff"}
     if file.last_modified is not None:
-        headers["Last-Modified"] = _http_date(file.last_modified)
+        headers["Last-Modified"] = http_date(file.last_modified)
     if file.expires is not None:
-        headers["Expires"] = _http_date(file.expires)
+        headers["Expires"] = http_date(file.expires)
         max_age = max(0, int(file.expires - now))
         if max_age_cap is not None:
             max_age = min(max_age, max_age_cap)
@@ -185,13 +184,7 @@ def _if_range_ok(request: web.Request, file: ServedFile) -> bool:
     return if_range is None or if_range.strip() == file.etag
 
 
-def _http_date(ts: float) -> str:
-    return format_datetime(datetime.fromtimestamp(ts, UTC), usegmt=True)
-
-
 def ca_file(certificate: x509.Certificate) -> ServedFile:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     der = certificate.public_bytes(Encoding.DER)
     return ServedFile(der, "application/pkix-cert", f'"{hashlib.sha256(der).hexdigest()[:32]}"',
                       int(certificate.not_valid_before_utc.timestamp()), None)
