@@ -156,11 +156,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from directory.crl.service import CrlComponent
+    from directory.ldap.component import LdapSyncComponent
     from directory.managed_ldap import ManagedLdapComponent
     from directory.service.app import serve
     from ocsp.http import OcspComponent
 
-    return serve(_config(args), [ManagedLdapComponent(), CrlComponent(), OcspComponent()])
+    return serve(_config(args), [ManagedLdapComponent(), CrlComponent(), OcspComponent(), LdapSyncComponent()])
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -231,6 +232,53 @@ def cmd_crl_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_ldap_sync(args: argparse.Namespace) -> int:
+    return _ldap_pass(args, "verify" if args.ldap_command == "verify" else ("full" if args.full else "incremental"))
+
+
+def _ldap_pass(args: argparse.Namespace, mode: str) -> int:
+    from directory.ingest.importer import ProgressBar
+    from directory.ldap.client import LdapError
+    from directory.ldap.sync import DirectorySync, SyncBusy
+    from directory.runtime import open_config_registry
+
+    config = _config(args)
+    if config.ldap is None:
+        raise Refusal(f"{config.file} has no [ldap] section")
+    registry = open_config_registry(config)
+    sync = DirectorySync(config, registry)
+    bar = ProgressBar(f"ldap {mode}", unit="entries")
+    try:
+        if mode == "verify":
+            report = sync.verify()
+        elif mode == "full":
+            report = sync.full(progress=bar)
+        else:
+            report = sync.incremental(limit=1_000_000)
+    except SyncBusy as exc:
+        raise Refusal(str(exc)) from None
+    except LdapError as exc:
+        raise Refusal(f"directory: {exc}") from None
+    finally:
+        bar.finish()
+        sync.client.close()
+        registry.close()
+    data = report.as_dict()
+    if args.json:
+        print(json.dumps(data, indent=1))
+    else:
+        drift = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in data["drift"].items() if v)  # type: ignore[union-attr]
+        verb = "found" if mode == "verify" else "repaired"
+        print(f"ldap {report.mode}: {report.entries_read} entries read, {report.added} added, {report.modified} "
+              f"modified, {report.deleted} deleted, drift {verb}: {drift or 'none'}, {len(report.rejected)} refused "
+              f"by the directory, {report.unpublishable} certificates no DN template fits ({report.seconds:.2f} s)")
+        for item in report.rejected[:20]:
+            print(f"  refused: {item['operation']} {item['dn']}: {item['code']} {item['message']}")
+    if mode == "verify":
+        return EXIT_REFUSED if report.drift.total() or report.unpublishable else EXIT_OK
+    return EXIT_REFUSED if report.rejected else EXIT_OK
+
+
 def _user() -> str:
     return os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
 
@@ -299,6 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_crl_show)
+
+    ldap = sub.add_parser("ldap", help="directory operations").add_subparsers(dest="ldap_command", required=True)
+    p = ldap.add_parser("sync", parents=[common], help="bring the directory in line with the registry")
+    p.add_argument("--full", action="store_true",
+                   help="read the whole directory and repair every difference (default: pending changes only)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ldap_sync)
+    p = ldap.add_parser("verify", parents=[common],
+                        help="report differences between registry and directory, change nothing (exit 1: drift)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ldap_sync)
 
     p = sub.add_parser("check-config", parents=[common], help="validate the configuration and exit")
     p.set_defaults(func=cmd_check_config)

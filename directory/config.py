@@ -18,6 +18,7 @@ from typing import Any
 from cryptography import x509
 
 from directory.hsm.algorithms import SignatureAlgorithm
+from directory.ldap import dn
 
 ISSUER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -63,6 +64,12 @@ class LdapConfig:
     password_file: Path | None
     suffix: str
     managed: bool
+    person_dn: tuple[str, ...] = ("cn={CN}+healthProfessionalId={serialNumber}", "cn={CN}")
+    structure_dn: tuple[str, ...] = ("cn={CN}",)
+    reconcile_interval: int = 3600
+    start_tls: bool = False
+    tls_ca_file: Path | None = None
+    timeout: float = 15.0
 
     def read_password(self) -> str:
         if self.password_file is None:
@@ -145,14 +152,15 @@ class _Section:
     def error(self, name: str, problem: str) -> ConfigError:
         return ConfigError(self.file, self.key(name), problem)
 
-    def get(self, name: str, kind: type, default: Any = ..., required: bool = False) -> Any:
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ..., required: bool = False) -> Any:
         if name not in self.table:
             if required or default is ...:
                 raise self.error(name, "missing")
             return default
         value = self.table[name]
         if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
-            raise self.error(name, f"must be {kind.__name__}, got {type(value).__name__} {value!r}")
+            expected = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise self.error(name, f"must be {expected}, got {type(value).__name__} {value!r}")
         return value
 
     def path(self, name: str, default: Any = ...) -> Path | None:
@@ -195,7 +203,8 @@ def load_config(path: str | Path) -> Config:
     ldap = None
     if "ldap" in raw:
         ldap = _ldap(_Section(file, "ldap", top.table_of("ldap"), {
-            "urls", "bind_dn", "password_file", "suffix", "managed"}))
+            "urls", "bind_dn", "password_file", "suffix", "managed", "person_dn", "structure_dn",
+            "reconcile_interval", "start_tls", "tls_ca_file", "timeout"}))
     issuers_raw = raw.get("issuers", [])
     if not isinstance(issuers_raw, list) or not issuers_raw:
         raise ConfigError(file, "issuers", "at least one [[issuers]] table is required")
@@ -250,8 +259,36 @@ def _ldap(s: _Section) -> LdapConfig:
     password_file = s.path("password_file", None)
     if password_file is not None and not password_file.exists():
         raise s.error("password_file", f"{password_file} does not exist")
-    return LdapConfig(tuple(urls), s.get("bind_dn", str, required=True), password_file,
-                      s.get("suffix", str, "o=sante,c=fr"), s.get("managed", bool, False))
+    suffix = s.get("suffix", str, "o=sante,c=fr")
+    try:
+        dn.parse(suffix)
+    except dn.DnError as exc:
+        raise s.error("suffix", str(exc)) from None
+    templates = {}
+    for name, default in (("person_dn", LdapConfig.person_dn), ("structure_dn", LdapConfig.structure_dn)):
+        value = s.get(name, (list, str), list(default))
+        value = [value] if isinstance(value, str) else value
+        if not value or not all(isinstance(t, str) for t in value):
+            raise s.error(name, "must be a DN template or a non-empty list of them (tried in order)")
+        for text in value:
+            try:
+                dn.DnTemplate.parse(text)
+            except dn.DnError as exc:
+                raise s.error(name, str(exc)) from None
+        templates[name] = tuple(value)
+    tls_ca_file = s.path("tls_ca_file", None)
+    if tls_ca_file is not None and not tls_ca_file.exists():
+        raise s.error("tls_ca_file", f"{tls_ca_file} does not exist")
+    timeout = s.get("timeout", (int, float), 15.0)
+    if isinstance(timeout, bool) or timeout <= 0:
+        raise s.error("timeout", "must be a positive number of seconds")
+    try:
+        reconcile = parse_duration(s.get("reconcile_interval", (str, int), "1h"))
+    except ValueError as exc:
+        raise s.error("reconcile_interval", str(exc)) from None
+    return LdapConfig(tuple(urls), s.get("bind_dn", str, required=True), password_file, suffix,
+                      s.get("managed", bool, False), templates["person_dn"], templates["structure_dn"],
+                      reconcile, s.get("start_tls", bool, False), tls_ca_file, float(timeout))
 
 
 def _issuer(file: Path, index: int, table: Any) -> IssuerConfig:

@@ -193,8 +193,9 @@ class Importer:
 class ProgressBar:
     """A one-line progress indicator on stderr, shown only on a terminal."""
 
-    def __init__(self, label: str, stream=sys.stderr) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, label: str, stream=sys.stderr, unit: str = "files") -> None:  # type: ignore[no-untyped-def]
         self.label = label
+        self.unit = unit
         self.stream = stream
         self.enabled = stream.isatty()
         self.start = time.monotonic()
@@ -205,7 +206,7 @@ class ProgressBar:
         rate = done / max(time.monotonic() - self.start, 1e-6)
         width = 30
         filled = int(width * done / total) if total else width
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} files "
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {self.unit} "
                           f"({rate:,.0f}/s)")
         self.stream.flush()
 

@@ -125,3 +125,29 @@ MIGRATIONS.append((
     CREATE INDEX ocsp_responses_this_update ON ocsp_responses (this_update);
     """,
 ))
+
+MIGRATIONS.append((
+    4,
+    "LDAP directory: outbox of entries to reconcile, projection of certificates onto entries, sync state",
+    """
+    CREATE TABLE ldap_outbox (
+        id              INTEGER PRIMARY KEY,
+        issuer_id       INTEGER NOT NULL REFERENCES issuers(id),
+        certificate_id  INTEGER REFERENCES certificates(id),
+        enqueued_at     INTEGER NOT NULL
+    );
+    CREATE TABLE ldap_projection (
+        certificate_id  INTEGER PRIMARY KEY REFERENCES certificates(id),
+        layout          TEXT NOT NULL,
+        dn_key          TEXT,
+        dn              TEXT,
+        attributes      TEXT
+    );
+    CREATE INDEX ldap_projection_dn_key ON ldap_projection (dn_key);
+    CREATE TABLE ldap_state (
+        name   TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    CREATE INDEX certificates_not_after ON certificates (not_after);
+    """,
+))

@@ -14,7 +14,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -307,12 +307,14 @@ class Registry:
         with self._write() as tx:
             row = tx.execute("SELECT id, certificate_der FROM issuers WHERE name = ?", (name,)).fetchone()
             if row is None:
-                tx.execute("INSERT INTO issuers (name, subject_der, certificate_der) VALUES (?, ?, ?)",
-                           (name, subject_der, certificate_der))
+                cur = tx.execute("INSERT INTO issuers (name, subject_der, certificate_der) VALUES (?, ?, ?)",
+                                 (name, subject_der, certificate_der))
+                _ldap_enqueue(tx, cur.lastrowid, None, int(self.clock()))
                 self._audit(tx, actor, "issuer-added", name, None, None, hashlib.sha256(certificate_der).hexdigest())
             elif bytes(row[1]) != certificate_der:
                 tx.execute("UPDATE issuers SET subject_der = ?, certificate_der = ? WHERE id = ?",
                            (subject_der, certificate_der, row[0]))
+                _ldap_enqueue(tx, row[0], None, int(self.clock()))
                 self._audit(tx, actor, "issuer-certificate-changed", name, None,
                             hashlib.sha256(bytes(row[1])).hexdigest(), hashlib.sha256(certificate_der).hexdigest())
 
@@ -365,6 +367,7 @@ class Registry:
                        "WHERE issuer_id = ? AND scope = ? AND number = ?",
                        (state, change_seq, entries, size, sha256, error, issuer_id, record.scope, record.number))
             if state == "published":
+                _ldap_enqueue(tx, issuer_id, None, int(self.clock()))
                 self._audit(tx, actor, f"crl-published-{record.kind}", record.issuer, None, None,
                             json.dumps({"scope": record.scope, "number": record.number, "entries": entries,
                                         "sha256": sha256}, sort_keys=True))
@@ -441,6 +444,119 @@ class Registry:
         finally:
             conn.execute("COMMIT")
 
+    # -- LDAP directory --------------------------------------------------------------------------
+    def ldap_outbox(self, limit: int) -> list[tuple[int, str, int | None]]:
+        """Oldest pending (id, issuer, certificate id or None for the CA entry)."""
+        return [tuple(r) for r in self._conn().execute(  # type: ignore[misc]
+            "SELECT o.id, i.name, o.certificate_id FROM ldap_outbox o JOIN issuers i ON i.id = o.issuer_id "
+            "ORDER BY o.id LIMIT ?", (limit,))]
+
+    def ldap_outbox_stats(self) -> tuple[int, int, int | None]:
+        """(depth, highest id, enqueue time of the oldest row)."""
+        depth, top, oldest = self._conn().execute(
+            "SELECT COUNT(*), COALESCE(MAX(id), 0), MIN(enqueued_at) FROM ldap_outbox").fetchone()
+        return int(depth), int(top), oldest
+
+    def ldap_outbox_done(self, ids: Iterable[int] = (), up_to: int | None = None) -> None:
+        """Drop applied rows: the listed ones, or every row up to ``up_to`` (a full reconcile covered them)."""
+        with self._write() as tx:
+            if up_to is not None:
+                tx.execute("DELETE FROM ldap_outbox WHERE id <= ?", (up_to,))
+            tx.executemany("DELETE FROM ldap_outbox WHERE id = ?", [(i,) for i in ids])
+
+    def ldap_unprojected(self, layout: str, certificate_ids: Sequence[int] | None = None) -> list[int]:
+        """Certificates with bytes and no projection for ``layout`` (all, or among ``certificate_ids``)."""
+        sql = ("SELECT c.id FROM certificates c LEFT JOIN ldap_projection p ON p.certificate_id = c.id "
+               "WHERE c.der IS NOT NULL AND (p.layout IS NULL OR p.layout != ?)")
+        if certificate_ids is None:
+            return [r[0] for r in self._conn().execute(sql, (layout,))]
+        out: list[int] = []
+        for chunk in _chunks(list(certificate_ids), 500):
+            out += [r[0] for r in self._conn().execute(sql + f" AND c.id IN ({','.join('?' * len(chunk))})",
+                                                       (layout, *chunk))]
+        return out
+
+    def projection_inputs(self, certificate_ids: Sequence[int]) -> list[tuple[int, bytes, str | None, str]]:
+        """(id, der, profile, emails) of the given certificates."""
+        out: list[tuple[int, bytes, str | None, str]] = []
+        for chunk in _chunks(list(certificate_ids), 500):
+            out += [(r[0], bytes(r[1]), r[2], r[3]) for r in self._conn().execute(
+                "SELECT id, der, profile, emails FROM certificates WHERE der IS NOT NULL AND id IN "
+                f"({','.join('?' * len(chunk))})", chunk)]
+        return out
+
+    def ldap_project(self, layout: str, rows: Sequence[tuple[int, str | None, str | None, str | None]]) -> None:
+        """Store (certificate id, dn_key, dn, attributes JSON) computed for ``layout``."""
+        with self._write() as tx:
+            tx.executemany("INSERT OR REPLACE INTO ldap_projection (certificate_id, layout, dn_key, dn, attributes) "
+                           "VALUES (?, ?, ?, ?, ?)", [(cid, layout, k, d, a) for cid, k, d, a in rows])
+
+    def ldap_dn_keys(self, layout: str, certificate_ids: Sequence[int]) -> set[str]:
+        """Entries (dn_key) the given certificates map to, whatever their status."""
+        keys: set[str] = set()
+        for chunk in _chunks(list(certificate_ids), 500):
+            keys.update(r[0] for r in self._conn().execute(
+                f"SELECT dn_key FROM ldap_projection WHERE layout = ? AND dn_key IS NOT NULL "
+                f"AND certificate_id IN ({','.join('?' * len(chunk))})", (layout, *chunk)))
+        return keys
+
+    def ldap_published(self, layout: str, now: int, dn_keys: Sequence[str] | None = None,
+                       ) -> Iterator[tuple[str, str, str, int, str, int]]:
+        """(dn_key, dn, attributes JSON, certificate id, sha256, not_before) of what the directory must
+        show: good, unexpired certificates that map to an entry. All of them, or those of ``dn_keys``."""
+        sql = ("SELECT p.dn_key, p.dn, p.attributes, c.id, c.sha256, COALESCE(c.not_before, 0) "
+               "FROM ldap_projection p JOIN certificates c ON c.id = p.certificate_id "
+               "WHERE p.layout = ? AND p.dn_key IS NOT NULL AND c.status = 'good' AND c.der IS NOT NULL "
+               "AND (c.not_after IS NULL OR c.not_after > ?)")
+        if dn_keys is None:
+            yield from self._conn().execute(sql, (layout, now))
+            return
+        for chunk in _chunks(list(dn_keys), 500):
+            yield from self._conn().execute(sql + f" AND p.dn_key IN ({','.join('?' * len(chunk))})",
+                                            (layout, now, *chunk))
+
+    def ldap_projected_dns(self, layout: str, dn_keys: Sequence[str]) -> list[tuple[str, str]]:
+        """(dn_key, dn) as projected, for entries that may have to be removed."""
+        out: list[tuple[str, str]] = []
+        for chunk in _chunks(list(dn_keys), 500):
+            out += [(r[0], r[1]) for r in self._conn().execute(
+                f"SELECT dn_key, MIN(dn) FROM ldap_projection WHERE layout = ? AND dn_key IN "
+                f"({','.join('?' * len(chunk))}) GROUP BY dn_key", (layout, *chunk))]
+        return out
+
+    def published_state(self, certificate_id: int, now: int) -> tuple[str, int] | None:
+        """(sha256, not_before) when the certificate must be in the directory (good, unexpired), else None."""
+        row = self._conn().execute(
+            "SELECT sha256, COALESCE(not_before, 0) FROM certificates WHERE id = ? AND status = 'good' "
+            "AND der IS NOT NULL AND (not_after IS NULL OR not_after > ?)", (certificate_id, now)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def certificate_ders(self, certificate_ids: Sequence[int]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for chunk in _chunks(list(certificate_ids), 500):
+            out.update((r[0], bytes(r[1])) for r in self._conn().execute(
+                f"SELECT id, der FROM certificates WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return out
+
+    def expired_between(self, after: int, until: int) -> list[int]:
+        """Certificates whose notAfter passed in (after, until]: their directory values must go."""
+        return [r[0] for r in self._conn().execute(
+            "SELECT id FROM certificates WHERE not_after > ? AND not_after <= ?", (after, until))]
+
+    def issuer_certificates(self) -> list[tuple[str, bytes, bool]]:
+        """(name, CA certificate DER, whether it has issued CA certificates: its CRL is then also an ARL)."""
+        return [(r[0], bytes(r[1]), bool(r[2])) for r in self._conn().execute(
+            "SELECT i.name, i.certificate_der, EXISTS (SELECT 1 FROM certificates c WHERE c.issuer_id = i.id "
+            "AND c.profile = 'ca') FROM issuers i ORDER BY i.name")]
+
+    def state_get(self, name: str) -> str | None:
+        row = self._conn().execute("SELECT value FROM ldap_state WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def state_set(self, values: dict[str, str]) -> None:
+        with self._write() as tx:
+            tx.executemany("INSERT OR REPLACE INTO ldap_state (name, value) VALUES (?, ?)", list(values.items()))
+
     # -- certificates ----------------------------------------------------------------------
     def get(self, issuer: str, serial_hex: str) -> CertificateRecord | None:
         return self._get_tx(self._conn(), self._issuer_id(issuer), serial_hex)
@@ -493,10 +609,11 @@ class Registry:
         fields = (info.subject_dn, "\n".join(info.emails), "\n".join(info.dns_names), info.professional_id,
                   info.not_before, info.not_after, info.der, info.sha256, info.profile)
         if row is None:
-            tx.execute("INSERT INTO certificates (issuer_id, serial_hex, subject_dn, emails, dns_names, "
-                       "professional_id, not_before, not_after, der, sha256, profile, status, imported_at, "
-                       "updated_at, serial_low) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'good', ?, ?, ?)",
-                       (issuer_id, info.serial_hex, *fields, now, now, serial_low(info.serial_hex)))
+            cur = tx.execute("INSERT INTO certificates (issuer_id, serial_hex, subject_dn, emails, dns_names, "
+                             "professional_id, not_before, not_after, der, sha256, profile, status, imported_at, "
+                             "updated_at, serial_low) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'good', ?, ?, ?)",
+                             (issuer_id, info.serial_hex, *fields, now, now, serial_low(info.serial_hex)))
+            _ldap_enqueue(tx, issuer_id, cur.lastrowid, now)
             self._audit(tx, actor, "import", issuer, info.serial_hex, None, info.sha256)
             return ImportOutcome("created", "imported")
         if row[0] == info.sha256:
@@ -509,6 +626,9 @@ class Registry:
             tx.execute("UPDATE crl_entries SET not_after = ? WHERE issuer_id = ? AND certificate_id = "
                        "(SELECT id FROM certificates WHERE issuer_id = ? AND serial_hex = ?)",
                        (info.not_after, issuer_id, issuer_id, info.serial_hex))
+            cid = tx.execute("SELECT id FROM certificates WHERE issuer_id = ? AND serial_hex = ?",
+                             (issuer_id, info.serial_hex)).fetchone()[0]
+            _ldap_enqueue(tx, issuer_id, cid, now)
             self._audit(tx, actor, "import-completes-forced", issuer, info.serial_hex, None, info.sha256)
             return ImportOutcome("completed", "imported; it was already revoked with --force, revocation kept")
         return ImportOutcome(
@@ -576,9 +696,16 @@ class Registry:
                          s.invalidity_date)
         tx.execute("INSERT INTO status_changes (issuer_id, certificate_id, at, status) VALUES (?, ?, ?, ?)",
                    (issuer_id, cid, now, s.status))
+        _ldap_enqueue(tx, issuer_id, cid, now)
         after = self._get_tx(tx, issuer_id, serial_hex)
         assert after is not None
         return after
+
+
+def _ldap_enqueue(tx: sqlite3.Connection, issuer_id: int | None, certificate_id: int | None, now: int) -> None:
+    """In the transaction of the change itself: the directory learns of every change, or of none."""
+    tx.execute("INSERT INTO ldap_outbox (issuer_id, certificate_id, enqueued_at) VALUES (?, ?, ?)",
+               (issuer_id, certificate_id, now))
 
 
 def serial_low(serial_hex: str) -> int:
@@ -615,6 +742,11 @@ def _backfill_v2(tx: sqlite3.Connection) -> None:
 
 
 _BACKFILLS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _backfill_v2}
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def audit_hash(prev: str, at: int, actor: str, action: str, issuer: str | None, serial_hex: str | None,

@@ -1,0 +1,109 @@
+"""Compare what an entry must hold with what the directory holds, value by value; plan the fewest writes.
+
+An unchanged entry produces no write at all. A certificate that must go is removed as that one value
+(a modify deleting exactly those bytes), never by rewriting the attribute, so the holder's other
+certificates are untouched even if another writer is at work. Text values compare the way the directory
+matches them (case and insignificant spaces ignored); certificates and CRLs compare as bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from directory.ldap import ber, dn
+from directory.ldap.client import Entry
+from directory.ldap.projection import BINARY, CERTIFICATE_ATTRIBUTE, DesiredEntry, base_name
+
+
+@dataclass
+class Drift:
+    """What differed, by kind (a verify reports it; a sync repairs it)."""
+
+    entries_missing: int = 0
+    entries_extra: int = 0
+    certificates_missing: int = 0
+    certificates_extra: int = 0
+    attributes_differing: int = 0
+
+    def total(self) -> int:
+        return (self.entries_missing + self.entries_extra + self.certificates_missing + self.certificates_extra
+                + self.attributes_differing)
+
+    def add(self, other: Drift) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass
+class Plan:
+    """Writes for one entry. Certificates to add are ids until their bytes are fetched."""
+
+    dn: str
+    kind: str  # "add", "modify", "delete"
+    changes: list[tuple[int, str, tuple[bytes, ...]]] = field(default_factory=list)
+    add_certificates: list[int] = field(default_factory=list)
+    attributes: dict[str, list[bytes]] = field(default_factory=dict)  # for "add"
+    drift: Drift = field(default_factory=Drift)
+
+
+def digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+def plan(desired: DesiredEntry | None, actual: Entry | None) -> Plan | None:
+    """The writes that make ``actual`` into ``desired`` (None: nothing to do)."""
+    if desired is None:
+        if actual is None:
+            return None
+        return Plan(actual.dn, "delete", drift=Drift(entries_extra=1))
+    if actual is None:
+        attrs = {name: [v.encode() for v in values] for name, values in desired.attributes.items() if values}
+        attrs.update({name: list(values) for name, values in desired.binary.items()})
+        return Plan(desired.dn, "add", add_certificates=list(desired.certificates.values()), attributes=attrs,
+                    drift=Drift(entries_missing=1, certificates_missing=len(desired.certificates)))
+    out = Plan(actual.dn, "modify")
+    present = {base_name(name): (name, values) for name, values in actual.attributes.items()}
+    wanted_text = {base_name(name): (name, values) for name, values in desired.attributes.items() if values}
+    wanted_binary = {base_name(name): (name, values) for name, values in desired.binary.items()}
+    # certificates: value by value
+    have = {digest(v): v for v in present.pop("usercertificate", ("", []))[1]}
+    missing = [cid for sha, cid in desired.certificates.items() if sha not in have]
+    extra = [v for sha, v in have.items() if sha not in desired.certificates]
+    if extra:
+        out.changes.append((ber.MOD_DELETE, CERTIFICATE_ATTRIBUTE, tuple(extra)))
+    out.add_certificates = missing
+    out.drift.certificates_missing, out.drift.certificates_extra = len(missing), len(extra)
+    for key in sorted(set(present) | set(wanted_text) | set(wanted_binary)):
+        if key in wanted_binary or (key in BINARY and key in present):
+            name, want = wanted_binary.get(key, (present[key][0], []))
+            got = present.get(key, (name, []))[1]
+            if {digest(v) for v in want} != {digest(v) for v in got}:
+                out.changes.append((ber.MOD_REPLACE, name, tuple(want)) if want else (ber.MOD_DELETE, name, ()))
+                out.drift.attributes_differing += 1
+            continue
+        name, values = wanted_text.get(key, (present.get(key, (key, []))[0], []))
+        want_text = {dn.fold(v): v.encode() for v in values}
+        got_raw = present.get(key, (name, []))[1]
+        got_text = {dn.fold(v.decode("utf-8", "replace")): v for v in got_raw}
+        if set(want_text) == set(got_text):
+            continue
+        out.drift.attributes_differing += 1
+        if not want_text:
+            out.changes.append((ber.MOD_DELETE, present[key][0], ()))
+            continue
+        gone = tuple(v for k, v in got_text.items() if k not in want_text)
+        new = tuple(v for k, v in want_text.items() if k not in got_text)
+        if key == "objectclass":  # one replace: classes and their attributes change in the same modify
+            out.changes.append((ber.MOD_REPLACE, name, tuple(want_text.values())))
+            continue
+        if gone:
+            out.changes.append((ber.MOD_DELETE, present[key][0], gone))
+        if new:
+            out.changes.append((ber.MOD_ADD, name, new))
+    if not out.changes and not out.add_certificates:
+        return None
+    return out

@@ -1,0 +1,189 @@
+"""How the registry looks in the directory: which entry a certificate belongs to, and what that entry holds.
+
+Pure functions of the certificate and the configured layout (suffix, DN templates). Professionals go under
+``ou=Personnes`` (inetOrgPerson + pkiUser + healthProfessional), organisations and servers under
+``ou=Structures`` (device + pkiUser + healthStructure), CAs under ``ou=AC`` (cRLDistributionPoint + pkiCA +
+deltaCRL, named after the configured issuer, as the demo's CDP/AIA LDAP URLs say). CA and OCSP-responder
+certificates are not end entities and get no entry of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from directory.config import LdapConfig
+from directory.ldap import dn
+
+PROJECTION_VERSION = "1"  # bump when the mapping below changes: every certificate is projected again
+PERSONNES, STRUCTURES, AC = "Personnes", "Structures", "AC"
+BRANCHES = (AC, PERSONNES, STRUCTURES)
+PERSON_PROFILES = {"authentication", "signature", "encryption"}
+STRUCTURE_PROFILES = {"server-tls", "server-smime"}
+NOT_PUBLISHED = {"ca", "ocsp-signing"}
+
+# subject attribute short names usable in templates
+SUBJECT_NAMES = {
+    NameOID.COMMON_NAME: "CN", NameOID.SURNAME: "SN", NameOID.GIVEN_NAME: "GN", NameOID.ORGANIZATION_NAME: "O",
+    NameOID.ORGANIZATIONAL_UNIT_NAME: "OU", NameOID.LOCALITY_NAME: "L", NameOID.COUNTRY_NAME: "C",
+    NameOID.TITLE: "title", NameOID.SERIAL_NUMBER: "serialNumber", NameOID.EMAIL_ADDRESS: "emailAddress",
+    NameOID.STATE_OR_PROVINCE_NAME: "ST", NameOID.USER_ID: "UID",
+}
+# typed national identifiers: first character of the identifier (ANS "IdNat_PS" convention)
+IDENTIFIER_TYPES = {"8": "RPPS", "0": "ADELI"}
+SINGLE_VALUED = {"healthidentifiertype", "healthstructureidtype"}
+BINARY = {"usercertificate", "cacertificate", "certificaterevocationlist", "authorityrevocationlist",
+          "deltarevocationlist"}
+CERTIFICATE_ATTRIBUTE = "userCertificate;binary"
+
+
+def base_name(attribute: str) -> str:
+    """Comparison name of an attribute description: lower case, options (``;binary``) dropped."""
+    return attribute.split(";", 1)[0].lower()
+
+
+@dataclass(frozen=True)
+class Layout:
+    suffix: str
+    person_templates: tuple[dn.DnTemplate, ...]
+    structure_templates: tuple[dn.DnTemplate, ...]
+    digest: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        text = json.dumps([PROJECTION_VERSION, dn.key(self.suffix), [t.text for t in self.person_templates],
+                           [t.text for t in self.structure_templates]])
+        object.__setattr__(self, "digest", hashlib.sha256(text.encode()).hexdigest()[:16])
+
+    @classmethod
+    def from_config(cls, ldap: LdapConfig) -> Layout:
+        return cls(ldap.suffix, tuple(dn.DnTemplate.parse(t) for t in ldap.person_dn),
+                   tuple(dn.DnTemplate.parse(t) for t in ldap.structure_dn))
+
+    def branch_dn(self, branch: str) -> str:
+        return f"ou={branch},{self.suffix}"
+
+    def ca_dn(self, issuer: str) -> str:
+        return f"cn={dn.escape_value(issuer)},{self.branch_dn(AC)}"
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Where one certificate shows, and the entry attributes it contributes (without the certificate)."""
+
+    dn: str
+    dn_key: str
+    attributes: dict[str, list[str]]
+
+
+def subject_values(name: x509.Name) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for attr in name:
+        short = SUBJECT_NAMES.get(attr.oid)
+        if short is not None and isinstance(attr.value, str):
+            values.setdefault(short, []).append(attr.value)
+    return values
+
+
+def project(der: bytes, profile: str | None, emails: list[str], layout: Layout) -> Projection | None:
+    """The entry a certificate belongs to, or None (CA/OCSP certificates; no template fits its subject)."""
+    if profile in NOT_PUBLISHED:
+        return None
+    subject = subject_values(x509.load_der_x509_certificate(der).subject)
+    first = {k: v[0] for k, v in subject.items()}
+    if emails:
+        first.setdefault("mail", emails[0])
+    person = profile in PERSON_PROFILES if profile in PERSON_PROFILES | STRUCTURE_PROFILES \
+        else "serialNumber" in first
+    branch, templates = (PERSONNES, layout.person_templates) if person else (STRUCTURES, layout.structure_templates)
+    rdn = next((r for r in (t.render(first) for t in templates) if r is not None), None)
+    if rdn is None:
+        return None
+    attributes = _person(subject, emails) if person else _structure(subject, emails)
+    for attr, value in rdn:  # the naming values must be in the entry
+        values = attributes.setdefault(_canonical(attr, attributes), [])
+        if dn.fold(value) not in {dn.fold(v) for v in values}:
+            values.append(value)
+    entry_dn = dn.build([rdn]) + "," + layout.branch_dn(branch)
+    return Projection(entry_dn, dn.key(entry_dn), attributes)
+
+
+def _canonical(attr: str, attributes: dict[str, list[str]]) -> str:
+    for existing in attributes:
+        if existing.lower() == attr.lower():
+            return existing
+    return attr
+
+
+def _person(subject: dict[str, list[str]], emails: list[str]) -> dict[str, list[str]]:
+    cn = subject.get("CN") or [" ".join(subject.get("GN", []) + subject.get("SN", []))]
+    attrs: dict[str, list[str]] = {"objectClass": ["top", "inetOrgPerson", "pkiUser"], "cn": cn,
+                                   "sn": subject.get("SN") or cn}
+    for source, target in (("GN", "givenName"), ("title", "title"), ("O", "o"), ("OU", "ou"), ("L", "l")):
+        if subject.get(source):
+            attrs[target] = list(subject[source])
+    if emails:
+        attrs["mail"] = list(emails)
+    ids = subject.get("serialNumber")
+    if ids:
+        attrs["objectClass"].append("healthProfessional")
+        attrs["healthProfessionalId"] = list(ids)
+        kind = IDENTIFIER_TYPES.get(ids[0][:1])
+        if kind:
+            attrs["healthIdentifierType"] = [kind]
+        if subject.get("title"):
+            attrs["healthProfession"] = list(subject["title"])
+    return attrs
+
+
+def _structure(subject: dict[str, list[str]], emails: list[str]) -> dict[str, list[str]]:
+    attrs: dict[str, list[str]] = {"objectClass": ["top", "device", "pkiUser", "healthStructure"],
+                                   "cn": subject.get("CN") or subject.get("O") or ["-"]}
+    for source, target in (("O", "o"), ("OU", "ou"), ("L", "l")):
+        if subject.get(source):
+            attrs[target] = list(subject[source])
+    if emails:
+        attrs["mail"] = list(emails)
+    ids = [v for v in subject.get("OU", []) if v.isdigit()]  # FINESS / SIRET / SIREN numbers
+    if ids:
+        attrs["healthStructureId"] = ids
+    return attrs
+
+
+@dataclass
+class DesiredEntry:
+    """What one directory entry must hold. Certificates are kept as (id, sha256) until bytes are needed."""
+
+    dn: str
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+    certificates: dict[bytes, int] = field(default_factory=dict)  # sha256 digest -> certificate id
+    binary: dict[str, list[bytes]] = field(default_factory=dict)  # CA entries: cACertificate, CRLs
+
+    def merge(self, attributes: dict[str, list[str]]) -> None:
+        """Union of the values each certificate contributes (single-valued: the first one, newest first)."""
+        for name, values in attributes.items():
+            current = self.attributes.setdefault(_canonical(name, self.attributes), [])
+            if name.lower() in SINGLE_VALUED and current:
+                continue
+            seen = {dn.fold(v) for v in current}
+            for value in values:
+                if dn.fold(value) not in seen:
+                    current.append(value)
+                    seen.add(dn.fold(value))
+
+
+def ca_entry(layout: Layout, issuer: str, certificate: bytes, crl: bytes | None, is_arl: bool,
+             delta: bytes | None) -> DesiredEntry:
+    entry = DesiredEntry(layout.ca_dn(issuer), {"objectClass": ["top", "cRLDistributionPoint", "pkiCA", "deltaCRL"],
+                                                "cn": [issuer]})
+    entry.binary["cACertificate;binary"] = [certificate]
+    if crl is not None:
+        entry.binary["certificateRevocationList;binary"] = [crl]
+        if is_arl:
+            entry.binary["authorityRevocationList;binary"] = [crl]
+    if delta is not None:
+        entry.binary["deltaRevocationList;binary"] = [delta]
+    return entry

@@ -1,0 +1,412 @@
+"""Make the directory match the registry: the registry is the desired state, LDAP is made to follow it.
+
+Three passes, one engine:
+- ``incremental()`` drains the outbox (rows written in the same transaction as each import, revocation,
+  hold release and CRL publication) plus certificates that expired since the last pass: only the entries
+  they touch are read and diffed. Rows are deleted only after their entries were written, so a directory
+  that is down keeps them, and a crash replays them (the diff makes a replay a no-op).
+- ``full()`` reads every entry under ``ou=AC``, ``ou=Personnes`` and ``ou=Structures`` and repairs any
+  drift (entries or values added, changed or removed by hand, expired certificates, a lost write).
+- ``verify()`` is ``full()`` without writing anything, to LDAP or to the registry.
+
+A write the directory refuses for good (schema violation, ...) is reported and logged as a rejection; it
+does not block the others, and the next full pass tries it again. Connection trouble raises
+``LdapUnavailable`` and leaves the outbox as it was: the caller retries with backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from directory.config import Config
+from directory.crl.builder import crl_dir
+from directory.ldap import ber, dn
+from directory.ldap.client import (
+    ALREADY_EXISTS,
+    ATTRIBUTE_OR_VALUE_EXISTS,
+    NO_SUCH_ATTRIBUTE,
+    NO_SUCH_OBJECT,
+    Add,
+    Delete,
+    Entry,
+    LdapClient,
+    LdapError,
+    Modify,
+    Operation,
+    OpResult,
+)
+from directory.ldap.diff import Drift, Plan, plan
+from directory.ldap.projection import BRANCHES, DesiredEntry, Layout, ca_entry, project
+from directory.registry.store import Registry
+
+log = logging.getLogger(__name__)
+RACE_CODES = {ALREADY_EXISTS, NO_SUCH_OBJECT, ATTRIBUTE_OR_VALUE_EXISTS, NO_SUCH_ATTRIBUTE}
+CHUNK = 2000  # entries planned, fetched and written per round
+FULL_THRESHOLD = 20000  # an outbox deeper than this is cheaper to settle with one full pass
+
+
+class SyncCancelled(RuntimeError):
+    """The service is stopping: the pass ends between two chunks; the outbox still holds its rows."""
+
+
+class SyncBusy(RuntimeError):
+    """Another process holds the sync lock (a CLI sync while the service syncs, or the reverse)."""
+
+
+@dataclass
+class SyncReport:
+    mode: str
+    entries_read: int = 0
+    entries_planned: int = 0
+    added: int = 0
+    modified: int = 0
+    deleted: int = 0
+    outbox_done: int = 0
+    drift: Drift = field(default_factory=Drift)
+    rejected: list[dict[str, str | int]] = field(default_factory=list)
+    unpublishable: int = 0
+    seconds: float = 0.0
+
+    def writes(self) -> int:
+        return self.added + self.modified + self.deleted
+
+    def as_dict(self) -> dict[str, object]:
+        return {"mode": self.mode, "entries_read": self.entries_read, "added": self.added,
+                "modified": self.modified, "deleted": self.deleted, "outbox_done": self.outbox_done,
+                "drift": self.drift.as_dict(), "drift_total": self.drift.total(),
+                "rejected": self.rejected, "unpublishable": self.unpublishable, "seconds": round(self.seconds, 3)}
+
+
+def client_for(config: Config, window: int = 64) -> LdapClient:
+    import ssl
+
+    ldap = config.ldap
+    assert ldap is not None
+    context = ssl.create_default_context(cafile=str(ldap.tls_ca_file)) if ldap.tls_ca_file else None
+    return LdapClient(ldap.urls, ldap.bind_dn, ldap.read_password(), timeout=ldap.timeout, window=window,
+                      tls_context=context, start_tls=ldap.start_tls)
+
+
+class DirectorySync:
+    """One engine per process; its passes run one at a time (a file lock also keeps processes apart)."""
+
+    def __init__(self, config: Config, registry: Registry, client: LdapClient | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        if config.ldap is None:
+            raise ValueError("no [ldap] section in the configuration")
+        self.config = config
+        self.registry = registry
+        self.client = client or client_for(config)
+        self.clock = clock
+        self.layout = Layout.from_config(config.ldap)
+        self.lock_path = config.data_dir / "ldap-sync.lock"
+        self.stop_requested: Callable[[], bool] = lambda: False
+
+    def _check_stop(self) -> None:
+        if self.stop_requested():
+            raise SyncCancelled("stopping")
+
+    # -- locking -------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self, wait: bool) -> Iterator[None]:
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock_path.open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise SyncBusy("another LDAP sync is running") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- passes --------------------------------------------------------------------------------------
+    def full(self, dry_run: bool = False, wait: bool = True,
+             progress: Callable[[int, int], None] | None = None) -> SyncReport:
+        report = SyncReport("verify" if dry_run else "full")
+        started = time.monotonic()
+        with self._locked(wait):
+            now = int(self.clock())
+            _, top, _ = self.registry.ldap_outbox_stats()
+            projections = self._project_all(report, store=not dry_run)
+            desired = self._desired_all(now, projections if dry_run else {})
+            if not dry_run:
+                self._ensure_branches()
+            plans: list[Plan] = []
+            for entry in self._read_all():
+                report.entries_read += 1
+                if report.entries_read % CHUNK == 0:
+                    self._check_stop()
+                want = desired.pop(dn.key(entry.dn), None)
+                if want is None and dn.key(entry.dn) in self._branch_keys():
+                    continue
+                p = plan(want, entry)
+                if p is not None:
+                    plans.append(p)
+            plans += [p for want in desired.values() if (p := plan(want, None)) is not None]
+            for p in plans:
+                report.drift.add(p.drift)
+            if not dry_run:
+                self._execute(plans, report, progress)
+                self.registry.ldap_outbox_done(up_to=top)
+                report.outbox_done = top
+                self.registry.state_set({"layout": self.layout.digest, "expired_checked": str(now),
+                                         "last_full": str(now), "last_full_drift": str(report.drift.total()),
+                                         "last_rejected": json.dumps(report.rejected[:50])})
+            else:
+                self.registry.state_set({"last_verify": str(now), "last_verify_drift": str(report.drift.total())})
+        report.seconds = time.monotonic() - started
+        return report
+
+    def verify(self) -> SyncReport:
+        return self.full(dry_run=True)
+
+    def incremental(self, limit: int = 5000, wait: bool = True) -> SyncReport:
+        """Settle the oldest ``limit`` outbox rows and the certificates that expired since the last pass."""
+        if self.registry.state_get("layout") != self.layout.digest:
+            return self.full(wait=wait)  # never synced with this layout: only a full pass knows every entry
+        depth, _, _ = self.registry.ldap_outbox_stats()
+        if depth > FULL_THRESHOLD:
+            return self.full(wait=wait)
+        report = SyncReport("incremental")
+        started = time.monotonic()
+        with self._locked(wait):
+            now = int(self.clock())
+            rows = self.registry.ldap_outbox(limit)
+            checked = int(self.registry.state_get("expired_checked") or now)
+            certificate_ids = {cid for _, _, cid in rows if cid is not None}
+            certificate_ids.update(self.registry.expired_between(checked, now))
+            issuers = {name for _, name, cid in rows if cid is None}
+            if certificate_ids or issuers:
+                self._project_some(sorted(certificate_ids), report)
+                keys = self.registry.ldap_dn_keys(self.layout.digest, sorted(certificate_ids))
+                desired = self._desired_entries(now, sorted(keys))
+                targets: dict[str, str] = {k: desired[k].dn if k in desired else "" for k in keys}
+                for issuer in issuers:
+                    entry = self._ca_entry(issuer)
+                    if entry is not None:
+                        desired[dn.key(entry.dn)] = entry
+                        targets[dn.key(entry.dn)] = entry.dn
+                # entries that must go are read under the DN they were projected with
+                for key, stored in self._projected_dns(keys):
+                    if not targets.get(key):
+                        targets[key] = stored
+                actual = self.client.read([d for d in targets.values() if d])
+                report.entries_read = sum(1 for e in actual.values() if e is not None)
+                by_key = {dn.key(e.dn): e for e in actual.values() if e is not None}
+                plans = [p for key in targets if (p := plan(desired.get(key), by_key.get(key))) is not None]
+                for p in plans:
+                    report.drift.add(p.drift)
+                self._execute(plans, report, None)
+            self.registry.ldap_outbox_done(ids=[row[0] for row in rows])
+            report.outbox_done = len(rows)
+            self.registry.state_set({"expired_checked": str(now), "last_incremental": str(now)})
+        report.seconds = time.monotonic() - started
+        return report
+
+    # -- desired state -------------------------------------------------------------------------------
+    def _project_all(self, report: SyncReport, store: bool) -> dict[int, tuple[str | None, str | None, str | None]]:
+        """Project every certificate not yet projected for this layout; kept in memory when not stored."""
+        missing = self.registry.ldap_unprojected(self.layout.digest)
+        return self._project(missing, report, store)
+
+    def _project_some(self, certificate_ids: list[int], report: SyncReport) -> None:
+        self._project(self.registry.ldap_unprojected(self.layout.digest, certificate_ids), report, True)
+
+    def _project(self, ids: list[int], report: SyncReport,
+                 store: bool) -> dict[int, tuple[str | None, str | None, str | None]]:
+        out: dict[int, tuple[str | None, str | None, str | None]] = {}
+        for start in range(0, len(ids), CHUNK):
+            rows = []
+            for cid, der, profile, emails in self.registry.projection_inputs(ids[start:start + CHUNK]):
+                try:
+                    p = project(der, profile, [e for e in emails.split("\n") if e], self.layout)
+                except ValueError as exc:
+                    log.error("certificate id %d cannot be projected onto the directory: %s", cid, exc)
+                    p = None
+                if p is None and profile not in ("ca", "ocsp-signing"):
+                    report.unpublishable += 1
+                row = (cid, p.dn_key, p.dn, json.dumps(p.attributes)) if p else (cid, None, None, None)
+                rows.append(row)
+                out[cid] = row[1:]
+            if store:
+                self.registry.ldap_project(self.layout.digest, rows)
+        return out
+
+    def _desired_all(self, now: int, extra: dict[int, tuple[str | None, str | None, str | None]],
+                     ) -> dict[str, DesiredEntry]:
+        desired = self._group(self.registry.ldap_published(self.layout.digest, now), extra, now)
+        for name, *_ in self.registry.issuer_certificates():
+            entry = self._ca_entry(name)
+            if entry is not None:
+                desired[dn.key(entry.dn)] = entry
+        return desired
+
+    def _desired_entries(self, now: int, keys: list[str]) -> dict[str, DesiredEntry]:
+        return self._group(self.registry.ldap_published(self.layout.digest, now, keys), {}, now)
+
+    def _group(self, rows: Iterator[tuple[str, str, str, int, str, int]],
+               extra: dict[int, tuple[str | None, str | None, str | None]], now: int) -> dict[str, DesiredEntry]:
+        items = list(rows)
+        if extra:  # verify: projections computed in memory, joined with the certificates' state here
+            for cid, (key, entry_dn, attrs) in extra.items():
+                if key is None:
+                    continue
+                record = self.registry.published_state(cid, now)
+                if record is not None:
+                    items.append((key, entry_dn or "", attrs or "{}", cid, record[0], record[1]))
+        items.sort(key=lambda r: -r[5])  # newest certificate first: its single-valued attributes win
+        desired: dict[str, DesiredEntry] = {}
+        for key, entry_dn, attrs, cid, sha256, _ in items:
+            entry = desired.get(key)
+            if entry is None:
+                entry = desired[key] = DesiredEntry(entry_dn)
+            entry.merge(json.loads(attrs))
+            entry.certificates[bytes.fromhex(sha256)] = cid
+        return desired
+
+    def _ca_entry(self, issuer: str) -> DesiredEntry | None:
+        for name, certificate, is_arl in self.registry.issuer_certificates():
+            if name != issuer:
+                continue
+            try:
+                settings = self.config.issuer(name)
+            except KeyError:
+                return None  # in the registry but no longer configured: leave its entry to a full pass
+            directory = crl_dir(self.config)
+            crl = _read(directory / f"{name}.crl")
+            delta = _read(directory / f"{name}-delta.crl") if settings.crl.delta else None
+            return ca_entry(self.layout, name, certificate, crl, is_arl, delta)
+        return None
+
+    def _projected_dns(self, keys: set[str]) -> list[tuple[str, str]]:
+        return self.registry.ldap_projected_dns(self.layout.digest, sorted(keys))
+
+    # -- directory -----------------------------------------------------------------------------------
+    def _branch_keys(self) -> set[str]:
+        return {dn.key(self.layout.suffix), *(dn.key(self.layout.branch_dn(b)) for b in BRANCHES)}
+
+    def _read_all(self) -> Iterator[Entry]:
+        for branch in BRANCHES:
+            yield from self.client.search(self.layout.branch_dn(branch), ber.SCOPE_SUBTREE, ("*",))
+
+    def _ensure_branches(self) -> None:
+        """The suffix entry and the three branches, created when missing (an external directory starts empty)."""
+        suffix = dn.parse(self.layout.suffix)
+        wanted = [(self.layout.suffix, _suffix_entry(suffix[0]))]
+        wanted += [(self.layout.branch_dn(b), {"objectClass": [b"top", b"organizationalUnit"], "ou": [b.encode()]})
+                   for b in BRANCHES]
+        present = self.client.read([d for d, _ in wanted], ("1.1",))
+        for entry_dn, attrs in wanted:
+            if present.get(entry_dn) is None:
+                result = self.client.apply([Add(entry_dn, attrs)])[0]
+                if result.code not in (0, ALREADY_EXISTS):
+                    raise LdapError(f"cannot create {entry_dn}: {result.code} {result.message}")
+
+    def _execute(self, plans: list[Plan], report: SyncReport, progress: Callable[[int, int], None] | None) -> None:
+        """Write the plans in chunks (certificate bytes fetched per chunk); retry once what raced."""
+        deletes = sorted((p for p in plans if p.kind == "delete"), key=lambda p: -p.dn.count(","))
+        others = [p for p in plans if p.kind != "delete"]
+        done = 0
+        for batch in [deletes[i:i + CHUNK] for i in range(0, len(deletes), CHUNK)] + \
+                     [others[i:i + CHUNK] for i in range(0, len(others), CHUNK)]:
+            self._check_stop()
+            results = self.client.apply(self._operations(batch))
+            retry = []
+            for p, result in zip(batch, results, strict=True):
+                if result.ok:
+                    self._count(p, report)
+                elif result.code in RACE_CODES:
+                    retry.append(p)
+                else:
+                    self._reject(p, result, report)
+            if retry:
+                self._retry(retry, report)
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(plans))
+        report.entries_planned += len(plans)
+
+    def _retry(self, plans: list[Plan], report: SyncReport) -> None:
+        """Someone else wrote meanwhile: read again, diff again, write once more."""
+        now = int(self.clock())
+        keys = [dn.key(p.dn) for p in plans]
+        desired = self._desired_entries(now, keys)
+        for p in plans:
+            if dn.key(p.dn) not in desired:
+                entry = next((e for e in (self._ca_entry(n) for n, *_ in self.registry.issuer_certificates())
+                              if e is not None and dn.key(e.dn) == dn.key(p.dn)), None)
+                if entry is not None:
+                    desired[dn.key(p.dn)] = entry
+        actual = self.client.read([p.dn for p in plans])
+        again = []
+        for p in plans:
+            entry = actual.get(p.dn)
+            second = plan(desired.get(dn.key(p.dn)), entry)
+            if second is not None:
+                again.append(second)
+            else:
+                self._count(p, report)
+        for p, result in zip(again, self.client.apply(self._operations(again)), strict=True):
+            if result.ok:
+                self._count(p, report)
+            else:
+                self._reject(p, result, report)
+
+    def _operations(self, plans: list[Plan]) -> list[Operation]:
+        wanted = [cid for p in plans for cid in p.add_certificates]
+        ders = self.registry.certificate_ders(wanted) if wanted else {}
+        ops: list[Operation] = []
+        for p in plans:
+            certs = [ders[cid] for cid in p.add_certificates if cid in ders]
+            if p.kind == "delete":
+                ops.append(Delete(p.dn))
+            elif p.kind == "add":
+                attrs = dict(p.attributes)
+                if certs:
+                    attrs["userCertificate;binary"] = certs
+                ops.append(Add(p.dn, attrs))
+            else:
+                changes = list(p.changes)
+                if certs:
+                    changes.append((ber.MOD_ADD, "userCertificate;binary", tuple(certs)))
+                ops.append(Modify(p.dn, tuple(changes)))
+        return ops
+
+    @staticmethod
+    def _count(p: Plan, report: SyncReport) -> None:
+        if p.kind == "add":
+            report.added += 1
+        elif p.kind == "delete":
+            report.deleted += 1
+        else:
+            report.modified += 1
+
+    @staticmethod
+    def _reject(p: Plan, result: OpResult, report: SyncReport) -> None:
+        log.error("directory refused to %s %s: %d %s", p.kind, p.dn, result.code, result.message)
+        report.rejected.append({"dn": p.dn, "operation": p.kind, "code": result.code, "message": result.message})
+
+
+def _suffix_entry(rdn: tuple[tuple[str, str], ...]) -> dict[str, list[bytes]]:
+    kind, value = rdn[0][0].lower(), rdn[0][1]
+    classes = {"o": [b"top", b"organization"], "dc": [b"top", b"dcObject", b"organization"],
+               "ou": [b"top", b"organizationalUnit"], "c": [b"top", b"country"]}.get(kind, [b"top", b"organization"])
+    attrs = {"objectClass": classes, rdn[0][0]: [value.encode()]}
+    if kind == "dc":
+        attrs["o"] = [value.encode()]
+    return attrs
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
