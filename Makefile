@@ -23,6 +23,7 @@ bench: deps
 	$(BIN)/python -m bench.importer
 	$(BIN)/python -m bench.crl
 	$(BIN)/python -m bench.ocsp
+	$(BIN)/python -m bench.ldap
 
 lint: deps
 	$(BIN)/ruff check .

@@ -42,7 +42,7 @@ def managed_slapd(config: Config) -> Slapd:
     return Slapd(SlapdConfig(directory=config.data_dir / "ldap", suffix=ldap.suffix,
                              root_dn=f"cn=admin,{ldap.suffix}", root_password=secrets.token_urlsafe(24),
                              port=url.port, host="127.0.0.1" if url.hostname == "localhost" else url.hostname,
-                             template=PROVIDER_TEMPLATE, service_dn=ldap.bind_dn, dbnosync=False))
+                             template=PROVIDER_TEMPLATE, service_dn=ldap.bind_dn))
 
 
 def ensure_skeleton(slapd: Slapd, ldap: LdapConfig) -> None:

@@ -74,7 +74,8 @@ class SlapdConfig:
             left = re.search(r"@[A-Z_]+@", "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#")))
             if left:
                 raise SlapdError(f"{self.template}: placeholder {left.group(0)} has no value")
-            return text + ("dbnosync\n" if self.dbnosync else "") + (self.extra + "\n" if self.extra else "")
+            nosync = self.dbnosync and not re.search(r"^dbnosync\b", text, re.MULTILINE)
+            return text + ("dbnosync\n" if nosync else "") + (self.extra + "\n" if self.extra else "")
         lines = [*(f"include {s}" for s in self.schemas),
                  f"pidfile {self.directory / 'slapd.pid'}",
                  f"modulepath {_module_dir()}", "moduleload back_mdb",

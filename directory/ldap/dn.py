@@ -127,6 +127,8 @@ class DnTemplate:
 
     @classmethod
     def parse(cls, text: str) -> DnTemplate:
+        if "," in text:
+            raise DnError(f"{text!r}: a template is one RDN (the branch and suffix are added)")
         parts = []
         for ava in text.split("+"):
             attr, sep, value = ava.partition("=")
@@ -135,8 +137,6 @@ class DnTemplate:
             if not sep or not _TYPE.match(attr) or not match:
                 raise DnError(f"{text!r}: each RDN part must be type={{SUBJECT_ATTRIBUTE}}, e.g. cn={{CN}}")
             parts.append((attr, match.group(1)))
-        if "," in text:
-            raise DnError(f"{text!r}: a template is one RDN (the branch and suffix are added)")
         return cls(text, tuple(parts))
 
     @property

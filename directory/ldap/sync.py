@@ -43,7 +43,7 @@ from directory.ldap.client import (
     OpResult,
 )
 from directory.ldap.diff import Drift, Plan, plan
-from directory.ldap.projection import BRANCHES, DesiredEntry, Layout, ca_entry, project
+from directory.ldap.projection import BRANCHES, NOT_PUBLISHED, DesiredEntry, Layout, ca_entry, project
 from directory.registry.store import Registry
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ class DirectorySync:
         self.layout = Layout.from_config(config.ldap)
         self.lock_path = config.data_dir / "ldap-sync.lock"
         self.stop_requested: Callable[[], bool] = lambda: False
+        self._unplaced: set[int] = set()  # certificates of the last projection no template could place
 
     def _check_stop(self) -> None:
         if self.stop_requested():
@@ -134,9 +135,12 @@ class DirectorySync:
         started = time.monotonic()
         with self._locked(wait):
             now = int(self.clock())
-            _, top, _ = self.registry.ldap_outbox_stats()
-            projections = self._project_all(report, store=not dry_run)
+            depth, top, _ = self.registry.ldap_outbox_stats()
+            projections = self._project_all(store=not dry_run)
             desired = self._desired_all(now, projections if dry_run else {})
+            report.unpublishable = self.registry.ldap_unplaced(self.layout.digest, now)
+            if dry_run:  # computed in memory only
+                report.unpublishable += sum(1 for cid in self._unplaced if self.registry.published_state(cid, now))
             if not dry_run:
                 self._ensure_branches()
             plans: list[Plan] = []
@@ -156,7 +160,7 @@ class DirectorySync:
             if not dry_run:
                 self._execute(plans, report, progress)
                 self.registry.ldap_outbox_done(up_to=top)
-                report.outbox_done = top
+                report.outbox_done = depth
                 self.registry.state_set({"layout": self.layout.digest, "expired_checked": str(now),
                                          "last_full": str(now), "last_full_drift": str(report.drift.total()),
                                          "last_rejected": json.dumps(report.rejected[:50])})
@@ -185,7 +189,7 @@ class DirectorySync:
             certificate_ids.update(self.registry.expired_between(checked, now))
             issuers = {name for _, name, cid in rows if cid is None}
             if certificate_ids or issuers:
-                self._project_some(sorted(certificate_ids), report)
+                self._project_some(sorted(certificate_ids))
                 keys = self.registry.ldap_dn_keys(self.layout.digest, sorted(certificate_ids))
                 desired = self._desired_entries(now, sorted(keys))
                 targets: dict[str, str] = {k: desired[k].dn if k in desired else "" for k in keys}
@@ -212,17 +216,16 @@ class DirectorySync:
         return report
 
     # -- desired state -------------------------------------------------------------------------------
-    def _project_all(self, report: SyncReport, store: bool) -> dict[int, tuple[str | None, str | None, str | None]]:
+    def _project_all(self, store: bool) -> dict[int, tuple[str | None, str | None, str | None]]:
         """Project every certificate not yet projected for this layout; kept in memory when not stored."""
-        missing = self.registry.ldap_unprojected(self.layout.digest)
-        return self._project(missing, report, store)
+        return self._project(self.registry.ldap_unprojected(self.layout.digest), store)
 
-    def _project_some(self, certificate_ids: list[int], report: SyncReport) -> None:
-        self._project(self.registry.ldap_unprojected(self.layout.digest, certificate_ids), report, True)
+    def _project_some(self, certificate_ids: list[int]) -> None:
+        self._project(self.registry.ldap_unprojected(self.layout.digest, certificate_ids), True)
 
-    def _project(self, ids: list[int], report: SyncReport,
-                 store: bool) -> dict[int, tuple[str | None, str | None, str | None]]:
+    def _project(self, ids: list[int], store: bool) -> dict[int, tuple[str | None, str | None, str | None]]:
         out: dict[int, tuple[str | None, str | None, str | None]] = {}
+        self._unplaced: set[int] = set()
         for start in range(0, len(ids), CHUNK):
             rows = []
             for cid, der, profile, emails in self.registry.projection_inputs(ids[start:start + CHUNK]):
@@ -231,8 +234,8 @@ class DirectorySync:
                 except ValueError as exc:
                     log.error("certificate id %d cannot be projected onto the directory: %s", cid, exc)
                     p = None
-                if p is None and profile not in ("ca", "ocsp-signing"):
-                    report.unpublishable += 1
+                if p is None and profile not in NOT_PUBLISHED:
+                    self._unplaced.add(cid)
                 row = (cid, p.dn_key, p.dn, json.dumps(p.attributes)) if p else (cid, None, None, None)
                 rows.append(row)
                 out[cid] = row[1:]
@@ -279,7 +282,7 @@ class DirectorySync:
             try:
                 settings = self.config.issuer(name)
             except KeyError:
-                return None  # in the registry but no longer configured: leave its entry to a full pass
+                return None  # no longer configured: no entry (a full pass removes the old one)
             directory = crl_dir(self.config)
             crl = _read(directory / f"{name}.crl")
             delta = _read(directory / f"{name}-delta.crl") if settings.crl.delta else None

@@ -524,6 +524,13 @@ class Registry:
                 f"({','.join('?' * len(chunk))}) GROUP BY dn_key", (layout, *chunk))]
         return out
 
+    def ldap_unplaced(self, layout: str, now: int) -> int:
+        """Good, unexpired end-entity certificates that no DN template could place in the directory."""
+        return int(self._conn().execute(
+            "SELECT COUNT(*) FROM ldap_projection p JOIN certificates c ON c.id = p.certificate_id "
+            "WHERE p.layout = ? AND p.dn_key IS NULL AND c.status = 'good' AND c.profile NOT IN ('ca', "
+            "'ocsp-signing') AND (c.not_after IS NULL OR c.not_after > ?)", (layout, now)).fetchone()[0])
+
     def published_state(self, certificate_id: int, now: int) -> tuple[str, int] | None:
         """(sha256, not_before) when the certificate must be in the directory (good, unexpired), else None."""
         row = self._conn().execute(

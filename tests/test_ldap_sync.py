@@ -1,0 +1,351 @@
+"""Directory sync against a real slapd (the provider configuration), checked with ldapsearch and openssl."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from directory.ldap import dn
+from directory.ldap.client import LdapUnavailable
+from directory.ldap.sync import DirectorySync
+from directory.registry import Registry
+from tests.conftest import run_cli
+from tests.ldap_env import SUFFIX, LdapEnv, issue, ldap_tool, search
+from tests.served import serve
+
+PERSONNES = f"ou=Personnes,{SUFFIX}"
+STRUCTURES = f"ou=Structures,{SUFFIX}"
+
+
+def _published(env: LdapEnv) -> dict[str, dict[str, list[bytes]]]:
+    return {**search(env.url, PERSONNES, "(userCertificate=*)"), **search(env.url, STRUCTURES, "(userCertificate=*)")}
+
+
+def _good_certificates(registry: Registry) -> set[bytes]:
+    return {r.der for r in registry.iter_certificates() if r.status == "good" and r.der
+            and r.profile not in ("ca", "ocsp-signing")}
+
+
+def test_full_sync_publishes_every_good_certificate_and_relying_lookups_work(ldap_env: LdapEnv) -> None:
+    env = ldap_env
+    env.import_demo()
+    manifest = json.loads((env.demo / "certs" / "manifest.json").read_text())
+    revoked = [m for m in manifest if m["issuer"] == "ac-personnes" and m["profile"] == "encryption"][:2]
+    for m in revoked:
+        env.registry.revoke(m["issuer"], m["serial_hex"], "keyCompromise", actor="test")
+    report = env.sync().full()
+    assert not report.rejected and report.added > 0
+
+    entries = _published(env)
+    values = [v for e in entries.values() for v in e.get("userCertificate;binary", [])]
+    assert sorted(values) == sorted(_good_certificates(env.registry))  # every good one, exactly once
+    assert len(values) == len(set(values))
+    for m in revoked:
+        der = env.registry.get(m["issuer"], m["serial_hex"]).der  # type: ignore[union-attr]
+        assert der not in values
+
+    # a professional: by mail, by identifier, by certificate (certificateExactMatch), all with ldapsearch
+    record = next(r for r in env.registry.iter_certificates() if r.profile == "authentication" and r.status == "good")
+    cert = x509.load_der_x509_certificate(record.der)  # type: ignore[arg-type]
+    by_mail = search(env.url, SUFFIX, f"(mail={record.emails[0]})")
+    by_id = search(env.url, SUFFIX, f"(healthProfessionalId={record.professional_id})")
+    issuer = cert.issuer.rfc4514_string()
+    exact = search(env.url, SUFFIX, f'(userCertificate={{ serialNumber {cert.serial_number}, '
+                                    f'issuer rdnSequence:"{issuer}" }})')
+    assert len(by_mail) == len(by_id) == len(exact) == 1
+    assert set(by_mail) == set(by_id) == set(exact)
+    holder = next(iter(exact.values()))
+    assert record.der in holder["userCertificate;binary"]
+    assert holder["cn"] == [cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value.encode()]
+    assert b"healthProfessional" in holder["objectClass"] and holder["healthIdentifierType"] == [b"RPPS"]
+
+    # nothing changed: a second full pass writes nothing, verify finds nothing
+    again = env.sync().full()
+    assert again.writes() == 0 and again.drift.total() == 0
+    result = run_cli("ldap", "verify", "-c", str(env.path), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["drift_total"] == 0
+
+
+def test_ca_entries_hold_certificate_crl_arl_and_delta(demo: Path, tmp_path: Path) -> None:
+    run_cli("crl", "build", "-c", str(demo), check=True)
+    with serve(demo) as served:
+        url = served.ldap_url
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            cas = search(url, f"ou=AC,{SUFFIX}", "(objectClass=pkiCA)")
+            if len(cas) == 3 and all("certificateRevocationList;binary" in e for e in cas.values()):
+                break
+            time.sleep(0.2)
+        personnes = cas[f"cn=ac-personnes,ou=AC,{SUFFIX}"]
+        root = cas[f"cn=ac-racine,ou=AC,{SUFFIX}"]
+        data = demo.parent / "data" / "crl"
+        assert personnes["cACertificate;binary"] == [x509.load_pem_x509_certificate(
+            (demo.parent / "ca" / "ac-personnes.pem").read_bytes()).public_bytes(Encoding.DER)]
+        assert personnes["certificateRevocationList;binary"] == [(data / "ac-personnes.crl").read_bytes()]
+        assert personnes["deltaRevocationList;binary"] == [(data / "ac-personnes-delta.crl").read_bytes()]
+        assert "authorityRevocationList;binary" not in personnes
+        assert root["authorityRevocationList;binary"] == root["certificateRevocationList;binary"]
+        crl_file = tmp_path / "from-ldap.crl"
+        crl_file.write_bytes(personnes["certificateRevocationList;binary"][0])
+        checked = subprocess.run(["openssl", "crl", "-inform", "DER", "-in", str(crl_file), "-noout", "-CAfile",
+                                  str(demo.parent / "ca" / "ac-personnes.pem")], capture_output=True, text=True)
+        assert checked.returncode == 0 and "verify OK" in checked.stderr + checked.stdout, checked.stderr
+        # a new CRL reaches the directory by itself (CRL publication enqueues the CA entry)
+        before = personnes["certificateRevocationList;binary"][0]
+        run_cli("crl", "build", "-c", str(demo), "--issuer", "ac-personnes", check=True)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            now = search(url, f"cn=ac-personnes,ou=AC,{SUFFIX}", scope="base")
+            crl = now[f"cn=ac-personnes,ou=AC,{SUFFIX}"]["certificateRevocationList;binary"][0]
+            if crl != before:
+                break
+            time.sleep(0.1)
+        assert crl == (data / "ac-personnes.crl").read_bytes() != before
+
+
+def test_revocation_removes_exactly_one_value_within_two_seconds(demo: Path) -> None:
+    manifest = json.loads((demo.parent / "certs" / "manifest.json").read_text())
+    with serve(demo) as served:
+        url = served.ldap_url
+        # a professional with three good card certificates
+        holders = search(url, PERSONNES, "(userCertificate=*)")
+        dn_, entry = next((d, e) for d, e in holders.items() if len(e["userCertificate;binary"]) == 3)
+        victim = entry["userCertificate;binary"][1]
+        cert = x509.load_der_x509_certificate(victim)
+        issuer = next(m["issuer"] for m in manifest if int(m["serial_hex"], 16) == cert.serial_number)
+        started = time.monotonic()
+        run_cli("revoke", "-c", str(demo), "--issuer", issuer, "--serial", hex(cert.serial_number),
+                "--reason", "keyCompromise", check=True)
+        while True:
+            values = search(url, dn_, scope="base")[dn_]["userCertificate;binary"]
+            if victim not in values or time.monotonic() - started > 5:
+                break
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+        assert victim not in values and elapsed < 2.0, elapsed
+        assert sorted(values) == sorted(v for v in entry["userCertificate;binary"] if v != victim)
+        # a hold released puts the value back
+        other = values[0]
+        other_cert = x509.load_der_x509_certificate(other)
+        run_cli("revoke", "-c", str(demo), "--issuer", issuer, "--serial", hex(other_cert.serial_number),
+                "--reason", "certificateHold", check=True)
+        _wait(lambda: other not in search(url, dn_, scope="base")[dn_]["userCertificate;binary"])
+        run_cli("release-hold", "-c", str(demo), "--issuer", issuer, "--serial", hex(other_cert.serial_number),
+                check=True)
+        _wait(lambda: other in search(url, dn_, scope="base")[dn_]["userCertificate;binary"])
+        # the last certificate of a holder going takes the entry with it
+        for value in search(url, dn_, scope="base")[dn_]["userCertificate;binary"]:
+            serial = x509.load_der_x509_certificate(value).serial_number
+            run_cli("revoke", "-c", str(demo), "--issuer", issuer, "--serial", hex(serial), "--reason",
+                    "cessationOfOperation", check=True)
+        _wait(lambda: not search(url, dn_, scope="base"))
+        # a CRL rebuilt after these revocations may be a moment ahead of the directory: it converges
+        for _ in range(10):
+            verify = run_cli("ldap", "verify", "-c", str(demo), "--json")
+            if verify.returncode == 0:
+                break
+            time.sleep(0.3)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def _wait(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_hand_edits_are_found_by_verify_and_repaired_by_full_sync(ldap_env: LdapEnv) -> None:
+    env = ldap_env
+    env.import_demo()
+    env.sync().full()
+    entries = search(env.url, PERSONNES, "(userCertificate=*)")
+    (first_dn, first), (second_dn, _second), (third_dn, third) = list(entries.items())[:3]
+    edits = [
+        ("ldapmodify", f"dn: {first_dn}\nchangetype: modify\ndelete: userCertificate;binary\n"
+                       f"userCertificate;binary:: {_b64(first['userCertificate;binary'][0])}\n"),
+        ("ldapmodify", f"dn: {second_dn}\nchangetype: modify\nreplace: mail\nmail: intrus@example.org\n"
+                       "-\nadd: description\ndescription: added by hand\n"),
+        ("ldapdelete", f"{third_dn}\n"),
+        ("ldapadd", f"dn: cn=Faux Docteur,{PERSONNES}\nobjectClass: inetOrgPerson\ncn: Faux Docteur\nsn: Docteur\n"),
+    ]
+    for tool, ldif in edits:
+        done = ldap_tool(tool, env, ldif)
+        assert done.returncode == 0, done.stderr
+    verify = run_cli("ldap", "verify", "-c", str(env.path), "--json")
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    drift = json.loads(verify.stdout)["drift"]
+    # the deleted entry's certificates count as missing with it
+    assert drift == {"entries_missing": 1, "entries_extra": 1, "certificates_extra": 0, "attributes_differing": 2,
+                     "certificates_missing": 1 + len(third["userCertificate;binary"])}
+    assert search(env.url, f"cn=Faux Docteur,{PERSONNES}", scope="base")  # verify changed nothing
+    repaired = run_cli("ldap", "sync", "--full", "-c", str(env.path), "--json")
+    assert repaired.returncode == 0, repaired.stderr
+    assert json.loads(repaired.stdout)["added"] == 1 and json.loads(repaired.stdout)["deleted"] == 1
+    assert _unordered(search(env.url, PERSONNES, "(userCertificate=*)")) == _unordered(entries)
+    assert not search(env.url, f"cn=Faux Docteur,{PERSONNES}", scope="base")
+    assert run_cli("ldap", "verify", "-c", str(env.path)).returncode == 0
+
+
+def _unordered(entries: dict[str, dict[str, list[bytes]]]) -> dict[str, dict[str, list[bytes]]]:
+    return {d: {a: sorted(v) for a, v in e.items()} for d, e in entries.items()}
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+def test_directory_down_keeps_changes_in_the_outbox_and_converges(ldap_env: LdapEnv) -> None:
+    env = ldap_env
+    env.import_demo()
+    env.sync().full()
+    records = [r for r in env.registry.iter_certificates() if r.status == "good" and r.profile == "signature"][:5]
+    env.slapd.stop()
+    for r in records:
+        env.registry.revoke(r.issuer, r.serial_hex, "superseded", actor="test")
+    depth = env.registry.ldap_outbox_stats()[0]
+    assert depth == len(records)
+    with pytest.raises(LdapUnavailable):
+        env.sync().incremental()
+    assert env.registry.ldap_outbox_stats()[0] == depth  # nothing lost while the directory is away
+    result = run_cli("ldap", "sync", "-c", str(env.path))
+    assert result.returncode == 1 and "directory" in result.stderr  # a clear refusal, not a traceback
+    env.restart_slapd()
+    report = env.sync().incremental()
+    assert report.outbox_done == depth and report.modified == len(records) and not report.rejected
+    assert env.registry.ldap_outbox_stats()[0] == 0
+    values = {v for e in _published(env).values() for v in e["userCertificate;binary"]}
+    assert values == _good_certificates(env.registry)
+    # a replay of the same work is a no-op (idempotent)
+    for r in records:
+        env.registry.revoke(r.issuer, r.serial_hex, "keyCompromise", actor="test")  # superseded → keyCompromise
+    assert env.sync().incremental().writes() == 0
+
+
+def test_slapd_killed_mid_sync_converges_with_nothing_lost(ldap_env: LdapEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = ldap_env
+    env.import_demo()
+    import directory.ldap.sync as sync_module
+
+    monkeypatch.setattr(sync_module, "CHUNK", 10)
+    calls = 0
+    original = DirectorySync._operations
+
+    def killing(self: DirectorySync, plans):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            env.slapd.kill()  # SIGKILL between two chunks: two chunks are in, the rest is not
+        return original(self, plans)
+
+    monkeypatch.setattr(DirectorySync, "_operations", killing)
+    with pytest.raises(LdapUnavailable):
+        env.sync().full()
+    env.restart_slapd()
+    partial = len(_published(env))
+    assert partial > 0
+    monkeypatch.setattr(DirectorySync, "_operations", original)
+    report = env.sync().full()
+    assert report.added > 0 and not report.rejected
+    values = sorted(v for e in _published(env).values() for v in e["userCertificate;binary"])
+    assert values == sorted(_good_certificates(env.registry))
+    assert env.sync().verify().drift.total() == 0
+
+
+def test_expired_certificates_leave_the_directory(ldap_env: LdapEnv) -> None:
+    env = ldap_env
+    env.import_demo()
+    env.sync().full()
+    assert _published(env)
+    later = time.time() + 4 * 365 * 86400  # the demo's end entities live three years
+    sync = DirectorySync(env.config, env.registry, clock=lambda: later)
+    report = sync.incremental()
+    assert report.deleted > 0 and not _published(env)
+    assert sync.verify().drift.total() == 0
+
+
+TRICKY = [
+    'Dupont, Jean+"Jr" <a;b>=c\\d #1',
+    " leading and trailing ",
+    "#hash first",
+    "Zoë Ñúñez-Łukasz 山田太郎",
+    "*)(objectClass=*",
+    "x,ou=AC,o=sante,c=fr",
+]
+
+
+def test_subjects_with_special_characters_make_correct_dns_and_filters(ldap_env: LdapEnv) -> None:
+    env = ldap_env
+    from directory.ingest.importer import Importer
+    from directory.runtime import known_issuers
+
+    importer = Importer(env.registry, known_issuers(env.config), actor="test")
+    for n, cn in enumerate(TRICKY):
+        subject = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
+                             x509.NameAttribute(NameOID.SERIAL_NUMBER, f"81000000{n:04d}"),
+                             x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        importer.import_der(issue(env.config, "ac-personnes", subject, emails=(f"tricky{n}@demo.fr",)))
+    report = env.sync().full()
+    assert not report.rejected and report.added == len(TRICKY) + len(env.config.issuers)  # and the CA entries
+    entries = search(env.url, PERSONNES, "(userCertificate=*)")
+    assert len(entries) == len(TRICKY)  # no value escaped into another RDN, branch or entry
+    assert not search(env.url, f"ou=AC,{SUFFIX}", "(cn=x)")
+    for n, cn in enumerate(TRICKY):
+        expected = dn.build([(("cn", cn), ("healthProfessionalId", f"81000000{n:04d}"))]) + "," + PERSONNES
+        found = search(env.url, expected, scope="base")  # the DN we compute is the entry's DN
+        assert len(found) == 1
+        entry = next(iter(found.values()))
+        assert dn.fold(entry["cn"][0].decode()) == dn.fold(cn)
+        # the same value in a filter, escaped per RFC 4515, finds that entry and only it
+        by_cn = search(env.url, PERSONNES, f"(cn={_filter_escape(cn)})")
+        assert len(by_cn) == 1 and dn.key(next(iter(by_cn))) == dn.key(expected)
+    assert env.sync().verify().drift.total() == 0
+
+
+def _filter_escape(value: str) -> str:
+    out = []
+    for ch in value:
+        out.append("".join(f"\\{b:02x}" for b in ch.encode()) if ch in "*()\\\x00" else ch)
+    return "".join(out)
+
+
+def test_changing_the_dn_template_moves_entries(ldap_env: LdapEnv) -> None:
+    env = ldap_env
+    env.import_demo()
+    env.sync().full()
+    before = search(env.url, PERSONNES, "(userCertificate=*)")
+    text = env.path.read_text().replace("[ldap]\n", '[ldap]\nperson_dn = "uid={serialNumber}"\n')
+    env.path.write_text(text)
+    from directory.config import load_config
+
+    moved = DirectorySync(load_config(env.path), env.registry).incremental()  # a new layout forces a full pass
+    assert moved.mode == "full" and moved.added == moved.deleted == len(before)
+    after = search(env.url, PERSONNES, "(userCertificate=*)")
+    assert all(d.startswith("uid=8") for d in after)
+    assert sorted(v for e in after.values() for v in e["userCertificate;binary"]) == \
+        sorted(v for e in before.values() for v in e["userCertificate;binary"])
+
+
+def test_a_certificate_no_template_can_place_is_reported(ldap_env: LdapEnv) -> None:
+    env = ldap_env
+    from directory.ingest.importer import Importer
+    from directory.runtime import known_issuers
+
+    subject = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Sans nom")])
+    Importer(env.registry, known_issuers(env.config), actor="test").import_der(
+        issue(env.config, "ac-personnes", subject, profile="signature"))
+    synced = run_cli("ldap", "sync", "-c", str(env.path), "--json")
+    assert synced.returncode == 0 and json.loads(synced.stdout)["unpublishable"] == 1, synced.stdout
+    verify = run_cli("ldap", "verify", "-c", str(env.path))
+    assert verify.returncode == 1 and "1 certificates no DN template fits" in verify.stdout, verify.stdout
