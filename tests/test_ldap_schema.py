@@ -80,3 +80,17 @@ def test_provider_acls_and_lookups(provider: Slapd, demo_token: Path) -> None:
         assert f"dn: cn=test,ou=Personnes,{SUFFIX}" in found.stdout, (search, found.stderr)
     hidden = _ldap("ldapsearch", provider, "-LLL", "-b", SERVICE_DN, "(objectClass=*)", "userPassword")
     assert "userPassword" not in hidden.stdout  # anonymous never reads a password
+    # a non-public attribute is invisible to anonymous readers; another bound DN cannot write either
+    added = _ldap("ldapmodify", provider, dn=SERVICE_DN, password=service_pw, ldif=(
+        f"dn: cn=test,ou=Personnes,{SUFFIX}\nchangetype: modify\nadd: telephoneNumber\ntelephoneNumber: +33 1 00\n"))
+    assert added.returncode == 0, added.stderr
+    private = _ldap("ldapsearch", provider, "-LLL", "-b", f"cn=test,ou=Personnes,{SUFFIX}", "(objectClass=*)", "*")
+    assert "telephoneNumber" not in private.stdout and "healthProfessionalId" in private.stdout
+    other_pw = secrets.token_urlsafe(12)
+    other = (f"dn: cn=other,{SUFFIX}\nobjectClass: applicationProcess\nobjectClass: simpleSecurityObject\n"
+             f"cn: other\nuserPassword: {other_pw}\n")
+    assert _ldap("ldapadd", provider, ldif=other, dn=root, password=root_pw).returncode == 0
+    for ldif in (f"dn: cn=test,ou=Personnes,{SUFFIX}\nchangetype: modify\nreplace: mail\nmail: x@y.fr\n",
+                 f"dn: cn=intrus,ou=Personnes,{SUFFIX}\nchangetype: add\nobjectClass: device\ncn: intrus\n"):
+        refused = _ldap("ldapmodify", provider, ldif=ldif, dn=f"cn=other,{SUFFIX}", password=other_pw)
+        assert refused.returncode == 50, refused.stderr  # insufficientAccessRights
