@@ -22,7 +22,7 @@ TOTAL = int(os.environ.get("BENCH_IMPORT_TOTAL", "100000"))
 BUNDLE = 1000
 
 
-def generate(directory: Path, target: Path) -> None:
+def generate(directory: Path, target: Path, total: int = TOTAL) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -37,15 +37,15 @@ def generate(directory: Path, target: Path) -> None:
         cas[name] = CertificateAuthority(name, cert.subject, hsm.key(name, cert), spki, cert)
     urls = DemoUrls("http://127.0.0.1:8080", "ldap://127.0.0.1:3890")
     start = time.monotonic()
-    for n in range(TOTAL // BUNDLE):
+    for n in range(total // BUNDLE):
         path = target / f"bundle-{n:04d}.pem"
         if path.exists():
             continue
-        issued = issue_end_entities(hsm, cas, BUNDLE, "ec", urls)
+        issued = issue_end_entities(hsm, cas, BUNDLE, "ec", urls, first=n * BUNDLE)  # distinct holders
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(b"".join(issuance.pem(c) for _, _, c in issued))
         tmp.rename(path)
-        print(f"\rgenerated {(n + 1) * BUNDLE}/{TOTAL} ({time.monotonic() - start:.0f}s)", end="", file=sys.stderr)
+        print(f"\rgenerated {(n + 1) * BUNDLE}/{total} ({time.monotonic() - start:.0f}s)", end="", file=sys.stderr)
     print(file=sys.stderr)
     hsm.close()
     assert PERSONNES in cas

@@ -24,6 +24,10 @@ def open_hsm(config: Config) -> HsmSigner:
 def open_config_registry(config: Config) -> Registry:
     """Open the registry and record the configured issuers in it (idempotent)."""
     registry = open_registry(config.registry_url)
+    if config.ldap is None:
+        registry.ldap_outbox_enabled = False
+        if registry.state_get("layout"):  # if [ldap] is configured again later, its first pass is a full one
+            registry.state_set({"layout": ""})
     for issuer in config.issuers:
         registry.ensure_issuer(issuer.name, issuer.certificate.subject.public_bytes(),
                                issuer.certificate.public_bytes(Encoding.DER))

@@ -54,6 +54,7 @@ class SlapdConfig:
                                  SCHEMA_DIR / "inetorgperson.schema")
     indexes: tuple[str, ...] = ("objectClass eq", "cn eq,sub", "mail eq")
     extra: str = ""
+    global_extra: str = ""  # global directives (TLS...), placed before the database section
     dbnosync: bool = True
     template: Path | None = None  # e.g. PROVIDER_TEMPLATE: @NAME@ placeholders filled from this config
     service_dn: str = ""
@@ -74,6 +75,9 @@ class SlapdConfig:
             left = re.search(r"@[A-Z_]+@", "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#")))
             if left:
                 raise SlapdError(f"{self.template}: placeholder {left.group(0)} has no value")
+            if self.global_extra:
+                text = re.sub(r"^database\b", lambda m: self.global_extra + "\n\n" + m.group(0), text, count=1,
+                              flags=re.MULTILINE)
             nosync = self.dbnosync and not re.search(r"^dbnosync\b", text, re.MULTILINE)
             return text + ("dbnosync\n" if nosync else "") + (self.extra + "\n" if self.extra else "")
         lines = [*(f"include {s}" for s in self.schemas),

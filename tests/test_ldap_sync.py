@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from directory.ldap import dn
-from directory.ldap.client import LdapUnavailable
+from directory.ldap.client import LdapError, LdapUnavailable
 from directory.ldap.sync import DirectorySync
 from directory.registry import Registry
 from tests.conftest import run_cli
@@ -349,3 +349,79 @@ def test_a_certificate_no_template_can_place_is_reported(ldap_env: LdapEnv) -> N
     assert synced.returncode == 0 and json.loads(synced.stdout)["unpublishable"] == 1, synced.stdout
     verify = run_cli("ldap", "verify", "-c", str(env.path))
     assert verify.returncode == 1 and "1 certificates no DN template fits" in verify.stdout, verify.stdout
+
+
+def test_reads_are_paged_past_the_servers_size_limit(ldap_env: LdapEnv) -> None:
+    """slapd's default size limit is 500 entries per search for a non-root DN: reconciliation must see all."""
+    env = ldap_env
+    from directory.ldap.client import Add
+    from directory.ldap.sync import client_for
+
+    client = client_for(env.config)
+    results = client.apply([Add(f"cn=srv{n},{STRUCTURES}", {"objectClass": [b"device"], "cn": [f"srv{n}".encode()]})
+                            for n in range(1200)])
+    assert all(r.ok for r in results)
+    seen = sum(1 for e in client.search(STRUCTURES, attributes=("cn",)) if e.dn != STRUCTURES)
+    assert seen == 1200
+    report = env.sync().full()  # none of these is in the registry: all removed, none missed
+    assert report.deleted == 1200 and not search(env.url, STRUCTURES, "(objectClass=device)")
+    client.close()
+
+
+def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 (PEM files: ca, cert, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test LDAP CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    server = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ldap")]))
+              .issuer_name(ca_name).public_key(key.public_key()).serial_number(2).not_valid_before(now)
+              .not_valid_after(now + datetime.timedelta(days=1))
+              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                             critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return paths
+
+
+def test_start_tls_with_a_checked_server_certificate(ldap_env: LdapEnv, tmp_path: Path) -> None:
+    import dataclasses
+
+    from directory.managed_ldap import ensure_skeleton
+
+    env = ldap_env
+    ca, cert, key = _tls_files(tmp_path)
+    env.slapd.stop()
+    # the same provider configuration with TLS on and password binds/writes refused in clear
+    env.slapd.config.global_extra = (f"TLSCertificateFile {cert}\nTLSCertificateKeyFile {key}\n"
+                                     "security simple_bind=128 update_tls=128")
+    env.slapd.start()
+    assert env.config.ldap is not None
+    with pytest.raises(Exception):  # noqa: B017 - the clear-text skeleton bind is refused: TLS is required
+        ensure_skeleton(env.slapd, env.config.ldap)
+    env.import_demo()
+    clear = dataclasses.replace(env.config, ldap=dataclasses.replace(env.config.ldap, start_tls=False))
+    with pytest.raises(LdapError, match="confidentiality"):
+        DirectorySync(clear, env.registry).full()
+    wrong_ca = dataclasses.replace(env.config, ldap=dataclasses.replace(env.config.ldap, start_tls=True,
+                                                                        tls_ca_file=cert))
+    with pytest.raises(LdapUnavailable, match="TLS"):
+        DirectorySync(wrong_ca, env.registry).full()
+    good = dataclasses.replace(env.config, ldap=dataclasses.replace(env.config.ldap, start_tls=True,
+                                                                    tls_ca_file=ca))
+    report = DirectorySync(good, env.registry).full()
+    assert report.added > 0 and not report.rejected
+    assert search(env.url, PERSONNES, "(userCertificate=*)")  # anonymous reads in clear still work

@@ -276,8 +276,10 @@ def _populate(config: Config, hsm: HsmSigner, cas: dict[str, CertificateAuthorit
 
 
 def issue_end_entities(hsm: HsmSigner, cas: dict[str, CertificateAuthority], count: int, key_type: str,
-                       urls: DemoUrls) -> list[tuple[str, str, x509.Certificate]]:
+                       urls: DemoUrls, first: int = 0) -> list[tuple[str, str, x509.Certificate]]:
     """``count`` end entities: about 70% professionals (3 card certificates each), 30% servers.
+
+    ``first`` continues a numbering: calls with first = 0, count, 2 * count... give distinct holders.
 
     EE keys are token session objects (their private halves are never needed). RSA key generation in
     SoftHSM2 takes ~0.4 s, so RSA end entities share a pool of 8 keys; EC ones get a key each.
@@ -287,8 +289,8 @@ def issue_end_entities(hsm: HsmSigner, cas: dict[str, CertificateAuthority], cou
         pool = [issuance.generate_key(session, key_type, None, store=False) for _ in range(max(pool_size, 1))]
     now = issuance.utcnow()
     out: list[tuple[str, str, x509.Certificate]] = []
-    person = server = 0
-    for n in range(count):
+    person, server = (first // 10) * 7 + min(first % 10, 7), (first // 10) * 3 + max(first % 10 - 7, 0)
+    for n in range(first, first + count):
         spki = pool[n % len(pool)]
         if n % 10 < 7:
             profile = ("authentication", "signature", "encryption")[person % 3]

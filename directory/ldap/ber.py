@@ -170,21 +170,30 @@ def ldap_result(msg: bytes, start: int, end: int) -> tuple[int, str, str]:
 
 
 def search_entry(msg: bytes, start: int, end: int) -> tuple[str, dict[str, list[bytes]]]:
-    """SearchResultEntry → (DN, {attribute description: [values]}). The hot path of a full read."""
+    """SearchResultEntry → (DN, {attribute description: [values]}). The hot path of a full read: the
+    short-length case is decoded inline (a call per TLV costs as much as the rest of the work)."""
     _, s, e = header(msg, start)
     dn = msg[s:e].decode("utf-8")
     _, pos, attrs_end = header(msg, e)
     attrs: dict[str, list[bytes]] = {}
     while pos < attrs_end:
-        _, a_start, a_end = header(msg, pos)
-        _, t_start, t_end = header(msg, a_start)
+        n = msg[pos + 1]
+        a_start, a_end = (pos + 2, pos + 2 + n) if n < 0x80 else header(msg, pos)[1:]
+        n = msg[a_start + 1]
+        t_start, t_end = (a_start + 2, a_start + 2 + n) if n < 0x80 else header(msg, a_start)[1:]
         name = msg[t_start:t_end].decode("ascii")
-        _, v, v_end = header(msg, t_end)
+        n = msg[t_end + 1]
+        v, v_end = (t_end + 2, t_end + 2 + n) if n < 0x80 else header(msg, t_end)[1:]
         values = []
         while v < v_end:
-            _, vs, ve = header(msg, v)
-            values.append(msg[vs:ve])
-            v = ve
+            n = msg[v + 1]
+            if n < 0x80:
+                values.append(msg[v + 2:v + 2 + n])
+                v += 2 + n
+            else:
+                _, vs, ve = header(msg, v)
+                values.append(msg[vs:ve])
+                v = ve
         attrs[name] = values
         pos = a_end
     return dn, attrs

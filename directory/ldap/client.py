@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 from directory.ldap import ber
 
 SUCCESS = 0
+SIZE_LIMIT_EXCEEDED = 4
 NO_SUCH_ATTRIBUTE = 16
 ATTRIBUTE_OR_VALUE_EXISTS = 20
 NO_SUCH_OBJECT = 32
@@ -77,7 +78,7 @@ class LdapClient:
     """One connection (re-opened on demand). ``window`` bounds the requests in flight."""
 
     def __init__(self, urls: Sequence[str], bind_dn: str, password: str, timeout: float = 15.0,
-                 window: int = 64, tls_context: ssl.SSLContext | None = None, start_tls: bool = False) -> None:
+                 window: int = 8, tls_context: ssl.SSLContext | None = None, start_tls: bool = False) -> None:
         self.urls = tuple(urls)
         self.bind_dn = bind_dn
         self._password = password
@@ -255,6 +256,10 @@ class LdapClient:
                     if code in _UNAVAILABLE_CODES:
                         self.close()
                         raise LdapUnavailable(f"search {base}: {code} {message}")
+                    if code == SIZE_LIMIT_EXCEEDED:
+                        raise LdapError(f"search {base}: the directory limits how many entries {self.bind_dn} may "
+                                        "read (sizeLimitExceeded); a reconciliation reads whole branches: give it "
+                                        f'`limits dn.exact="{self.bind_dn}" size=unlimited` (see provider.conf)')
                     if code != SUCCESS:
                         raise LdapError(f"search {base} refused: {code} {message}")
                     cookie = ber.paged_cookie(msg, ctrls)

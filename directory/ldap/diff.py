@@ -54,6 +54,25 @@ def digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
 
 
+def _unchanged(desired: DesiredEntry, actual: Entry) -> bool:
+    """Fast path of a steady-state reconciliation: the entry holds exactly the bytes we would write."""
+    want = desired.encoded()
+    certificates: list[bytes] = []
+    seen = 0
+    for name, values in actual.attributes.items():
+        key = base_name(name)
+        if key == "usercertificate":
+            certificates = values
+            continue
+        expected = want.get(key)
+        if expected is None or len(values) != len(expected) or set(values) != expected:
+            return False
+        seen += 1
+    if seen != len(want) or len(certificates) != len(desired.certificates):
+        return False
+    return all(digest(v) in desired.certificates for v in certificates)
+
+
 def plan(desired: DesiredEntry | None, actual: Entry | None) -> Plan | None:
     """The writes that make ``actual`` into ``desired`` (None: nothing to do)."""
     if desired is None:
@@ -65,6 +84,8 @@ def plan(desired: DesiredEntry | None, actual: Entry | None) -> Plan | None:
         attrs.update({name: list(values) for name, values in desired.binary.items()})
         return Plan(desired.dn, "add", add_certificates=list(desired.certificates.values()), attributes=attrs,
                     drift=Drift(entries_missing=1, certificates_missing=len(desired.certificates)))
+    if _unchanged(desired, actual):
+        return None
     out = Plan(actual.dn, "modify")
     present = {base_name(name): (name, values) for name, values in actual.attributes.items()}
     wanted_text = {base_name(name): (name, values) for name, values in desired.attributes.items() if values}
@@ -86,8 +107,10 @@ def plan(desired: DesiredEntry | None, actual: Entry | None) -> Plan | None:
                 out.drift.attributes_differing += 1
             continue
         name, values = wanted_text.get(key, (present.get(key, (key, []))[0], []))
-        want_text = {dn.fold(v): v.encode() for v in values}
         got_raw = present.get(key, (name, []))[1]
+        if len(values) == len(got_raw) and {v.encode() for v in values} == set(got_raw):
+            continue  # byte-identical (what we wrote last time): no need to compare the directory's way
+        want_text = {dn.fold(v): v.encode() for v in values}
         got_text = {dn.fold(v.decode("utf-8", "replace")): v for v in got_raw}
         if set(want_text) == set(got_text):
             continue

@@ -9,6 +9,7 @@ certificates are not end entities and get no entry of their own.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ BINARY = {"usercertificate", "cacertificate", "certificaterevocationlist", "auth
 CERTIFICATE_ATTRIBUTE = "userCertificate;binary"
 
 
+@functools.lru_cache(maxsize=1024)
 def base_name(attribute: str) -> str:
     """Comparison name of an attribute description: lower case, options (``;binary``) dropped."""
     return attribute.split(";", 1)[0].lower()
@@ -161,9 +163,22 @@ class DesiredEntry:
     attributes: dict[str, list[str]] = field(default_factory=dict)
     certificates: dict[bytes, int] = field(default_factory=dict)  # sha256 digest -> certificate id
     binary: dict[str, list[bytes]] = field(default_factory=dict)  # CA entries: cACertificate, CRLs
+    _encoded: dict[str, set[bytes]] | None = field(default=None, repr=False, compare=False)
+
+    def encoded(self) -> dict[str, set[bytes]]:
+        """{comparison name: value bytes} of everything but the certificates (computed once)."""
+        if self._encoded is None:
+            out = {base_name(n): {v.encode() for v in values} for n, values in self.attributes.items() if values}
+            out.update((base_name(n), set(values)) for n, values in self.binary.items())
+            self._encoded = out
+        return self._encoded
 
     def merge(self, attributes: dict[str, list[str]]) -> None:
         """Union of the values each certificate contributes (single-valued: the first one, newest first)."""
+        self._encoded = None
+        if not self.attributes:
+            self.attributes = {name: list(values) for name, values in attributes.items()}
+            return
         for name, values in attributes.items():
             current = self.attributes.setdefault(_canonical(name, self.attributes), [])
             if name.lower() in SINGLE_VALUED and current:

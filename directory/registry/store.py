@@ -214,6 +214,8 @@ class Registry:
         self._local = threading.local()
         self._listeners: list[ChangeListener] = []
         self._issuer_ids: dict[str, int] = {}
+        # off when the configuration has no [ldap]: nothing would drain the outbox (a later first sync is full)
+        self.ldap_outbox_enabled = True
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._migrate()
 
@@ -309,12 +311,12 @@ class Registry:
             if row is None:
                 cur = tx.execute("INSERT INTO issuers (name, subject_der, certificate_der) VALUES (?, ?, ?)",
                                  (name, subject_der, certificate_der))
-                _ldap_enqueue(tx, cur.lastrowid, None, int(self.clock()))
+                self._ldap_enqueue(tx, cur.lastrowid, None, int(self.clock()))
                 self._audit(tx, actor, "issuer-added", name, None, None, hashlib.sha256(certificate_der).hexdigest())
             elif bytes(row[1]) != certificate_der:
                 tx.execute("UPDATE issuers SET subject_der = ?, certificate_der = ? WHERE id = ?",
                            (subject_der, certificate_der, row[0]))
-                _ldap_enqueue(tx, row[0], None, int(self.clock()))
+                self._ldap_enqueue(tx, row[0], None, int(self.clock()))
                 self._audit(tx, actor, "issuer-certificate-changed", name, None,
                             hashlib.sha256(bytes(row[1])).hexdigest(), hashlib.sha256(certificate_der).hexdigest())
 
@@ -367,7 +369,7 @@ class Registry:
                        "WHERE issuer_id = ? AND scope = ? AND number = ?",
                        (state, change_seq, entries, size, sha256, error, issuer_id, record.scope, record.number))
             if state == "published":
-                _ldap_enqueue(tx, issuer_id, None, int(self.clock()))
+                self._ldap_enqueue(tx, issuer_id, None, int(self.clock()))
                 self._audit(tx, actor, f"crl-published-{record.kind}", record.issuer, None, None,
                             json.dumps({"scope": record.scope, "number": record.number, "entries": entries,
                                         "sha256": sha256}, sort_keys=True))
@@ -445,6 +447,13 @@ class Registry:
             conn.execute("COMMIT")
 
     # -- LDAP directory --------------------------------------------------------------------------
+    def _ldap_enqueue(self, tx: sqlite3.Connection, issuer_id: int | None, certificate_id: int | None,
+                      now: int) -> None:
+        """In the transaction of the change itself: the directory learns of every change, or of none."""
+        if self.ldap_outbox_enabled:
+            tx.execute("INSERT INTO ldap_outbox (issuer_id, certificate_id, enqueued_at) VALUES (?, ?, ?)",
+                       (issuer_id, certificate_id, now))
+
     def ldap_outbox(self, limit: int) -> list[tuple[int, str, int | None]]:
         """Oldest pending (id, issuer, certificate id or None for the CA entry)."""
         return [tuple(r) for r in self._conn().execute(  # type: ignore[misc]
@@ -503,16 +512,18 @@ class Registry:
     def ldap_published(self, layout: str, now: int, dn_keys: Sequence[str] | None = None,
                        ) -> Iterator[tuple[str, str, str, int, str, int]]:
         """(dn_key, dn, attributes JSON, certificate id, sha256, not_before) of what the directory must
-        show: good, unexpired certificates that map to an entry. All of them, or those of ``dn_keys``."""
+        show: good, unexpired certificates that map to an entry. All of them, or those of ``dn_keys``;
+        newest first within each query (a chunk of keys holds whole entries)."""
         sql = ("SELECT p.dn_key, p.dn, p.attributes, c.id, c.sha256, COALESCE(c.not_before, 0) "
                "FROM ldap_projection p JOIN certificates c ON c.id = p.certificate_id "
                "WHERE p.layout = ? AND p.dn_key IS NOT NULL AND c.status = 'good' AND c.der IS NOT NULL "
                "AND (c.not_after IS NULL OR c.not_after > ?)")
+        order = " ORDER BY c.not_before DESC"  # newest first: its single-valued attributes win
         if dn_keys is None:
-            yield from self._conn().execute(sql, (layout, now))
+            yield from self._conn().execute(sql + order, (layout, now))
             return
         for chunk in _chunks(list(dn_keys), 500):
-            yield from self._conn().execute(sql + f" AND p.dn_key IN ({','.join('?' * len(chunk))})",
+            yield from self._conn().execute(sql + f" AND p.dn_key IN ({','.join('?' * len(chunk))})" + order,
                                             (layout, now, *chunk))
 
     def ldap_projected_dns(self, layout: str, dn_keys: Sequence[str]) -> list[tuple[str, str]]:
@@ -620,7 +631,7 @@ class Registry:
                              "professional_id, not_before, not_after, der, sha256, profile, status, imported_at, "
                              "updated_at, serial_low) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'good', ?, ?, ?)",
                              (issuer_id, info.serial_hex, *fields, now, now, serial_low(info.serial_hex)))
-            _ldap_enqueue(tx, issuer_id, cur.lastrowid, now)
+            self._ldap_enqueue(tx, issuer_id, cur.lastrowid, now)
             self._audit(tx, actor, "import", issuer, info.serial_hex, None, info.sha256)
             return ImportOutcome("created", "imported")
         if row[0] == info.sha256:
@@ -635,7 +646,7 @@ class Registry:
                        (info.not_after, issuer_id, issuer_id, info.serial_hex))
             cid = tx.execute("SELECT id FROM certificates WHERE issuer_id = ? AND serial_hex = ?",
                              (issuer_id, info.serial_hex)).fetchone()[0]
-            _ldap_enqueue(tx, issuer_id, cid, now)
+            self._ldap_enqueue(tx, issuer_id, cid, now)
             self._audit(tx, actor, "import-completes-forced", issuer, info.serial_hex, None, info.sha256)
             return ImportOutcome("completed", "imported; it was already revoked with --force, revocation kept")
         return ImportOutcome(
@@ -703,16 +714,10 @@ class Registry:
                          s.invalidity_date)
         tx.execute("INSERT INTO status_changes (issuer_id, certificate_id, at, status) VALUES (?, ?, ?, ?)",
                    (issuer_id, cid, now, s.status))
-        _ldap_enqueue(tx, issuer_id, cid, now)
+        self._ldap_enqueue(tx, issuer_id, cid, now)
         after = self._get_tx(tx, issuer_id, serial_hex)
         assert after is not None
         return after
-
-
-def _ldap_enqueue(tx: sqlite3.Connection, issuer_id: int | None, certificate_id: int | None, now: int) -> None:
-    """In the transaction of the change itself: the directory learns of every change, or of none."""
-    tx.execute("INSERT INTO ldap_outbox (issuer_id, certificate_id, enqueued_at) VALUES (?, ?, ?)",
-               (issuer_id, certificate_id, now))
 
 
 def serial_low(serial_hex: str) -> int:
