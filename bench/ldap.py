@@ -27,7 +27,7 @@ from bench.common import OUT, config_with_data_dir, demo
 from bench.importer import generate
 from directory.config import load_config
 from directory.ldap.client import LdapClient
-from directory.ldap.component import LdapSyncComponent
+from directory.ldap.loop import SyncLoop
 from directory.ldap.projection import BRANCHES
 from directory.ldap.sync import DirectorySync
 from directory.managed_ldap import ensure_skeleton, managed_slapd
@@ -155,13 +155,11 @@ def main() -> int:
 
 
 def revocation_latency(config, registry: Registry) -> list[float]:  # type: ignore[no-untyped-def]
-    component = LdapSyncComponent()
-    component.engine = DirectorySync(config, registry)
-    component.engine.stop_requested = component.stopping.is_set
-    component.interval = 3600.0
-    thread = threading.Thread(target=component._run, daemon=True)
+    """The loop `annuaire ldap worker` runs, on a thread here; revocations from another registry connection."""
+    loop = SyncLoop(DirectorySync(config, registry), 3600.0)
+    thread = threading.Thread(target=loop.run, daemon=True)
     thread.start()
-    while component.last_report is None:  # the start-up full reconcile
+    while loop.last_report is None:  # the start-up full reconcile
         time.sleep(0.05)
     writer = open_registry(config.registry_url)  # another connection: no in-process wake-up, polling only
     reader = LdapClient(config.ldap.urls, config.ldap.bind_dn, config.ldap.read_password())
@@ -181,7 +179,7 @@ def revocation_latency(config, registry: Registry) -> list[float]:  # type: igno
             time.sleep(0.005)
         latencies.append(time.monotonic() - started)
         time.sleep(0.05)
-    component.stopping.set()
+    loop.stop()
     thread.join(30)
     reader.close()
     writer.close()

@@ -236,6 +236,38 @@ def cmd_ldap_sync(args: argparse.Namespace) -> int:
     return _ldap_pass(args, "verify" if args.ldap_command == "verify" else ("full" if args.full else "incremental"))
 
 
+def cmd_ldap_worker(args: argparse.Namespace) -> int:
+    """The sync loop ``annuaire serve`` runs as its child; stops on SIGTERM/SIGINT between two chunks."""
+    import signal
+
+    from directory.ldap.loop import SyncLoop
+    from directory.ldap.sync import DirectorySync
+    from directory.runtime import open_config_registry
+
+    config = _config(args)
+    if config.ldap is None:
+        raise Refusal(f"{config.path} has no [ldap] section")
+    registry = open_config_registry(config)
+    loop = SyncLoop(DirectorySync(config, registry), float(config.ldap.reconcile_interval or 3600))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: loop.stop())
+    parent = os.environ.get("ANNUAIRE_SERVICE_PID")
+    if parent:  # started by `annuaire serve`: never outlive it (even when it was SIGKILLed)
+        import threading
+
+        def watch() -> None:
+            while not loop.stopping.wait(0.5):
+                if str(os.getppid()) != parent:
+                    loop.stop()
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    try:
+        loop.run()
+    finally:
+        registry.close()
+    return EXIT_OK
+
+
 def _ldap_pass(args: argparse.Namespace, mode: str) -> int:
     from directory.ingest.importer import ProgressBar
     from directory.ldap.client import LdapError
@@ -244,7 +276,7 @@ def _ldap_pass(args: argparse.Namespace, mode: str) -> int:
 
     config = _config(args)
     if config.ldap is None:
-        raise Refusal(f"{config.file} has no [ldap] section")
+        raise Refusal(f"{config.path} has no [ldap] section")
     registry = open_config_registry(config)
     sync = DirectorySync(config, registry)
     bar = ProgressBar(f"ldap {mode}", unit="entries")
@@ -358,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="report differences between registry and directory, change nothing (exit 1: drift)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ldap_sync)
+    p = ldap.add_parser("worker", parents=[common], help="the sync loop (started by `annuaire serve`)")
+    p.set_defaults(func=cmd_ldap_worker)
 
     p = sub.add_parser("check-config", parents=[common], help="validate the configuration and exit")
     p.set_defaults(func=cmd_check_config)

@@ -115,6 +115,7 @@ def test_revocation_removes_exactly_one_value_within_two_seconds(demo: Path) -> 
     manifest = json.loads((demo.parent / "certs" / "manifest.json").read_text())
     with serve(demo) as served:
         url = served.ldap_url
+        _wait(lambda: search(url, PERSONNES, "(userCertificate=*)"), timeout=15)  # the worker's first pass
         # a professional with three good card certificates
         holders = search(url, PERSONNES, "(userCertificate=*)")
         dn_, entry = next((d, e) for d, e in holders.items() if len(e["userCertificate;binary"]) == 3)
@@ -425,3 +426,32 @@ def test_start_tls_with_a_checked_server_certificate(ldap_env: LdapEnv, tmp_path
     report = DirectorySync(good, env.registry).full()
     assert report.added > 0 and not report.rejected
     assert search(env.url, PERSONNES, "(userCertificate=*)")  # anonymous reads in clear still work
+
+
+def _workers(parent: int) -> list[int]:
+    out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(parent)], capture_output=True,
+                         text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "ldap worker" in line]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # exited, not yet reaped by init
+    except FileNotFoundError:
+        return True
+
+
+def test_the_sync_worker_is_restarted_and_never_outlives_the_service(demo: Path) -> None:
+    import os
+    import signal
+
+    with serve(demo) as served:
+        _wait(lambda: len(_workers(served.proc.pid)) == 1)
+        first = _workers(served.proc.pid)
+        os.kill(first[0], signal.SIGKILL)
+        _wait(lambda: len(_workers(served.proc.pid)) == 1 and _workers(served.proc.pid) != first, timeout=10)
+        second = _workers(served.proc.pid)[0]
+        served.proc.kill()  # the service dies without a chance to stop its child
+        served.proc.wait()
+        _wait(lambda: _gone(second), timeout=5)
+    assert "LDAP sync worker exited with -9; restarting" in served.output
