@@ -455,3 +455,27 @@ def test_the_sync_worker_is_restarted_and_never_outlives_the_service(demo: Path)
         served.proc.wait()
         _wait(lambda: _gone(second), timeout=5)
     assert "LDAP sync worker exited with -9; restarting" in served.output
+
+
+def test_certificates_of_one_holder_with_different_attributes_are_merged(ldap_env: LdapEnv) -> None:
+    """A renewed card with a new mail: one entry, both mails (multi-valued), both certificates."""
+    env = ldap_env
+    from directory.ingest.importer import Importer
+    from directory.runtime import known_issuers
+
+    importer = Importer(env.registry, known_issuers(env.config), actor="test")
+    subject = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
+                         x509.NameAttribute(NameOID.SERIAL_NUMBER, "810000009999"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, "Anne MARTIN")])
+    old = issue(env.config, "ac-personnes", subject, emails=("anne.martin@old.demo.fr",))
+    new = issue(env.config, "ac-personnes", subject, profile="signature", emails=("anne.martin@new.demo.fr",))
+    importer.import_der(old)
+    importer.import_der(new)
+    report = env.sync().full()
+    assert not report.rejected
+    entries = search(env.url, PERSONNES, "(healthProfessionalId=810000009999)")
+    assert len(entries) == 1
+    entry = next(iter(entries.values()))
+    assert sorted(entry["mail"]) == [b"anne.martin@new.demo.fr", b"anne.martin@old.demo.fr"]
+    assert sorted(entry["userCertificate;binary"]) == sorted([old, new])
+    assert env.sync().full().writes() == 0  # stable: the merge is the same every time

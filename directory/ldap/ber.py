@@ -148,15 +148,21 @@ def decode_int(buf: bytes, start: int, end: int) -> int:
 
 def split_message(msg: bytes) -> tuple[int, int, int, int, list[tuple[int, int, int]]]:
     """LDAPMessage → (messageID, op tag, op start, op end, controls)."""
-    tag, start, end = header(msg, 0)
-    if tag != 0x30:
+    if msg[0] != 0x30:
         raise BerError("LDAPMessage is not a SEQUENCE")
-    parts = children(msg, start, end)
-    if len(parts) < 2 or parts[0][0] != 0x02:
-        raise BerError("LDAPMessage without messageID and protocolOp")
-    controls = children(msg, parts[2][1], parts[2][2]) if len(parts) > 2 and parts[2][0] == 0xA0 else []
-    op_tag, op_start, op_end = parts[1]
-    return decode_int(msg, parts[0][1], parts[0][2]), op_tag, op_start, op_end, controls
+    start, end = _span(msg, 0)
+    if msg[start] != 0x02:
+        raise BerError("LDAPMessage without messageID")
+    id_start, id_end = _span(msg, start)
+    op_tag = msg[id_end]
+    op_start, op_end = _span(msg, id_end)
+    if op_end > end or end > len(msg):
+        raise BerError("protocolOp overruns its message")
+    controls: list[tuple[int, int, int]] = []
+    if op_end < end and msg[op_end] == 0xA0:
+        c_start, c_end = _span(msg, op_end)
+        controls = children(msg, c_start, c_end)
+    return decode_int(msg, id_start, id_end), op_tag, op_start, op_end, controls
 
 
 def ldap_result(msg: bytes, start: int, end: int) -> tuple[int, str, str]:
@@ -169,31 +175,61 @@ def ldap_result(msg: bytes, start: int, end: int) -> tuple[int, str, str]:
             msg[parts[2][1]:parts[2][2]].decode("utf-8", "replace"))
 
 
+def _span(msg: bytes, pos: int) -> tuple[int, int]:
+    """(content start, content end) of the TLV at ``pos`` (definite lengths up to four octets)."""
+    n = msg[pos + 1]
+    if n < 0x80:
+        return pos + 2, pos + 2 + n
+    if n == 0x81:
+        return pos + 3, pos + 3 + msg[pos + 2]
+    if n == 0x82:
+        return pos + 4, pos + 4 + (msg[pos + 2] << 8 | msg[pos + 3])
+    _, start, end = header(msg, pos)
+    return start, end
+
+
+_NAMES: dict[bytes, str] = {}  # attribute descriptions seen (a handful): decoded once
+
+
 def search_entry(msg: bytes, start: int, end: int) -> tuple[str, dict[str, list[bytes]]]:
-    """SearchResultEntry → (DN, {attribute description: [values]}). The hot path of a full read: the
-    short-length case is decoded inline (a call per TLV costs as much as the rest of the work)."""
-    _, s, e = header(msg, start)
+    """SearchResultEntry → (DN, {attribute description: [values]}). The hot path of a full read: short
+    lengths are decoded inline (a call per TLV costs as much as the rest of the work)."""
+    s, e = _span(msg, start)
     dn = msg[s:e].decode("utf-8")
-    _, pos, attrs_end = header(msg, e)
+    pos, attrs_end = _span(msg, e)
     attrs: dict[str, list[bytes]] = {}
+    names = _NAMES
     while pos < attrs_end:
         n = msg[pos + 1]
-        a_start, a_end = (pos + 2, pos + 2 + n) if n < 0x80 else header(msg, pos)[1:]
+        if n < 0x80:
+            a_start, a_end = pos + 2, pos + 2 + n
+        else:
+            a_start, a_end = _span(msg, pos)
         n = msg[a_start + 1]
-        t_start, t_end = (a_start + 2, a_start + 2 + n) if n < 0x80 else header(msg, a_start)[1:]
-        name = msg[t_start:t_end].decode("ascii")
+        if n < 0x80:
+            t_start, t_end = a_start + 2, a_start + 2 + n
+        else:
+            t_start, t_end = _span(msg, a_start)
+        raw_name = msg[t_start:t_end]
+        name = names.get(raw_name)
+        if name is None:
+            name = names.setdefault(raw_name, raw_name.decode("ascii"))
         n = msg[t_end + 1]
-        v, v_end = (t_end + 2, t_end + 2 + n) if n < 0x80 else header(msg, t_end)[1:]
+        if n < 0x80:
+            v, v_end = t_end + 2, t_end + 2 + n
+        else:
+            v, v_end = _span(msg, t_end)
         values = []
         while v < v_end:
             n = msg[v + 1]
             if n < 0x80:
-                values.append(msg[v + 2:v + 2 + n])
-                v += 2 + n
+                vs, v = v + 2, v + 2 + n
+            elif n == 0x82:
+                vs = v + 4
+                v = vs + (msg[v + 2] << 8 | msg[v + 3])
             else:
-                _, vs, ve = header(msg, v)
-                values.append(msg[vs:ve])
-                v = ve
+                vs, v = _span(msg, v)
+            values.append(msg[vs:v])
         attrs[name] = values
         pos = a_end
     return dn, attrs

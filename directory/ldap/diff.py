@@ -65,7 +65,7 @@ def _unchanged(desired: DesiredEntry, actual: Entry) -> bool:
             certificates = values
             continue
         expected = want.get(key)
-        if expected is None or len(values) != len(expected) or set(values) != expected:
+        if expected is None or len(values) != len(expected) or (values != expected and set(values) != set(expected)):
             return False
         seen += 1
     if seen != len(want) or len(certificates) != len(desired.certificates):

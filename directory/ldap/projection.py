@@ -163,21 +163,22 @@ class DesiredEntry:
     attributes: dict[str, list[str]] = field(default_factory=dict)
     certificates: dict[bytes, int] = field(default_factory=dict)  # sha256 digest -> certificate id
     binary: dict[str, list[bytes]] = field(default_factory=dict)  # CA entries: cACertificate, CRLs
-    _encoded: dict[str, set[bytes]] | None = field(default=None, repr=False, compare=False)
+    _encoded: dict[str, list[bytes]] | None = field(default=None, repr=False, compare=False)
 
-    def encoded(self) -> dict[str, set[bytes]]:
+    def encoded(self) -> dict[str, list[bytes]]:
         """{comparison name: value bytes} of everything but the certificates (computed once)."""
         if self._encoded is None:
-            out = {base_name(n): {v.encode() for v in values} for n, values in self.attributes.items() if values}
-            out.update((base_name(n), set(values)) for n, values in self.binary.items())
+            out = {base_name(n): [v.encode() for v in values] for n, values in self.attributes.items() if values}
+            out.update((base_name(n), values) for n, values in self.binary.items())
             self._encoded = out
         return self._encoded
 
     def merge(self, attributes: dict[str, list[str]]) -> None:
-        """Union of the values each certificate contributes (single-valued: the first one, newest first)."""
+        """Union of the values each certificate contributes (single-valued: the first one, newest first).
+        The first merge takes ``attributes`` as is (callers pass a fresh object: the JSON just loaded)."""
         self._encoded = None
         if not self.attributes:
-            self.attributes = {name: list(values) for name, values in attributes.items()}
+            self.attributes = attributes
             return
         for name, values in attributes.items():
             current = self.attributes.setdefault(_canonical(name, self.attributes), [])

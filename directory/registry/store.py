@@ -512,18 +512,16 @@ class Registry:
     def ldap_published(self, layout: str, now: int, dn_keys: Sequence[str] | None = None,
                        ) -> Iterator[tuple[str, str, str, int, str, int]]:
         """(dn_key, dn, attributes JSON, certificate id, sha256, not_before) of what the directory must
-        show: good, unexpired certificates that map to an entry. All of them, or those of ``dn_keys``;
-        newest first within each query (a chunk of keys holds whole entries)."""
+        show: good, unexpired certificates that map to an entry. All of them, or those of ``dn_keys``."""
         sql = ("SELECT p.dn_key, p.dn, p.attributes, c.id, c.sha256, COALESCE(c.not_before, 0) "
                "FROM ldap_projection p JOIN certificates c ON c.id = p.certificate_id "
                "WHERE p.layout = ? AND p.dn_key IS NOT NULL AND c.status = 'good' AND c.der IS NOT NULL "
                "AND (c.not_after IS NULL OR c.not_after > ?)")
-        order = " ORDER BY c.not_before DESC"  # newest first: its single-valued attributes win
         if dn_keys is None:
-            yield from self._conn().execute(sql + order, (layout, now))
+            yield from self._conn().execute(sql, (layout, now))
             return
         for chunk in _chunks(list(dn_keys), 500):
-            yield from self._conn().execute(sql + f" AND p.dn_key IN ({','.join('?' * len(chunk))})" + order,
+            yield from self._conn().execute(sql + f" AND p.dn_key IN ({','.join('?' * len(chunk))})",
                                             (layout, now, *chunk))
 
     def ldap_projected_dns(self, layout: str, dn_keys: Sequence[str]) -> list[tuple[str, str]]:
