@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -28,6 +28,7 @@ class CertificateInfo:
     der: bytes
     sha256: str
     profile: str
+    subject: x509.Name | None = field(default=None, compare=False, repr=False)  # parsed once, for the directory
 
 
 def describe(cert: x509.Certificate, der: bytes | None = None) -> CertificateInfo:
@@ -59,6 +60,7 @@ def describe(cert: x509.Certificate, der: bytes | None = None) -> CertificateInf
         der=der,
         sha256=hashlib.sha256(der).hexdigest(),
         profile=profile_of(cert),
+        subject=cert.subject,
     )
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,12 @@ def cmd_init_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from directory.ingest.importer import Importer, ProgressBar
-    from directory.runtime import known_issuers, open_config_registry
+    from directory.ingest.importer import ProgressBar
+    from directory.runtime import importer_for, open_config_registry
 
     config = _config(args)
     registry = open_config_registry(config)
-    importer = Importer(registry, known_issuers(config), actor=f"cli:{_user()}")
+    importer = importer_for(config, registry, actor=f"cli:{_user()}")
     bar = ProgressBar("importing")
     summary = importer.import_paths([Path(p) for p in args.paths], Path(args.certs_dir) if args.certs_dir else None,
                                     progress=bar)
@@ -239,6 +240,17 @@ def cmd_ldap_sync(args: argparse.Namespace) -> int:
 def cmd_ldap_worker(args: argparse.Namespace) -> int:
     """The sync loop ``annuaire serve`` runs as its child; stops on SIGTERM/SIGINT between two chunks."""
     import signal
+    import threading
+
+    parent = os.environ.get("ANNUAIRE_SERVICE_PID")
+    if parent:  # started by `annuaire serve`: never outlive it, even when it was SIGKILLed
+
+        def watch() -> None:
+            while str(os.getppid()) == parent:
+                time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGTERM)  # before the handler below exists, this simply ends us
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
     from directory.ldap.loop import SyncLoop
     from directory.ldap.sync import DirectorySync
@@ -251,16 +263,6 @@ def cmd_ldap_worker(args: argparse.Namespace) -> int:
     loop = SyncLoop(DirectorySync(config, registry), float(config.ldap.reconcile_interval or 3600))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop())
-    parent = os.environ.get("ANNUAIRE_SERVICE_PID")
-    if parent:  # started by `annuaire serve`: never outlive it (even when it was SIGKILLed)
-        import threading
-
-        def watch() -> None:
-            while not loop.stopping.wait(0.5):
-                if str(os.getppid()) != parent:
-                    loop.stop()
-
-        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
     try:
         loop.run()
     finally:

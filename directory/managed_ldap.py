@@ -90,7 +90,8 @@ class ManagedLdapComponent:
             return
         self.slapd = managed_slapd(service.config)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.slapd.start)
+        # on the main thread (a short wait at start-up): slapd then dies with us even if we are SIGKILLed
+        self.slapd.start(die_with_parent=True)
         await loop.run_in_executor(None, ensure_skeleton, self.slapd, ldap)
         log.info("managed slapd listening on %s (data in %s)", self.slapd.config.url, self.slapd.config.directory)
         service.readiness_checks["ldap"] = self.readiness

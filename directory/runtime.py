@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from directory.certinfo import CertificateInfo
 from directory.config import Config
 from directory.hsm.signer import HsmSettings, HsmSigner
-from directory.ingest.importer import KnownIssuer
+from directory.ingest.importer import Importer, KnownIssuer
 from directory.registry import Registry, open_registry
 
 
@@ -36,3 +37,21 @@ def open_config_registry(config: Config) -> Registry:
 
 def known_issuers(config: Config) -> list[KnownIssuer]:
     return [KnownIssuer(i.name, i.certificate) for i in config.issuers]
+
+
+def importer_for(config: Config, registry: Registry, actor: str) -> Importer:
+    """An importer that also records where each new certificate goes in the directory (when [ldap] is set):
+    the certificate is parsed once, at import, and the sync does not parse it again."""
+    after_import = None
+    if config.ldap is not None:
+        from directory.ldap.projection import Layout, project_name, projection_row
+
+        layout = Layout.from_config(config.ldap)
+
+        def after_import(issuer: str, infos: list[CertificateInfo]) -> None:
+            rows = [(i.serial_hex, *projection_row(project_name(i.subject, i.profile, list(i.emails), layout)))
+                    for i in infos if i.subject is not None]
+            if rows:
+                registry.ldap_project_serials(layout.digest, issuer, rows)
+
+    return Importer(registry, known_issuers(config), actor=actor, after_import=after_import)

@@ -115,13 +115,17 @@ class Slapd:
         if result.returncode != 0:
             raise SlapdError(f"slaptest refused {self.conf_file}: {result.stderr.strip()}")
 
-    def start(self, timeout: float = 15.0) -> None:
+    def start(self, timeout: float = 15.0, die_with_parent: bool = False) -> None:
+        """Start and wait until it listens. ``die_with_parent``: the kernel sends slapd SIGTERM when the
+        calling thread's process dies, even by SIGKILL (call it from the main thread: Linux ties this to
+        the thread that started the child)."""
         self.write_config()
         self.test_config()
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(
             [find_slapd(), "-f", str(self.conf_file), "-h", self.config.url + "/", "-d", "0"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_parent_death_signal if die_with_parent else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -144,3 +148,10 @@ class Slapd:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+def _parent_death_signal() -> None:
+    """In the child, before exec: PR_SET_PDEATHSIG(SIGTERM)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)

@@ -15,11 +15,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from directory.config import Config, load_config
 from directory.demo import issuance
-from directory.ingest.importer import Importer
 from directory.ldap.sync import DirectorySync
 from directory.managed_ldap import ensure_skeleton, managed_slapd
 from directory.registry import Registry
-from directory.runtime import known_issuers, open_config_registry, open_hsm
+from directory.runtime import importer_for, open_config_registry, open_hsm
 from directory.slapd import Slapd
 from tests.conftest import free_port
 
@@ -42,8 +41,7 @@ class LdapEnv:
         return DirectorySync(self.config, self.registry)
 
     def import_demo(self) -> None:
-        summary = Importer(self.registry, known_issuers(self.config), actor="test").import_paths(
-            [self.demo / "certs"])
+        summary = importer_for(self.config, self.registry, actor="test").import_paths([self.demo / "certs"])
         assert not summary.refused, summary.refused
 
     def restart_slapd(self) -> None:

@@ -428,10 +428,10 @@ def test_start_tls_with_a_checked_server_certificate(ldap_env: LdapEnv, tmp_path
     assert search(env.url, PERSONNES, "(userCertificate=*)")  # anonymous reads in clear still work
 
 
-def _workers(parent: int) -> list[int]:
+def _workers(parent: int, command: str = "ldap worker") -> list[int]:
     out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(parent)], capture_output=True,
                          text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "ldap worker" in line]
+    return [int(line.split()[0]) for line in out.splitlines() if command in line]
 
 
 def _gone(pid: int) -> bool:
@@ -446,14 +446,16 @@ def test_the_sync_worker_is_restarted_and_never_outlives_the_service(demo: Path)
     import signal
 
     with serve(demo) as served:
-        _wait(lambda: len(_workers(served.proc.pid)) == 1)
+        _wait(lambda: len(_workers(served.proc.pid)) == 1, timeout=15)
         first = _workers(served.proc.pid)
         os.kill(first[0], signal.SIGKILL)
-        _wait(lambda: len(_workers(served.proc.pid)) == 1 and _workers(served.proc.pid) != first, timeout=10)
+        _wait(lambda: len(_workers(served.proc.pid)) == 1 and _workers(served.proc.pid) != first, timeout=15)
         second = _workers(served.proc.pid)[0]
+        slapd_pid = _workers(served.proc.pid, "slapd -f")[0]
         served.proc.kill()  # the service dies without a chance to stop its child
         served.proc.wait()
-        _wait(lambda: _gone(second), timeout=5)
+        _wait(lambda: _gone(second), timeout=15)
+        _wait(lambda: _gone(slapd_pid), timeout=15)  # the managed slapd goes too
     assert "LDAP sync worker exited with -9; restarting" in served.output
 
 

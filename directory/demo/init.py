@@ -29,9 +29,9 @@ from directory.demo import issuance
 from directory.demo.issuance import CertificateAuthority
 from directory.hsm.signer import HsmSettings, HsmSigner
 from directory.hsm.softhsm import create_token, find_module
-from directory.ingest.importer import Importer, ImportSummary
+from directory.ingest.importer import ImportSummary
 from directory.ingest.sources import SourceItem
-from directory.runtime import known_issuers, open_config_registry
+from directory.runtime import importer_for, open_config_registry
 from directory.serials import to_hex
 
 TOKEN_LABEL = "annuaire-demo"
@@ -235,7 +235,7 @@ def _populate(config: Config, hsm: HsmSigner, cas: dict[str, CertificateAuthorit
               ocsp_certs: dict[str, x509.Certificate], directory: Path, options: DemoOptions,
               urls: DemoUrls) -> None:
     registry = open_config_registry(config)
-    importer = Importer(registry, known_issuers(config), actor="init-demo")
+    importer = importer_for(config, registry, actor="init-demo")
     certs_dir = directory / "certs"
     certs_dir.mkdir(exist_ok=True)
     issued = issue_end_entities(hsm, cas, options.certs, options.key_type, urls)

@@ -107,10 +107,12 @@ def _short(exc: BaseException) -> str:
 class Importer:
     """Feeds checked certificates (and index.txt revocations) into the registry."""
 
-    def __init__(self, registry: Registry, issuers: Iterable[KnownIssuer], actor: str = "import") -> None:
+    def __init__(self, registry: Registry, issuers: Iterable[KnownIssuer], actor: str = "import",
+                 after_import: Callable[[str, list[CertificateInfo]], None] | None = None) -> None:
         self.registry = registry
         self.checker = CertificateChecker(issuers)
         self.actor = actor
+        self.after_import = after_import  # called with the certificates an import added (e.g. LDAP projection)
 
     def import_paths(self, paths: list[Path], certs_dir: Path | None = None,
                      progress: Callable[[int, int], None] | None = None) -> ImportSummary:
@@ -156,6 +158,8 @@ class Importer:
         outcome = self.registry.import_certificates(issuer, [info], self.actor)[0]
         if outcome.result == "conflict":
             raise Refused(outcome.message)
+        if self.after_import is not None and outcome.result in ("created", "completed"):
+            self.after_import(issuer, [info])
         return issuer, info.serial_hex, outcome.result
 
     def _flush(self, batch: list[tuple[str, str, CertificateInfo, SourceItem]], summary: ImportSummary) -> None:
@@ -164,6 +168,9 @@ class Importer:
             by_issuer.setdefault(issuer, []).append((origin, info, item))
         for issuer, entries in by_issuer.items():
             outcomes = self.registry.import_certificates(issuer, [e[1] for e in entries], self.actor)
+            if self.after_import is not None:
+                self.after_import(issuer, [e[1] for e, o in zip(entries, outcomes, strict=True)
+                                           if o.result in ("created", "completed")])
             for (origin, info, item), outcome in zip(entries, outcomes, strict=True):
                 if outcome.result == "conflict":
                     summary.refused.append((origin, outcome.message))

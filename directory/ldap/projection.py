@@ -94,7 +94,14 @@ def project(der: bytes, profile: str | None, emails: list[str], layout: Layout) 
     """The entry a certificate belongs to, or None (CA/OCSP certificates; no template fits its subject)."""
     if profile in NOT_PUBLISHED:
         return None
-    subject = subject_values(x509.load_der_x509_certificate(der).subject)
+    return project_name(x509.load_der_x509_certificate(der).subject, profile, emails, layout)
+
+
+def project_name(name: x509.Name, profile: str | None, emails: list[str], layout: Layout) -> Projection | None:
+    """``project`` for a subject already parsed (at import)."""
+    if profile in NOT_PUBLISHED:
+        return None
+    subject = subject_values(name)
     first = {k: v[0] for k, v in subject.items()}
     if emails:
         first.setdefault("mail", emails[0])
@@ -203,3 +210,10 @@ def ca_entry(layout: Layout, issuer: str, certificate: bytes, crl: bytes | None,
     if delta is not None:
         entry.binary["deltaRevocationList;binary"] = [delta]
     return entry
+
+
+def projection_row(projection: Projection | None) -> tuple[str | None, str | None, str | None]:
+    """(dn_key, dn, attributes JSON) as the registry keeps it (all None: not in the directory)."""
+    if projection is None:
+        return None, None, None
+    return projection.dn_key, projection.dn, json.dumps(projection.attributes)

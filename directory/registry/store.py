@@ -500,6 +500,15 @@ class Registry:
             tx.executemany("INSERT OR REPLACE INTO ldap_projection (certificate_id, layout, dn_key, dn, attributes) "
                            "VALUES (?, ?, ?, ?, ?)", [(cid, layout, k, d, a) for cid, k, d, a in rows])
 
+    def ldap_project_serials(self, layout: str, issuer: str,
+                             rows: Sequence[tuple[str, str | None, str | None, str | None]]) -> None:
+        """``ldap_project`` keyed by serial (what an import knows): (serial_hex, dn_key, dn, attributes JSON)."""
+        issuer_id = self._issuer_id(issuer)
+        with self._write() as tx:
+            tx.executemany("INSERT OR REPLACE INTO ldap_projection (certificate_id, layout, dn_key, dn, attributes) "
+                           "SELECT id, ?, ?, ?, ? FROM certificates WHERE issuer_id = ? AND serial_hex = ?",
+                           [(layout, k, d, a, issuer_id, serial) for serial, k, d, a in rows])
+
     def ldap_dn_keys(self, layout: str, certificate_ids: Sequence[int]) -> set[str]:
         """Entries (dn_key) the given certificates map to, whatever their status."""
         keys: set[str] = set()
