@@ -132,9 +132,13 @@ def main() -> int:
     started = time.monotonic()
     rebuilt = DirectorySync(config_c, registry).full()
     rebuild = time.monotonic() - started
-    started = time.monotonic()
-    steady = DirectorySync(config_c, registry).full()
-    steady_s = time.monotonic() - started
+    passes = []  # steady state: the median of three passes (the first also pays slapd flushing the adds)
+    for _ in range(3):
+        started = time.monotonic()
+        steady = DirectorySync(config_c, registry).full()
+        passes.append(time.monotonic() - started)
+        assert steady.writes() == 0
+    steady_s = statistics.median(passes)
     verify = DirectorySync(config_c, registry).verify()
     assert steady.writes() == 0 and verify.drift.total() == 0
 
@@ -155,8 +159,8 @@ def main() -> int:
                 f"entries/s | {(entries / first) / rate:.2f}× |")
     rows.append(f"| annuaire sync projecting all {certs:,} certificates itself | {rebuild:.1f} s | "
                 f"{rebuilt.added / rebuild:,.0f} entries/s | {(rebuilt.added / rebuild) / rate:.2f}× |")
-    rows.append(f"| steady-state full reconcile, nothing changed ({steady.entries_read:,} entries read) | "
-                f"{steady_s:.2f} s | target ≤ 5 s |")
+    rows.append(f"| steady-state full reconcile, nothing changed ({steady.entries_read:,} entries read), median "
+                f"of 3 | {steady_s:.2f} s (passes: {', '.join(f'{p:.2f}' for p in passes)}) | target ≤ 5 s |")
     rows.append(f"| verify ({verify.entries_read:,} entries) | {verify.seconds:.2f} s | target ≤ 30 s |")
     q = statistics.quantiles(latencies, n=100)
     rows.append(f"| revocation → value gone ({len(latencies)} revocations, other process) | p50 "
