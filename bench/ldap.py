@@ -132,13 +132,22 @@ def main() -> int:
     started = time.monotonic()
     rebuilt = DirectorySync(config_c, registry).full()
     rebuild = time.monotonic() - started
-    passes = []  # steady state: the median of three passes (the first also pays slapd flushing the adds)
+    # steady state, nothing changed: a cold pass (a new engine: `annuaire ldap sync --full`, or the worker's
+    # first pass) three times, then the worker's periodic pass (one engine that remembers verified entries)
+    cold = []
     for _ in range(3):
         started = time.monotonic()
         steady = DirectorySync(config_c, registry).full()
-        passes.append(time.monotonic() - started)
+        cold.append(time.monotonic() - started)
         assert steady.writes() == 0
-    steady_s = statistics.median(passes)
+    engine = DirectorySync(config_c, registry)
+    engine.full()
+    warm = []
+    for _ in range(3):
+        started = time.monotonic()
+        assert engine.full().writes() == 0
+        warm.append(time.monotonic() - started)
+    steady_s = statistics.median(cold)
     verify = DirectorySync(config_c, registry).verify()
     assert steady.writes() == 0 and verify.drift.total() == 0
 
@@ -159,8 +168,10 @@ def main() -> int:
                 f"entries/s | {(entries / first) / rate:.2f}× |")
     rows.append(f"| annuaire sync projecting all {certs:,} certificates itself | {rebuild:.1f} s | "
                 f"{rebuilt.added / rebuild:,.0f} entries/s | {(rebuilt.added / rebuild) / rate:.2f}× |")
-    rows.append(f"| steady-state full reconcile, nothing changed ({steady.entries_read:,} entries read), median "
-                f"of 3 | {steady_s:.2f} s (passes: {', '.join(f'{p:.2f}' for p in passes)}) | target ≤ 5 s |")
+    rows.append(f"| full reconcile, nothing changed, cold engine ({steady.entries_read:,} entries read), median of "
+                f"3 | {steady_s:.2f} s ({', '.join(f'{p:.2f}' for p in cold)}) | target ≤ 5 s |")
+    rows.append(f"| same, the worker's periodic pass (engine kept), median of 3 | {statistics.median(warm):.2f} s "
+                f"({', '.join(f'{p:.2f}' for p in warm)}) | target ≤ 5 s |")
     rows.append(f"| verify ({verify.entries_read:,} entries) | {verify.seconds:.2f} s | target ≤ 30 s |")
     q = statistics.quantiles(latencies, n=100)
     rows.append(f"| revocation → value gone ({len(latencies)} revocations, other process) | p50 "

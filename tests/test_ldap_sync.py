@@ -481,3 +481,27 @@ def test_certificates_of_one_holder_with_different_attributes_are_merged(ldap_en
     assert sorted(entry["mail"]) == [b"anne.martin@new.demo.fr", b"anne.martin@old.demo.fr"]
     assert sorted(entry["userCertificate;binary"]) == sorted([old, new])
     assert env.sync().full().writes() == 0  # stable: the merge is the same every time
+
+
+def test_a_long_lived_engine_still_sees_every_change_between_full_passes(ldap_env: LdapEnv) -> None:
+    """The service's worker keeps one engine: entries found equal are not re-diffed while neither their
+    registry inputs nor their directory bytes change. Any change to either must still be repaired."""
+    env = ldap_env
+    env.import_demo()
+    sync = env.sync()
+    sync.full()
+    assert sync.full().writes() == 0
+    entries = search(env.url, PERSONNES, "(userCertificate=*)")
+    (dn_a, a), (dn_b, b) = list(entries.items())[:2]
+    assert ldap_tool("ldapmodify", env, f"dn: {dn_a}\nchangetype: modify\ndelete: userCertificate;binary\n"
+                                        f"userCertificate;binary:: {_b64(a['userCertificate;binary'][0])}\n"
+                     ).returncode == 0
+    victim = x509.load_der_x509_certificate(b["userCertificate;binary"][0])
+    record = next(r for r in env.registry.iter_certificates() if r.der == b["userCertificate;binary"][0])
+    env.registry.revoke(record.issuer, record.serial_hex, "affiliationChanged", actor="test")  # outbox not drained
+    report = sync.full()
+    assert report.modified == 2 and report.drift.certificates_missing == 1 and report.drift.certificates_extra == 1
+    after = search(env.url, PERSONNES, "(userCertificate=*)")
+    assert sorted(after[dn_a]["userCertificate;binary"]) == sorted(a["userCertificate;binary"])
+    assert victim.public_bytes(Encoding.DER) not in after[dn_b]["userCertificate;binary"]
+    assert sync.full().writes() == 0 and sync.verify().drift.total() == 0

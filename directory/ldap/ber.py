@@ -192,11 +192,21 @@ _NAMES: dict[bytes, str] = {}  # attribute descriptions seen (a handful): decode
 
 
 def search_entry(msg: bytes, start: int, end: int) -> tuple[str, dict[str, list[bytes]]]:
-    """SearchResultEntry → (DN, {attribute description: [values]}). The hot path of a full read: short
-    lengths are decoded inline (a call per TLV costs as much as the rest of the work)."""
+    """SearchResultEntry → (DN, {attribute description: [values]})."""
+    dn, pos, attrs_end = entry_header(msg, start)
+    return dn, decode_attributes(msg, pos, attrs_end)
+
+
+def entry_header(msg: bytes, start: int) -> tuple[str, int, int]:
+    """SearchResultEntry → (DN, start and end of the attribute list's content), attributes left encoded."""
     s, e = _span(msg, start)
-    dn = msg[s:e].decode("utf-8")
     pos, attrs_end = _span(msg, e)
+    return msg[s:e].decode("utf-8"), pos, attrs_end
+
+
+def decode_attributes(msg: bytes, pos: int, attrs_end: int) -> dict[str, list[bytes]]:
+    """PartialAttributeList content → {description: [values]}. The hot path of a full read: short lengths
+    are decoded inline (a call per TLV costs as much as the rest of the work)."""
     attrs: dict[str, list[bytes]] = {}
     names = _NAMES
     while pos < attrs_end:
@@ -232,7 +242,7 @@ def search_entry(msg: bytes, start: int, end: int) -> tuple[str, dict[str, list[
             values.append(msg[vs:v])
         attrs[name] = values
         pos = a_end
-    return dn, attrs
+    return attrs
 
 
 def paged_cookie(msg: bytes, controls: list[tuple[int, int, int]]) -> bytes:

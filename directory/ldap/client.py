@@ -10,10 +10,11 @@ work and retries later. A refused operation is an ``OpResult`` with the server's
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import socket
 import ssl
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from directory.ldap import ber
@@ -68,10 +69,33 @@ class OpResult:
         return self.code == SUCCESS
 
 
-@dataclass
 class Entry:
-    dn: str
-    attributes: dict[str, list[bytes]] = field(default_factory=dict)
+    """A directory entry as read. Its attributes are decoded on first use: a reconciliation that already
+    knows the entry is unchanged (``fingerprint``) never pays for it."""
+
+    __slots__ = ("_attributes", "_end", "_message", "_start", "dn")
+
+    def __init__(self, dn: str, attributes: dict[str, list[bytes]] | None = None, message: bytes = b"",
+                 start: int = 0, end: int = 0) -> None:
+        self.dn = dn
+        self._attributes = attributes
+        self._message, self._start, self._end = message, start, end
+
+    @property
+    def attributes(self) -> dict[str, list[bytes]]:
+        if self._attributes is None:
+            self._attributes = ber.decode_attributes(self._message, self._start, self._end)
+        return self._attributes
+
+    def fingerprint(self) -> bytes:
+        """Digest of the attributes exactly as the server sent them (same state, same bytes)."""
+        if self._message:
+            return hashlib.blake2b(memoryview(self._message)[self._start:self._end], digest_size=16).digest()
+        text = repr(sorted((name, sorted(values)) for name, values in self.attributes.items()))
+        return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+    def __repr__(self) -> str:
+        return f"Entry({self.dn!r})"
 
 
 class LdapClient:
@@ -247,8 +271,8 @@ class LdapClient:
                     self.close()
                     raise LdapUnavailable(f"answer to an unknown request {got}")
                 if tag == ber.SEARCH_ENTRY:
-                    dn, attrs = ber.search_entry(msg, start, end)
-                    yield Entry(dn, attrs)
+                    dn, pos, attrs_end = ber.entry_header(msg, start)
+                    yield Entry(dn, None, msg, pos, attrs_end)
                 elif tag == ber.SEARCH_DONE:
                     code, _, message = ber.ldap_result(msg, start, end)
                     if code == NO_SUCH_OBJECT:
@@ -287,8 +311,8 @@ class LdapClient:
                 self.close()
                 raise LdapUnavailable(f"answer to an unknown request {got}")
             if tag == ber.SEARCH_ENTRY:
-                entry_dn, attrs = ber.search_entry(msg, start, end)
-                out[dn] = Entry(entry_dn, attrs)
+                entry_dn, pos, attrs_end = ber.entry_header(msg, start)
+                out[dn] = Entry(entry_dn, None, msg, pos, attrs_end)
             elif tag == ber.SEARCH_DONE:
                 del pending[got]
                 code, _, message = ber.ldap_result(msg, start, end)

@@ -111,6 +111,7 @@ class DirectorySync:
         self.lock_path = config.data_dir / "ldap-sync.lock"
         self.stop_requested: Callable[[], bool] = lambda: False
         self._unplaced: set[int] = set()  # certificates of the last projection no template could place
+        self._verified: dict[str, tuple[int, bytes]] = {}  # entry key -> (registry inputs, directory bytes)
 
     def _check_stop(self) -> None:
         if self.stop_requested():
@@ -139,27 +140,43 @@ class DirectorySync:
             now = int(self.clock())
             depth, top, _ = self.registry.ldap_outbox_stats()
             projections = self._project_all(store=not dry_run)
-            desired = self._desired_all(now, projections if dry_run else {})
+            rows_of = self._desired_rows(now, projections if dry_run else {})
+            cas = self._ca_entries()
             report.unpublishable = self.registry.ldap_unplaced(self.layout.digest, now)
             if dry_run:  # computed in memory only
                 report.unpublishable += sum(1 for cid in self._unplaced if self.registry.published_state(cid, now))
             if not dry_run:
                 self._ensure_branches()
             plans: list[Plan] = []
-            key_of = {entry.dn: key for key, entry in desired.items()}  # the DN as written: no parsing needed
+            key_of = {rows[0][1]: key for key, rows in rows_of.items()}  # the DN as written: no parsing needed
             branches = self._branch_keys()
+            # entries found equal at the last pass, with the same inputs and the same bytes now, are still
+            # equal: they are neither decoded nor diffed again (a repair pass only; verify compares all)
+            verified, self._verified = (self._verified if not dry_run else {}), {}
             for entry in self._read_all():
                 report.entries_read += 1
                 if report.entries_read % CHUNK == 0:
                     self._check_stop()
                 key = key_of.get(entry.dn) or dn.key(entry.dn)
-                want = desired.pop(key, None)
-                if want is None and key in branches:
-                    continue
-                p = plan(want, entry)
+                rows = rows_of.pop(key, None)
+                if rows is None:
+                    want = cas.pop(key, None)
+                    if want is None and key in branches:
+                        continue
+                    p = plan(want, entry)
+                else:
+                    inputs = _inputs(rows)
+                    fingerprint = entry.fingerprint()
+                    if verified.get(key) == (inputs, fingerprint):
+                        self._verified[key] = (inputs, fingerprint)
+                        continue
+                    p = plan(_entry_from_rows(rows), entry)
+                    if p is None:
+                        self._verified[key] = (inputs, fingerprint)
                 if p is not None:
                     plans.append(p)
-            plans += [p for want in desired.values() if (p := plan(want, None)) is not None]
+            plans += [p for rows in rows_of.values() if (p := plan(_entry_from_rows(rows), None)) is not None]
+            plans += [p for want in cas.values() if (p := plan(want, None)) is not None]
             for p in plans:
                 report.drift.add(p.drift)
             if not dry_run:
@@ -248,50 +265,40 @@ class DirectorySync:
                 self.registry.ldap_project(self.layout.digest, rows)
         return out
 
-    def _desired_all(self, now: int, extra: dict[int, tuple[str | None, str | None, str | None]],
-                     ) -> dict[str, DesiredEntry]:
-        desired = self._group(self.registry.ldap_published(self.layout.digest, now), extra, now)
+    def _desired_rows(self, now: int, extra: dict[int, tuple[str | None, str | None, str | None]],
+                      ) -> dict[str, list[Row]]:
+        """Every end-entity entry's registry rows (certificates and their projected attributes), by key."""
+        return self._rows_by_key(self.registry.ldap_published(self.layout.digest, now), extra, now)
+
+    def _ca_entries(self) -> dict[str, DesiredEntry]:
+        out = {}
         for name, *_ in self.registry.issuer_certificates():
             entry = self._ca_entry(name)
             if entry is not None:
-                desired[dn.key(entry.dn)] = entry
-        return desired
+                out[dn.key(entry.dn)] = entry
+        return out
 
     def _desired_entries(self, now: int, keys: list[str]) -> dict[str, DesiredEntry]:
-        return self._group(self.registry.ldap_published(self.layout.digest, now, keys), {}, now)
+        rows = self._rows_by_key(self.registry.ldap_published(self.layout.digest, now, keys), {}, now)
+        return {key: _entry_from_rows(r) for key, r in rows.items()}
 
-    def _group(self, rows: Iterator[tuple[str, str, str, int, str, int]],
-               extra: dict[int, tuple[str | None, str | None, str | None]], now: int) -> dict[str, DesiredEntry]:
-        items = list(rows)
-        if extra:  # verify: projections computed in memory, joined with the certificates' state here
-            for cid, (key, entry_dn, attrs) in extra.items():
-                if key is None:
-                    continue
-                record = self.registry.published_state(cid, now)
-                if record is not None:
-                    items.append((key, entry_dn or "", attrs or "{}", cid, record[0], record[1]))
-        desired: dict[str, DesiredEntry] = {}
-        first: dict[str, str] = {}  # a holder's certificates usually contribute identical attributes
-        mixed: set[str] = set()
-        for key, entry_dn, attrs, cid, sha256, _ in items:
-            entry = desired.get(key)
-            if entry is None:
-                entry = desired[key] = DesiredEntry(entry_dn, json.loads(attrs))
-                first[key] = attrs
-            elif attrs != first[key]:
-                mixed.add(key)
-            entry.certificates[bytes.fromhex(sha256)] = cid
-        if mixed:  # certificates that disagree (a new name, a new mail): union, newest certificate first
-            rows_of: dict[str, list[tuple[int, str]]] = {}
-            for key, _, attrs, _, _, not_before in items:
-                if key in mixed:
-                    rows_of.setdefault(key, []).append((not_before, attrs))
-            for key, contributions in rows_of.items():
-                entry = desired[key]
-                entry.attributes = {}
-                for _, attrs in sorted(contributions, key=lambda c: -c[0]):
-                    entry.merge(json.loads(attrs))
-        return desired
+    def _rows_by_key(self, rows: Iterator[Row], extra: dict[int, tuple[str | None, str | None, str | None]],
+                     now: int) -> dict[str, list[Row]]:
+        by_key: dict[str, list[Row]] = {}
+        for row in rows:
+            found = by_key.get(row[0])
+            if found is None:
+                by_key[row[0]] = [row]
+            else:
+                found.append(row)
+        # verify: projections computed in memory, joined with the certificates' state here
+        for cid, (key, entry_dn, attrs) in extra.items():
+            if key is None:
+                continue
+            record = self.registry.published_state(cid, now)
+            if record is not None:
+                by_key.setdefault(key, []).append((key, entry_dn or "", attrs or "{}", cid, record[0], record[1]))
+        return by_key
 
     def _ca_entry(self, issuer: str) -> DesiredEntry | None:
         for name, certificate, is_arl in self.registry.issuer_certificates():
@@ -414,6 +421,29 @@ class DirectorySync:
     def _reject(p: Plan, result: OpResult, report: SyncReport) -> None:
         log.error("directory refused to %s %s: %d %s", p.kind, p.dn, result.code, result.message)
         report.rejected.append({"dn": p.dn, "operation": p.kind, "code": result.code, "message": result.message})
+
+
+Row = tuple[str, str, str, int, str, int]  # dn_key, dn, attributes JSON, certificate id, sha256, not_before
+
+
+def _entry_from_rows(rows: list[Row]) -> DesiredEntry:
+    """One entry from its certificates' rows: their attributes merged (newest certificate first when they
+    disagree: a new name, a new mail), every certificate a value."""
+    entry = DesiredEntry(rows[0][1], json.loads(rows[0][2]))
+    if len(rows) > 1 and any(r[2] != rows[0][2] for r in rows):
+        entry.attributes = {}
+        for attrs in dict.fromkeys(r[2] for r in sorted(rows, key=lambda r: -r[5])):
+            entry.merge(json.loads(attrs))
+    for row in rows:
+        entry.certificates[bytes.fromhex(row[4])] = row[3]
+    return entry
+
+
+def _inputs(rows: list[Row]) -> int:
+    """Hash of everything an entry's desired state is computed from (order-independent; compared only
+    within this process). A collision would need 2**64 luck and still be caught by the incremental path
+    (no cache) and by ``verify`` (no cache)."""
+    return hash(tuple(sorted(rows)))
 
 
 @contextlib.contextmanager
