@@ -505,3 +505,30 @@ def test_a_long_lived_engine_still_sees_every_change_between_full_passes(ldap_en
     assert sorted(after[dn_a]["userCertificate;binary"]) == sorted(a["userCertificate;binary"])
     assert victim.public_bytes(Encoding.DER) not in after[dn_b]["userCertificate;binary"]
     assert sync.full().writes() == 0 and sync.verify().drift.total() == 0
+
+
+def test_a_stalled_directory_counts_as_down_and_nothing_is_lost(ldap_env: LdapEnv) -> None:
+    import dataclasses
+    import os
+    import signal
+
+    env = ldap_env
+    env.import_demo()
+    assert env.config.ldap is not None
+    config = dataclasses.replace(env.config, ldap=dataclasses.replace(env.config.ldap, timeout=1.0))
+    DirectorySync(config, env.registry).full()
+    record = next(r for r in env.registry.iter_certificates() if r.status == "good" and r.profile == "encryption")
+    env.registry.revoke(record.issuer, record.serial_hex, "keyCompromise", actor="test")
+    assert env.slapd.process is not None
+    os.kill(env.slapd.process.pid, signal.SIGSTOP)  # alive, listening, answering nothing
+    try:
+        started = time.monotonic()
+        with pytest.raises(LdapUnavailable):
+            DirectorySync(config, env.registry).incremental()
+        assert time.monotonic() - started < 5
+        assert env.registry.ldap_outbox_stats()[0] == 1
+    finally:
+        os.kill(env.slapd.process.pid, signal.SIGCONT)
+    report = DirectorySync(config, env.registry).incremental()
+    assert report.modified == 1 and env.registry.ldap_outbox_stats()[0] == 0
+    assert record.der not in {v for e in _published(env).values() for v in e["userCertificate;binary"]}
