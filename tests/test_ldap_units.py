@@ -125,3 +125,32 @@ def test_diff_adds_and_deletes_whole_entries() -> None:
     deleted = plan(None, _actual(b"c1"))
     assert deleted is not None and deleted.kind == "delete" and deleted.dn == "CN=A,ou=Personnes,o=x"
     assert plan(None, None) is None
+
+
+@pytest.mark.parametrize("reply", [b"\x30\x80\x02\x01\x01", b"\x30\x85\x00\x00\x00\x00\x01", b"\x04\x03abc",
+                                   b"\x30\x03\x02\x01\x00", b""])
+def test_a_server_speaking_nonsense_is_unavailable_not_a_crash(reply: bytes) -> None:
+    """Indefinite or absurd lengths, a non-LDAPMessage, an unsolicited notice (id 0), a closed socket."""
+    import socket
+    import threading
+
+    from directory.ldap.client import LdapClient, LdapUnavailable
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        if reply:
+            conn.sendall(reply)
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = LdapClient([f"ldap://127.0.0.1:{listener.getsockname()[1]}"], "cn=x", "secret", timeout=2)
+    with pytest.raises(LdapUnavailable):
+        client.connect()
+    thread.join(5)
+    listener.close()

@@ -207,7 +207,11 @@ class LdapClient:
         assert self._sock is not None
         buf = self._buf
         while True:
-            size = ber.frame_length(buf, 0) if buf else None
+            try:
+                size = ber.frame_length(buf, 0) if buf else None
+            except ber.BerError as exc:  # an indefinite or absurd length: not a server we can talk to
+                self.close()
+                raise LdapUnavailable(f"undecodable message from the server: {exc}") from exc
             if size is not None and len(buf) >= size:
                 msg = bytes(buf[:size])
                 del buf[:size]
