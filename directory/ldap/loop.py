@@ -85,7 +85,7 @@ class SyncLoop:
         self.last_success = time.time()
         self.last_report = report
         if report.writes() or report.rejected or report.mode == "full":
-            log.info("ldap %s: %d added, %d modified, %d deleted, drift %d, %d refused, %d outbox rows (%.2f s)",
+            log.info("ldap %s: %d added, %d modified, %d deleted (%d differences), %d refused, %d outbox rows (%.2f s)",
                      report.mode, report.added, report.modified, report.deleted, report.drift.total(),
                      len(report.rejected), report.outbox_done, report.seconds)
 
