@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 from pkcs11.util.rsa import encode_rsa_public_key
 
+from directory.crl import der
 from directory.hsm.signer import HsmSigner, KeySigner
 
 OCSP_NOCHECK = ObjectIdentifier("1.3.6.1.5.5.7.48.1.5")
@@ -98,7 +99,7 @@ def issue(ca: CertificateAuthority, subject: x509.Name, spki_der: bytes, not_bef
     })
     tbs_der = tbs.dump()
     body = tbs_der + ca.signer.algorithm_identifier_der + _bitstring(ca.signer.sign(tbs_der))
-    cert_der = b"\x30" + _der_length(len(body)) + body
+    cert_der = der.tlv(0x30, body)
     cert = x509.load_der_x509_certificate(cert_der)
     verifier = ca.certificate or cert
     cert.verify_directly_issued_by(verifier)
@@ -109,7 +110,7 @@ def _extension(value: x509.ExtensionType, critical: bool) -> ax509.Extension:
     """Extension DER from cryptography's typed value (asn1crypto would re-parse a known extnValue)."""
     body = (core.ObjectIdentifier(value.oid.dotted_string).dump() + (b"\x01\x01\xff" if critical else b"")
             + core.OctetString(value.public_bytes()).dump())
-    return ax509.Extension.load(b"\x30" + _der_length(len(body)) + body)
+    return ax509.Extension.load(der.tlv(0x30, body))
 
 
 def _time(dt: datetime) -> ax509.Time:
@@ -117,15 +118,8 @@ def _time(dt: datetime) -> ax509.Time:
     return ax509.Time({"utc_time" if dt.year < 2050 else "general_time": dt})
 
 
-def _der_length(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(body)]) + body
-
-
 def _bitstring(data: bytes) -> bytes:
-    return b"\x03" + _der_length(len(data) + 1) + b"\x00" + data
+    return der.tlv(0x03, b"\x00" + data)
 
 
 def distribution_points(urls: Sequence[str]) -> x509.CRLDistributionPoints:

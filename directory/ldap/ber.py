@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from directory.crl.der import length, tlv  # definite-length encoding: the same in BER and DER
+
+__all__ = ["length", "tlv"]  # re-exported: the LDAP code says ber.tlv
 # RFC 4511 protocolOp tags ([APPLICATION n], constructed unless noted)
 BIND_REQUEST, BIND_RESPONSE = 0x60, 0x61
 UNBIND_REQUEST = 0x42  # primitive NULL
@@ -26,17 +29,6 @@ START_TLS_OID = "1.3.6.1.4.1.1466.20037"
 
 class BerError(ValueError):
     """A response that is not the BER we expect."""
-
-
-def length(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((0x80 | len(body),)) + body
-
-
-def tlv(tag: int, content: bytes) -> bytes:
-    return bytes((tag,)) + length(len(content)) + content
 
 
 def integer(value: int, tag: int = 0x02) -> bytes:

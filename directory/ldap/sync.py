@@ -65,7 +65,6 @@ class SyncBusy(RuntimeError):
 class SyncReport:
     mode: str
     entries_read: int = 0
-    entries_planned: int = 0
     added: int = 0
     modified: int = 0
     deleted: int = 0
@@ -360,19 +359,12 @@ class DirectorySync:
             done += len(batch)
             if progress is not None:
                 progress(done, len(plans))
-        report.entries_planned += len(plans)
 
     def _retry(self, plans: list[Plan], report: SyncReport) -> None:
         """Someone else wrote meanwhile: read again, diff again, write once more."""
         now = int(self.clock())
         keys = [dn.key(p.dn) for p in plans]
-        desired = self._desired_entries(now, keys)
-        for p in plans:
-            if dn.key(p.dn) not in desired:
-                entry = next((e for e in (self._ca_entry(n) for n, *_ in self.registry.issuer_certificates())
-                              if e is not None and dn.key(e.dn) == dn.key(p.dn)), None)
-                if entry is not None:
-                    desired[dn.key(p.dn)] = entry
+        desired = {**self._ca_entries(), **self._desired_entries(now, keys)}
         actual = self.client.read([p.dn for p in plans])
         again = []
         for p in plans:
