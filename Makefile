@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 .PHONY: run test bench lint deps system-packages venv demo clean
 
 run: deps demo
-	$(BIN)/annuaire serve --config $(DEMO_DIR)/annuaire.toml
+	$(BIN)/annuaire --log-format human serve --config $(DEMO_DIR)/annuaire.toml
 
 test: deps
 	$(BIN)/pytest -q

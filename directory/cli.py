@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -313,6 +312,60 @@ def _ldap_pass(args: argparse.Namespace, mode: str) -> int:
     return EXIT_REFUSED if report.rejected else EXIT_OK
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from directory.audit import read_lines, verify_chain
+
+    if args.file:
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                report = verify_chain(read_lines(f), args.head)
+        except (OSError, ValueError, KeyError) as exc:
+            raise Refusal(f"cannot read the export {args.file}: {exc}") from None
+    else:
+        registry = _read_registry(args)
+        try:
+            report = verify_chain(registry.iter_audit(), args.head)
+        finally:
+            registry.close()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=1))
+    else:
+        for p in report.problems:
+            where = f"record {p['id']}" if p["id"] is not None else "chain"
+            print(f"{where}: {p['problem']}: {p['detail']}")
+        verdict = "intact" if report.ok else f"BROKEN ({len(report.problems)} problems)"
+        print(f"audit chain {verdict}: {report.records} records, head {report.head_id} {report.head}")
+    return EXIT_OK if report.ok else EXIT_REFUSED
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from directory.audit import export_lines
+
+    registry = _read_registry(args)
+    try:
+        if args.output and args.output != "-":
+            target = Path(args.output)
+            tmp = target.with_name(f".{target.name}.tmp")
+            with open(tmp, "w", encoding="utf-8") as out:
+                n = export_lines(registry.iter_audit(args.after), out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+            print(f"{n} audit records written to {target}", file=sys.stderr)
+        else:
+            export_lines(registry.iter_audit(args.after), sys.stdout)
+    finally:
+        registry.close()
+    return EXIT_OK
+
+
+def _read_registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The configured registry, opened for reading only (no issuer bookkeeping, no audit record)."""
+    from directory.registry import open_registry
+
+    return open_registry(_config(args).registry_url)
+
+
 def _user() -> str:
     return os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
 
@@ -321,6 +374,8 @@ def _user() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="annuaire", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("ANNUAIRE_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-format", choices=["json", "human"], default=os.environ.get("ANNUAIRE_LOG_FORMAT"),
+                        help="json lines, or human lines (default: human on a terminal, json otherwise)")
     common = argparse.ArgumentParser(add_help=False)
     config_help = "configuration file (default: $ANNUAIRE_CONFIG or ./annuaire.toml)"
     parser.add_argument("--config", "-c", help=config_help)
@@ -395,6 +450,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = ldap.add_parser("worker", parents=[common], help="the sync loop (started by `annuaire serve`)")
     p.set_defaults(func=cmd_ldap_worker)
 
+    audit = sub.add_parser("audit", help="the hash-chained audit trail").add_subparsers(dest="audit_command",
+                                                                                       required=True)
+    p = audit.add_parser("verify", parents=[common], help="check the chain; exit 1 names each edited or missing record")
+    p.add_argument("--head", help="a head hash noted earlier: also catches records removed from the end")
+    p.add_argument("--file", help="verify an export (JSON lines) instead of the registry")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit_verify)
+    p = audit.add_parser("export", parents=[common], help="write the audit records as JSON lines")
+    p.add_argument("--output", "-o", help="file to write (atomically; default: standard output)")
+    p.add_argument("--after", type=int, default=0, metavar="ID", help="only records after this id")
+    p.set_defaults(func=cmd_audit_export)
+
     p = sub.add_parser("check-config", parents=[common], help="validate the configuration and exit")
     p.set_defaults(func=cmd_check_config)
     return parser
@@ -403,9 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run drowns the rest
+    from directory import logs
+
+    logs.setup(args.log_level, args.log_format)
     from directory.hsm.signer import HsmError
     from directory.registry import RegistryError
 

@@ -32,7 +32,15 @@ CLOCK_SKEW = 300  # seconds a supplied revocation time may lie ahead of our cloc
 
 
 class RevocationRefused(ValueError):
-    """The request breaks a rule; nothing is changed."""
+    """The request breaks a rule; nothing is changed.
+
+    ``conflict`` is true when the request is well formed but the certificate's current state forbids it
+    (HTTP 409 in the admin API), false when the request itself is invalid (422).
+    """
+
+    def __init__(self, message: str, conflict: bool = False) -> None:
+        super().__init__(message)
+        self.conflict = conflict
 
 
 def parse_reason(text: str) -> str:
@@ -89,7 +97,8 @@ def decide_revoke(current: RevocationState, reason: str, at: int, invalidity_dat
                                                  invalidity_date or current.invalidity_date),
                         f"reason changed from {current.reason} to keyCompromise")
     raise RevocationRefused(
-        f"already revoked ({current.reason}); the reason of a revoked certificate may only change to keyCompromise"
+        f"already revoked ({current.reason}); the reason of a revoked certificate may only change to keyCompromise",
+        conflict=True,
     )
 
 
@@ -99,4 +108,5 @@ def decide_release(current: RevocationState) -> Decision:
         return Decision("apply", RevocationState("good"), "hold released")
     if current.status == "good":
         return Decision("noop", current, "not on hold (already good)")
-    raise RevocationRefused(f"revoked ({current.reason}): revocation is final, only certificateHold can be released")
+    raise RevocationRefused(f"revoked ({current.reason}): revocation is final, only certificateHold can be released",
+                            conflict=True)

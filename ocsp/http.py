@@ -114,6 +114,7 @@ class OcspComponent:
 
     async def _answer(self, der: bytes) -> Outcome:
         assert self.responder is not None
+        started = time.perf_counter()
         try:
             first = self.responder.from_cache(der)
             if isinstance(first, Outcome):
@@ -124,6 +125,7 @@ class OcspComponent:
             log.exception("OCSP request failed unexpectedly")
             outcome = error_outcome(resp.INTERNAL_ERROR)
         self.responder.stats.count(outcome.status, outcome.path)
+        self.service.metrics.ocsp_latency.labels(outcome.path).observe(time.perf_counter() - started)
         return outcome
 
     def _send(self, outcome: Outcome, get: bool) -> web.Response:
@@ -151,14 +153,18 @@ class OcspComponent:
         while not self._stopping.is_set():
             try:
                 changes = await loop.run_in_executor(None, self.service.registry.changes_after, self._seq)
-                for seq, issuer, serial_hex in changes:
+                for seq, issuer, serial_hex, _ in changes:
                     self.responder.invalidate(issuer, serial_hex)
                     self._seq = seq
-                for _, issuer, serial_hex in changes:
+                for _, issuer, serial_hex, changed_at in changes:
                     try:
-                        await self.service.hsm.run(self.responder.presign, issuer, serial_hex)
+                        signed = await self.service.hsm.run(self.responder.presign, issuer, serial_hex)
                     except HsmError as exc:
-                        log.warning("OCSP re-signing of %s 0x%s deferred: %s", issuer, serial_hex, exc)
+                        log.warning("OCSP re-signing of %s 0x%s deferred: %s", issuer, serial_hex, exc,
+                                    extra={"issuer": issuer, "serial": serial_hex})
+                        continue
+                    if signed:  # the new status is what a cached (RFC 5019) query gets from now on
+                        self.service.metrics.visibility.labels("ocsp").observe(max(0.0, self.clock() - changed_at))
             except Exception:
                 log.exception("OCSP change polling failed; retrying")
             await asyncio.sleep(CHANGE_POLL)

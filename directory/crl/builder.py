@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import logging
@@ -125,12 +126,18 @@ class CrlPublisher:
     def url(self, filename: str) -> str:
         return f"{self.base_url}/crl/{filename}"
 
-    def full_targets(self) -> list[Target]:
-        name = self.issuer.name
+    @staticmethod
+    def targets_of(issuer: IssuerConfig) -> list[Target]:
+        """Every CRL an issuer publishes: the full one, its partitions, then the delta when configured."""
+        name, n = issuer.name, issuer.crl.partitions
         targets = [Target("full", "main", f"{name}.crl")]
-        n = self.settings.partitions
         targets += [Target("full", f"p{i}", f"{name}-p{i}.crl", (n, i)) for i in range(n)]
+        if issuer.crl.delta:
+            targets.append(Target("delta", "main", f"{name}-delta.crl"))
         return targets
+
+    def full_targets(self) -> list[Target]:
+        return [t for t in self.targets_of(self.issuer) if t.kind == "full"]
 
     def delta_target(self) -> Target:
         return Target("delta", "main", f"{self.issuer.name}-delta.crl")
@@ -284,6 +291,8 @@ class CrlPublisher:
             _fsync_dir(self.dir)
             self.registry.crl_finish(record, "published", tbs.change_seq, tbs.entries, size, sha256)
         self._prune_archive(final)
+        record = dataclasses.replace(record, state="published", change_seq=tbs.change_seq, entries=tbs.entries,
+                                     size=size, sha256=sha256)
         published = PublishedCrl(target, record, final, tbs.entries, size, sha256, record.this_update,
                                  record.next_update, time.monotonic() - started)
         self.stats.published += 1

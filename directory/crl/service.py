@@ -44,9 +44,12 @@ class CrlComponent:
         self._ca_files: dict[str, ServedFile] = {}
         self.files: CrlFiles | None = None
         self.last_error: dict[str, str] = {}
+        self._visible_seq: dict[str, int] = {}  # newest status change already in a served CRL, per issuer
+        self.service: Service | None = None
 
     async def start(self, service: Service) -> None:
         config = service.config
+        self.service = service
         self.registry = service.registry
         self.publishers = publishers_for(config, service.hsm, service.registry, self.clock)
         self._locks = {name: asyncio.Lock() for name in self.publishers}
@@ -54,6 +57,9 @@ class CrlComponent:
         self.files = CrlFiles(crl_dir(config), cap, self.clock)
         self.files.refresh_all()
         self._ca_files = {i.name: ca_file(i.certificate) for i in config.issuers}
+        for name in self.publishers:
+            latest = [self.registry.crl_latest(name, "main", kind) for kind in ("full", "delta")]
+            self._visible_seq[name] = max((r.change_seq for r in latest if r is not None), default=0)
         service.app.router.add_get("/crl/{name}", self._serve_crl)
         service.app.router.add_get("/ca/{name}", self._serve_ca)
         for name, publisher in self.publishers.items():
@@ -117,7 +123,22 @@ class CrlComponent:
         assert self.files is not None
         for crl in result:  # load the new bytes off the event loop; PEM forms are derived on first request
             await self._in_thread(self.files.refresh, crl.path.name)
+        await self._in_thread(self._observe, name, result)
         return result
+
+    def _observe(self, name: str, published: list[PublishedCrl]) -> None:
+        """Build times, and how long the status changes a served CRL now lists waited to be in one."""
+        if self.service is None:
+            return
+        metrics = self.service.metrics
+        for crl in published:
+            metrics.crl_build.labels(name, crl.target.kind).observe(crl.seconds)
+        seq = max((c.record.change_seq for c in published if c.target.scope == "main"), default=0)
+        if seq > self._visible_seq.get(name, 0):
+            now = self.clock()
+            for changed_at in self.registry.change_times(name, self._visible_seq.get(name, 0), seq):
+                metrics.visibility.labels("crl").observe(max(0.0, now - changed_at))
+            self._visible_seq[name] = seq
 
     async def _in_thread(self, fn: Callable[..., object], *args: object):  # type: ignore[no-untyped-def]
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -232,6 +232,7 @@ class HsmSigner:
         self._last_error: str | None = None
         self._known_labels: set[str] = set()
         self.stats = HsmStats()
+        self.on_signature: Callable[[float], None] | None = None  # seconds per signature (metrics)
 
     # -- sessions --------------------------------------------------------------------------
     def _find_token(self) -> Any:
@@ -353,8 +354,11 @@ class HsmSigner:
         def action(entry: _ThreadSession) -> bytes:
             return self._key(entry, label).sign(token_input, mechanism=mech, mechanism_param=param)
 
+        started = time.perf_counter()
         signature = self._with_session(action)
         self.stats.signatures += 1
+        if self.on_signature is not None:
+            self.on_signature(time.perf_counter() - started)
         return signature
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:

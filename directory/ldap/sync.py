@@ -45,6 +45,7 @@ from directory.ldap.client import (
 )
 from directory.ldap.diff import Drift, Plan, plan
 from directory.ldap.projection import BRANCHES, NOT_PUBLISHED, DesiredEntry, Layout, ca_entry, project
+from directory.ops import histogram
 from directory.registry.store import Registry
 
 log = logging.getLogger(__name__)
@@ -180,15 +181,26 @@ class DirectorySync:
                 report.drift.add(p.drift)
             if not dry_run:
                 self._execute(plans, report, progress)
+                changed_at = self.registry.ldap_outbox_times(up_to=top)
                 self.registry.ldap_outbox_done(up_to=top)
                 report.outbox_done = depth
                 self.registry.state_set({"layout": self.layout.digest, "expired_checked": str(now),
                                          "last_full": str(now), "last_full_drift": str(report.drift.total()),
-                                         "last_rejected": json.dumps(report.rejected[:50])})
+                                         "last_rejected": json.dumps(report.rejected[:50]),
+                                         **self._visibility(changed_at)})
             else:
                 self.registry.state_set({"last_verify": str(now), "last_verify_drift": str(report.drift.total())})
         report.seconds = time.monotonic() - started
         return report
+
+    def _visibility(self, changed_at: list[float]) -> dict[str, str]:
+        """The directory's revocation-to-visibility histogram with these changes added (kept in the registry:
+        this runs in the worker process, the service exposes it)."""
+        if not changed_at:
+            return {}
+        now = self.clock()
+        return {"visibility": histogram.merge(self.registry.state_get("visibility"),
+                                              [max(0.0, now - t) for t in changed_at])}
 
     def verify(self) -> SyncReport:
         return self.full(dry_run=True)
@@ -230,9 +242,11 @@ class DirectorySync:
                 for p in plans:
                     report.drift.add(p.drift)
                 self._execute(plans, report, None)
+            changed_at = self.registry.ldap_outbox_times(ids=[row[0] for row in rows])
             self.registry.ldap_outbox_done(ids=[row[0] for row in rows])
             report.outbox_done = len(rows)
-            self.registry.state_set({"expired_checked": str(now), "last_incremental": str(now)})
+            self.registry.state_set({"expired_checked": str(now), "last_incremental": str(now),
+                                     **self._visibility(changed_at)})
         report.seconds = time.monotonic() - started
         return report
 

@@ -151,3 +151,12 @@ MIGRATIONS.append((
     CREATE INDEX certificates_not_after ON certificates (not_after);
     """,
 ))
+
+MIGRATIONS.append((
+    5,
+    "Millisecond times of status changes and outbox rows: revocation-to-visibility latency per channel",
+    """
+    ALTER TABLE status_changes ADD COLUMN at_ms INTEGER;
+    ALTER TABLE ldap_outbox ADD COLUMN enqueued_ms INTEGER;
+    """,
+))

@@ -298,10 +298,25 @@ class Registry:
                                                           prev, digest))
 
     def audit_records(self) -> list[dict[str, Any]]:
-        cur = self._conn().execute("SELECT id, at, actor, action, issuer, serial_hex, before, after, prev_hash, "
-                                   "hash FROM audit ORDER BY id")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return list(self.iter_audit())
+
+    def iter_audit(self, after_id: int = 0, batch: int = 5000) -> Iterator[dict[str, Any]]:
+        """Audit records in chain order, read in batches (a registry of millions is not loaded at once)."""
+        names = ["id", "at", "actor", "action", "issuer", "serial_hex", "before", "after", "prev_hash", "hash"]
+        while True:
+            rows = self._conn().execute(f"SELECT {', '.join(names)} FROM audit WHERE id > ? ORDER BY id LIMIT ?",
+                                        (after_id, batch)).fetchall()
+            for row in rows:
+                yield dict(zip(names, row, strict=True))
+            if len(rows) < batch:
+                return
+            after_id = rows[-1][0]
+
+    def audit_append(self, actor: str, action: str, issuer: str | None = None, serial_hex: str | None = None,
+                     before: str | None = None, after: str | None = None) -> None:
+        """Append one record on its own (an admin API call, say); other writes audit inside their transaction."""
+        with self._write() as tx:
+            self._audit(tx, actor, action, issuer, serial_hex, before, after)
 
     # -- issuers ---------------------------------------------------------------------------
     def ensure_issuer(self, name: str, subject_der: bytes, certificate_der: bytes, actor: str = "config") -> None:
@@ -402,11 +417,18 @@ class Registry:
     def latest_change(self) -> int:
         return int(self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM status_changes").fetchone()[0])
 
-    def changes_after(self, seq: int, limit: int = 10000) -> list[tuple[int, str, str]]:
-        """(seq, issuer, serial_hex) of status changes after ``seq``, oldest first."""
-        return [tuple(r) for r in self._conn().execute(  # type: ignore[misc]
-            "SELECT s.seq, i.name, c.serial_hex FROM status_changes s JOIN certificates c ON c.id = s.certificate_id "
-            "JOIN issuers i ON i.id = s.issuer_id WHERE s.seq > ? ORDER BY s.seq LIMIT ?", (seq, limit))]
+    def changes_after(self, seq: int, limit: int = 10000) -> list[tuple[int, str, str, float]]:
+        """(seq, issuer, serial_hex, time of the change in seconds) of status changes after ``seq``, oldest first."""
+        return [(r[0], r[1], r[2], (r[3] / 1000) if r[3] is not None else float(r[4])) for r in self._conn().execute(
+            "SELECT s.seq, i.name, c.serial_hex, s.at_ms, s.at FROM status_changes s "
+            "JOIN certificates c ON c.id = s.certificate_id JOIN issuers i ON i.id = s.issuer_id "
+            "WHERE s.seq > ? ORDER BY s.seq LIMIT ?", (seq, limit))]
+
+    def change_times(self, issuer: str, after_seq: int, up_to_seq: int) -> list[float]:
+        """Times (seconds) of ``issuer``'s status changes in ``(after_seq, up_to_seq]``."""
+        return [(r[0] / 1000) if r[0] is not None else float(r[1]) for r in self._conn().execute(
+            "SELECT at_ms, at FROM status_changes WHERE issuer_id = ? AND seq > ? AND seq <= ?",
+            (self._issuer_id(issuer), after_seq, up_to_seq))]
 
     def ocsp_store(self, rows: list[tuple[str, str, str, int, int, bytes]]) -> None:
         """Persist pre-signed responses: (issuer, serial_hex, hash_name, this_update, next_update, body)."""
@@ -448,11 +470,15 @@ class Registry:
 
     # -- LDAP directory --------------------------------------------------------------------------
     def _ldap_enqueue(self, tx: sqlite3.Connection, issuer_id: int | None, certificate_id: int | None,
-                      now: int) -> None:
-        """In the transaction of the change itself: the directory learns of every change, or of none."""
+                      now: int, status_change: bool = False) -> None:
+        """In the transaction of the change itself: the directory learns of every change, or of none.
+
+        Status changes carry their time in milliseconds: their time to the directory is a metric.
+        """
         if self.ldap_outbox_enabled:
-            tx.execute("INSERT INTO ldap_outbox (issuer_id, certificate_id, enqueued_at) VALUES (?, ?, ?)",
-                       (issuer_id, certificate_id, now))
+            tx.execute("INSERT INTO ldap_outbox (issuer_id, certificate_id, enqueued_at, enqueued_ms) "
+                       "VALUES (?, ?, ?, ?)", (issuer_id, certificate_id, now,
+                                               int(self.clock() * 1000) if status_change else None))
 
     def ldap_outbox(self, limit: int) -> list[tuple[int, str, int | None]]:
         """Oldest pending (id, issuer, certificate id or None for the CA entry)."""
@@ -465,6 +491,33 @@ class Registry:
         depth, top, oldest = self._conn().execute(
             "SELECT COUNT(*), COALESCE(MAX(id), 0), MIN(enqueued_at) FROM ldap_outbox").fetchone()
         return int(depth), int(top), oldest
+
+    def ldap_outbox_times(self, ids: Iterable[int] = (), up_to: int | None = None) -> list[float]:
+        """Times (seconds) of the status changes among outbox rows about to be settled (visibility latency)."""
+        conn = self._conn()
+        if up_to is not None:
+            rows = conn.execute("SELECT enqueued_ms FROM ldap_outbox WHERE id <= ? AND enqueued_ms IS NOT NULL",
+                                (up_to,)).fetchall()
+        else:
+            wanted = list(ids)
+            rows = [r for chunk in _chunks(wanted, 500) for r in conn.execute(
+                f"SELECT enqueued_ms FROM ldap_outbox WHERE id IN ({','.join('?' * len(chunk))}) "
+                "AND enqueued_ms IS NOT NULL", chunk).fetchall()]
+        return [ms / 1000 for (ms,) in rows]
+
+    def publication_facts(self, issuer: str, serial_hex: str) -> dict[str, Any] | None:
+        """What the admin API reports about a certificate's publication: last status change, directory entry."""
+        conn = self._conn()
+        row = conn.execute("SELECT id FROM certificates WHERE issuer_id = ? AND serial_hex = ?",
+                           (self._issuer_id(issuer), serial_hex)).fetchone()
+        if row is None:
+            return None
+        cid = row[0]
+        last_change = conn.execute("SELECT MAX(seq) FROM status_changes WHERE certificate_id = ?", (cid,)).fetchone()[0]
+        projection = conn.execute("SELECT layout, dn FROM ldap_projection WHERE certificate_id = ?", (cid,)).fetchone()
+        pending = conn.execute("SELECT COUNT(*) FROM ldap_outbox WHERE certificate_id = ?", (cid,)).fetchone()[0]
+        return {"last_change_seq": last_change, "ldap_layout": projection[0] if projection else None,
+                "ldap_dn": projection[1] if projection else None, "ldap_pending": int(pending)}
 
     def ldap_outbox_done(self, ids: Iterable[int] = (), up_to: int | None = None) -> None:
         """Drop applied rows: the listed ones, or every row up to ``up_to`` (a full reconcile covered them)."""
@@ -719,9 +772,9 @@ class Registry:
                                     (issuer_id, serial_hex)).fetchone()
         _store_crl_entry(tx, issuer_id, cid, serial_hex, not_after, s.status, s.revocation_time, s.reason,
                          s.invalidity_date)
-        tx.execute("INSERT INTO status_changes (issuer_id, certificate_id, at, status) VALUES (?, ?, ?, ?)",
-                   (issuer_id, cid, now, s.status))
-        self._ldap_enqueue(tx, issuer_id, cid, now)
+        tx.execute("INSERT INTO status_changes (issuer_id, certificate_id, at, status, at_ms) VALUES (?, ?, ?, ?, ?)",
+                   (issuer_id, cid, now, s.status, int(self.clock() * 1000)))
+        self._ldap_enqueue(tx, issuer_id, cid, now, status_change=True)
         after = self._get_tx(tx, issuer_id, serial_hex)
         assert after is not None
         return after

@@ -10,16 +10,22 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import signal
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from directory import logs
 from directory.config import Config
 from directory.hsm.signer import HsmError, HsmSigner
+from directory.ops.metrics import Metrics, exposition
 from directory.registry import Registry, RegistryError
 from directory.runtime import open_config_registry, open_hsm
 
@@ -35,6 +41,7 @@ class Component(Protocol):
 
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass
@@ -46,6 +53,11 @@ class Service:
     scheduler: AsyncIOScheduler
     components: list[Component] = field(default_factory=list)
     readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def component(self, name: str) -> Any:
+        """The component called ``name`` (``crl``, ``ocsp``, ...), or None when this service runs without it."""
+        return next((c for c in self.components if c.name == name), None)
 
     def add_job(self, func: Callable[..., Awaitable[object]], trigger: str, **kwargs: object) -> None:
         """Schedule a coroutine job; a shutdown that cancels it mid-run is a normal end, not an error."""
@@ -81,6 +93,30 @@ class Service:
         return problems
 
 
+@web.middleware
+async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request gets an id (the caller's ``X-Request-ID`` when sane), in its log lines and its answer."""
+    given = request.headers.get("X-Request-ID", "")
+    rid = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    token = logs.request_id.set(rid)
+    try:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers["X-Request-ID"] = rid
+            raise
+        response.headers["X-Request-ID"] = rid
+        return response
+    finally:
+        logs.request_id.reset(token)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    service: Service = request.app["service"]
+    body = await asyncio.get_running_loop().run_in_executor(None, exposition, service)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "alive"})
 
@@ -97,11 +133,13 @@ def build_service(config: Config, components: list[Component] | None = None) -> 
     """Open the HSM and the registry and assemble the application (nothing listens yet)."""
     hsm = open_hsm(config)
     registry = open_config_registry(config)
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(client_max_size=64 * 1024, middlewares=[request_ids])
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
     service = Service(config, hsm, registry, app, AsyncIOScheduler(timezone="UTC"),
                       list(components or []))
+    hsm.on_signature = service.metrics.hsm_sign.observe
     app["service"] = service
     return service
 

@@ -1,0 +1,78 @@
+"""Log output: one JSON object per line for machines (the default off a terminal), or a human line.
+
+Context travels with the event: the request id of the HTTP request being served (a ``ContextVar`` set by
+the service middleware, so it follows the request through awaits) and any ``issuer`` / ``serial`` / other
+fields passed as ``extra=``. Secrets are never passed to the logger in the first place.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+# LogRecord attributes that are not "extra" context.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        rid = request_id.get()
+        if rid is not None and not hasattr(record, "request_id"):
+            record.request_id = rid
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"ts", "level", "logger", "msg", request_id?, issuer?, serial?, ..., "exc"?}``"""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                event[key] = value if isinstance(value, str | int | float | bool | None) else str(value)
+        if record.exc_info:
+            event["exc"] = self.formatException(record.exc_info)
+        return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+class HumanFormatter(logging.Formatter):
+    """``time LEVEL logger: message [key=value ...]``"""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = [f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")]
+        return f"{line} [{' '.join(extras)}]" if extras else line
+
+
+def setup(level: str = "INFO", fmt: str | None = None) -> None:
+    """Configure the root logger once; ``fmt`` is ``json``, ``human`` or None (human on a terminal).
+
+    The choice is exported in ``ANNUAIRE_LOG_FORMAT`` so that child processes (the LDAP worker) log alike.
+    """
+    if fmt is None:
+        fmt = "human" if sys.stderr.isatty() else "json"
+    os.environ["ANNUAIRE_LOG_FORMAT"] = fmt
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else HumanFormatter())
+    handler.addFilter(_ContextFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run drowns the rest

@@ -1,0 +1,1 @@
+"""Operations: metrics, the public publication page, the status overview shared by page and CLI."""

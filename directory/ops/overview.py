@@ -1,0 +1,135 @@
+"""What the publication page, ``annuaire status`` and the health summary show: one read of the registry.
+
+Everything comes from committed registry rows (a CRL is listed once its record is ``published``, which
+happens after its file was atomically replaced), so the overview stays true while CRLs are being rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from directory.config import Config, IssuerConfig
+from directory.crl.builder import CrlPublisher
+from directory.registry import Registry
+
+# Directory sync lag that makes the health summary say "degraded" (seconds since the oldest pending change).
+LDAP_LAG_WARNING = 300
+
+
+@dataclass(frozen=True)
+class Problem:
+    part: str
+    text: str
+
+
+def overview(config: Config, registry: Registry, now: float) -> dict[str, Any]:
+    """The page's data: issuers with their certificate, CRLs and OCSP URL; the directory; problems found."""
+    problems: list[Problem] = []
+    counts = registry.counts()
+    issuers = [_issuer(config, i, registry, now, counts.get(i.name, {}), problems) for i in config.issuers]
+    directory = _directory(config, registry, now, problems)
+    return {
+        "generated_at": int(now),
+        "base_url": config.http.base_url,
+        "issuers": issuers,
+        "directory": directory,
+        "health": {"ok": not problems, "problems": [{"part": p.part, "text": p.text} for p in problems]},
+    }
+
+
+def _issuer(config: Config, issuer: IssuerConfig, registry: Registry, now: float, counts: dict[str, int],
+            problems: list[Problem]) -> dict[str, Any]:
+    base = config.http.base_url.rstrip("/")
+    der = issuer.certificate.public_bytes(Encoding.DER)
+    crls = []
+    targets = CrlPublisher.targets_of(issuer)
+    for target in targets:
+        record = registry.crl_latest(issuer.name, target.scope, target.kind)
+        url = f"{base}/crl/{target.filename}"
+        if record is None:
+            crls.append({"kind": target.kind, "scope": target.scope, "url": url, "published": False})
+            if target.kind == "full":
+                problems.append(Problem("crl", f"{target.filename}: not published yet"))
+            continue
+        expired = record.next_update <= now
+        if expired:
+            problems.append(Problem("crl", f"{target.filename}: expired (nextUpdate passed)"))
+        elif record.next_update - now < issuer.crl.overlap / 2:
+            problems.append(Problem("crl", f"{target.filename}: nextUpdate is near and no newer CRL is published"))
+        crls.append({"kind": target.kind, "scope": target.scope, "url": url, "published": True,
+                     "number": record.number, "base_number": record.base_number,
+                     "this_update": record.this_update, "next_update": record.next_update,
+                     "entries": record.entries, "size": record.size, "sha256": record.sha256,
+                     "age_seconds": max(0, int(now - record.this_update)), "expired": expired})
+    cert = issuer.certificate
+    return {
+        "name": issuer.name,
+        "subject": cert.subject.rfc4514_string(),
+        "not_after": int(cert.not_valid_after_utc.timestamp()),
+        "sha256": hashlib.sha256(der).hexdigest(),
+        "sha1": hashlib.sha1(der).hexdigest(),  # what many operators still compare by telephone
+        "certificate_url": f"{base}/ca/{issuer.name}.crt",
+        "ocsp_url": f"{base}/ocsp" if issuer.ocsp is not None else None,
+        "counts": {"good": counts.get("good", 0), "revoked": counts.get("revoked", 0),
+                   "on-hold": counts.get("on-hold", 0)},
+        "crls": crls,
+    }
+
+
+def _directory(config: Config, registry: Registry, now: float, problems: list[Problem]) -> dict[str, Any] | None:
+    if config.ldap is None:
+        return None
+    depth, _, oldest = registry.ldap_outbox_stats()
+
+    def number(name: str) -> int | None:
+        value = registry.state_get(name)
+        return int(value) if value not in (None, "") else None
+
+    lag = max(0, int(now - oldest)) if oldest is not None else 0
+    last_error = registry.state_get("last_error") or None
+    failures = number("failures") or 0
+    state = {
+        "urls": list(config.ldap.urls),
+        "suffix": config.ldap.suffix,
+        "last_full": number("last_full"),
+        "last_full_repaired": number("last_full_drift"),
+        "last_incremental": number("last_incremental"),
+        "last_verify": number("last_verify"),
+        "last_verify_drift": number("last_verify_drift"),
+        "outbox_depth": depth,
+        "lag_seconds": lag,
+        "last_error": last_error,
+        "failures": failures,
+    }
+    if state["last_full"] is None:
+        problems.append(Problem("ldap", "the directory has not been synchronised yet"))
+    if failures:
+        problems.append(Problem("ldap", f"sync failing ({failures} attempts): {last_error}"))
+    if lag > LDAP_LAG_WARNING:
+        problems.append(Problem("ldap", f"{depth} changes waiting, the oldest for {lag} s"))
+    if state["last_verify_drift"]:
+        problems.append(Problem("ldap", f"the last verify found {state['last_verify_drift']} differences"))
+    return state
+
+
+def age_in_words(seconds: float) -> str:
+    """``42 seconds``, ``5 minutes``, ``3 hours``, ``2 days``: how old, the way people say it."""
+    s = int(max(0, seconds))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if s >= size:
+            n = s // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{s} second{'s' if s != 1 else ''}"
+
+
+def size_in_words(size: int | None) -> str:
+    if size is None:
+        return "?"
+    for unit, scale in (("MB", 1_000_000), ("kB", 1_000)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
