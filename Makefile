@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= var/demo
 HTTP_PORT ?= 8080
 LDAP_PORT ?= 3890
+ADMIN_PORT ?= 8443
 DEB_PACKAGES := slapd ldap-utils softhsm2 opensc openssl gnutls-bin wrk
 STAMP := $(VENV)/.installed
 
@@ -51,7 +52,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: deps
-	test -f $(DEMO_DIR)/annuaire.toml || $(BIN)/annuaire init-demo $(DEMO_DIR) --http-port $(HTTP_PORT) --ldap-port $(LDAP_PORT)
+	test -f $(DEMO_DIR)/annuaire.toml || $(BIN)/annuaire init-demo $(DEMO_DIR) --http-port $(HTTP_PORT) --ldap-port $(LDAP_PORT) --admin-port $(ADMIN_PORT)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -56,7 +56,8 @@ def cmd_init_demo(args: argparse.Namespace) -> int:
 
     try:
         path = init_demo(DemoOptions(Path(args.directory), args.certs, args.key_type, args.http_port,
-                                     args.ldap_port, args.crl_partitions), say=lambda m: print(m, file=sys.stderr))
+                                     args.ldap_port, args.crl_partitions, args.admin_port),
+                         say=lambda m: print(m, file=sys.stderr))
     except DemoError as exc:
         raise Refusal(str(exc)) from None
     print(path)
@@ -155,13 +156,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from directory.admin.api import AdminComponent
     from directory.crl.service import CrlComponent
     from directory.ldap.component import LdapSyncComponent
     from directory.managed_ldap import ManagedLdapComponent
     from directory.service.app import serve
     from ocsp.http import OcspComponent
 
-    return serve(_config(args), [ManagedLdapComponent(), CrlComponent(), OcspComponent(), LdapSyncComponent()])
+    return serve(_config(args), [ManagedLdapComponent(), CrlComponent(), OcspComponent(), LdapSyncComponent(),
+                                         AdminComponent()])
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -388,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-type", choices=["rsa", "ec"], default="rsa")
     p.add_argument("--http-port", type=int, default=8080)
     p.add_argument("--ldap-port", type=int, default=3890)
+    p.add_argument("--admin-port", type=int, default=8443)
     p.add_argument("--crl-partitions", type=int, default=0, metavar="N",
                    help="partition the issuing CAs' CRLs in N (certificates carry the matching CDP)")
     p.set_defaults(func=cmd_init_demo)

@@ -78,6 +78,33 @@ class LdapConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """The admin API listener (``[admin]``): its own port, loopback by default, never anonymous.
+
+    Credentials: a client certificate issued by ``client_ca`` (mTLS, needs ``tls_certificate`` and
+    ``tls_key`` for the listener itself), a bearer token read from ``token_file``, or both (either
+    one suffices). The token is read when checked, never kept in this object or logged.
+    """
+
+    host: str
+    port: int
+    token_file: Path | None
+    tls_certificate: Path | None
+    tls_key: Path | None
+    client_ca: Path | None
+    max_body: int = 1024 * 1024
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_certificate is not None
+
+    def read_token(self) -> str:
+        if self.token_file is None:
+            return ""
+        return self.token_file.read_text().strip()
+
+
+@dataclass(frozen=True)
 class CrlConfig:
     """CRL publication of one issuer (``[issuers.crl]``); durations in seconds."""
 
@@ -129,6 +156,7 @@ class Config:
     registry_url: str
     ldap: LdapConfig | None
     issuers: tuple[IssuerConfig, ...]
+    admin: AdminConfig | None = None
 
     def issuer(self, name: str) -> IssuerConfig:
         for issuer in self.issuers:
@@ -189,7 +217,7 @@ def load_config(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "-", f"invalid TOML: {exc}") from None
 
-    top = _Section(file, "", raw, {"demo", "data_dir", "hsm", "http", "registry", "ldap", "issuers"})
+    top = _Section(file, "", raw, {"demo", "data_dir", "hsm", "http", "registry", "ldap", "issuers", "admin"})
     demo = top.get("demo", bool, False)
     data_dir = top.path("data_dir", "data")
     assert data_dir is not None
@@ -213,7 +241,11 @@ def load_config(path: str | Path) -> Config:
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(file, "issuers", f"duplicate issuer name {name!r}")
-    return Config(file, demo, data_dir, hsm, http, registry_url, ldap, issuers)
+    admin = None
+    if "admin" in raw:
+        admin = _admin(_Section(file, "admin", top.table_of("admin"), {
+            "listen", "token_file", "tls_certificate", "tls_key", "client_ca", "max_body"}))
+    return Config(file, demo, data_dir, hsm, http, registry_url, ldap, issuers, admin)
 
 
 def _hsm(s: _Section) -> HsmConfig:
@@ -241,15 +273,52 @@ def _hsm(s: _Section) -> HsmConfig:
     return HsmConfig(module, s.get("token_label", str, required=True), pin_env, pin_file, max_concurrent, conf)
 
 
-def _http(s: _Section) -> HttpConfig:
-    listen = s.get("listen", str, "127.0.0.1:8080")
+def _listen(s: _Section, default: str) -> tuple[str, int]:
+    listen = s.get("listen", str, default)
     host, sep, port_text = listen.rpartition(":")
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise s.error("listen", f"must be HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port_text)
+
+
+def _readable(s: _Section, name: str) -> Path | None:
+    path = s.path(name, None)
+    if path is not None:
+        try:
+            if not path.read_bytes().strip():
+                raise s.error(name, f"{path} is empty")
+        except OSError as exc:
+            raise s.error(name, f"cannot read {path}: {exc.strerror}") from None
+    return path
+
+
+def _admin(s: _Section) -> AdminConfig:
+    host, port = _listen(s, "127.0.0.1:8443")
+    token_file, cert, key, client_ca = (_readable(s, n) for n in ("token_file", "tls_certificate", "tls_key",
+                                                                  "client_ca"))
+    if token_file is None and client_ca is None:
+        raise s.error("token_file", "set token_file, client_ca or both: the admin API never runs without "
+                                    "credentials")
+    if (cert is None) != (key is None):
+        raise s.error("tls_certificate", "tls_certificate and tls_key go together")
+    if client_ca is not None and cert is None:
+        raise s.error("client_ca", "client certificates need TLS: set tls_certificate and tls_key")
+    if cert is None and host not in ("127.0.0.1", "::1", "localhost"):
+        raise s.error("listen", f"{host} is not loopback: a bearer token must not cross the network in clear "
+                                "text; set tls_certificate and tls_key")
+    max_body = s.get("max_body", int, AdminConfig.max_body)
+    if not 1024 <= max_body <= 64 * 1024 * 1024:
+        raise s.error("max_body", "must be between 1024 and 67108864 bytes")
+    return AdminConfig(host, port, token_file, cert, key, client_ca, max_body)
+
+
+def _http(s: _Section) -> HttpConfig:
+    host, port = _listen(s, "127.0.0.1:8080")
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     base_url = s.get("base_url", str, f"http://{listen}").rstrip("/")
     if not base_url.startswith(("http://", "https://")):
         raise s.error("base_url", "must start with http:// or https://")
-    return HttpConfig(host.strip("[]"), int(port_text), base_url)
+    return HttpConfig(host, port, base_url)
 
 
 def _ldap(s: _Section) -> LdapConfig:

@@ -11,11 +11,19 @@ import contextvars
 import json
 import logging
 import os
+import re
 import sys
 import time
+import uuid
 from typing import Any
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def take_request_id(given: str) -> str:
+    """The caller's ``X-Request-ID`` when it is a sane token, else a new one."""
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 # LogRecord attributes that are not "extra" context.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}

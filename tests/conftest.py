@@ -68,7 +68,7 @@ def private_config(tmp_path: Path, demo_token: Path) -> Path:
     """A config using the pristine demo's CA files and token, with an empty registry of its own."""
     source = (demo_token / "annuaire.toml").read_text()
     text = source.replace('data_dir = "data"', f'data_dir = "{tmp_path / "data"}"')
-    for rel in ("hsm/pin", "hsm/softhsm2.conf", "secrets/ldap-password"):
+    for rel in ("hsm/pin", "hsm/softhsm2.conf", "secrets/ldap-password", "secrets/admin-token"):
         text = text.replace(f'"{rel}"', f'"{demo_token / rel}"')
     text = text.replace('certificate = "ca/', f'certificate = "{demo_token}/ca/')
     path = tmp_path / "annuaire.toml"

@@ -36,6 +36,7 @@ class Served:
     proc: subprocess.Popen[bytes]
     ldap_url: str = ""
     output: str = ""
+    admin: str = ""
 
     def stop(self) -> str:
         """SIGTERM, wait, and return what the service logged."""
@@ -54,12 +55,14 @@ class Served:
 @contextmanager
 def serve(config: Path, ready: bool = True) -> Iterator[Served]:
     """Start the service on free ports (HTTP, and the managed slapd's); wait for /readyz (or /healthz)."""
-    port, ldap_port = free_port(), free_port()
-    text = re.sub(r'listen = "127\.0\.0\.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text())
+    port, ldap_port, admin_port = free_port(), free_port(), free_port()
+    text = re.sub(r'listen = "127\.0\.0\.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text(), count=1)
+    text = re.sub(r'(\[admin\]\nlisten = )"127\.0\.0\.1:\d+"', rf'\1"127.0.0.1:{admin_port}"', text)
     config.write_text(re.sub(r'"ldap://127\.0\.0\.1:\d+"', f'"ldap://127.0.0.1:{ldap_port}"', text))
     proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(config)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
-    served = Served(f"http://127.0.0.1:{port}", config, proc, f"ldap://127.0.0.1:{ldap_port}")
+    served = Served(f"http://127.0.0.1:{port}", config, proc, f"ldap://127.0.0.1:{ldap_port}",
+                    admin=f"http://127.0.0.1:{admin_port}")
     deadline = time.monotonic() + 60
     probe = "/readyz" if ready else "/healthz"
     while True:

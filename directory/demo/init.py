@@ -4,6 +4,7 @@ Layout of DIR (a contract: tests, make run and operators' scripts read it):
   annuaire.toml          config marked ``demo = true`` (written last: its presence means "complete")
   hsm/                   private SoftHSM2 token (softhsm2.conf, tokens/, pin 0600)
   secrets/ldap-password  bind password of the managed slapd (0600)
+  secrets/admin-token    bearer token of the admin API (0600)
   ca/NAME.pem            root, issuing CAs and OCSP signers; ca/chain.pem = root + issuing CAs
   certs/*.pem            end entities; certs/manifest.json lists {file, issuer, serial_hex, profile, status, reason}
   data/registry.sqlite3  the registry, with the end entities imported and ~10% revoked, one on hold
@@ -63,6 +64,7 @@ class DemoOptions:
     http_port: int = 8080
     ldap_port: int = 3890
     crl_partitions: int = 0
+    admin_port: int = 8443
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ def init_demo(options: DemoOptions, say: Callable[[str], None] = lambda _: None)
         (ca_dir / "chain.pem").write_bytes(b"".join(issuance.pem(ca.certificate) for ca in cas.values()
                                                     if ca.certificate is not None))
         _write_private(directory / "secrets" / "ldap-password", secrets.token_urlsafe(18) + "\n")
+        _write_private(directory / "secrets" / "admin-token", secrets.token_urlsafe(32) + "\n")
         _write_config(config_file.with_suffix(".toml.tmp"), options)
         config = load_config(config_file.with_suffix(".toml.tmp"))
         say(f"issuing {options.certs} end-entity certificates")
@@ -226,7 +229,11 @@ def _write_config(path: Path, options: DemoOptions) -> None:
         f'bind_dn = "cn=annuaire,{LDAP_SUFFIX}"\n'
         'password_file = "secrets/ldap-password"\n'
         f'suffix = "{LDAP_SUFFIX}"\n'
-        "managed = true\n"
+        "managed = true\n\n"
+        "# The admin API (import, revoke, release, look up): loopback, bearer token from the file.\n"
+        "[admin]\n"
+        f'listen = "127.0.0.1:{options.admin_port}"\n'
+        'token_file = "secrets/admin-token"\n'
         + issuers
     )
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from directory.certinfo import CertificateInfo, describe
 from directory.ingest.sources import SourceItem, expand, read_file
 from directory.registry import Registry, RegistryError
+from directory.registry.store import ImportOutcome
 from directory.revocation import RevocationRefused
 from directory.serials import SerialError
 
@@ -154,13 +155,18 @@ class Importer:
 
     def import_der(self, der: bytes, summary: ImportSummary | None = None) -> tuple[str, str, str]:
         """Import one certificate; returns (issuer, serial_hex, result) or raises ``Refused``."""
-        issuer, info = self.checker.check(der)
-        outcome = self.registry.import_certificates(issuer, [info], self.actor)[0]
+        issuer, info, outcome = self.import_one(der)
         if outcome.result == "conflict":
             raise Refused(outcome.message)
+        return issuer, info.serial_hex, outcome.result
+
+    def import_one(self, der: bytes) -> tuple[str, CertificateInfo, ImportOutcome]:
+        """Check and import one certificate; ``Refused`` when the check fails, a conflict is an outcome."""
+        issuer, info = self.checker.check(der)
+        outcome = self.registry.import_certificates(issuer, [info], self.actor)[0]
         if self.after_import is not None and outcome.result in ("created", "completed"):
             self.after_import(issuer, [info])
-        return issuer, info.serial_hex, outcome.result
+        return issuer, info, outcome
 
     def _flush(self, batch: list[tuple[str, str, CertificateInfo, SourceItem]], summary: ImportSummary) -> None:
         by_issuer: dict[str, list[tuple[str, CertificateInfo, SourceItem]]] = {}

@@ -10,9 +10,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-import re
 import signal
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -41,7 +39,6 @@ class Component(Protocol):
 
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]
-REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass
@@ -96,8 +93,7 @@ class Service:
 @web.middleware
 async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every request gets an id (the caller's ``X-Request-ID`` when sane), in its log lines and its answer."""
-    given = request.headers.get("X-Request-ID", "")
-    rid = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    rid = logs.take_request_id(request.headers.get("X-Request-ID", ""))
     token = logs.request_id.set(rid)
     try:
         try:

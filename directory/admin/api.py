@@ -1,0 +1,296 @@
+"""``[admin]``: the admin API on its own listener (``AdminComponent``), described by ``openapi.document()``.
+
+Every request is authenticated first (401, logged, nothing done otherwise) and every authenticated call
+is appended to the audit trail with its actor and answer; the writes themselves (import, revocation,
+release) carry their own audit records, made in their own transactions by the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from directory import logs, serials
+from directory.admin import openapi
+from directory.admin.auth import Credentials, server_context
+from directory.config import AdminConfig
+from directory.crl.builder import CrlPublisher
+from directory.ingest.importer import Refused
+from directory.registry import RegistryError, UnknownCertificate, UnknownIssuer
+from directory.registry.store import CertificateRecord
+from directory.revocation import RevocationRefused
+from directory.runtime import importer_for
+
+if TYPE_CHECKING:
+    from directory.service.app import Service
+
+log = logging.getLogger(__name__)
+PEM_TYPES = ("application/x-pem-file", "application/pem-certificate-chain", "text/plain")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: str, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.errors = status, error, detail, errors
+
+
+def error_response(status: int, error: str, detail: str, errors: list[dict[str, str]] | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": error, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _iso(value: int | None) -> str | None:
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
+
+
+class AdminComponent:
+    """Runs the admin listener next to the public one (same process, same registry and HSM)."""
+
+    name = "admin"
+
+    def __init__(self) -> None:
+        self.runner: web.AppRunner | None = None
+
+    async def start(self, service: Service) -> None:
+        config = service.config.admin
+        if config is None:
+            return
+        self.service = service
+        self.config: AdminConfig = config
+        self.credentials = Credentials(config)
+        app = web.Application(client_max_size=config.max_body, middlewares=[self._guard])
+        self.app = app
+        app.router.add_post("/api/v1/certificates", self._import)
+        app.router.add_post("/api/v1/revocations", self._revoke)
+        app.router.add_delete("/api/v1/holds/{issuer}/{serial}", self._release)
+        app.router.add_get("/api/v1/certificates/{issuer}/{serial}", self._get)
+        app.router.add_get("/api/v1/openapi.json", self._openapi)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, config.host, config.port, ssl_context=server_context(config),
+                           reuse_address=True)
+        await site.start()
+        log.info("admin API on %s://%s:%d (%s)", "https" if config.tls else "http", config.host, config.port,
+                 " and ".join(x for x in ("client certificates" if config.client_ca else "",
+                                          "bearer token" if config.token_file else "") if x))
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    # -- every request ----------------------------------------------------------------------------
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = logs.request_id.set(logs.take_request_id(request.headers.get("X-Request-ID", "")))
+        try:
+            response = await self._authenticated(request, handler)
+            response.headers["X-Request-ID"] = logs.request_id.get() or ""
+            return response
+        finally:
+            logs.request_id.reset(token)
+
+    async def _authenticated(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        actor = self.credentials.identify(request)
+        if actor is None:
+            log.warning("admin API: %s %s refused: no valid credentials", request.method, request.path,
+                        extra={"remote": request.remote or "?"})
+            return error_response(401, "unauthenticated", "a valid bearer token or client certificate is required",
+                                  headers={"WWW-Authenticate": 'Bearer realm="annuaire-admin"'})
+        request["actor"] = actor
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.error, exc.detail, exc.errors)
+        except web.HTTPRequestEntityTooLarge:
+            response = error_response(413, "too large", f"the body exceeds {self.config.max_body} bytes")
+        except web.HTTPException as exc:
+            response = error_response(exc.status, exc.reason.lower(), exc.text or exc.reason)
+        except RegistryError as exc:
+            log.error("admin API: registry failure: %s", exc)
+            response = error_response(503, "registry unavailable", str(exc))
+        record = {"method": request.method, "path": request.path, "status": response.status,
+                  "request_id": logs.request_id.get()}
+        try:
+            await self._blocking(self.service.registry.audit_append, actor, "api-call", None, None, None,
+                                 json.dumps(record, separators=(",", ":")))
+        except RegistryError as exc:
+            log.error("admin API call not recorded in the audit trail: %s", exc)
+        log.info("admin API: %s %s -> %d", request.method, request.path, response.status, extra={"actor": actor})
+        return response
+
+    async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    # -- routes -----------------------------------------------------------------------------------
+    async def _openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi.document())
+
+    async def _import(self, request: web.Request) -> web.Response:
+        der = _certificate_der(await request.read(), request.content_type)
+        importer = importer_for(self.service.config, self.service.registry, request["actor"])
+        try:
+            issuer, info, outcome = await self._blocking(importer.import_one, der)
+        except Refused as exc:
+            raise ApiError(422, "refused", str(exc)) from None
+        if outcome.result == "conflict":
+            raise ApiError(409, "conflict", outcome.message)
+        log.info("admin API: certificate %s", outcome.result, extra={"issuer": issuer, "serial": info.serial_hex})
+        body = {"result": outcome.result, "issuer": issuer, "serial_hex": info.serial_hex, "sha256": info.sha256,
+                "message": outcome.message}
+        return web.json_response(body, status=200 if outcome.result == "present" else 201)
+
+    async def _revoke(self, request: web.Request) -> web.Response:
+        try:
+            data = json.loads(await request.read())
+        except ValueError as exc:
+            raise ApiError(422, "invalid json", f"the body is not JSON: {exc}") from None
+        errors = openapi.errors_of("RevocationRequest", data)
+        if errors:
+            raise ApiError(422, "invalid request", "; ".join(f"{e['path']}: {e['message']}" for e in errors), errors)
+        serial_hex = _serial(data["serial"])
+        invalidity = _rfc3339(data["invalidity_date"]) if "invalidity_date" in data else None
+        if invalidity is not None and data["reason"] == "certificateHold":
+            raise ApiError(422, "invalid request", "a certificateHold has no invalidity date")
+        issuer = data["issuer"]
+        try:
+            outcome = await self._blocking(lambda: self.service.registry.revoke(
+                issuer, serial_hex, data["reason"], invalidity_date=invalidity, actor=request["actor"]))
+        except UnknownIssuer:
+            raise ApiError(422, "unknown issuer", f"no configured issuer is called {issuer!r}") from None
+        except UnknownCertificate as exc:
+            raise ApiError(404, "unknown certificate", str(exc)) from None
+        except RevocationRefused as exc:
+            raise ApiError(409 if exc.conflict else 422, "conflict" if exc.conflict else "refused", str(exc)) from None
+        log.info("admin API: %s", outcome.message, extra={"issuer": issuer, "serial": serial_hex})
+        body = {"changed": outcome.changed, "message": outcome.message,
+                "certificate": await self._describe(outcome.record)}
+        return web.json_response(body, status=201 if outcome.changed else 200)
+
+    async def _release(self, request: web.Request) -> web.Response:
+        issuer, serial_hex = self._target(request)
+        try:
+            outcome = await self._blocking(self.service.registry.release_hold, issuer, serial_hex, request["actor"])
+        except UnknownCertificate as exc:
+            raise ApiError(404, "unknown certificate", str(exc)) from None
+        except RevocationRefused as exc:
+            raise ApiError(409, "conflict", str(exc)) from None
+        log.info("admin API: %s", outcome.message, extra={"issuer": issuer, "serial": serial_hex})
+        body = {"changed": outcome.changed, "message": outcome.message,
+                "certificate": await self._describe(outcome.record)}
+        return web.json_response(body)
+
+    async def _get(self, request: web.Request) -> web.Response:
+        issuer, serial_hex = self._target(request)
+        record = await self._blocking(self.service.registry.get, issuer, serial_hex)
+        if record is None:
+            raise ApiError(404, "unknown certificate", f"issuer {issuer} has no certificate with serial 0x{serial_hex}")
+        return web.json_response(await self._describe(record))
+
+    def _target(self, request: web.Request) -> tuple[str, str]:
+        issuer = request.match_info["issuer"]
+        if issuer not in {i.name for i in self.service.config.issuers}:
+            raise ApiError(404, "unknown issuer", f"no configured issuer is called {issuer!r}")
+        return issuer, _serial(request.match_info["serial"])
+
+    # -- publication state ----------------------------------------------------------------------------
+    async def _describe(self, record: CertificateRecord) -> dict[str, Any]:
+        facts = await self._blocking(self.service.registry.publication_facts, record.issuer, record.serial_hex)
+        crl = await self._blocking(self._crl_state, record, facts or {})
+        data = record.as_dict()
+        data.pop("dns_names", None)
+        for key in ("not_before", "not_after", "revocation_time", "invalidity_date"):
+            data[key] = _iso(data[key])
+        data["publication"] = {"ocsp": self._ocsp_state(record), "crl": crl,
+                               "ldap": self._ldap_state(facts or {})}
+        return data
+
+    def _ocsp_state(self, record: CertificateRecord) -> dict[str, Any]:
+        ocsp = self.service.component("ocsp")
+        if ocsp is None or ocsp.responder is None or record.issuer not in ocsp.responder.issuers:
+            return {"state": "not served"}
+        from ocsp.responder import PRESIGN_HASH
+
+        hit = ocsp.responder.cache[(record.issuer, PRESIGN_HASH)].get(int(record.serial_hex, 16))
+        # a status change drops the cached answer before anything else: what is cached is current, and a
+        # request without one is signed live from the registry
+        state: dict[str, Any] = {"state": "current", "presigned": hit is not None}
+        if hit is not None:
+            state["this_update"], state["next_update"] = _iso(hit[1]), _iso(hit[2])
+        return state
+
+    def _crl_state(self, record: CertificateRecord, facts: dict[str, Any]) -> dict[str, Any]:
+        issuer = self.service.config.issuer(record.issuer)
+        registry = self.service.registry
+        newest = None
+        for target in CrlPublisher.targets_of(issuer):
+            if target.scope != "main":
+                continue
+            r = registry.crl_latest(record.issuer, target.scope, target.kind)
+            if r is not None and (newest is None or r.change_seq > newest[1].change_seq):
+                newest = (target, r)
+        if newest is None:
+            return {"state": "not published"}
+        target, r = newest
+        last_change = facts.get("last_change_seq") or 0
+        current = r.change_seq >= last_change
+        state: dict[str, Any] = {"state": "current" if current else "pending", "number": r.number,
+                                 "kind": target.kind, "this_update": _iso(r.this_update),
+                                 "url": f"{self.service.config.http.base_url}/crl/{target.filename}"}
+        if current:
+            state["listed"] = record.status != "good"
+        return state
+
+    def _ldap_state(self, facts: dict[str, Any]) -> dict[str, Any]:
+        if self.service.config.ldap is None:
+            return {"state": "not configured"}
+        if facts.get("ldap_pending"):
+            return {"state": "pending", "dn": facts.get("ldap_dn")}
+        if facts.get("ldap_layout") and facts.get("ldap_dn") is None:
+            return {"state": "not placed", "dn": None}
+        return {"state": "current", "dn": facts.get("ldap_dn")}
+
+
+def _serial(text: str) -> str:
+    try:
+        return serials.to_hex(serials.parse(text))
+    except serials.SerialError as exc:
+        raise ApiError(422, "invalid serial", str(exc)) from None
+
+
+def _rfc3339(text: str) -> int:
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ApiError(422, "invalid request", f"$.invalidity_date: {text!r} is not an RFC 3339 time",
+                       [{"path": "$.invalidity_date", "message": "not an RFC 3339 time"}]) from None
+    if dt.tzinfo is None:
+        raise ApiError(422, "invalid request", "$.invalidity_date: a time zone (Z or an offset) is required",
+                       [{"path": "$.invalidity_date", "message": "time zone required"}])
+    return int(dt.timestamp())
+
+
+def _certificate_der(body: bytes, content_type: str) -> bytes:
+    """Exactly one certificate, as DER, from a PEM or DER body."""
+    if not body:
+        raise ApiError(422, "refused", "empty body: send one certificate, PEM or DER")
+    if body.lstrip().startswith(b"-----BEGIN") or content_type in PEM_TYPES:
+        try:
+            certs = x509.load_pem_x509_certificates(body)
+        except ValueError as exc:
+            raise ApiError(422, "refused", f"not a PEM certificate ({str(exc).splitlines()[0][:160]})") from None
+        if len(certs) != 1:
+            raise ApiError(422, "refused", f"one certificate per request, this body holds {len(certs)}")
+        return certs[0].public_bytes(Encoding.DER)
+    return body

@@ -1,0 +1,198 @@
+"""The admin API's OpenAPI 3.1 document: the one description of its routes, bodies and answers.
+
+The handlers validate request bodies against these very schemas (``validate``), and the tests check
+every route and every answer against it, so the document cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from directory.config import ISSUER_NAME
+from directory.revocation import REASON_CODES
+
+SERIAL_PATTERN = r"^(0[xX])?[0-9A-Fa-f]+(:[0-9A-Fa-f]{2})*$|^[0-9]+$"
+
+_ERROR = {
+    "type": "object",
+    "required": ["error", "detail"],
+    "properties": {
+        "error": {"type": "string", "description": "short machine-readable kind"},
+        "detail": {"type": "string", "description": "what is wrong, for a person"},
+        "errors": {"type": "array", "items": {
+            "type": "object", "required": ["path", "message"],
+            "properties": {"path": {"type": "string"}, "message": {"type": "string"}}}},
+    },
+}
+
+_TIME = {"type": ["string", "null"], "description": "RFC 3339 UTC time"}
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": _ERROR,
+    "RevocationRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["issuer", "serial", "reason"],
+        "properties": {
+            "issuer": {"type": "string", "pattern": ISSUER_NAME.pattern, "description": "configured issuer name"},
+            "serial": {"type": "string", "pattern": SERIAL_PATTERN, "maxLength": 100,
+                       "description": "hex (0x1A2B, 1A:2B) or decimal digits"},
+            "reason": {"type": "string", "enum": list(REASON_CODES), "description": "RFC 5280 CRLReason name"},
+            "invalidity_date": {"type": "string", "format": "date-time", "maxLength": 40,
+                                "description": "RFC 3339; not for certificateHold"},
+        },
+    },
+    "Certificate": {
+        "type": "object",
+        "required": ["issuer", "serial_hex", "status", "publication"],
+        "properties": {
+            "issuer": {"type": "string"},
+            "serial_hex": {"type": "string"},
+            "subject": {"type": ["string", "null"]},
+            "emails": {"type": "array", "items": {"type": "string"}},
+            "professional_id": {"type": ["string", "null"]},
+            "sha256": {"type": ["string", "null"]},
+            "profile": {"type": ["string", "null"]},
+            "not_before": _TIME,
+            "not_after": _TIME,
+            "status": {"type": "string", "enum": ["good", "revoked", "on-hold"]},
+            "reason": {"type": ["string", "null"]},
+            "revocation_time": _TIME,
+            "invalidity_date": _TIME,
+            "forced": {"type": "boolean"},
+            "publication": {
+                "type": "object",
+                "required": ["ocsp", "crl", "ldap"],
+                "properties": {
+                    "ocsp": {"type": "object", "required": ["state"], "properties": {
+                        "state": {"enum": ["current", "not served"]},
+                        "presigned": {"type": "boolean"},
+                        "this_update": _TIME, "next_update": _TIME}},
+                    "crl": {"type": "object", "required": ["state"], "properties": {
+                        "state": {"enum": ["current", "pending", "not published"]},
+                        "listed": {"type": "boolean"},
+                        "number": {"type": "integer"}, "kind": {"type": "string"},
+                        "url": {"type": "string"}, "this_update": _TIME}},
+                    "ldap": {"type": "object", "required": ["state"], "properties": {
+                        "state": {"enum": ["current", "pending", "not placed", "not configured"]},
+                        "dn": {"type": ["string", "null"]}}},
+                },
+            },
+        },
+    },
+    "ImportResult": {
+        "type": "object",
+        "required": ["result", "issuer", "serial_hex", "sha256"],
+        "properties": {
+            "result": {"enum": ["created", "present", "completed"]},
+            "issuer": {"type": "string"}, "serial_hex": {"type": "string"}, "sha256": {"type": "string"},
+            "message": {"type": "string"},
+        },
+    },
+    "ChangeResult": {
+        "type": "object",
+        "required": ["changed", "message", "certificate"],
+        "properties": {
+            "changed": {"type": "boolean"},
+            "message": {"type": "string"},
+            "certificate": {"$ref": "#/components/schemas/Certificate"},
+        },
+    },
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _answer(description: str, schema: str = "Error") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+_AUTH_ANSWERS = {
+    "401": _answer("no valid credentials (bearer token or client certificate); nothing was done"),
+    "413": _answer("body larger than [admin] max_body"),
+}
+_TARGET = [
+    {"name": "issuer", "in": "path", "required": True, "schema": {"type": "string", "pattern": ISSUER_NAME.pattern}},
+    {"name": "serial", "in": "path", "required": True, "schema": {"type": "string", "pattern": SERIAL_PATTERN}},
+]
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "annuaire admin API", "version": "1",
+                 "description": "Import certificates, revoke, release holds and look up publication state. "
+                                "Every call is authenticated and recorded in the hash-chained audit trail."},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "clientCertificate": {"type": "mutualTLS"}},
+        },
+        "security": [{"bearer": []}, {"clientCertificate": []}],
+        "paths": {
+            "/api/v1/certificates": {"post": {
+                "operationId": "importCertificate",
+                "summary": "Import one certificate (the checks and idempotence of `annuaire import`)",
+                "requestBody": {"required": True, "content": {
+                    "application/pkix-cert": {"schema": {"type": "string",
+                                                         "contentMediaType": "application/pkix-cert"}},
+                    "application/x-pem-file": {"schema": {"type": "string"}}}},
+                "responses": {"201": _answer("imported", "ImportResult"),
+                              "200": _answer("already present with the same bytes: nothing changed", "ImportResult"),
+                              "409": _answer("this issuer and serial are registered with other bytes"),
+                              "422": _answer("refused: not a certificate, unknown issuer, bad signature, ..."),
+                              **_AUTH_ANSWERS}}},
+            "/api/v1/revocations": {"post": {
+                "operationId": "revoke",
+                "summary": "Revoke or place on hold (RFC 5280 rules of `annuaire revoke`)",
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _ref("RevocationRequest")}}},
+                "responses": {"201": _answer("revoked, placed on hold, or reason changed", "ChangeResult"),
+                              "200": _answer("already in that state: nothing changed", "ChangeResult"),
+                              "404": _answer("the issuer has no certificate with this serial"),
+                              "409": _answer("the certificate's state forbids it (e.g. a reason change away "
+                                             "from a final revocation)"),
+                              "422": _answer("invalid request (schema, unknown issuer, times)"),
+                              **_AUTH_ANSWERS}}},
+            "/api/v1/holds/{issuer}/{serial}": {"delete": {
+                "operationId": "releaseHold",
+                "summary": "Release a certificateHold",
+                "parameters": _TARGET,
+                "responses": {"200": _answer("released, or was not on hold (changed: false)", "ChangeResult"),
+                              "404": _answer("unknown issuer or serial"),
+                              "409": _answer("revoked for good: only a hold can be released"),
+                              "422": _answer("invalid serial"),
+                              **_AUTH_ANSWERS}}},
+            "/api/v1/certificates/{issuer}/{serial}": {"get": {
+                "operationId": "getCertificate",
+                "summary": "Status of one certificate and its publication state in OCSP, CRL and LDAP",
+                "parameters": _TARGET,
+                "responses": {"200": _answer("the certificate", "Certificate"),
+                              "404": _answer("unknown issuer or serial"),
+                              "422": _answer("invalid serial"),
+                              **_AUTH_ANSWERS}}},
+            "/api/v1/openapi.json": {"get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}},
+                              **_AUTH_ANSWERS}}},
+        },
+    }
+
+
+def validator(schema_name: str) -> Draft202012Validator:
+    """A validator for one component schema, resolving ``$ref`` within the document."""
+    doc = document()
+    schema = {**SCHEMAS[schema_name], "components": doc["components"]}
+    return Draft202012Validator(schema)
+
+
+def errors_of(schema_name: str, value: Any) -> list[dict[str, str]]:
+    """Every violation, each with the JSON path it is at: what a caller needs to fix the request."""
+    found = sorted(validator(schema_name).iter_errors(value), key=lambda e: list(e.absolute_path))
+    return [{"path": "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path),
+             "message": e.message[:300]} for e in found]

@@ -1,0 +1,351 @@
+"""The admin API of a served demo: authentication on every route, the OpenAPI document matching the
+handlers and every answer, import/revoke/release/look-up semantics, audit records, metrics moving."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+from jsonschema import Draft202012Validator
+from prometheus_client.parser import text_string_to_metric_families
+
+from directory.admin import openapi
+from directory.config import load_config
+from tests.admin_client import call
+from tests.ldap_env import issue
+from tests.served import http, serve
+
+ROUTES = [("POST", "/api/v1/certificates"), ("POST", "/api/v1/revocations"),
+          ("DELETE", "/api/v1/holds/ac-personnes/0x01"), ("GET", "/api/v1/certificates/ac-personnes/0x01"),
+          ("GET", "/api/v1/openapi.json")]
+
+
+def _audit_count(demo: Path) -> int:
+    with sqlite3.connect(demo.parent / "data" / "registry.sqlite3") as conn:
+        return conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
+
+
+def _conforms(method: str, path_template: str, status: int, body: Any) -> None:
+    """The answer is documented for this route and status, and matches its schema."""
+    doc = openapi.document()
+    operation = doc["paths"][path_template][method.lower()]
+    assert str(status) in operation["responses"], (method, path_template, status, body)
+    content = operation["responses"][str(status)].get("content", {}).get("application/json", {})
+    schema = content.get("schema")
+    if schema is not None:
+        Draft202012Validator({**schema, "components": doc["components"]}).validate(body)
+
+
+def _metrics(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, _, body = http(base + "/metrics")
+    assert status == 200
+    values = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+def _value(metrics: dict, name: str, **labels: str) -> float:
+    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_admin_api_with_a_bearer_token(demo: Path) -> None:
+    config = load_config(demo)
+    token = (demo.parent / "secrets" / "admin-token").read_text().strip()
+    fresh = issue(config, "ac-personnes", x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Alice API"),
+                                                      x509.NameAttribute(NameOID.SERIAL_NUMBER, "810000000042")]))
+    fresh_serial = format(x509.load_der_x509_certificate(fresh).serial_number, "x")
+    manifest = json.loads((demo.parent / "certs" / "manifest.json").read_text())
+    good = [m for m in manifest if m["issuer"] == "ac-personnes" and m.get("status", "good") == "good"]
+    with serve(demo) as served:
+        admin = served.admin
+        # -- every route refuses missing and wrong credentials, records nothing, changes nothing
+        before = _audit_count(demo)
+        for method, path in ROUTES:
+            for credentials in (None, "not-the-token", token + "x", ""):
+                body = {"issuer": "ac-personnes", "serial": good[0]["serial_hex"], "reason": "keyCompromise"}
+                status, headers, answer = call(admin, method, path, body if method == "POST" else None,
+                                               token=credentials)
+                assert status == 401, (method, path, credentials, status, answer)
+                assert headers.get("www-authenticate", "").startswith("Bearer")
+                assert answer["error"] == "unauthenticated"
+        assert _audit_count(demo) == before
+        assert run_show(demo, "ac-personnes", good[0]["serial_hex"])["status"] == "good"
+
+        # -- the OpenAPI document lists exactly the routes the handlers serve
+        status, _, doc = call(admin, "GET", "/api/v1/openapi.json", token=token)
+        assert status == 200 and doc == json.loads(json.dumps(openapi.document()))
+        Draft202012Validator.check_schema(doc["components"]["schemas"]["RevocationRequest"])
+        documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+        assert documented == {("POST", "/api/v1/certificates"), ("POST", "/api/v1/revocations"),
+                              ("DELETE", "/api/v1/holds/{issuer}/{serial}"),
+                              ("GET", "/api/v1/certificates/{issuer}/{serial}"), ("GET", "/api/v1/openapi.json")}
+
+        # -- import: 201, then 200 (idempotent), PEM or DER; refusals are 422 with the reason
+        status, _, answer = call(admin, "POST", "/api/v1/certificates", fresh, token=token,
+                                 content_type="application/pkix-cert")
+        _conforms("POST", "/api/v1/certificates", status, answer)
+        assert status == 201 and answer["result"] == "created" and answer["serial_hex"] == fresh_serial
+        pem = x509.load_der_x509_certificate(fresh).public_bytes(Encoding.PEM)
+        status, _, answer = call(admin, "POST", "/api/v1/certificates", pem, token=token,
+                                 content_type="application/x-pem-file")
+        _conforms("POST", "/api/v1/certificates", status, answer)
+        assert status == 200 and answer["result"] == "present"
+        for bad, why in ((b"\x30\x03\x02\x01\x01", "not a valid DER"), (pem + pem, "one certificate per request"),
+                         ((demo.parent / "ca" / "ac-racine.pem").read_bytes(), "configured, not imported"),
+                         (_self_signed(), "not a configured issuer")):
+            status, _, answer = call(admin, "POST", "/api/v1/certificates", bad, token=token)
+            _conforms("POST", "/api/v1/certificates", status, answer)
+            assert status == 422 and why in answer["detail"], answer
+        status, _, answer = call(admin, "POST", "/api/v1/certificates", b"x" * (2 * 1024 * 1024), token=token)
+        assert status == 413 and answer["error"] == "too large"
+
+        # -- look-up: status and publication state in the three channels
+        status, _, answer = call(admin, "GET", f"/api/v1/certificates/ac-personnes/0x{fresh_serial}", token=token)
+        _conforms("GET", "/api/v1/certificates/{issuer}/{serial}", status, answer)
+        assert status == 200 and answer["status"] == "good" and "CN=Alice API" in answer["subject"]
+        assert answer["publication"]["ocsp"]["state"] == "current"
+        for path, code in (("/api/v1/certificates/ac-personnes/0xdeadbeef", 404),
+                           ("/api/v1/certificates/nobody/0x01", 404),
+                           ("/api/v1/certificates/ac-personnes/xyz", 422)):
+            status, _, answer = call(admin, "GET", path, token=token)
+            _conforms("GET", "/api/v1/certificates/{issuer}/{serial}", status, answer)
+            assert status == code, (path, answer)
+
+        # -- revocations: schema errors name the field; the #2 rules give 201/200/409/422/404
+        metrics_before = _metrics(served.base)
+        status, _, answer = call(admin, "POST", "/api/v1/revocations",
+                                 {"issuer": "ac-personnes", "serial": "0x1", "reason": "stolen", "extra": 1},
+                                 token=token)
+        _conforms("POST", "/api/v1/revocations", status, answer)
+        assert status == 422 and {e["path"] for e in answer["errors"]} == {"$", "$.reason"}
+        status, _, answer = call(admin, "POST", "/api/v1/revocations", b"{not json", token=token,
+                                 content_type="application/json")
+        assert status == 422 and answer["error"] == "invalid json"
+        target = good[0]["serial_hex"]
+        request = {"issuer": "ac-personnes", "serial": target, "reason": "keyCompromise",
+                   "invalidity_date": "2026-01-02T03:04:05Z"}
+        status, _, answer = call(admin, "POST", "/api/v1/revocations", request, token=token)
+        _conforms("POST", "/api/v1/revocations", status, answer)
+        assert status == 201 and answer["changed"] and answer["certificate"]["status"] == "revoked"
+        assert answer["certificate"]["invalidity_date"] == "2026-01-02T03:04:05Z"
+        status, _, answer = call(admin, "POST", "/api/v1/revocations", request, token=token)
+        assert status == 200 and not answer["changed"]
+        status, _, answer = call(admin, "POST", "/api/v1/revocations", {**request, "reason": "superseded"},
+                                 token=token)
+        _conforms("POST", "/api/v1/revocations", status, answer)
+        assert status == 409 and "keyCompromise" in answer["detail"]
+        status, _, answer = call(admin, "POST", "/api/v1/revocations",
+                                 {**request, "serial": "0xdeadbeef"}, token=token)
+        _conforms("POST", "/api/v1/revocations", status, answer)
+        assert status == 404
+        status, _, answer = call(admin, "POST", "/api/v1/revocations",
+                                 {**request, "serial": good[1]["serial_hex"],
+                                  "invalidity_date": "2999-01-01T00:00:00Z"}, token=token)
+        assert status == 422 and "invalidity date" in answer["detail"]
+
+        # -- holds: placed, released (200), released again (200, unchanged), a final revocation is 409
+        hold = {"issuer": "ac-personnes", "serial": good[2]["serial_hex"], "reason": "certificateHold"}
+        assert call(admin, "POST", "/api/v1/revocations", hold, token=token)[0] == 201
+        path = f"/api/v1/holds/ac-personnes/{good[2]['serial_hex']}"
+        status, _, answer = call(admin, "DELETE", path, token=token)
+        _conforms("DELETE", "/api/v1/holds/{issuer}/{serial}", status, answer)
+        assert status == 200 and answer["changed"] and answer["certificate"]["status"] == "good"
+        status, _, answer = call(admin, "DELETE", path, token=token)
+        assert status == 200 and not answer["changed"]
+        status, _, answer = call(admin, "DELETE", f"/api/v1/holds/ac-personnes/{target}", token=token)
+        _conforms("DELETE", "/api/v1/holds/{issuer}/{serial}", status, answer)
+        assert status == 409
+
+        # -- the revocation reaches every channel, and the metrics say so
+        deadline = time.monotonic() + 20
+        while True:
+            status, _, answer = call(admin, "GET", f"/api/v1/certificates/ac-personnes/{target}", token=token)
+            states = {k: v["state"] for k, v in answer["publication"].items()}
+            if states == {"ocsp": "current", "crl": "current", "ldap": "current"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert states == {"ocsp": "current", "crl": "current", "ldap": "current"}, answer["publication"]
+        assert answer["publication"]["crl"]["listed"] is True
+        after = _metrics(served.base)
+        for channel in ("ocsp", "crl", "ldap"):
+            moved = (_value(after, "annuaire_revocation_visibility_seconds_count", channel=channel)
+                     - _value(metrics_before, "annuaire_revocation_visibility_seconds_count", channel=channel))
+            assert moved >= 2, (channel, moved)  # the revocation and the hold (and its release)
+        assert (_value(after, "annuaire_certificates", issuer="ac-personnes", status="revoked")
+                == _value(metrics_before, "annuaire_certificates", issuer="ac-personnes", status="revoked") + 1)
+        assert (_value(after, "annuaire_crl_number", issuer="ac-personnes", scope="main", kind="delta")
+                > _value(metrics_before, "annuaire_crl_number", issuer="ac-personnes", scope="main", kind="delta"))
+        assert _value(after, "annuaire_crl_next_update_seconds", issuer="ac-personnes", scope="main", kind="full") > 0
+        assert _value(after, "annuaire_hsm_sign_duration_seconds_count") > 0
+        assert _value(after, "annuaire_ldap_outbox_depth") == 0
+
+    # -- every authenticated call is in the audit trail, with its actor; the chain verifies
+    records = [json.loads(line) for line in subprocess.run(
+        [*_cli(), "audit", "export", "-c", str(demo)], capture_output=True, text=True, check=True).stdout.splitlines()]
+    calls = [r for r in records if r["action"] == "api-call"]
+    assert all(r["actor"] == "admin:token" for r in calls) and len(calls) >= 20
+    assert any(json.loads(r["after"])["status"] == 409 for r in calls)
+    revocations = [r for r in records if r["action"] == "revoke" and r["serial_hex"] == target]
+    assert revocations and revocations[0]["actor"] == "admin:token"
+    verify = subprocess.run([*_cli(), "audit", "verify", "-c", str(demo), "--json"], capture_output=True, text=True)
+    assert verify.returncode == 0 and json.loads(verify.stdout)["ok"], verify.stdout
+
+
+def _self_signed() -> bytes:
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())  # a stranger's certificate: test-only key
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Stranger CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(7).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(Encoding.DER)
+
+
+def run_show(demo: Path, issuer: str, serial: str) -> dict[str, Any]:
+    result = subprocess.run([*_cli(), "show", "-c", str(demo), "--issuer", issuer, "--serial", serial, "--json"],
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def _cli() -> list[str]:
+    from tests.conftest import ANNUAIRE
+
+    return list(ANNUAIRE)
+
+
+@pytest.mark.parametrize("key", ["token_file", "client_ca"])
+def test_admin_config_refuses_unsafe_setups(demo: Path, key: str) -> None:
+    """No credentials at all, or a token in clear text off loopback: refused before anything starts."""
+    text = demo.read_text()
+    if key == "token_file":
+        text = text.replace('token_file = "secrets/admin-token"\n', "")
+        expected = "never runs without credentials"
+    else:
+        text = text.replace('[admin]\nlisten = "127.0.0.1:', '[admin]\nlisten = "0.0.0.0:')
+        expected = "not loopback"
+    demo.write_text(text)
+    result = subprocess.run([*_cli(), "check-config", "-c", str(demo)], capture_output=True, text=True)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+
+
+# -- client certificates --------------------------------------------------------------------------
+def _pki(directory: Path) -> dict[str, Path]:
+    """An operator CA (server and client certificates, one expired) and a rogue CA: test-only keys."""
+    import datetime
+    import ipaddress
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    files: dict[str, Path] = {}
+
+    def write(name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None = None) -> None:
+        files[name] = directory / f"{name}.pem"
+        files[name].write_bytes(cert.public_bytes(Encoding.PEM))
+        if key is not None:
+            files[f"{name}-key"] = directory / f"{name}.key"
+            files[f"{name}-key"].write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+
+    def ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=30))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), True)
+                .sign(key, hashes.SHA256()))
+        return cert, key
+
+    def leaf(issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], cn: str, usage: x509.ObjectIdentifier,
+             days: tuple[int, int] = (-1, 30)) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+                   .issuer_name(issuer[0].subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now + datetime.timedelta(days=days[0]))
+                   .not_valid_after(now + datetime.timedelta(days=days[1]))
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if usage == ExtendedKeyUsageOID.SERVER_AUTH:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(issuer[1], hashes.SHA256()), key
+
+    operators = ca("Operators CA")
+    rogue = ca("Rogue CA")
+    write("operators-ca", operators[0])
+    write("server", *leaf(operators, "admin.test", ExtendedKeyUsageOID.SERVER_AUTH))
+    write("operator", *leaf(operators, "Operator One", ExtendedKeyUsageOID.CLIENT_AUTH))
+    write("expired", *leaf(operators, "Operator Gone", ExtendedKeyUsageOID.CLIENT_AUTH, (-30, -1)))
+    write("rogue", *leaf(rogue, "Operator One", ExtendedKeyUsageOID.CLIENT_AUTH))
+    return files
+
+
+def test_admin_api_with_client_certificates(demo: Path, tmp_path: Path) -> None:
+    import ssl
+
+    pki = _pki(tmp_path)
+    token = (demo.parent / "secrets" / "admin-token").read_text().strip()
+    demo.write_text(demo.read_text().replace(
+        'token_file = "secrets/admin-token"\n',
+        f'token_file = "secrets/admin-token"\ntls_certificate = "{pki["server"]}"\ntls_key = "{pki["server-key"]}"\n'
+        f'client_ca = "{pki["operators-ca"]}"\n'))
+
+    def context(client: str | None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(pki["operators-ca"]))
+        if client is not None:
+            ctx.load_cert_chain(str(pki[client]), str(pki[f"{client}-key"]))
+        return ctx
+
+    with serve(demo) as served:
+        admin = served.admin.replace("http://", "https://")
+        before = _audit_count(demo)
+        for method, path in ROUTES:
+            body = {"issuer": "ac-personnes", "serial": "0x01", "reason": "keyCompromise"}
+            payload = body if method == "POST" else None
+            # no certificate, no token / a wrong token: 401
+            for credentials in (None, "wrong"):
+                status, _, answer = call(admin, method, path, payload, token=credentials, context=context(None))
+                assert status == 401 and answer["error"] == "unauthenticated", (method, path, status)
+            # a certificate from another CA, or an expired one: the TLS handshake itself is refused
+            for client in ("rogue", "expired"):
+                with pytest.raises((ssl.SSLError, ConnectionError)):
+                    call(admin, method, path, payload, context=context(client))
+        assert _audit_count(demo) == before
+        # plain HTTP to the TLS listener gets no API either
+        with pytest.raises((ConnectionError, OSError)):
+            call(served.admin, "GET", "/api/v1/openapi.json", token=token)
+        # valid: the operator's certificate, or the token over TLS
+        status, _, answer = call(admin, "GET", "/api/v1/openapi.json", context=context("operator"))
+        assert status == 200 and answer["openapi"] == "3.1.0"
+        status, _, _ = call(admin, "GET", "/api/v1/openapi.json", token=token, context=context(None))
+        assert status == 200
+        status, _, answer = call(admin, "GET", "/api/v1/certificates/ac-personnes/0xdeadbeef",
+                                 context=context("operator"))
+        assert status == 404
+    actors = {r["actor"] for r in _audit_records(demo) if r["action"] == "api-call"}
+    assert actors == {"admin:token", next(a for a in actors if a.startswith("admin:cert:Operator One (serial "))}
+    assert token not in served.output  # the token is never logged, even when it is the valid one
+
+
+def _audit_records(demo: Path) -> list[dict[str, Any]]:
+    out = subprocess.run([*_cli(), "audit", "export", "-c", str(demo)], capture_output=True, text=True, check=True)
+    return [json.loads(line) for line in out.stdout.splitlines()]
