@@ -9,14 +9,15 @@ HTTP_PORT ?= 8080
 LDAP_PORT ?= 3890
 ADMIN_PORT ?= 8443
 DEB_PACKAGES := slapd ldap-utils softhsm2 opensc openssl gnutls-bin wrk
+TEST_DEB_PACKAGES := chromium chromium-driver
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint deps system-packages venv demo clean
+.PHONY: run test bench lint deps system-packages test-packages venv demo clean
 
 run: deps demo
 	$(BIN)/annuaire --log-format human serve --config $(DEMO_DIR)/annuaire.toml
 
-test: deps
+test: test-packages deps
 	$(BIN)/pytest -q
 
 bench: deps
@@ -33,8 +34,9 @@ deps: system-packages venv
 
 # Debian packages, installed non-interactively when one is missing. The slapd package may start a
 # system slapd on port 389: it does not matter, ours run on their own ports with their own config.
-system-packages:
-	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# The test suite also drives Debian's chromium (the publication page test) through chromedriver.
+define install_missing
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then missing="$$missing python3-venv"; fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
@@ -42,6 +44,13 @@ system-packages:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+system-packages:
+	$(call install_missing,$(DEB_PACKAGES))
+
+test-packages:
+	$(call install_missing,$(DEB_PACKAGES) $(TEST_DEB_PACKAGES))
 
 venv: $(STAMP)
 

@@ -160,11 +160,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from directory.crl.service import CrlComponent
     from directory.ldap.component import LdapSyncComponent
     from directory.managed_ldap import ManagedLdapComponent
+    from directory.ops.page import PageComponent
     from directory.service.app import serve
     from ocsp.http import OcspComponent
 
     return serve(_config(args), [ManagedLdapComponent(), CrlComponent(), OcspComponent(), LdapSyncComponent(),
-                                         AdminComponent()])
+                                         PageComponent(), AdminComponent()])
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

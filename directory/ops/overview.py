@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 
 from directory.config import Config, IssuerConfig
 from directory.crl.builder import CrlPublisher
@@ -66,8 +67,10 @@ def _issuer(config: Config, issuer: IssuerConfig, registry: Registry, now: float
                      "entries": record.entries, "size": record.size, "sha256": record.sha256,
                      "age_seconds": max(0, int(now - record.this_update)), "expired": expired})
     cert = issuer.certificate
+    common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return {
         "name": issuer.name,
+        "common_name": str(common_names[0].value) if common_names else issuer.name,
         "subject": cert.subject.rfc4514_string(),
         "not_after": int(cert.not_valid_after_utc.timestamp()),
         "sha256": hashlib.sha256(der).hexdigest(),
