@@ -143,15 +143,25 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """What the publication page shows. ``--json``: {issuer: counts} (a stable contract); ``--json --all``:
+    the page's whole data (``health.ok`` for monitoring scripts)."""
+    from directory.ops.overview import overview
+    from directory.ops.terminal import print_overview
     from directory.runtime import open_config_registry
 
-    counts = open_config_registry(_config(args)).counts()
+    config = _config(args)
+    registry = open_config_registry(config)
+    try:
+        if args.json and not args.all:
+            print(json.dumps(registry.counts(), indent=1))
+            return EXIT_OK
+        data = overview(config, registry, time.time())
+    finally:
+        registry.close()
     if args.json:
-        print(json.dumps(counts, indent=1))
-        return EXIT_OK
-    print(f"{'issuer':20} {'good':>8} {'revoked':>8} {'on-hold':>8}")
-    for issuer, by_status in counts.items():
-        print(f"{issuer:20} {by_status['good']:>8} {by_status['revoked']:>8} {by_status['on-hold']:>8}")
+        print(json.dumps(data, indent=1, ensure_ascii=False))
+    else:
+        print_overview(data)
     return EXIT_OK
 
 
@@ -170,7 +180,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args)
-    print(f"{config.path}: OK ({len(config.issuers)} issuers)")
+    if args.json:
+        print(json.dumps({"config": str(config.path), "ok": True, "issuers": [i.name for i in config.issuers],
+                          "ldap": config.ldap is not None, "admin": config.admin is not None}, indent=1))
+    else:
+        print(f"{config.path}: OK ({len(config.issuers)} issuers)")
     return EXIT_OK
 
 
@@ -182,14 +196,18 @@ def cmd_crl_build(args: argparse.Namespace) -> int:
     names = [i.name for i in config.issuers]
     if args.issuer and args.issuer not in names:
         raise Refusal(f"unknown issuer {args.issuer!r} (configured: {', '.join(names)})")
+    from directory.ingest.importer import ProgressBar
+
     registry = open_config_registry(config)
     hsm = open_hsm(config)
     failed = 0
     results = []
+    bar = ProgressBar("crl")
     try:
         for name, publisher in publishers_for(config, hsm, registry).items():
             if args.issuer and name != args.issuer:
                 continue
+            publisher.on_stage = bar.status
             try:
                 if args.delta and not publisher.settings.delta:
                     continue
@@ -201,8 +219,10 @@ def cmd_crl_build(args: argparse.Namespace) -> int:
                                     "seconds": round(crl.seconds, 3)})
             except CrlBuildError as exc:
                 failed += 1
+                bar.finish()
                 print(f"annuaire: CRL of {name} not published: {exc}", file=sys.stderr)
     finally:
+        bar.finish()
         hsm.close()
     if args.json:
         print(json.dumps(results, indent=1))
@@ -287,7 +307,7 @@ def _ldap_pass(args: argparse.Namespace, mode: str) -> int:
     bar = ProgressBar(f"ldap {mode}", unit="entries")
     try:
         if mode == "verify":
-            report = sync.verify()
+            report = sync.full(dry_run=True, progress=bar)
         elif mode == "full":
             report = sync.full(progress=bar)
         else:
@@ -424,8 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("status", parents=[common], help="counts by issuer and status")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("status", parents=[common],
+                       help="what the publication page shows: health, CAs, CRLs, OCSP, directory")
+    p.add_argument("--json", action="store_true", help="counts by issuer and status (with --all: everything)")
+    p.add_argument("--all", action="store_true", help="with --json: the page's whole data")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("serve", parents=[common], help="run the service")
@@ -468,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_audit_export)
 
     p = sub.add_parser("check-config", parents=[common], help="validate the configuration and exit")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check_config)
     return parser
 

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 def call(base: str, method: str, path: str, body: bytes | dict[str, Any] | None = None,
          token: str | None = None, context: ssl.SSLContext | None = None,
-         content_type: str | None = None) -> tuple[int, dict[str, str], Any]:
+         content_type: str | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
     """(status, headers, decoded JSON or raw bytes) of one request."""
     url = urlsplit(base)
     conn: http.client.HTTPConnection
@@ -19,7 +19,7 @@ def call(base: str, method: str, path: str, body: bytes | dict[str, Any] | None 
         conn = http.client.HTTPSConnection(url.hostname or "", url.port, context=context, timeout=15)
     else:
         conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=15)
-    headers: dict[str, str] = {}
+    headers = dict(headers or {})
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     data: bytes | None = None

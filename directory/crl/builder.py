@@ -110,6 +110,7 @@ class CrlPublisher:
         self.base_url = base_url.rstrip("/")
         self.clock = clock
         self.on_published = on_published
+        self.on_stage: Callable[[str], None] | None = None  # "ac-x.crl number 12: signing" (CLI progress)
         self.stats = CrlStats()
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "archive").mkdir(exist_ok=True)
@@ -163,11 +164,19 @@ class CrlPublisher:
                                             base.number if base else None)
         tbs_tmp = self.dir / f".{target.filename}.{record.number}.tbs.tmp"
         crl_tmp = self.dir / f".{target.filename}.{record.number}.tmp"
+        def stage(text: str) -> None:
+            if self.on_stage is not None:
+                self.on_stage(f"{target.filename} number {record.number}: {text}")
+
         try:
+            stage("reading entries and writing the TBS")
             tbs = self._write_tbs(target, record, base, tbs_tmp)
+            stage(f"signing ({tbs.entries} entries)")
             signature = self.signer.sign_digest(tbs.digest)
             size = self._assemble(tbs_tmp, tbs.size, signature, crl_tmp)
+            stage(f"checking ({size} bytes)")
             sha256 = self._self_check(target, record, crl_tmp, tbs)
+            stage("installing")
             published = self._install(target, record, crl_tmp, tbs, size, sha256, started)
         except Exception as exc:
             self.stats.failed += 1

@@ -223,6 +223,13 @@ class ProgressBar:
                           f"({rate:,.0f}/s)")
         self.stream.flush()
 
+    def status(self, text: str) -> None:
+        """A stage of a long operation without a count (a CRL being signed, say)."""
+        if self.enabled:
+            elapsed = time.monotonic() - self.start
+            self.stream.write(f"\r\033[K{self.label}: {text} ({elapsed:.1f} s)")
+            self.stream.flush()
+
     def finish(self) -> None:
         if self.enabled:
             self.stream.write("\n")

@@ -153,10 +153,13 @@ class DirectorySync:
             # entries found equal at the last pass, with the same inputs and the same bytes now, are still
             # equal: they are neither decoded nor diffed again (a repair pass only; verify compares all)
             verified, self._verified = (self._verified if not dry_run else {}), {}
+            expected = len(rows_of) + len(cas)
             for entry in self._read_all():
                 report.entries_read += 1
                 if report.entries_read % CHUNK == 0:
                     self._check_stop()
+                    if progress is not None:  # reading: entries read of those expected
+                        progress(report.entries_read, max(expected, report.entries_read))
                 key = key_of.get(entry.dn) or dn.key(entry.dn)
                 rows = rows_of.pop(key, None)
                 if rows is None:
