@@ -105,3 +105,43 @@ def test_publication_page_in_a_browser(demo: Path, browser: webdriver.Chrome) ->
 
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors  # a CSP violation (the inline style) would be reported here
+
+
+def test_page_stays_true_while_crls_are_rebuilt(demo: Path) -> None:
+    """CRLs rebuilt over and over by another process: every page shows published, unexpired CRLs whose
+    served file is that one or a newer one, never a half-written state."""
+    import subprocess
+    import sys
+    import threading
+
+    with serve(demo) as served:
+        stop = threading.Event()
+
+        def rebuild() -> None:
+            while not stop.is_set():
+                subprocess.run([sys.executable, "-m", "directory.cli", "crl", "build", "-c", str(demo)],
+                               capture_output=True, cwd=ROOT)
+
+        builder = threading.Thread(target=rebuild)
+        builder.start()
+        try:
+            pages = 0
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:
+                status, _, page = http(served.base + "/")
+                assert status == 200 and b"not published" not in page and b"expired" not in page
+                data = json.loads(http(served.base + "/status.json")[2])
+                for issuer in data["issuers"]:
+                    for crl in issuer["crls"]:
+                        assert crl["published"] and not crl["expired"], crl
+                        path = "/crl/" + crl["url"].rsplit("/", 1)[-1]
+                        served_crl = x509.load_der_x509_crl(http(served.base + path)[2])
+                        number = served_crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+                        assert number >= crl["number"], (path, number, crl["number"])
+                pages += 1
+        finally:
+            stop.set()
+            builder.join()
+        assert pages >= 5
+        final = json.loads(http(served.base + "/status.json")[2])
+        assert max(c["number"] for i in final["issuers"] for c in i["crls"]) > 3  # rebuilt meanwhile
