@@ -70,6 +70,14 @@ def test_status_counts(loaded: tuple[Path, list[dict]], demo_token: Path) -> Non
     assert set(counts) == {"ac-racine", "ac-personnes", "ac-structures"}
     human = run_cli("status", "--config", str(config), check=True).stdout
     assert "ac-personnes" in human and "revoked" in human
+    assert "\033[" not in human  # no colour when not on a terminal
+    # the page's data: no CRL built yet here, so the health summary says so, per CRL
+    data = json.loads(run_cli("status", "--config", str(config), "--json", "--all", check=True).stdout)
+    assert [i["name"] for i in data["issuers"]] == ["ac-racine", "ac-personnes", "ac-structures"]
+    assert {i["name"]: i["counts"] for i in data["issuers"]} == counts
+    assert not data["health"]["ok"]
+    assert {"part": "crl", "text": "ac-personnes.crl: not published yet"} in data["health"]["problems"]
+    assert "not published" in human and "health: " in human
 
 
 def test_serial_parser_rules() -> None:
