@@ -387,7 +387,7 @@ def _read_registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The configured registry, opened for reading only (no issuer bookkeeping, no audit record)."""
     from directory.registry import open_registry
 
-    return open_registry(_config(args).registry_url)
+    return open_registry(_config(args).registry_location())
 
 
 def _user() -> str:

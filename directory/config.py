@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from cryptography import x509
 
@@ -157,6 +158,18 @@ class Config:
     ldap: LdapConfig | None
     issuers: tuple[IssuerConfig, ...]
     admin: AdminConfig | None = None
+    registry_password_file: Path | None = None
+
+    def registry_location(self) -> str:
+        """The registry URL to connect to, with the password from ``password_file`` (never logged)."""
+        if self.registry_password_file is None:
+            return self.registry_url
+        password = quote(self.registry_password_file.read_text().strip(), safe="")
+        scheme, rest = self.registry_url.split("://", 1)
+        user_host = rest.split("/", 1)[0]
+        if "@" not in user_host:
+            raise ConfigError(self.path, "registry.url", "password_file needs a user in the URL (USER@HOST)")
+        return f"{scheme}://{rest.replace('@', f':{password}@', 1)}"
 
     def issuer(self, name: str) -> IssuerConfig:
         for issuer in self.issuers:
@@ -224,10 +237,16 @@ def load_config(path: str | Path) -> Config:
     hsm = _hsm(_Section(file, "hsm", top.table_of("hsm"), {
         "module", "token_label", "pin_env", "pin_file", "max_concurrent", "softhsm2_conf"}))
     http = _http(_Section(file, "http", top.table_of("http"), {"listen", "base_url"}))
-    registry = _Section(file, "registry", top.table_of("registry"), {"url"})
+    registry = _Section(file, "registry", top.table_of("registry"), {"url", "password_file"})
     registry_url = registry.get("url", str, f"sqlite:///{data_dir / 'registry.sqlite3'}")
-    if not registry_url.startswith("sqlite:///"):
-        raise registry.error("url", "only sqlite:///PATH is supported in this version")
+    registry_password_file = _readable(registry, "password_file")
+    if registry_url.startswith(("postgresql://", "postgres://")):
+        if urlsplit(registry_url).password:
+            raise registry.error("url", "no password in the URL: use password_file (or libpq's PGPASSFILE)")
+    elif not registry_url.startswith("sqlite:///"):
+        raise registry.error("url", "must be sqlite:///PATH or postgresql://[USER@]HOST[:PORT]/DATABASE[?...]")
+    elif registry_password_file is not None:
+        raise registry.error("password_file", "only for a postgresql:// registry")
     ldap = None
     if "ldap" in raw:
         ldap = _ldap(_Section(file, "ldap", top.table_of("ldap"), {
@@ -245,7 +264,7 @@ def load_config(path: str | Path) -> Config:
     if "admin" in raw:
         admin = _admin(_Section(file, "admin", top.table_of("admin"), {
             "listen", "token_file", "tls_certificate", "tls_key", "client_ca", "max_body"}))
-    return Config(file, demo, data_dir, hsm, http, registry_url, ldap, issuers, admin)
+    return Config(file, demo, data_dir, hsm, http, registry_url, ldap, issuers, admin, registry_password_file)
 
 
 def _hsm(s: _Section) -> HsmConfig:

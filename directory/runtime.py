@@ -24,7 +24,7 @@ def open_hsm(config: Config) -> HsmSigner:
 
 def open_config_registry(config: Config) -> Registry:
     """Open the registry and record the configured issuers in it (idempotent)."""
-    registry = open_registry(config.registry_url)
+    registry = open_registry(config.registry_location())
     if config.ldap is None:
         registry.ldap_outbox_enabled = False
         if registry.state_get("layout"):  # if [ldap] is configured again later, its first pass is a full one

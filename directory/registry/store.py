@@ -1,9 +1,9 @@
 """The certificate registry: the one place that holds SQL.
 
-Every operation is one transaction (``BEGIN IMMEDIATE``: writers queue instead of failing half-way)
+Every operation is one transaction (writers are serialised: they queue instead of failing half-way)
 and appends its audit record, hash-chained to the previous one, inside that same transaction.
 SQLite runs in WAL mode with ``synchronous=FULL`` and foreign keys on: a committed revocation survives
-a crash or a power cut.
+a crash or a power cut. PostgreSQL (``backends.py``) gives the same guarantees to several nodes.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,6 +20,7 @@ from typing import Any, Literal
 
 from directory.certinfo import CertificateInfo
 from directory.crl import der
+from directory.registry.backends import BackendError, backend_for
 from directory.registry.schema import MIGRATIONS
 from directory.revocation import (
     REASON_CODES,
@@ -32,6 +32,7 @@ from directory.revocation import (
 )
 
 GENESIS_HASH = "0" * 64
+Conn = Any  # a connection of the backend: ``execute(sql, params)``, ``executemany``
 
 
 class RegistryError(Exception):
@@ -125,7 +126,7 @@ _CRL_COLUMNS = ("i.name, r.scope, r.kind, r.number, r.base_number, r.this_update
 class CrlSnapshot:
     """A consistent read view of one issuer's revocations (one read transaction) for building CRLs."""
 
-    def __init__(self, conn: sqlite3.Connection, issuer_id: int) -> None:
+    def __init__(self, conn: Conn, issuer_id: int) -> None:
         self._conn = conn
         self._issuer_id = issuer_id
         row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM status_changes WHERE issuer_id = ?",
@@ -208,36 +209,51 @@ def _state_json(record: CertificateRecord | None) -> str | None:
 class Registry:
     """Certificates and their status per issuer, plus the audit trail."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
-        self.path = path
+    def __init__(self, location: Path | str, clock: Callable[[], float] = time.time) -> None:
+        """``location``: a SQLite file path, ``sqlite:///PATH`` or ``postgresql://...``."""
+        try:
+            self.backend = backend_for(location)
+        except BackendError as exc:
+            raise RegistryError(str(exc)) from None
+        self.path: Path | None = getattr(self.backend, "path", None)
         self.clock = clock
         self._local = threading.local()
+        self._all: list[Conn] = []
+        self._all_lock = threading.Lock()
         self._listeners: list[ChangeListener] = []
         self._issuer_ids: dict[str, int] = {}
         # off when the configuration has no [ldap]: nothing would drain the outbox (a later first sync is full)
         self.ldap_outbox_enabled = True
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # several nodes read CRLs from the registry (PostgreSQL); one machine reads its own files (SQLite)
+        self.keeps_crl_bytes = self.backend.name == "postgresql"
         self._migrate()
 
     # -- connection ------------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    def _conn(self) -> Conn:
+        conn: Conn | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.execute("PRAGMA foreign_keys=ON")
-                conn.execute("PRAGMA busy_timeout=30000")
-            except sqlite3.Error as exc:
-                raise RegistryError(f"cannot open registry {self.path}: {exc}") from exc
+                conn = self.backend.connect()
+            except (BackendError, *self.backend.errors) as exc:
+                raise RegistryError(f"cannot open registry {self.backend.describe()}: {exc}") from exc
             self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
         return conn
 
+    def wait_for(self, what: str, timeout: float) -> bool:
+        """Until another process commits a status change (``changes``) or a CRL (``crls``), or ``timeout``:
+        PostgreSQL wakes at once (LISTEN/NOTIFY); SQLite simply waits ``timeout`` (its callers poll)."""
+        return self.backend.wait(f"annuaire_{what}", timeout)
+
+    def lease(self, name: str):  # type: ignore[no-untyped-def]
+        """An exclusive lease across every node sharing this registry (see ``backends``)."""
+        return self.backend.lease(name)
+
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> Iterator[Conn]:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        self.backend.begin_write(conn)
         try:
             yield conn
         except BaseException:
@@ -246,16 +262,16 @@ class Registry:
         conn.execute("COMMIT")
 
     def _migrate(self) -> None:
-        conn = self._conn()
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
-                     "description TEXT NOT NULL, applied_at INTEGER NOT NULL)")
+        with self._write() as tx:
+            tx.execute(self.backend.ddl("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+                                        "description TEXT NOT NULL, applied_at INTEGER NOT NULL)"))
         for version, description, sql in MIGRATIONS:
             with self._write() as tx:
                 done = tx.execute("SELECT 1 FROM schema_version WHERE version = ?", (version,)).fetchone()
                 if done:
                     continue
                 for statement in filter(str.strip, sql.split(";")):
-                    tx.execute(statement)
+                    tx.execute(self.backend.ddl(statement))
                 backfill = _BACKFILLS.get(version)
                 if backfill is not None:
                     backfill(tx)
@@ -269,14 +285,30 @@ class Registry:
         """Raise ``RegistryError`` unless the database answers (readiness)."""
         try:
             self._conn().execute("SELECT 1 FROM issuers LIMIT 1").fetchall()
-        except sqlite3.Error as exc:
+        except self.backend.errors as exc:
+            self._forget_connection()
             raise RegistryError(f"registry unreachable: {exc}") from exc
 
-    def close(self) -> None:
+    def _forget_connection(self) -> None:
+        """Drop this thread's connection (broken): the next call opens a new one."""
         conn = getattr(self._local, "conn", None)
+        self._local.conn = None
         if conn is not None:
-            conn.close()
-            self._local.conn = None
+            with self._all_lock:
+                if conn in self._all:
+                    self._all.remove(conn)
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        """Close every connection this registry opened (all threads) and the notification listener."""
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._local = threading.local()
+        self.backend.close()
 
     def add_listener(self, listener: ChangeListener) -> None:
         """Called after commit for every status change (OCSP re-signing, CRL and LDAP triggers)."""
@@ -287,7 +319,7 @@ class Registry:
             listener(issuer, serial_hex, what)
 
     # -- audit -----------------------------------------------------------------------------
-    def _audit(self, tx: sqlite3.Connection, actor: str, action: str, issuer: str | None,
+    def _audit(self, tx: Conn, actor: str, action: str, issuer: str | None,
                serial_hex: str | None, before: str | None, after: str | None) -> None:
         row = tx.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
         prev = row[0] if row else GENESIS_HASH
@@ -324,9 +356,9 @@ class Registry:
         with self._write() as tx:
             row = tx.execute("SELECT id, certificate_der FROM issuers WHERE name = ?", (name,)).fetchone()
             if row is None:
-                cur = tx.execute("INSERT INTO issuers (name, subject_der, certificate_der) VALUES (?, ?, ?)",
-                                 (name, subject_der, certificate_der))
-                self._ldap_enqueue(tx, cur.lastrowid, None, int(self.clock()))
+                new_id = tx.execute("INSERT INTO issuers (name, subject_der, certificate_der) VALUES (?, ?, ?) "
+                                    "RETURNING id", (name, subject_der, certificate_der)).fetchone()[0]
+                self._ldap_enqueue(tx, new_id, None, int(self.clock()))
                 self._audit(tx, actor, "issuer-added", name, None, None, hashlib.sha256(certificate_der).hexdigest())
             elif bytes(row[1]) != certificate_der:
                 tx.execute("UPDATE issuers SET subject_der = ?, certificate_der = ? WHERE id = ?",
@@ -462,14 +494,14 @@ class Registry:
         """A read transaction: counts and entries seen by one CRL build are consistent with each other."""
         issuer_id = self._issuer_id(issuer)
         conn = self._conn()
-        conn.execute("BEGIN")
+        self.backend.begin_snapshot(conn)
         try:
             yield CrlSnapshot(conn, issuer_id)
         finally:
             conn.execute("COMMIT")
 
     # -- LDAP directory --------------------------------------------------------------------------
-    def _ldap_enqueue(self, tx: sqlite3.Connection, issuer_id: int | None, certificate_id: int | None,
+    def _ldap_enqueue(self, tx: Conn, issuer_id: int | None, certificate_id: int | None,
                       now: int, status_change: bool = False) -> None:
         """In the transaction of the change itself: the directory learns of every change, or of none.
 
@@ -639,7 +671,7 @@ class Registry:
     def get(self, issuer: str, serial_hex: str) -> CertificateRecord | None:
         return self._get_tx(self._conn(), self._issuer_id(issuer), serial_hex)
 
-    def _get_tx(self, tx: sqlite3.Connection, issuer_id: int, serial_hex: str) -> CertificateRecord | None:
+    def _get_tx(self, tx: Conn, issuer_id: int, serial_hex: str) -> CertificateRecord | None:
         row = tx.execute(f"SELECT {_COLUMNS} FROM certificates c JOIN issuers i ON i.id = c.issuer_id "
                          "WHERE c.issuer_id = ? AND c.serial_hex = ?", (issuer_id, serial_hex)).fetchone()
         return _record(row) if row else None
@@ -680,18 +712,19 @@ class Registry:
                 self._notify(issuer, info.serial_hex, "imported")
         return outcomes
 
-    def _import_one(self, tx: sqlite3.Connection, issuer: str, issuer_id: int, info: CertificateInfo,
+    def _import_one(self, tx: Conn, issuer: str, issuer_id: int, info: CertificateInfo,
                     actor: str, now: int) -> ImportOutcome:
         row = tx.execute("SELECT sha256, forced FROM certificates WHERE issuer_id = ? AND serial_hex = ?",
                          (issuer_id, info.serial_hex)).fetchone()
         fields = (info.subject_dn, "\n".join(info.emails), "\n".join(info.dns_names), info.professional_id,
                   info.not_before, info.not_after, info.der, info.sha256, info.profile)
         if row is None:
-            cur = tx.execute("INSERT INTO certificates (issuer_id, serial_hex, subject_dn, emails, dns_names, "
-                             "professional_id, not_before, not_after, der, sha256, profile, status, imported_at, "
-                             "updated_at, serial_low) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'good', ?, ?, ?)",
-                             (issuer_id, info.serial_hex, *fields, now, now, serial_low(info.serial_hex)))
-            self._ldap_enqueue(tx, issuer_id, cur.lastrowid, now)
+            new_id = tx.execute(
+                "INSERT INTO certificates (issuer_id, serial_hex, subject_dn, emails, dns_names, professional_id, "
+                "not_before, not_after, der, sha256, profile, status, imported_at, updated_at, serial_low) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'good', ?, ?, ?) RETURNING id",
+                (issuer_id, info.serial_hex, *fields, now, now, serial_low(info.serial_hex))).fetchone()[0]
+            self._ldap_enqueue(tx, issuer_id, new_id, now)
             self._audit(tx, actor, "import", issuer, info.serial_hex, None, info.sha256)
             return ImportOutcome("created", "imported")
         if row[0] == info.sha256:
@@ -761,7 +794,7 @@ class Registry:
         self._notify(issuer, serial_hex, "released")
         return ChangeOutcome(True, decision.message, after)
 
-    def _apply(self, tx: sqlite3.Connection, issuer_id: int, serial_hex: str, decision: Decision,
+    def _apply(self, tx: Conn, issuer_id: int, serial_hex: str, decision: Decision,
                now: int) -> CertificateRecord:
         """Write the new state, its CRL entry bytes (encoded once, here) and a status change record."""
         s = decision.state
@@ -775,6 +808,7 @@ class Registry:
         tx.execute("INSERT INTO status_changes (issuer_id, certificate_id, at, status, at_ms) VALUES (?, ?, ?, ?, ?)",
                    (issuer_id, cid, now, s.status, int(self.clock() * 1000)))
         self._ldap_enqueue(tx, issuer_id, cid, now, status_change=True)
+        self.backend.notify(tx, "annuaire_changes")  # other nodes' OCSP hear of it at commit
         after = self._get_tx(tx, issuer_id, serial_hex)
         assert after is not None
         return after
@@ -793,7 +827,7 @@ def crl_entry_for(serial_hex: str, status: str, revocation_time: int | None, rea
     return der.revoked_entry(int(serial_hex, 16), revocation_time, code, invalidity_date)
 
 
-def _store_crl_entry(tx: sqlite3.Connection, issuer_id: int, cid: int, serial_hex: str, not_after: int | None,
+def _store_crl_entry(tx: Conn, issuer_id: int, cid: int, serial_hex: str, not_after: int | None,
                      status: str, revocation_time: int | None, reason: str | None,
                      invalidity_date: int | None) -> None:
     """Keep ``crl_entries`` in step with the status: the entry bytes exist exactly while revoked or held."""
@@ -805,7 +839,7 @@ def _store_crl_entry(tx: sqlite3.Connection, issuer_id: int, cid: int, serial_he
                    "VALUES (?, ?, ?, ?, ?)", (issuer_id, cid, not_after, serial_low(serial_hex), entry))
 
 
-def _backfill_v2(tx: sqlite3.Connection) -> None:
+def _backfill_v2(tx: Conn) -> None:
     rows = tx.execute("SELECT id, issuer_id, serial_hex, not_after, status, revocation_time, reason, "
                       "invalidity_date FROM certificates")
     for cid, issuer_id, serial_hex, not_after, status, rtime, reason, inval in rows.fetchall():
@@ -813,7 +847,7 @@ def _backfill_v2(tx: sqlite3.Connection) -> None:
         _store_crl_entry(tx, issuer_id, cid, serial_hex, not_after, status, rtime, reason, inval)
 
 
-_BACKFILLS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _backfill_v2}
+_BACKFILLS: dict[int, Callable[[Conn], None]] = {2: _backfill_v2}
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -829,10 +863,10 @@ def audit_hash(prev: str, at: int, actor: str, action: str, issuer: str | None, 
 
 
 def open_registry(url: str, clock: Callable[[], float] = time.time) -> Registry:
-    """Open (and migrate) the registry named by ``sqlite:///PATH``."""
-    if not url.startswith("sqlite:///"):
-        raise RegistryError(f"unsupported registry URL {url!r} (expected sqlite:///PATH)")
-    return Registry(Path(url[len("sqlite:///"):]), clock)
+    """Open (and migrate) the registry named by ``sqlite:///PATH`` or ``postgresql://...``."""
+    if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise RegistryError("unsupported registry URL scheme (expected sqlite:///PATH or postgresql://...)")
+    return Registry(url, clock)
 
 
 __all__ = [
