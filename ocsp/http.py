@@ -150,9 +150,14 @@ class OcspComponent:
         """Follow the registry's change log (revocations from any process): invalidate, then re-sign."""
         assert self.responder is not None
         loop = asyncio.get_running_loop()
+        registry = self.service.registry
+        # PostgreSQL announces commits (LISTEN/NOTIFY): wake at once, look anyway every second;
+        # SQLite (one machine) is polled every CHANGE_POLL
+        wait = 1.0 if registry.notifies else CHANGE_POLL
         while not self._stopping.is_set():
+            token = registry.change_token("changes")
             try:
-                changes = await loop.run_in_executor(None, self.service.registry.changes_after, self._seq)
+                changes = await loop.run_in_executor(None, registry.changes_after, self._seq)
                 for seq, issuer, serial_hex, _ in changes:
                     self.responder.invalidate(issuer, serial_hex)
                     self._seq = seq
@@ -167,7 +172,10 @@ class OcspComponent:
                         self.service.metrics.visibility.labels("ocsp").observe(max(0.0, self.clock() - changed_at))
             except Exception:
                 log.exception("OCSP change polling failed; retrying")
-            await asyncio.sleep(CHANGE_POLL)
+            if registry.notifies:
+                await loop.run_in_executor(None, registry.wait_for, "changes", wait, token)
+            else:
+                await asyncio.sleep(wait)
 
     async def _presign_loop(self) -> None:
         """Sign what is missing (start-up, new certificates) and what is past half its validity."""

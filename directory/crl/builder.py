@@ -298,7 +298,8 @@ class CrlPublisher:
                 os.link(tmp, archived)
             os.replace(tmp, final)
             _fsync_dir(self.dir)
-            self.registry.crl_finish(record, "published", tbs.change_seq, tbs.entries, size, sha256)
+            data = final.read_bytes() if self.registry.keeps_crl_bytes else None
+            self.registry.crl_finish(record, "published", tbs.change_seq, tbs.entries, size, sha256, data=data)
         self._prune_archive(final)
         record = dataclasses.replace(record, state="published", change_seq=tbs.change_seq, entries=tbs.entries,
                                      size=size, sha256=sha256)

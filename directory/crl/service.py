@@ -8,18 +8,26 @@ Per issuer:
 - when ``on_revocation_delay`` is set, the registry's change log is polled every ``delay / 2`` seconds
   (at least 1 s): a revocation made by any process is in a new CRL within ``on_revocation_delay``.
 Builds run on a worker thread, one at a time per issuer; serving never waits for them.
+
+Several nodes on one PostgreSQL registry: each issuer's CRLs are built by the one node holding its lease
+(``crl:NAME``; tried every ``LEASE_CHECK`` seconds, so a dead builder is replaced within that); every node
+serves them: the others copy each newly published CRL from the registry into their own files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from cryptography import x509
 
 from directory.crl.builder import CrlBuildError, CrlPublisher, PublishedCrl, Target, crl_dir, publishers_for
 from directory.crl.http import CERT_NAME, CRL_NAME, CrlFiles, ServedFile, ca_file, respond
@@ -29,6 +37,7 @@ if TYPE_CHECKING:
     from directory.service.app import Service
 
 log = logging.getLogger(__name__)
+LEASE_CHECK = 2.0  # seconds between attempts to take over the building of an issuer's CRLs
 
 
 class CrlComponent:
@@ -46,6 +55,10 @@ class CrlComponent:
         self.last_error: dict[str, str] = {}
         self._visible_seq: dict[str, int] = {}  # newest status change already in a served CRL, per issuer
         self.service: Service | None = None
+        self.leases: dict[str, object] = {}
+        self.leading: set[str] = set()
+        self._local_numbers: dict[str, int] = {}  # file name -> cRLNumber of the file we serve
+        self._follower: asyncio.Task[None] | None = None
 
     async def start(self, service: Service) -> None:
         config = service.config
@@ -75,10 +88,24 @@ class CrlComponent:
                                 id=f"crl-changes-{name}")
         service.add_job(self.watchdog, "interval", seconds=30, id="crl-watchdog")
         service.readiness_checks["crl"] = self.readiness
+        self.leases = {name: self.registry.lease(f"crl:{name}") for name in self.publishers}
+        if self.registry.keeps_crl_bytes:  # several nodes: follow what the others publish
+            for publisher in self.publishers.values():
+                for target in CrlPublisher.targets_of(publisher.issuer):
+                    self._local_numbers[target.filename] = _file_number(publisher.dir / target.filename)
+            await self._in_thread(self.follow)
+            service.add_job(self._take_leases, "interval", seconds=LEASE_CHECK, id="crl-leases")
+            self._follower = asyncio.create_task(self._follow_loop())
         await self.watchdog()  # publish at start-up what is missing or due
 
     async def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
         self._executor.shutdown(wait=True)
+        for lease in self.leases.values():
+            lease.release()  # type: ignore[attr-defined]
 
     # -- decisions ----------------------------------------------------------------------------
     def due(self, name: str, now: float | None = None) -> bool:
@@ -107,8 +134,58 @@ class CrlComponent:
         if await self._in_thread(self.changed, name):
             await self.build(name, "delta" if self.publishers[name].settings.delta else "all")
 
+    async def _take_leases(self) -> None:
+        """Try to become the builder of each issuer whose builder is gone; build what is due at once."""
+        for name in self.publishers:
+            if name not in self.leading and await self._lead(name) and await self._in_thread(self.due, name):
+                await self.build(name, "all")
+
+    async def _lead(self, name: str) -> bool:
+        lease = self.leases.get(name)
+        held = lease is None or bool(await self._in_thread(lease.try_acquire))  # type: ignore[attr-defined]
+        if held and name not in self.leading:
+            self.leading.add(name)
+            if self.registry.keeps_crl_bytes:
+                log.info("this node now builds the CRLs of %s", name, extra={"issuer": name})
+        elif not held and name in self.leading:
+            self.leading.discard(name)
+            log.warning("this node no longer builds the CRLs of %s (lease lost)", name, extra={"issuer": name})
+        return held
+
+    async def _follow_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            token = self.registry.change_token("crls")
+            try:
+                await self._in_thread(self.follow)
+            except Exception as exc:  # a registry hiccup: the files already served stay served
+                log.warning("CRL follow-up from the registry failed: %s", exc)
+            await loop.run_in_executor(None, self.registry.wait_for, "crls", 1.0, token)
+
+    def follow(self) -> int:
+        """Copy CRLs published by another node (newer than the file we serve) into our files; atomic."""
+        assert self.files is not None
+        copied = 0
+        for name, publisher in self.publishers.items():
+            for target in CrlPublisher.targets_of(publisher.issuer):
+                record = self.registry.crl_latest(name, target.scope, target.kind)
+                if record is None or record.number <= self._local_numbers.get(target.filename, 0):
+                    continue
+                data = self.registry.crl_bytes(name, target.scope, target.kind, record.number)
+                if data is None:
+                    continue
+                _write_atomically(publisher.dir / target.filename, data)
+                self._local_numbers[target.filename] = record.number
+                self.files.refresh(target.filename)
+                copied += 1
+                log.info("CRL %s number %d taken from the registry", target.filename, record.number,
+                         extra={"issuer": name})
+        return copied
+
     async def build(self, name: str, what: str = "all") -> list[PublishedCrl]:
         publisher = self.publishers[name]
+        if not await self._lead(name):
+            return []  # another node builds this issuer's CRLs; we serve what it publishes
         async with self._locks[name]:
             try:
                 if what == "delta" and self.registry.crl_latest(name, "main", "full") is not None:
@@ -123,6 +200,7 @@ class CrlComponent:
         assert self.files is not None
         for crl in result:  # load the new bytes off the event loop; PEM forms are derived on first request
             await self._in_thread(self.files.refresh, crl.path.name)
+            self._local_numbers[crl.path.name] = max(self._local_numbers.get(crl.path.name, 0), crl.record.number)
         await self._in_thread(self._observe, name, result)
         return result
 
@@ -171,6 +249,24 @@ class CrlComponent:
         if served is None:
             raise web.HTTPNotFound(text="no such CA certificate\n")
         return respond(request, served, 86400, self.clock())
+
+
+def _file_number(path: Path) -> int:
+    """cRLNumber of a CRL file we already have (0 when absent or unreadable)."""
+    try:
+        crl = x509.load_der_x509_crl(path.read_bytes())
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return 0
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.follow.tmp")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
 
 
 __all__ = ["CrlComponent", "PublishedCrl", "Target", "crl_dir", "publishers_for"]

@@ -6,6 +6,9 @@ processes), and at least every 30 s for certificates that expire. A directory th
 retried with capped exponential backoff (0.5 s doubling to 60 s); the outbox keeps every change meanwhile.
 It runs in its own process (``annuaire ldap worker``, started by ``annuaire serve``), so its CPU never
 competes with OCSP answers and CRL signing for the interpreter lock.
+
+With several nodes on one PostgreSQL registry, one worker drives the outbox: the holder of the
+``ldap-sync`` lease. The others stand by and try to take it over every ``LEASE_CHECK`` seconds.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ log = logging.getLogger(__name__)
 POLL = 0.2
 EXPIRY_CHECK = 30.0
 BACKOFF_FIRST, BACKOFF_CAP = 0.5, 60.0
+LEASE_CHECK = 2.0
 
 
 class SyncLoop:
@@ -36,6 +40,8 @@ class SyncLoop:
         self.last_error: str | None = None
         self.last_report: SyncReport | None = None
         self.last_success: float | None = None
+        self.lease = engine.registry.lease("ldap-sync")
+        self.leading = False
 
     def stop(self) -> None:
         self.stopping.set()
@@ -47,6 +53,12 @@ class SyncLoop:
         next_expiry = time.monotonic() + EXPIRY_CHECK
         while not self.stopping.is_set():
             delay = POLL
+            was_leading = self.leading
+            if not self._lead():
+                self.stopping.wait(LEASE_CHECK)
+                continue
+            if not was_leading:
+                next_full = 0.0  # taking over: reconcile everything first
             try:
                 now = time.monotonic()
                 if now >= next_full:
@@ -75,6 +87,20 @@ class SyncLoop:
             else:
                 self.stopping.wait(delay)
         engine.client.close()
+        self.lease.release()
+
+    def _lead(self) -> bool:
+        """Hold the ``ldap-sync`` lease (always granted on SQLite); log when it changes hands."""
+        try:
+            held = self.lease.try_acquire()
+        except Exception as exc:  # the registry unreachable: not the leader until it answers again
+            log.debug("ldap-sync lease not checked: %s", exc)
+            held = False
+        if held != self.leading:
+            self.leading = held
+            if self.engine.registry.notifies:
+                log.info("this node %s the directory sync", "now drives" if held else "no longer drives")
+        return held
 
     def _done(self, report: SyncReport) -> None:
         if self.failures:

@@ -65,7 +65,10 @@ class SqliteBackend:
     def notify(self, conn: Any, channel: str) -> None:
         return None
 
-    def wait(self, channel: str, timeout: float) -> bool:
+    def token(self, channel: str) -> int:
+        return 0
+
+    def wait(self, channel: str, timeout: float, since: int | None = None) -> bool:
         """No notifications in SQLite: the caller's poll interval is the wait. Returns False (timed out)."""
         threading.Event().wait(timeout)
         return False
@@ -137,12 +140,20 @@ class PostgresBackend:
     def notify(self, conn: Any, channel: str) -> None:
         conn.raw.execute("SELECT pg_notify(%s, '')", (channel,))
 
-    def wait(self, channel: str, timeout: float) -> bool:
-        """Block until a NOTIFY on ``channel`` (True) or ``timeout`` (False)."""
+    def _listening(self) -> _Listener:
         with self._listener_lock:
             if self._listener is None:
                 self._listener = _Listener(self)
-        return self._listener.wait(channel, timeout)
+            return self._listener
+
+    def token(self, channel: str) -> int:
+        """How many notifications of ``channel`` this process has heard: pass it to ``wait`` to not miss
+        one that arrives between reading the database and starting to wait."""
+        return self._listening().counts.get(channel, 0)
+
+    def wait(self, channel: str, timeout: float, since: int | None = None) -> bool:
+        """Block until a NOTIFY on ``channel`` (after ``since``, when given) or ``timeout`` (False)."""
+        return self._listening().wait(channel, timeout, since)
 
     def lease(self, name: str) -> PgLease:
         return PgLease(self, name)
@@ -197,9 +208,9 @@ class _Listener:
                     self.counts[channel] = self.counts.get(channel, 0) + 1
                 self.cond.notify_all()
 
-    def wait(self, channel: str, timeout: float) -> bool:
+    def wait(self, channel: str, timeout: float, since: int | None = None) -> bool:
         with self.cond:
-            seen = self.counts.get(channel, 0)
+            seen = self.counts.get(channel, 0) if since is None else since
             return self.cond.wait_for(lambda: self.counts.get(channel, 0) != seen, timeout)
 
     def stop(self) -> None:

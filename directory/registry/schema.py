@@ -160,3 +160,11 @@ MIGRATIONS.append((
     ALTER TABLE ldap_outbox ADD COLUMN enqueued_ms INTEGER;
     """,
 ))
+
+MIGRATIONS.append((
+    6,
+    "Several nodes: the bytes of the newest published CRLs, for nodes that did not build them",
+    """
+    ALTER TABLE crls ADD COLUMN der BLOB;
+    """,
+))

@@ -241,10 +241,19 @@ class Registry:
                 self._all.append(conn)
         return conn
 
-    def wait_for(self, what: str, timeout: float) -> bool:
+    @property
+    def notifies(self) -> bool:
+        """True when other processes' commits are announced (PostgreSQL): waiters need not poll fast."""
+        return self.backend.name == "postgresql"
+
+    def change_token(self, what: str) -> int:
+        """Take before reading; give to ``wait_for``: a commit in between wakes the wait at once."""
+        return self.backend.token(f"annuaire_{what}")
+
+    def wait_for(self, what: str, timeout: float, since: int | None = None) -> bool:
         """Until another process commits a status change (``changes``) or a CRL (``crls``), or ``timeout``:
         PostgreSQL wakes at once (LISTEN/NOTIFY); SQLite simply waits ``timeout`` (its callers poll)."""
-        return self.backend.wait(f"annuaire_{what}", timeout)
+        return self.backend.wait(f"annuaire_{what}", timeout, since)
 
     def lease(self, name: str):  # type: ignore[no-untyped-def]
         """An exclusive lease across every node sharing this registry (see ``backends``)."""
@@ -409,12 +418,23 @@ class Registry:
 
     def crl_finish(self, record: CrlRecord, state: str, change_seq: int = 0, entries: int | None = None,
                    size: int | None = None, sha256: str | None = None, error: str | None = None,
-                   actor: str = "crl") -> None:
+                   actor: str = "crl", data: bytes | None = None) -> None:
+        """Record the outcome of a build; with several nodes (``keeps_crl_bytes``) a published CRL's bytes
+        go into the registry too (only the two newest of each scope and kind are kept)."""
         issuer_id = self._issuer_id(record.issuer)
+        keep = data if self.keeps_crl_bytes and state == "published" else None
         with self._write() as tx:
-            tx.execute("UPDATE crls SET state = ?, change_seq = ?, entries = ?, size = ?, sha256 = ?, error = ? "
-                       "WHERE issuer_id = ? AND scope = ? AND number = ?",
-                       (state, change_seq, entries, size, sha256, error, issuer_id, record.scope, record.number))
+            tx.execute("UPDATE crls SET state = ?, change_seq = ?, entries = ?, size = ?, sha256 = ?, error = ?, "
+                       "der = ? WHERE issuer_id = ? AND scope = ? AND number = ?",
+                       (state, change_seq, entries, size, sha256, error, keep, issuer_id, record.scope,
+                        record.number))
+            if keep is not None:
+                tx.execute("UPDATE crls SET der = NULL WHERE issuer_id = ? AND scope = ? AND kind = ? AND number < ? "
+                           "AND der IS NOT NULL AND number NOT IN (SELECT MAX(number) FROM crls WHERE issuer_id = ? "
+                           "AND scope = ? AND kind = ? AND number < ? AND state = 'published')",
+                           (issuer_id, record.scope, record.kind, record.number, issuer_id, record.scope,
+                            record.kind, record.number))
+                self.backend.notify(tx, "annuaire_crls")
             if state == "published":
                 self._ldap_enqueue(tx, issuer_id, None, int(self.clock()))
                 self._audit(tx, actor, f"crl-published-{record.kind}", record.issuer, None, None,
@@ -427,6 +447,12 @@ class Registry:
             "AND r.scope = ? AND r.kind = ? AND r.state = 'published' ORDER BY r.number DESC LIMIT 1",
             (self._issuer_id(issuer), scope, kind)).fetchone()
         return CrlRecord(*row) if row else None
+
+    def crl_bytes(self, issuer: str, scope: str, kind: str, number: int) -> bytes | None:
+        """The bytes of a published CRL, when the registry keeps them (several nodes)."""
+        row = self._conn().execute("SELECT der FROM crls WHERE issuer_id = ? AND scope = ? AND kind = ? AND number = ? "
+                                   "AND state = 'published'", (self._issuer_id(issuer), scope, kind, number)).fetchone()
+        return bytes(row[0]) if row and row[0] is not None else None
 
     def change_seq(self, issuer: str) -> int:
         """Sequence number of the issuer's latest status change (0 when none)."""
