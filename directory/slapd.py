@@ -19,6 +19,9 @@ SCHEMA_DIR = Path("/etc/ldap/schema")
 PROJECT = Path(__file__).resolve().parent.parent
 ANNUAIRE_SCHEMA_DIR = PROJECT / "schema"
 PROVIDER_TEMPLATE = PROJECT / "deploy" / "slapd" / "provider.conf"
+MULTI_PROVIDER = PROJECT / "deploy" / "slapd" / "replication" / "multi-provider.conf"
+CONSUMER = PROJECT / "deploy" / "slapd" / "replication" / "consumer.conf"
+_DATABASE_MARK = "# -- database --"
 MODULE_DIRS = (Path("/usr/lib/ldap"), Path("/usr/lib/x86_64-linux-gnu/ldap"), Path("/usr/lib/aarch64-linux-gnu/ldap"))
 
 
@@ -58,6 +61,8 @@ class SlapdConfig:
     dbnosync: bool = True
     template: Path | None = None  # e.g. PROVIDER_TEMPLATE: @NAME@ placeholders filled from this config
     service_dn: str = ""
+    replication: Path | None = None  # MULTI_PROVIDER or CONSUMER, added to the template
+    replication_values: dict[str, str] = field(default_factory=dict, repr=False)  # PROVIDER1_URL, ...
 
     @property
     def url(self) -> str:
@@ -68,8 +73,14 @@ class SlapdConfig:
         if self.template is not None:
             values = {"SCHEMA_DIR": SCHEMA_DIR, "ANNUAIRE_SCHEMA_DIR": ANNUAIRE_SCHEMA_DIR, "RUN_DIR": self.directory,
                       "MODULE_DIR": _module_dir(), "SUFFIX": self.suffix, "ROOT_DN": self.root_dn,
-                      "ROOT_PW": self.root_password, "DATA_DIR": data, "SERVICE_DN": self.service_dn or self.root_dn}
+                      "ROOT_PW": self.root_password, "DATA_DIR": data, "SERVICE_DN": self.service_dn or self.root_dn,
+                      "REPLICATOR_DN": self.root_dn, **self.replication_values}
             text = self.template.read_text()
+            if self.replication is not None:
+                global_part, _, database_part = self.replication.read_text().partition(_DATABASE_MARK)
+                text = re.sub(r"^database\b", lambda m: global_part.strip() + "\n\n" + m.group(0), text, count=1,
+                              flags=re.MULTILINE)
+                text = text.rstrip("\n") + "\n\n" + database_part.strip() + "\n"
             for name, value in values.items():
                 text = text.replace(f"@{name}@", str(value))
             left = re.search(r"@[A-Z_]+@", "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#")))
