@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -247,3 +248,24 @@ def test_crl_show(demo: Path) -> None:
     assert info["crl_number"] == 1 and info["signature"] == "valid" and info["configured_issuer"] == "ac-personnes"
     bad = run_cli("crl", "show", str(demo))
     assert bad.returncode == 1 and "not an X.509 CRL" in bad.stderr
+
+
+def test_a_registry_restored_from_an_old_backup_never_reuses_a_published_number(demo: Path, tmp_path: Path) -> None:
+    """Backup taken, CRLs published after it, backup restored: the next CRL continues after the highest
+    number already published (found in the archive), it does not hand out those numbers again."""
+    registry_file = demo.parent / "data" / "registry.sqlite3"
+    _build(demo, "--issuer", "ac-personnes")
+    backup = tmp_path / "backup.sqlite3"
+    with sqlite3.connect(registry_file) as source, sqlite3.connect(backup) as target:
+        source.backup(target)
+    for _ in range(2):
+        _build(demo, "--issuer", "ac-personnes")
+    served = x509.load_der_x509_crl((demo.parent / "data" / "crl" / "ac-personnes.crl").read_bytes())
+    seen = served.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    for suffix in ("-wal", "-shm"):
+        (registry_file.parent / (registry_file.name + suffix)).unlink(missing_ok=True)
+    shutil.copy(backup, registry_file)  # the restore
+    result = run_cli("crl", "build", "--config", str(demo), "--issuer", "ac-personnes", "--json", check=True)
+    numbers = [c["number"] for c in json.loads(result.stdout)]
+    assert min(numbers) > seen, (numbers, seen)
+    assert "registry was behind it" in result.stderr

@@ -160,6 +160,10 @@ class CrlPublisher:
             base = self.registry.crl_latest(self.issuer.name, "main", "full")
             if base is None:
                 raise CrlBuildError(f"{self.issuer.name}: no published full CRL to base a delta on")
+        highest = self._highest_on_disk(target.scope)
+        if highest and self.registry.crl_raise_number(self.issuer.name, target.scope, highest):
+            log.warning("%s: CRL number %d is on disk but the registry was behind it (restored from a backup?); "
+                        "numbering continues after it", target.filename, highest, extra={"issuer": self.issuer.name})
         record = self.registry.crl_allocate(self.issuer.name, target.scope, target.kind, now, now + validity,
                                             base.number if base else None)
         tbs_tmp = self.dir / f".{target.filename}.{record.number}.tbs.tmp"
@@ -328,6 +332,22 @@ class CrlPublisher:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _highest_on_disk(self, scope: str) -> int:
+        """The highest CRL number of ``scope`` ever published from this machine, from the archive's file
+        names (the live file is always archived too): a registry restored from an older backup must not
+        hand out a number that relying parties have already seen."""
+        highest = 0
+        for target in self.targets_of(self.issuer):
+            if target.scope != scope:
+                continue
+            pattern = re.compile(rf"^{re.escape(Path(target.filename).stem)}-(\d+)\.crl$")
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(self.dir / "archive"):
+                    match = pattern.match(entry.name)
+                    if match:
+                        highest = max(highest, int(match.group(1)))
+        return highest
 
     def _prune_archive(self, final: Path) -> None:
         """Keep the newest ``archive`` CRLs of this file name (archive/NAME-NUMBER.crl)."""

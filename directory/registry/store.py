@@ -416,6 +416,23 @@ class Registry:
         return CrlRecord(issuer, scope, kind, number, base_number, this_update, next_update, 0, "building",
                          None, None, None, None)
 
+    def crl_raise_number(self, issuer: str, scope: str, at_least: int) -> bool:
+        """Make the next number of ``scope`` greater than ``at_least``; True when it had to move."""
+        issuer_id = self._issuer_id(issuer)
+        with self._write() as tx:
+            row = tx.execute("SELECT last_number FROM crl_scopes WHERE issuer_id = ? AND scope = ?",
+                             (issuer_id, scope)).fetchone()
+            if row is not None and row[0] >= at_least:
+                return False
+            if row is None:
+                tx.execute("INSERT INTO crl_scopes (issuer_id, scope, last_number) VALUES (?, ?, ?)",
+                           (issuer_id, scope, at_least))
+            else:
+                tx.execute("UPDATE crl_scopes SET last_number = ? WHERE issuer_id = ? AND scope = ?",
+                           (at_least, issuer_id, scope))
+            self._audit(tx, "crl", "crl-number-raised", issuer, None, str(row[0] if row else 0), str(at_least))
+        return True
+
     def crl_finish(self, record: CrlRecord, state: str, change_seq: int = 0, entries: int | None = None,
                    size: int | None = None, sha256: str | None = None, error: str | None = None,
                    actor: str = "crl", data: bytes | None = None) -> None:
