@@ -26,6 +26,7 @@ bench: deps
 	$(BIN)/python -m bench.crl
 	$(BIN)/python -m bench.ocsp
 	$(BIN)/python -m bench.ldap
+	$(BIN)/python -m bench.scale
 
 lint: deps
 	$(BIN)/ruff check .

@@ -134,3 +134,25 @@ def test_command_line_on_a_postgresql_registry(private_config: Path, pg_url: str
                                                                  "postgresql://postgres:secret@"))
     refused = run_cli("check-config", "-c", str(private_config))
     assert refused.returncode == 2 and "password_file" in refused.stderr and "secret" not in refused.stderr
+
+
+def test_a_lost_postgresql_connection_is_an_error_then_replaced(pg_url: str) -> None:
+    """The server drops our session (restart, failover): the call in flight fails as a RegistryError (no
+    driver exception leaks), a write in flight is rolled back, the next call reconnects."""
+    import psycopg
+
+    from directory.registry import RegistryError
+    from tests.pg import ADMIN_URL
+
+    reg = Registry(pg_url, clock=lambda: float(NOW))
+    reg.ensure_issuer("ca", b"subject", b"cert")
+    reg.import_certificates("ca", [_info(1)])
+    pid = reg._conn().raw.info.backend_pid
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(RegistryError):
+        reg.revoke("ca", "1", "keyCompromise")
+    assert reg.get("ca", "1").status == "good"  # type: ignore[union-attr]
+    assert reg.revoke("ca", "1", "keyCompromise").changed
+    reg.ping()
+    reg.close()

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from directory.certinfo import CertificateInfo
 from directory.crl import der
-from directory.registry.backends import BackendError, backend_for
+from directory.registry.backends import BackendError, RegistryError, backend_for
 from directory.registry.schema import MIGRATIONS
 from directory.revocation import (
     REASON_CODES,
@@ -33,10 +33,6 @@ from directory.revocation import (
 
 GENESIS_HASH = "0" * 64
 Conn = Any  # a connection of the backend: ``execute(sql, params)``, ``executemany``
-
-
-class RegistryError(Exception):
-    """The registry cannot be opened or used."""
 
 
 class UnknownIssuer(RegistryError):
@@ -231,6 +227,9 @@ class Registry:
     # -- connection ------------------------------------------------------------------------
     def _conn(self) -> Conn:
         conn: Conn | None = getattr(self._local, "conn", None)
+        if conn is not None and not self.backend.alive(conn):
+            self._forget_connection()  # the server went away: a new connection, as the next caller's right
+            conn = None
         if conn is None:
             try:
                 conn = self.backend.connect()
@@ -266,7 +265,10 @@ class Registry:
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            try:
+                conn.execute("ROLLBACK")
+            except (BackendError, *self.backend.errors):
+                self._forget_connection()  # a dead connection rolled back with it
             raise
         conn.execute("COMMIT")
 
