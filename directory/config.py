@@ -56,6 +56,8 @@ class HttpConfig:
     host: str
     port: int
     base_url: str
+    max_connections: int = 4096  # past it, new connections get 503 (file descriptors, memory)
+    idle_timeout: float = 15.0  # seconds: idle keep-alive, and incomplete request headers (slow clients)
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,8 @@ def load_config(path: str | Path) -> Config:
     assert data_dir is not None
     hsm = _hsm(_Section(file, "hsm", top.table_of("hsm"), {
         "module", "token_label", "pin_env", "pin_file", "max_concurrent", "softhsm2_conf"}))
-    http = _http(_Section(file, "http", top.table_of("http"), {"listen", "base_url"}))
+    http = _http(_Section(file, "http", top.table_of("http"), {"listen", "base_url", "max_connections",
+                                                               "idle_timeout"}))
     registry = _Section(file, "registry", top.table_of("registry"), {"url", "password_file"})
     registry_url = registry.get("url", str, f"sqlite:///{data_dir / 'registry.sqlite3'}")
     registry_password_file = _readable(registry, "password_file")
@@ -337,7 +340,13 @@ def _http(s: _Section) -> HttpConfig:
     base_url = s.get("base_url", str, f"http://{listen}").rstrip("/")
     if not base_url.startswith(("http://", "https://")):
         raise s.error("base_url", "must start with http:// or https://")
-    return HttpConfig(host, port, base_url)
+    max_connections = s.get("max_connections", int, HttpConfig.max_connections)
+    if not 1 <= max_connections <= 1_000_000:
+        raise s.error("max_connections", "must be between 1 and 1000000")
+    idle = s.get("idle_timeout", (int, float), HttpConfig.idle_timeout)
+    if isinstance(idle, bool) or not 1 <= idle <= 3600:
+        raise s.error("idle_timeout", "must be between 1 and 3600 seconds")
+    return HttpConfig(host, port, base_url, max_connections, float(idle))
 
 
 def _ldap(s: _Section) -> LdapConfig:

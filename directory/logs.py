@@ -37,6 +37,21 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+class _ClientErrors(logging.Filter):
+    """aiohttp logs a malformed request (over-long line, bad syntax) as an error with a traceback; it is
+    the client's error, already answered with a 400: keep one short line at info level instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "bad request refused (%s): %s", (exc.code, str(exc.message)[:120])
+            record.exc_info = record.exc_text = None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """``{"ts", "level", "logger", "msg", request_id?, issuer?, serial?, ..., "exc"?}``"""
 
@@ -84,3 +99,4 @@ def setup(level: str = "INFO", fmt: str | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run drowns the rest
+    logging.getLogger("aiohttp.server").addFilter(_ClientErrors())

@@ -72,8 +72,9 @@ def serve(config: Path, ready: bool = True) -> Iterator[Served]:
         except (urllib.error.URLError, ConnectionError):
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
+            code = proc.poll()
             proc.kill()
-            raise AssertionError(f"service did not become ready:\n{served.stop()[-5000:]}")
+            raise AssertionError(f"service did not become ready (exit code {code}):\n{served.stop()[-5000:]}")
         time.sleep(0.2)
     try:
         yield served

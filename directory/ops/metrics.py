@@ -65,6 +65,7 @@ class ServiceCollector:
         yield from self._hsm()
         yield from self._registry()
         yield from self._ldap(now)
+        yield from self._http()
 
     def _crls(self, now: float) -> Iterator[Metric]:
         config, registry = self.service.config, self.service.registry
@@ -128,6 +129,15 @@ class ServiceCollector:
             family = CounterMetricFamily(f"annuaire_hsm_{name}", doc)
             family.add_metric([], value)
             yield family
+
+    def _http(self) -> Iterator[Metric]:
+        gate = self.service.connections
+        open_now = GaugeMetricFamily("annuaire_http_connections_open", "Open connections on the public listener")
+        open_now.add_metric([], gate.open)
+        refused = CounterMetricFamily("annuaire_http_connections_refused", "Connections turned away (503) because "
+                                      "max_connections were open")
+        refused.add_metric([], gate.refused)
+        yield from (open_now, refused)
 
     def _registry(self) -> Iterator[Metric]:
         family = GaugeMetricFamily("annuaire_certificates", "Certificates in the registry", labels=["issuer", "status"])

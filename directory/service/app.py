@@ -26,6 +26,7 @@ from directory.hsm.signer import HsmError, HsmSigner
 from directory.ops.metrics import Metrics, exposition
 from directory.registry import Registry, RegistryError
 from directory.runtime import open_config_registry, open_hsm
+from directory.service.listener import ConnectionGate, listen
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Service:
     components: list[Component] = field(default_factory=list)
     readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
+    connections: ConnectionGate = field(default_factory=lambda: ConnectionGate(1))
 
     def component(self, name: str) -> Any:
         """The component called ``name`` (``crl``, ``ocsp``, ...), or None when this service runs without it."""
@@ -136,6 +138,7 @@ def build_service(config: Config, components: list[Component] | None = None) -> 
     service = Service(config, hsm, registry, app, AsyncIOScheduler(timezone="UTC"),
                       list(components or []))
     hsm.on_signature = service.metrics.hsm_sign.observe
+    service.connections = ConnectionGate(config.http.max_connections)
     app["service"] = service
     return service
 
@@ -143,20 +146,22 @@ def build_service(config: Config, components: list[Component] | None = None) -> 
 async def run_service(service: Service, stop: asyncio.Event) -> None:
     """Start components, listen, wait for ``stop``, then shut down cleanly."""
     started: list[Component] = []
-    runner = web.AppRunner(service.app, access_log=None)
+    http = service.config.http
+    runner = web.AppRunner(service.app, access_log=None, keepalive_timeout=http.idle_timeout)
+    listener: asyncio.AbstractServer | None = None
     try:
         for component in service.components:
             await component.start(service)
             started.append(component)
         service.scheduler.start()
         await runner.setup()
-        site = web.TCPSite(runner, service.config.http.host, service.config.http.port, reuse_address=True)
-        await site.start()
-        log.info("listening on http://%s:%d (public base URL %s)", service.config.http.host,
-                 service.config.http.port, service.config.http.base_url)
+        listener = await listen(runner, http.host, http.port, service.connections)
+        log.info("listening on http://%s:%d (public base URL %s)", http.host, http.port, http.base_url)
         await stop.wait()
     finally:
         log.info("shutting down")
+        if listener is not None:
+            listener.close()
         await runner.cleanup()
         if service.scheduler.running:
             service.scheduler.shutdown(wait=False)
