@@ -288,7 +288,7 @@ def _certificate_der(body: bytes, content_type: str) -> bytes:
     if body.lstrip().startswith(b"-----BEGIN") or content_type in PEM_TYPES:
         try:
             certs = x509.load_pem_x509_certificates(body)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise ApiError(422, "refused", f"not a PEM certificate ({str(exc).splitlines()[0][:160]})") from None
         if len(certs) != 1:
             raise ApiError(422, "refused", f"one certificate per request, this body holds {len(certs)}")

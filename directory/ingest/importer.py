@@ -67,10 +67,12 @@ class CertificateChecker:
     def check(self, der: bytes) -> tuple[str, CertificateInfo]:
         try:
             cert = x509.load_der_x509_certificate(der)
-        except ValueError as exc:
+            # parsed lazily: a damaged issuer name only shows when it is read (found by the fuzzer)
+            issuer_name = cert.issuer.public_bytes()
+        except (ValueError, x509.InvalidVersion) as exc:
             raise Refused(f"not a valid DER X.509 certificate ({_short(exc)})") from None
         # (trailing bytes after the certificate are refused by the parser itself: ParseError ExtraData)
-        candidates = self._by_subject.get(cert.issuer.public_bytes())
+        candidates = self._by_subject.get(issuer_name)
         if not candidates:
             raise Refused(f"issuer {cert.issuer.rfc4514_string()!r} is not a configured issuer")
         for issuer in candidates:
@@ -85,7 +87,7 @@ class CertificateChecker:
                 continue
             try:
                 info = describe(cert, der)
-            except (SerialError, ValueError) as exc:
+            except (SerialError, ValueError, x509.InvalidVersion) as exc:
                 raise Refused(f"unusable certificate: {exc}") from None
             self._check_validity(info, issuer)
             return issuer.name, info
