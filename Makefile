@@ -27,6 +27,7 @@ bench: deps
 	$(BIN)/python -m bench.ocsp
 	$(BIN)/python -m bench.ldap
 	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.fuzz
 
 lint: deps
 	$(BIN)/ruff check .

@@ -496,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Everything this program creates (registry, CRL files, directory data, secrets, demo files) is
+    # readable by its own user only; whatever must be public is served over HTTP/LDAP by the service.
+    os.umask(0o077)
     parser = build_parser()
     args = parser.parse_args(argv)
     from directory import logs
