@@ -29,8 +29,11 @@ bench: deps
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.fuzz
 
+# ruff, then the dependency audit (known vulnerabilities, from PyPI's advisory data; needs pypi.org).
+# --strict: a dependency that could not be looked up fails the audit instead of passing it silently.
 lint: deps
 	$(BIN)/ruff check .
+	$(BIN)/pip-audit --strict --skip-editable --progress-spinner off
 
 deps: system-packages venv
 
