@@ -175,3 +175,26 @@ def test_expired_revoked_certificates(private_config: Path, keep_expired: bool) 
     assert (1001 in serials) is keep_expired
     oids = {e.oid.dotted_string for e in crl.extensions}
     assert ("2.5.29.60" in oids) is keep_expired
+
+
+def test_a_revocation_makes_one_delta_not_one_every_poll(service: tuple[str, Path]) -> None:
+    """With deltas on, a change in the new delta needs no further CRL until the next scheduled one."""
+    base, demo = service
+    import json
+
+    manifest = json.loads((demo.parent / "certs" / "manifest.json").read_text())
+    good = next(m for m in manifest if m["issuer"] == "ac-personnes" and m["status"] == "good")
+    run_cli("revoke", "--config", str(demo), "--issuer", "ac-personnes", "--serial", "0x" + good["serial_hex"],
+            "--reason", "keyCompromise", check=True)
+    serial = int(good["serial_hex"], 16)
+    deadline = time.monotonic() + 10
+    while True:
+        delta = x509.load_der_x509_crl(_request(base + "/crl/ac-personnes-delta.crl")[2])
+        if delta.get_revoked_certificate_by_serial_number(serial) is not None:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    number = delta.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    time.sleep(6)  # three polls of the change log (every on_revocation_delay / 2 = 2 s)
+    again = x509.load_der_x509_crl(_request(base + "/crl/ac-personnes-delta.crl")[2])
+    assert again.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == number

@@ -121,8 +121,13 @@ class CrlComponent:
         return False
 
     def changed(self, name: str) -> bool:
-        latest = self.registry.crl_latest(name, "main", "full")
-        return latest is None or self.registry.change_seq(name) > latest.change_seq
+        """True when a status change is in no published CRL yet (full or delta: with deltas on, a change
+        already in the delta needs no new CRL until the next scheduled one)."""
+        latest = [self.registry.crl_latest(name, "main", kind) for kind in ("full", "delta")]
+        if latest[0] is None:
+            return True
+        covered = max(r.change_seq for r in latest if r is not None)
+        return self.registry.change_seq(name) > covered
 
     # -- jobs ---------------------------------------------------------------------------------
     async def watchdog(self) -> None:
