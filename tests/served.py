@@ -7,12 +7,13 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import ROOT, free_port
@@ -37,6 +38,19 @@ class Served:
     ldap_url: str = ""
     output: str = ""
     admin: str = ""
+    _chunks: list[bytes] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    def drain(self) -> None:
+        """Read the service's output as it comes (a full pipe would block the service's logging)."""
+
+        def read() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self._chunks.append(line)
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
 
     def stop(self) -> str:
         """SIGTERM, wait, and return what the service logged."""
@@ -47,8 +61,10 @@ class Served:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stdout is not None and not self.output:
-            self.output = self.proc.stdout.read().decode()
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+        if not self.output:
+            self.output = b"".join(self._chunks).decode(errors="replace")
         return self.output
 
 
@@ -63,6 +79,7 @@ def serve(config: Path, ready: bool = True) -> Iterator[Served]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
     served = Served(f"http://127.0.0.1:{port}", config, proc, f"ldap://127.0.0.1:{ldap_port}",
                     admin=f"http://127.0.0.1:{admin_port}")
+    served.drain()
     deadline = time.monotonic() + 60
     probe = "/readyz" if ready else "/healthz"
     while True:
