@@ -15,7 +15,7 @@ def hsm_settings(config: Config) -> HsmSettings:
     h = config.hsm
     return HsmSettings(module=h.module, token_label=h.token_label, pin=h.read_pin(),
                        max_concurrent=h.max_concurrent,
-                       softhsm2_conf=str(h.softhsm2_conf) if h.softhsm2_conf else None)
+                       softhsm2_conf=str(h.softhsm2_conf) if h.softhsm2_conf else None, pin_reader=h.read_pin)
 
 
 def open_hsm(config: Config) -> HsmSigner:

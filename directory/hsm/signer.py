@@ -91,6 +91,9 @@ class HsmSettings:
     pin: str = field(repr=False)
     max_concurrent: int = 2
     softhsm2_conf: str | None = None
+    # where the PIN comes from (file or environment), read again after a refusal: a PIN changed on the
+    # token and in its file is picked up without a restart, and a refused PIN is never tried twice
+    pin_reader: Callable[[], str] | None = field(default=None, repr=False, compare=False)
 
 
 class _RWLock:
@@ -229,6 +232,7 @@ class HsmSigner:
             self._permits.put(None)
         self._executor = ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="hsm")
         self._pin_refused_until = 0.0
+        self._refused_pin: bytes | None = None
         self._last_error: str | None = None
         self._known_labels: set[str] = set()
         self.stats = HsmStats()
@@ -248,6 +252,15 @@ class HsmSigner:
             return entry
         if entry is not None:
             self._forget(entry)
+        if self._refused_pin is not None and self.settings.pin_reader is not None:
+            try:
+                fresh = self.settings.pin_reader().encode()
+            except (OSError, KeyError):
+                fresh = self._refused_pin
+            if fresh == self._refused_pin:  # a wrong PIN tried again and again locks a real HSM's user PIN
+                raise PinRefused("PIN refused by the token; not trying the same PIN again: correct the PIN "
+                                 "file or variable (it is read again at the next attempt)")
+            self._pin, self._refused_pin, self._pin_refused_until = fresh, None, 0.0
         if time.monotonic() < self._pin_refused_until:
             raise PinRefused("PIN refused by the token; backing off before trying again")
         token = self._find_token()
@@ -259,6 +272,7 @@ class HsmSigner:
                 session.close()
             if exc.rv in (0xA0, 0xA4):  # CKR_PIN_INCORRECT, CKR_PIN_LOCKED
                 self._pin_refused_until = time.monotonic() + _PIN_BACKOFF
+                self._refused_pin = self._pin
                 raise PinRefused("PIN refused by the token") from None
             raise HsmUnavailable(f"login failed: CKR 0x{exc.rv:x}") from None
         entry = _ThreadSession(self._module.generation, session)
