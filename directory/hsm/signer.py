@@ -273,6 +273,8 @@ class HsmSigner:
             if exc.rv in (0xA0, 0xA4):  # CKR_PIN_INCORRECT, CKR_PIN_LOCKED
                 self._pin_refused_until = time.monotonic() + _PIN_BACKOFF
                 self._refused_pin = self._pin
+                log.error("HSM: the token %s refused the user PIN; signing stops until it is corrected",
+                          self.settings.token_label)
                 raise PinRefused("PIN refused by the token") from None
             raise HsmUnavailable(f"login failed: CKR 0x{exc.rv:x}") from None
         entry = _ThreadSession(self._module.generation, session)
@@ -336,6 +338,7 @@ class HsmSigner:
                     last = retry.cause
                 except PinRefused as exc:
                     last = exc
+                    self.stats.errors += 1
                     break
                 except HsmUnavailable as exc:
                     last = exc

@@ -70,6 +70,9 @@ def test_pin_changed_on_the_token_then_corrected_in_the_file(demo: Path) -> None
         assert live.response_status.name == "TRY_LATER"
         for _ in range(3):  # asked again and again, the refused PIN is not tried again
             assert "not trying the same PIN again" in json.loads(http(served.base + "/readyz")[2])["problems"]["hsm"]
+        metrics = http(served.base + "/metrics")[2].decode()
+        errors = next(line for line in metrics.splitlines() if line.startswith("annuaire_hsm_errors_total"))
+        assert float(errors.split()[-1]) >= 1
         # the operator puts the new PIN in the file: the service resumes by itself
         (demo_dir / "hsm" / "pin").write_text(NEW_PIN + "\n")
         deadline = time.monotonic() + 10
@@ -79,3 +82,4 @@ def test_pin_changed_on_the_token_then_corrected_in_the_file(demo: Path) -> None
         live = _ocsp(served.base, _request(demo_dir, entry, nonce=b"m" * 16), get=False)
         assert live.response_status.name == "SUCCESSFUL" and live.certificate_status.name == "GOOD"
     assert old_pin not in served.output and NEW_PIN not in served.output
+    assert served.output.count("refused the user PIN") == 1  # logged once: the wrong PIN was tried once
