@@ -101,6 +101,16 @@ def wrk(base: str, paths: Path, close: bool = False, delay_ms: float = 0) -> dic
 
 
 def request_paths(demo_dir: Path, prefix: str, nonce: bool, count: int) -> Path:
+    """``request_lines`` in a file under bench/out (for wrk)."""
+    lines = request_lines(demo_dir, prefix, nonce, count)
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"paths-{prefix.strip('/').replace('/', '_') or 'root'}-{'nonce' if nonce else 'plain'}.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def request_lines(demo_dir: Path, prefix: str, nonce: bool, count: int) -> list[str]:
+    """GET paths of single-CertID requests for ``count`` random ac-personnes certificates of a demo."""
     manifest = json.loads((demo_dir / "certs" / "manifest.json").read_text())
     issuers = {name: x509.load_pem_x509_certificate((demo_dir / "ca" / f"{name}.pem").read_bytes())
                for name in ("ac-personnes", "ac-structures")}
@@ -114,9 +124,7 @@ def request_paths(demo_dir: Path, prefix: str, nonce: bool, count: int) -> Path:
             builder = builder.add_extension(x509.OCSPNonce(rng.randbytes(16)), critical=False)
         der = builder.build().public_bytes(serialization.Encoding.DER)
         lines.append(prefix + urllib.parse.quote(base64.b64encode(der).decode(), safe=""))
-    path = OUT / f"paths-{prefix.strip('/').replace('/', '_') or 'root'}-{'nonce' if nonce else 'plain'}.txt"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return lines
 
 
 def openssl_index(demo_dir: Path) -> Path:

@@ -70,6 +70,7 @@ def start(config: Path, port: int, expect: int) -> subprocess.Popen[bytes]:
 
 
 def wrk_pair(targets: list[str], paths: Path, duration: str) -> float:
+    OUT.mkdir(parents=True, exist_ok=True)
     script = OUT / "scale.lua"
     script.write_text(LUA)
     env = {**os.environ, "PATHS": str(paths)}

@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import demo
-from bench.ocsp import free_port, request_paths, wait_http
+from bench.ocsp import free_port, request_lines, wait_http
 
 MIX = (("ocsp", 0.80), ("crl", 0.15), ("revoke", 0.05))
 EXPECTED = {"ocsp": {200}, "crl": {200}, "revoke": {200, 201}}
@@ -45,7 +45,7 @@ def percentile(values: list[float], p: float) -> float:
 
 async def run_load(base: str, admin: str, token: str, demo_dir: Path, pid: int | None, duration: float,
                    concurrency: int = 16) -> dict[str, object]:
-    ocsp_paths = request_paths(demo_dir, "/ocsp/", False, 5000).read_text().split()
+    ocsp_paths = request_lines(demo_dir, "/ocsp/", False, 5000)
     manifest = json.loads((demo_dir / "certs" / "manifest.json").read_text())
     revocable = [m for m in manifest if m["issuer"] != "ac-racine"]
     rng = random.Random(11)

@@ -18,6 +18,7 @@ def test_thirty_second_soak(demo: Path) -> None:
                                  "--token-file", str(demo.parent / "secrets" / "admin-token"), "--demo",
                                  str(demo.parent), "--pid", str(served.proc.pid), "--duration", "30", "--json"],
                                 capture_output=True, text=True, cwd=ROOT, timeout=180)
+        assert result.returncode in (0, 1) and result.stdout, result.stderr[-3000:]
         summary = json.loads(result.stdout)
         print(json.dumps(summary, indent=1))
         assert summary["errors"] == 0, summary["error_kinds"]
