@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from directory import logs, serials
 from directory.admin import openapi
@@ -25,6 +23,7 @@ from directory.admin.auth import Credentials, server_context
 from directory.config import AdminConfig
 from directory.crl.builder import CrlPublisher
 from directory.ingest.importer import Refused
+from directory.ingest.sources import pem_items
 from directory.registry import RegistryError, UnknownCertificate, UnknownIssuer
 from directory.registry.store import CertificateRecord
 from directory.revocation import RevocationRefused
@@ -282,15 +281,14 @@ def _rfc3339(text: str) -> int:
 
 
 def _certificate_der(body: bytes, content_type: str) -> bytes:
-    """Exactly one certificate, as DER, from a PEM or DER body."""
+    """Exactly one certificate's DER from a PEM or DER body (the importer then checks it like any other)."""
     if not body:
         raise ApiError(422, "refused", "empty body: send one certificate, PEM or DER")
     if body.lstrip().startswith(b"-----BEGIN") or content_type in PEM_TYPES:
-        try:
-            certs = x509.load_pem_x509_certificates(body)
-        except (ValueError, x509.InvalidVersion) as exc:
-            raise ApiError(422, "refused", f"not a PEM certificate ({str(exc).splitlines()[0][:160]})") from None
-        if len(certs) != 1:
-            raise ApiError(422, "refused", f"one certificate per request, this body holds {len(certs)}")
-        return certs[0].public_bytes(Encoding.DER)
+        items = list(pem_items("body", body))
+        if len(items) != 1:
+            raise ApiError(422, "refused", f"one certificate per request, this body holds {len(items)}")
+        if items[0].der is None:
+            raise ApiError(422, "refused", items[0].error or "not a PEM certificate")
+        return items[0].der
     return body

@@ -67,7 +67,7 @@ def read_file(path: Path, certs_dir: Path | None = None) -> Iterator[SourceItem]
         yield from read_index(path, data, certs_dir)
         return
     if b"-----BEGIN" in data:
-        yield from _pem_items(str(path), data)
+        yield from pem_items(str(path), data)
         return
     if not data:
         yield SourceItem(str(path), error="empty file")
@@ -78,7 +78,8 @@ def read_file(path: Path, certs_dir: Path | None = None) -> Iterator[SourceItem]
     yield SourceItem(str(path), der=data)
 
 
-def _pem_items(origin: str, data: bytes) -> Iterator[SourceItem]:
+def pem_items(origin: str, data: bytes) -> Iterator[SourceItem]:
+    """One item per PEM block of ``data`` (a certificate's DER, or why the block is not one)."""
     found = False
     for n, match in enumerate(_PEM_BLOCK.finditer(data), start=1):
         label, body = match.group(1), match.group(2)
