@@ -28,6 +28,7 @@ from directory.registry import RegistryError, UnknownCertificate, UnknownIssuer
 from directory.registry.store import CertificateRecord
 from directory.revocation import RevocationRefused
 from directory.runtime import importer_for
+from directory.service.app import request_ids
 
 if TYPE_CHECKING:
     from directory.service.app import Service
@@ -69,7 +70,7 @@ class AdminComponent:
         self.service = service
         self.config: AdminConfig = config
         self.credentials = Credentials(config)
-        app = web.Application(client_max_size=config.max_body, middlewares=[self._guard])
+        app = web.Application(client_max_size=config.max_body, middlewares=[request_ids, self._authenticated])
         self.app = app
         app.router.add_post("/api/v1/certificates", self._import)
         app.router.add_post("/api/v1/revocations", self._revoke)
@@ -91,15 +92,6 @@ class AdminComponent:
 
     # -- every request ----------------------------------------------------------------------------
     @web.middleware
-    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        token = logs.request_id.set(logs.take_request_id(request.headers.get("X-Request-ID", "")))
-        try:
-            response = await self._authenticated(request, handler)
-            response.headers["X-Request-ID"] = logs.request_id.get() or ""
-            return response
-        finally:
-            logs.request_id.reset(token)
-
     async def _authenticated(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         actor = self.credentials.identify(request)
         if actor is None:
