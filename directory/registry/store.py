@@ -115,6 +115,8 @@ class CrlRecord:
     error: str | None
 
 
+# a status change's time in ms (rows from before migration 5 only have whole seconds)
+_CHANGE_MS = "COALESCE(s.at_ms, s.at * 1000)"
 _CRL_COLUMNS = ("i.name, r.scope, r.kind, r.number, r.base_number, r.this_update, r.next_update, r.change_seq, "
                 "r.state, r.entries, r.size, r.sha256, r.error")
 
@@ -496,15 +498,15 @@ class Registry:
 
     def changes_after(self, seq: int, limit: int = 10000) -> list[tuple[int, str, str, float]]:
         """(seq, issuer, serial_hex, time of the change in seconds) of status changes after ``seq``, oldest first."""
-        return [(r[0], r[1], r[2], (r[3] / 1000) if r[3] is not None else float(r[4])) for r in self._conn().execute(
-            "SELECT s.seq, i.name, c.serial_hex, s.at_ms, s.at FROM status_changes s "
+        return [(r[0], r[1], r[2], r[3] / 1000) for r in self._conn().execute(
+            f"SELECT s.seq, i.name, c.serial_hex, {_CHANGE_MS} FROM status_changes s "
             "JOIN certificates c ON c.id = s.certificate_id JOIN issuers i ON i.id = s.issuer_id "
             "WHERE s.seq > ? ORDER BY s.seq LIMIT ?", (seq, limit))]
 
     def change_times(self, issuer: str, after_seq: int, up_to_seq: int) -> list[float]:
         """Times (seconds) of ``issuer``'s status changes in ``(after_seq, up_to_seq]``."""
-        return [(r[0] / 1000) if r[0] is not None else float(r[1]) for r in self._conn().execute(
-            "SELECT at_ms, at FROM status_changes WHERE issuer_id = ? AND seq > ? AND seq <= ?",
+        return [r[0] / 1000 for r in self._conn().execute(
+            f"SELECT {_CHANGE_MS} FROM status_changes s WHERE s.issuer_id = ? AND s.seq > ? AND s.seq <= ?",
             (self._issuer_id(issuer), after_seq, up_to_seq))]
 
     def ocsp_store(self, rows: list[tuple[str, str, str, int, int, bytes]]) -> None:
