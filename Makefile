@@ -8,19 +8,25 @@ DEMO_DIR ?= var/demo
 HTTP_PORT ?= 8080
 LDAP_PORT ?= 3890
 ADMIN_PORT ?= 8443
-DEB_PACKAGES := slapd ldap-utils softhsm2 opensc openssl gnutls-bin wrk
-TEST_DEB_PACKAGES := chromium chromium-driver
+# Debian packages by use. A production host gets only the runtime ones (`make deps`; see deploy/README.md):
+# slapd (the managed slapd, or a provider on the same host), ldap-utils and opensc (pkcs11-tool) and
+# openssl for the operator's checks. SoftHSM2 is the demo's and the tests' HSM, never production's;
+# gnutls-bin (ocsptool) and chromium drive tests, wrk the benchmarks.
+DEB_PACKAGES := slapd ldap-utils opensc openssl
+DEMO_DEB_PACKAGES := softhsm2
+TEST_DEB_PACKAGES := $(DEMO_DEB_PACKAGES) gnutls-bin chromium chromium-driver
+BENCH_DEB_PACKAGES := $(DEMO_DEB_PACKAGES) wrk
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint deps system-packages test-packages venv demo clean
+.PHONY: run test bench lint ruff audit deps system-packages demo-packages test-packages bench-packages venv demo clean
 
-run: deps demo
+run: demo
 	$(BIN)/annuaire --log-format human serve --config $(DEMO_DIR)/annuaire.toml
 
 test: test-packages deps
 	$(BIN)/pytest -q
 
-bench: deps
+bench: bench-packages deps
 	$(BIN)/python -m bench.hsm
 	$(BIN)/python -m bench.importer
 	$(BIN)/python -m bench.crl
@@ -32,15 +38,19 @@ bench: deps
 
 # ruff, then the dependency audit (known vulnerabilities, from PyPI's advisory data; needs pypi.org).
 # --strict: a dependency that could not be looked up fails the audit instead of passing it silently.
-lint: deps
+# CI (.ci/run) runs both too; where the advisory data cannot be reached it reports the audit as SKIPPED.
+lint: ruff audit
+
+ruff: deps
 	$(BIN)/ruff check .
+
+audit: deps
 	$(BIN)/pip-audit --strict --skip-editable --progress-spinner off
 
 deps: system-packages venv
 
 # Debian packages, installed non-interactively when one is missing. The slapd package may start a
 # system slapd on port 389: it does not matter, ours run on their own ports with their own config.
-# The test suite also drives Debian's chromium (the publication page test) through chromedriver.
 define install_missing
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then missing="$$missing python3-venv"; fi; \
@@ -55,8 +65,14 @@ endef
 system-packages:
 	$(call install_missing,$(DEB_PACKAGES))
 
+demo-packages:
+	$(call install_missing,$(DEB_PACKAGES) $(DEMO_DEB_PACKAGES))
+
 test-packages:
 	$(call install_missing,$(DEB_PACKAGES) $(TEST_DEB_PACKAGES))
+
+bench-packages:
+	$(call install_missing,$(DEB_PACKAGES) $(BENCH_DEB_PACKAGES))
 
 venv: $(STAMP)
 
@@ -66,7 +82,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-demo: deps
+demo: demo-packages deps
 	test -f $(DEMO_DIR)/annuaire.toml || $(BIN)/annuaire init-demo $(DEMO_DIR) --http-port $(HTTP_PORT) --ldap-port $(LDAP_PORT) --admin-port $(ADMIN_PORT)
 
 clean:

@@ -124,3 +124,18 @@ def test_container_slapd_configuration_renders_and_passes_slaptest(role: str, tm
     assert ("multiprovider   on" in conf) == (role == "provider")
     assert ("updateref" in conf) == (role == "consumer")
     assert "replicator-pw" in conf and oct((tmp_path / "run" / "slapd.conf").stat().st_mode & 0o777) == "0o600"
+
+
+def _packages(target: str) -> set[str]:
+    """The Debian packages ``make TARGET`` would install when missing (from make's dry run)."""
+    dry = subprocess.run(["make", "-n", "-C", str(ROOT), target], capture_output=True, text=True, check=True).stdout
+    return {p for found in re.findall(r"for p in ([^;]*);", dry) for p in found.split()}
+
+
+def test_production_deps_leave_out_softhsm_and_the_test_tools() -> None:
+    runtime = _packages("deps")
+    assert runtime == {"slapd", "ldap-utils", "opensc", "openssl"}
+    assert {"softhsm2"} <= _packages("run")  # the demo signs with SoftHSM2
+    assert {"softhsm2", "gnutls-bin", "chromium", "chromium-driver"} <= _packages("test")
+    assert {"softhsm2", "wrk"} <= _packages("bench")
+    assert not {"softhsm2", "wrk", "chromium"} & runtime
