@@ -7,6 +7,7 @@ import json
 import re
 import secrets
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from directory.demo.issuance import DEMO_POLICY_ARC
 from directory.slapd import ANNUAIRE_SCHEMA_DIR, PROVIDER_TEMPLATE, Slapd, SlapdConfig
 from tests.conftest import free_port
 
@@ -30,6 +32,28 @@ def test_schema_forms_define_the_same_things() -> None:
     from_ldif = {line.split(": ", 1)[1] for line in ldif.splitlines()
                  if line.startswith(("olcAttributeTypes:", "olcObjectClasses:"))}
     assert from_schema == from_ldif and len(from_schema) == 8
+
+
+def test_schema_oids_are_under_the_projects_uuid_arc() -> None:
+    """2.25.<the documented UUID as an integer> (X.667), no longer inside IANA's enterprise numbers."""
+    schema = (ANNUAIRE_SCHEMA_DIR / "health.schema").read_text()
+    documented = re.search(r"OIDs: the project's arc (2\.25\.\d+) .*?random UUID as an integer, ([0-9a-f-]{36})",
+                           schema, re.DOTALL)
+    assert documented is not None
+    arc, uuid_text = documented.groups()
+    assert arc == f"2.25.{uuid.UUID(uuid_text).int}"
+    for text in (schema, (ANNUAIRE_SCHEMA_DIR / "health.ldif").read_text()):
+        defined = re.findall(r"\(\s*([0-9.]+)\s+NAME", text)
+        assert len(defined) == 8 and all(oid.startswith(f"{arc}.2.") for oid in defined), defined
+    assert f"{arc}.1" == DEMO_POLICY_ARC
+
+
+def test_served_subschema_carries_the_new_oids(provider: Slapd) -> None:
+    found = _ldap("ldapsearch", provider, "-LLL", "-o", "ldif-wrap=no", "-s", "base", "-b", "cn=Subschema",
+                  "(objectClass=*)", "attributeTypes", "objectClasses")
+    assert found.returncode == 0, found.stderr
+    names = dict(re.findall(r"\( ([0-9.]+) NAME '(health\w+)'", found.stdout))
+    assert len(names) == 8 and all(o.startswith("2.25.63614678800275870086993750832056929307.2.") for o in names)
 
 
 @pytest.fixture()

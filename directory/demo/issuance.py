@@ -27,8 +27,8 @@ from directory.crl import der
 from directory.hsm.signer import HsmSigner, KeySigner
 
 OCSP_NOCHECK = ObjectIdentifier("1.3.6.1.5.5.7.48.1.5")
-# Demo policy arc (documented in README): 1.3.6.1.4.1.99999 is a placeholder private enterprise number.
-DEMO_POLICY_ARC = "1.3.6.1.4.1.99999.1"
+# Demo certificate policies: .1 under the project's 2.25 (UUID) arc, documented in schema/health.schema.
+DEMO_POLICY_ARC = "2.25.63614678800275870086993750832056929307.1"
 _CURVES = {"P-256": ("1.2.840.10045.3.1.7", 256), "P-384": ("1.3.132.0.34", 384)}
 
 
