@@ -69,14 +69,15 @@ class Served:
 
 
 @contextmanager
-def serve(config: Path, ready: bool = True) -> Iterator[Served]:
-    """Start the service on free ports (HTTP, and the managed slapd's); wait for /readyz (or /healthz)."""
+def serve(config: Path, ready: bool = True, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """Start the service on free ports (HTTP, and the managed slapd's); wait for /readyz (or /healthz).
+    ``env``: variables added to the service's environment."""
     port, ldap_port, admin_port = free_port(), free_port(), free_port()
     text = re.sub(r'listen = "127\.0\.0\.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text(), count=1)
     text = re.sub(r'(\[admin\]\nlisten = )"127\.0\.0\.1:\d+"', rf'\1"127.0.0.1:{admin_port}"', text)
     config.write_text(re.sub(r'"ldap://127\.0\.0\.1:\d+"', f'"ldap://127.0.0.1:{ldap_port}"', text))
     proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(config)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     served = Served(f"http://127.0.0.1:{port}", config, proc, f"ldap://127.0.0.1:{ldap_port}",
                     admin=f"http://127.0.0.1:{admin_port}")
     served.drain()

@@ -27,6 +27,7 @@ from directory.ops.metrics import Metrics, exposition
 from directory.registry import Registry, RegistryError
 from directory.runtime import open_config_registry, open_hsm
 from directory.service.listener import ConnectionGate, listen
+from directory.service.systemd import Notifications
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +145,14 @@ def build_service(config: Config, components: list[Component] | None = None) -> 
 
 
 async def run_service(service: Service, stop: asyncio.Event) -> None:
-    """Start components, listen, wait for ``stop``, then shut down cleanly."""
+    """Start components, listen, wait for ``stop``, then shut down cleanly. Under systemd
+    (``Type=notify``): the watchdog is fed from the start, ``READY=1`` once ``/readyz`` would say ready."""
     started: list[Component] = []
     http = service.config.http
     runner = web.AppRunner(service.app, access_log=None, keepalive_timeout=http.idle_timeout)
     listener: asyncio.AbstractServer | None = None
+    systemd = Notifications()  # before any child process starts: they must not inherit NOTIFY_SOCKET
+    systemd.start_watchdog()
     try:
         for component in service.components:
             await component.start(service)
@@ -157,9 +161,11 @@ async def run_service(service: Service, stop: asyncio.Event) -> None:
         await runner.setup()
         listener = await listen(runner, http.host, http.port, service.connections)
         log.info("listening on http://%s:%d (public base URL %s)", http.host, http.port, http.base_url)
+        systemd.announce_ready(service.readiness)
         await stop.wait()
     finally:
         log.info("shutting down")
+        await systemd.stopping()
         if listener is not None:
             listener.close()
         await runner.cleanup()
