@@ -2,7 +2,8 @@
 
 Every error names the file, the key and what is wrong, and is raised before anything is touched.
 Secrets are never inline: the HSM PIN comes from ``pin_env`` or ``pin_file``, the LDAP password from
-``password_file``. Relative paths are resolved against the directory holding the config file.
+``password_file``. Relative paths are resolved against the directory holding the config file; a path
+written ``credential:NAME`` is the file NAME in ``$CREDENTIALS_DIRECTORY`` (systemd's ``LoadCredential=``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from directory.hsm.algorithms import SignatureAlgorithm
 from directory.ldap import dn
 
 ISSUER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+CREDENTIAL = "credential:"
 
 
 class ConfigError(Exception):
@@ -210,8 +212,22 @@ class _Section:
         value = self.get(name, str, default)
         if value is None:
             return None
+        if value.startswith(CREDENTIAL):
+            return self._credential(name, value[len(CREDENTIAL):])
         p = Path(value)
         return p if p.is_absolute() else (self.file.parent / p)
+
+    def _credential(self, name: str, credential: str) -> Path:
+        """``credential:NAME``: a file systemd copied for this service only (``LoadCredential=NAME:PATH``),
+        so the secret itself can stay readable by root alone."""
+        if not credential or credential in (".", "..") or "/" in credential or "\0" in credential \
+                or len(credential) > 255:
+            raise self.error(name, f"{CREDENTIAL}{credential!r}: a credential name is one file name")
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise self.error(name, f"{CREDENTIAL}{credential} needs $CREDENTIALS_DIRECTORY, set by systemd with "
+                                   f"LoadCredential={credential}:FILE (outside systemd: the folder holding the file)")
+        return Path(directory) / credential
 
     def table_of(self, name: str) -> Mapping[str, Any]:
         value = self.table.get(name, {})

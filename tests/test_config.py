@@ -74,3 +74,38 @@ def test_cli_exits_2_before_touching_anything(private_config: Path) -> None:
         assert result.returncode == 2, result.stderr
         assert f"{private_config}: http.listen: must be HOST:PORT" in result.stderr
     assert not (private_config.parent / "data").exists()
+
+
+def test_secrets_from_systemd_credentials(private_config: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``credential:NAME`` is NAME in $CREDENTIALS_DIRECTORY (LoadCredential=); nothing else changes."""
+    text = private_config.read_text()
+    secrets = {}
+    for key, name in (("pin_file", "hsm-pin"), ("password_file", "ldap-password"), ("token_file", "admin-token")):
+        old = next(line for line in text.splitlines() if line.startswith(f"{key} = "))
+        secrets[name] = Path(old.split('"')[1]).read_text()
+        text = text.replace(old, f'{key} = "credential:{name}"')
+    private_config.write_text(text)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(ConfigError) as info:
+        load_config(private_config)
+    assert info.value.key == "hsm.pin_file" and "credential:hsm-pin needs $CREDENTIALS_DIRECTORY" in str(info.value)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    for name, value in secrets.items():
+        (credentials / name).write_text(value)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    config = load_config(private_config)
+    assert config.hsm.pin_file == credentials / "hsm-pin"
+    assert config.hsm.read_pin() == secrets["hsm-pin"].strip()
+    assert config.ldap is not None and config.ldap.read_password() == secrets["ldap-password"].strip()
+    assert config.admin is not None and config.admin.read_token() == secrets["admin-token"].strip()
+    (credentials / "admin-token").write_text("")
+    with pytest.raises(ConfigError, match=r"admin\.token_file: .* is empty"):
+        load_config(private_config)
+    for bad in ("../hsm-pin", "", "a/b", ".."):
+        _edit(private_config, 'pin_file = "credential:', f'pin_file = "credential:{bad}" #')
+        with pytest.raises(ConfigError, match="a credential name is one file name") as info:
+            load_config(private_config)
+        assert info.value.key == "hsm.pin_file"
+        private_config.write_text(text)

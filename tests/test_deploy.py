@@ -86,9 +86,19 @@ def _materialise(config: Path, tmp_path: Path, demo: Path) -> Path:
     return out
 
 
+def _credentials(config: Path) -> set[str]:
+    return set(re.findall(r'"credential:([^"]+)"', config.read_text()))
+
+
 @pytest.mark.parametrize("config", [DEPLOY / "annuaire.production.toml", COMPOSE / "annuaire.toml"],
                          ids=["production", "compose"])
-def test_example_configurations_load(config: Path, tmp_path: Path, demo_token: Path) -> None:
+def test_example_configurations_load(config: Path, tmp_path: Path, demo_token: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    credentials = tmp_path / "credentials"  # what systemd's LoadCredential= fills
+    credentials.mkdir()
+    for name in _credentials(config):
+        (credentials / name).write_text("placeholder\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
     loaded = load_config(_materialise(config, tmp_path, demo_token))
     assert loaded.registry_url.startswith("postgresql://") and loaded.registry_password_file is not None
     assert loaded.ldap is not None and len(loaded.ldap.urls) == 2
@@ -102,12 +112,25 @@ def test_systemd_units_verify(unit: str, tmp_path: Path) -> None:
     text = (DEPLOY / "systemd" / unit).read_text().replace("/opt/annuaire/.venv", str(ROOT / ".venv"))
     (tmp_path / unit).write_text(text)
     result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / unit)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr  # a bad key is only a warning
     assert "User=annuaire" in text or "-u openldap" in text  # never root
     for line in text.splitlines():  # the service's command lines are ones our CLI accepts
         if line.startswith(("ExecStart=", "ExecStartPre=")) and "annuaire " in line:
             args = line.split("=", 1)[1].split()[1:]
             build_parser().parse_args(args)
+
+
+def test_service_unit_notifies_and_hands_over_every_secret() -> None:
+    unit = (DEPLOY / "systemd" / "annuaire.service").read_text()
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if re.match(r"^[A-Z]\w+=", line)
+                    and not line.startswith("LoadCredential="))
+    assert settings["Type"] == "notify" and settings["NotifyAccess"] == "main"  # READY=1/WATCHDOG=1 from serve
+    assert settings["WatchdogSec"] == "30s"
+    assert settings["KillMode"] == "mixed"  # SIGTERM to serve alone: it stops its LDAP worker itself
+    loaded = dict(re.findall(r"^LoadCredential=([^:]+):(/etc/annuaire/secrets/\S+)$", unit, re.M))
+    assert _credentials(DEPLOY / "annuaire.production.toml") == set(loaded)
+    production = (DEPLOY / "annuaire.production.toml").read_text()
+    assert "/etc/annuaire/secrets/" not in re.sub(r"(?m)#.*$", "", production)  # no secret read directly
 
 
 @pytest.mark.parametrize("role", ["provider", "consumer"])

@@ -1,6 +1,7 @@
 """systemd's notify protocol (directory/service/systemd.py), checked with real datagram sockets: READY=1 only
 once readiness is clear (as /readyz reports it), WATCHDOG=1 fed by the event loop (and stopping when the loop
-is stuck), STOPPING=1 on SIGTERM; the served process under a NOTIFY_SOCKET bound by the test."""
+is stuck), STOPPING=1 on SIGTERM; the served process under a NOTIFY_SOCKET bound by the test, with its
+secrets from $CREDENTIALS_DIRECTORY as LoadCredential= provides them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import itertools
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -113,6 +115,17 @@ async def test_watchdog_pings_stop_while_the_event_loop_is_stuck(listener: Liste
     assert any(at >= blocked_until for at in pings)  # and the pings resume with the loop
 
 
+def _directory_has_people(url: str) -> bool:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = subprocess.run(["ldapsearch", "-x", "-LLL", "-H", url, "-b", "o=sante,c=fr",
+                                "(objectClass=pkiUser)", "1.1"], capture_output=True, text=True)
+        if found.stdout.count("dn: ") >= 10:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -126,11 +139,26 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _secrets_as_credentials(config: Path, credentials: Path) -> None:
+    """What deploy/systemd/annuaire.service does: each secret a LoadCredential=, named in the config."""
+    credentials.mkdir(mode=0o700)
+    text = config.read_text()
+    for key, name in (("pin_file", "hsm-pin"), ("password_file", "ldap-password"), ("token_file", "admin-token")):
+        line = next(line for line in text.splitlines() if line.startswith(f"{key} = "))
+        (credentials / name).write_bytes((config.parent / line.split('"')[1]).read_bytes())
+        (credentials / name).chmod(0o400)
+        text = text.replace(line, f'{key} = "credential:{name}"')
+    config.write_text(text)
+
+
 def test_served_process_notifies_ready_feeds_the_watchdog_and_says_stopping(demo: Path, tmp_path: Path) -> None:
+    """As under deploy/systemd/annuaire.service: Type=notify, WatchdogSec=, secrets from LoadCredential=."""
+    _secrets_as_credentials(demo, tmp_path / "credentials")
     address = str(tmp_path / "notify")  # a path, as systemd's own /run/systemd/notify
     listener = Listener(address)
     try:
-        env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"}  # WatchdogSec=1s: a ping every 0.5 s
+        env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000",  # WatchdogSec=1s: a ping every 0.5 s
+               "CREDENTIALS_DIRECTORY": str(tmp_path / "credentials")}
         with serve(demo, ready=False, env=env) as running:
             ready_at = listener.wait_for("READY=1", 60)
             status, _, body = http(running.base + "/readyz")
@@ -143,6 +171,8 @@ def test_served_process_notifies_ready_feeds_the_watchdog_and_says_stopping(demo
             assert len(children) >= 2, children
             for child in children:
                 assert b"NOTIFY_SOCKET=" not in Path(f"/proc/{child}/environ").read_bytes(), child
+            # the LDAP worker read its bind password from the credentials too: the directory got the demo
+            assert _directory_has_people(running.ldap_url)
             running.stop()
             assert running.proc.returncode == 0
         assert len(listener.times("READY=1")) == 1
