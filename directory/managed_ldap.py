@@ -3,16 +3,14 @@
 It listens on the loopback address of the first ``[ldap] urls`` entry, keeps its database under
 ``DATA_DIR/ldap``, uses ``deploy/slapd/provider.conf`` (indexes, ACLs) and stops with the service.
 At start it makes sure the DIT skeleton exists (suffix, ``ou=AC``, ``ou=Personnes``, ``ou=Structures``)
-and that the service's bind entry carries the password from ``[ldap] password_file``. The slapd root
-password is random per start and never written anywhere but the private slapd.conf (0600).
+and that the service's bind entry carries the password from ``[ldap] password_file`` (hashed: ``{ARGON2}``).
+The slapd root password is random per start, only its hash is in the private slapd.conf (0600).
 Production points ``[ldap] urls`` at an external OpenLDAP instead (``managed = false``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
 import secrets
 from typing import TYPE_CHECKING
@@ -22,7 +20,7 @@ import ldap3
 from ldap3.utils.dn import parse_dn
 
 from directory.config import Config, LdapConfig
-from directory.slapd import PROVIDER_TEMPLATE, Slapd, SlapdConfig, SlapdError
+from directory.slapd import PROVIDER_TEMPLATE, Slapd, SlapdConfig, SlapdError, hash_password
 
 if TYPE_CHECKING:
     from directory.service.app import Service
@@ -55,7 +53,7 @@ def ensure_skeleton(slapd: Slapd, ldap: LdapConfig) -> None:
                                                                                           "organization"],
                     {first[0]: first[1]} | ({"o": first[1]} if first[0].lower() == "dc" else {}))]
         entries += [(f"ou={b},{ldap.suffix}", ["top", "organizationalUnit"], {"ou": b}) for b in BRANCHES]
-        password = ssha(ldap.read_password())
+        password = hash_password(ldap.read_password())
         service_rdn = parse_dn(ldap.bind_dn)[0]
         entries.append((ldap.bind_dn, ["top", "applicationProcess", "simpleSecurityObject"],
                         {service_rdn[0]: service_rdn[1], "userPassword": password}))
@@ -68,12 +66,6 @@ def ensure_skeleton(slapd: Slapd, ldap: LdapConfig) -> None:
                 raise SlapdError(f"cannot create {dn}: {result.get('description')} {result.get('message')}")
         # the password file is the truth: keep the bind entry in step with it (a fresh salt each start)
         conn.modify(ldap.bind_dn, {"userPassword": [(ldap3.MODIFY_REPLACE, [password])]})
-
-
-def ssha(password: str) -> str:
-    """``{SSHA}`` form for userPassword: slapd checks binds against it; the cleartext is never stored."""
-    salt = secrets.token_bytes(8)
-    return "{SSHA}" + base64.b64encode(hashlib.sha1(password.encode() + salt).digest() + salt).decode()
 
 
 class ManagedLdapComponent:

@@ -21,6 +21,8 @@ ANNUAIRE_SCHEMA_DIR = PROJECT / "schema"
 PROVIDER_TEMPLATE = PROJECT / "deploy" / "slapd" / "provider.conf"
 MULTI_PROVIDER = PROJECT / "deploy" / "slapd" / "replication" / "multi-provider.conf"
 CONSUMER = PROJECT / "deploy" / "slapd" / "replication" / "consumer.conf"
+# cn=config (OLC) forms of the same: olc/provider.ldif, replication/olc/NAME.ldif for replication/NAME.conf
+SEED = PROJECT / "deploy" / "slapd" / "seed.ldif"
 _DATABASE_MARK = "# -- database --"
 MODULE_DIRS = (Path("/usr/lib/ldap"), Path("/usr/lib/x86_64-linux-gnu/ldap"), Path("/usr/lib/aarch64-linux-gnu/ldap"))
 
@@ -62,30 +64,55 @@ class SlapdConfig:
     template: Path | None = None  # e.g. PROVIDER_TEMPLATE: @NAME@ placeholders filled from this config
     service_dn: str = ""
     replication: Path | None = None  # MULTI_PROVIDER or CONSUMER, added to the template
-    replication_values: dict[str, str] = field(default_factory=dict, repr=False)  # PROVIDER1_URL, ...
+    replication_values: dict[str, str] = field(default_factory=dict, repr=False)  # PROVIDER1_URL, TLS_..., ...
+    olc: bool = False  # run from a cn=config folder loaded from the templates' LDIF forms (slapd -F)
+    _root_hash: str = field(default="", init=False, repr=False)
 
     @property
     def url(self) -> str:
         return f"ldap://{self.host}:{self.port}"
 
+    def values(self) -> dict[str, str]:
+        """The templates' placeholders (explained in deploy/slapd/provider.conf), ROOT_PW as a hash."""
+        if not self._root_hash:
+            self._root_hash = hash_password(self.root_password)
+        values = {"SCHEMA_DIR": SCHEMA_DIR, "ANNUAIRE_SCHEMA_DIR": ANNUAIRE_SCHEMA_DIR, "RUN_DIR": self.directory,
+                  "MODULE_DIR": _module_dir(), "SUFFIX": self.suffix, "ROOT_DN": self.root_dn,
+                  "ROOT_PW": self._root_hash, "DATA_DIR": self.directory / "data",
+                  "SERVICE_DN": self.service_dn or self.root_dn, "REPLICATOR_DN": f"cn=replicator,{self.suffix}",
+                  **self.replication_values}
+        kind, _, name = self.suffix.partition(",")[0].partition("=")
+        if kind.strip().lower() == "o":
+            values.setdefault("ORGANIZATION", name.strip())
+        return {name: str(value) for name, value in values.items()}
+
+    def fill(self, text: str, source: Path) -> str:
+        """``text`` with every @NAME@ replaced; a placeholder left outside comments is an error."""
+        for name, value in self.values().items():
+            text = text.replace(f"@{name}@", value)
+        left = re.search(r"@[A-Z_0-9]+@", "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#")))
+        if left:
+            raise SlapdError(f"{source}: placeholder {left.group(0)} has no value")
+        return text
+
+    def render_olc(self) -> tuple[str, str | None]:
+        """The cn=config forms: the base configuration (slapadd -n 0) and the replication changes (slapmodify)."""
+        if self.template is None or self.extra or self.global_extra:
+            raise SlapdError("the cn=config form exists for the provider template only, without extra lines")
+        base = self.template.parent / "olc" / (self.template.stem + ".ldif")
+        changes = self.replication and self.replication.parent / "olc" / (self.replication.stem + ".ldif")
+        return self.fill(base.read_text(), base), changes and self.fill(changes.read_text(), changes)
+
     def render(self) -> str:
         data = self.directory / "data"
         if self.template is not None:
-            values = {"SCHEMA_DIR": SCHEMA_DIR, "ANNUAIRE_SCHEMA_DIR": ANNUAIRE_SCHEMA_DIR, "RUN_DIR": self.directory,
-                      "MODULE_DIR": _module_dir(), "SUFFIX": self.suffix, "ROOT_DN": self.root_dn,
-                      "ROOT_PW": self.root_password, "DATA_DIR": data, "SERVICE_DN": self.service_dn or self.root_dn,
-                      "REPLICATOR_DN": self.root_dn, **self.replication_values}
             text = self.template.read_text()
             if self.replication is not None:
                 global_part, _, database_part = self.replication.read_text().partition(_DATABASE_MARK)
                 text = re.sub(r"^database\b", lambda m: global_part.strip() + "\n\n" + m.group(0), text, count=1,
                               flags=re.MULTILINE)
                 text = text.rstrip("\n") + "\n\n" + database_part.strip() + "\n"
-            for name, value in values.items():
-                text = text.replace(f"@{name}@", str(value))
-            left = re.search(r"@[A-Z_]+@", "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#")))
-            if left:
-                raise SlapdError(f"{self.template}: placeholder {left.group(0)} has no value")
+            text = self.fill(text, self.template)
             if self.global_extra:
                 text = re.sub(r"^database\b", lambda m: self.global_extra + "\n\n" + m.group(0), text, count=1,
                               flags=re.MULTILINE)
@@ -113,18 +140,53 @@ class Slapd:
         self.conf_file = config.directory / "slapd.conf"
         self.log_file = config.directory / "slapd.log"
 
+    @property
+    def config_dir(self) -> Path:
+        """The cn=config folder (``olc``)."""
+        return self.config.directory / "slapd.d"
+
+    def config_args(self) -> list[str]:
+        return ["-F", str(self.config_dir)] if self.config.olc else ["-f", str(self.conf_file)]
+
     def write_config(self) -> None:
         self.config.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.config.directory / "data").mkdir(exist_ok=True, mode=0o700)
+        if self.config.olc:
+            self._write_olc()
+            return
         self.conf_file.write_text(self.config.render())
         self.conf_file.chmod(0o600)
 
+    def _write_olc(self) -> None:
+        """A fresh cn=config folder: the base LDIF added, then the replication changes applied (offline)."""
+        base, changes = self.config.render_olc()
+        shutil.rmtree(self.config_dir, ignore_errors=True)
+        self.config_dir.mkdir(mode=0o700)
+        for tool, text in (("slapadd", base), ("slapmodify", changes)):
+            if text is None:
+                continue
+            ldif = self.config.directory / f"{tool}.ldif"
+            ldif.write_text(text)
+            ldif.chmod(0o600)
+            result = subprocess.run([_tool(tool), "-n", "0", "-F", str(self.config_dir), "-l", str(ldif)],
+                                    capture_output=True, text=True)
+            ldif.unlink()
+            if result.returncode != 0:
+                raise SlapdError(f"{tool} -n 0 refused the cn=config form: {result.stderr.strip()}")
+
     def test_config(self) -> None:
         """``slaptest`` on the written configuration."""
-        slaptest = shutil.which("slaptest") or "/usr/sbin/slaptest"
-        result = subprocess.run([slaptest, "-u", "-f", str(self.conf_file)], capture_output=True, text=True)
+        result = subprocess.run([_tool("slaptest"), "-u", *self.config_args()], capture_output=True, text=True)
         if result.returncode != 0:
-            raise SlapdError(f"slaptest refused {self.conf_file}: {result.stderr.strip()}")
+            raise SlapdError(f"slaptest refused {self.config_args()[1]}: {result.stderr.strip()}")
+
+    def load(self, ldif: str) -> None:
+        """``slapadd -w`` into the (stopped) database: entries before the first start (deploy/slapd/seed.ldif)."""
+        self.write_config()
+        result = subprocess.run([_tool("slapadd"), "-w", "-b", self.config.suffix, *self.config_args()],
+                                input=ldif, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SlapdError(f"slapadd refused the entries: {result.stderr.strip()}")
 
     def start(self, timeout: float = 15.0, die_with_parent: bool = False) -> None:
         """Start and wait until it listens. ``die_with_parent``: the kernel sends slapd SIGTERM when the
@@ -134,7 +196,7 @@ class Slapd:
         self.test_config()
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(
-            [find_slapd(), "-f", str(self.conf_file), "-h", self.config.url + "/", "-d", "0"],
+            [find_slapd(), *self.config_args(), "-h", self.config.url + "/", "-d", "0"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=_parent_death_signal if die_with_parent else None)
         deadline = time.monotonic() + timeout
@@ -159,6 +221,24 @@ class Slapd:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+def _tool(name: str) -> str:
+    return shutil.which(name) or f"/usr/sbin/{name}"
+
+
+def hash_password(secret: str) -> str:
+    """A userPassword / rootpw value slapd checks binds against: ``{ARGON2}`` from slapd's own argon2 module
+    where it is installed (Debian's slapd ships it), ``{SSHA}`` otherwise. The secret goes through a pipe,
+    never on a command line."""
+    argon2 = any((_module_dir() / f"argon2.{ext}").exists() for ext in ("la", "so"))
+    scheme = ["-o", f"module-path={_module_dir()}", "-o", "module-load=argon2", "-h", "{ARGON2}"] if argon2 \
+        else ["-h", "{SSHA}"]
+    result = subprocess.run([_tool("slappasswd"), *scheme, "-T", "/dev/stdin"], input=secret, capture_output=True,
+                            text=True)
+    if result.returncode != 0 or not result.stdout.startswith("{"):
+        raise SlapdError(f"slappasswd failed: {result.stderr.strip()}")
+    return result.stdout.strip()
 
 
 def _parent_death_signal() -> None:

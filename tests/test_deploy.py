@@ -4,6 +4,7 @@ container's slapd configuration renders and passes `slaptest` for both roles."""
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import yaml
 from directory.cli import build_parser
 from directory.config import load_config
 from tests.conftest import ROOT
+from tests.test_ldap_sync import _tls_files
 
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose"
@@ -137,6 +139,9 @@ def test_service_unit_notifies_and_hands_over_every_secret() -> None:
 def test_container_slapd_configuration_renders_and_passes_slaptest(role: str, tmp_path: Path) -> None:
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "ldap-replicator-password").write_text("replicator-pw\n")
+    (tmp_path / "secrets" / "ldap-password").write_text("service-pw\n")
+    for name, made in zip(("ldap-ca", "ldap-tls-certificate", "ldap-tls-key"), _tls_files(tmp_path), strict=True):
+        made.rename(tmp_path / "secrets" / name)
     env = {"ROLE": role, "SELF_URL": "ldap://127.0.0.1:3999/", "ANNUAIRE_DIR": str(ROOT),
            "RUN_DIR": str(tmp_path / "run"), "DATA_DIR": str(tmp_path / "data"),
            "SECRETS_DIR": str(tmp_path / "secrets"), "CHECK_ONLY": "1", "PATH": "/usr/sbin:/usr/bin:/bin"}
@@ -147,6 +152,20 @@ def test_container_slapd_configuration_renders_and_passes_slaptest(role: str, tm
     assert ("multiprovider   on" in conf) == (role == "provider")
     assert ("updateref" in conf) == (role == "consumer")
     assert "replicator-pw" in conf and oct((tmp_path / "run" / "slapd.conf").stat().st_mode & 0o777) == "0o600"
+    assert re.search(r"^rootpw\s+\{ARGON2\}\$argon2", conf, re.M)  # only a hash of the (random) root password
+    body = re.sub(r"(?m)^#.*$", "", conf)
+    assert body.count("starttls=critical") == 2 and body.count('binddn="cn=replicator,o=sante,c=fr"') == 2
+    # a provider's first start seeds the suffix and the two accounts, passwords as {ARGON2} hashes
+    seeded = subprocess.run(["slapcat", "-f", str(tmp_path / "run" / "slapd.conf"), "-o", "ldif-wrap=no"],
+                            capture_output=True, text=True)
+    dns = re.findall(r"^dn: (.*)$", seeded.stdout, re.M)
+    if role == "provider":
+        assert dns == ["o=sante,c=fr", "cn=annuaire,o=sante,c=fr", "cn=replicator,o=sante,c=fr"], seeded.stderr
+        hashes = [base64.b64decode(v) for v in re.findall(r"^userPassword:: (\S+)$", seeded.stdout, re.M)]
+        assert len(hashes) == 2 and all(h.startswith(b"{ARGON2}$argon2") for h in hashes)
+        assert "service-pw" not in seeded.stdout and "replicator-pw" not in seeded.stdout
+    else:
+        assert dns == []  # a consumer gets everything by replication
 
 
 def _packages(target: str) -> set[str]:

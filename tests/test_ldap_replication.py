@@ -1,10 +1,16 @@
 """Replicated OpenLDAP from deploy/slapd: two providers in multi-provider replication and one read-only
-consumer (real slapd processes on loopback). The sync writes to the first provider; that provider is
-SIGKILLed mid-sync; the sync fails over to the second; every node converges with nothing lost, and a new
-certificate is found on the consumer within a measured bound."""
+consumer (real slapd processes on loopback). The first provider runs from slapd.conf, the second provider and
+the consumer from the cn=config (OLC) forms. Replication binds as the dedicated replicator (an {ARGON2}
+hash, seeded into both providers before their first start) over StartTLS, checking the providers'
+certificates against a throw-away test CA; the replicator's password is refused in clear, so replication
+runs over TLS or not at all. The sync writes to the first provider; that provider is SIGKILLed mid-sync;
+the sync fails over to the second; every node converges with nothing lost, and a new certificate is found
+on the consumer within a measured bound."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import re
 import secrets
 import subprocess
@@ -23,11 +29,13 @@ from directory.ingest.importer import ImportSummary
 from directory.ingest.sources import SourceItem
 from directory.managed_ldap import ensure_skeleton
 from directory.runtime import importer_for, open_config_registry, open_hsm
-from directory.slapd import CONSUMER, MULTI_PROVIDER, PROVIDER_TEMPLATE, Slapd, SlapdConfig
+from directory.slapd import CONSUMER, MULTI_PROVIDER, PROVIDER_TEMPLATE, SEED, Slapd, SlapdConfig, hash_password
 from tests.conftest import free_port, run_cli
 from tests.ldap_env import SUFFIX, search
+from tests.test_ldap_sync import _tls_files
 
 ROOT_DN = f"cn=admin,{SUFFIX}"
+REPLICATOR_DN = f"cn=replicator,{SUFFIX}"
 
 
 def _count(node: Slapd) -> int:
@@ -46,23 +54,77 @@ def _dns(node: Slapd) -> dict[str, list[bytes]]:
 
 @pytest.fixture()
 def cluster(tmp_path: Path) -> Iterator[dict[str, Slapd]]:
-    password = secrets.token_urlsafe(16)  # the replicator binds as the rootdn of every node (test setup)
+    root_password, replicator_password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    ca, cert, key = _tls_files(tmp_path)  # one server certificate for 127.0.0.1, as the URLs say
     ports = {name: free_port() for name in ("p1", "p2", "c")}
     urls = {name: f"ldap://127.0.0.1:{port}/" for name, port in ports.items()}
-    values = {"PROVIDER1_URL": urls["p1"], "PROVIDER2_URL": urls["p2"], "REPLICATOR_PW": password}
+    values = {"PROVIDER1_URL": urls["p1"], "PROVIDER2_URL": urls["p2"], "REPLICATOR_DN": REPLICATOR_DN,
+              "REPLICATOR_PW": replicator_password, "TLS_CA_FILE": str(ca), "TLS_CERT_FILE": str(cert),
+              "TLS_KEY_FILE": str(key),
+              "REPLICATOR_PW_HASH": hash_password(replicator_password),
+              "SERVICE_PW_HASH": hash_password(secrets.token_urlsafe(16))}  # ensure_skeleton sets the real one
     nodes = {}
-    for name, replication in (("p1", MULTI_PROVIDER), ("p2", MULTI_PROVIDER), ("c", CONSUMER)):
+    for name, replication, olc in (("p1", MULTI_PROVIDER, False), ("p2", MULTI_PROVIDER, True),
+                                   ("c", CONSUMER, True)):
         nodes[name] = Slapd(SlapdConfig(directory=tmp_path / name, suffix=SUFFIX, root_dn=ROOT_DN,
-                                        root_password=password, port=ports[name], template=PROVIDER_TEMPLATE,
+                                        root_password=root_password, port=ports[name], template=PROVIDER_TEMPLATE,
                                         service_dn=f"cn=annuaire,{SUFFIX}", replication=replication,
-                                        replication_values=values))
+                                        replication_values=values, olc=olc))
     try:
+        for name in ("p1", "p2"):  # the same seed into every provider before its first start
+            nodes[name].load(nodes[name].config.fill(SEED.read_text(), SEED))
         for node in nodes.values():
             node.start()
         yield nodes
     finally:
         for node in nodes.values():
             node.stop()
+
+
+def _replicator(tool: str, node: Slapd, *args: str, tls: bool, ldif: str | None = None,
+                ) -> subprocess.CompletedProcess[str]:
+    values = node.config.replication_values
+    return subprocess.run([tool, "-x", *(["-ZZ"] if tls else []), "-H", node.config.url, "-D", REPLICATOR_DN,
+                           "-w", values["REPLICATOR_PW"], *args], input=ldif, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "LDAPTLS_CACERT": values["TLS_CA_FILE"],
+                               "LDAPTLS_REQCERT": "demand"})
+
+
+def test_replication_binds_as_the_replicator_over_starttls_only(cluster: dict[str, Slapd], tmp_path: Path) -> None:
+    p1, p2, consumer = cluster["p1"], cluster["p2"], cluster["c"]
+    for provider in (p1, p2):
+        clear = _replicator("ldapwhoami", provider, tls=False)
+        assert clear.returncode == 49, clear  # invalidCredentials: the password is not accepted in clear
+        tls = _replicator("ldapwhoami", provider, tls=True)
+        assert tls.returncode == 0 and f"dn:{REPLICATOR_DN}" in tls.stdout, tls
+        write = _replicator("ldapmodify", provider, tls=True, ldif=(
+            f"dn: {SUFFIX}\nchangetype: modify\nreplace: description\ndescription: nope\n"))
+        assert write.returncode == 50, write  # insufficientAccessRights: it only reads
+    # passwords are {ARGON2} hashes: in the directory, and the rootdn's in both configuration forms
+    stored = subprocess.run(["slapcat", *p2.config_args(), "-b", SUFFIX, "-a", f"(entryDN={REPLICATOR_DN})"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "userPassword:: " in stored and b"{ARGON2}$argon2" in base64.b64decode(
+        stored.split("userPassword:: ")[1].split("\n")[0] + "==")
+    assert re.search(r"^rootpw\s+\{ARGON2\}", p1.conf_file.read_text(), re.M)
+    olc = subprocess.run(["slapcat", "-n", "0", "-o", "ldif-wrap=no", *p2.config_args()], capture_output=True,
+                         text=True, check=True).stdout
+    assert base64.b64decode(olc.split("olcRootPW:: ")[1].split("\n")[0]).startswith(b"{ARGON2}$argon2")
+    # the consumer got the seed (suffix, two accounts) over TLS; one that cannot check the providers'
+    # certificate (it trusts another CA) gets nothing
+    (tmp_path / "other").mkdir()
+    values = {**consumer.config.replication_values, "TLS_CA_FILE": str(_tls_files(tmp_path / "other")[0])}
+    untrusting = Slapd(dataclasses.replace(consumer.config, directory=tmp_path / "untrusting", port=free_port(),
+                                           replication_values=values))
+    untrusting.start()
+    try:
+        deadline = time.monotonic() + 15
+        while _count(consumer) < 3:
+            assert time.monotonic() < deadline, _count(consumer)
+            time.sleep(0.2)
+        time.sleep(3)  # past the 2 s retry: the untrusting consumer has tried again and failed again
+        assert _count(untrusting) == 0
+    finally:
+        untrusting.stop()
 
 
 def test_multi_provider_failover_and_consumer_lookups(cluster: dict[str, Slapd], private_config: Path,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import subprocess
 from pathlib import Path
 
@@ -27,6 +29,10 @@ def test_managed_slapd_lives_and_dies_with_the_service(demo: Path) -> None:
                                  password, "-b", "cn=annuaire,o=sante,c=fr", "userPassword"],
                                 capture_output=True, text=True)
         assert password not in stored.stdout  # stored salted-hashed, never in clear
+        value = base64.b64decode(stored.stdout.split("userPassword:: ", 1)[1].replace("\n ", "").split()[0])
+        assert value.startswith(b"{ARGON2}$argon2")  # with slapd's own argon2 module
+        conf = (demo.parent / "data" / "ldap" / "slapd.conf").read_text()
+        assert re.search(r"^rootpw\s+\{ARGON2\}\$argon2", conf, re.M)  # the root password is a hash there too
         anonymous_write = subprocess.run(["ldapadd", "-x", "-H", url], input=(
             "dn: ou=X,o=sante,c=fr\nobjectClass: organizationalUnit\nou: X\n"), capture_output=True, text=True)
         assert anonymous_write.returncode != 0
