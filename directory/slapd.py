@@ -21,8 +21,8 @@ ANNUAIRE_SCHEMA_DIR = PROJECT / "schema"
 PROVIDER_TEMPLATE = PROJECT / "deploy" / "slapd" / "provider.conf"
 MULTI_PROVIDER = PROJECT / "deploy" / "slapd" / "replication" / "multi-provider.conf"
 CONSUMER = PROJECT / "deploy" / "slapd" / "replication" / "consumer.conf"
-# cn=config (OLC) forms of the same: olc/provider.ldif, replication/olc/NAME.ldif for replication/NAME.conf
-SEED = PROJECT / "deploy" / "slapd" / "seed.ldif"
+# (their cn=config forms, found by name: olc/provider.ldif, replication/olc/NAME.ldif for replication/NAME.conf)
+SEED = PROJECT / "deploy" / "slapd" / "seed.ldif"  # a provider's first entries (slapadd -w before it starts)
 _DATABASE_MARK = "# -- database --"
 MODULE_DIRS = (Path("/usr/lib/ldap"), Path("/usr/lib/x86_64-linux-gnu/ldap"), Path("/usr/lib/aarch64-linux-gnu/ldap"))
 
