@@ -8,6 +8,7 @@ an answer it recognises, and a cached answer holds nothing any client chose.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from asn1crypto import keys
@@ -60,3 +61,22 @@ def of_signed_part(signed: bytes) -> bytes | None:
         return single.any("CertID")
     except DerError:
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def _issuer_prefix(issuer_certificate_der: bytes, hash_name: str) -> bytes:
+    issuer = x509.load_der_x509_certificate(issuer_certificate_der)
+    return prefix(hash_name, *issuer_hashes(issuer, hash_name))
+
+
+def is_canonical_answer(issuer_certificate_der: bytes, serial_hex: str, hash_name: str, signed: bytes) -> bool:
+    """Whether a stored answer (registry row) names exactly the canonical CertID of its key columns."""
+    if hash_name not in HASH_OID_CONTENTS:
+        return False
+    try:
+        serial = int(serial_hex, 16)
+    except ValueError:
+        return False
+    if serial < 0:
+        return False
+    return of_signed_part(signed) == encode(_issuer_prefix(issuer_certificate_der, hash_name), serial)
