@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 PRESIGN_HASH = "sha1"  # what RFC 5019 clients use in CertIDs
 # Bytes charged per cache entry besides its key (request cache) or signed answer (answer cache): dict slot,
 # LRU links, tuples, serial int (up to 20 octets). tests/test_ocsp_caches.py measures them as upper bounds.
-REQUEST_ENTRY_OVERHEAD = 320
-ANSWER_ENTRY_OVERHEAD = 400
+REQUEST_ENTRY_OVERHEAD = 400
+ANSWER_ENTRY_OVERHEAD = 560
 
 
 @dataclass
