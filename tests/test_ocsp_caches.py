@@ -169,3 +169,23 @@ def test_a_flood_of_junk_and_of_valid_requests_does_not_grow_the_served_process(
     # before: every junk path and its DER were kept (~13 KB each: ~50 MB here); now nothing of them is
     assert grown < 16 * 1024 * 1024, f"RSS grew by {grown / 1e6:.1f} MB"
     print(json.dumps({"rss_growth_bytes": grown, "request_cache_bytes": held, "evictions": evicted}))
+
+
+def test_cache_sizes_are_configured_under_http(private_config: Path) -> None:
+    from directory.config import ConfigError
+
+    text = private_config.read_text()
+    assert load_config(private_config).http.ocsp_request_cache == 16 * 1024 * 1024  # the defaults
+    assert load_config(private_config).http.ocsp_answer_cache == 32 * 1024 * 1024
+    private_config.write_text(text.replace("[http]\n", '[http]\nocsp_request_cache = "512KiB"\n'
+                                                       "ocsp_answer_cache = 1000000\n", 1))
+    http_config = load_config(private_config).http
+    assert (http_config.ocsp_request_cache, http_config.ocsp_answer_cache) == (512 * 1024, 1_000_000)
+    for bad in ('"16MB"', "-1", '"1.5MiB"', "true", '"128GiB"'):
+        private_config.write_text(text.replace("[http]\n", f"[http]\nocsp_request_cache = {bad}\n", 1))
+        try:
+            load_config(private_config)
+        except ConfigError as exc:
+            assert "http.ocsp_request_cache" in str(exc), exc
+        else:
+            raise AssertionError(f"{bad} accepted")

@@ -32,6 +32,7 @@ from directory.registry import Registry
 from directory.runtime import importer_for, open_config_registry, open_hsm
 from ocsp.responder import OcspResponder, Outcome
 from tests import ocsp_requests as build
+from tests.admin_client import call
 from tests.conftest import ROOT, run_cli
 from tests.faults.mutation import mutate
 from tests.served import http, serve
@@ -120,7 +121,11 @@ def test_poisoning_requests_change_nothing_for_normal_clients(demo: Path, tmp_pa
                    check=True, capture_output=True)
     with serve(demo) as served:
         base = served.base
-        run_cli("import", "--config", str(demo), str(new), check=True)  # pre-signing runs every 30 s: not yet
+        run_cli("import", "--config", str(demo), str(new), check=True)
+        token = (d / "secrets" / "admin-token").read_text().strip()
+        looked_up = call(served.admin, "GET", f"/api/v1/certificates/ac-personnes/0x{_load(new).serial_number:x}",
+                         token=token)[2]
+        assert looked_up["publication"]["ocsp"]["presigned"] is False  # pre-signing comes every 30 s: not yet
         targets = [(d / "certs" / known["file"], "revoked"), (new, "good")]
         for cert_file, status in targets:
             cert = _load(cert_file)
