@@ -40,7 +40,7 @@ class ByteLru(Generic[K, V]):
         try:
             self._items.move_to_end(key)
         except KeyError:  # evicted by another thread in between: still a valid answer for this call
-            pass
+            return found[0]
         return found[0]
 
     def put(self, key: K, value: V, size: int) -> None:

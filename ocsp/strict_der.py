@@ -10,6 +10,7 @@ BIT STRINGs with unused bits set, SET OF elements out of order, and bytes after 
 from __future__ import annotations
 
 _MAX_LENGTH_OCTETS = 3  # 16 MiB: far beyond any request we take (the HTTP layer caps bodies at 10 KiB)
+MAX_DEPTH = 24  # nesting checked by ``any``: certificates and names need about ten
 _CONSTRUCTED = 0x20
 
 BOOLEAN, INTEGER, BIT_STRING, OCTET_STRING, NULL, OID, ENUMERATED = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x0A
@@ -112,10 +113,12 @@ class Reader:
     def any(self, what: str) -> bytes:
         """One whole TLV of any type, checked to be DER all the way down; its encoding is returned."""
         first = self.pos
-        self._check_tlv(what)
+        self._check_tlv(what, MAX_DEPTH)
         return self.data[first:self.pos]
 
-    def _check_tlv(self, what: str) -> None:
+    def _check_tlv(self, what: str, depth: int) -> None:
+        if depth == 0:
+            raise DerError(f"{what}: nested more than {MAX_DEPTH} levels deep at offset {self.pos}")
         tag, start, end = self._header()
         data = self.data
         if tag == 0:
@@ -127,7 +130,7 @@ class Reader:
             previous = None
             while not inner.at_end():
                 element_start = inner.pos
-                inner._check_tlv(what)
+                inner._check_tlv(what, depth - 1)
                 if tag == SET:  # DER: SET OF elements in ascending order of their encodings
                     element = data[element_start:inner.pos]
                     if previous is not None and element < previous:

@@ -145,3 +145,16 @@ def test_any_der_accident_is_malformed(values: tuple[list[CertId], bytes | None,
         return
     with pytest.raises(Malformed):
         parse_request(der)
+
+
+def test_deep_nesting_is_refused_not_a_crash() -> None:
+    deep = build.tlv(0x05, b"")
+    for _ in range(2500):  # ~8 KB, under the 10 KiB body cap
+        deep = build.seq(deep)
+    name_hash, key_hash = _hashes("sha1")
+    cid = build.cert_id("sha1", name_hash, key_hash, 5)
+    unknown = build.seq(build.tlv(0x06, bytes.fromhex("2b0601050507300107")), build.tlv(0x04, deep))
+    for der in (build.request(cid, extensions=unknown), build.request(cid, requestor=build.tlv(0xA4, deep))):
+        assert len(der) < 10 * 1024
+        with pytest.raises(Malformed, match="nested more than"):
+            parse_request(der)
