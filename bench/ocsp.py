@@ -159,19 +159,29 @@ def rss_with(certs: int) -> float:
     db = sqlite3.connect(db_path)
     have = db.execute("SELECT COUNT(*) FROM ocsp_responses").fetchone()[0]
     if have < certs:
-        from ocsp import response as resp  # a realistic signed part: ~ResponseData + RSA-2048 signature
+        # realistic answers: canonical CertID (the responder loads no other), RSA-2048-sized signature
+        from ocsp import cert_id
+        from ocsp import response as resp
 
-        issuer_id = db.execute("SELECT id FROM issuers WHERE name = 'ac-personnes'").fetchone()[0]
+        issuer_id, issuer_der = db.execute("SELECT id, certificate_der FROM issuers WHERE name = 'ac-personnes'"
+                                           ).fetchone()
+        prefix = cert_id.prefix("sha1", *cert_id.issuer_hashes(x509.load_der_x509_certificate(issuer_der), "sha1"))
         now = int(time.time())
-        body = resp.signed_part(b"\x30" + b"\x82\x00\xb0" + bytes(176), bytes.fromhex("300d06092a864886f70d01010b0500"),
-                                bytes(256))
+        algorithm = bytes.fromhex("300d06092a864886f70d01010b0500")
+
+        def body(serial: int) -> bytes:
+            single = resp.single_response(resp.SingleStatus(cert_id.encode(prefix, serial), "good"), now,
+                                          now + 4 * 86400)
+            return resp.signed_part(resp.response_data(bytes(20), now, [single], None, False), algorithm, bytes(256))
+
         for start in range(0, certs, 100_000):
             rows = range(start, min(certs, start + 100_000))
             db.executemany("INSERT OR IGNORE INTO certificates (issuer_id, serial_hex, status, imported_at, updated_at,"
                            " serial_low, der) VALUES (?, ?, 'good', ?, ?, ?, x'00')",
                            [(issuer_id, format(0x10000000 + i, "x"), now - 10, now - 10, i) for i in rows])
             db.executemany("INSERT OR REPLACE INTO ocsp_responses VALUES (?, ?, 'sha1', ?, ?, ?)",
-                           [(issuer_id, format(0x10000000 + i, "x"), now, now + 4 * 86400, body) for i in rows])
+                           [(issuer_id, format(0x10000000 + i, "x"), now, now + 4 * 86400, body(0x10000000 + i))
+                            for i in rows])
             db.commit()
     db.close()
     port = free_port()

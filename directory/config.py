@@ -60,6 +60,9 @@ class HttpConfig:
     base_url: str
     max_connections: int = 4096  # past it, new connections get 503 (file descriptors, memory)
     idle_timeout: float = 15.0  # seconds: idle keep-alive, and incomplete request headers (slow clients)
+    # bytes; LRU caches that OCSP traffic fills (request bytes -> parsed CertID; live answers other than SHA-1)
+    ocsp_request_cache: int = 16 * 1024 * 1024
+    ocsp_answer_cache: int = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -255,7 +258,7 @@ def load_config(path: str | Path) -> Config:
     hsm = _hsm(_Section(file, "hsm", top.table_of("hsm"), {
         "module", "token_label", "pin_env", "pin_file", "max_concurrent", "softhsm2_conf"}))
     http = _http(_Section(file, "http", top.table_of("http"), {"listen", "base_url", "max_connections",
-                                                               "idle_timeout"}))
+                                                               "idle_timeout", *_OCSP_CACHES}))
     registry = _Section(file, "registry", top.table_of("registry"), {"url", "password_file"})
     registry_url = registry.get("url", str, f"sqlite:///{data_dir / 'registry.sqlite3'}")
     registry_password_file = _readable(registry, "password_file")
@@ -362,7 +365,29 @@ def _http(s: _Section) -> HttpConfig:
     idle = s.get("idle_timeout", (int, float), HttpConfig.idle_timeout)
     if isinstance(idle, bool) or not 1 <= idle <= 3600:
         raise s.error("idle_timeout", "must be between 1 and 3600 seconds")
-    return HttpConfig(host, port, base_url, max_connections, float(idle))
+    caches: dict[str, int] = {}
+    for key in _OCSP_CACHES:
+        if key in s.table:
+            try:
+                caches[key] = parse_size(s.table[key])
+            except ValueError as exc:
+                raise s.error(key, str(exc)) from None
+            if caches[key] > 1 << 36:
+                raise s.error(key, "must be at most 64GiB")
+    return HttpConfig(host, port, base_url, max_connections, float(idle), **caches)
+
+
+_OCSP_CACHES = ("ocsp_request_cache", "ocsp_answer_cache")
+_SIZE_UNITS = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an integer or a string like ``512KiB``, ``16MiB``, ``1GiB``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value[-3:] in _SIZE_UNITS and value[:-3].isdigit():
+        return int(value[:-3]) * _SIZE_UNITS[value[-3:]]
+    raise ValueError(f"{value!r} is not a size (bytes, or 512KiB, 16MiB, 1GiB)")
 
 
 def _ldap(s: _Section) -> LdapConfig:

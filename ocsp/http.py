@@ -20,7 +20,6 @@ from aiohttp import web
 from directory.hsm.signer import HsmError
 from directory.httpdate import http_date
 from ocsp import response as resp
-from ocsp.request import Malformed, decode_get_path
 from ocsp.responder import PRESIGN_HASH, OcspResponder, Outcome, error_outcome
 
 if TYPE_CHECKING:
@@ -30,8 +29,6 @@ log = logging.getLogger(__name__)
 MAX_BODY = 10 * 1024
 CONTENT_TYPE = "application/ocsp-response"
 CHANGE_POLL = 0.2  # seconds between looks at the registry's change log
-DECODED_CACHE_SIZE = 200_000
-
 
 
 class OcspComponent:
@@ -46,7 +43,6 @@ class OcspComponent:
         self._presign_executor = ThreadPoolExecutor(1, thread_name_prefix="ocsp-presign")
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
-        self._decoded: dict[str, bytes] = {}  # GET path -> request DER (repeated RFC 5019 GETs)
 
     async def start(self, service: Service) -> None:
         self.service = service
@@ -86,19 +82,8 @@ class OcspComponent:
 
     async def _get(self, request: web.Request) -> web.Response:
         raw = request.raw_path.split("?", 1)[0]
-        tail = raw[raw.index("/ocsp") + len("/ocsp"):]
-        der = self._decoded.get(tail)
-        if der is None:
-            try:
-                der = decode_get_path(tail)
-            except Malformed:
-                return self._send(error_outcome(resp.MALFORMED_REQUEST), get=True)
-            if len(self._decoded) >= DECODED_CACHE_SIZE:
-                self._decoded.clear()
-            self._decoded[tail] = der
-        if len(der) > MAX_BODY:
-            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(der))
-        return self._send(await self._answer(der), get=True)
+        # decoded by the responder, and remembered by it only once it parsed to a request it serves
+        return self._send(await self._answer(raw[raw.index("/ocsp") + len("/ocsp"):]), get=True)
 
     async def _get_empty(self, request: web.Request) -> web.Response:
         return self._send(error_outcome(resp.MALFORMED_REQUEST), get=True)
@@ -112,11 +97,12 @@ class OcspComponent:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _answer(self, der: bytes) -> Outcome:
+    async def _answer(self, received: bytes | str) -> Outcome:
+        """``received``: a POST body, or the raw GET path after ``/ocsp``."""
         assert self.responder is not None
         started = time.perf_counter()
         try:
-            first = self.responder.from_cache(der)
+            first = self.responder.from_cache(received)
             if isinstance(first, Outcome):
                 outcome = first
             else:

@@ -1,7 +1,9 @@
 """Decoding OCSP requests (RFC 6960 §4.1) from POST bodies and GET paths, strictly and without surprises.
 
-Anything that is not a well-formed version-1 OCSPRequest becomes ``Malformed`` (answered with
-``malformedRequest``), never an exception that escapes.
+A request is read as strict DER (``ocsp.strict_der``): anything that is not the one canonical encoding
+of a version-1 OCSPRequest becomes ``Malformed`` (answered with ``malformedRequest``), never an
+exception that escapes. Only values come out (hash algorithm, hashes, serial, nonce): no byte of a
+request is kept to be sent back, so nothing a client encodes can reach an answer (its own nonce aside).
 """
 
 from __future__ import annotations
@@ -12,13 +14,19 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
-from asn1crypto import ocsp as aocsp
+from ocsp.strict_der import BIT_STRING, SEQUENCE, SET, DerError, Reader
 
 MAX_NONCE = 32
+MAX_SERIAL_OCTETS = 20  # RFC 5280 §4.1.2.2; the registry takes no longer serial either
 # CertID hash algorithms we answer for: OID -> hashlib name
 HASHES = {"1.3.14.3.2.26": "sha1", "2.16.840.1.101.3.4.2.1": "sha256", "2.16.840.1.101.3.4.2.2": "sha384",
           "2.16.840.1.101.3.4.2.3": "sha512"}
-_NONCE_OID = "1.3.6.1.5.5.7.48.1.2"
+DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
+# the same OIDs as contents octets (what the reader gives), and back
+HASH_OID_CONTENTS = {"sha1": bytes.fromhex("2b0e03021a"), "sha256": bytes.fromhex("608648016503040201"),
+                     "sha384": bytes.fromhex("608648016503040202"), "sha512": bytes.fromhex("608648016503040203")}
+_HASH_BY_OID = {oid: name for name, oid in HASH_OID_CONTENTS.items()}
+NONCE_OID_CONTENTS = bytes.fromhex("2b0601050507300102")  # 1.3.6.1.5.5.7.48.1.2
 _B64 = re.compile(rb"^[A-Za-z0-9+/]*={0,2}$")
 
 
@@ -28,9 +36,8 @@ class Malformed(ValueError):
 
 @dataclass(frozen=True)
 class CertId:
-    """One CertID as sent: its DER is echoed verbatim in the response."""
+    """One CertID's values (the answer carries their canonical encoding, never the request's bytes)."""
 
-    der: bytes
     hash_name: str
     name_hash: bytes
     key_hash: bytes
@@ -40,52 +47,178 @@ class CertId:
 @dataclass(frozen=True)
 class Request:
     cert_ids: tuple[CertId, ...]
-    nonce_extension: bytes | None  # the whole Extension DER, echoed verbatim when nonces are echoed
-    nonce: bytes | None
+    nonce: bytes | None  # echoed (re-encoded) to this requester only, when nonces are echoed
 
 
 def parse_request(der: bytes, max_cert_ids: int = 10) -> Request:
-    if not der or der[0] != 0x30:
-        raise Malformed("not a DER SEQUENCE")
+    """The values of one strict-DER OCSPRequest; ``Malformed`` says what is wrong and where."""
     try:
-        request = aocsp.OCSPRequest.load(der, strict=True)
-        tbs = request["tbs_request"]
-        if tbs["version"].native != "v1":
-            raise Malformed("unsupported version")
-        items = list(tbs["request_list"])
-        if not items:
+        top = Reader(der)
+        request = top.enter(SEQUENCE, "OCSPRequest")
+        top.done("OCSPRequest")
+        tbs = request.enter(SEQUENCE, "tbsRequest")
+        signature = request.enter_optional(0xA0, "optionalSignature")
+        if signature is not None:
+            _signature(signature)
+        request.done("OCSPRequest")
+        version = tbs.enter_optional(0xA0, "version")
+        if version is not None:
+            number = version.integer("version")
+            raise Malformed("version v1 encoded (DER leaves out DEFAULT values)" if number == 0
+                            else f"unsupported version {number}")
+        requestor = tbs.enter_optional(0xA1, "requestorName")
+        if requestor is not None:
+            _general_name(requestor)
+        items = tbs.enter(SEQUENCE, "requestList")
+        cert_ids: list[CertId] = []
+        while not items.at_end():
+            if len(cert_ids) == max_cert_ids:
+                raise Malformed(f"more than {max_cert_ids} CertIDs")
+            item = items.enter(SEQUENCE, "Request")
+            cert_ids.append(_cert_id(item.enter(SEQUENCE, "reqCert")))
+            single_extensions = item.enter_optional(0xA0, "singleRequestExtensions")
+            if single_extensions is not None:
+                _extensions(single_extensions, "singleRequestExtensions", understood=())
+            item.done("Request")
+        if not cert_ids:
             raise Malformed("empty requestList")
-        if len(items) > max_cert_ids:
-            raise Malformed(f"more than {max_cert_ids} CertIDs")
-        cert_ids = tuple(_cert_id(item) for item in items)
-        nonce_ext = nonce = None
-        for ext in tbs["request_extensions"] or []:
-            if ext["extn_id"].dotted == _NONCE_OID:
-                nonce_ext = ext.dump()
-                value = ext["extn_value"].parsed
-                nonce = bytes(value.native) if value is not None else b""
-                if not 1 <= len(nonce) <= MAX_NONCE:
-                    raise Malformed(f"nonce of {len(nonce)} octets (1 to {MAX_NONCE} allowed)")
-            elif ext["critical"].native:
-                raise Malformed(f"unsupported critical extension {ext['extn_id'].dotted}")
-        return Request(cert_ids, nonce_ext, nonce)
-    except Malformed:
-        raise
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
-        raise Malformed(f"undecodable request: {type(exc).__name__}") from None
+        nonce = None
+        extensions = tbs.enter_optional(0xA2, "requestExtensions")
+        if extensions is not None:
+            found = _extensions(extensions, "requestExtensions", understood=(NONCE_OID_CONTENTS,))
+            if NONCE_OID_CONTENTS in found:
+                nonce = _nonce(found[NONCE_OID_CONTENTS])
+        tbs.done("tbsRequest")
+        return Request(tuple(cert_ids), nonce)
+    except DerError as exc:
+        raise Malformed(str(exc)) from None
 
 
-def _cert_id(item: aocsp.Request) -> CertId:
-    cid = item["req_cert"]
-    oid = cid["hash_algorithm"]["algorithm"].dotted
-    hash_name = HASHES.get(oid)
+def _cert_id(r: Reader) -> CertId:
+    algorithm = r.enter(SEQUENCE, "hashAlgorithm")
+    oid = algorithm.oid("hashAlgorithm")
+    if not algorithm.at_end():
+        algorithm.null("hashAlgorithm parameters (NULL or absent)")
+    algorithm.done("hashAlgorithm")
+    hash_name = _HASH_BY_OID.get(oid)
     if hash_name is None:
-        raise Malformed(f"unsupported CertID hash algorithm {oid}")
-    name_hash, key_hash = bytes(cid["issuer_name_hash"].native), bytes(cid["issuer_key_hash"].native)
-    serial = cid["serial_number"].native
+        raise Malformed(f"unsupported CertID hash algorithm {dotted(oid)}")
+    name_hash = r.octet_string("issuerNameHash")
+    key_hash = r.octet_string("issuerKeyHash")
+    size = DIGEST_SIZES[hash_name]
+    if len(name_hash) != size or len(key_hash) != size:
+        raise Malformed(f"CertID hashes of {len(name_hash)} and {len(key_hash)} octets for {hash_name} "
+                        f"({size} expected)")
+    serial = r.integer("serialNumber")
+    r.done("CertID")
     if serial < 0:
         raise Malformed("negative serial number")
-    return CertId(cid.dump(), hash_name, name_hash, key_hash, serial)
+    if serial.bit_length() > 8 * MAX_SERIAL_OCTETS:
+        raise Malformed(f"serial number longer than {MAX_SERIAL_OCTETS} octets")
+    return CertId(hash_name, name_hash, key_hash, serial)
+
+
+def _extensions(explicit: Reader, what: str, understood: tuple[bytes, ...]) -> dict[bytes, bytes]:
+    """``Extensions`` (SIZE 1..MAX): OID contents -> extnValue contents. Each OID at most once; an
+    unknown critical one is refused (RFC 5280 §4.2); an unknown other one is checked as DER and ignored."""
+    sequence = explicit.enter(SEQUENCE, what)
+    explicit.done(what)
+    found: dict[bytes, bytes] = {}
+    while not sequence.at_end():
+        extension = sequence.enter(SEQUENCE, "Extension")
+        oid = extension.oid("extnID")
+        critical = False
+        if extension.peek() == 0x01:
+            critical = extension.boolean("critical")
+            if not critical:
+                raise Malformed(f"critical FALSE encoded in {what} (DER leaves out DEFAULT values)")
+        value = extension.octet_string("extnValue")
+        extension.done("Extension")
+        if oid in found:
+            raise Malformed(f"extension {dotted(oid)} twice in {what}")
+        if oid not in understood:
+            if critical:
+                raise Malformed(f"unsupported critical extension {dotted(oid)}")
+            inner = Reader(value)
+            inner.any(f"extension {dotted(oid)}")
+            inner.done(f"extension {dotted(oid)}")
+        found[oid] = value
+    if not found:
+        raise Malformed(f"empty {what}")
+    return found
+
+
+def _nonce(extn_value: bytes) -> bytes:
+    """RFC 8954: the extension's value is an OCTET STRING of 1 to 32 octets."""
+    inner = Reader(extn_value)
+    nonce = inner.octet_string("nonce")
+    inner.done("nonce")
+    if not 1 <= len(nonce) <= MAX_NONCE:
+        raise Malformed(f"nonce of {len(nonce)} octets (1 to {MAX_NONCE} allowed)")
+    return nonce
+
+
+_GENERAL_NAME_TAGS = {0xA0, 0x81, 0x82, 0xA3, 0xA4, 0xA5, 0x86, 0x87, 0x88}
+
+
+def _general_name(explicit: Reader) -> None:
+    """requestorName: one GeneralName (RFC 5280 §4.2.1.6), DER throughout, a directoryName checked down
+    to its attributes (never used: a request need not be signed, and nothing of it is echoed)."""
+    if explicit.peek() not in _GENERAL_NAME_TAGS:
+        raise Malformed("requestorName is not a GeneralName")
+    whole = Reader(explicit.data, explicit.pos, explicit.end)
+    whole.any("requestorName")
+    whole.done("requestorName")
+    if explicit.peek() == 0xA4:
+        directory = explicit.enter(0xA4, "directoryName")
+        name = directory.enter(SEQUENCE, "Name")
+        directory.done("directoryName")
+        while not name.at_end():
+            rdn = name.enter(SET, "RelativeDistinguishedName")
+            if rdn.at_end():
+                raise Malformed("empty RelativeDistinguishedName in requestorName")
+            while not rdn.at_end():
+                attribute = rdn.enter(SEQUENCE, "AttributeTypeAndValue")
+                attribute.oid("attribute type")
+                attribute.any("attribute value")
+                attribute.done("AttributeTypeAndValue")
+
+
+def _signature(explicit: Reader) -> None:
+    """A signed request's ``Signature``: checked as DER, not verified (signatures are not required)."""
+    signature = explicit.enter(SEQUENCE, "Signature")
+    explicit.done("optionalSignature")
+    algorithm = signature.enter(SEQUENCE, "signatureAlgorithm")
+    algorithm.oid("signatureAlgorithm")
+    if not algorithm.at_end():
+        algorithm.any("signatureAlgorithm parameters")
+    algorithm.done("signatureAlgorithm")
+    if signature.peek() != BIT_STRING:
+        raise Malformed("Signature without its BIT STRING")
+    signature.any("signature")
+    certs = signature.enter_optional(0xA0, "certs")
+    if certs is not None:
+        chain = certs.enter(SEQUENCE, "certs")
+        certs.done("certs")
+        while not chain.at_end():
+            if chain.peek() != SEQUENCE:
+                raise Malformed("certs holds something other than certificates")
+            chain.any("certificate")
+    signature.done("Signature")
+
+
+def dotted(oid: bytes) -> str:
+    """An OID's contents octets spelled 1.2.3 (for messages)."""
+    arcs, value = [], 0
+    for octet in oid:
+        value = (value << 7) | (octet & 0x7F)
+        if not octet & 0x80:
+            arcs.append(value)
+            value = 0
+    if not arcs:
+        return "(empty)"
+    first = min(arcs[0] // 40, 2)
+    return ".".join(str(a) for a in (first, arcs[0] - 40 * first, *arcs[1:]))
 
 
 def decode_get_path(raw_tail: str) -> bytes:

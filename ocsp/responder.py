@@ -8,32 +8,40 @@ Freshness: any status change (seen through the registry's change log, whichever 
 first removes the cached responses of that certificate, then re-signs them. A request arriving in
 between is signed live from the registry, so "revoked" is never hidden behind a cached "good". A
 generation counter per certificate keeps a slow live signature from putting back a stale response.
+
+Nothing a client sends reaches another client's answer: requests are strict DER (``ocsp.request``),
+every answer is keyed by (issuer, hash algorithm, serial) and carries the CertID built from those values
+(``ocsp.cert_id``); a nonce is echoed, re-encoded, to its own requester only, and such answers are never
+cached. What traffic fills (parsed requests, answers for hash algorithms other than SHA-1) lives in LRU
+caches bounded in bytes (``[http] ocsp_request_cache``, ``ocsp_answer_cache``); the SHA-1 pre-signed
+cache holds one answer per certificate of the registry, whatever the traffic.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from asn1crypto import keys
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from directory.config import Config, IssuerConfig
-from directory.crl import der
 from directory.hsm.signer import HsmError, HsmSigner, KeySigner
 from directory.registry import Registry
 from directory.revocation import REASON_CODES
+from ocsp import cert_id
 from ocsp import response as resp
-from ocsp.request import HASHES, CertId, Malformed, Request, parse_request
+from ocsp.lru import ByteLru
+from ocsp.request import HASHES, CertId, Malformed, Request, decode_get_path, parse_request
 
 log = logging.getLogger(__name__)
 PRESIGN_HASH = "sha1"  # what RFC 5019 clients use in CertIDs
-PARSED_CACHE_SIZE = 200_000  # request bytes -> parsed CertID, for repeated RFC 5019 requests
+# Bytes charged per cache entry besides its key (request cache) or signed answer (answer cache): dict slot,
+# LRU links, tuples, serial int (up to 20 octets). tests/test_ocsp_caches.py measures them as upper bounds.
+REQUEST_ENTRY_OVERHEAD = 400
+ANSWER_ENTRY_OVERHEAD = 560
 
 
 @dataclass
@@ -64,18 +72,20 @@ class IssuerResponder:
             responder_cert = issuer.certificate
             self.signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm)
             cert_ders = []
-        self.responder_key_hash = _key_hash(responder_cert, "sha1")
+        self.responder_key_hash = cert_id.key_hash(responder_cert, "sha1")
         self.certs = resp.certs_field(cert_ders)
-        subject = issuer.certificate.subject.public_bytes()
-        self.lookup_keys = {(h, hashlib.new(h, subject).digest(), _key_hash(issuer.certificate, h)) for h in
-                            HASHES.values()}
+        self.hashes = {h: cert_id.issuer_hashes(issuer.certificate, h) for h in HASHES.values()}
+        self.lookup_keys = {(h, name_hash, key_hash) for h, (name_hash, key_hash) in self.hashes.items()}
+        self._cid_prefix = {h: cert_id.prefix(h, *hashes) for h, hashes in self.hashes.items()}
         self.live_slots = threading.BoundedSemaphore(issuer.ocsp.live_concurrency)
 
+    def cert_id(self, hash_name: str, serial: int) -> CertId:
+        """The CertID of one of this issuer's certificates, as a client would send it."""
+        return CertId(hash_name, *self.hashes[hash_name], serial)
 
-def _key_hash(cert: x509.Certificate, hash_name: str) -> bytes:
-    """Hash of the subjectPublicKey BIT STRING contents (RFC 6960 issuerKeyHash, responderID byKey)."""
-    spki = keys.PublicKeyInfo.load(cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
-    return hashlib.new(hash_name, spki["public_key"].contents[1:]).digest()
+    def cert_id_der(self, hash_name: str, serial: int) -> bytes:
+        """The canonical CertID bytes an answer carries (values only, never a request's bytes)."""
+        return cert_id.encode(self._cid_prefix[hash_name], serial)
 
 
 class Outcome:
@@ -104,28 +114,35 @@ class OcspResponder:
         self.issuers: dict[str, IssuerResponder] = {
             i.name: IssuerResponder(i, hsm) for i in config.issuers if i.ocsp is not None}
         self._by_key = {key: r for r in self.issuers.values() for key in r.lookup_keys}
-        # cache[(issuer, hash_name)][serial] = (signed part, thisUpdate, nextUpdate)
+        # pre-signed SHA-1 answers, one per certificate: cache[(issuer, "sha1")][serial] = (signed part,
+        # thisUpdate, nextUpdate); answers for other hash algorithms: answers[(issuer, hash, serial)]
         self.cache: dict[tuple[str, str], dict[int, tuple[bytes, int, int]]] = {
-            (name, h): {} for name in self.issuers for h in HASHES.values()}
+            (name, PRESIGN_HASH): {} for name in self.issuers}
+        self.answers: ByteLru[tuple[str, str, int], tuple[bytes, int, int]] = ByteLru(
+            config.http.ocsp_answer_cache, ANSWER_ENTRY_OVERHEAD)
         self._generation: dict[tuple[str, int], int] = {}
-        self._parsed: dict[bytes, tuple[IssuerResponder, CertId]] = {}
+        # how a cacheable request arrived (POST body, GET path) -> (issuer, hash algorithm, serial)
+        self.requests: ByteLru[bytes | str, tuple[IssuerResponder, str, int]] = ByteLru(
+            config.http.ocsp_request_cache, REQUEST_ENTRY_OVERHEAD)
         self._pending_store: list[tuple[str, str, str, int, int, bytes]] = []
         self._lock = threading.Lock()
         self.stats = OcspStats()
 
     # -- answering ----------------------------------------------------------------------------
-    def from_cache(self, der: bytes) -> Outcome | Request | None:
+    def from_cache(self, received: bytes | str) -> Outcome | Request:
         """The fast path (event loop, no I/O): a cached answer, or the parsed request for the slow path.
 
-        RFC 5019 clients send byte-identical requests for a certificate, so the parse of a cacheable
-        request (one CertID, no nonce, known issuer) is itself remembered by its bytes.
+        ``received`` is a POST body (DER) or the raw GET path after ``/ocsp``. RFC 5019 clients send
+        byte-identical requests for a certificate, so what a cacheable request (valid, one CertID, no
+        echoed nonce, served issuer) parsed to is remembered under the bytes it arrived as.
         """
-        known = self._parsed.get(der)
+        known = self.requests.get(received)
         if known is not None:
             hit = self._presigned(*known)
             if hit is not None:
                 return hit
         try:
+            der = decode_get_path(received) if isinstance(received, str) else received
             request = parse_request(der, 100)
         except Malformed:
             return error_outcome(resp.MALFORMED_REQUEST, "error")
@@ -136,17 +153,20 @@ class OcspResponder:
             return error_outcome(resp.MALFORMED_REQUEST, "error")
         if len(request.cert_ids) == 1 and (request.nonce is None or issuer.settings.nonce == "ignore"):
             cid = request.cert_ids[0]
-            if len(self._parsed) >= PARSED_CACHE_SIZE:
-                self._parsed.clear()  # crude but bounded; refills from live traffic
-            self._parsed[der] = (issuer, cid)
-            hit = self._presigned(issuer, cid)
+            self.requests.put(received, (issuer, cid.hash_name, cid.serial), len(received))
+            hit = self._presigned(issuer, cid.hash_name, cid.serial)
             if hit is not None:
                 return hit
         return request
 
-    def _presigned(self, issuer: IssuerResponder, cid: CertId) -> Outcome | None:
+    def _cached(self, issuer: str, hash_name: str, serial: int) -> tuple[bytes, int, int] | None:
+        if hash_name == PRESIGN_HASH:
+            return self.cache[(issuer, PRESIGN_HASH)].get(serial)
+        return self.answers.get((issuer, hash_name, serial))
+
+    def _presigned(self, issuer: IssuerResponder, hash_name: str, serial: int) -> Outcome | None:
         """The cached answer for one CertID, while it has more than a minute of validity left."""
-        hit = self.cache[(issuer.name, cid.hash_name)].get(cid.serial)
+        hit = self._cached(issuer.name, hash_name, serial)
         if hit is None or hit[2] <= self.clock() + 60:
             return None
         signed, this_update, next_update = hit
@@ -163,7 +183,7 @@ class OcspResponder:
             return error_outcome(resp.TRY_LATER, "shed")
         try:
             single = len(request.cert_ids) == 1
-            echo = request.nonce_extension if issuer.settings.nonce == "echo" else None
+            echo = request.nonce if issuer.settings.nonce == "echo" else None
             cacheable = single and echo is None
             gens = [self._generation.get((issuer.name, c.serial), 0) for c in request.cert_ids]
             try:
@@ -192,19 +212,21 @@ class OcspResponder:
         if row is None:
             return None
         status, revocation_time, reason = row
+        cid_der = issuer.cert_id_der(cid.hash_name, cid.serial)
         if status == "good":
-            return resp.SingleStatus(cid.der, "good"), False
-        return resp.SingleStatus(cid.der, "revoked", revocation_time, REASON_CODES[reason] if reason else None), False
+            return resp.SingleStatus(cid_der, "good"), False
+        return resp.SingleStatus(cid_der, "revoked", revocation_time, REASON_CODES[reason] if reason else None), False
 
     @staticmethod
     def _never_issued(issuer: IssuerResponder, cid: CertId) -> tuple[resp.SingleStatus, bool]:
         """(status, extended-revoke needed): ``unknown``, or RFC 6960 §2.2 "revoked" when configured."""
+        cid_der = issuer.cert_id_der(cid.hash_name, cid.serial)
         if issuer.settings.unknown_status == "revoked":
-            return resp.SingleStatus(cid.der, "revoked", 0, REASON_CODES["certificateHold"]), True
-        return resp.SingleStatus(cid.der, "unknown"), False
+            return resp.SingleStatus(cid_der, "revoked", 0, REASON_CODES["certificateHold"]), True
+        return resp.SingleStatus(cid_der, "unknown"), False
 
     def _sign(self, issuer: IssuerResponder, cert_ids: tuple[CertId, ...],
-              nonce_extension: bytes | None) -> tuple[bytes, int, int, bool]:
+              nonce: bytes | None) -> tuple[bytes, int, int, bool]:
         """(signed part, thisUpdate, nextUpdate, whether every serial is known to the registry)."""
         now = int(self.clock())
         this_update, next_update = now, now + issuer.settings.validity
@@ -217,14 +239,14 @@ class OcspResponder:
             status, ext = found
             extended = extended or ext
             singles.append(resp.single_response(status, this_update, next_update))
-        tbs = resp.response_data(issuer.responder_key_hash, now, singles, nonce_extension, extended)
+        tbs = resp.response_data(issuer.responder_key_hash, now, singles, nonce, extended)
         signature = issuer.signer.sign(tbs)
         signed = resp.signed_part(tbs, issuer.signer.algorithm_identifier_der, signature)
         return signed, this_update, next_update, known
 
     def _remember(self, issuer: IssuerResponder, cid: CertId, signed: bytes, this_update: int,
                   next_update: int) -> None:
-        self.cache[(issuer.name, cid.hash_name)][cid.serial] = (signed, this_update, next_update)
+        self._keep(issuer.name, cid.hash_name, cid.serial, (signed, this_update, next_update))
         with self._lock:
             self._pending_store.append((issuer.name, format(cid.serial, "x"), cid.hash_name, this_update,
                                         next_update, signed))
@@ -237,8 +259,15 @@ class OcspResponder:
         serial = int(serial_hex, 16)
         key = (issuer, serial)
         self._generation[key] = self._generation.get(key, 0) + 1
+        self.cache[(issuer, PRESIGN_HASH)].pop(serial, None)
         for h in HASHES.values():
-            self.cache[(issuer, h)].pop(serial, None)
+            self.answers.pop((issuer, h, serial))
+
+    def _keep(self, issuer: str, hash_name: str, serial: int, entry: tuple[bytes, int, int]) -> None:
+        if hash_name == PRESIGN_HASH:
+            self.cache[(issuer, PRESIGN_HASH)][serial] = entry
+        else:
+            self.answers.put((issuer, hash_name, serial), entry, len(entry[0]))
 
     def presign(self, issuer: str, serial_hex: str, hash_name: str = PRESIGN_HASH) -> bool:
         """Sign (blocking, HSM thread) the single-CertID response of one certificate and cache it."""
@@ -247,7 +276,7 @@ class OcspResponder:
             return False
         serial = int(serial_hex, 16)
         gen = self._generation.get((issuer, serial), 0)
-        cid = self.cert_id(responder, serial, hash_name)
+        cid = responder.cert_id(hash_name, serial)
         signed, this_update, next_update, known = self._sign(responder, (cid,), None)
         if not known or gen != self._generation.get((issuer, serial), 0):
             return False
@@ -255,23 +284,26 @@ class OcspResponder:
         self.stats.presigned += 1
         return True
 
-    def cert_id(self, responder: IssuerResponder, serial: int, hash_name: str) -> CertId:
-        """The CertID a client would send for ``serial`` with ``hash_name`` (NULL hash parameters)."""
-        name_hash, key_hash = next((n, k) for h, n, k in responder.lookup_keys if h == hash_name)
-        oid = {"sha1": "06052b0e03021a", "sha256": "0609608648016503040201", "sha384": "0609608648016503040202",
-               "sha512": "0609608648016503040203"}[hash_name]
-        cid_der = der.sequence(der.sequence(bytes.fromhex(oid), b"\x05\x00"), der.octet_string(name_hash),
-                               der.octet_string(key_hash), der.integer(serial))
-        return CertId(cid_der, hash_name, name_hash, key_hash, serial)
-
     def load_persisted(self) -> int:
-        """Fill the cache from the registry (valid responses signed after each certificate's last change)."""
-        n = 0
+        """Fill the caches from the registry (valid responses signed after each certificate's last change).
+
+        A stored answer is taken only when its CertID is the canonical one for its (issuer, hash, serial):
+        a row written by anything else (an older version, a hand edit) is never served.
+        """
+        n = refused = 0
         margin = int(self.clock()) + 60
         for issuer, serial_hex, hash_name, this_update, next_update, body in self.registry.ocsp_load(margin):
-            if issuer in self.issuers and (issuer, hash_name) in self.cache:
-                self.cache[(issuer, hash_name)][int(serial_hex, 16)] = (bytes(body), this_update, next_update)
-                n += 1
+            responder = self.issuers.get(issuer)
+            if responder is None or hash_name not in responder.hashes:
+                continue
+            serial, signed = int(serial_hex, 16), bytes(body)
+            if cert_id.of_signed_part(signed) != responder.cert_id_der(hash_name, serial):
+                refused += 1
+                continue
+            self._keep(issuer, hash_name, serial, (signed, this_update, next_update))
+            n += 1
+        if refused:
+            log.warning("OCSP: %d persisted responses ignored (CertID not the canonical one)", refused)
         return n
 
     def missing(self, issuer: str) -> list[str]:
@@ -282,7 +314,9 @@ class OcspResponder:
     def due_for_refresh(self, issuer: str) -> list[tuple[str, str]]:
         """Responses past half their validity (re-signed ahead of expiry)."""
         validity = self.issuers[issuer].settings.validity
-        return self.registry.ocsp_due(issuer, int(self.clock()) - validity // 2)
+        # answers for other hash algorithms are renewed while still asked for (in the LRU), not forever
+        return [(serial_hex, h) for serial_hex, h in self.registry.ocsp_due(issuer, int(self.clock()) - validity // 2)
+                if h == PRESIGN_HASH or (issuer, h, int(serial_hex, 16)) in self.answers]
 
     def flush(self) -> int:
         """Persist responses signed since the last flush (called from a worker thread)."""

@@ -17,6 +17,7 @@ STATUS_NAMES = {0: "successful", 1: "malformedRequest", 2: "internalError", 3: "
                 6: "unauthorized"}
 _ID_PKIX_OCSP_BASIC = bytes.fromhex("06092b0601050507300101")  # 1.3.6.1.5.5.7.48.1.1
 _ID_EXTENDED_REVOKE = bytes.fromhex("06092b0601050507300109")  # 1.3.6.1.5.5.7.48.1.9
+_ID_NONCE = bytes.fromhex("06092b0601050507300102")  # 1.3.6.1.5.5.7.48.1.2
 _NULL = b"\x05\x00"
 
 
@@ -51,11 +52,14 @@ def single_response(item: SingleStatus, this_update: int, next_update: int) -> b
 
 
 def response_data(responder_key_hash: bytes, produced_at: int, singles: list[bytes],
-                  nonce_extension: bytes | None, extended_revoke: bool) -> bytes:
-    """ResponseData with responderID byKey (SHA-1 of the responder's public key bits)."""
+                  nonce: bytes | None, extended_revoke: bool) -> bytes:
+    """ResponseData with responderID byKey (SHA-1 of the responder's public key bits).
+
+    The nonce extension is encoded here from the nonce's value (RFC 8954), not copied from the request.
+    """
     exts = b""
-    if nonce_extension is not None:
-        exts += nonce_extension
+    if nonce is not None:
+        exts += der.sequence(_ID_NONCE, der.octet_string(der.octet_string(nonce)))
     if extended_revoke:
         exts += der.sequence(_ID_EXTENDED_REVOKE, der.octet_string(_NULL))
     body = (der.tlv(0xA2, der.octet_string(responder_key_hash)) + der.generalized_time(produced_at)

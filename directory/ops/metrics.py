@@ -118,7 +118,15 @@ class ServiceCollector:
             totals[issuer] = totals.get(issuer, 0) + len(entries)
         for issuer, n in sorted(totals.items()):
             cached.add_metric([issuer], n)
-        yield from (by_status, by_path, shed, presigned, cached)
+        cache_bytes = GaugeMetricFamily("annuaire_ocsp_cache_bytes", "Bytes held by the OCSP caches that traffic "
+                                        "fills (bounded by [http] ocsp_request_cache / ocsp_answer_cache)",
+                                        labels=["cache"])
+        evictions = CounterMetricFamily("annuaire_ocsp_cache_evictions", "Entries pushed out of those caches",
+                                        labels=["cache"])
+        for name, lru in (("requests", ocsp.responder.requests), ("answers", ocsp.responder.answers)):
+            cache_bytes.add_metric([name], lru.bytes)
+            evictions.add_metric([name], lru.evictions)
+        yield from (by_status, by_path, shed, presigned, cached, cache_bytes, evictions)
 
     def _hsm(self) -> Iterator[Metric]:
         stats = self.service.hsm.stats

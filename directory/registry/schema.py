@@ -168,3 +168,9 @@ MIGRATIONS.append((
     ALTER TABLE crls ADD COLUMN der BLOB;
     """,
 ))
+
+MIGRATIONS.append((
+    7,
+    "OCSP: persisted answers whose CertID is not the canonical one for their issuer, serial and hash are dropped",
+    "",  # the check is the responder's own rule (ocsp.cert_id), run by the registry's backfill for 7
+))

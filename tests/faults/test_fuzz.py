@@ -74,8 +74,9 @@ def test_get_path_decoder_refuses_precisely(text: str) -> None:
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.one_of(st.binary(max_size=300), mutated_requests()))
-def test_responder_fast_path_never_raises(private_config: Path, data: bytes) -> None:
+@given(data=st.one_of(st.binary(max_size=300), mutated_requests(), st.text(max_size=300),
+                      mutated_requests().map(lambda d: "/" + base64.b64encode(d).decode())))
+def test_responder_fast_path_never_raises(private_config: Path, data: bytes | str) -> None:
     config = load_config(private_config)
     global _RESPONDER
     if _RESPONDER is None or _RESPONDER[0] != private_config:
@@ -86,6 +87,7 @@ def test_responder_fast_path_never_raises(private_config: Path, data: bytes) -> 
         if answer.status != "successful":
             assert answer.body in (resp.error_response(resp.MALFORMED_REQUEST),
                                    resp.error_response(resp.UNAUTHORIZED))
+    assert len(_RESPONDER[1].requests) == 0  # made-up issuer hashes: nothing here is for a served issuer
 
 
 _RESPONDER: tuple[Path, OcspResponder] | None = None
