@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from directory.certinfo import CertificateInfo
 from directory.config import Config
 from directory.hsm.capabilities import TokenReport
-from directory.hsm.signer import HsmSettings, HsmSigner, KeySigner, KeyUnusable
+from directory.hsm.signer import HsmSettings, HsmSigner, KeySigner
 from directory.ingest.importer import Importer, KnownIssuer
 from directory.registry import Registry, open_registry
 
@@ -39,12 +39,9 @@ def configured_keys(config: Config, hsm: HsmSigner) -> list[KeySigner]:
 
 
 def inspect_hsm(config: Config, hsm: HsmSigner) -> TokenReport:
-    """What the module and token offer and which mechanism each configured key uses; ``KeyUnusable`` when a
-    key cannot sign as configured with this module (``HsmUnavailable`` when the token cannot be reached)."""
-    report = hsm.inspect(configured_keys(config, hsm))
-    if report.unusable:
-        raise KeyUnusable("; ".join(report.unusable))
-    return report
+    """What the module and token offer and which mechanism each configured key uses (``report.unusable``:
+    keys that cannot sign as configured); ``HsmUnavailable`` when the token cannot be reached."""
+    return hsm.inspect(configured_keys(config, hsm))
 
 
 def open_config_registry(config: Config) -> Registry:
