@@ -88,7 +88,7 @@ def restricted(demo_token: Path) -> Iterator[tuple[HsmSigner, Any]]:
     hsm = HsmSigner(HsmSettings(find_module(), "annuaire-demo", (demo_token / "hsm" / "pin").read_text().strip(), 2,
                                 softhsm2_conf=str(demo_token / "hsm" / "softhsm2.conf")))
     session = hsm._module.lib.get_token(token_label="annuaire-demo").open(rw=True, attribute_mapper=_mapper())
-    hsm._module.raw.login(session.handle, hsm._pin)
+    hsm._module.raw.login(session.handle, hsm.settings.pin.encode())
     yield hsm, session
     session.close()
     hsm.close()
@@ -133,7 +133,7 @@ demo = Path(sys.argv[1])
 hsm = HsmSigner(HsmSettings(sys.argv[2], "annuaire-demo", (demo / "hsm" / "pin").read_text().strip(), 2,
                             softhsm2_conf=str(demo / "hsm" / "softhsm2.conf")))
 session = hsm._module.lib.get_token(token_label="annuaire-demo").open(rw=True, attribute_mapper=MAPPER)
-hsm._module.raw.login(session.handle, hsm._pin)
+hsm._module.raw.login(session.handle, hsm.settings.pin.encode())
 params = session.create_domain_parameters(pkcs11.KeyType.EC, {
     Attribute.EC_PARAMS: encode_named_curve_parameters("1.2.840.10045.3.1.7")}, local=True)
 pub, _ = params.generate_keypair(label="ocsp-restricted", store=True, private_template={

@@ -42,6 +42,7 @@ from directory.hsm.errors import (
 )
 from directory.hsm.keys import ChunkSource, KeySigner, ecdsa_der
 from directory.hsm.module import Module
+from directory.hsm.pin import PinGuard
 from directory.hsm.sessions import PooledSession, SessionPool
 
 __all__ = ["HsmError", "HsmSettings", "HsmSigner", "HsmStats", "HsmUnavailable", "KeyNotFound", "KeySigner",
@@ -65,7 +66,6 @@ _MECHANISM_ERRORS: tuple[type[Exception], ...] = (
     p11e.MechanismInvalid, p11e.MechanismParamInvalid, p11e.KeyTypeInconsistent, p11e.FunctionNotSupported,
     p11e.KeySizeRange, p11e.DataLenRange,
 )
-_PIN_BACKOFF = 30.0
 _SESSION_WAIT = 60.0  # a caller waits this long at most for a free session
 _CAPABILITY_PROBE = b"annuaire: can this key sign as configured?"
 
@@ -111,14 +111,12 @@ class HsmSigner:
 
     def __init__(self, settings: HsmSettings) -> None:
         self.settings = settings
-        self._pin = settings.pin.encode()
+        self._pin = PinGuard(settings.pin, settings.pin_reader, settings.token_label)
         self._module = Module.get(settings.module, settings.softhsm2_conf, settings.serialize)
         size = 1 if self._module.serial_reason else settings.max_concurrent
         self._pool = SessionPool(size)
         self._sized = False
         self._executor = ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="hsm")
-        self._pin_refused_until = 0.0
-        self._refused_pin: bytes | None = None
         self._last_error: str | None = None
         self._known_labels: set[str] = set()
         self._plans: dict[tuple[str, str], Plan] = {}
@@ -134,22 +132,8 @@ class HsmSigner:
             label = self.settings.token_label
             raise _TokenMissing(f"token {label!r} not found: {type(exc).__name__}") from exc
 
-    def _check_pin(self) -> None:
-        """Refuse to try a PIN the token refused, unless its file or variable now says something else."""
-        if self._refused_pin is not None and self.settings.pin_reader is not None:
-            try:
-                fresh = self.settings.pin_reader().encode()
-            except (OSError, KeyError):
-                fresh = self._refused_pin
-            if fresh == self._refused_pin:  # a wrong PIN tried again and again locks a real HSM's user PIN
-                raise PinRefused("PIN refused by the token; not trying the same PIN again: correct the PIN "
-                                 "file or variable (it is read again at the next attempt)")
-            self._pin, self._refused_pin, self._pin_refused_until = fresh, None, 0.0
-        if time.monotonic() < self._pin_refused_until:
-            raise PinRefused("PIN refused by the token; backing off before trying again")
-
     def _open_session(self) -> PooledSession:
-        self._check_pin()
+        self._pin.check()
         token = self._find_token()
         try:
             session = token.open()
@@ -157,17 +141,11 @@ class HsmSigner:
             raise HsmUnavailable(f"token {self.settings.token_label!r} refused another session "
                                  f"(CKR_SESSION_COUNT): lower max_concurrent") from None
         try:
-            self._module.raw.login(session.handle, self._pin)
-        except CryptokiError as exc:
+            self._pin.login(self._module.raw, session.handle)
+        except HsmError:
             with contextlib.suppress(Exception):
                 session.close()
-            if exc.rv in (0xA0, 0xA4):  # CKR_PIN_INCORRECT, CKR_PIN_LOCKED
-                self._pin_refused_until = time.monotonic() + _PIN_BACKOFF
-                self._refused_pin = self._pin
-                log.error("HSM: the token %s refused the user PIN; signing stops until it is corrected",
-                          self.settings.token_label)
-                raise PinRefused("PIN refused by the token") from None
-            raise HsmUnavailable(f"login failed: CKR 0x{exc.rv:x}") from None
+            raise
         self.stats.relogins += 1
         entry = PooledSession(self._module.generation, session, token.slot.slot_id)
         if not self._sized:
@@ -400,7 +378,7 @@ class HsmSigner:
             token = self._find_token()
             session = token.open(rw=True)
             try:
-                self._module.raw.login(session.handle, self._pin)
+                self._pin.login(self._module.raw, session.handle)
                 yield session
             finally:
                 with contextlib.suppress(Exception):
