@@ -9,7 +9,8 @@ HTTP_PORT ?= 8080
 LDAP_PORT ?= 3890
 ADMIN_PORT ?= 8443
 DEB_PACKAGES := slapd ldap-utils softhsm2 opensc openssl gnutls-bin wrk
-TEST_DEB_PACKAGES := chromium chromium-driver
+TEST_DEB_PACKAGES := chromium chromium-driver \
+	libtpm2-pkcs11-1 libtpm2-pkcs11-tools libtss2-tcti-tabrmd0 swtpm tpm2-abrmd tpm2-tools dbus
 STAMP := $(VENV)/.installed
 
 .PHONY: run test bench lint deps system-packages test-packages venv demo clean
@@ -40,7 +41,8 @@ deps: system-packages venv
 
 # Debian packages, installed non-interactively when one is missing. The slapd package may start a
 # system slapd on port 389: it does not matter, ours run on their own ports with their own config.
-# The test suite also drives Debian's chromium (the publication page test) through chromedriver.
+# The test suite also drives Debian's chromium (the publication page test) through chromedriver, and a second
+# PKCS#11 module beside SoftHSM2: tpm2-pkcs11 over a software TPM (swtpm, tpm2-abrmd on a private D-Bus).
 define install_missing
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then missing="$$missing python3-venv"; fi; \
