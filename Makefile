@@ -23,6 +23,7 @@ test: test-packages deps
 
 bench: deps
 	$(BIN)/python -m bench.hsm
+	$(BIN)/python -m bench.hsm_tpm2
 	$(BIN)/python -m bench.importer
 	$(BIN)/python -m bench.crl
 	$(BIN)/python -m bench.ocsp
