@@ -8,6 +8,7 @@ start with it."""
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 import subprocess
 import sys
@@ -176,3 +177,14 @@ def test_service_refuses_at_start_a_key_the_module_cannot_sign_with(demo: Path) 
     assert served.returncode == 1, served.stdout + served.stderr
     assert f"KeyUnusable: the HSM cannot sign as configured: {reason}" in served.stderr
     assert "listening" not in served.stderr
+
+
+def test_check_config_reports_the_token_or_skips_it_offline(demo_pristine: Path) -> None:
+    config = str(demo_pristine / "annuaire.toml")
+    online = run_cli("check-config", "-c", config, "--json")
+    assert online.returncode == 0, online.stderr
+    hsm = json.loads(online.stdout)["hsm"]
+    assert hsm["locking"] == "OS locking (CKF_OS_LOCKING_OK)" and hsm["token"]["max_sessions"] == "no limit"
+    assert {k["label"]: k["mechanism"] for k in hsm["keys"]}["ac-personnes"] == "CKM_RSA_PKCS"
+    offline = run_cli("check-config", "-c", config, "--offline")
+    assert offline.returncode == 0 and "PKCS#11" not in offline.stdout and ": OK (3 issuers)" in offline.stdout
