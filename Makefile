@@ -14,8 +14,10 @@ ADMIN_PORT ?= 8443
 # gnutls-bin (ocsptool) and chromium drive tests, wrk the benchmarks.
 DEB_PACKAGES := slapd ldap-utils opensc openssl
 DEMO_DEB_PACKAGES := softhsm2
-TEST_DEB_PACKAGES := $(DEMO_DEB_PACKAGES) gnutls-bin chromium chromium-driver
-BENCH_DEB_PACKAGES := $(DEMO_DEB_PACKAGES) wrk
+# tpm2-pkcs11 over a software TPM (swtpm, tpm2-abrmd on a private D-Bus): the second PKCS#11 module of the tests
+TPM2_DEB_PACKAGES := libtpm2-pkcs11-1 libtpm2-pkcs11-tools libtss2-tcti-tabrmd0 swtpm tpm2-abrmd tpm2-tools dbus
+TEST_DEB_PACKAGES := $(DEMO_DEB_PACKAGES) gnutls-bin chromium chromium-driver $(TPM2_DEB_PACKAGES)
+BENCH_DEB_PACKAGES := $(DEMO_DEB_PACKAGES) wrk $(TPM2_DEB_PACKAGES)
 STAMP := $(VENV)/.installed
 
 .PHONY: run test bench lint ruff audit deps system-packages demo-packages test-packages bench-packages venv demo clean
@@ -28,6 +30,7 @@ test: test-packages deps
 
 bench: bench-packages deps
 	$(BIN)/python -m bench.hsm
+	$(BIN)/python -m bench.hsm_tpm2
 	$(BIN)/python -m bench.importer
 	$(BIN)/python -m bench.crl
 	$(BIN)/python -m bench.ocsp
@@ -51,6 +54,8 @@ deps: system-packages venv
 
 # Debian packages, installed non-interactively when one is missing. The slapd package may start a
 # system slapd on port 389: it does not matter, ours run on their own ports with their own config.
+# The test suite also drives Debian's chromium (the publication page test) through chromedriver, and a second
+# PKCS#11 module beside SoftHSM2: tpm2-pkcs11 over a software TPM (swtpm, tpm2-abrmd on a private D-Bus).
 define install_missing
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then missing="$$missing python3-venv"; fi; \

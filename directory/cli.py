@@ -52,11 +52,17 @@ def _iso(value: int | None) -> str | None:
 
 # -- commands ----------------------------------------------------------------------------------
 def cmd_init_demo(args: argparse.Namespace) -> int:
-    from directory.demo.init import DemoError, DemoOptions, init_demo
+    from directory.demo.init import DemoError, DemoOptions, DemoToken, init_demo
 
+    token = None
+    given = [args.pkcs11_module, args.token_label, args.pin_file]
+    if any(given):
+        if not all(given):
+            raise Refusal("--pkcs11-module, --token-label and --pin-file go together")
+        token = DemoToken(args.pkcs11_module, args.token_label, Path(args.pin_file))
     try:
         path = init_demo(DemoOptions(Path(args.directory), args.certs, args.key_type, args.http_port,
-                                     args.ldap_port, args.crl_partitions, args.admin_port),
+                                     args.ldap_port, args.crl_partitions, args.admin_port, token),
                          say=lambda m: print(m, file=sys.stderr))
     except DemoError as exc:
         raise Refusal(str(exc)) from None
@@ -180,12 +186,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args)
+    hsm_report, hsm_problem = None, None
+    if not args.offline:
+        hsm_report, hsm_problem = _hsm_report(config)
+    unusable = hsm_report.unusable if hsm_report is not None else []
     if args.json:
-        print(json.dumps({"config": str(config.path), "ok": True, "issuers": [i.name for i in config.issuers],
-                          "ldap": config.ldap is not None, "admin": config.admin is not None}, indent=1))
+        print(json.dumps({"config": str(config.path), "ok": not unusable, "issuers": [i.name for i in config.issuers],
+                          "ldap": config.ldap is not None, "admin": config.admin is not None,
+                          "hsm": hsm_report.as_dict() if hsm_report is not None else None,
+                          "hsm_problem": hsm_problem}, indent=1))
     else:
-        print(f"{config.path}: OK ({len(config.issuers)} issuers)")
+        print(f"{config.path}: {'REFUSED' if unusable else 'OK'} ({len(config.issuers)} issuers)")
+        for line in hsm_report.lines() if hsm_report is not None else []:
+            print(f"  {line}")
+    if hsm_problem:
+        print(f"annuaire: HSM not checked: {hsm_problem}", file=sys.stderr)
+    if unusable:
+        print("annuaire: the HSM cannot sign as configured: " + "; ".join(unusable), file=sys.stderr)
+        return EXIT_REFUSED
     return EXIT_OK
+
+
+def _hsm_report(config: Config) -> tuple[Any, str | None]:
+    """What the module and token offer for the configured keys (a read-only session, one test signature per
+    key); a token that cannot be reached is said, not an error (the service starts without it too)."""
+    from directory.hsm.signer import HsmUnavailable
+    from directory.runtime import inspect_hsm, open_hsm
+
+    try:
+        hsm = open_hsm(config)
+    except HsmUnavailable as exc:
+        return None, str(exc)
+    try:
+        return inspect_hsm(config, hsm), None
+    except HsmUnavailable as exc:
+        return None, str(exc)
+    finally:
+        hsm.close()
 
 
 def cmd_crl_build(args: argparse.Namespace) -> int:
@@ -415,6 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-port", type=int, default=8443)
     p.add_argument("--crl-partitions", type=int, default=0, metavar="N",
                    help="partition the issuing CAs' CRLs in N (certificates carry the matching CDP)")
+    p.add_argument("--pkcs11-module", metavar="PATH",
+                   help="build on this module's existing, empty token instead of a private SoftHSM2 token "
+                        "(with --token-label and --pin-file)")
+    p.add_argument("--token-label", metavar="LABEL")
+    p.add_argument("--pin-file", metavar="FILE", help="the token's user PIN (the config points at this file)")
     p.set_defaults(func=cmd_init_demo)
 
     p = sub.add_parser("import", parents=[common], help="import certificates (PEM, DER, folders, index.txt)")
@@ -489,8 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", type=int, default=0, metavar="ID", help="only records after this id")
     p.set_defaults(func=cmd_audit_export)
 
-    p = sub.add_parser("check-config", parents=[common], help="validate the configuration and exit")
+    p = sub.add_parser("check-config", parents=[common],
+                       help="validate the configuration and what the HSM offers for its keys, and exit")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--offline", action="store_true", help="do not open the HSM")
     p.set_defaults(func=cmd_check_config)
     return parser
 

@@ -44,6 +44,7 @@ class HsmConfig:
     pin_file: Path | None
     max_concurrent: int
     softhsm2_conf: Path | None
+    serialize: bool = False  # one call at a time into the module (a module known not to take concurrent calls)
 
     def read_pin(self) -> str:
         """The PIN, read when needed (not kept in the config object)."""
@@ -256,7 +257,7 @@ def load_config(path: str | Path) -> Config:
     data_dir = top.path("data_dir", "data")
     assert data_dir is not None
     hsm = _hsm(_Section(file, "hsm", top.table_of("hsm"), {
-        "module", "token_label", "pin_env", "pin_file", "max_concurrent", "softhsm2_conf"}))
+        "module", "token_label", "pin_env", "pin_file", "max_concurrent", "softhsm2_conf", "serialize"}))
     http = _http(_Section(file, "http", top.table_of("http"), {"listen", "base_url", "max_connections",
                                                                "idle_timeout", *_OCSP_CACHES}))
     registry = _Section(file, "registry", top.table_of("registry"), {"url", "password_file"})
@@ -311,7 +312,8 @@ def _hsm(s: _Section) -> HsmConfig:
     conf = s.path("softhsm2_conf", None)
     if conf is not None and not conf.exists():
         raise s.error("softhsm2_conf", f"{conf} does not exist")
-    return HsmConfig(module, s.get("token_label", str, required=True), pin_env, pin_file, max_concurrent, conf)
+    return HsmConfig(module, s.get("token_label", str, required=True), pin_env, pin_file, max_concurrent, conf,
+                     s.get("serialize", bool, False))
 
 
 def _listen(s: _Section, default: str) -> tuple[str, int]:

@@ -6,7 +6,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from directory.certinfo import CertificateInfo
 from directory.config import Config
-from directory.hsm.signer import HsmSettings, HsmSigner
+from directory.hsm.capabilities import TokenReport
+from directory.hsm.signer import HsmSettings, HsmSigner, KeySigner
 from directory.ingest.importer import Importer, KnownIssuer
 from directory.registry import Registry, open_registry
 
@@ -15,11 +16,32 @@ def hsm_settings(config: Config) -> HsmSettings:
     h = config.hsm
     return HsmSettings(module=h.module, token_label=h.token_label, pin=h.read_pin(),
                        max_concurrent=h.max_concurrent,
-                       softhsm2_conf=str(h.softhsm2_conf) if h.softhsm2_conf else None, pin_reader=h.read_pin)
+                       softhsm2_conf=str(h.softhsm2_conf) if h.softhsm2_conf else None, pin_reader=h.read_pin,
+                       serialize=h.serialize)
 
 
 def open_hsm(config: Config) -> HsmSigner:
     return HsmSigner(hsm_settings(config))
+
+
+def configured_keys(config: Config, hsm: HsmSigner) -> list[KeySigner]:
+    """Every key the configuration signs with: issuer keys (CRLs, and OCSP when no delegated responder)
+    and delegated OCSP responder keys, each with the algorithm it will be used with."""
+    keys: dict[tuple[str, str], KeySigner] = {}
+    for issuer in config.issuers:
+        signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm)
+        keys.setdefault((signer.label, signer.algorithm.name), signer)
+        ocsp = issuer.ocsp
+        if ocsp is not None and ocsp.signer_key_label and ocsp.signer_certificate is not None:
+            signer = hsm.key(ocsp.signer_key_label, ocsp.signer_certificate)
+            keys.setdefault((signer.label, signer.algorithm.name), signer)
+    return list(keys.values())
+
+
+def inspect_hsm(config: Config, hsm: HsmSigner) -> TokenReport:
+    """What the module and token offer and which mechanism each configured key uses (``report.unusable``:
+    keys that cannot sign as configured); ``HsmUnavailable`` when the token cannot be reached."""
+    return hsm.inspect(configured_keys(config, hsm))
 
 
 def open_config_registry(config: Config) -> Registry:

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ANNUAIRE = [sys.executable, "-m", "directory.cli"]
 
-pytest_plugins = ["tests.slapd", "tests.ldap_env", "tests.pg"]
+pytest_plugins = ["tests.slapd", "tests.ldap_env", "tests.pg", "tests.tpm2"]
 
 
 def free_port() -> int:

@@ -176,7 +176,8 @@ class CrlPublisher:
             stage("reading entries and writing the TBS")
             tbs = self._write_tbs(target, record, base, tbs_tmp)
             stage(f"signing ({tbs.entries} entries)")
-            signature = self.signer.sign_digest(tbs.digest)
+            # the TBS file again for a token that only signs with a hashing mechanism (it then reads it all)
+            signature = self.signer.sign_digest(tbs.digest, source=lambda: _read_chunks(tbs_tmp))
             size = self._assemble(tbs_tmp, tbs.size, signature, crl_tmp)
             stage(f"checking ({size} bytes)")
             sha256 = self._self_check(target, record, crl_tmp, tbs)
@@ -373,3 +374,9 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _read_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            yield chunk

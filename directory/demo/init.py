@@ -2,7 +2,8 @@
 
 Layout of DIR (a contract: tests, make run and operators' scripts read it):
   annuaire.toml          config marked ``demo = true`` (written last: its presence means "complete")
-  hsm/                   private SoftHSM2 token (softhsm2.conf, tokens/, pin 0600)
+  hsm/                   private SoftHSM2 token (softhsm2.conf, tokens/, pin 0600); absent when the demo
+                         is built on an existing token (--pkcs11-module, --token-label, --pin-file)
   secrets/ldap-password  bind password of the managed slapd (0600)
   secrets/admin-token    bearer token of the admin API (0600)
   ca/NAME.pem            root, issuing CAs and OCSP signers; ca/chain.pem = root + issuing CAs
@@ -57,6 +58,15 @@ class DemoError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class DemoToken:
+    """An existing (empty) token to build the demo on instead of a private SoftHSM2 one."""
+
+    module: str
+    label: str
+    pin_file: Path
+
+
+@dataclass(frozen=True)
 class DemoOptions:
     directory: Path
     certs: int = 200
@@ -65,6 +75,7 @@ class DemoOptions:
     ldap_port: int = 3890
     crl_partitions: int = 0
     admin_port: int = 8443
+    token: DemoToken | None = None
 
 
 @dataclass(frozen=True)
@@ -133,12 +144,16 @@ def init_demo(options: DemoOptions, say: Callable[[str], None] = lambda _: None)
     if _prepare_directory(directory):
         say(f"demo already initialised in {directory}")
         return config_file
-    token = create_token(directory / "hsm", TOKEN_LABEL)
-    hsm = HsmSigner(HsmSettings(token.module, TOKEN_LABEL, token.pin(), 2, softhsm2_conf=str(token.conf)))
+    if options.token is None:
+        token = create_token(directory / "hsm", TOKEN_LABEL)
+        hsm = HsmSigner(HsmSettings(token.module, TOKEN_LABEL, token.pin(), 2, softhsm2_conf=str(token.conf)))
+    else:
+        pin = options.token.pin_file.read_text().strip()
+        hsm = HsmSigner(HsmSettings(options.token.module, options.token.label, pin, 2))
     try:
         urls = DemoUrls(f"http://127.0.0.1:{options.http_port}", f"ldap://127.0.0.1:{options.ldap_port}",
                         options.crl_partitions)
-        say(f"generating CA keys ({options.key_type}) in the SoftHSM2 token")
+        say(f"generating CA keys ({options.key_type}) in the token")
         cas, ocsp_certs = _build_hierarchy(hsm, options.key_type, urls)
         ca_dir = directory / "ca"
         ca_dir.mkdir(exist_ok=True)
@@ -194,6 +209,14 @@ def _build_hierarchy(hsm: HsmSigner, key_type: str, urls: DemoUrls
     return cas, ocsp
 
 
+def _hsm_section(options: DemoOptions) -> str:
+    if options.token is None:
+        return (f'module = "{find_module()}"\ntoken_label = "{TOKEN_LABEL}"\npin_file = "hsm/pin"\n'
+                'softhsm2_conf = "hsm/softhsm2.conf"\n')
+    t = options.token
+    return f'module = "{t.module}"\ntoken_label = "{t.label}"\npin_file = "{t.pin_file.resolve()}"\n'
+
+
 def _write_config(path: Path, options: DemoOptions) -> None:
     def crl_table(name: str) -> str:
         lines = ["on_revocation_delay = 5"]
@@ -216,11 +239,8 @@ def _write_config(path: Path, options: DemoOptions) -> None:
         "demo = true\n"
         'data_dir = "data"\n\n'
         "[hsm]\n"
-        f'module = "{find_module()}"\n'
-        f'token_label = "{TOKEN_LABEL}"\n'
-        'pin_file = "hsm/pin"\n'
-        'softhsm2_conf = "hsm/softhsm2.conf"\n'
-        "max_concurrent = 2\n\n"
+        + _hsm_section(options)
+        + "max_concurrent = 2\n\n"
         "[http]\n"
         f'listen = "127.0.0.1:{options.http_port}"\n'
         f'base_url = "http://127.0.0.1:{options.http_port}"\n\n'
@@ -245,7 +265,8 @@ def _populate(config: Config, hsm: HsmSigner, cas: dict[str, CertificateAuthorit
     importer = importer_for(config, registry, actor="init-demo")
     certs_dir = directory / "certs"
     certs_dir.mkdir(exist_ok=True)
-    issued = issue_end_entities(hsm, cas, options.certs, options.key_type, urls)
+    issued = issue_end_entities(hsm, cas, options.certs, options.key_type, urls,
+                                host_keys=options.token is not None)
     manifest = []
     for cert in [*(ca.certificate for ca in cas.values() if ca.name != ROOT), *ocsp_certs.values()]:
         assert cert is not None
@@ -283,17 +304,22 @@ def _populate(config: Config, hsm: HsmSigner, cas: dict[str, CertificateAuthorit
 
 
 def issue_end_entities(hsm: HsmSigner, cas: dict[str, CertificateAuthority], count: int, key_type: str,
-                       urls: DemoUrls, first: int = 0) -> list[tuple[str, str, x509.Certificate]]:
+                       urls: DemoUrls, first: int = 0, host_keys: bool = False
+                       ) -> list[tuple[str, str, x509.Certificate]]:
     """``count`` end entities: about 70% professionals (3 card certificates each), 30% servers.
 
     ``first`` continues a numbering: calls with first = 0, count, 2 * count... give distinct holders.
 
     EE keys are token session objects (their private halves are never needed). RSA key generation in
     SoftHSM2 takes ~0.4 s, so RSA end entities share a pool of 8 keys; EC ones get a key each.
+    ``host_keys``: made on the host instead (a token without session objects, such as tpm2-pkcs11).
     """
     pool_size = count if not key_type.startswith("rsa") else min(count, 8)
-    with hsm.admin_session() as session:
-        pool = [issuance.generate_key(session, key_type, None, store=False) for _ in range(max(pool_size, 1))]
+    if host_keys:
+        pool = [_host_key(key_type) for _ in range(max(min(pool_size, 8), 1))]
+    else:
+        with hsm.admin_session() as session:
+            pool = [issuance.generate_key(session, key_type, None, store=False) for _ in range(max(pool_size, 1))]
     now = issuance.utcnow()
     out: list[tuple[str, str, x509.Certificate]] = []
     person, server = (first // 10) * 7 + min(first % 10, 7), (first // 10) * 3 + max(first % 10 - 7, 0)
@@ -333,6 +359,15 @@ def issue_end_entities(hsm: HsmSigner, cas: dict[str, CertificateAuthority], cou
                               serial=serial)
         out.append((issuer, profile, cert))
     return out
+
+
+def _host_key(key_type: str) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import PublicFormat
+
+    private = (rsa.generate_private_key(65537, 2048) if key_type.startswith("rsa")
+               else ec.generate_private_key(ec.SECP256R1()))
+    return private.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
 def _ascii(text: str) -> str:

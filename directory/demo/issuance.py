@@ -9,9 +9,10 @@ signature through the same ``KeySigner`` that signs CRLs and OCSP responses.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pkcs11
 from asn1crypto import core, keys
@@ -47,8 +48,12 @@ def generate_key(session: pkcs11.Session, key_type: str, label: str | None, stor
                         pkcs11.Attribute.SIGN: True}
     if key_type.startswith("rsa"):
         bits = int(key_type[3:] or 2048)
-        pub, _ = session.generate_keypair(pkcs11.KeyType.RSA, bits, label=label, store=store,
-                                          private_template=private_template)
+
+        def make(capabilities: int) -> Any:
+            return session.generate_keypair(pkcs11.KeyType.RSA, bits, label=label, store=store,
+                                            capabilities=capabilities, private_template=private_template)[0]
+
+        pub = _signing_key(make)
         rsa_key = keys.RSAPublicKey.load(encode_rsa_public_key(pub))
         return keys.PublicKeyInfo({"algorithm": {"algorithm": "rsa"}, "public_key": rsa_key}).dump()
     curve = {"ec": "P-256", "p-256": "P-256", "p-384": "P-384", "ec384": "P-384"}.get(key_type.lower())
@@ -57,8 +62,19 @@ def generate_key(session: pkcs11.Session, key_type: str, label: str | None, stor
     params = session.create_domain_parameters(
         pkcs11.KeyType.EC, {pkcs11.Attribute.EC_PARAMS: encode_named_curve_parameters(_CURVES[curve][0])},
         local=True)
-    pub, _ = params.generate_keypair(label=label, store=store, private_template=private_template)
-    return encode_ec_public_key(pub)
+    return encode_ec_public_key(_signing_key(lambda capabilities: params.generate_keypair(
+        label=label, store=store, capabilities=capabilities, private_template=private_template)[0]))
+
+
+def _signing_key(make: Callable[[int], Any]) -> Any:
+    """A key pair that signs and verifies only; tpm2-pkcs11 refuses that template (its keys always carry the
+    TPM's decrypt attribute too), so there it also encrypts and decrypts."""
+    flags = pkcs11.MechanismFlag
+    try:
+        return make(flags.SIGN | flags.VERIFY)
+    except (pkcs11.exceptions.GeneralError, pkcs11.exceptions.AttributeValueInvalid,
+            pkcs11.exceptions.TemplateInconsistent):
+        return make(flags.SIGN | flags.VERIFY | flags.ENCRYPT | flags.DECRYPT)
 
 
 @dataclass

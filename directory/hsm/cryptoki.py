@@ -1,25 +1,32 @@
-"""The few raw Cryptoki calls python-pkcs11 does not expose.
+"""The few raw Cryptoki calls python-pkcs11 does not expose (or makes in a way we cannot use).
 
-python-pkcs11 calls ``C_Initialize(NULL)``. Under that call SoftHSM2 (and PKCS#11 in general) may
-assume the application is single-threaded and turn its own locking off; python-pkcs11 releases the
-GIL around C calls, so two threads signing at once then corrupt the module's heap. We re-initialise
-the already-loaded module with ``CKF_OS_LOCKING_OK`` through ctypes, on the same ``dlopen`` handle
-(the dynamic loader hands back the instance python-pkcs11 loaded, so the state is shared).
-
-We also log in on an existing session here, because python-pkcs11 only logs in while opening a
-session and raises (leaking the handle) when the user is already logged in.
+- ``C_Initialize``: python-pkcs11 passes ``NULL``, which lets a module assume a single-threaded
+  application and skip its own locking; we make the very first call ourselves, with ``CKF_OS_LOCKING_OK``
+  (see ``module.py``). The dynamic loader hands python-pkcs11 the same instance of the library later.
+- ``C_Login`` on an existing session: python-pkcs11 only logs in while opening a session and raises
+  (leaking the handle) when the user is already logged in.
+- ``C_GetTokenInfo`` (session limits), ``C_GetMechanismList``/``C_GetMechanismInfo`` and
+  ``C_GetAttributeValue`` for ``CKA_ALLOWED_MECHANISMS``: what the token and each key can do.
 """
 
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 
 CKR_OK = 0x0
+CKR_CANT_LOCK = 0xA
+CKR_ATTRIBUTE_SENSITIVE = 0x11
+CKR_ATTRIBUTE_TYPE_INVALID = 0x12
+CKR_USER_ALREADY_LOGGED_IN = 0x100
+CKR_BUFFER_TOO_SMALL = 0x150
 CKR_CRYPTOKI_NOT_INITIALIZED = 0x190
 CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191
-CKR_USER_ALREADY_LOGGED_IN = 0x100
 CKF_OS_LOCKING_OK = 0x2
 CKU_USER = 1
+CKA_ALLOWED_MECHANISMS = 0x40000600
+CK_UNAVAILABLE_INFORMATION = ctypes.c_ulong(-1).value
+CK_EFFECTIVELY_INFINITE = 0
 
 _CK_RV = ctypes.c_ulong
 _CK_ULONG = ctypes.c_ulong
@@ -45,21 +52,69 @@ class _InitArgs(ctypes.Structure):
     )
 
 
-# Order of CK_FUNCTION_LIST in pkcs11f.h (v2.x); we only need the first twenty entries.
+class _Version(ctypes.Structure):
+    _fields_ = (("major", ctypes.c_ubyte), ("minor", ctypes.c_ubyte))
+
+
+class _TokenInfo(ctypes.Structure):
+    _fields_ = (
+        ("label", ctypes.c_char * 32), ("manufacturerID", ctypes.c_char * 32), ("model", ctypes.c_char * 16),
+        ("serialNumber", ctypes.c_char * 16), ("flags", _CK_ULONG),
+        ("ulMaxSessionCount", _CK_ULONG), ("ulSessionCount", _CK_ULONG),
+        ("ulMaxRwSessionCount", _CK_ULONG), ("ulRwSessionCount", _CK_ULONG),
+        ("ulMaxPinLen", _CK_ULONG), ("ulMinPinLen", _CK_ULONG),
+        ("ulTotalPublicMemory", _CK_ULONG), ("ulFreePublicMemory", _CK_ULONG),
+        ("ulTotalPrivateMemory", _CK_ULONG), ("ulFreePrivateMemory", _CK_ULONG),
+        ("hardwareVersion", _Version), ("firmwareVersion", _Version), ("utcTime", ctypes.c_char * 16),
+    )
+
+
+class _MechanismInfo(ctypes.Structure):
+    _fields_ = (("ulMinKeySize", _CK_ULONG), ("ulMaxKeySize", _CK_ULONG), ("flags", _CK_ULONG))
+
+
+class _Attribute(ctypes.Structure):
+    _fields_ = (("type", _CK_ULONG), ("pValue", ctypes.c_void_p), ("ulValueLen", _CK_ULONG))
+
+
+# Order of CK_FUNCTION_LIST in pkcs11f.h (v2.x); we only need the first twenty-five entries.
 _FUNCTIONS = (
     "C_Initialize", "C_Finalize", "C_GetInfo", "C_GetFunctionList", "C_GetSlotList",
     "C_GetSlotInfo", "C_GetTokenInfo", "C_GetMechanismList", "C_GetMechanismInfo", "C_InitToken",
     "C_InitPIN", "C_SetPIN", "C_OpenSession", "C_CloseSession", "C_CloseAllSessions",
     "C_GetSessionInfo", "C_GetOperationState", "C_SetOperationState", "C_Login", "C_Logout",
+    "C_CreateObject", "C_CopyObject", "C_DestroyObject", "C_GetObjectSize", "C_GetAttributeValue",
 )
-
-
-class _Version(ctypes.Structure):
-    _fields_ = (("major", ctypes.c_ubyte), ("minor", ctypes.c_ubyte))
 
 
 class _FunctionList(ctypes.Structure):
     _fields_ = (("version", _Version), *((name, ctypes.c_void_p) for name in _FUNCTIONS))
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """``CK_TOKEN_INFO``, the parts we use. Counts may be ``CK_UNAVAILABLE_INFORMATION`` or 0 (no limit)."""
+
+    label: str
+    manufacturer: str
+    model: str
+    serial: str
+    flags: int
+    max_sessions: int
+    sessions: int
+    max_rw_sessions: int
+    rw_sessions: int
+
+
+@dataclass(frozen=True)
+class MechanismInfo:
+    min_key_size: int
+    max_key_size: int
+    flags: int
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace").rstrip(" \x00")
 
 
 class Cryptoki:
@@ -75,23 +130,31 @@ class Cryptoki:
         if rv != CKR_OK:
             raise CryptokiError("C_GetFunctionList", rv)
         table = ptr.contents
-        self._initialize = ctypes.CFUNCTYPE(_CK_RV, ctypes.c_void_p)(table.C_Initialize)
-        self._finalize = ctypes.CFUNCTYPE(_CK_RV, ctypes.c_void_p)(table.C_Finalize)
-        self._close_all = ctypes.CFUNCTYPE(_CK_RV, _CK_ULONG)(table.C_CloseAllSessions)
-        self._login = ctypes.CFUNCTYPE(_CK_RV, _CK_ULONG, _CK_ULONG, ctypes.c_char_p, _CK_ULONG)(
-            table.C_Login
-        )
-        self._logout = ctypes.CFUNCTYPE(_CK_RV, _CK_ULONG)(table.C_Logout)
+        ulong, vp = _CK_ULONG, ctypes.c_void_p
+        self._initialize = ctypes.CFUNCTYPE(_CK_RV, vp)(table.C_Initialize)
+        self._finalize = ctypes.CFUNCTYPE(_CK_RV, vp)(table.C_Finalize)
+        self._token_info = ctypes.CFUNCTYPE(_CK_RV, ulong, ctypes.POINTER(_TokenInfo))(table.C_GetTokenInfo)
+        self._mechanism_list = ctypes.CFUNCTYPE(_CK_RV, ulong, ctypes.POINTER(ulong), ctypes.POINTER(ulong))(
+            table.C_GetMechanismList)
+        self._mechanism_info = ctypes.CFUNCTYPE(_CK_RV, ulong, ulong, ctypes.POINTER(_MechanismInfo))(
+            table.C_GetMechanismInfo)
+        self._close_all = ctypes.CFUNCTYPE(_CK_RV, ulong)(table.C_CloseAllSessions)
+        self._login = ctypes.CFUNCTYPE(_CK_RV, ulong, ulong, ctypes.c_char_p, ulong)(table.C_Login)
+        self._logout = ctypes.CFUNCTYPE(_CK_RV, ulong)(table.C_Logout)
+        self._get_attribute = ctypes.CFUNCTYPE(_CK_RV, ulong, ulong, ctypes.POINTER(_Attribute), ulong)(
+            table.C_GetAttributeValue)
 
-    def initialize_with_os_locking(self) -> None:
-        """(Re)initialise the module so that it uses OS mutexes: thread-safe from here on."""
+    def initialize(self, os_locking: bool) -> int:
+        """``C_Initialize`` with ``CKF_OS_LOCKING_OK`` (or ``NULL``); returns the CKR code, raises nothing."""
+        if not os_locking:
+            return int(self._initialize(None))
+        args = _InitArgs(None, None, None, None, CKF_OS_LOCKING_OK, None)
+        return int(self._initialize(ctypes.cast(ctypes.pointer(args), ctypes.c_void_p)))
+
+    def finalize(self) -> None:
         rv = self._finalize(None)
         if rv not in (CKR_OK, CKR_CRYPTOKI_NOT_INITIALIZED):
             raise CryptokiError("C_Finalize", rv)
-        args = _InitArgs(None, None, None, None, CKF_OS_LOCKING_OK, None)
-        rv = self._initialize(ctypes.cast(ctypes.pointer(args), ctypes.c_void_p))
-        if rv != CKR_OK:
-            raise CryptokiError("C_Initialize", rv)
 
     def login(self, session_handle: int, pin: bytes) -> None:
         """Log the user in on ``session_handle``; already logged in counts as success."""
@@ -110,3 +173,53 @@ class Cryptoki:
         rv = self._close_all(slot_id)
         if rv != CKR_OK:
             raise CryptokiError("C_CloseAllSessions", rv)
+
+    def token_info(self, slot_id: int) -> TokenInfo:
+        info = _TokenInfo()
+        rv = self._token_info(slot_id, ctypes.byref(info))
+        if rv != CKR_OK:
+            raise CryptokiError("C_GetTokenInfo", rv)
+        return TokenInfo(_text(info.label), _text(info.manufacturerID), _text(info.model), _text(info.serialNumber),
+                         info.flags, info.ulMaxSessionCount, info.ulSessionCount, info.ulMaxRwSessionCount,
+                         info.ulRwSessionCount)
+
+    def mechanisms(self, slot_id: int) -> dict[int, MechanismInfo]:
+        """Every mechanism of the slot's token, with its key sizes and flags (``CKF_SIGN``...)."""
+        count = _CK_ULONG(0)
+        for _ in range(3):  # the list can grow between the two calls (a token inserted)
+            rv = self._mechanism_list(slot_id, None, ctypes.byref(count))
+            if rv != CKR_OK:
+                raise CryptokiError("C_GetMechanismList", rv)
+            buffer = (_CK_ULONG * max(count.value, 1))()
+            rv = self._mechanism_list(slot_id, buffer, ctypes.byref(count))
+            if rv == CKR_BUFFER_TOO_SMALL:
+                continue
+            if rv != CKR_OK:
+                raise CryptokiError("C_GetMechanismList", rv)
+            out = {}
+            for mechanism in buffer[: count.value]:
+                info = _MechanismInfo()
+                rv = self._mechanism_info(slot_id, mechanism, ctypes.byref(info))
+                if rv != CKR_OK:
+                    raise CryptokiError("C_GetMechanismInfo", rv)
+                out[int(mechanism)] = MechanismInfo(info.ulMinKeySize, info.ulMaxKeySize, info.flags)
+            return out
+        raise CryptokiError("C_GetMechanismList", CKR_BUFFER_TOO_SMALL)
+
+    def allowed_mechanisms(self, session_handle: int, object_handle: int) -> frozenset[int] | None:
+        """``CKA_ALLOWED_MECHANISMS`` of a key; ``None`` when the module or the key sets no such limit."""
+        attribute = _Attribute(CKA_ALLOWED_MECHANISMS, None, 0)
+        rv = self._get_attribute(session_handle, object_handle, ctypes.byref(attribute), 1)
+        if rv in (CKR_ATTRIBUTE_TYPE_INVALID, CKR_ATTRIBUTE_SENSITIVE):
+            return None
+        if rv != CKR_OK:
+            raise CryptokiError("C_GetAttributeValue", rv)
+        size = ctypes.sizeof(_CK_ULONG)
+        if attribute.ulValueLen == CK_UNAVAILABLE_INFORMATION or attribute.ulValueLen < size:
+            return None  # absent or empty: PKCS#11 says any mechanism the key type allows
+        buffer = (_CK_ULONG * (attribute.ulValueLen // size))()
+        attribute.pValue = ctypes.cast(buffer, ctypes.c_void_p)
+        rv = self._get_attribute(session_handle, object_handle, ctypes.byref(attribute), 1)
+        if rv != CKR_OK:
+            raise CryptokiError("C_GetAttributeValue", rv)
+        return frozenset(int(m) for m in buffer[: attribute.ulValueLen // size])

@@ -1,13 +1,15 @@
-"""PKCS#11 signer: issuer keys stay in the token, Python only ever sees digests and signatures.
+"""PKCS#11 signer: issuer keys stay in the token, Python only ever sees digests (or data) and signatures.
 
 Design:
-- one module instance per library path (``_Module``), re-initialised with ``CKF_OS_LOCKING_OK`` so
-  that several threads may sign at once (see ``cryptoki.py``);
-- one logged-in session per worker thread, opened lazily and re-opened after any session error;
-- a bound on concurrent signatures (``max_concurrent``) for every caller, and an executor of that size
-  for asyncio callers;
-- recovery without restart: a lost session or login is re-opened at once; a vanished token triggers a
-  module re-initialisation (rate-limited), and callers get ``HsmUnavailable`` until it is back;
+- one module instance per library path, initialised once with ``CKF_OS_LOCKING_OK`` (``module.py``), or
+  behind one process-wide lock when the module cannot lock or the configuration says ``serialize``;
+- a pool of logged-in sessions (``sessions.py``), at most ``max_concurrent`` and never more than the
+  token's own session limit; an executor of that size for asyncio callers;
+- the mechanism for each key chosen from what the module offers and the key allows
+  (``capabilities.py``), read at start by ``inspect`` and otherwise at the key's first signature;
+- recovery without restart: a lost session or login is re-opened at once; a vanished token is looked up
+  again at each attempt, and as a last resort (rate-limited) the module is initialised again with the
+  same arguments; callers get ``HsmUnavailable`` until it is back;
 - a refused PIN is not retried in a loop (tokens lock PINs after a few failures): it backs off.
 """
 
@@ -16,70 +18,56 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import pkcs11
-from asn1crypto import algos
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes as PublicKey
 from pkcs11 import exceptions as p11e
 
-from directory.hsm.algorithms import SignatureAlgorithm, default_algorithm
-from directory.hsm.cryptoki import Cryptoki, CryptokiError
+from directory.hsm import capabilities
+from directory.hsm.algorithms import SignatureAlgorithm
+from directory.hsm.capabilities import KeyReport, Plan, TokenReport
+from directory.hsm.cryptoki import CryptokiError, MechanismInfo
+from directory.hsm.errors import (
+    HsmError,
+    HsmUnavailable,
+    KeyNotFound,
+    KeyUnusable,
+    PinRefused,
+    SignatureCheckFailed,
+)
+from directory.hsm.keys import ChunkSource, KeySigner, ecdsa_der
+from directory.hsm.module import Module
+from directory.hsm.pin import PinGuard
+from directory.hsm.sessions import PooledSession, SessionPool
+
+__all__ = ["HsmError", "HsmSettings", "HsmSigner", "HsmStats", "HsmUnavailable", "KeyNotFound", "KeySigner",
+           "KeyUnusable", "PinRefused", "SignatureCheckFailed", "ecdsa_der"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-
-class HsmError(Exception):
-    """Base class of signer errors; messages never contain the PIN."""
-
-
-class HsmUnavailable(HsmError):
-    """The token cannot be used right now (absent, module failing, PIN refused); retry later."""
-
-
-class PinRefused(HsmUnavailable):
-    """The token refused the PIN; we back off instead of retrying (tokens lock PINs after a few failures)."""
-
-
-class KeyNotFound(HsmError):
-    """No private key with this label on the token (or several)."""
-
-
-class SignatureCheckFailed(HsmError):
-    """The token returned a signature that does not verify under the expected certificate."""
-
-
-# Errors after which a fresh session (and maybe a fresh module) can succeed.
+# Errors after which a fresh session can succeed.
 _SESSION_ERRORS: tuple[type[Exception], ...] = (
-    p11e.SessionHandleInvalid,
-    p11e.SessionClosed,
-    p11e.UserNotLoggedIn,
-    p11e.ObjectHandleInvalid,
-    p11e.KeyHandleInvalid,
-    p11e.DeviceRemoved,
-    p11e.DeviceError,
-    p11e.TokenNotPresent,
-    p11e.TokenNotRecognised,
-    p11e.OperationActive,
-    p11e.GeneralError,
-    p11e.FunctionFailed,
-    p11e.NoSuchToken,
-    p11e.SlotIDInvalid,
+    p11e.SessionHandleInvalid, p11e.SessionClosed, p11e.UserNotLoggedIn, p11e.ObjectHandleInvalid,
+    p11e.KeyHandleInvalid, p11e.OperationActive, p11e.FunctionFailed,
 )
-
-_REINIT_MIN_INTERVAL = 1.0
-_PIN_BACKOFF = 30.0
+# Errors that say the token or the device went away: a fresh session, then maybe a re-initialisation.
+_DEVICE_ERRORS: tuple[type[Exception], ...] = (
+    p11e.DeviceRemoved, p11e.DeviceError, p11e.TokenNotPresent, p11e.TokenNotRecognised, p11e.GeneralError,
+    p11e.NoSuchToken, p11e.SlotIDInvalid,
+)
+# The module refuses the mechanism itself: a configuration problem, retrying does not help.
+_MECHANISM_ERRORS: tuple[type[Exception], ...] = (
+    p11e.MechanismInvalid, p11e.MechanismParamInvalid, p11e.KeyTypeInconsistent, p11e.FunctionNotSupported,
+    p11e.KeySizeRange, p11e.DataLenRange,
+)
+_SESSION_WAIT = 60.0  # a caller waits this long at most for a free session
+_CAPABILITY_PROBE = b"annuaire: can this key sign as configured?"
 
 
 @dataclass(frozen=True)
@@ -94,121 +82,12 @@ class HsmSettings:
     # where the PIN comes from (file or environment), read again after a refusal: a PIN changed on the
     # token and in its file is picked up without a restart, and a refused PIN is never tried twice
     pin_reader: Callable[[], str] | None = field(default=None, repr=False, compare=False)
-
-
-class _RWLock:
-    """Many signers share the module; a re-initialisation needs it alone. Cheap on the shared path."""
-
-    def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._cond = threading.Condition(self._mutex)
-        self._readers = 0
-        self._writer = False
-
-    def acquire_shared(self) -> None:
-        self._mutex.acquire()
-        try:
-            while self._writer:
-                self._cond.wait()
-            self._readers += 1
-        finally:
-            self._mutex.release()
-
-    def release_shared(self) -> None:
-        self._mutex.acquire()
-        try:
-            self._readers -= 1
-            if self._readers == 0 and self._writer:
-                self._cond.notify_all()
-        finally:
-            self._mutex.release()
-
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        self.acquire_shared()
-        try:
-            yield
-        finally:
-            self.release_shared()
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer:
-                self._cond.wait()
-            self._writer = True
-            while self._readers:
-                self._cond.wait()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
-class _Module:
-    """One loaded PKCS#11 library, shared by every signer of the process."""
-
-    _instances: ClassVar[dict[str, _Module]] = {}
-    _instances_lock = threading.Lock()
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.lib = pkcs11.lib(path)
-        self.raw = Cryptoki(path)
-        self.raw.initialize_with_os_locking()
-        self.conf = os.environ.get("SOFTHSM2_CONF")
-        self.generation = 0
-        self.lock = _RWLock()
-        self._last_reinit = 0.0
-        self._reinit_mutex = threading.Lock()
-
-    @classmethod
-    def get(cls, path: str, softhsm2_conf: str | None) -> _Module:
-        with cls._instances_lock:
-            if softhsm2_conf is not None:
-                os.environ["SOFTHSM2_CONF"] = softhsm2_conf
-            module = cls._instances.get(path)
-            if module is None:
-                try:
-                    module = cls(path)
-                except (OSError, p11e.PKCS11Error, CryptokiError) as exc:
-                    raise HsmUnavailable(f"cannot load PKCS#11 module {path}: {exc}") from exc
-                cls._instances[path] = module
-            elif softhsm2_conf is not None and module.conf != softhsm2_conf:
-                module.reinitialize(force=True)
-            return module
-
-    def reinitialize(self, force: bool = False) -> bool:
-        """Finalize and initialise again so that removed/returned tokens are seen. Rate-limited."""
-        with self._reinit_mutex:
-            if not force and time.monotonic() - self._last_reinit < _REINIT_MIN_INTERVAL:
-                return False
-            with self.lock.exclusive():
-                try:
-                    self.raw.initialize_with_os_locking()
-                except CryptokiError as exc:
-                    log.error("PKCS#11 module re-initialisation failed: %s", exc)
-                    raise HsmUnavailable(f"PKCS#11 module re-initialisation failed: {exc}") from exc
-                finally:
-                    self._last_reinit = time.monotonic()
-                self.conf = os.environ.get("SOFTHSM2_CONF")
-                self.generation += 1
-            log.warning("PKCS#11 module re-initialised (generation %d)", self.generation)
-            return True
-
-
-@dataclass
-class _ThreadSession:
-    generation: int
-    session: Any
-    keys: dict[str, Any] = field(default_factory=dict)
+    serialize: bool = False  # one call at a time into the module (for modules known not to take concurrent calls)
 
 
 @dataclass
 class HsmStats:
-    """Counters exported as metrics later on."""
+    """Counters exported as metrics."""
 
     signatures: int = 0
     errors: int = 0
@@ -216,25 +95,32 @@ class HsmStats:
     reinits: int = 0
 
 
+class _Retry(Exception):
+    def __init__(self, cause: Exception, device: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.device = device
+
+
+class _TokenMissing(HsmUnavailable):
+    """The token label is not among the module's tokens (now)."""
+
+
 class HsmSigner:
     """Signs digests with private keys found by label on one token."""
 
     def __init__(self, settings: HsmSettings) -> None:
         self.settings = settings
-        self._pin = settings.pin.encode()
-        self._module = _Module.get(settings.module, settings.softhsm2_conf)
-        self._local = threading.local()
-        self._open: set[Any] = set()
-        self._open_lock = threading.Lock()
-        # Bound on concurrent signatures for every caller; a C-level queue of permits is the cheapest gate.
-        self._permits: queue.SimpleQueue[None] = queue.SimpleQueue()
-        for _ in range(settings.max_concurrent):
-            self._permits.put(None)
+        self._pin = PinGuard(settings.pin, settings.pin_reader, settings.token_label)
+        self._module = Module.get(settings.module, settings.softhsm2_conf, settings.serialize)
+        size = 1 if self._module.serial_reason else settings.max_concurrent
+        self._pool = SessionPool(size)
+        self._sized = False
         self._executor = ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="hsm")
-        self._pin_refused_until = 0.0
-        self._refused_pin: bytes | None = None
         self._last_error: str | None = None
         self._known_labels: set[str] = set()
+        self._plans: dict[tuple[str, str], Plan] = {}
+        self._offered: tuple[int, dict[int, MechanismInfo]] | None = None
         self.stats = HsmStats()
         self.on_signature: Callable[[float], None] | None = None  # seconds per signature (metrics)
 
@@ -244,59 +130,49 @@ class HsmSigner:
             return self._module.lib.get_token(token_label=self.settings.token_label)
         except p11e.PKCS11Error as exc:  # NoSuchToken, or GeneralError when the token files vanished
             label = self.settings.token_label
-            raise HsmUnavailable(f"token {label!r} not found: {type(exc).__name__}") from exc
+            raise _TokenMissing(f"token {label!r} not found: {type(exc).__name__}") from exc
 
-    def _thread_session(self) -> _ThreadSession:
-        entry: _ThreadSession | None = getattr(self._local, "entry", None)
-        if entry is not None and entry.generation == self._module.generation:
-            return entry
-        if entry is not None:
-            self._forget(entry)
-        if self._refused_pin is not None and self.settings.pin_reader is not None:
-            try:
-                fresh = self.settings.pin_reader().encode()
-            except (OSError, KeyError):
-                fresh = self._refused_pin
-            if fresh == self._refused_pin:  # a wrong PIN tried again and again locks a real HSM's user PIN
-                raise PinRefused("PIN refused by the token; not trying the same PIN again: correct the PIN "
-                                 "file or variable (it is read again at the next attempt)")
-            self._pin, self._refused_pin, self._pin_refused_until = fresh, None, 0.0
-        if time.monotonic() < self._pin_refused_until:
-            raise PinRefused("PIN refused by the token; backing off before trying again")
+    def _open_session(self) -> PooledSession:
+        self._pin.check()
         token = self._find_token()
-        session = token.open()
         try:
-            self._module.raw.login(session.handle, self._pin)
-        except CryptokiError as exc:
+            session = token.open()
+        except p11e.SessionCount:
+            raise HsmUnavailable(f"token {self.settings.token_label!r} refused another session "
+                                 f"(CKR_SESSION_COUNT): lower max_concurrent") from None
+        try:
+            self._pin.login(self._module.raw, session.handle)
+        except HsmError:
             with contextlib.suppress(Exception):
                 session.close()
-            if exc.rv in (0xA0, 0xA4):  # CKR_PIN_INCORRECT, CKR_PIN_LOCKED
-                self._pin_refused_until = time.monotonic() + _PIN_BACKOFF
-                self._refused_pin = self._pin
-                log.error("HSM: the token %s refused the user PIN; signing stops until it is corrected",
-                          self.settings.token_label)
-                raise PinRefused("PIN refused by the token") from None
-            raise HsmUnavailable(f"login failed: CKR 0x{exc.rv:x}") from None
-        entry = _ThreadSession(self._module.generation, session)
-        self._local.entry = entry
-        with self._open_lock:
-            self._open.add(session)
+            raise
         self.stats.relogins += 1
+        entry = PooledSession(self._module.generation, session, token.slot.slot_id)
+        if not self._sized:
+            self._size_pool(entry)
         return entry
 
-    def _forget(self, entry: _ThreadSession) -> None:
-        self._local.entry = None
-        with self._open_lock:
-            self._open.discard(entry.session)
-        with contextlib.suppress(Exception):
-            entry.session.close()
+    def _size_pool(self, entry: PooledSession) -> tuple[int, str]:
+        """Keep no more sessions than the token allows (read once, with the first session)."""
+        try:
+            info = self._module.raw.token_info(entry.slot_id)
+        except CryptokiError as exc:
+            return self._pool.size, f"token information unreadable: {exc}"
+        size, reason = capabilities.session_budget(self.settings.max_concurrent, info,
+                                                   self._module.serial_reason is not None)
+        self._sized = True
+        if size < self._pool.size:
+            log.warning("HSM token %s: %s", self.settings.token_label, reason)
+        for dropped in self._pool.resize(size):
+            self._close(dropped)
+        return size, reason
 
-    def _drop_thread_session(self) -> None:
-        entry = getattr(self._local, "entry", None)
-        if entry is not None:
-            self._forget(entry)
+    def _close(self, entry: PooledSession | None) -> None:
+        if entry is not None and entry.generation == self._module.generation:  # older handles may be reused
+            with contextlib.suppress(Exception):
+                entry.session.close()
 
-    def _key(self, entry: _ThreadSession, label: str) -> Any:
+    def _key(self, entry: PooledSession, label: str) -> Any:
         key = entry.keys.get(label)
         if key is None:
             try:
@@ -304,7 +180,7 @@ class HsmSigner:
             except p11e.NoSuchKey:
                 if label in self._known_labels:
                     # It was there before: the token's contents went away under an open session (token
-                    # removed, files gone). Recover like a lost session: reopen, then re-initialise.
+                    # removed, files gone). Recover like a lost token.
                     raise p11e.DeviceRemoved() from None
                 raise KeyNotFound(f"no private key labelled {label!r} on token "
                                   f"{self.settings.token_label!r}") from None
@@ -315,61 +191,127 @@ class HsmSigner:
             self._known_labels.add(label)
         return key
 
-    def _with_session(self, action: Callable[[_ThreadSession], T]) -> T:
-        """Run ``action`` on this thread's session, recovering from lost sessions and tokens."""
+    def _with_session(self, action: Callable[[PooledSession], T]) -> T:
+        """Run ``action`` on a pooled session, recovering from lost sessions and tokens."""
         last: Exception | None = None
-        self._permits.get()
+        module = self._module
+        entry = self._pool.take(_SESSION_WAIT)
         try:
-            lock = self._module.lock
             for attempt in range(3):
+                device = False
                 try:
-                    lock.acquire_shared()
-                    try:
-                        result = action(self._thread_session())
-                    except _SESSION_ERRORS as exc:
-                        self._drop_thread_session()
-                        raise _Retry(exc) from exc
-                    finally:
-                        lock.release_shared()
+                    with module.calls():
+                        if entry is not None and entry.generation != module.generation:
+                            entry = None  # abandoned by a re-initialisation: its handle may be someone else's now
+                        if entry is None:
+                            entry = self._open_session()
+                        try:
+                            result = action(entry)
+                        except _SESSION_ERRORS + _DEVICE_ERRORS as exc:
+                            self._close(entry)
+                            entry = None
+                            raise _Retry(exc, isinstance(exc, _DEVICE_ERRORS)) from exc
                     if self._last_error is not None:
                         self._last_error = None
                     return result
                 except _Retry as retry:
-                    last = retry.cause
+                    last, device = retry.cause, retry.device
                 except PinRefused as exc:
                     last = exc
                     self.stats.errors += 1
                     break
                 except HsmUnavailable as exc:
-                    last = exc
+                    last, device = exc, isinstance(exc, _TokenMissing)
                 self.stats.errors += 1
-                if attempt >= 1:
+                log.debug("HSM attempt %d failed: %s", attempt + 1, _describe(last))
+                if attempt >= 1 and device:  # a fresh session did not help either: the token itself is gone
                     try:
-                        if self._module.reinitialize():
+                        if module.reinitialize():
                             self.stats.reinits += 1
                     except HsmUnavailable as exc:
                         last = exc
         finally:
-            self._permits.put(None)
+            dropped = self._pool.give(entry)
+            if dropped is not None:
+                with module.calls():
+                    self._close(dropped)
         self._last_error = _describe(last)
         if isinstance(last, HsmUnavailable):
             raise last
         raise HsmUnavailable(f"token {self.settings.token_label!r} unavailable: {_describe(last)}") from last
 
-    # -- signing ---------------------------------------------------------------------------
-    def sign_raw(self, label: str, algorithm: SignatureAlgorithm, token_input: bytes) -> bytes:
-        """Sign pre-hashed input with the raw mechanism for ``algorithm`` (see ``algorithms.py``)."""
-        if algorithm.scheme == "pkcs1":
-            mech, param = pkcs11.Mechanism.RSA_PKCS, None
-        elif algorithm.scheme == "pss":
-            hash_mech = getattr(pkcs11.Mechanism, algorithm.hash.upper())
-            mgf = getattr(pkcs11.MGF, algorithm.hash.upper())
-            mech, param = pkcs11.Mechanism.RSA_PKCS_PSS, (hash_mech, mgf, algorithm.digest_size)
-        else:
-            mech, param = pkcs11.Mechanism.ECDSA, None
+    # -- capabilities ----------------------------------------------------------------------
+    def _mechanisms(self, entry: PooledSession) -> dict[int, MechanismInfo]:
+        cached = self._offered
+        if cached is not None and cached[0] == self._module.generation:
+            return cached[1]
+        try:
+            offered = self._module.raw.mechanisms(entry.slot_id)
+        except CryptokiError as exc:
+            raise HsmUnavailable(f"cannot list the token's mechanisms: {exc}") from None
+        self._offered = (self._module.generation, offered)
+        return offered
 
-        def action(entry: _ThreadSession) -> bytes:
-            return self._key(entry, label).sign(token_input, mechanism=mech, mechanism_param=param)
+    def plan(self, label: str, algorithm: SignatureAlgorithm) -> Plan:
+        """The mechanism key ``label`` signs ``algorithm`` with (read from the token once, then remembered)."""
+        plan = self._plans.get((label, algorithm.name))
+        if plan is not None:
+            return plan
+
+        def action(entry: PooledSession) -> Plan:
+            key = self._key(entry, label)
+            try:
+                allowed = self._module.raw.allowed_mechanisms(entry.session.handle, key.handle)
+            except CryptokiError as exc:
+                raise HsmUnavailable(f"cannot read key {label!r}: {exc}") from None
+            facts = capabilities.key_facts(key, allowed)
+            return capabilities.choose(label, algorithm, facts, self._mechanisms(entry))
+
+        plan = self._with_session(action)
+        self._plans[label, algorithm.name] = plan
+        return plan
+
+    def inspect(self, keys: Iterable[KeySigner]) -> TokenReport:
+        """Read the module, the token and each key; choose mechanisms, size the pool, sign once with each key.
+
+        Raises ``HsmUnavailable`` when the token cannot be reached; a key that cannot be used is reported
+        (``TokenReport.unusable``), not raised.
+        """
+        def action(entry: PooledSession) -> tuple[Any, dict[int, MechanismInfo], tuple[int, str]]:
+            return self._module.raw.token_info(entry.slot_id), self._mechanisms(entry), self._size_pool(entry)
+
+        info, offered, (sessions, reason) = self._with_session(action)
+        lib = self._module.lib
+        report = TokenReport(self.settings.module, f"{lib.manufacturer_id} {lib.library_description} "
+                             f"{'.'.join(map(str, lib.library_version))}", info, self._module.locking, sessions,
+                             reason)
+        for key in keys:
+            entry = KeyReport(key.label, key.description, key.algorithm.name)
+            report.keys.append(entry)
+            try:
+                entry.plan = self.plan(key.label, key.algorithm)
+                entry.warning = capabilities.size_warning(entry.plan, offered, key.bits)
+                key.sign(_CAPABILITY_PROBE)  # the module may advertise what it then refuses; proves key = certificate
+            except KeyNotFound as exc:
+                entry.problem, entry.missing = str(exc), True
+            except (KeyUnusable, SignatureCheckFailed) as exc:
+                entry.problem = str(exc)
+        return report
+
+    # -- signing ---------------------------------------------------------------------------
+    def _sign(self, label: str, algorithm: SignatureAlgorithm, plan: Plan, data: Callable[[], Any]) -> bytes:
+        param, mechanism = None, pkcs11.Mechanism(plan.mechanism)
+        if algorithm.scheme == "pss":
+            name = algorithm.hash.upper()
+            param = (getattr(pkcs11.Mechanism, name), getattr(pkcs11.MGF, name), algorithm.digest_size)
+
+        def action(entry: PooledSession) -> bytes:
+            try:
+                return self._key(entry, label).sign(data(), mechanism=mechanism, mechanism_param=param)
+            except _MECHANISM_ERRORS as exc:
+                self._plans.pop((label, algorithm.name), None)
+                raise KeyUnusable(f"key {label!r}: the module refused {plan.describe()} for {algorithm.name}: "
+                                  f"{type(exc).__name__}") from None
 
         started = time.perf_counter()
         signature = self._with_session(action)
@@ -377,6 +319,25 @@ class HsmSigner:
         if self.on_signature is not None:
             self.on_signature(time.perf_counter() - started)
         return signature
+
+    def sign_raw(self, label: str, algorithm: SignatureAlgorithm, token_input: bytes) -> bytes:
+        """Sign pre-hashed input (see ``algorithms.py``) with the key's raw mechanism."""
+        plan = self.plan(label, algorithm)
+        if plan.token_hashes:
+            raise KeyUnusable(f"key {label!r}: this module signs only with {plan.describe()}, not a digest")
+        return self._sign(label, algorithm, plan, lambda: token_input)
+
+    def sign_data(self, label: str, algorithm: SignatureAlgorithm, source: ChunkSource) -> bytes:
+        """Sign the bytes ``source`` gives with a mechanism that hashes in the token (streamed in parts)."""
+        plan = self.plan(label, algorithm)
+
+        def data() -> Any:
+            chunks = source()
+            if isinstance(chunks, tuple) and len(chunks) == 1:
+                return chunks[0]  # one part: C_Sign
+            return iter(chunks)  # C_SignUpdate per chunk, then C_SignFinal
+
+        return self._sign(label, algorithm, plan, data)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking signer call on the HSM executor (bounded by ``max_concurrent``)."""
@@ -392,7 +353,7 @@ class HsmSigner:
         """Round-trip to the token: raise unless logged in and each key in ``labels`` is there."""
         wanted = list(labels)
 
-        def action(entry: _ThreadSession) -> None:
+        def action(entry: PooledSession) -> None:
             cls = pkcs11.Attribute.CLASS
             for label in wanted or [""]:
                 attrs = {cls: pkcs11.ObjectClass.PRIVATE_KEY, pkcs11.Attribute.LABEL: label}
@@ -413,11 +374,11 @@ class HsmSigner:
     @contextlib.contextmanager
     def admin_session(self) -> Iterator[Any]:
         """A read-write logged-in session for the demo issuance stub (key generation)."""
-        with self._module.lock.shared():
+        with self._module.calls():
             token = self._find_token()
             session = token.open(rw=True)
             try:
-                self._module.raw.login(session.handle, self._pin)
+                self._pin.login(self._module.raw, session.handle)
                 yield session
             finally:
                 with contextlib.suppress(Exception):
@@ -425,11 +386,9 @@ class HsmSigner:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-        with self._open_lock:
-            sessions, self._open = self._open, set()
-        for session in sessions:
-            with contextlib.suppress(Exception):
-                session.close()
+        with self._module.calls():
+            for entry in self._pool.drain():
+                self._close(entry)
 
     # test hooks: pull the rug from under the signer the way a real HSM outage would
     def _close_all_sessions_underneath(self) -> None:
@@ -438,93 +397,8 @@ class HsmSigner:
                 self._module.raw.close_all_sessions(slot.slot_id)
 
 
-class _Retry(Exception):
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
 def _describe(exc: Exception | None) -> str:
     if exc is None:
         return "unknown error"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-class KeySigner:
-    """One issuer key: hashes on the host, signs in the token, verifies before returning."""
-
-    def __init__(self, hsm: HsmSigner, label: str, public_key: PublicKey, algorithm: SignatureAlgorithm | None,
-                 holder: str) -> None:
-        if isinstance(public_key, rsa.RSAPublicKey):
-            kind, size = "rsa", public_key.key_size
-        elif isinstance(public_key, ec.EllipticCurvePublicKey):
-            kind, size = "ec", public_key.curve.key_size
-        else:
-            raise HsmError(f"key {label!r}: unsupported public key type {type(public_key).__name__}")
-        algorithm = algorithm or default_algorithm(kind, size)
-        if algorithm.key_kind != kind:
-            raise HsmError(f"key {label!r}: algorithm {algorithm.name} does not fit a {kind} key")
-        self.hsm = hsm
-        self.label = label
-        self.holder = holder
-        self.public_key = public_key
-        self.algorithm = algorithm
-        self.algorithm_identifier: algos.SignedDigestAlgorithm = algorithm.algorithm_identifier()
-        self.algorithm_identifier_der: bytes = self.algorithm_identifier.dump()
-        self._curve_bytes = (size + 7) // 8 if kind == "ec" else 0
-
-    def sign_digest(self, digest: bytes) -> bytes:
-        """Sign a digest made with ``self.algorithm.hash``; returns the X.509 signature value."""
-        raw = self.hsm.sign_raw(self.label, self.algorithm, self.algorithm.token_input(digest))
-        if self.algorithm.scheme == "ecdsa":
-            if len(raw) != 2 * self._curve_bytes:
-                raise SignatureCheckFailed(f"key {self.label!r}: token returned {len(raw)} bytes for ECDSA")
-            signature = ecdsa_der(raw)
-        else:
-            signature = raw
-        self.verify_digest(signature, digest)
-        return signature
-
-    def sign(self, data: bytes | Iterable[bytes]) -> bytes:
-        """Hash ``data`` (or a stream of chunks) on the host, then sign the digest."""
-        return self.sign_digest(self.algorithm.digest(data))
-
-    async def sign_async(self, data: bytes) -> bytes:
-        return await self.hsm.run(self.sign, data)
-
-    def verify_digest(self, signature: bytes, digest: bytes) -> None:
-        """Raise ``SignatureCheckFailed`` unless ``signature`` over ``digest`` verifies under our public key."""
-        prehashed = utils.Prehashed(self.algorithm.cryptography_hash())
-        try:
-            if self.algorithm.scheme == "ecdsa":
-                self.public_key.verify(signature, digest, ec.ECDSA(prehashed))  # type: ignore[call-arg]
-            elif self.algorithm.scheme == "pkcs1":
-                self.public_key.verify(signature, digest, padding.PKCS1v15(), prehashed)  # type: ignore[call-arg]
-            else:
-                mgf = padding.MGF1(self.algorithm.cryptography_hash())
-                pss = padding.PSS(mgf, self.algorithm.digest_size)
-                self.public_key.verify(signature, digest, pss, prehashed)  # type: ignore[call-arg]
-        except InvalidSignature:
-            raise SignatureCheckFailed(
-                f"key {self.label!r}: signature does not verify under the public key of {self.holder} "
-                "(wrong key label or certificate?)"
-            ) from None
-
-
-def _der_int(value: bytes) -> bytes:
-    value = value.lstrip(b"\x00") or b"\x00"
-    if value[0] & 0x80:
-        value = b"\x00" + value
-    return b"\x02" + _der_len(len(value)) + value
-
-
-def _der_len(n: int) -> bytes:
-    return bytes([n]) if n < 0x80 else bytes([0x81, n]) if n < 0x100 else bytes([0x82, n >> 8, n & 0xFF])
-
-
-def ecdsa_der(raw: bytes) -> bytes:
-    """PKCS#11 raw r||s to DER Ecdsa-Sig-Value (the form X.509 and OCSP carry)."""
-    half = len(raw) // 2
-    body = _der_int(raw[:half]) + _der_int(raw[half:])
-    return b"\x30" + _der_len(len(body)) + body

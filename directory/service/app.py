@@ -22,10 +22,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from directory import logs
 from directory.config import Config
-from directory.hsm.signer import HsmError, HsmSigner
+from directory.hsm.signer import HsmError, HsmSigner, HsmUnavailable, KeyUnusable
 from directory.ops.metrics import Metrics, exposition
 from directory.registry import Registry, RegistryError
-from directory.runtime import open_config_registry, open_hsm
+from directory.runtime import inspect_hsm, open_config_registry, open_hsm
 from directory.service.listener import ConnectionGate, listen
 from directory.service.systemd import Notifications
 
@@ -131,6 +131,7 @@ async def _readyz(request: web.Request) -> web.Response:
 def build_service(config: Config, components: list[Component] | None = None) -> Service:
     """Open the HSM and the registry and assemble the application (nothing listens yet)."""
     hsm = open_hsm(config)
+    _inspect_hsm(config, hsm)
     registry = open_config_registry(config)
     app = web.Application(client_max_size=64 * 1024, middlewares=[request_ids])
     app.router.add_get("/healthz", _healthz)
@@ -142,6 +143,24 @@ def build_service(config: Config, components: list[Component] | None = None) -> 
     service.connections = ConnectionGate(config.http.max_connections)
     app["service"] = service
     return service
+
+
+def _inspect_hsm(config: Config, hsm: HsmSigner) -> None:
+    """Say what the module offers and which mechanism each key uses; refuse to start with a key it cannot use.
+
+    A token that cannot be reached now is not a reason to refuse: the service starts not ready, and each
+    key's mechanism is chosen at its first signature instead.
+    """
+    try:
+        report = inspect_hsm(config, hsm)
+    except HsmUnavailable as exc:
+        log.warning("HSM: token capabilities not read at start (%s); they will be at the first signature", exc)
+        return
+    for line in report.lines():
+        (log.warning if "WARNING" in line or "MISSING" in line or "REFUSED" in line else log.info)("HSM: %s", line)
+    if report.unusable:
+        hsm.close()
+        raise KeyUnusable("the HSM cannot sign as configured: " + "; ".join(report.unusable))
 
 
 async def run_service(service: Service, stop: asyncio.Event) -> None:
