@@ -7,7 +7,8 @@ The flow for one CRL, Boulder-style (each step with a clear failure story):
    hash; only the digest goes to the HSM;
 3. assemble the signed CRL in a second temporary file and fsync it;
 4. self-check with ``cryptography``: signature under the CA certificate, issuer, number, entry count,
-   times; a CRL that fails is never published (logged, counted, recorded as 'failed');
+   times, every entry and entry extension parsed (``entrycheck``); a CRL that fails is never published
+   (logged, counted, recorded as 'failed');
 5. under a per-issuer file lock, refuse to go backwards (a newer CRL already published), then rename
    into place atomically, keep it in the archive, and record it as 'published'.
 """
@@ -32,6 +33,7 @@ from cryptography import x509
 
 from directory.config import Config, IssuerConfig
 from directory.crl import der
+from directory.crl.entrycheck import check_entry_extensions
 from directory.hsm.signer import HsmSigner, KeySigner, SignatureCheckFailed
 from directory.registry import Registry
 from directory.registry.store import CrlRecord
@@ -282,6 +284,12 @@ class CrlPublisher:
             raise CrlBuildError(f"cRLNumber {number} is not greater than the published {previous.number}")
         if len(crl) != entries:
             raise CrlBuildError(f"{len(crl)} entries, the registry has {entries}")
+        try:  # every entry's extensions, as a relying party's parser reads them (CRL-level ones: above)
+            walked = check_entry_extensions(data)
+        except (ValueError, IndexError) as exc:
+            raise CrlBuildError(f"an entry does not parse back: {exc}") from None
+        if walked != entries:
+            raise CrlBuildError(f"{walked} entries walked, the registry has {entries}")
         now = int(self.clock())
         next_update = crl.next_update_utc
         if next_update is None or int(next_update.timestamp()) <= now:
