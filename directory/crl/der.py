@@ -108,13 +108,21 @@ def _uri_full_name(url: str) -> bytes:
     return tlv(0xA0, tlv(0xA0, tlv(0x86, url.encode("ascii"))))
 
 
-def issuing_distribution_point(url: str | None, only_user: bool = False, only_ca: bool = False) -> bytes:
-    """IssuingDistributionPoint (critical): the CRL's scope, and where it lives."""
+def issuing_distribution_point(url: str | None, only_user: bool = False, only_ca: bool = False,
+                               only_attribute: bool = False) -> bytes:
+    """IssuingDistributionPoint (critical): the CRL's scope, and where it lives. The onlyContains* flags
+    are DEFAULT FALSE, so only a true one is encoded ([1], [2], [5]); RFC 5280 §5.2.5 allows one at most."""
+    if only_user + only_ca + only_attribute > 1:
+        raise ValueError("at most one of onlyContainsUserCerts, onlyContainsCACerts, onlyContainsAttributeCerts")
     body = _uri_full_name(url) if url else b""
     if only_user:
         body += b"\x81\x01\xff"
     if only_ca:
         body += b"\x82\x01\xff"
+    if only_attribute:
+        body += b"\x85\x01\xff"
+    if not body:
+        raise ValueError("an empty IssuingDistributionPoint is forbidden (RFC 5280 §5.2.5)")
     return extension(OID_ISSUING_DISTRIBUTION_POINT, sequence(body), critical=True)
 
 
