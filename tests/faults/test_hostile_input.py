@@ -12,6 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp
 
 from tests.admin_client import call
 from tests.conftest import run_cli
@@ -23,6 +27,19 @@ FORGED = "2026-11-29 10:00:00,000 WARNING directory.admin.api: forged"
 def _api_calls(demo: Path) -> list[dict]:
     records = [json.loads(line) for line in run_cli("audit", "export", "-c", str(demo), check=True).stdout.splitlines()]
     return [json.loads(r["after"]) for r in records if r["action"] == "api-call"]
+
+
+def _ocsp_status(base: str, demo: Path, entry: dict, within: float) -> ocsp.OCSPCertStatus:
+    cert = x509.load_pem_x509_certificate((demo.parent / "certs" / entry["file"]).read_bytes())
+    issuer = x509.load_pem_x509_certificate((demo.parent / "ca" / f"{entry['issuer']}.pem").read_bytes())
+    body = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build().public_bytes(Encoding.DER)
+    deadline = time.monotonic() + within
+    while True:
+        answer = ocsp.load_der_ocsp_response(http(base + "/ocsp", "POST", body,
+                                                  {"Content-Type": "application/ocsp-request"})[2])
+        if answer.certificate_status == ocsp.OCSPCertStatus.REVOKED or time.monotonic() > deadline:
+            return answer.certificate_status
+        time.sleep(0.2)
 
 
 def test_hostile_requests_get_4xx_and_fifos_hang_nothing(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,6 +63,11 @@ def test_hostile_requests_get_4xx_and_fifos_hang_nothing(demo: Path, monkeypatch
         for path in ("/metrics", "/readyz", "/healthz", "/crl/ac-personnes.crl", "/crl/ac-personnes.pem"):
             assert http(base + path)[0] == 200, path
         assert call(admin, "GET", f"/api/v1/certificates/ac-personnes/{good[0]['serial_hex']}", token=token)[0] == 200
+        # and OCSP updates go on: a revocation made now is answered revoked within seconds
+        victim = good[1]
+        revoke = {"issuer": "ac-personnes", "serial": victim["serial_hex"], "reason": "keyCompromise"}
+        assert call(admin, "POST", "/api/v1/revocations", revoke, token=token)[0] == 201
+        assert _ocsp_status(base, demo, victim, within=5) == ocsp.OCSPCertStatus.REVOKED
 
         # -- §5, public listener: ranges and dates that used to raise
         crl = http(base + "/crl/ac-personnes.crl")[2]
@@ -97,7 +119,7 @@ def test_hostile_requests_get_4xx_and_fifos_hang_nothing(demo: Path, monkeypatch
         assert statuses == [expected for *_, expected in attempts], statuses
         shown = json.loads(run_cli("show", "-c", str(demo), "--issuer", "ac-personnes", "--serial", target, "--json",
                                    check=True).stdout)
-        assert shown["status"] == "good"  # nothing was revoked by any of them
+        assert shown["status"] == "good" and shown["invalidity_date"] is None  # none of them changed anything
 
         # -- §7: a request path carrying a newline (and a Unicode line separator) cannot forge a log line
         for path in ("/api/v1/x%0A" + FORGED.replace(" ", "%20"), "/api/v1/y%E2%80%A8" + FORGED.replace(" ", "%20")):
