@@ -10,6 +10,7 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from directory.crl import der, entrycheck
@@ -101,3 +102,38 @@ def test_entry_walk_counts_every_entry_and_parses_each_distinct_list_once() -> N
     empty = der.sequence(der.sequence(b"\x02\x01\x01", algorithm, der.sequence(), der.time(at)), algorithm,
                          der.tlv(0x03, b"\x00"))
     assert entrycheck.check_entry_extensions(empty) == 0
+
+
+def test_a_rebuild_walks_only_the_segments_that_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    at = int(datetime(2026, 9, 1, tzinfo=UTC).timestamp())
+    algorithm = bytes.fromhex("300d06092a864886f70d01010b0500")
+
+    def crl_of(segments: list[bytes]) -> bytes:
+        tbs = der.sequence(b"\x02\x01\x01", algorithm, der.sequence(), der.time(at), der.time(at + 86400),
+                           der.sequence(*segments))
+        return der.sequence(tbs, algorithm, der.tlv(0x03, b"\x00"))
+
+    segments = [b"".join(der.revoked_entry(s * 1000 + n, at, 1 + n % 2) for n in range(100)) for s in range(3)]
+    walked: list[int] = []
+    real = entrycheck._walk
+    monkeypatch.setattr(entrycheck, "_walk", lambda crl, i, end: walked.append(end - i) or real(crl, i, end))
+    cache = entrycheck.WalkCache()
+    lengths = [len(s) for s in segments]
+    assert entrycheck.check_entry_extensions(crl_of(segments), lengths, cache) == 300
+    assert walked == lengths
+    walked.clear()
+    assert entrycheck.check_entry_extensions(crl_of(segments), lengths, cache) == 300
+    assert walked == []  # nothing changed: nothing walked again
+    bad = der.sequence(der.integer(77), der.time(at), der.sequence(
+        der.extension(der.OID_INVALIDITY_DATE, der.tlv(0x18, b"10101000000Z"))))
+    segments[1] += bad
+    lengths = [len(s) for s in segments]
+    for _ in range(2):  # refused when walked, and again when its segment comes from the cache
+        with pytest.raises(entrycheck.EntryProblem, match="entry for serial 0x4d"):
+            entrycheck.check_entry_extensions(crl_of(segments), lengths, cache)
+        assert walked == [lengths[1]]
+    # lengths that do not add up to the list: walked whole, as without a cache
+    walked.clear()
+    good = crl_of(segments[:1])
+    assert entrycheck.check_entry_extensions(good, [1, 2], entrycheck.WalkCache()) == 100
+    assert walked == [lengths[0]]
