@@ -102,8 +102,11 @@ class _Gated(asyncio.Protocol):
                                            ssl_handshake_timeout=self.gate.request_timeout)
         except Exception as exc:  # a failed or abandoned handshake: start_tls closed the connection
             log.debug("%s listener: TLS handshake failed: %s", self.gate.name, exc)
-            return
+            secured = None
         if secured is None or secured.is_closing():
+            # asyncio does not tell the application protocol of a connection lost mid-handshake (and
+            # start_tls may even return the closed transport): the slot is given back here
+            self._release()
             return
         self.transport = secured
         self.started = True
@@ -167,17 +170,23 @@ class _Gated(asyncio.Protocol):
         if self.started:
             self.inner.resume_writing()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _release(self) -> None:
+        """Give the connection's slot back (once, whichever of the TLS failure or the loss comes first)."""
         self.disarm()
         if self.admitted:
             self.admitted = False
             self.gate.open -= 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.admitted:
+            self._release()
             if self.started:
                 self.inner.connection_lost(exc)
         elif self.closer is not None:
             self.closer.cancel()
             self.closer = None
             self.gate.lingering -= 1
+        self.disarm()
 
 
 @web.middleware

@@ -121,6 +121,14 @@ def test_hostile_requests_get_4xx_and_fifos_hang_nothing(demo: Path, monkeypatch
                                    check=True).stdout)
         assert shown["status"] == "good" and shown["invalidity_date"] is None  # none of them changed anything
 
+        # -- issue 14 §1 over the API: hex as printed, dec: explicit, an all-digit miss names the other reading
+        held = int(target, 16)
+        for spelling in (target, "0x" + target.upper(), f"dec:{held}"):
+            status, _, answer = call(admin, "GET", f"/api/v1/certificates/ac-personnes/{spelling}", token=token)
+            assert status == 200 and answer["serial_hex"] == target, spelling
+        status, _, answer = call(admin, "GET", f"/api/v1/certificates/ac-personnes/{held}", token=token)
+        assert status == 404 and f"dec:{held}" in answer["detail"] and "--force" not in answer["detail"]
+
         # -- §7: a request path carrying a newline (and a Unicode line separator) cannot forge a log line
         for path in ("/api/v1/x%0A" + FORGED.replace(" ", "%20"), "/api/v1/y%E2%80%A8" + FORGED.replace(" ", "%20")):
             assert call(admin, "GET", path)[0] == 401
