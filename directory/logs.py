@@ -53,8 +53,9 @@ class _ClientErrors(logging.Filter):
 
 
 # Characters that end or rewrite a line in some reader (C0, DEL, C1 incl. NEL, the Unicode line and
-# paragraph separators): escaped wherever client bytes may reach a log line, so none can forge one.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# paragraph separators): escaped wherever client bytes may reach a log line, so none can forge one. Lone
+# surrogates (undecodable bytes kept by surrogateescape) too: stderr could not even encode them.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
