@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +27,13 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _time(text: str) -> int:
-    """ISO 8601 (``2026-11-28T10:00:00Z``, offsets allowed; naive means UTC) to epoch seconds."""
+    """RFC 3339 (``2026-11-28T10:00:00Z``, offsets allowed; no offset means UTC) to epoch seconds."""
+    from directory.inputs import InputError, parse_time
+
     try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp())
+        return parse_time(text, assume_utc=True)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _serial(text: str) -> str:
@@ -43,6 +41,26 @@ def _serial(text: str) -> str:
         return serials.to_hex(serials.parse(text))
     except serials.SerialError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _checked_serial(text: str) -> str:
+    """argparse type: the text as given once it reads as a serial (commands need the text itself to tell
+    a hex serial from a decimal typed by habit)."""
+    _serial(text)
+    return text
+
+
+def _unknown_serial(registry: Any, issuer: str, text: str, serial_hex: str, force_hint: bool) -> str:
+    """Why nothing matched ``--serial text``; suggests --force only when the input cannot have meant
+    another serial (an all-digit one could be a decimal number typed without ``dec:``)."""
+    message = f"issuer {issuer} has no certificate with serial 0x{serial_hex} (serials are hex)"
+    other = serials.decimal_reading(text)
+    if other is not None:
+        held = registry.get(issuer, serials.to_hex(other)) is not None
+        return message + (f"; it does hold 0x{serials.to_hex(other)}, which is decimal {text}: if you meant that "
+                          f"one, write --serial dec:{text}" if held else
+                          f"; if {text} was meant as decimal, write --serial dec:{text}")
+    return message + ("; use --force to revoke a serial the registry has never seen" if force_hint else "")
 
 
 def _iso(value: int | None) -> str | None:
@@ -105,15 +123,22 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     from directory.revocation import RevocationRefused, parse_reason
 
     registry = _registry_for(args)
+    serial_hex = _serial(args.serial_text)
+    other = serials.decimal_reading(args.serial_text)
+    if args.force and other is not None and registry.get(args.issuer, serial_hex) is None \
+            and registry.get(args.issuer, serials.to_hex(other)) is not None:
+        # forcing 0x1001 when the registry holds 0x3e9 (= 1001): almost surely a decimal typed by habit
+        raise Refusal(_unknown_serial(registry, args.issuer, args.serial_text, serial_hex, False)
+                      + f"; to force the hex serial anyway, write --serial 0x{serial_hex}")
     try:
         reason = parse_reason(args.reason)
-        if reason == "certificateHold" and args.invalidity_date is not None:
-            raise RevocationRefused("an invalidity date makes no sense for a hold")
-        outcome = registry.revoke(args.issuer, args.serial, reason, at=args.at, invalidity_date=args.invalidity_date,
+        outcome = registry.revoke(args.issuer, serial_hex, reason, at=args.at, invalidity_date=args.invalidity_date,
                                   actor=f"cli:{_user()}", force=args.force)
-    except (RevocationRefused, UnknownCertificate) as exc:
+    except RevocationRefused as exc:
         raise Refusal(str(exc)) from None
-    print(f"{args.issuer} 0x{args.serial}: {outcome.message}" + ("" if outcome.changed else " (nothing changed)"))
+    except UnknownCertificate:
+        raise Refusal(_unknown_serial(registry, args.issuer, args.serial_text, serial_hex, True)) from None
+    print(f"{args.issuer} 0x{serial_hex}: {outcome.message}" + ("" if outcome.changed else " (nothing changed)"))
     return EXIT_OK
 
 
@@ -122,19 +147,23 @@ def cmd_release_hold(args: argparse.Namespace) -> int:
     from directory.revocation import RevocationRefused
 
     registry = _registry_for(args)
+    serial_hex = _serial(args.serial_text)
     try:
-        outcome = registry.release_hold(args.issuer, args.serial, actor=f"cli:{_user()}")
-    except (RevocationRefused, UnknownCertificate) as exc:
+        outcome = registry.release_hold(args.issuer, serial_hex, actor=f"cli:{_user()}")
+    except RevocationRefused as exc:
         raise Refusal(str(exc)) from None
-    print(f"{args.issuer} 0x{args.serial}: {outcome.message}" + ("" if outcome.changed else " (nothing changed)"))
+    except UnknownCertificate:
+        raise Refusal(_unknown_serial(registry, args.issuer, args.serial_text, serial_hex, False)) from None
+    print(f"{args.issuer} 0x{serial_hex}: {outcome.message}" + ("" if outcome.changed else " (nothing changed)"))
     return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     registry = _registry_for(args)
-    record = registry.get(args.issuer, args.serial)
+    serial_hex = _serial(args.serial_text)
+    record = registry.get(args.issuer, serial_hex)
     if record is None:
-        raise Refusal(f"issuer {args.issuer} has no certificate with serial 0x{args.serial}")
+        raise Refusal(_unknown_serial(registry, args.issuer, args.serial_text, serial_hex, False))
     data: dict[str, Any] = record.as_dict()
     for key in ("not_before", "not_after", "revocation_time", "invalidity_date"):
         data[key] = _iso(data[key])
@@ -467,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def target(p: argparse.ArgumentParser) -> None:
         p.add_argument("--issuer", required=True)
-        p.add_argument("--serial", required=True, type=_serial, help="hex (0x1A2B, 1A:2B) or decimal")
+        p.add_argument("--serial", required=True, type=_checked_serial, dest="serial_text",
+                       help="hex as openssl prints it (1A2B, 0x1A2B, 1A:2B); decimal only as dec:6699")
 
     p = sub.add_parser("revoke", parents=[common], help="revoke a certificate")
     target(p)

@@ -61,6 +61,7 @@ class HttpConfig:
     base_url: str
     max_connections: int = 4096  # past it, new connections get 503 (file descriptors, memory)
     idle_timeout: float = 15.0  # seconds: idle keep-alive, and incomplete request headers (slow clients)
+    request_timeout: float = 10.0  # seconds from a request's first byte to its last (headers and body)
     # bytes; LRU caches that OCSP traffic fills (request bytes -> parsed CertID; live answers other than SHA-1)
     ocsp_request_cache: int = 16 * 1024 * 1024
     ocsp_answer_cache: int = 32 * 1024 * 1024
@@ -102,6 +103,9 @@ class AdminConfig:
     tls_key: Path | None
     client_ca: Path | None
     max_body: int = 1024 * 1024
+    max_connections: int = 64  # its own cap: operators' tools, not the public
+    idle_timeout: float = 15.0
+    request_timeout: float = 60.0  # TLS handshake, headers and body (up to max_body) of one request
 
     @property
     def tls(self) -> bool:
@@ -259,7 +263,7 @@ def load_config(path: str | Path) -> Config:
     hsm = _hsm(_Section(file, "hsm", top.table_of("hsm"), {
         "module", "token_label", "pin_env", "pin_file", "max_concurrent", "softhsm2_conf", "serialize"}))
     http = _http(_Section(file, "http", top.table_of("http"), {"listen", "base_url", "max_connections",
-                                                               "idle_timeout", *_OCSP_CACHES}))
+                                                               "idle_timeout", "request_timeout", *_OCSP_CACHES}))
     registry = _Section(file, "registry", top.table_of("registry"), {"url", "password_file"})
     registry_url = registry.get("url", str, f"sqlite:///{data_dir / 'registry.sqlite3'}")
     registry_password_file = _readable(registry, "password_file")
@@ -286,7 +290,8 @@ def load_config(path: str | Path) -> Config:
     admin = None
     if "admin" in raw:
         admin = _admin(_Section(file, "admin", top.table_of("admin"), {
-            "listen", "token_file", "tls_certificate", "tls_key", "client_ca", "max_body"}))
+            "listen", "token_file", "tls_certificate", "tls_key", "client_ca", "max_body", "max_connections",
+            "idle_timeout", "request_timeout"}))
     return Config(file, demo, data_dir, hsm, http, registry_url, ldap, issuers, admin, registry_password_file)
 
 
@@ -352,7 +357,19 @@ def _admin(s: _Section) -> AdminConfig:
     max_body = s.get("max_body", int, AdminConfig.max_body)
     if not 1024 <= max_body <= 64 * 1024 * 1024:
         raise s.error("max_body", "must be between 1024 and 67108864 bytes")
-    return AdminConfig(host, port, token_file, cert, key, client_ca, max_body)
+    max_connections = s.get("max_connections", int, AdminConfig.max_connections)
+    if not 1 <= max_connections <= 100_000:
+        raise s.error("max_connections", "must be between 1 and 100000")
+    return AdminConfig(host, port, token_file, cert, key, client_ca, max_body, max_connections,
+                       _seconds(s, "idle_timeout", AdminConfig.idle_timeout),
+                       _seconds(s, "request_timeout", AdminConfig.request_timeout))
+
+
+def _seconds(s: _Section, name: str, default: float) -> float:
+    value = s.get(name, (int, float), default)
+    if isinstance(value, bool) or not 1 <= value <= 3600:
+        raise s.error(name, "must be between 1 and 3600 seconds")
+    return float(value)
 
 
 def _http(s: _Section) -> HttpConfig:
@@ -364,9 +381,6 @@ def _http(s: _Section) -> HttpConfig:
     max_connections = s.get("max_connections", int, HttpConfig.max_connections)
     if not 1 <= max_connections <= 1_000_000:
         raise s.error("max_connections", "must be between 1 and 1000000")
-    idle = s.get("idle_timeout", (int, float), HttpConfig.idle_timeout)
-    if isinstance(idle, bool) or not 1 <= idle <= 3600:
-        raise s.error("idle_timeout", "must be between 1 and 3600 seconds")
     caches: dict[str, int] = {}
     for key in _OCSP_CACHES:
         if key in s.table:
@@ -376,7 +390,8 @@ def _http(s: _Section) -> HttpConfig:
                 raise s.error(key, str(exc)) from None
             if caches[key] > 1 << 36:
                 raise s.error(key, "must be at most 64GiB")
-    return HttpConfig(host, port, base_url, max_connections, float(idle), **caches)
+    return HttpConfig(host, port, base_url, max_connections, _seconds(s, "idle_timeout", HttpConfig.idle_timeout),
+                      _seconds(s, "request_timeout", HttpConfig.request_timeout), **caches)
 
 
 _OCSP_CACHES = ("ocsp_request_cache", "ocsp_answer_cache")

@@ -52,6 +52,28 @@ class _ClientErrors(logging.Filter):
         return True
 
 
+# Characters that end or rewrite a line in some reader (C0, DEL, C1 incl. NEL, the Unicode line and
+# paragraph separators): escaped wherever client bytes may reach a log line, so none can forge one. Lone
+# surrogates (undecodable bytes kept by surrogateescape) too: stderr could not even encode them.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def escape(text: str) -> str:
+    """``text`` on one line: control characters written as ``\\n``, ``\\x1b``, ``\\u2028``."""
+    return _CONTROL.sub(_escape_one, text)
+
+
+def _json_line(text: str) -> str:
+    """json.dumps leaves C1 and U+2028/2029 raw (valid JSON, but line breaks to many readers)."""
+    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 class JsonFormatter(logging.Formatter):
     """``{"ts", "level", "logger", "msg", request_id?, issuer?, serial?, ..., "exc"?}``"""
 
@@ -67,7 +89,7 @@ class JsonFormatter(logging.Formatter):
                 event[key] = value if isinstance(value, str | int | float | bool | None) else str(value)
         if record.exc_info:
             event["exc"] = self.formatException(record.exc_info)
-        return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+        return _json_line(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
 
 
 class HumanFormatter(logging.Formatter):
@@ -76,10 +98,18 @@ class HumanFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extras = [f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")]
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = escape(super().formatMessage(record))
+        extras = [f"{k}={escape(str(v))}" for k, v in vars(record).items()
+                  if k not in _STANDARD and not k.startswith("_")]
         return f"{line} [{' '.join(extras)}]" if extras else line
+
+    def formatException(self, ei: Any) -> str:
+        """A traceback keeps its lines, each indented: no line of it can pass for a log line."""
+        return "\n".join("  " + escape(line) for line in super().formatException(ei).splitlines())
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join("  " + escape(line) for line in stack_info.splitlines())
 
 
 def setup(level: str = "INFO", fmt: str | None = None) -> None:

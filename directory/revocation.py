@@ -3,13 +3,20 @@
 - revocation is final, except ``certificateHold`` which can be released (or made permanent);
 - the reason of a revoked certificate may only change to ``keyCompromise``;
 - revoking an expired certificate is allowed; a revocation time in the future is not;
+- an invalidity date (when the key was compromised or the certificate became invalid) is never after the
+  revocation time in force, never more than ``INVALIDITY_BEFORE_NOT_BEFORE`` before the certificate's
+  notBefore, and never on a hold (RFC 5280 §5.3.2 gives it no meaning there);
+- every time must be encodable in a CRL (``inputs.MIN_TIME`` .. ``inputs.MAX_TIME``);
 - repeating an operation is a no-op that says so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
+
+from directory.inputs import MAX_TIME, MIN_TIME
 
 # CRLReason codes (RFC 5280 §5.3.1); 7 is unused, removeFromCRL (8) only appears in delta CRLs.
 REASON_CODES: dict[str, int] = {
@@ -29,6 +36,9 @@ _ALIASES = {"cacompromise": "cACompromise", "aacompromise": "aACompromise", "hol
 
 Status = Literal["good", "revoked", "on-hold"]
 CLOCK_SKEW = 300  # seconds a supplied revocation time may lie ahead of our clock
+# An invalidity date may precede notBefore (a key generated, or reused, before its certificate), but not
+# by more than this: anything earlier is a typo, not a fact about the key.
+INVALIDITY_BEFORE_NOT_BEFORE = 366 * 86400
 
 
 class RevocationRefused(ValueError):
@@ -74,11 +84,19 @@ def decide_revoke(current: RevocationState, reason: str, at: int, invalidity_dat
     """What revoking a certificate in ``current`` state with ``reason`` at ``at`` does."""
     if at > now + CLOCK_SKEW:
         raise RevocationRefused("revocation time is in the future")
+    if not MIN_TIME <= at <= MAX_TIME:
+        raise RevocationRefused("revocation time is outside 1950..9999 (not encodable in a CRL)")
     if not_before is not None and at < not_before:
         raise RevocationRefused("revocation time is before the certificate's notBefore")
-    if invalidity_date is not None and invalidity_date > at:
-        raise RevocationRefused("invalidity date is after the revocation time")
     hold = reason == "certificateHold"
+    if invalidity_date is not None and hold:
+        raise RevocationRefused("a certificateHold has no invalidity date")
+    decision = _revoke(current, reason, at, invalidity_date, hold)
+    _check_invalidity(decision.state, invalidity_date, not_before)
+    return decision
+
+
+def _revoke(current: RevocationState, reason: str, at: int, invalidity_date: int | None, hold: bool) -> Decision:
     if current.status == "good":
         status: Status = "on-hold" if hold else "revoked"
         return Decision("apply", RevocationState(status, reason, at, invalidity_date),
@@ -100,6 +118,20 @@ def decide_revoke(current: RevocationState, reason: str, at: int, invalidity_dat
         f"already revoked ({current.reason}); the reason of a revoked certificate may only change to keyCompromise",
         conflict=True,
     )
+
+
+def _check_invalidity(state: RevocationState, given: int | None, not_before: int | None) -> None:
+    """The supplied invalidity date against the revocation time that will be in force (a hold made
+    permanent keeps the hold's time) and the certificate's notBefore."""
+    if given is None:
+        return
+    if not MIN_TIME <= given <= MAX_TIME:
+        raise RevocationRefused("invalidity date is outside 1950..9999 (not encodable in a CRL)")
+    if state.revocation_time is not None and given > state.revocation_time:
+        when = datetime.fromtimestamp(state.revocation_time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        raise RevocationRefused(f"invalidity date is after the revocation time ({when})")
+    if not_before is not None and given < not_before - INVALIDITY_BEFORE_NOT_BEFORE:
+        raise RevocationRefused("invalidity date is more than a year before the certificate's notBefore")
 
 
 def decide_release(current: RevocationState) -> Decision:

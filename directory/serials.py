@@ -1,4 +1,10 @@
-"""Certificate serial numbers: parsed from operators' spellings, stored losslessly as canonical hex.
+"""Certificate serial numbers: one reading rule for every input, stored losslessly as canonical hex.
+
+Serials are hexadecimal everywhere, as ``openssl``, the demo manifest and the registry print them:
+``1001``, ``0x1001`` and ``10:01`` are all 0x1001. A decimal number needs the explicit ``dec:`` marker
+(``dec:4097``), which nobody types by accident. Only ASCII is read (no Unicode digits), nothing is
+stripped (a trailing newline is an error, not a typo forgiven), and the text is bounded before any
+conversion. The CLI, the admin API (bodies and paths) and the importer all call :func:`parse`.
 
 A serial is a positive INTEGER of at most 20 octets (RFC 5280 §4.1.2.2), larger than SQLite's
 64-bit integers, so the registry keys on lower-case hex without leading zeros.
@@ -9,7 +15,12 @@ from __future__ import annotations
 import re
 
 MAX_SERIAL_OCTETS = 20
-_HEX = re.compile(r"^[0-9a-fA-F]+$")
+DECIMAL_MARKER = "dec:"
+MAX_TEXT = 80  # characters: the longest spelling of 20 octets (colon form) is 59
+_HEX = re.compile(r"[0-9a-fA-F]+", re.ASCII)
+_COLON = re.compile(r"[0-9a-fA-F]{1,2}(?::[0-9a-fA-F]{1,2})+", re.ASCII)
+_DECIMAL = re.compile(r"[0-9]+", re.ASCII)
+SPELLINGS = "hex: 1A2B, 0x1A2B or 1A:2B; decimal only as dec:6699"
 
 
 class SerialError(ValueError):
@@ -28,27 +39,41 @@ def from_hex(text: str) -> int:
 
 
 def parse(text: str) -> int:
-    """Accept ``0x1f2e``, ``1F:2E``, ``1f2e`` (hex when it has a-f or colons) and decimal ``7982``.
-
-    A bare run of decimal digits is read as decimal; prefix it with ``0x`` to force hex.
-    """
-    raw = text.strip()
-    if not raw:
+    """The serial ``text`` names: hex (``1a2b``, ``0x1A2B``, ``1A:2B``) or ``dec:6699``."""
+    if not text:
         raise SerialError("empty serial")
-    if raw.lower().startswith("0x"):
-        digits = raw[2:].replace(":", "")
-        value = _hex_value(digits, text)
-    elif ":" in raw:
-        parts = raw.split(":")
-        if not all(1 <= len(p) <= 2 and _HEX.match(p) for p in parts):
-            raise SerialError(f"bad colon-separated hex serial {text!r}")
-        value = int("".join(p.zfill(2) for p in parts), 16)
-    elif raw.isdigit():
-        value = int(raw, 10)
+    if len(text) > MAX_TEXT:
+        raise SerialError(f"serial text longer than {MAX_TEXT} characters")
+    if not text.isascii() or not text.isprintable():
+        raise SerialError(f"bad serial {text!r}: ASCII letters and digits only ({SPELLINGS})")
+    if text[:len(DECIMAL_MARKER)].lower() == DECIMAL_MARKER:
+        digits = text[len(DECIMAL_MARKER):]
+        if not _DECIMAL.fullmatch(digits):
+            raise SerialError(f"bad decimal serial {text!r} (dec: then digits 0-9)")
+        value = int(digits.lstrip("0") or "0", 10)  # at most MAX_TEXT digits: far below int()'s limit
+    elif text[:2].lower() == "0x":
+        value = _hex_value(text[2:], text)
+    elif ":" in text:
+        if not _COLON.fullmatch(text):
+            raise SerialError(f"bad colon-separated hex serial {text!r} (like 1A:2B)")
+        value = int("".join(part.zfill(2) for part in text.split(":")), 16)
     else:
-        value = _hex_value(raw, text)
+        value = _hex_value(text, text)
     check(value)
     return value
+
+
+def decimal_reading(text: str) -> int | None:
+    """What an all-digit ``text`` would have meant under the old decimal rule (None when it is not all
+    digits, or out of range): an error about the hex reading can then name that other certificate."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 49):
+        return None
+    value = int(text, 10)
+    try:
+        check(value)
+    except SerialError:
+        return None
+    return value if value != int(text, 16) else None
 
 
 def check(value: int) -> None:
@@ -59,8 +84,8 @@ def check(value: int) -> None:
 
 
 def _hex_value(digits: str, original: str) -> int:
-    if not digits or not _HEX.match(digits):
-        raise SerialError(f"bad serial {original!r} (hex: 0x1A2B or 1A:2B, decimal: 6699)")
+    if not _HEX.fullmatch(digits):
+        raise SerialError(f"bad serial {original!r} ({SPELLINGS})")
     return int(digits, 16)
 
 

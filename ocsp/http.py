@@ -41,6 +41,9 @@ class OcspComponent:
         self.responder: OcspResponder | None = None
         self._seq = 0
         self._presign_executor = ThreadPoolExecutor(1, thread_name_prefix="ocsp-presign")
+        # registry reads of the update loops: threads of their own, so nothing else (CRL file reads, the
+        # page, /metrics) can hold up the OCSP updates, nor they the rest
+        self._updates_executor = ThreadPoolExecutor(2, thread_name_prefix="ocsp-updates")
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
@@ -70,6 +73,7 @@ class OcspComponent:
         if self.responder is not None:
             await asyncio.get_running_loop().run_in_executor(self._presign_executor, self.responder.flush)
         self._presign_executor.shutdown(wait=True)
+        self._updates_executor.shutdown(wait=False, cancel_futures=True)
 
     # -- HTTP ------------------------------------------------------------------------------------
     async def _post(self, request: web.Request) -> web.Response:
@@ -143,7 +147,7 @@ class OcspComponent:
         while not self._stopping.is_set():
             token = registry.change_token("changes")
             try:
-                changes = await loop.run_in_executor(None, registry.changes_after, self._seq)
+                changes = await loop.run_in_executor(self._updates_executor, registry.changes_after, self._seq)
                 for seq, issuer, serial_hex, _ in changes:
                     self.responder.invalidate(issuer, serial_hex)
                     self._seq = seq
@@ -159,7 +163,7 @@ class OcspComponent:
             except Exception:
                 log.exception("OCSP change polling failed; retrying")
             if registry.notifies:
-                await loop.run_in_executor(None, registry.wait_for, "changes", wait, token)
+                await loop.run_in_executor(self._updates_executor, registry.wait_for, "changes", wait, token)
             else:
                 await asyncio.sleep(wait)
 
@@ -171,8 +175,8 @@ class OcspComponent:
         while not self._stopping.is_set():
             try:
                 for issuer in responder.issuers:
-                    missing = await loop.run_in_executor(None, responder.missing, issuer)
-                    due = await loop.run_in_executor(None, responder.due_for_refresh, issuer)
+                    missing = await loop.run_in_executor(self._updates_executor, responder.missing, issuer)
+                    due = await loop.run_in_executor(self._updates_executor, responder.due_for_refresh, issuer)
                     work = [(s, PRESIGN_HASH) for s in missing] + due
                     for serial_hex, hash_name in work:
                         if self._stopping.is_set():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,16 +69,25 @@ class Served:
         return self.output
 
 
+def _limit_descriptors(n: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+    return apply
+
+
 @contextmanager
-def serve(config: Path, ready: bool = True, env: dict[str, str] | None = None) -> Iterator[Served]:
+def serve(config: Path, ready: bool = True, env: dict[str, str] | None = None,
+          nofile: int | None = None) -> Iterator[Served]:
     """Start the service on free ports (HTTP, and the managed slapd's); wait for /readyz (or /healthz).
-    ``env``: variables added to the service's environment."""
+    ``env``: variables added to the service's environment; ``nofile``: its RLIMIT_NOFILE (soft and hard)."""
     port, ldap_port, admin_port = free_port(), free_port(), free_port()
     text = re.sub(r'listen = "127\.0\.0\.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text(), count=1)
     text = re.sub(r'(\[admin\]\nlisten = )"127\.0\.0\.1:\d+"', rf'\1"127.0.0.1:{admin_port}"', text)
     config.write_text(re.sub(r'"ldap://127\.0\.0\.1:\d+"', f'"ldap://127.0.0.1:{ldap_port}"', text))
     proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(config)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            preexec_fn=_limit_descriptors(nofile) if nofile else None)
     served = Served(f"http://127.0.0.1:{port}", config, proc, f"ldap://127.0.0.1:{ldap_port}",
                     admin=f"http://127.0.0.1:{admin_port}")
     served.drain()

@@ -3,7 +3,9 @@ handlers and every answer, import/revoke/release/look-up semantics, audit record
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import sqlite3
 import subprocess
 import time
@@ -317,7 +319,7 @@ def test_admin_api_with_client_certificates(demo: Path, tmp_path: Path) -> None:
     demo.write_text(demo.read_text().replace(
         'token_file = "secrets/admin-token"\n',
         f'token_file = "secrets/admin-token"\ntls_certificate = "{pki["server"]}"\ntls_key = "{pki["server-key"]}"\n'
-        f'client_ca = "{pki["operators-ca"]}"\n'))
+        f'client_ca = "{pki["operators-ca"]}"\nmax_connections = 8\nrequest_timeout = 3\n'))
 
     def context(client: str | None) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(pki["operators-ca"]))
@@ -351,6 +353,19 @@ def test_admin_api_with_client_certificates(demo: Path, tmp_path: Path) -> None:
         status, _, answer = call(admin, "GET", "/api/v1/certificates/ac-personnes/0xdeadbeef",
                                  context=context("operator"))
         assert status == 404
+        # TLS handshakes never begun count against the cap and end at request_timeout (issue 13 §3)
+        host, port = served.admin.removeprefix("http://").split(":")
+        stalled = [socket.create_connection((host, int(port)), timeout=10) for _ in range(12)]
+        time.sleep(0.5)
+        with pytest.raises((ssl.SSLError, ConnectionError)):  # over the cap: closed before any TLS
+            call(admin, "GET", "/api/v1/openapi.json", context=context("operator"))
+        started = time.monotonic()
+        for s in stalled:
+            s.settimeout(6)
+            with contextlib.suppress(ConnectionResetError):
+                assert s.recv(1) == b""
+        assert time.monotonic() - started < 5
+        assert call(admin, "GET", "/api/v1/openapi.json", context=context("operator"))[0] == 200
     actors = {r["actor"] for r in _audit_records(demo) if r["action"] == "api-call"}
     assert actors == {"admin:token", next(a for a in actors if a.startswith("admin:cert:Operator One (serial "))}
     assert token not in served.output  # the token is never logged, even when it is the valid one

@@ -17,15 +17,44 @@ def loaded(private_config: Path, demo_token: Path) -> tuple[Path, list[dict]]:
     return private_config, [m for m in manifest if m["issuer"] == "ac-personnes"]
 
 
-@pytest.mark.parametrize("spelling", ["hex0x", "colon", "decimal"])
+@pytest.mark.parametrize("spelling", ["hex", "hex0x", "colon", "decimal"])
 def test_serial_spellings(loaded: tuple[Path, list[dict]], spelling: str) -> None:
     config, manifest = loaded
     serial = int(manifest[0]["serial_hex"], 16)
-    text = {"hex0x": f"0x{serial:X}", "decimal": str(serial),
+    text = {"hex": f"{serial:X}", "hex0x": f"0x{serial:X}", "decimal": f"dec:{serial}",
             "colon": ":".join(f"{b:02X}" for b in serial.to_bytes((serial.bit_length() + 7) // 8, "big"))}[spelling]
     result = run_cli("show", "--config", str(config), "--issuer", "ac-personnes", "--serial", text, "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["serial_hex"] == manifest[0]["serial_hex"]
+
+
+def test_a_decimal_typed_by_habit_is_never_taken_for_another_serial(loaded: tuple[Path, list[dict]]) -> None:
+    """Issue 14 §1: an all-digit serial is hex; when its decimal reading is a certificate we hold, every
+    error names it (and the dec: spelling), none suggests --force, and --force does not revoke the hex one."""
+    config, manifest = loaded
+    held = int(manifest[0]["serial_hex"], 16)
+    typed = str(held)  # what someone reading a decimal tool's output would type
+    base = ["--config", str(config), "--issuer", "ac-personnes", "--serial", typed]
+    for command in (["show"], ["revoke", "--reason", "keyCompromise"], ["release-hold"],
+                    ["revoke", "--reason", "keyCompromise", "--force"]):
+        r = run_cli(*command, *base)
+        assert r.returncode == 1, (command, r.stdout, r.stderr)
+        assert f"dec:{typed}" in r.stderr and f"0x{manifest[0]['serial_hex']}" in r.stderr, r.stderr
+        if "--force" not in command:
+            assert "--force" not in r.stderr, r.stderr
+    shown = json.loads(run_cli("show", "--config", str(config), "--issuer", "ac-personnes", "--serial",
+                               f"dec:{typed}", "--json", check=True).stdout)
+    assert shown["status"] == "good"  # nothing was revoked, forced or not
+    r = run_cli("show", "--config", str(config), "--issuer", "ac-personnes", "--serial", f"{held:x}", "--json")
+    assert r.returncode == 0
+    # all digits, neither reading held: no --force hint either, the dec: spelling is named
+    r = run_cli("revoke", "--config", str(config), "--issuer", "ac-personnes", "--serial", "12345",
+                "--reason", "keyCompromise")
+    assert r.returncode == 1 and "--force" not in r.stderr and "dec:12345" in r.stderr, r.stderr
+    # unambiguous hex: --force is the way to revoke a serial never seen
+    r = run_cli("revoke", "--config", str(config), "--issuer", "ac-personnes", "--serial", "0xdeadbeef",
+                "--reason", "keyCompromise")
+    assert r.returncode == 1 and "--force" in r.stderr, r.stderr
 
 
 def test_revoke_release_and_exit_codes(loaded: tuple[Path, list[dict]]) -> None:
@@ -83,14 +112,20 @@ def test_status_counts(loaded: tuple[Path, list[dict]], demo_token: Path) -> Non
 def test_serial_parser_rules() -> None:
     from directory import serials
 
+    for text in ("1001", "0x1001", "0X1001", "10:01", "1001".lower(), "dec:4097", "DEC:4097", "0:10:01"):
+        assert serials.parse(text) == 0x1001, text
     assert serials.parse("0x1A2b") == 0x1A2B
     assert serials.parse("1a:2B") == 0x1A2B
-    assert serials.parse("1a2b") == 0x1A2B  # has hex letters: hex
-    assert serials.parse("6699") == 6699  # only digits: decimal
-    assert serials.parse("0x6699") == 0x6699
-    for bad in ("", "0x", "1::2", "12g", "-5"):
+    assert serials.parse("6699") == 0x6699  # digits only: still hex, as openssl prints it
+    assert serials.parse("dec:6699") == 6699
+    assert serials.parse("0" * 70 + "1") == 1  # leading zeros, bounded text
+    bad = ["", "0x", "1::2", "12g", "-5", "123\n", "123 ", " 123", "\u00b2", "\u0663", "１２", "0x1A:2B", "dec:",
+           "dec:12a", "dec:-1", "1:", ":1", "123:4", "0x" + "1" * 5000, "9" * 5000, "dec:" + "9" * 5000]
+    for text in bad:
         with pytest.raises(serials.SerialError):
-            serials.parse(bad)
+            serials.parse(text)
     with pytest.raises(serials.SerialError, match="longer than 20 octets"):
         serials.parse("0x" + "ff" * 21)
     assert serials.colon_hex(0x1A2B) == "1A:2B"
+    assert serials.decimal_reading("4096") == 4096 and serials.decimal_reading("0x10") is None
+    assert serials.decimal_reading("5") is None  # the same number either way: nothing else it could mean

@@ -37,6 +37,11 @@ def test_private_config_loads(private_config: Path) -> None:
     ("managed = true", 'managed = true\nstructure_dn = ["cn=fixed"]', "ldap.structure_dn", "type={SUBJECT_ATTRIBUTE}"),
     ("managed = true", 'managed = true\nreconcile_interval = "often"', "ldap.reconcile_interval", "not a duration"),
     ('suffix = "o=sante,c=fr"', 'suffix = "not a dn"', "ldap.suffix", "not a DN"),
+    ('listen = "127.0.0.1:18080"', 'listen = "127.0.0.1:18080"\nrequest_timeout = 0', "http.request_timeout",
+     "between 1 and 3600"),
+    ('token_file = ', 'max_connections = 0\ntoken_file = ', "admin.max_connections", "between 1 and 100000"),
+    ('token_file = ', 'request_timeout = true\ntoken_file = ', "admin.request_timeout", "between 1 and 3600"),
+    ('token_file = ', 'idle_timeout = "1m"\ntoken_file = ', "admin.idle_timeout", "must be int or float"),
 ])
 def test_errors_name_file_key_and_problem(private_config: Path, old: str, new: str, key: str,
                                           problem: str) -> None:
@@ -46,6 +51,16 @@ def test_errors_name_file_key_and_problem(private_config: Path, old: str, new: s
     assert info.value.file == str(private_config)
     assert info.value.key == key
     assert problem in info.value.problem
+
+
+def test_listener_limits_are_read(private_config: Path) -> None:
+    config = load_config(private_config)
+    assert config.admin is not None and config.http.request_timeout == 10.0
+    assert (config.admin.max_connections, config.admin.request_timeout) == (64, 60.0)
+    _edit(private_config, "token_file = ", "max_connections = 5\nidle_timeout = 2\nrequest_timeout = 7.5\n"
+                                           "token_file = ")
+    admin = load_config(private_config).admin
+    assert admin is not None and (admin.max_connections, admin.idle_timeout, admin.request_timeout) == (5, 2.0, 7.5)
 
 
 def test_pin_env_must_be_set(private_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from asn1crypto import core
 from asn1crypto import crl as acrl
 from asn1crypto import x509 as ax509
+from cryptography import x509
 
 from directory.crl import der
 
@@ -76,3 +78,75 @@ def test_length_forms() -> None:
     assert der.length(127) == b"\x7f"
     assert der.length(128) == b"\x81\x80"
     assert der.length(70_000_000) == b"\x84" + (70_000_000).to_bytes(4, "big")
+
+
+class _Extension(core.Sequence):
+    """RFC 5280 Extension, for an OID asn1crypto has no name for (expiredCertsOnCRL)."""
+
+    _fields = [  # noqa: RUF012 (asn1crypto's declaration style)
+        ("extn_id", core.ObjectIdentifier), ("critical", core.Boolean, {"default": False}),
+        ("extn_value", core.OctetString)]
+
+
+@pytest.mark.parametrize("since", [_ts(2020, 1, 1), _ts(2049, 12, 31, 23, 59, 59), _ts(2050, 1, 1),
+                                   _ts(1970, 1, 1, 0, 0, 1)])
+def test_expired_certs_on_crl_matches_asn1crypto(since: int) -> None:
+    """ExpiredCertsOnCRL (2.5.29.60, X.509 9.6.2.9): a GeneralizedTime whatever the year, not critical."""
+    value = core.GeneralizedTime(datetime.fromtimestamp(since, UTC)).dump()
+    expected = _Extension({"extn_id": "2.5.29.60", "critical": False, "extn_value": value}).dump(force=True)
+    assert der.expired_certs_on_crl(since) == expected
+    assert value[:2] == b"\x18\x0f"
+
+
+@pytest.mark.parametrize("url", [None, "http://127.0.0.1:8080/crl/ac-personnes.crl"])
+@pytest.mark.parametrize("flag", [None, "only_contains_user_certs", "only_contains_ca_certs",
+                                  "only_contains_attribute_certs"])
+def test_idp_flags_match_asn1crypto_and_cryptography(url: str | None, flag: str | None) -> None:
+    if url is None and flag is None:
+        with pytest.raises(ValueError, match="empty"):  # RFC 5280 forbids it; cryptography refuses to read it
+            der.issuing_distribution_point(None)
+        return
+    value: dict[str, object] = {}
+    if url:
+        value["distribution_point"] = {"full_name": [ax509.GeneralName(name="uniform_resource_identifier",
+                                                                       value=url)]}
+    if flag:
+        value[flag] = True
+    expected = acrl.TBSCertListExtension({"extn_id": "issuing_distribution_point", "critical": True,
+                                          "extn_value": value}).dump(force=True)
+    kwargs = {"only_user": flag == "only_contains_user_certs", "only_ca": flag == "only_contains_ca_certs",
+              "only_attribute": flag == "only_contains_attribute_certs"}
+    ours = der.issuing_distribution_point(url, **kwargs)
+    assert ours == expected
+    # and cryptography reads the same flags back (the extension's value, parsed on its own)
+    parsed = x509.load_der_x509_crl(_crl_with_extension(ours)).extensions.get_extension_for_class(
+        x509.IssuingDistributionPoint)
+    assert parsed.critical
+    idp = parsed.value
+    assert (idp.only_contains_user_certs, idp.only_contains_ca_certs, idp.only_contains_attribute_certs) == (
+        kwargs["only_user"], kwargs["only_ca"], kwargs["only_attribute"])
+    assert idp.full_name == ([x509.UniformResourceIdentifier(url)] if url else None)
+
+
+def test_idp_refuses_two_scopes() -> None:
+    for pair in ({"only_user": True, "only_ca": True}, {"only_ca": True, "only_attribute": True}):
+        with pytest.raises(ValueError, match="at most one"):
+            der.issuing_distribution_point("http://x/crl", **pair)
+
+
+def _crl_with_extension(extension: bytes) -> bytes:
+    """An unsigned CRL carrying ``extension`` (cryptography parses it without checking a signature)."""
+    algorithm = bytes.fromhex("300d06092a864886f70d01010b0500")
+    at = der.time(_ts(2026, 1, 1))
+    tbs = der.sequence(b"\x02\x01\x01", algorithm, der.sequence(), at, der.tlv(0xA0, der.sequence(
+        der.crl_number(1), extension)))
+    return der.sequence(tbs, algorithm, der.tlv(0x03, b"\x00"))
+
+
+def test_generalized_time_has_four_digit_years() -> None:
+    """Year 1 used to be written '1...' by strftime: a value no parser accepts (issue 13 §6)."""
+    year1 = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
+    assert der.generalized_time(year1) == b"\x18\x0f00010101000000Z"
+    with pytest.raises(ValueError, match="before 1950"):
+        der.time(_ts(1949, 12, 31, 23, 59, 59))
+    assert der.time(_ts(1950, 1, 1)) == b"\x17\x0d500101000000Z"

@@ -98,7 +98,7 @@ def test_revoking_an_expired_certificate_is_allowed(registry_location: str) -> N
 
 
 def test_unknown_serial_refused_unless_forced(registry: Registry) -> None:
-    with pytest.raises(UnknownCertificate, match="--force"):
+    with pytest.raises(UnknownCertificate, match=r"no certificate with serial 0xff$"):
         registry.revoke("ca", "ff", "keyCompromise")
     assert registry.get("ca", "ff") is None
     forced = registry.revoke("ca", "ff", "keyCompromise", force=True)
@@ -151,3 +151,32 @@ def test_migrations_are_versioned_and_idempotent(registry_location: str) -> None
         mode = sqlite3.connect(reg.path).execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == "wal"
     reg.close()
+
+
+def test_invalidity_date_rules(registry: Registry) -> None:
+    """Issue 13 §6: never on a hold, never after the revocation time in force, not more than a year before
+    notBefore (NOW - 30 days here), always encodable; each refusal changes nothing."""
+    year = 366 * 86400
+    refusals = [
+        ("1", dict(reason="certificateHold", invalidity_date=NOW - 10), "certificateHold has no invalidity"),
+        ("1", dict(reason="keyCompromise", at=NOW - 100, invalidity_date=NOW - 50), "after the revocation time"),
+        ("1", dict(reason="keyCompromise", invalidity_date=NOW - 86400 * 30 - year - 1), "before the certificate"),
+        ("1", dict(reason="keyCompromise", invalidity_date=-62135596800), "outside 1950"),  # 0001-01-01
+        ("1", dict(reason="keyCompromise", at=-631152001), "outside 1950"),
+    ]
+    for serial, kwargs, why in refusals:
+        with pytest.raises(RevocationRefused, match=why):
+            registry.revoke("ca", serial, **kwargs)  # type: ignore[arg-type]
+        assert registry.get("ca", serial).status == "good"  # type: ignore[union-attr]
+    ok = registry.revoke("ca", "1", "keyCompromise", invalidity_date=NOW - 86400 * 30 - year)
+    assert ok.changed and ok.record.invalidity_date == NOW - 86400 * 30 - year
+    # a hold made permanent keeps the hold's time: the invalidity date may not come after it
+    registry.revoke("ca", "9", "certificateHold", at=NOW - 1000)
+    with pytest.raises(RevocationRefused, match="after the revocation time"):
+        registry.revoke("ca", "9", "keyCompromise", invalidity_date=NOW - 500)
+    made = registry.revoke("ca", "9", "keyCompromise", invalidity_date=NOW - 2000)
+    assert made.record.revocation_time == NOW - 1000 and made.record.invalidity_date == NOW - 2000
+    # a forced revocation (no certificate, no notBefore) is still bounded by what a CRL can encode
+    with pytest.raises(RevocationRefused, match="outside 1950"):
+        registry.revoke("ca", "abc", "keyCompromise", invalidity_date=-62135596800, force=True)
+    assert registry.get("ca", "abc") is None

@@ -24,11 +24,13 @@ from directory.config import AdminConfig
 from directory.crl.builder import CrlPublisher
 from directory.ingest.importer import Refused
 from directory.ingest.sources import pem_items
+from directory.inputs import InputError, load_json, parse_time
 from directory.registry import RegistryError, UnknownCertificate, UnknownIssuer
 from directory.registry.store import CertificateRecord
 from directory.revocation import RevocationRefused
 from directory.runtime import importer_for
 from directory.service.app import request_ids
+from directory.service.listener import ConnectionGate, listen, request_deadline
 
 if TYPE_CHECKING:
     from directory.service.app import Service
@@ -62,6 +64,7 @@ class AdminComponent:
 
     def __init__(self) -> None:
         self.runner: web.AppRunner | None = None
+        self.listener: asyncio.AbstractServer | None = None
 
     async def start(self, service: Service) -> None:
         config = service.config.admin
@@ -70,36 +73,47 @@ class AdminComponent:
         self.service = service
         self.config: AdminConfig = config
         self.credentials = Credentials(config)
-        app = web.Application(client_max_size=config.max_body, middlewares=[request_ids, self._authenticated])
+        app = web.Application(client_max_size=config.max_body,
+                              middlewares=[request_deadline, request_ids, self._authenticated])
         self.app = app
         app.router.add_post("/api/v1/certificates", self._import)
         app.router.add_post("/api/v1/revocations", self._revoke)
         app.router.add_delete("/api/v1/holds/{issuer}/{serial}", self._release)
         app.router.add_get("/api/v1/certificates/{issuer}/{serial}", self._get)
         app.router.add_get("/api/v1/openapi.json", self._openapi)
-        self.runner = web.AppRunner(app, access_log=None)
+        self.runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.idle_timeout)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, config.host, config.port, ssl_context=server_context(config),
-                           reuse_address=True)
-        await site.start()
+        budget = service.descriptors
+        cap = budget.admin_cap if budget is not None and budget.admin_cap is not None else config.max_connections
+        gate = ConnectionGate(cap, config.request_timeout, server_context(config), "admin")
+        service.admin_connections = gate
+        self.listener = await listen(self.runner, config.host, config.port, gate)
         log.info("admin API on %s://%s:%d (%s)", "https" if config.tls else "http", config.host, config.port,
                  " and ".join(x for x in ("client certificates" if config.client_ca else "",
                                           "bearer token" if config.token_file else "") if x))
 
     async def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
         if self.runner is not None:
             await self.runner.cleanup()
 
     # -- every request ----------------------------------------------------------------------------
     @web.middleware
     async def _authenticated(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        actor = self.credentials.identify(request)
+        try:
+            actor = self.credentials.identify(request)
+        except Exception as exc:  # credentials that cannot even be read are no credentials
+            log.error("admin API: credentials of %s %s could not be checked (%s)", request.method, request.path,
+                      type(exc).__name__)
+            actor = None
         if actor is None:
             log.warning("admin API: %s %s refused: no valid credentials", request.method, request.path,
                         extra={"remote": request.remote or "?"})
             return error_response(401, "unauthenticated", "a valid bearer token or client certificate is required",
                                   headers={"WWW-Authenticate": 'Bearer realm="annuaire-admin"'})
         request["actor"] = actor
+        failure: str | None = None
         try:
             response = await handler(request)
         except ApiError as exc:
@@ -111,13 +125,24 @@ class AdminComponent:
         except RegistryError as exc:
             log.error("admin API: registry failure: %s", exc)
             response = error_response(503, "registry unavailable", str(exc))
+        except ConnectionError as exc:  # the body never came whole ([admin] request_timeout, or a hang-up)
+            log.info("admin API: %s %s: connection lost before the body was read", request.method, request.path)
+            failure = f"connection lost: {type(exc).__name__}"
+            response = error_response(408, "request timeout", "the request did not arrive in time")
+        except Exception as exc:  # last resort: a bug is answered, logged with its traceback, and audited
+            log.exception("admin API: %s %s failed unexpectedly", request.method, request.path)
+            failure = type(exc).__name__
+            response = error_response(500, "internal error", f"the request failed unexpectedly ({failure}); it is "
+                                      f"recorded in the audit trail with request id {logs.request_id.get()}")
         record = {"method": request.method, "path": request.path, "status": response.status,
                   "request_id": logs.request_id.get()}
+        if response.status >= 500 or failure:
+            record["failure"] = failure or response.reason
         try:
             await self._blocking(self.service.registry.audit_append, actor, "api-call", None, None, None,
                                  json.dumps(record, separators=(",", ":")))
-        except RegistryError as exc:
-            log.error("admin API call not recorded in the audit trail: %s", exc)
+        except Exception as exc:  # never lose the answer because the trail is down; say so loudly
+            log.error("admin API call not recorded in the audit trail: %s: %s", type(exc).__name__, exc)
         log.info("admin API: %s %s -> %d", request.method, request.path, response.status, extra={"actor": actor})
         return response
 
@@ -144,24 +169,23 @@ class AdminComponent:
 
     async def _revoke(self, request: web.Request) -> web.Response:
         try:
-            data = json.loads(await request.read())
-        except ValueError as exc:
-            raise ApiError(422, "invalid json", f"the body is not JSON: {exc}") from None
+            data = load_json(await request.read())
+        except InputError as exc:
+            raise ApiError(422, "invalid json", str(exc)) from None
         errors = openapi.errors_of("RevocationRequest", data)
         if errors:
             raise ApiError(422, "invalid request", "; ".join(f"{e['path']}: {e['message']}" for e in errors), errors)
         serial_hex = _serial(data["serial"])
         invalidity = _rfc3339(data["invalidity_date"]) if "invalidity_date" in data else None
-        if invalidity is not None and data["reason"] == "certificateHold":
-            raise ApiError(422, "invalid request", "a certificateHold has no invalidity date")
         issuer = data["issuer"]
         try:
             outcome = await self._blocking(lambda: self.service.registry.revoke(
                 issuer, serial_hex, data["reason"], invalidity_date=invalidity, actor=request["actor"]))
         except UnknownIssuer:
             raise ApiError(422, "unknown issuer", f"no configured issuer is called {issuer!r}") from None
-        except UnknownCertificate as exc:
-            raise ApiError(404, "unknown certificate", str(exc)) from None
+        except UnknownCertificate:
+            detail = await self._unknown(issuer, data["serial"], serial_hex)
+            raise ApiError(404, "unknown certificate", detail) from None
         except RevocationRefused as exc:
             raise ApiError(409 if exc.conflict else 422, "conflict" if exc.conflict else "refused", str(exc)) from None
         log.info("admin API: %s", outcome.message, extra={"issuer": issuer, "serial": serial_hex})
@@ -173,8 +197,9 @@ class AdminComponent:
         issuer, serial_hex = self._target(request)
         try:
             outcome = await self._blocking(self.service.registry.release_hold, issuer, serial_hex, request["actor"])
-        except UnknownCertificate as exc:
-            raise ApiError(404, "unknown certificate", str(exc)) from None
+        except UnknownCertificate:
+            raise ApiError(404, "unknown certificate",
+                           await self._unknown(issuer, request.match_info["serial"], serial_hex)) from None
         except RevocationRefused as exc:
             raise ApiError(409, "conflict", str(exc)) from None
         log.info("admin API: %s", outcome.message, extra={"issuer": issuer, "serial": serial_hex})
@@ -186,8 +211,18 @@ class AdminComponent:
         issuer, serial_hex = self._target(request)
         record = await self._blocking(self.service.registry.get, issuer, serial_hex)
         if record is None:
-            raise ApiError(404, "unknown certificate", f"issuer {issuer} has no certificate with serial 0x{serial_hex}")
+            raise ApiError(404, "unknown certificate", await self._unknown(issuer, request.match_info["serial"],
+                                                                           serial_hex))
         return web.json_response(await self._describe(record))
+
+    async def _unknown(self, issuer: str, text: str, serial_hex: str) -> str:
+        """The 404's detail; names the certificate an all-digit serial would be as a decimal, when held."""
+        detail = f"issuer {issuer} has no certificate with serial 0x{serial_hex} (serials are hex)"
+        other = serials.decimal_reading(text)
+        if other is not None and await self._blocking(self.service.registry.get, issuer, serials.to_hex(other)):
+            detail += (f"; it does hold 0x{serials.to_hex(other)}, which is decimal {text}: if you meant that one, "
+                       f"send dec:{text}")
+        return detail
 
     def _target(self, request: web.Request) -> tuple[str, str]:
         issuer = request.match_info["issuer"]
@@ -262,14 +297,10 @@ def _serial(text: str) -> str:
 
 def _rfc3339(text: str) -> int:
     try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise ApiError(422, "invalid request", f"$.invalidity_date: {text!r} is not an RFC 3339 time",
-                       [{"path": "$.invalidity_date", "message": "not an RFC 3339 time"}]) from None
-    if dt.tzinfo is None:
-        raise ApiError(422, "invalid request", "$.invalidity_date: a time zone (Z or an offset) is required",
-                       [{"path": "$.invalidity_date", "message": "time zone required"}])
-    return int(dt.timestamp())
+        return parse_time(text)
+    except InputError as exc:
+        raise ApiError(422, "invalid request", f"$.invalidity_date: {exc}",
+                       [{"path": "$.invalidity_date", "message": str(exc)}]) from None
 
 
 def _certificate_der(body: bytes, content_type: str) -> bytes:

@@ -45,12 +45,15 @@ class Credentials:
                 return f"admin:cert:{_who(x509.load_der_x509_certificate(der))}"
         if self.config.token_file is not None:
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() == "bearer" and given:
+            given = given.strip()
+            # a token is printable ASCII (RFC 6750 b64token); other bytes can match nothing, and are not
+            # even encoded for the comparison (a non-ASCII header would not survive it)
+            if scheme.lower() == "bearer" and given and given.isascii() and given.isprintable():
                 try:
                     expected = self.config.read_token()
                 except OSError:
                     return None
-                if expected and hmac.compare_digest(given.strip().encode(), expected.encode()):
+                if expected and hmac.compare_digest(given.encode(), expected.encode()):
                     return "admin:token"
         return None
 

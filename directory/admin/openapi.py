@@ -13,7 +13,9 @@ from jsonschema import Draft202012Validator
 from directory.config import ISSUER_NAME
 from directory.revocation import REASON_CODES
 
-SERIAL_PATTERN = r"^(0[xX])?[0-9A-Fa-f]+(:[0-9A-Fa-f]{2})*$|^[0-9]+$"
+# serials are hex (as openssl prints them); decimal only with the dec: marker (directory/serials.py reads them)
+SERIAL_PATTERN = (r"^(?:(?:0[xX])?[0-9A-Fa-f]{1,78}|[0-9A-Fa-f]{1,2}(?::[0-9A-Fa-f]{1,2}){1,39}"
+                  r"|[dD][eE][cC]:[0-9]{1,76})$")
 
 _ERROR = {
     "type": "object",
@@ -37,11 +39,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["issuer", "serial", "reason"],
         "properties": {
             "issuer": {"type": "string", "pattern": ISSUER_NAME.pattern, "description": "configured issuer name"},
-            "serial": {"type": "string", "pattern": SERIAL_PATTERN, "maxLength": 100,
-                       "description": "hex (0x1A2B, 1A:2B) or decimal digits"},
+            "serial": {"type": "string", "pattern": SERIAL_PATTERN, "maxLength": 80,
+                       "description": "hex as openssl prints it (1A2B, 0x1A2B, 1A:2B); decimal only as dec:6699"},
             "reason": {"type": "string", "enum": list(REASON_CODES), "description": "RFC 5280 CRLReason name"},
             "invalidity_date": {"type": "string", "format": "date-time", "maxLength": 40,
-                                "description": "RFC 3339; not for certificateHold"},
+                                "description": "RFC 3339 with an offset (Z or +hh:mm); not after the revocation "
+                                               "time, not more than a year before notBefore; not for "
+                                               "certificateHold"},
         },
     },
     "Certificate": {
@@ -117,7 +121,8 @@ _AUTH_ANSWERS = {
 }
 _TARGET = [
     {"name": "issuer", "in": "path", "required": True, "schema": {"type": "string", "pattern": ISSUER_NAME.pattern}},
-    {"name": "serial", "in": "path", "required": True, "schema": {"type": "string", "pattern": SERIAL_PATTERN}},
+    {"name": "serial", "in": "path", "required": True, "schema": {"type": "string", "pattern": SERIAL_PATTERN,
+                                                                  "maxLength": 80}},
 ]
 
 

@@ -7,7 +7,8 @@ The flow for one CRL, Boulder-style (each step with a clear failure story):
    hash; only the digest goes to the HSM;
 3. assemble the signed CRL in a second temporary file and fsync it;
 4. self-check with ``cryptography``: signature under the CA certificate, issuer, number, entry count,
-   times; a CRL that fails is never published (logged, counted, recorded as 'failed');
+   times, every entry and entry extension parsed (``entrycheck``); a CRL that fails is never published
+   (logged, counted, recorded as 'failed');
 5. under a per-issuer file lock, refuse to go backwards (a newer CRL already published), then rename
    into place atomically, keep it in the archive, and record it as 'published'.
 """
@@ -32,6 +33,7 @@ from cryptography import x509
 
 from directory.config import Config, IssuerConfig
 from directory.crl import der
+from directory.crl.entrycheck import WalkCache, check_entry_extensions
 from directory.hsm.signer import HsmSigner, KeySigner, SignatureCheckFailed
 from directory.registry import Registry
 from directory.registry.store import CrlRecord
@@ -88,6 +90,7 @@ class _Tbs:
     entries: int
     size: int
     change_seq: int
+    segments: tuple[int, ...] = ()  # lengths of the runs of whole entries written (for the entry walk)
 
 
 @dataclass
@@ -112,6 +115,7 @@ class CrlPublisher:
         self.on_published = on_published
         self.on_stage: Callable[[str], None] | None = None  # "ac-x.crl number 12: signing" (CLI progress)
         self.stats = CrlStats()
+        self._walks: dict[str, WalkCache] = {}  # per CRL file: the entry walk of its previous build
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "archive").mkdir(exist_ok=True)
         self._remove_stale_temporaries()
@@ -238,7 +242,8 @@ class CrlPublisher:
         expected = len(der.header(0x30, body_len)) + body_len
         if size != expected:
             raise CrlBuildError(f"registry changed the entries under the snapshot ({size} != {expected} bytes)")
-        return _Tbs(hasher.digest(), entries, size, change_seq)
+        segments = tuple(map(len, chunks)) if target.kind == "full" else ()
+        return _Tbs(hasher.digest(), entries, size, change_seq, segments)
 
     def _assemble(self, tbs_path: Path, tbs_size: int, signature: bytes, path: Path) -> int:
         tail = self.signer.algorithm_identifier_der + der.tlv(0x03, b"\x00" + signature)
@@ -283,6 +288,13 @@ class CrlPublisher:
             raise CrlBuildError(f"cRLNumber {number} is not greater than the published {previous.number}")
         if len(crl) != entries:
             raise CrlBuildError(f"{len(crl)} entries, the registry has {entries}")
+        try:  # every entry's extensions, as a relying party's parser reads them (CRL-level ones: above)
+            cache = self._walks.setdefault(target.filename, WalkCache())
+            walked = check_entry_extensions(data, tbs.segments, cache)
+        except (ValueError, IndexError) as exc:
+            raise CrlBuildError(f"an entry does not parse back: {exc}") from None
+        if walked != entries:
+            raise CrlBuildError(f"{walked} entries walked, the registry has {entries}")
         now = int(self.clock())
         next_update = crl.next_update_utc
         if next_update is None or int(next_update.timestamp()) <= now:

@@ -57,15 +57,23 @@ def _utc(ts: int) -> datetime:
 
 
 def time(ts: int) -> bytes:
-    """RFC 5280 Time: UTCTime through 2049, GeneralizedTime from 2050; seconds, 'Z', no fractions."""
+    """RFC 5280 Time: UTCTime 1950 through 2049, GeneralizedTime from 2050; seconds, 'Z', no fractions.
+
+    Before 1950 there is no RFC 5280 encoding (a UTCTime would be read a century later): refused."""
     dt = _utc(ts)
+    if dt.year < 1950:
+        raise ValueError(f"{dt.isoformat()} is before 1950: no RFC 5280 Time for it")
     if dt.year < 2050:
         return tlv(0x17, dt.strftime("%y%m%d%H%M%SZ").encode())
     return generalized_time(ts)
 
 
 def generalized_time(ts: int) -> bytes:
-    return tlv(0x18, _utc(ts).strftime("%Y%m%d%H%M%SZ").encode())
+    """GeneralizedTime YYYYMMDDHHMMSSZ (RFC 5280 §4.1.2.5.2): four-digit year always (``strftime`` would
+    write year 1 as ``1``, a value no parser accepts), seconds, no fractions."""
+    dt = _utc(ts)
+    text = f"{dt.year:04d}{dt.month:02d}{dt.day:02d}{dt.hour:02d}{dt.minute:02d}{dt.second:02d}Z"
+    return tlv(0x18, text.encode())
 
 
 def extension(oid: bytes, value: bytes, critical: bool = False) -> bytes:
@@ -100,13 +108,21 @@ def _uri_full_name(url: str) -> bytes:
     return tlv(0xA0, tlv(0xA0, tlv(0x86, url.encode("ascii"))))
 
 
-def issuing_distribution_point(url: str | None, only_user: bool = False, only_ca: bool = False) -> bytes:
-    """IssuingDistributionPoint (critical): the CRL's scope, and where it lives."""
+def issuing_distribution_point(url: str | None, only_user: bool = False, only_ca: bool = False,
+                               only_attribute: bool = False) -> bytes:
+    """IssuingDistributionPoint (critical): the CRL's scope, and where it lives. The onlyContains* flags
+    are DEFAULT FALSE, so only a true one is encoded ([1], [2], [5]); RFC 5280 §5.2.5 allows one at most."""
+    if only_user + only_ca + only_attribute > 1:
+        raise ValueError("at most one of onlyContainsUserCerts, onlyContainsCACerts, onlyContainsAttributeCerts")
     body = _uri_full_name(url) if url else b""
     if only_user:
         body += b"\x81\x01\xff"
     if only_ca:
         body += b"\x82\x01\xff"
+    if only_attribute:
+        body += b"\x85\x01\xff"
+    if not body:
+        raise ValueError("an empty IssuingDistributionPoint is forbidden (RFC 5280 §5.2.5)")
     return extension(OID_ISSUING_DISTRIBUTION_POINT, sequence(body), critical=True)
 
 

@@ -14,9 +14,8 @@ import os
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -24,11 +23,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from directory.crl.builder import pem_crl
-from directory.httpdate import http_date
+from directory.crl.files import read_regular
+from directory.httpdate import http_date, parse_http_date
 
 CRL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}\.(crl|pem)$")
 CERT_NAME = re.compile(r"^([a-z0-9][a-z0-9-]{0,62})\.crt$")
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII | re.IGNORECASE)
+_BEYOND = 10**18  # any position with more digits than this is past the end of anything we serve
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,9 @@ def _stat_key(path: Path) -> tuple[int, int, int] | None:
 
 
 def load_crl_file(path: Path) -> ServedFile:
-    """Read a published DER CRL and take thisUpdate/nextUpdate from it."""
+    """Read a published DER CRL (a regular file, never a FIFO or device) and take its dates from it."""
     key = _stat_key(path)
-    data = path.read_bytes()
+    data = read_regular(path)
     crl = x509.load_der_x509_crl(data)
     next_update = crl.next_update_utc
     return ServedFile(
@@ -73,6 +74,11 @@ class CrlFiles:
         self.max_age_cap = max_age_cap
         self.clock = clock
         self._files: dict[str, ServedFile] = {}
+        # file reads have threads of their own: a slow disk never holds up OCSP, the registry or /metrics
+        self.executor = ThreadPoolExecutor(2, thread_name_prefix="crl-files")
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def refresh(self, name: str) -> ServedFile | None:
         """(Re)load ``name`` when its file changed; keep the previous bytes if the new ones cannot be read.
@@ -119,7 +125,7 @@ class CrlFiles:
         key = _stat_key(self.directory / source)
         if current is not None and current.stat_key == key:
             return current
-        return await asyncio.get_running_loop().run_in_executor(None, self.refresh, name)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.refresh, name)
 
 
 def respond(request: web.Request, file: ServedFile, max_age_cap: int | None, now: float) -> web.Response:
@@ -143,23 +149,42 @@ def respond(request: web.Request, file: ServedFile, max_age_cap: int | None, now
     body = file.body
     range_header = request.headers.get("Range")
     if range_header and _if_range_ok(request, file):
-        match = _RANGE.match(range_header.strip())
-        if match and (match.group(1) or match.group(2)):
-            total = len(body)
-            start_text, end_text = match.groups()
-            if start_text:
-                start = int(start_text)
-                end = min(int(end_text), total - 1) if end_text else total - 1
-            else:
-                start, end = max(0, total - int(end_text)), total - 1
-            if start >= total or start > end:
-                headers.pop("Content-Type")
-                headers["Content-Range"] = f"bytes */{total}"
-                return web.Response(status=416, headers=headers)
-            headers["Content-Range"] = f"bytes {start}-{end}/{total}"
+        chosen = byte_range(range_header, len(body))
+        if chosen == "unsatisfiable":
+            headers.pop("Content-Type")
+            headers["Content-Range"] = f"bytes */{len(body)}"
+            return web.Response(status=416, headers=headers)
+        if chosen is not None:
+            start, end = chosen
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(body)}"
             return web.Response(status=206, body=body[start:end + 1], headers=headers)
-        # multiple or malformed ranges: RFC 9110 lets us ignore Range and send the whole file
     return web.Response(status=200, body=body, headers=headers)
+
+
+def _position(digits: str) -> int:
+    """A range position; one too long to be real is 'past any end' (no conversion of 5,000 digits)."""
+    return int(digits) if len(digits) <= 18 else _BEYOND
+
+
+def byte_range(header: str, total: int) -> tuple[int, int] | str | None:
+    """RFC 9110 §14.1.2 for one range: (first, last) to send, ``"unsatisfiable"`` (416), or None: ignore
+    the header and send everything (invalid syntax, ``10-5``, several ranges, other units)."""
+    match = _RANGE.fullmatch(header.strip(" \t"))
+    if match is None or not (match.group(1) or match.group(2)):
+        return None
+    first_text, last_text = match.groups()
+    if not first_text:  # suffix: the last N bytes
+        length = _position(last_text)
+        if length == 0 or total == 0:
+            return "unsatisfiable"
+        return max(0, total - length), total - 1
+    first = _position(first_text)
+    last = _position(last_text) if last_text else None
+    if last is not None and last < first:
+        return None  # an invalid range-spec: the header is ignored (not 416)
+    if first >= total:
+        return "unsatisfiable"
+    return first, total - 1 if last is None else min(last, total - 1)
 
 
 def _not_modified(request: web.Request, file: ServedFile) -> bool:
@@ -169,13 +194,8 @@ def _not_modified(request: web.Request, file: ServedFile) -> bool:
         return "*" in tags or file.etag in tags
     ims = request.headers.get("If-Modified-Since")
     if ims and file.last_modified is not None:
-        try:
-            since = parsedate_to_datetime(ims)
-        except (TypeError, ValueError):
-            return False
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
-        return file.last_modified <= since.timestamp()
+        since = parse_http_date(ims)  # None (not an HTTP-date): the header is ignored, RFC 9110 §13.1.3
+        return since is not None and file.last_modified <= since
     return False
 
 

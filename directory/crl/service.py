@@ -30,6 +30,7 @@ from aiohttp import web
 from cryptography import x509
 
 from directory.crl.builder import CrlBuildError, CrlPublisher, PublishedCrl, Target, crl_dir, publishers_for
+from directory.crl.files import read_regular
 from directory.crl.http import CERT_NAME, CRL_NAME, CrlFiles, ServedFile, ca_file, respond
 from directory.hsm.signer import HsmError
 
@@ -104,6 +105,8 @@ class CrlComponent:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
         self._executor.shutdown(wait=True)
+        if self.files is not None:
+            self.files.close()
         for lease in self.leases.values():
             lease.release()  # type: ignore[attr-defined]
 
@@ -231,7 +234,7 @@ class CrlComponent:
         problems = []
         for publisher in self.publishers.values():
             for target in publisher.full_targets():
-                served = self.files.refresh(target.filename) if self.files else None
+                served = await self.files.get(target.filename) if self.files else None
                 if served is None:
                     problems.append(f"{target.filename} not published")
                 elif served.expires is not None and served.expires <= now:
@@ -259,7 +262,7 @@ class CrlComponent:
 def _file_number(path: Path) -> int:
     """cRLNumber of a CRL file we already have (0 when absent or unreadable)."""
     try:
-        crl = x509.load_der_x509_crl(path.read_bytes())
+        crl = x509.load_der_x509_crl(read_regular(path))
         return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
     except (OSError, ValueError, x509.ExtensionNotFound):
         return 0

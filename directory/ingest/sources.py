@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from directory import serials
 from directory.revocation import RevocationRefused, parse_reason
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
@@ -131,9 +132,11 @@ def read_index(path: Path, data: bytes, certs_dir: Path | None) -> Iterator[Sour
         if len(fields) < 6 or fields[0] not in ("V", "R", "E"):
             yield SourceItem(origin, error="not an openssl ca index line (status, expiry, revocation, serial, ...)")
             continue
-        status, serial = fields[0], fields[3].strip()
-        if not re.fullmatch(r"[0-9A-Fa-f]+", serial):
-            yield SourceItem(origin, error=f"bad serial {serial!r}")
+        status, serial = fields[0], fields[3]
+        try:
+            serials.parse(serial)  # the one serial rule (hex, as openssl writes it here)
+        except serials.SerialError as exc:
+            yield SourceItem(origin, error=str(exc))
             continue
         revocation = None
         if status == "R":

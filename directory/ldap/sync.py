@@ -28,6 +28,7 @@ from pathlib import Path
 
 from directory.config import Config
 from directory.crl.builder import crl_dir
+from directory.crl.files import read_regular
 from directory.ldap import ber, dn
 from directory.ldap.client import (
     ALREADY_EXISTS,
@@ -479,7 +480,11 @@ def _suffix_entry(rdn: tuple[tuple[str, str], ...]) -> dict[str, list[bytes]]:
 
 
 def _read(path: Path) -> bytes | None:
+    """A published CRL file; a missing or non-regular one (a FIFO would block) counts as not published."""
     try:
-        return path.read_bytes()
+        return read_regular(path)
     except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("%s not placed in the directory: %s", path.name, exc.strerror)
         return None

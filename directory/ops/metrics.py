@@ -146,6 +146,20 @@ class ServiceCollector:
                                       "max_connections were open")
         refused.add_metric([], gate.refused)
         yield from (open_now, refused)
+        gates = [gate] + ([self.service.admin_connections] if self.service.admin_connections is not None else [])
+        timeouts = CounterMetricFamily("annuaire_http_request_timeouts", "Connections aborted because a request "
+                                       "did not arrive whole within request_timeout", labels=["listener"])
+        for g in gates:
+            timeouts.add_metric([g.name], g.timed_out)
+        yield timeouts
+        admin = self.service.admin_connections
+        if admin is not None:
+            open_admin = GaugeMetricFamily("annuaire_admin_connections_open", "Open connections on the admin listener")
+            open_admin.add_metric([], admin.open)
+            refused_admin = CounterMetricFamily("annuaire_admin_connections_refused", "Admin connections turned away "
+                                                "because [admin] max_connections were open")
+            refused_admin.add_metric([], admin.refused)
+            yield from (open_admin, refused_admin)
 
     def _registry(self) -> Iterator[Metric]:
         family = GaugeMetricFamily("annuaire_certificates", "Certificates in the registry", labels=["issuer", "status"])

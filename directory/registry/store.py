@@ -805,9 +805,9 @@ class Registry:
             current = self._get_tx(tx, issuer_id, serial_hex)
             if current is None:
                 if not force:
-                    raise UnknownCertificate(
-                        f"issuer {issuer} has no certificate with serial 0x{serial_hex}; "
-                        "use --force to revoke a serial the registry has never seen")
+                    # no hint here: only the caller knows whether the input could have meant another
+                    # serial (the CLI suggests --force only when it could not)
+                    raise UnknownCertificate(f"issuer {issuer} has no certificate with serial 0x{serial_hex}")
                 decision = decide_revoke(RevocationState("good"), reason, at, invalidity_date, now, None)
                 tx.execute("INSERT INTO certificates (issuer_id, serial_hex, status, forced, imported_at, updated_at, "
                            "serial_low) VALUES (?, ?, 'good', 1, ?, ?, ?)",

@@ -21,12 +21,14 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from directory import logs
-from directory.config import Config
+from directory.config import Config, ConfigError
 from directory.hsm.signer import HsmError, HsmSigner, HsmUnavailable, KeyUnusable
 from directory.ops.metrics import Metrics, exposition
 from directory.registry import Registry, RegistryError
 from directory.runtime import inspect_hsm, open_config_registry, open_hsm
-from directory.service.listener import ConnectionGate, listen
+from directory.service.limits import Budget, DescriptorBudgetError
+from directory.service.limits import plan as plan_descriptors
+from directory.service.listener import ConnectionGate, listen, request_deadline
 from directory.service.systemd import Notifications
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class Service:
     readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     connections: ConnectionGate = field(default_factory=lambda: ConnectionGate(1))
+    admin_connections: ConnectionGate | None = None  # the admin listener's gate, when it runs
+    descriptors: Budget | None = None
 
     def component(self, name: str) -> Any:
         """The component called ``name`` (``crl``, ``ocsp``, ...), or None when this service runs without it."""
@@ -129,18 +133,25 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 def build_service(config: Config, components: list[Component] | None = None) -> Service:
-    """Open the HSM and the registry and assemble the application (nothing listens yet)."""
+    """Share out file descriptors, open the HSM and the registry, assemble the application (nothing
+    listens yet)."""
+    try:
+        budget = plan_descriptors(config.http.max_connections,
+                                  config.admin.max_connections if config.admin is not None else None)
+    except DescriptorBudgetError as exc:
+        raise ConfigError(config.path, "http.max_connections", str(exc)) from None
     hsm = open_hsm(config)
     _inspect_hsm(config, hsm)
     registry = open_config_registry(config)
-    app = web.Application(client_max_size=64 * 1024, middlewares=[request_ids])
+    app = web.Application(client_max_size=64 * 1024, middlewares=[request_deadline, request_ids])
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     service = Service(config, hsm, registry, app, AsyncIOScheduler(timezone="UTC"),
                       list(components or []))
     hsm.on_signature = service.metrics.hsm_sign.observe
-    service.connections = ConnectionGate(config.http.max_connections)
+    service.connections = ConnectionGate(budget.public_cap, config.http.request_timeout)
+    service.descriptors = budget
     app["service"] = service
     return service
 

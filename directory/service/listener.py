@@ -1,86 +1,217 @@
-"""The public listener: aiohttp's request handler behind a cap on open connections.
+"""Listeners: aiohttp's request handler behind a cap on open connections and a deadline per request.
 
-aiohttp itself closes a connection whose request headers are not complete within its keep-alive timeout
-(slow clients, slowloris) and refuses over-long request lines and header fields (400/431); what it does
-not do is bound the number of connections, so a flood of idle sockets could exhaust file descriptors and
-memory. Past ``cap`` open connections a new one gets a minimal ``503`` with ``Retry-After`` and is closed
-before any parsing.
+aiohttp closes a connection idle between requests (``idle_timeout``) and refuses over-long request lines
+and header fields (400/431). It does not bound how many connections are open, nor how long one request
+may take to arrive: a client dripping one byte now and then (headers or an announced body) kept its
+connection forever. Here each listener has:
+
+- a cap: past ``cap`` open connections a new one gets a minimal ``503`` with ``Retry-After`` and is closed
+  before any parsing (at once on a TLS listener, and at once when more than ``LINGER`` refusals are still
+  being read: a flood of refusals cannot hold descriptors either);
+- a deadline per request, from its first byte (from the TCP connection on a TLS listener: the handshake
+  counts) to the last byte of its body; bytes arriving do not extend it. Past it the connection is
+  aborted. The ``request_deadline`` middleware marks where a request's body ends (and the handler,
+  whose time is not the client's, begins).
+
+TLS is started by the gate itself (``loop.start_tls``) after the connection is admitted, so connections
+stuck in a handshake count against the cap too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
+log = logging.getLogger(__name__)
 REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
            b"Connection: close\r\n\r\n")
+EARLY_LIMIT = 1 << 20  # bytes held between a TLS handshake's end and aiohttp taking the connection
+LINGER = 32  # refused connections kept open (1 s) so the client reads its 503; beyond that, closed at once
 
 
 @dataclass
 class ConnectionGate:
+    """One listener's limits and counters."""
+
     cap: int
+    request_timeout: float = 10.0
+    tls: ssl.SSLContext | None = None
+    name: str = "public"
     open: int = 0
     refused: int = 0
+    lingering: int = 0
+    timed_out: int = 0
+
+    @property
+    def descriptors(self) -> int:
+        """The most file descriptors this listener can hold (admitted, plus refusals being read)."""
+        return self.cap + LINGER
 
 
 class _Gated(asyncio.Protocol):
-    """Forwards to aiohttp's protocol, or turns the connection away when the gate is full."""
+    """Forwards to aiohttp's protocol; turns connections away past the cap; enforces the deadline."""
 
     def __init__(self, inner: Any, gate: ConnectionGate) -> None:
         self.inner = inner
         self.gate = gate
         self.admitted = False
+        self.started = False  # inner.connection_made was called (after the TLS handshake, with TLS)
+        self.transport: asyncio.Transport | None = None
+        self.deadline: asyncio.TimerHandle | None = None
+        self.in_handler = False
+        self.closer: asyncio.TimerHandle | None = None
+        # TLS: application bytes can arrive with the handshake's last flight, before start_tls returns
+        self.early: list[bytes] = []
+        self.early_eof = False
 
+    # -- admission --------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.gate.open >= self.gate.cap:
-            self.gate.refused += 1
-            assert isinstance(transport, asyncio.Transport)
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        gate = self.gate
+        if gate.open >= gate.cap:
+            gate.refused += 1
+            if gate.tls is not None or gate.lingering >= LINGER:
+                transport.abort()
+                return
+            gate.lingering += 1
             transport.write(REFUSAL)
             # closed once the client has read it and hung up, or after a second: closing at once with the
             # request still unread would reset the connection before the client sees the 503
             self.closer = asyncio.get_running_loop().call_later(1.0, transport.close)
-            self.transport = transport
             return
         self.admitted = True
-        self.gate.open += 1
-        self.inner.connection_made(transport)
+        gate.open += 1
+        if gate.tls is None:
+            self.started = True
+            self.inner.connection_made(transport)
+        else:
+            self.arm()
+            asyncio.get_running_loop().create_task(self._start_tls(transport, gate.tls))
 
+    async def _start_tls(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            secured = await loop.start_tls(transport, self, context, server_side=True,
+                                           ssl_handshake_timeout=self.gate.request_timeout)
+        except Exception as exc:  # a failed or abandoned handshake: start_tls closed the connection
+            log.debug("%s listener: TLS handshake failed: %s", self.gate.name, exc)
+            secured = None
+        if secured is None or secured.is_closing():
+            # asyncio does not tell the application protocol of a connection lost mid-handshake (and
+            # start_tls may even return the closed transport): the slot is given back here
+            self._release()
+            return
+        self.transport = secured
+        self.started = True
+        self.inner.connection_made(secured)
+        early, self.early = self.early, []
+        for data in early:
+            self.data_received(data)
+        if self.early_eof:
+            self.inner.eof_received()
+
+    # -- the deadline -----------------------------------------------------------------------------
+    def arm(self) -> None:
+        if self.deadline is None:
+            self.deadline = asyncio.get_running_loop().call_later(self.gate.request_timeout, self._expire)
+
+    def disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _expire(self) -> None:
+        self.deadline = None
+        self.gate.timed_out += 1
+        log.debug("%s listener: request not received within %.0f s, connection closed", self.gate.name,
+                  self.gate.request_timeout)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def body_complete(self) -> None:
+        """The current request's last byte is in: its handler's time is ours, not the client's."""
+        self.disarm()
+        self.in_handler = True
+
+    # -- forwarding -------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self.admitted:
-            self.inner.data_received(data)
+        if not self.started:
+            if self.admitted:
+                self.early.append(data)
+                if sum(map(len, self.early)) > EARLY_LIMIT and self.transport is not None:
+                    self.transport.abort()
+            return
+        if not self.in_handler:
+            self.arm()  # the first byte of a request starts its clock; later bytes do not move it
+        self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         if not self.admitted:
-            self.transport.close()
+            if self.transport is not None:
+                self.transport.close()
             return None
+        if not self.started:
+            self.early_eof = True
+            return True  # keep the connection open until aiohttp has seen the early bytes
         return self.inner.eof_received()
 
     def pause_writing(self) -> None:
-        if self.admitted:
+        if self.started:
             self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        if self.admitted:
+        if self.started:
             self.inner.resume_writing()
+
+    def _release(self) -> None:
+        """Give the connection's slot back (once, whichever of the TLS failure or the loss comes first)."""
+        self.disarm()
+        if self.admitted:
+            self.admitted = False
+            self.gate.open -= 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.admitted:
-            self.gate.open -= 1
-            self.inner.connection_lost(exc)
-        else:
+            self._release()
+            if self.started:
+                self.inner.connection_lost(exc)
+        elif self.closer is not None:
             self.closer.cancel()
+            self.closer = None
+            self.gate.lingering -= 1
+        self.disarm()
 
 
-async def listen(runner: web.AppRunner, host: str, port: int, gate: ConnectionGate,
-                 ssl_context: ssl.SSLContext | None = None) -> asyncio.AbstractServer:
-    """Serve ``runner`` (already set up) on ``host:port`` behind ``gate``; close the returned server
-    before ``runner.cleanup()``."""
+@web.middleware
+async def request_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tell the gate where a request's body ends; the deadline covers everything up to there."""
+    transport = request.transport
+    gated = transport.get_protocol() if transport is not None else None
+    if not isinstance(gated, _Gated):
+        return await handler(request)
+    gated.arm()  # a pipelined request parsed while the previous one was handled starts its clock now
+    request.content.on_eof(gated.body_complete)
+    try:
+        return await handler(request)
+    except ConnectionError:
+        if transport is not None and transport.is_closing():  # cut off mid-body (deadline, or the client)
+            return web.Response(status=408)  # for aiohttp's bookkeeping: nobody is there to read it
+        raise
+    finally:
+        gated.in_handler = False
+
+
+async def listen(runner: web.AppRunner, host: str, port: int, gate: ConnectionGate) -> asyncio.AbstractServer:
+    """Serve ``runner`` (already set up) on ``host:port`` behind ``gate`` (TLS when ``gate.tls``); close the
+    returned server before ``runner.cleanup()``."""
     server = runner.server
     assert server is not None, "runner.setup() first"
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: _Gated(server(), gate), host, port, ssl=ssl_context,
-                                    reuse_address=True, backlog=1024)
+    return await loop.create_server(lambda: _Gated(server(), gate), host, port, reuse_address=True, backlog=1024)

@@ -1,0 +1,58 @@
+"""File descriptors shared out between the listeners, checked at start-up.
+
+Every accepted connection is a descriptor, and the process has ``RLIMIT_NOFILE`` of them. Without a
+budget, 20,000 half-open admin connections once used them all and the public listener's ``accept()``
+failed. Here each listener's cap (plus the refusals it may still be writing, ``LINGER``) and a reserve for
+everything else (registry, HSM, CRL files, child processes' pipes, logs) must fit under the limit: the
+soft limit is raised up to the hard one when needed; if that is not enough the public cap is lowered
+(with a warning naming the limit) and the service refuses to start when even the reserve and the admin
+cap do not fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+from dataclasses import dataclass
+
+from directory.service.listener import LINGER
+
+log = logging.getLogger(__name__)
+RESERVE = 256  # descriptors kept for everything but client connections
+MIN_PUBLIC = 16
+
+
+class DescriptorBudgetError(RuntimeError):
+    """The descriptor limit cannot hold the reserve and the admin listener's cap."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    limit: int  # RLIMIT_NOFILE (soft) after any raise
+    public_cap: int
+    admin_cap: int | None
+
+
+def plan(public_cap: int, admin_cap: int | None, reserve: int = RESERVE) -> Budget:
+    """Caps that fit ``RLIMIT_NOFILE`` with ``reserve`` to spare (raising the soft limit when it can)."""
+    admin_need = admin_cap + LINGER if admin_cap is not None else 0
+    need = reserve + admin_need + public_cap + LINGER
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the file descriptor limit from %d to %d: %s", soft, target, exc)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return Budget(need if soft == resource.RLIM_INFINITY else soft, public_cap, admin_cap)
+    room = soft - reserve - admin_need - LINGER
+    if room < MIN_PUBLIC:
+        raise DescriptorBudgetError(
+            f"the file descriptor limit ({soft}, hard {hard}) cannot hold {reserve} reserved for the service, "
+            f"the admin listener ({admin_need}) and at least {MIN_PUBLIC} public connections: raise it "
+            f"(LimitNOFILE= in the systemd unit, ulimit -n) or lower [admin] max_connections")
+    log.warning("file descriptor limit %d (hard %d): public connections capped at %d instead of "
+                "[http] max_connections = %d (raise the limit to keep it)", soft, hard, room, public_cap)
+    return Budget(soft, room, admin_cap)
