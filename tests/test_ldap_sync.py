@@ -236,26 +236,27 @@ def test_directory_down_keeps_changes_in_the_outbox_and_converges(ldap_env: Ldap
 def test_slapd_killed_mid_sync_converges_with_nothing_lost(ldap_env: LdapEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     env = ldap_env
     env.import_demo()
-    import directory.ldap.sync as sync_module
+    import directory.ldap.writer as writer_module
+    from directory.ldap.writer import PlanWriter
 
-    monkeypatch.setattr(sync_module, "CHUNK", 10)
+    monkeypatch.setattr(writer_module, "CHUNK", 10)
     calls = 0
-    original = DirectorySync._operations
+    original = PlanWriter._operations
 
-    def killing(self: DirectorySync, plans):  # type: ignore[no-untyped-def]
+    def killing(self: PlanWriter, plans):  # type: ignore[no-untyped-def]
         nonlocal calls
         calls += 1
         if calls == 3:
             env.slapd.kill()  # SIGKILL between two chunks: two chunks are in, the rest is not
         return original(self, plans)
 
-    monkeypatch.setattr(DirectorySync, "_operations", killing)
+    monkeypatch.setattr(PlanWriter, "_operations", killing)
     with pytest.raises(LdapUnavailable):
         env.sync().full()
     env.restart_slapd()
     partial = len(_published(env))
     assert partial > 0
-    monkeypatch.setattr(DirectorySync, "_operations", original)
+    monkeypatch.setattr(PlanWriter, "_operations", original)
     report = env.sync().full()
     assert report.added > 0 and not report.rejected
     values = sorted(v for e in _published(env).values() for v in e["userCertificate;binary"])

@@ -168,3 +168,14 @@ MIGRATIONS.append((
     ALTER TABLE crls ADD COLUMN der BLOB;
     """,
 ))
+
+MIGRATIONS.append((
+    8,
+    "LDAP dead letters: a write the directory refused keeps its outbox row, with the reason and a retry time",
+    """
+    ALTER TABLE ldap_outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ldap_outbox ADD COLUMN last_error TEXT;
+    ALTER TABLE ldap_outbox ADD COLUMN next_attempt_at INTEGER;
+    CREATE INDEX ldap_outbox_certificate ON ldap_outbox (certificate_id);
+    """,
+))
