@@ -6,6 +6,7 @@ admin look-up; and a refusal of each projected attribute's syntax, with the rest
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
@@ -127,3 +129,37 @@ def _ldap_tool(served: Any, tool: str, ldif: str) -> subprocess.CompletedProcess
     password = (served.config.parent / "secrets" / "ldap-password").read_text().strip()
     return subprocess.run([tool, "-x", "-H", served.ldap_url, "-D", f"cn=annuaire,{SUFFIX}", "-w", password],
                           input=ldif, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("fail", [True, False])
+def test_refusals_fail_readiness_or_are_a_warning_as_configured(private_config: Path, fail: bool) -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from directory.ldap.component import LdapSyncComponent
+    from directory.registry.dead_letters import LdapRefusal
+    from directory.service.app import _readyz, build_service
+
+    if not fail:
+        text = private_config.read_text().replace("[ldap]\n", "[ldap]\nrefusals_fail_readiness = false\n", 1)
+        private_config.write_text(text)
+    service = build_service(load_config(private_config))
+    try:
+        LdapSyncComponent().watch_refusals(service)
+
+        async def ready() -> tuple[int, dict[str, Any]]:
+            response = await _readyz(make_mocked_request("GET", "/readyz", app=service.app))
+            return response.status, json.loads(response.body)
+
+        assert asyncio.run(ready()) == (200, {"status": "ready"})
+        service.registry.ldap_outbox_settle("x", int(time.time()), refusals=[
+            LdapRefusal("modify cn=ac-personnes,ou=AC,o=sante,c=fr: 50 no write access", issuer="ac-personnes")])
+        status, body = asyncio.run(ready())
+        reason = "1 directory write refused (kept in the outbox, retried): modify cn=ac-personnes,ou=AC,o=sante," \
+                 "c=fr: 50 no write access"
+        if fail:
+            assert status == 503 and body["problems"] == {"ldap-sync": reason}
+        else:
+            assert status == 200 and body == {"status": "ready", "warnings": {"ldap-sync": reason}}
+    finally:
+        service.hsm.close()
+        service.registry.close()

@@ -43,6 +43,11 @@ class LdapSyncComponent:
                         "ldap", "worker"]
         self._spawn()
         self.task = asyncio.create_task(self._supervise())
+        self.watch_refusals(service)
+
+    def watch_refusals(self, service: Service) -> None:
+        """Name the directory's refusals in /readyz: failing it, or as a warning when so configured."""
+        assert service.config.ldap is not None
         self.registry = service.registry
         checks = service.readiness_checks if service.config.ldap.refusals_fail_readiness else \
             service.readiness_warnings
