@@ -1,11 +1,20 @@
 """A private OpenLDAP slapd run as a managed child process (demo, tests; production uses its own).
 
 It listens on loopback only, keeps its data under a directory of ours, and is stopped with us.
+
+Started by root, it runs as an unprivileged user (``SlapdConfig.user``: ``openldap`` where the slapd
+package made one, else ``nobody``) that owns its directory. The switch happens before slapd is executed
+(what ``slapd -u/-g`` would do once started, without slapd ever holding root): the kernel clears the
+parent-death signal on any credential change, so ``-u/-g`` would let slapd outlive a killed service.
+The child changes into its directory while still root, and the configuration names everything in it by
+relative paths: the user needs no access to the directories above (a data directory private to root).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import pwd
 import re
 import shutil
 import signal
@@ -63,15 +72,18 @@ class SlapdConfig:
     service_dn: str = ""
     replication: Path | None = None  # MULTI_PROVIDER or CONSUMER, added to the template
     replication_values: dict[str, str] = field(default_factory=dict, repr=False)  # PROVIDER1_URL, ...
+    user: str | None = None  # run slapd as this user (and its group); its paths are then relative to directory
 
     @property
     def url(self) -> str:
         return f"ldap://{self.host}:{self.port}"
 
     def render(self) -> str:
-        data = self.directory / "data"
+        run_dir = Path(".") if self.user else self.directory
+        data = run_dir / "data"
+        schema_dir = run_dir if self.user else ANNUAIRE_SCHEMA_DIR  # a copy inside: readable by the user
         if self.template is not None:
-            values = {"SCHEMA_DIR": SCHEMA_DIR, "ANNUAIRE_SCHEMA_DIR": ANNUAIRE_SCHEMA_DIR, "RUN_DIR": self.directory,
+            values = {"SCHEMA_DIR": SCHEMA_DIR, "ANNUAIRE_SCHEMA_DIR": schema_dir, "RUN_DIR": run_dir,
                       "MODULE_DIR": _module_dir(), "SUFFIX": self.suffix, "ROOT_DN": self.root_dn,
                       "ROOT_PW": self.root_password, "DATA_DIR": data, "SERVICE_DN": self.service_dn or self.root_dn,
                       "REPLICATOR_DN": self.root_dn, **self.replication_values}
@@ -92,7 +104,7 @@ class SlapdConfig:
             nosync = self.dbnosync and not re.search(r"^dbnosync\b", text, re.MULTILINE)
             return text + ("dbnosync\n" if nosync else "") + (self.extra + "\n" if self.extra else "")
         lines = [*(f"include {s}" for s in self.schemas),
-                 f"pidfile {self.directory / 'slapd.pid'}",
+                 f"pidfile {run_dir / 'slapd.pid'}",
                  f"modulepath {_module_dir()}", "moduleload back_mdb",
                  "database mdb", "maxsize 1073741824", f'suffix "{self.suffix}"', f'rootdn "{self.root_dn}"',
                  f"rootpw {self.root_password}", f"directory {data}",
@@ -114,15 +126,35 @@ class Slapd:
         self.log_file = config.directory / "slapd.log"
 
     def write_config(self) -> None:
-        self.config.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.config.directory / "data").mkdir(exist_ok=True, mode=0o700)
+        directory = self.config.directory
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (directory / "data").mkdir(exist_ok=True, mode=0o700)
         self.conf_file.write_text(self.config.render())
         self.conf_file.chmod(0o600)
+        if self.config.user:
+            if self.config.port < 1024:
+                raise SlapdError(f"slapd runs as {self.config.user} (the service runs as root): it cannot listen "
+                                 f"on port {self.config.port}; use a port from 1024 up")
+            shutil.copyfile(ANNUAIRE_SCHEMA_DIR / "health.schema", directory / "health.schema")
+            uid, gid = _ids(self.config.user)
+            for path in (directory, *directory.rglob("*")):  # its own files: the database, the pid file, ...
+                os.chown(path, uid, gid, follow_symlinks=False)
+
+    def _as_user(self) -> dict[str, object]:
+        """Popen arguments that run a program as ``config.user`` in its directory (nothing without a user)."""
+        if not self.config.user:
+            return {}
+        uid, gid = _ids(self.config.user)
+        return {"cwd": self.config.directory, "user": uid, "group": gid, "extra_groups": []}
+
+    def _conf_arg(self) -> str:
+        return self.conf_file.name if self.config.user else str(self.conf_file)
 
     def test_config(self) -> None:
-        """``slaptest`` on the written configuration."""
+        """``slaptest`` on the written configuration (as the user slapd will run as)."""
         slaptest = shutil.which("slaptest") or "/usr/sbin/slaptest"
-        result = subprocess.run([slaptest, "-u", "-f", str(self.conf_file)], capture_output=True, text=True)
+        result = subprocess.run([slaptest, "-u", "-f", self._conf_arg()], capture_output=True, text=True,
+                                **self._as_user())  # type: ignore[call-overload]
         if result.returncode != 0:
             raise SlapdError(f"slaptest refused {self.conf_file}: {result.stderr.strip()}")
 
@@ -130,13 +162,26 @@ class Slapd:
         """Start and wait until it listens. ``die_with_parent``: the kernel sends slapd SIGTERM when the
         calling thread's process dies, even by SIGKILL (call it from the main thread: Linux ties this to
         the thread that started the child)."""
+        self.prepare()
+        self.spawn(die_with_parent)
+        self.wait_listening(timeout)
+
+    def prepare(self) -> None:
+        """Write and check the configuration (blocking for a moment: slaptest)."""
         self.write_config()
         self.test_config()
-        log = self.log_file.open("ab")
-        self.process = subprocess.Popen(
-            [find_slapd(), "-f", str(self.conf_file), "-h", self.config.url + "/", "-d", "0"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_parent_death_signal if die_with_parent else None)
+
+    def spawn(self, die_with_parent: bool = False) -> None:
+        """Execute slapd (as ``config.user`` when set), without waiting for it to listen."""
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(  # type: ignore[call-overload]
+                [find_slapd(), "-f", self._conf_arg(), "-h", self.config.url + "/", "-d", "0"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_parent_death_signal if die_with_parent else None, **self._as_user())
+
+    def wait_listening(self, timeout: float = 15.0) -> None:
+        """Return once slapd accepts connections; ``SlapdError`` (and slapd stopped) if it exits or stays mute."""
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -159,6 +204,23 @@ class Slapd:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+def unprivileged_user() -> str | None:
+    """Who slapd runs as: nobody to change when we are not root; else ``openldap`` (made by Debian's slapd
+    package) when it exists, or ``nobody``."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("openldap", "nobody"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    raise SlapdError("running as root and neither an openldap nor a nobody user exists to run slapd as")
+
+
+def _ids(user: str) -> tuple[int, int]:
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
 
 
 def _parent_death_signal() -> None:
