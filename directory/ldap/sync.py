@@ -357,6 +357,8 @@ class DirectorySync:
 
     def _refusals(self, report: SyncReport) -> list[LdapRefusal]:
         """The entries the directory refused, as the registry keeps them (CA entries by issuer)."""
+        if not report.rejected:
+            return []
         issuers = {dn.key(self.layout.ca_dn(name)): name for name, *_ in self.registry.issuer_certificates()}
         out: dict[str, LdapRefusal] = {}
         for item in report.rejected:
