@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -407,8 +408,13 @@ def test_start_tls_with_a_checked_server_certificate(ldap_env: LdapEnv, tmp_path
     env = ldap_env
     ca, cert, key = _tls_files(tmp_path)
     env.slapd.stop()
-    # the same provider configuration with TLS on and password binds/writes refused in clear
-    env.slapd.config.global_extra = (f"TLSCertificateFile {cert}\nTLSCertificateKeyFile {key}\n"
+    # the same provider configuration with TLS on and password binds/writes refused in clear; the server's
+    # files in slapd's own directory (run by root, slapd runs as an unprivileged user that owns it)
+    directory = env.slapd.config.directory
+    for source in (cert, key):
+        shutil.copyfile(source, directory / source.name)
+    server_cert, server_key = ((f.name if env.slapd.config.user else directory / f.name) for f in (cert, key))
+    env.slapd.config.global_extra = (f"TLSCertificateFile {server_cert}\nTLSCertificateKeyFile {server_key}\n"
                                      "security simple_bind=128 update_tls=128")
     env.slapd.start()
     assert env.config.ldap is not None
