@@ -80,6 +80,7 @@ class LdapConfig:
     start_tls: bool = False
     tls_ca_file: Path | None = None
     timeout: float = 15.0
+    refusals_fail_readiness: bool = True  # a write the directory refuses makes /readyz 503 (else: a warning)
 
     def read_password(self) -> str:
         if self.password_file is None:
@@ -278,7 +279,7 @@ def load_config(path: str | Path) -> Config:
     if "ldap" in raw:
         ldap = _ldap(_Section(file, "ldap", top.table_of("ldap"), {
             "urls", "bind_dn", "password_file", "suffix", "managed", "person_dn", "structure_dn",
-            "reconcile_interval", "start_tls", "tls_ca_file", "timeout"}))
+            "reconcile_interval", "start_tls", "tls_ca_file", "timeout", "refusals_fail_readiness"}))
     issuers_raw = raw.get("issuers", [])
     if not isinstance(issuers_raw, list) or not issuers_raw:
         raise ConfigError(file, "issuers", "at least one [[issuers]] table is required")
@@ -443,7 +444,8 @@ def _ldap(s: _Section) -> LdapConfig:
         raise s.error("reconcile_interval", str(exc)) from None
     return LdapConfig(tuple(urls), s.get("bind_dn", str, required=True), password_file, suffix,
                       s.get("managed", bool, False), templates["person_dn"], templates["structure_dn"],
-                      reconcile, s.get("start_tls", bool, False), tls_ca_file, float(timeout))
+                      reconcile, s.get("start_tls", bool, False), tls_ca_file, float(timeout),
+                      s.get("refusals_fail_readiness", bool, True))
 
 
 def _issuer(file: Path, index: int, table: Any) -> IssuerConfig:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from directory.certinfo import CertificateInfo
@@ -10,6 +12,8 @@ from directory.hsm.capabilities import TokenReport
 from directory.hsm.signer import HsmSettings, HsmSigner, KeySigner
 from directory.ingest.importer import Importer, KnownIssuer
 from directory.registry import Registry, open_registry
+
+log = logging.getLogger(__name__)
 
 
 def hsm_settings(config: Config) -> HsmSettings:
@@ -66,13 +70,20 @@ def importer_for(config: Config, registry: Registry, actor: str) -> Importer:
     the certificate is parsed once, at import, and the sync does not parse it again."""
     after_import = None
     if config.ldap is not None:
-        from directory.ldap.projection import Layout, project_name, projection_row
+        from directory.ldap.projection import Layout, omitted_text, project_name, projection_row
 
         layout = Layout.from_config(config.ldap)
 
         def after_import(issuer: str, infos: list[CertificateInfo]) -> None:
-            rows = [(i.serial_hex, *projection_row(project_name(i.subject, i.profile, list(i.emails), layout)))
-                    for i in infos if i.subject is not None]
+            rows = []
+            for info in infos:
+                if info.subject is None:
+                    continue
+                projection = project_name(info.subject, info.profile, list(info.emails), layout)
+                if projection is not None and projection.omitted:
+                    log.warning("values left out of %s (the directory would refuse them): %s", projection.dn,
+                                omitted_text(projection.omitted), extra={"issuer": issuer, "serial": info.serial_hex})
+                rows.append((info.serial_hex, *projection_row(projection)))
             if rows:
                 registry.ldap_project_serials(layout.digest, issuer, rows)
 

@@ -1,11 +1,20 @@
 """A private OpenLDAP slapd run as a managed child process (demo, tests; production uses its own).
 
 It listens on loopback only, keeps its data under a directory of ours, and is stopped with us.
+
+Started by root, it runs as an unprivileged user (``SlapdConfig.user``: ``openldap`` where the slapd
+package made one, else ``nobody``) that owns its directory. The switch happens before slapd is executed
+(what ``slapd -u/-g`` would do once started, without slapd ever holding root): the kernel clears the
+parent-death signal on any credential change, so ``-u/-g`` would let slapd outlive a killed service.
+The child changes into its directory while still root, and the configuration names everything in it by
+relative paths: the user needs no access to the directories above (a data directory private to root).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import pwd
 import re
 import shutil
 import signal
@@ -66,19 +75,27 @@ class SlapdConfig:
     replication: Path | None = None  # MULTI_PROVIDER or CONSUMER, added to the template
     replication_values: dict[str, str] = field(default_factory=dict, repr=False)  # PROVIDER1_URL, TLS_..., ...
     olc: bool = False  # run from a cn=config folder loaded from the templates' LDIF forms (slapd -F)
+    user: str | None = None  # run slapd as this user (and its group); its paths are then relative to directory
     _root_hash: str = field(default="", init=False, repr=False)
 
     @property
     def url(self) -> str:
         return f"ldap://{self.host}:{self.port}"
 
+    @property
+    def run_dir(self) -> Path:
+        """How the configuration names slapd's directory: relative when slapd runs as ``user`` from inside it."""
+        return Path(".") if self.user else self.directory
+
     def values(self) -> dict[str, str]:
         """The templates' placeholders (explained in deploy/slapd/provider.conf), ROOT_PW as a hash."""
         if not self._root_hash:
             self._root_hash = hash_password(self.root_password)
-        values = {"SCHEMA_DIR": SCHEMA_DIR, "ANNUAIRE_SCHEMA_DIR": ANNUAIRE_SCHEMA_DIR, "RUN_DIR": self.directory,
+        run_dir = self.run_dir
+        schema_dir = run_dir if self.user else ANNUAIRE_SCHEMA_DIR  # a copy inside: readable by the user
+        values = {"SCHEMA_DIR": SCHEMA_DIR, "ANNUAIRE_SCHEMA_DIR": schema_dir, "RUN_DIR": run_dir,
                   "MODULE_DIR": _module_dir(), "SUFFIX": self.suffix, "ROOT_DN": self.root_dn,
-                  "ROOT_PW": self._root_hash, "DATA_DIR": self.directory / "data",
+                  "ROOT_PW": self._root_hash, "DATA_DIR": run_dir / "data",
                   "SERVICE_DN": self.service_dn or self.root_dn, "REPLICATOR_DN": f"cn=replicator,{self.suffix}",
                   **self.replication_values}
         kind, _, name = self.suffix.partition(",")[0].partition("=")
@@ -104,7 +121,8 @@ class SlapdConfig:
         return self.fill(base.read_text(), base), changes and self.fill(changes.read_text(), changes)
 
     def render(self) -> str:
-        data = self.directory / "data"
+        run_dir = self.run_dir
+        data = run_dir / "data"
         if self.template is not None:
             text = self.template.read_text()
             if self.replication is not None:
@@ -119,7 +137,7 @@ class SlapdConfig:
             nosync = self.dbnosync and not re.search(r"^dbnosync\b", text, re.MULTILINE)
             return text + ("dbnosync\n" if nosync else "") + (self.extra + "\n" if self.extra else "")
         lines = [*(f"include {s}" for s in self.schemas),
-                 f"pidfile {self.directory / 'slapd.pid'}",
+                 f"pidfile {run_dir / 'slapd.pid'}",
                  f"modulepath {_module_dir()}", "moduleload back_mdb",
                  "database mdb", "maxsize 1073741824", f'suffix "{self.suffix}"', f'rootdn "{self.root_dn}"',
                  f"rootpw {self.root_password}", f"directory {data}",
@@ -146,16 +164,34 @@ class Slapd:
         return self.config.directory / "slapd.d"
 
     def config_args(self) -> list[str]:
-        return ["-F", str(self.config_dir)] if self.config.olc else ["-f", str(self.conf_file)]
+        """slapd's configuration arguments; relative to its directory when it runs as ``config.user``."""
+        path = self.config_dir if self.config.olc else self.conf_file
+        return ["-F" if self.config.olc else "-f", path.name if self.config.user else str(path)]
 
     def write_config(self) -> None:
-        self.config.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.config.directory / "data").mkdir(exist_ok=True, mode=0o700)
+        directory = self.config.directory
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (directory / "data").mkdir(exist_ok=True, mode=0o700)
         if self.config.olc:
             self._write_olc()
-            return
-        self.conf_file.write_text(self.config.render())
-        self.conf_file.chmod(0o600)
+        else:
+            self.conf_file.write_text(self.config.render())
+            self.conf_file.chmod(0o600)
+        if self.config.user:
+            if self.config.port < 1024:
+                raise SlapdError(f"slapd runs as {self.config.user} (the service runs as root): it cannot listen "
+                                 f"on port {self.config.port}; use a port from 1024 up")
+            shutil.copyfile(ANNUAIRE_SCHEMA_DIR / "health.schema", directory / "health.schema")
+            uid, gid = _ids(self.config.user)
+            for path in (directory, *directory.rglob("*")):  # its own files: the database, the pid file, ...
+                os.chown(path, uid, gid, follow_symlinks=False)
+
+    def _as_user(self) -> dict[str, object]:
+        """Popen arguments that run a program as ``config.user`` in its directory (nothing without a user)."""
+        if not self.config.user:
+            return {}
+        uid, gid = _ids(self.config.user)
+        return {"cwd": self.config.directory, "user": uid, "group": gid, "extra_groups": []}
 
     def _write_olc(self) -> None:
         """A fresh cn=config folder: the base LDIF added, then the replication changes applied (offline)."""
@@ -169,14 +205,15 @@ class Slapd:
             ldif.write_text(text)
             ldif.chmod(0o600)
             result = subprocess.run([_tool(tool), "-n", "0", "-F", str(self.config_dir), "-l", str(ldif)],
-                                    capture_output=True, text=True)
+                                    capture_output=True, text=True, cwd=self.config.directory)
             ldif.unlink()
             if result.returncode != 0:
                 raise SlapdError(f"{tool} -n 0 refused the cn=config form: {result.stderr.strip()}")
 
     def test_config(self) -> None:
-        """``slaptest`` on the written configuration."""
-        result = subprocess.run([_tool("slaptest"), "-u", *self.config_args()], capture_output=True, text=True)
+        """``slaptest`` on the written configuration (as the user slapd will run as)."""
+        result = subprocess.run([_tool("slaptest"), "-u", *self.config_args()], capture_output=True, text=True,
+                                **self._as_user())  # type: ignore[call-overload]
         if result.returncode != 0:
             raise SlapdError(f"slaptest refused {self.config_args()[1]}: {result.stderr.strip()}")
 
@@ -184,7 +221,8 @@ class Slapd:
         """``slapadd -w`` into the (stopped) database: entries before the first start (deploy/slapd/seed.ldif)."""
         self.write_config()
         result = subprocess.run([_tool("slapadd"), "-w", "-b", self.config.suffix, *self.config_args()],
-                                input=ldif, capture_output=True, text=True)
+                                input=ldif, capture_output=True, text=True,
+                                **self._as_user())  # type: ignore[call-overload]
         if result.returncode != 0:
             raise SlapdError(f"slapadd refused the entries: {result.stderr.strip()}")
 
@@ -192,13 +230,26 @@ class Slapd:
         """Start and wait until it listens. ``die_with_parent``: the kernel sends slapd SIGTERM when the
         calling thread's process dies, even by SIGKILL (call it from the main thread: Linux ties this to
         the thread that started the child)."""
+        self.prepare()
+        self.spawn(die_with_parent)
+        self.wait_listening(timeout)
+
+    def prepare(self) -> None:
+        """Write and check the configuration (blocking for a moment: slaptest)."""
         self.write_config()
         self.test_config()
-        log = self.log_file.open("ab")
-        self.process = subprocess.Popen(
-            [find_slapd(), *self.config_args(), "-h", self.config.url + "/", "-d", "0"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_parent_death_signal if die_with_parent else None)
+
+    def spawn(self, die_with_parent: bool = False) -> None:
+        """Execute slapd (as ``config.user`` when set), without waiting for it to listen."""
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(  # type: ignore[call-overload]
+                [find_slapd(), *self.config_args(), "-h", self.config.url + "/", "-d", "0"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_parent_death_signal if die_with_parent else None, **self._as_user())
+
+    def wait_listening(self, timeout: float = 15.0) -> None:
+        """Return once slapd accepts connections; ``SlapdError`` (and slapd stopped) if it exits or stays mute."""
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -239,6 +290,23 @@ def hash_password(secret: str) -> str:
     if result.returncode != 0 or not result.stdout.startswith("{"):
         raise SlapdError(f"slappasswd failed: {result.stderr.strip()}")
     return result.stdout.strip()
+
+
+def unprivileged_user() -> str | None:
+    """Who slapd runs as: nobody to change when we are not root; else ``openldap`` (made by Debian's slapd
+    package) when it exists, or ``nobody``."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("openldap", "nobody"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    raise SlapdError("running as root and neither an openldap nor a nobody user exists to run slapd as")
+
+
+def _ids(user: str) -> tuple[int, int]:
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
 
 
 def _parent_death_signal() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -236,26 +237,27 @@ def test_directory_down_keeps_changes_in_the_outbox_and_converges(ldap_env: Ldap
 def test_slapd_killed_mid_sync_converges_with_nothing_lost(ldap_env: LdapEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     env = ldap_env
     env.import_demo()
-    import directory.ldap.sync as sync_module
+    import directory.ldap.writer as writer_module
+    from directory.ldap.writer import PlanWriter
 
-    monkeypatch.setattr(sync_module, "CHUNK", 10)
+    monkeypatch.setattr(writer_module, "CHUNK", 10)
     calls = 0
-    original = DirectorySync._operations
+    original = PlanWriter._operations
 
-    def killing(self: DirectorySync, plans):  # type: ignore[no-untyped-def]
+    def killing(self: PlanWriter, plans):  # type: ignore[no-untyped-def]
         nonlocal calls
         calls += 1
         if calls == 3:
             env.slapd.kill()  # SIGKILL between two chunks: two chunks are in, the rest is not
         return original(self, plans)
 
-    monkeypatch.setattr(DirectorySync, "_operations", killing)
+    monkeypatch.setattr(PlanWriter, "_operations", killing)
     with pytest.raises(LdapUnavailable):
         env.sync().full()
     env.restart_slapd()
     partial = len(_published(env))
     assert partial > 0
-    monkeypatch.setattr(DirectorySync, "_operations", original)
+    monkeypatch.setattr(PlanWriter, "_operations", original)
     report = env.sync().full()
     assert report.added > 0 and not report.rejected
     values = sorted(v for e in _published(env).values() for v in e["userCertificate;binary"])
@@ -406,8 +408,13 @@ def test_start_tls_with_a_checked_server_certificate(ldap_env: LdapEnv, tmp_path
     env = ldap_env
     ca, cert, key = _tls_files(tmp_path)
     env.slapd.stop()
-    # the same provider configuration with TLS on and password binds/writes refused in clear
-    env.slapd.config.global_extra = (f"TLSCertificateFile {cert}\nTLSCertificateKeyFile {key}\n"
+    # the same provider configuration with TLS on and password binds/writes refused in clear; the server's
+    # files in slapd's own directory (run by root, slapd runs as an unprivileged user that owns it)
+    directory = env.slapd.config.directory
+    for source in (cert, key):
+        shutil.copyfile(source, directory / source.name)
+    server_cert, server_key = ((f.name if env.slapd.config.user else directory / f.name) for f in (cert, key))
+    env.slapd.config.global_extra = (f"TLSCertificateFile {server_cert}\nTLSCertificateKeyFile {server_key}\n"
                                      "security simple_bind=128 update_tls=128")
     env.slapd.start()
     assert env.config.ldap is not None

@@ -10,7 +10,7 @@ from pyasn1.codec.ber import decoder
 
 from directory.ldap import ber, dn
 from directory.ldap.client import Entry
-from directory.ldap.diff import digest, plan
+from directory.ldap.diff import digest, plan, removal
 from directory.ldap.projection import DesiredEntry
 
 TRICKY = ['a,b', 'a+b', 'a"b', 'a\\b', '<a>', 'a;b', 'a=b', '#a', ' a', 'a ', ' ', 'é ü 山', 'a\x00b', '\\2c']
@@ -102,10 +102,17 @@ def test_diff_writes_nothing_for_an_unchanged_entry() -> None:
     assert plan(_desired(b"c1", b"c2"), _actual(b"c2", b"c1", mail="A@B.FR")) is None
 
 
-def test_diff_removes_exactly_the_revoked_value() -> None:
+def test_diff_removes_exactly_the_revoked_value_apart_from_other_changes() -> None:
     p = plan(_desired(b"c1", b"c3"), _actual(b"c1", b"c2", b"c3"))
-    assert p is not None and p.kind == "modify" and not p.add_certificates
-    assert p.changes == [(ber.MOD_DELETE, "userCertificate;binary", (b"c2",))]
+    assert p is not None and p.kind == "modify" and not p.add_certificates and not p.has_other_writes()
+    assert p.changes == [] and removal(p) == (ber.MOD_DELETE, "userCertificate;binary", (b"c2",))
+    # a new mail beside it: the removal stays a write of its own, the mail goes with the other changes
+    p = plan(_desired(b"c1", mail="new@b.fr"), _actual(b"c1", b"c2"))
+    assert p is not None and p.removals == (b"c2",) and p.has_other_writes()
+    assert all(name != "userCertificate;binary" for _, name, _ in p.changes)
+    # an entry that must go loses its certificate values first
+    gone = plan(None, _actual(b"c1", b"c2"))
+    assert gone is not None and gone.kind == "delete" and gone.removals == (b"c1", b"c2")
 
 
 def test_diff_adds_missing_values_and_fixes_attributes() -> None:

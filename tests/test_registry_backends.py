@@ -78,6 +78,47 @@ def test_upserts_replace_and_the_outbox_drains(registry: Registry) -> None:
     assert registry.counts() == {"ca": {"good": 199, "revoked": 1, "on-hold": 0}}
 
 
+def test_refused_entries_keep_their_outbox_rows_as_dead_letters(registry: Registry) -> None:
+    from directory.registry.dead_letters import RETRY_FIRST, LdapRefusal
+
+    registry.ldap_outbox_settle("L", NOW, up_to=registry.ldap_outbox_stats()[1])  # the import's rows: written
+    registry.ldap_project_serials("L", "ca", [("1", "k1", "cn=one", "{}"), ("2", "k1", "cn=one", "{}"),
+                                              ("3", "k3", "cn=three", "{}")])
+    for serial in ("1", "3", "4"):
+        registry.revoke("ca", serial, "keyCompromise")
+    rows = registry.ldap_outbox(100, now=NOW)
+    assert len(rows) == 3 and registry.ldap_outbox_due(NOW)
+    # the entry k1 refused: serial 1's row stays (marked), the others go; an issuer entry refused with no
+    # row of its own gets one
+    times = registry.ldap_outbox_settle("L", NOW, ids=[r[0] for r in rows], refusals=[
+        LdapRefusal("modify cn=one: 21 invalid", dn_key="k1"), LdapRefusal("modify cn=ca: 50 denied", issuer="ca")])
+    assert len(times) == 2  # the status changes of serials 3 and 4 reached the directory
+    count, first = registry.ldap_refused()
+    assert count == 2 and {r["reason"] for r in first} == {"modify cn=one: 21 invalid", "modify cn=ca: 50 denied"}
+    one = registry.publication_facts("ca", "1")
+    assert one["ldap_refused"] == {"reason": "modify cn=one: 21 invalid", "attempts": 1,  # type: ignore[index]
+                                   "next_attempt_at": NOW + RETRY_FIRST}
+    assert registry.publication_facts("ca", "3")["ldap_refused"] is None  # type: ignore[index]
+    # a dead letter waits for its time; refused again, it backs off further; written, it goes
+    assert not registry.ldap_outbox_due(NOW) and registry.ldap_outbox(100, now=NOW) == []
+    later = NOW + RETRY_FIRST
+    due = registry.ldap_outbox(100, now=later)
+    assert len(due) == 2
+    registry.ldap_outbox_settle("L", later, ids=[r[0] for r in due],
+                                refusals=[LdapRefusal("modify cn=one: 21 invalid", dn_key="k1")])
+    again = registry.publication_facts("ca", "1")["ldap_refused"]  # type: ignore[index]
+    assert again["attempts"] == 2 and again["next_attempt_at"] == later + 2 * RETRY_FIRST
+    assert registry.ldap_refused()[0] == 1
+    registry.ldap_outbox_settle("L", later + 100, up_to=registry.ldap_outbox_stats()[1])  # a full pass wrote it
+    assert registry.ldap_refused()[0] == 0 and registry.ldap_outbox_stats()[0] == 0
+    # a full pass's refusal of an entry with no pending row: one is added, on its newest certificate
+    registry.ldap_outbox_settle("L", NOW, up_to=0, refusals=[LdapRefusal("add cn=three: 65", dn_key="k3")])
+    assert registry.publication_facts("ca", "3")["ldap_refused"]["attempts"] == 1  # type: ignore[index]
+    registry.ldap_outbox_settle("L", NOW, up_to=registry.ldap_outbox_stats()[1],
+                                refusals=[LdapRefusal("add cn=x: 65", dn_key="unknown")])
+    assert registry.ldap_outbox_stats()[0] == 0  # an entry the registry does not know: nothing to keep
+
+
 def test_concurrent_writers_keep_one_audit_chain(registry_location: str, registry: Registry) -> None:
     """Four threads with connections of their own, revoking at once: writes are serialised, the chain
     and the status change sequence stay linear."""

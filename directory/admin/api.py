@@ -281,6 +281,10 @@ class AdminComponent:
     def _ldap_state(self, facts: dict[str, Any]) -> dict[str, Any]:
         if self.service.config.ldap is None:
             return {"state": "not configured"}
+        refused = facts.get("ldap_refused")
+        if refused:  # kept in the outbox as a dead letter: never "current" while the directory refuses it
+            return {"state": "refused", "dn": facts.get("ldap_dn"), "reason": refused["reason"],
+                    "attempts": refused["attempts"], "next_attempt": _iso(refused["next_attempt_at"])}
         if facts.get("ldap_pending"):
             return {"state": "pending", "dn": facts.get("ldap_dn")}
         if facts.get("ldap_layout") and facts.get("ldap_dn") is None:

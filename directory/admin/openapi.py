@@ -80,8 +80,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                         "number": {"type": "integer"}, "kind": {"type": "string"},
                         "url": {"type": "string"}, "this_update": _TIME}},
                     "ldap": {"type": "object", "required": ["state"], "properties": {
-                        "state": {"enum": ["current", "pending", "not placed", "not configured"]},
-                        "dn": {"type": ["string", "null"]}}},
+                        "state": {"enum": ["current", "pending", "refused", "not placed", "not configured"]},
+                        "dn": {"type": ["string", "null"]},
+                        "reason": {"type": "string", "description": "refused: what the directory answered"},
+                        "attempts": {"type": "integer"}, "next_attempt": _TIME}},
                 },
             },
         },

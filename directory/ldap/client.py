@@ -13,8 +13,9 @@ import contextlib
 import hashlib
 import socket
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from directory.ldap import ber
@@ -28,6 +29,7 @@ INVALID_CREDENTIALS = 49
 BUSY, UNAVAILABLE = 51, 52
 ALREADY_EXISTS = 68
 _UNAVAILABLE_CODES = {BUSY, UNAVAILABLE, 80}  # 80: "other", what slapd says when its database is not ready
+T = TypeVar("T")
 
 
 class LdapError(RuntimeError):
@@ -84,7 +86,10 @@ class Entry:
     @property
     def attributes(self) -> dict[str, list[bytes]]:
         if self._attributes is None:
-            self._attributes = ber.decode_attributes(self._message, self._start, self._end)
+            try:
+                self._attributes = ber.decode_attributes(self._message, self._start, self._end)
+            except ber.BerError as exc:  # the server sent it: a server we cannot talk to, not a bug of ours
+                raise LdapUnavailable(f"undecodable entry {self.dn!r} from the server: {exc}") from exc
         return self._attributes
 
     def fingerprint(self) -> bytes:
@@ -228,11 +233,7 @@ class LdapClient:
 
     def _next(self) -> tuple[int, int, bytes, int, int, list[tuple[int, int, int]]]:
         msg = self._receive()
-        try:
-            msg_id, tag, start, end, controls = ber.split_message(msg)
-        except (ber.BerError, IndexError) as exc:
-            self.close()
-            raise LdapUnavailable(f"undecodable message from the server: {exc}") from exc
+        msg_id, tag, start, end, controls = self._decode(ber.split_message, msg)
         if msg_id == 0:  # unsolicited notification: notice of disconnection
             self.close()
             raise LdapUnavailable("the server announced it is disconnecting")
@@ -247,7 +248,15 @@ class LdapClient:
         if got != msg_id or tag != expected:
             self.close()
             raise LdapUnavailable(f"unexpected answer (id {got}, tag {tag:#x})")
-        return ber.ldap_result(msg, start, end)
+        return self._decode(ber.ldap_result, msg, start, end)
+
+    def _decode(self, decoder: Callable[..., T], *args: Any) -> T:
+        """A decoder's answer; a message it refuses means a server we cannot talk to: closed, unavailable."""
+        try:
+            return decoder(*args)
+        except ber.BerError as exc:
+            self.close()
+            raise LdapUnavailable(f"undecodable message from the server: {exc}") from exc
 
     # -- operations ----------------------------------------------------------------------------------
     def search(self, base: str, scope: int = ber.SCOPE_SUBTREE, attributes: Sequence[str] = ("*",),
@@ -275,10 +284,10 @@ class LdapClient:
                     self.close()
                     raise LdapUnavailable(f"answer to an unknown request {got}")
                 if tag == ber.SEARCH_ENTRY:
-                    dn, pos, attrs_end = ber.entry_header(msg, start)
+                    dn, pos, attrs_end = self._decode(ber.entry_header, msg, start, end)
                     yield Entry(dn, None, msg, pos, attrs_end)
                 elif tag == ber.SEARCH_DONE:
-                    code, _, message = ber.ldap_result(msg, start, end)
+                    code, _, message = self._decode(ber.ldap_result, msg, start, end)
                     if code == NO_SUCH_OBJECT:
                         return
                     if code in _UNAVAILABLE_CODES:
@@ -290,7 +299,7 @@ class LdapClient:
                                         f'`limits dn.exact="{self.bind_dn}" size=unlimited` (see provider.conf)')
                     if code != SUCCESS:
                         raise LdapError(f"search {base} refused: {code} {message}")
-                    cookie = ber.paged_cookie(msg, ctrls)
+                    cookie = self._decode(ber.paged_cookie, msg, ctrls)
                     break
                 # references are not followed: our branches live in one database
             if not cookie:
@@ -315,11 +324,11 @@ class LdapClient:
                 self.close()
                 raise LdapUnavailable(f"answer to an unknown request {got}")
             if tag == ber.SEARCH_ENTRY:
-                entry_dn, pos, attrs_end = ber.entry_header(msg, start)
+                entry_dn, pos, attrs_end = self._decode(ber.entry_header, msg, start, end)
                 out[dn] = Entry(entry_dn, None, msg, pos, attrs_end)
             elif tag == ber.SEARCH_DONE:
                 del pending[got]
-                code, _, message = ber.ldap_result(msg, start, end)
+                code, _, message = self._decode(ber.ldap_result, msg, start, end)
                 if code == NO_SUCH_OBJECT:
                     out[dn] = None
                 elif code in _UNAVAILABLE_CODES:
@@ -353,7 +362,7 @@ class LdapClient:
             if item is None:
                 self.close()
                 raise LdapUnavailable(f"answer to an unknown request {got}")
-            code, _, message = ber.ldap_result(msg, start, end)
+            code, _, message = self._decode(ber.ldap_result, msg, start, end)
             if code in _UNAVAILABLE_CODES:
                 self.close()
                 raise LdapUnavailable(f"{type(item[1]).__name__.lower()} {item[1].dn}: {code} {message}")

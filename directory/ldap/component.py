@@ -3,6 +3,9 @@
 The sync is CPU work in Python (decoding, diffing); in its own process it never holds the interpreter
 lock that OCSP answers and CRL signing need. The child is restarted (with backoff) if it dies, and
 stopped with SIGTERM (it finishes the chunk it is writing, the outbox keeps the rest).
+
+Writes the directory refused (dead letters in the outbox) are a reason in /readyz: failing it, or only
+named there with ``[ldap] refusals_fail_readiness = false``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from directory.service.app import Service
@@ -40,6 +43,20 @@ class LdapSyncComponent:
                         "ldap", "worker"]
         self._spawn()
         self.task = asyncio.create_task(self._supervise())
+        self.watch_refusals(service)
+
+    def watch_refusals(self, service: Service) -> None:
+        """Name the directory's refusals in /readyz: failing it, or as a warning when so configured."""
+        assert service.config.ldap is not None
+        self.registry = service.registry
+        checks = service.readiness_checks if service.config.ldap.refusals_fail_readiness else \
+            service.readiness_warnings
+        checks["ldap-sync"] = self.refusals
+
+    async def refusals(self) -> str | None:
+        """The writes the directory refused and that wait as dead letters, with the first reason."""
+        count, first = await asyncio.get_running_loop().run_in_executor(None, self.registry.ldap_refused, 1)
+        return refused_text(count, first)
 
     def _spawn(self) -> None:
         # stdout/stderr are the service's: one log stream; the child gets no terminal signals of its own
@@ -79,3 +96,11 @@ class LdapSyncComponent:
             log.error("LDAP sync worker did not stop within 30 s: killed (the outbox keeps its work)")
             process.kill()
             await loop.run_in_executor(None, process.wait)
+
+
+def refused_text(count: int, first: list[dict[str, Any]]) -> str | None:
+    """``2 directory writes refused (kept, retried): modify cn=...: 21 ...``; None when there are none."""
+    if not count:
+        return None
+    reason = f": {first[0]['reason']}" if first else ""
+    return f"{count} directory write{'s' if count != 1 else ''} refused (kept in the outbox, retried){reason}"

@@ -2,7 +2,10 @@
 
 An unchanged entry produces no write at all. A certificate that must go is removed as that one value
 (a modify deleting exactly those bytes), never by rewriting the attribute, so the holder's other
-certificates are untouched even if another writer is at work. Text values compare the way the directory
+certificates are untouched even if another writer is at work. That removal is kept apart from the entry's
+other changes (``Plan.removals``): the sync writes it on its own, first, so that no other value of the
+entry (one the directory refuses, say) can hold a revoked certificate in place; an entry that must go
+loses its certificate values the same way before it is deleted. Text values compare the way the directory
 matches them (case and insignificant spaces ignored); certificates and CRLs compare as bytes.
 """
 
@@ -47,7 +50,12 @@ class Plan:
     changes: list[tuple[int, str, tuple[bytes, ...]]] = field(default_factory=list)
     add_certificates: list[int] = field(default_factory=list)
     attributes: dict[str, list[bytes]] = field(default_factory=dict)  # for "add"
+    removals: tuple[bytes, ...] = ()  # certificate values to delete, written on their own before anything else
     drift: Drift = field(default_factory=Drift)
+
+    def has_other_writes(self) -> bool:
+        """Whether anything is left to write once ``removals`` are done."""
+        return self.kind != "modify" or bool(self.changes or self.add_certificates)
 
 
 def digest(value: bytes) -> bytes:
@@ -78,7 +86,8 @@ def plan(desired: DesiredEntry | None, actual: Entry | None) -> Plan | None:
     if desired is None:
         if actual is None:
             return None
-        return Plan(actual.dn, "delete", drift=Drift(entries_extra=1))
+        certificates = next((v for n, v in actual.attributes.items() if base_name(n) == "usercertificate"), [])
+        return Plan(actual.dn, "delete", removals=tuple(certificates), drift=Drift(entries_extra=1))
     if actual is None:
         attrs = {name: [v.encode() for v in values] for name, values in desired.attributes.items() if values}
         attrs.update({name: list(values) for name, values in desired.binary.items()})
@@ -94,8 +103,7 @@ def plan(desired: DesiredEntry | None, actual: Entry | None) -> Plan | None:
     have = {digest(v): v for v in present.pop("usercertificate", ("", []))[1]}
     missing = [cid for sha, cid in desired.certificates.items() if sha not in have]
     extra = [v for sha, v in have.items() if sha not in desired.certificates]
-    if extra:
-        out.changes.append((ber.MOD_DELETE, CERTIFICATE_ATTRIBUTE, tuple(extra)))
+    out.removals = tuple(extra)
     out.add_certificates = missing
     out.drift.certificates_missing, out.drift.certificates_extra = len(missing), len(extra)
     for key in sorted(set(present) | set(wanted_text) | set(wanted_binary)):
@@ -127,6 +135,11 @@ def plan(desired: DesiredEntry | None, actual: Entry | None) -> Plan | None:
             out.changes.append((ber.MOD_DELETE, present[key][0], gone))
         if new:
             out.changes.append((ber.MOD_ADD, name, new))
-    if not out.changes and not out.add_certificates:
+    if not out.changes and not out.add_certificates and not out.removals:
         return None
     return out
+
+
+def removal(p: Plan) -> tuple[int, str, tuple[bytes, ...]]:
+    """The modify change that deletes ``p``'s certificate values (and nothing else)."""
+    return ber.MOD_DELETE, CERTIFICATE_ATTRIBUTE, p.removals

@@ -4,6 +4,7 @@ A full reconciliation at start and every ``[ldap] reconcile_interval``; in betwe
 as soon as a change is seen (polled every 0.2 s: changes come from the CLI, the admin side, other
 processes), and at least every 30 s for certificates that expire. A directory that is down or stalled is
 retried with capped exponential backoff (0.5 s doubling to 60 s); the outbox keeps every change meanwhile.
+A write the directory refuses leaves its rows as dead letters, taken again when their retry time comes.
 It runs in its own process (``annuaire ldap worker``, started by ``annuaire serve``), so its CPU never
 competes with OCSP answers and CRL signing for the interpreter lock.
 
@@ -66,7 +67,7 @@ class SyncLoop:
                     next_full = now + self.interval
                     next_expiry = now + EXPIRY_CHECK
                     self._done(report)
-                elif engine.registry.ldap_outbox_stats()[0] or now >= next_expiry:
+                elif engine.registry.ldap_outbox_due(int(engine.clock())) or now >= next_expiry:
                     report = engine.incremental(wait=False)
                     next_expiry = now + EXPIRY_CHECK
                     self._done(report)

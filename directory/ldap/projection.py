@@ -18,9 +18,11 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from directory.config import LdapConfig
-from directory.ldap import dn
+from directory.ldap import dn, syntax
 
-PROJECTION_VERSION = "1"  # bump when the mapping below changes: every certificate is projected again
+# bump when the mapping below changes: every certificate is projected again
+# (2: values the directory's syntax refuses are left out)
+PROJECTION_VERSION = "2"
 PERSONNES, STRUCTURES, AC = "Personnes", "Structures", "AC"
 BRANCHES = (AC, PERSONNES, STRUCTURES)
 PERSON_PROFILES = {"authentication", "signature", "encryption"}
@@ -79,6 +81,7 @@ class Projection:
     dn: str
     dn_key: str
     attributes: dict[str, list[str]]
+    omitted: tuple[tuple[str, str, str], ...] = ()  # (attribute, value, reason): left out, the directory refuses it
 
 
 def subject_values(name: x509.Name) -> dict[str, list[str]]:
@@ -98,26 +101,48 @@ def project(der: bytes, profile: str | None, emails: list[str], layout: Layout) 
 
 
 def project_name(name: x509.Name, profile: str | None, emails: list[str], layout: Layout) -> Projection | None:
-    """``project`` for a subject already parsed (at import)."""
+    """``project`` for a subject already parsed (at import).
+
+    Values the directory would refuse (``syntax``: an empty title, a non-ASCII mail, ...) are left out and
+    listed in ``omitted``; the rest of the entry is kept. Naming values are checked the same way: a template
+    whose value is refused is skipped like one whose attribute is missing."""
     if profile in NOT_PUBLISHED:
         return None
-    subject = subject_values(name)
+    omitted: list[tuple[str, str, str]] = []
+    subject = _usable(subject_values(name), omitted)
     first = {k: v[0] for k, v in subject.items()}
-    if emails:
-        first.setdefault("mail", emails[0])
+    mail = next((e for e in emails if syntax.problem("mail", e) is None), None)
+    if mail is not None:
+        first.setdefault("mail", mail)
     person = profile in PERSON_PROFILES if profile in PERSON_PROFILES | STRUCTURE_PROFILES \
         else "serialNumber" in first
     branch, templates = (PERSONNES, layout.person_templates) if person else (STRUCTURES, layout.structure_templates)
-    rdn = next((r for r in (t.render(first) for t in templates) if r is not None), None)
+    rdn = next((r for r in (t.render(first) for t in templates)
+                if r is not None and all(syntax.problem(a, v) is None for a, v in r)), None)
     if rdn is None:
         return None
     attributes = _person(subject, emails) if person else _structure(subject, emails)
+    if "cn" not in attributes:
+        return None  # no name the directory accepts: reported as not placed
     for attr, value in rdn:  # the naming values must be in the entry
         values = attributes.setdefault(_canonical(attr, attributes), [])
         if dn.fold(value) not in {dn.fold(v) for v in values}:
             values.append(value)
     entry_dn = dn.build([rdn]) + "," + layout.branch_dn(branch)
-    return Projection(entry_dn, dn.key(entry_dn), attributes)
+    return Projection(entry_dn, dn.key(entry_dn), syntax.clean(attributes, omitted), tuple(omitted))
+
+
+def _usable(subject: dict[str, list[str]], omitted: list[tuple[str, str, str]]) -> dict[str, list[str]]:
+    """Subject values without the blank ones (so that a blank CN falls back like a missing one). Each
+    target attribute's own syntax is checked later, on the entry (``syntax.clean``)."""
+    out: dict[str, list[str]] = {}
+    for name, values in subject.items():
+        for value in values:
+            if value.strip():
+                out.setdefault(name, []).append(value)
+            else:
+                omitted.append((name, value, "empty" if not value else "blank"))
+    return out
 
 
 def _canonical(attr: str, attributes: dict[str, list[str]]) -> str:
@@ -128,7 +153,10 @@ def _canonical(attr: str, attributes: dict[str, list[str]]) -> str:
 
 
 def _person(subject: dict[str, list[str]], emails: list[str]) -> dict[str, list[str]]:
+    """inetOrgPerson needs cn and sn: without a usable one, no ``cn`` (the caller then places nothing)."""
     cn = subject.get("CN") or [" ".join(subject.get("GN", []) + subject.get("SN", []))]
+    if not cn[0].strip():
+        return {}
     attrs: dict[str, list[str]] = {"objectClass": ["top", "inetOrgPerson", "pkiUser"], "cn": cn,
                                    "sn": subject.get("SN") or cn}
     for source, target in (("GN", "givenName"), ("title", "title"), ("O", "o"), ("OU", "ou"), ("L", "l")):
@@ -217,3 +245,12 @@ def projection_row(projection: Projection | None) -> tuple[str | None, str | Non
     if projection is None:
         return None, None, None
     return projection.dn_key, projection.dn, json.dumps(projection.attributes)
+
+
+def omitted_text(omitted: tuple[tuple[str, str, str], ...]) -> str:
+    """``title '' (empty), mail 'é@x' (not ASCII (IA5String))``: for a warning (values shortened, escaped)."""
+    return ", ".join(f"{name} {_short(value)} ({reason})" for name, value, reason in omitted)
+
+
+def _short(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:40] + "…")

@@ -9,8 +9,10 @@ Three passes, one engine:
   drift (entries or values added, changed or removed by hand, expired certificates, a lost write).
 - ``verify()`` is ``full()`` without writing anything, to LDAP or to the registry.
 
-A write the directory refuses for good (schema violation, ...) is reported and logged as a rejection; it
-does not block the others, and the next full pass tries it again. Connection trouble raises
+Writes go through ``writer.PlanWriter``: certificate values that must leave are removed first, each by a
+modify of its own. A write the directory refuses for good (schema violation, ...) is reported and logged as
+a rejection; it does not block the others, and the outbox rows of its entry stay as dead letters (reason,
+attempts, retried with backoff: ``registry.dead_letters``) until a pass writes it. Connection trouble raises
 ``LdapUnavailable`` and leaves the outbox as it was: the caller retries with backoff.
 """
 
@@ -30,28 +32,16 @@ from directory.config import Config
 from directory.crl.builder import crl_dir
 from directory.crl.files import read_regular
 from directory.ldap import ber, dn
-from directory.ldap.client import (
-    ALREADY_EXISTS,
-    ATTRIBUTE_OR_VALUE_EXISTS,
-    NO_SUCH_ATTRIBUTE,
-    NO_SUCH_OBJECT,
-    Add,
-    Delete,
-    Entry,
-    LdapClient,
-    LdapError,
-    Modify,
-    Operation,
-    OpResult,
-)
+from directory.ldap.client import ALREADY_EXISTS, Add, Entry, LdapClient, LdapError
 from directory.ldap.diff import Drift, Plan, plan
-from directory.ldap.projection import BRANCHES, NOT_PUBLISHED, DesiredEntry, Layout, ca_entry, project
+from directory.ldap.projection import BRANCHES, NOT_PUBLISHED, DesiredEntry, Layout, ca_entry, omitted_text, project
+from directory.ldap.writer import PlanWriter
 from directory.ops import histogram
+from directory.registry.dead_letters import LdapRefusal
 from directory.registry.store import Registry
 
 log = logging.getLogger(__name__)
-RACE_CODES = {ALREADY_EXISTS, NO_SUCH_OBJECT, ATTRIBUTE_OR_VALUE_EXISTS, NO_SUCH_ATTRIBUTE}
-CHUNK = 2000  # entries planned, fetched and written per round
+CHUNK = 2000  # entries planned and fetched per round (writes: writer.CHUNK)
 FULL_THRESHOLD = 20000  # an outbox deeper than this is cheaper to settle with one full pass
 
 
@@ -113,6 +103,7 @@ class DirectorySync:
         self.stop_requested: Callable[[], bool] = lambda: False
         self._unplaced: set[int] = set()  # certificates of the last projection no template could place
         self._verified: dict[str, tuple[int, bytes]] = {}  # entry key -> (registry inputs, directory bytes)
+        self.writer = PlanWriter(self.client, registry.certificate_ders, self._replan, self._check_stop)
 
     def _check_stop(self) -> None:
         if self.stop_requested():
@@ -184,9 +175,9 @@ class DirectorySync:
             for p in plans:
                 report.drift.add(p.drift)
             if not dry_run:
-                self._execute(plans, report, progress)
-                changed_at = self.registry.ldap_outbox_times(up_to=top)
-                self.registry.ldap_outbox_done(up_to=top)
+                self.writer.write(plans, report, progress)
+                changed_at = self.registry.ldap_outbox_settle(self.layout.digest, now, up_to=top,
+                                                              refusals=self._refusals(report))
                 report.outbox_done = depth
                 self.registry.state_set({"layout": self.layout.digest, "expired_checked": str(now),
                                          "last_full": str(now), "last_full_drift": str(report.drift.total()),
@@ -220,7 +211,7 @@ class DirectorySync:
         started = time.monotonic()
         with self._locked(wait):
             now = int(self.clock())
-            rows = self.registry.ldap_outbox(limit)
+            rows = self.registry.ldap_outbox(limit, now=now)  # dead letters wait for their retry time
             checked = int(self.registry.state_get("expired_checked") or now)
             certificate_ids = {cid for _, _, cid in rows if cid is not None}
             certificate_ids.update(self.registry.expired_between(checked, now))
@@ -245,9 +236,9 @@ class DirectorySync:
                 plans = [p for key in targets if (p := plan(desired.get(key), by_key.get(key))) is not None]
                 for p in plans:
                     report.drift.add(p.drift)
-                self._execute(plans, report, None)
-            changed_at = self.registry.ldap_outbox_times(ids=[row[0] for row in rows])
-            self.registry.ldap_outbox_done(ids=[row[0] for row in rows])
+                self.writer.write(plans, report)
+            changed_at = self.registry.ldap_outbox_settle(self.layout.digest, now, ids=[row[0] for row in rows],
+                                                          refusals=self._refusals(report))
             report.outbox_done = len(rows)
             self.registry.state_set({"expired_checked": str(now), "last_incremental": str(now),
                                      **self._visibility(changed_at)})
@@ -273,6 +264,9 @@ class DirectorySync:
                 except ValueError as exc:
                     log.error("certificate id %d cannot be projected onto the directory: %s", cid, exc)
                     p = None
+                if p is not None and p.omitted:
+                    log.warning("certificate id %d: values left out of %s (the directory would refuse them): %s",
+                                cid, p.dn, omitted_text(p.omitted))
                 if p is None and profile not in NOT_PUBLISHED:
                     self._unplaced.add(cid)
                 row = (cid, p.dn_key, p.dn, json.dumps(p.attributes)) if p else (cid, None, None, None)
@@ -355,82 +349,24 @@ class DirectorySync:
                 if result.code not in (0, ALREADY_EXISTS):
                     raise LdapError(f"cannot create {entry_dn}: {result.code} {result.message}")
 
-    def _execute(self, plans: list[Plan], report: SyncReport, progress: Callable[[int, int], None] | None) -> None:
-        """Write the plans in chunks (certificate bytes fetched per chunk); retry once what raced."""
-        deletes = sorted((p for p in plans if p.kind == "delete"), key=lambda p: -p.dn.count(","))
-        others = [p for p in plans if p.kind != "delete"]
-        done = 0
-        for batch in [deletes[i:i + CHUNK] for i in range(0, len(deletes), CHUNK)] + \
-                     [others[i:i + CHUNK] for i in range(0, len(others), CHUNK)]:
-            self._check_stop()
-            results = self.client.apply(self._operations(batch))
-            retry = []
-            for p, result in zip(batch, results, strict=True):
-                if result.ok:
-                    self._count(p, report)
-                elif result.code in RACE_CODES:
-                    retry.append(p)
-                else:
-                    self._reject(p, result, report)
-            if retry:
-                self._retry(retry, report)
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(plans))
-
-    def _retry(self, plans: list[Plan], report: SyncReport) -> None:
-        """Someone else wrote meanwhile: read again, diff again, write once more."""
+    def _replan(self, plans: list[Plan]) -> list[Plan | None]:
+        """Someone else wrote meanwhile: read those entries again and plan them again (None: nothing left)."""
         now = int(self.clock())
-        keys = [dn.key(p.dn) for p in plans]
-        desired = {**self._ca_entries(), **self._desired_entries(now, keys)}
+        desired = {**self._ca_entries(), **self._desired_entries(now, [dn.key(p.dn) for p in plans])}
         actual = self.client.read([p.dn for p in plans])
-        again = []
-        for p in plans:
-            entry = actual.get(p.dn)
-            second = plan(desired.get(dn.key(p.dn)), entry)
-            if second is not None:
-                again.append(second)
-            else:
-                self._count(p, report)
-        for p, result in zip(again, self.client.apply(self._operations(again)), strict=True):
-            if result.ok:
-                self._count(p, report)
-            else:
-                self._reject(p, result, report)
+        return [plan(desired.get(dn.key(p.dn)), actual.get(p.dn)) for p in plans]
 
-    def _operations(self, plans: list[Plan]) -> list[Operation]:
-        wanted = [cid for p in plans for cid in p.add_certificates]
-        ders = self.registry.certificate_ders(wanted) if wanted else {}
-        ops: list[Operation] = []
-        for p in plans:
-            certs = [ders[cid] for cid in p.add_certificates if cid in ders]
-            if p.kind == "delete":
-                ops.append(Delete(p.dn))
-            elif p.kind == "add":
-                attrs = dict(p.attributes)
-                if certs:
-                    attrs["userCertificate;binary"] = certs
-                ops.append(Add(p.dn, attrs))
-            else:
-                changes = list(p.changes)
-                if certs:
-                    changes.append((ber.MOD_ADD, "userCertificate;binary", tuple(certs)))
-                ops.append(Modify(p.dn, tuple(changes)))
-        return ops
-
-    @staticmethod
-    def _count(p: Plan, report: SyncReport) -> None:
-        if p.kind == "add":
-            report.added += 1
-        elif p.kind == "delete":
-            report.deleted += 1
-        else:
-            report.modified += 1
-
-    @staticmethod
-    def _reject(p: Plan, result: OpResult, report: SyncReport) -> None:
-        log.error("directory refused to %s %s: %d %s", p.kind, p.dn, result.code, result.message)
-        report.rejected.append({"dn": p.dn, "operation": p.kind, "code": result.code, "message": result.message})
+    def _refusals(self, report: SyncReport) -> list[LdapRefusal]:
+        """The entries the directory refused, as the registry keeps them (CA entries by issuer)."""
+        if not report.rejected:
+            return []
+        issuers = {dn.key(self.layout.ca_dn(name)): name for name, *_ in self.registry.issuer_certificates()}
+        out: dict[str, LdapRefusal] = {}
+        for item in report.rejected:
+            key = str(item["key"])
+            reason = f"{item['operation']} {item['dn']}: {item['code']} {item['message']}".strip()
+            out.setdefault(key, LdapRefusal(reason, dn_key=None if key in issuers else key, issuer=issuers.get(key)))
+        return list(out.values())
 
 
 Row = tuple[str, str, str, int, str, int]  # dn_key, dn, attributes JSON, certificate id, sha256, not_before

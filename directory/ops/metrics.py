@@ -189,6 +189,8 @@ class ServiceCollector:
         yield gauge("annuaire_ldap_drift_found", "Differences found by the last verify",
                     _int(state["last_verify_drift"]))
         yield gauge("annuaire_ldap_sync_failures", "Consecutive failed sync attempts", _int(state["failures"]))
+        yield gauge("annuaire_ldap_refused", "Outbox rows whose write the directory refused (kept, retried with "
+                    "backoff)", registry.ldap_refused(0)[0])
         last = max(_int(state["last_full"]), _int(state["last_incremental"]))
         yield gauge("annuaire_ldap_last_sync_timestamp_seconds", "When the last sync pass ended", last)
 

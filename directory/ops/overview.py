@@ -93,6 +93,7 @@ def _directory(config: Config, registry: Registry, now: float, problems: list[Pr
         return int(value) if value not in (None, "") else None
 
     lag = max(0, int(now - oldest)) if oldest is not None else 0
+    refused, refusals = registry.ldap_refused(5)
     last_error = registry.state_get("last_error") or None
     failures = number("failures") or 0
     state = {
@@ -107,11 +108,17 @@ def _directory(config: Config, registry: Registry, now: float, problems: list[Pr
         "lag_seconds": lag,
         "last_error": last_error,
         "failures": failures,
+        "refused": refused,
+        "refusals": refusals,
     }
     if state["last_full"] is None:
         problems.append(Problem("ldap", "the directory has not been synchronised yet"))
     if failures:
         problems.append(Problem("ldap", f"sync failing ({failures} attempts): {last_error}"))
+    if refused:
+        first = refusals[0] if refusals else {}
+        problems.append(Problem("ldap", f"{refused} directory write{'s' if refused != 1 else ''} refused, kept "
+                                        f"and retried: {first.get('reason', '')}"))
     if lag > LDAP_LAG_WARNING:
         problems.append(Problem("ldap", f"{depth} changes waiting, the oldest for {lag} s"))
     if state["last_verify_drift"]:

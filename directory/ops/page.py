@@ -202,7 +202,18 @@ def _directory(d: dict[str, Any], now: int) -> str:
             f"<dt>Last change applied</dt><dd>{since(d['last_incremental'])}</dd>"
             f"<dt>Changes waiting</dt><dd>{d['outbox_depth']}"
             + (f" (oldest {age_in_words(d['lag_seconds'])})" if d["outbox_depth"] else "") + "</dd>"
+            + _refusals(d) +
             f"<dt>Last verification</dt><dd>{verify}</dd></dl></section>")
+
+
+def _refusals(d: dict[str, Any]) -> str:
+    """The writes the directory refused (kept in the outbox, retried), the oldest few with their reason."""
+    if not d.get("refused"):
+        return ""
+    items = "".join(f"<li><code>{escape(r['dn'] or r['issuer'])}</code>: {escape(r['reason'])} "
+                    f"({r['attempts']} attempts)</li>" for r in d.get("refusals", []))
+    return (f'<dt>Writes refused</dt><dd><span class="state-bad">{d["refused"]} refused by the directory, '
+            f"kept and retried</span><ul>{items}</ul></dd>")
 
 
 def _local(url: str) -> str:

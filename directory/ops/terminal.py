@@ -75,6 +75,9 @@ def print_overview(data: dict[str, Any], stream: TextIO = sys.stdout) -> None:
         if d["outbox_depth"]:
             waiting += f", oldest {age_in_words(d['lag_seconds'])}"
         out.append(f"  waiting      {paint('warn' if d['outbox_depth'] else 'ok', waiting)}")
+        if d.get("refused"):
+            out.append("  refused      " + paint("bad", f"{d['refused']} kept and retried"))
+            out += [f"    {r['dn'] or r['issuer']}: {r['reason']}" for r in d.get("refusals", [])]
         if d["last_verify"] is not None:
             drift = d["last_verify_drift"] or 0
             out.append(f"  last verify  {_when(d['last_verify'])}: "

@@ -174,3 +174,14 @@ MIGRATIONS.append((
     "OCSP: persisted answers whose CertID is not the canonical one for their issuer, serial and hash are dropped",
     "",  # the check is the responder's own rule (ocsp.cert_id), run by the registry's backfill for 7
 ))
+
+MIGRATIONS.append((
+    8,
+    "LDAP dead letters: a write the directory refused keeps its outbox row, with the reason and a retry time",
+    """
+    ALTER TABLE ldap_outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ldap_outbox ADD COLUMN last_error TEXT;
+    ALTER TABLE ldap_outbox ADD COLUMN next_attempt_at INTEGER;
+    CREATE INDEX ldap_outbox_certificate ON ldap_outbox (certificate_id);
+    """,
+))

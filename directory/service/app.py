@@ -54,6 +54,8 @@ class Service:
     scheduler: AsyncIOScheduler
     components: list[Component] = field(default_factory=list)
     readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+    # reasons /readyz names without failing (a part configured not to take the node out of rotation)
+    readiness_warnings: dict[str, ReadinessCheck] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     connections: ConnectionGate = field(default_factory=lambda: ConnectionGate(1))
     admin_connections: ConnectionGate | None = None  # the admin listener's gate, when it runs
@@ -87,14 +89,24 @@ class Service:
             await asyncio.get_running_loop().run_in_executor(None, self.registry.ping)
         except RegistryError as exc:
             problems["registry"] = str(exc)
-        for name, check in self.readiness_checks.items():
-            try:
-                problem = await check()
-            except Exception as exc:  # a failing check is a reason, not a crash
-                problem = f"{type(exc).__name__}: {exc}"
-            if problem:
-                problems[name] = problem
+        problems.update(await _run_checks(self.readiness_checks))
         return problems
+
+    async def warnings(self) -> dict[str, str]:
+        """Reasons named by /readyz that do not make it fail."""
+        return await _run_checks(self.readiness_warnings)
+
+
+async def _run_checks(checks: dict[str, ReadinessCheck]) -> dict[str, str]:
+    problems: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            problem = await check()
+        except Exception as exc:  # a failing check is a reason, not a crash
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem:
+            problems[name] = problem
+    return problems
 
 
 @web.middleware
@@ -127,9 +139,11 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _readyz(request: web.Request) -> web.Response:
     service: Service = request.app["service"]
     problems = await service.readiness()
+    warnings = await service.warnings()
+    extra = {"warnings": warnings} if warnings else {}
     if problems:
-        return web.json_response({"status": "not ready", "problems": problems}, status=503)
-    return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready", "problems": problems, **extra}, status=503)
+    return web.json_response({"status": "ready", **extra})
 
 
 def build_service(config: Config, components: list[Component] | None = None) -> Service:
