@@ -29,7 +29,7 @@ def config_with_data_dir(demo_dir: Path, work: Path) -> Path:
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
     text = (demo_dir / "annuaire.toml").read_text().replace('data_dir = "data"', f'data_dir = "{data}"')
-    for rel in ("hsm/pin", "hsm/softhsm2.conf", "secrets/ldap-password"):
+    for rel in ("hsm/pin", "hsm/softhsm2.conf", "secrets/ldap-password", "secrets/admin-token"):
         text = text.replace(f'"{rel}"', f'"{demo_dir / rel}"')
     config = work / "annuaire.toml"
     config.write_text(text.replace('certificate = "ca/', f'certificate = "{demo_dir}/ca/'))

@@ -168,3 +168,14 @@ MIGRATIONS.append((
     ALTER TABLE crls ADD COLUMN der BLOB;
     """,
 ))
+
+MIGRATIONS.append((
+    9,
+    "Publication checker: its small state (rolling-sample cursor and last report per node)",
+    """
+    CREATE TABLE check_state (
+        name   TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    """,
+))

@@ -51,6 +51,8 @@ class Service:
     scheduler: AsyncIOScheduler
     components: list[Component] = field(default_factory=list)
     readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+    # reasons /readyz lists without failing (e.g. the publication checker unless [check] fail_readiness)
+    readiness_notes: dict[str, ReadinessCheck] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     connections: ConnectionGate = field(default_factory=lambda: ConnectionGate(1))
 
@@ -82,14 +84,24 @@ class Service:
             await asyncio.get_running_loop().run_in_executor(None, self.registry.ping)
         except RegistryError as exc:
             problems["registry"] = str(exc)
-        for name, check in self.readiness_checks.items():
-            try:
-                problem = await check()
-            except Exception as exc:  # a failing check is a reason, not a crash
-                problem = f"{type(exc).__name__}: {exc}"
-            if problem:
-                problems[name] = problem
+        problems.update(await _reasons(self.readiness_checks))
         return problems
+
+    async def notes(self) -> dict[str, str]:
+        """Reasons shown by /readyz that do not make the service unready."""
+        return await _reasons(self.readiness_notes)
+
+
+async def _reasons(checks: dict[str, ReadinessCheck]) -> dict[str, str]:
+    reasons: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            problem = await check()
+        except Exception as exc:  # a failing check is a reason, not a crash
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem:
+            reasons[name] = problem
+    return reasons
 
 
 @web.middleware
@@ -122,9 +134,11 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _readyz(request: web.Request) -> web.Response:
     service: Service = request.app["service"]
     problems = await service.readiness()
+    notes = await service.notes()
+    extra = {"notes": notes} if notes else {}
     if problems:
-        return web.json_response({"status": "not ready", "problems": problems}, status=503)
-    return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready", "problems": problems, **extra}, status=503)
+    return web.json_response({"status": "ready", **extra})
 
 
 def build_service(config: Config, components: list[Component] | None = None) -> Service:
