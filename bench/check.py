@@ -110,9 +110,9 @@ def crl_parse(entries: int) -> dict[str, object]:
              0, not_after) for i in range(1, entries + 1)]
     db.executemany("INSERT INTO certificates (id, issuer_id, serial_hex, status, revocation_time, reason, serial_low, "
                    "imported_at, updated_at, not_after) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+    entry_rows = [(issuer_id, r[0], not_after, r[6], der.revoked_entry(base + r[0], revoked_at, 1)) for r in rows]
     db.executemany("INSERT INTO crl_entries (issuer_id, certificate_id, not_after, serial_low, entry_der) "
-                   "VALUES (?,?,?,?,?)", [(issuer_id, r[0], not_after, r[6], der.revoked_entry(base + r[0], revoked_at, 1))
-                                          for r in rows])
+                   "VALUES (?,?,?,?,?)", entry_rows)
     db.commit()
     db.close()
     subprocess.run([sys.executable, "-m", "directory.cli", "crl", "build", "--config", str(config_path), "--issuer",

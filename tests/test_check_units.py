@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,8 +112,9 @@ def test_ocsp_answers_a_client_must_reject_are_problems(pki: dict) -> None:
 
 def _crl(pki: dict, number: int, entries: list[tuple[int, x509.ReasonFlags]], base: int | None = None,
          signer: str = "ca", issuer: str = "CA") -> bytes:
-    builder = (x509.CertificateRevocationListBuilder().issuer_name(_name(issuer)).last_update(NOW - dt.timedelta(minutes=5))
-               .next_update(NOW + dt.timedelta(days=1)).add_extension(x509.CRLNumber(number), critical=False))
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(_name(issuer))
+               .last_update(NOW - dt.timedelta(minutes=5)).next_update(NOW + dt.timedelta(days=1))
+               .add_extension(x509.CRLNumber(number), critical=False))
     if base is not None:
         builder = builder.add_extension(x509.DeltaCRLIndicator(base), critical=True)
     for serial, reason in entries:
@@ -193,3 +196,27 @@ def _read_answer(status: object, problem: str | None = None):
     from directory.check.ocsp_probe import Answer
 
     return Answer(Variant("GET", "sha1", False), status=status, problem=problem)  # type: ignore[arg-type]
+
+
+def test_check_section_defaults_and_errors(private_config: Path) -> None:
+    from directory.config import ConfigError, load_config
+
+    text = private_config.read_text()
+    default = load_config(private_config).check
+    assert default.enabled and default.interval == 10 and default.full_cycle == 86400 and not default.fail_readiness
+    private_config.write_text(text + '\n[check]\ninterval = "30s"\nfull_cycle = "12h"\nfail_readiness = true\n'
+                              'url = "https://ocsp.example.org/"\nldap_bind = "service"\n')
+    check = load_config(private_config).check
+    assert (check.interval, check.full_cycle, check.fail_readiness, check.url, check.ldap_bind) == (
+        30, 43200, True, "https://ocsp.example.org", "service")
+    for bad, key in (("interval = 0", "check.interval"), ('full_cycle = "5s"\ninterval = 10', "check.full_cycle"),
+                     ('url = "ftp://x"', "check.url"), ('ldap_bind = "root"', "check.ldap_bind"),
+                     ("sample = 3", "check.sample"), ('recent = "2d"', "check.recent")):
+        private_config.write_text(text + f"\n[check]\n{bad}\n")
+        with pytest.raises(ConfigError) as info:
+            load_config(private_config)
+        assert info.value.key == key, (bad, info.value)
+    private_config.write_text(text)
+    result = subprocess.run([sys.executable, "-m", "directory.cli", "check", "publication", "-c", str(private_config),
+                             "--url", "gopher://x"], capture_output=True, text=True)
+    assert result.returncode == 2 and "--url" in result.stderr
