@@ -220,3 +220,39 @@ def test_check_section_defaults_and_errors(private_config: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "directory.cli", "check", "publication", "-c", str(private_config),
                              "--url", "gopher://x"], capture_output=True, text=True)
     assert result.returncode == 2 and "--url" in result.stderr
+
+
+def test_registry_reads_on_both_backends(registry_location: str) -> None:
+    import json as json_
+
+    from directory.certinfo import CertificateInfo
+    from directory.registry import Registry
+    from directory.registry.checks import CheckReads, recent_reports
+
+    now = 1_900_000_000
+    registry = Registry(registry_location, clock=lambda: float(now))
+    try:
+        registry.ensure_issuer("ca", b"subject", b"cert")
+        registry.import_certificates("ca", [CertificateInfo(n, format(n, "x"), f"CN=u{n}", (), (), None, now - 86400,
+                                                            now + 86400, b"\x30\x03\x02\x01" + bytes([n]),
+                                                            f"{n:064x}", "authentication") for n in range(1, 11)])
+        reads = CheckReads(registry, "layout")
+        before = reads.first_change_since(now - 60)
+        registry.revoke("ca", "3", "keyCompromise", at=now - 10, invalidity_date=now - 100)
+        registry.ocsp_store([("ca", "4", "sha256", now, now + 60, b"answer")])
+        ids = reads.next_ids(0, 100)
+        assert len(ids) == 10 and reads.next_ids(ids[7], 5) == ids[8:] and reads.certificate_count() == 10
+        facts = reads.facts(ids)
+        three = next(f for f in facts.values() if f.serial_hex == "3")
+        assert (three.status, three.reason, three.revocation_time, three.invalidity_date, three.changed_at) == (
+            "revoked", "keyCompromise", now - 10, now - 100, now)
+        assert three.has_der and three.placed is None and not three.sha256_answer
+        assert next(f for f in facts.values() if f.serial_hex == "4").sha256_answer
+        assert [(cid, at) for _, cid, at in reads.changes_after(before)] == [(three.id, float(now))]
+        assert reads.ids_of("ca", ["3", "99"]) == [three.id]
+        reads.state_set({"cursor:n": "5", "report:n": json_.dumps({"at": now - 10, "text": "x"})})
+        reads.state_set({"cursor:n": "6", "report:old": json_.dumps({"at": now - 1000, "text": "y"})})
+        assert reads.state_get("cursor:n") == "6" and reads.state_get("nothing") is None
+        assert [r["text"] for r in recent_reports(registry, 120, now)] == ["x"]
+    finally:
+        registry.close()
