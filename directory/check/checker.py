@@ -35,8 +35,11 @@ from directory.registry import Registry
 from directory.registry.checks import REPORT_PREFIX, CertificateFacts, CheckReads
 
 log = logging.getLogger(__name__)
-RECENT_LIMIT = 500  # recently changed certificates looked at per cycle (the newest first)
-SUSPECT_LIMIT = 500  # certificates that disagreed, looked at again per cycle
+RECENT_LIMIT = 200  # recently changed certificates looked at per cycle (the longest unseen first)
+SUSPECT_LIMIT = 200  # certificates that disagreed, looked at again per cycle
+# certificates per cycle asked about with every OCSP variant: a SHA-256 CertID nobody asked for goes with a
+# nonce (signed live, not cached), so this bounds the HSM signatures the checker costs
+THOROUGH_LIMIT = 10
 MAX_FINDINGS = 10_000  # disagreements remembered (beyond: counted, not kept)
 REPORT_EVERY = 30.0  # seconds between two writes of an unchanged report to the registry
 FULL = (Variant("GET", "sha1", False), Variant("POST", "sha1", False))
@@ -64,7 +67,7 @@ class Outcome:
     findings: list[Finding]
     troubles: list[Trouble]
     certificates: int
-    looked: set[tuple[str, str, str]] = field(default_factory=set)  # (channel, issuer, serial) judged
+    looked: set[tuple[str, str, str, str | None]] = field(default_factory=set)  # channel, issuer, serial, where
     ids: dict[tuple[str, str], int] = field(default_factory=dict)  # (issuer, serial) -> certificate id
 
 
@@ -89,8 +92,10 @@ class PublicationChecker:
         self.node = f"{socket.gethostname()}:{config.http.port}"
         self.stats = CheckStats()
         self.current: dict[tuple[str, str, str, str], Finding] = {}
-        self.suspects: dict[int, float] = {}  # certificate id -> first seen disagreeing
+        self.suspects: dict[int, tuple[str, str]] = {}  # certificate id -> (issuer, serial) disagreeing now
         self.recent: dict[int, float] = {}  # certificate id -> time of its latest status change
+        self._looked: dict[int, float] = {}  # recent and suspect certificates -> when last looked at
+        self._thorough: dict[int, float] = {}  # recent certificates -> the change their every-variant look saw
         self.troubles: list[Trouble] = []
         self.failing: set[tuple[str, str]] = set()  # (channel, issuer) that did not answer at the last look
         # what readers on other threads see (metrics, /readyz): replaced whole, never mutated
@@ -101,6 +106,7 @@ class PublicationChecker:
         self._cursor: int | None = None
         self._count: tuple[float, int] = (0.0, 0)
         self._reported: tuple[float, str] = (0.0, "")
+        self._subjects: set[tuple[str, str, str]] = set()
 
     # -- one look at a set of certificates -------------------------------------------------------------
     def check(self, ids: Sequence[int], thorough: Iterable[int] = ()) -> Outcome:
@@ -139,12 +145,14 @@ class PublicationChecker:
                                                self.settings, ldap_where, now)
                 if verdict is not None:
                     findings.append(verdict)
-        looked = {("ocsp", f.issuer, f.serial_hex) for cid, f in after.items()
-                  if any(a.trouble is None for a in answers.get(cid, ()))}
-        looked |= {("crl", f.issuer, f.serial_hex) for f in after.values()}
-        looked |= {("ldap", f.issuer, f.serial_hex) for f in after.values() if present and f.issuer in present}
+        # what was looked at: OCSP per variant answered, the other channels per certificate
+        looked: set[tuple[str, str, str, str | None]] = {
+            ("ocsp", f.issuer, f.serial_hex, str(a.variant)) for cid, f in after.items()
+            for a in answers.get(cid, ()) if a.trouble is None}
+        looked |= {("crl", f.issuer, f.serial_hex, None) for f in after.values()}
+        looked |= {("ldap", f.issuer, f.serial_hex, None) for f in after.values() if present and f.issuer in present}
         for channel in CHANNELS:
-            self.stats.checked[channel] += sum(1 for c, _, _ in looked if c == channel)
+            self.stats.checked[channel] += len({(i, s) for c, i, s, _ in looked if c == channel})
         for trouble in troubles:
             self.stats.troubles[trouble.channel] += 1
         self.stats.crl_parses = self.crl.parses
@@ -193,15 +201,26 @@ class PublicationChecker:
         started, cpu = time.monotonic(), time.thread_time()
         now = self.clock()
         self._follow_changes(now)
-        recent = sorted(self.recent, key=self.recent.__getitem__, reverse=True)[:RECENT_LIMIT]
-        suspects = sorted(self.suspects, key=self.suspects.__getitem__)[:SUSPECT_LIMIT]
-        sample = self._next_sample(now)
-        ids = list(dict.fromkeys([*recent, *suspects, *sample]))
+        looked = self._looked
+        recent = sorted(self.recent, key=lambda c: looked.get(c, 0.0))[:RECENT_LIMIT]
+        suspects = sorted(self.suspects, key=lambda c: looked.get(c, 0.0))[:SUSPECT_LIMIT]
+        ids = list(dict.fromkeys([*recent, *suspects, *self._next_sample(now)]))
+        # every OCSP variant: once per change when its grace is over, and for OCSP disagreements until cleared
+        ocsp_suspects = {cid for cid in suspects if ("ocsp", *self.suspects[cid]) in self._subjects}
+        due = [c for c in recent if self._thorough.get(c) != self.recent[c]
+               and now - self.recent[c] > self.settings.ocsp_grace]
+        thorough = list(dict.fromkeys([*ocsp_suspects, *due]))[:THOROUGH_LIMIT]
         try:
-            outcome = self.check(ids, thorough=[*recent, *suspects])
+            outcome = self.check(ids, thorough)
         finally:
             self.http.close()  # no slot of the listener's connection cap held between cycles
+        for cid in thorough:
+            if cid in self.recent:
+                self._thorough[cid] = self.recent[cid]
         self._settle(outcome)
+        keep = self.recent.keys() | self.suspects.keys()
+        self._looked = {c: t for c, t in looked.items() if c in keep} | {c: now for c in ids if c in keep}
+        self._thorough = {c: t for c, t in self._thorough.items() if c in self.recent}
         self.stats.cycles += 1
         self.stats.cpu_seconds += time.thread_time() - cpu
         self.stats.last_cycle, self.stats.last_seconds = self.clock(), time.monotonic() - started
@@ -236,7 +255,9 @@ class PublicationChecker:
         """Replace what we knew about the certificates just judged; log what appeared and what cleared."""
         fresh = {(*f.subject, f.where): f for f in outcome.findings}
         for key, finding in list(self.current.items()):
-            if key not in fresh and (finding.serial_hex is None or finding.subject in outcome.looked):
+            looked = outcome.looked
+            seen_again = (*finding.subject, None) in looked or (*finding.subject, finding.where) in looked
+            if key not in fresh and (finding.serial_hex is None or seen_again):
                 del self.current[key]
                 log.info("publication agrees again: %s", finding.text(), extra=_extra(finding))
         for key, finding in fresh.items():
@@ -247,11 +268,11 @@ class PublicationChecker:
                 continue
             self.current[key] = finding
             log.error("publication mismatch: %s", finding.text(), extra=_extra(finding))
+        self._subjects = {f.subject for f in self.current.values()}
         bad = {(f.issuer, f.serial_hex) for f in self.current.values() if f.serial_hex}
         judged = set(outcome.ids.values())
-        now = self.clock()
-        suspects = {cid: t for cid, t in self.suspects.items() if cid not in judged}
-        suspects.update({cid: self.suspects.get(cid, now) for key, cid in outcome.ids.items() if key in bad})
+        suspects = {cid: key for cid, key in self.suspects.items() if cid not in judged}
+        suspects.update({cid: key for key, cid in outcome.ids.items() if key in bad})
         self.suspects = suspects
         failing = {(t.channel, t.issuer) for t in outcome.troubles}
         for trouble in outcome.troubles:
