@@ -42,7 +42,7 @@ SUSPECT_LIMIT = 200  # certificates that disagreed, looked at again per cycle
 THOROUGH_LIMIT = 10
 MAX_FINDINGS = 10_000  # disagreements remembered (beyond: counted, not kept)
 REPORT_EVERY = 30.0  # seconds between two writes of an unchanged report to the registry
-FULL = (Variant("GET", "sha1", False), Variant("POST", "sha1", False))
+SHA1 = (Variant("GET", "sha1", False), Variant("POST", "sha1", False))
 
 
 def default_url(config: Config) -> str:
@@ -102,6 +102,7 @@ class PublicationChecker:
         self.snapshot: tuple[dict[str, int], tuple[Finding, ...]] = (dict.fromkeys(CHANNELS, 0), ())
         self.dropped = 0
         self.stopping = threading.Event()
+        self.both_methods = False  # the sample by GET and by POST (`annuaire check publication`), not alternately
         self._seq: int | None = None
         self._cursor: int | None = None
         self._count: tuple[float, int] = (0.0, 0)
@@ -159,12 +160,18 @@ class PublicationChecker:
         return Outcome(findings, troubles, len(after), looked, {(f.issuer, f.serial_hex): c for c, f in after.items()})
 
     def _variants(self, facts: CertificateFacts, thorough: bool) -> list[Variant]:
-        sha256 = [Variant("GET", "sha256", not facts.sha256_answer)]
+        """Thorough: GET and POST, SHA-1 and SHA-256. The sample: the SHA-1 CertID RFC 5019 clients send (by GET
+        or by POST, alternately: both reach the same pre-signed answer), and SHA-256 only when a client asked
+        for it (asking would make the responder sign and keep one more answer nobody uses)."""
         if thorough:
-            sha256.append(Variant("POST", "sha256", not facts.sha256_answer))
-        elif not facts.sha256_answer:
-            sha256 = []  # nobody asked for it with SHA-256: asking would make the responder cache one more
-        return [*FULL, *sha256]
+            nonce = not facts.sha256_answer
+            return [*SHA1, Variant("GET", "sha256", nonce), Variant("POST", "sha256", nonce)]
+        if self.both_methods:
+            return [*SHA1] + ([Variant("GET", "sha256", False)] if facts.sha256_answer else [])
+        sample = [SHA1[facts.id % 2]]
+        if facts.sha256_answer:
+            sample.append(Variant(SHA1[1 - facts.id % 2].method, "sha256", False))
+        return sample
 
     def _directory(self, facts: Iterable[CertificateFacts],
                    troubles: list[Trouble]) -> tuple[dict[str, set[int]] | None, str]:
@@ -275,6 +282,8 @@ class PublicationChecker:
         suspects.update({cid: key for key, cid in outcome.ids.items() if key in bad})
         self.suspects = suspects
         failing = {(t.channel, t.issuer) for t in outcome.troubles}
+        if self.stopping.is_set():
+            return  # the listener closes before the checker stops: no answer then is no news
         for trouble in outcome.troubles:
             if (trouble.channel, trouble.issuer) not in self.failing:  # once when it starts, not every cycle
                 self.failing.add((trouble.channel, trouble.issuer))
@@ -321,6 +330,7 @@ class PublicationChecker:
         """``annuaire check publication``: recent changes and a sample (or every certificate)."""
         now = self.clock()
         self._follow_changes(now)
+        self.both_methods = True
         findings: list[Finding] = []
         troubles: list[Trouble] = []
         total = 0

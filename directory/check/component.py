@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from directory.check.checker import PublicationChecker
 from directory.check.model import CHANNELS
+from directory.registry import RegistryError
 
 if TYPE_CHECKING:
     from directory.service.app import Service
@@ -57,7 +58,9 @@ class CheckComponent:
                 await loop.run_in_executor(self._executor, self.checker.cycle)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a cycle that fails is logged and the next one runs
+            except (RegistryError, OSError) as exc:  # the registry away (its own reasons say so): next cycle
+                log.error("publication check cycle failed: %s", exc)
+            except Exception:  # anything else is a bug: logged with its traceback, the next cycle runs
                 log.exception("publication check cycle failed")
 
     async def stop(self) -> None:
