@@ -1,12 +1,12 @@
 """The publication checker: which certificates to look at, the probes, and what disagrees right now.
 
 A cycle (every ``[check] interval``, on a thread of its own) looks at:
-- every certificate whose status changed within ``recent`` (the registry's change log), with every
-  OCSP variant (GET and POST, SHA-1 and SHA-256 CertIDs);
+- every certificate whose status changed within ``recent`` (the registry's change log), by GET and POST
+  with a SHA-1 CertID, and once per change (its grace over) with SHA-256 CertIDs too;
 - certificates that disagreed at the last look (so a repaired one clears);
 - the next slice of the rolling sample, sized so that every certificate is looked at at least once per
-  ``full_cycle`` (cursor kept in the registry: a restart continues where it was), with the cheap OCSP
-  variants (SHA-1 GET and POST, which RFC 5019 clients use; SHA-256 when clients asked for it).
+  ``full_cycle`` (cursor kept in the registry: a restart continues where it was), with the SHA-1 CertID
+  RFC 5019 clients send (SHA-256 too when clients asked for it).
 The issuer's served CRLs are fetched every cycle (conditional GET, parsed once per content); the
 directory is searched in batches. The registry is read again after the probes: a change made meanwhile
 is newer than every answer and within its allowance.
