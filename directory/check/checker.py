@@ -121,7 +121,8 @@ class PublicationChecker:
             troubles += [Trouble("crl", issuer, t) for t in down]
             findings += [Finding("crl", issuer, None, "a valid, current CRL", p, name) for name, p in problems]
             findings += self._crl_numbers(issuer, now)
-        before = self.reads.facts(ids)
+        configured = self.crl.issuers  # a registry may still hold an issuer no longer configured: not published
+        before = {cid: f for cid, f in self.reads.facts(ids).items() if f.issuer in configured}
         answers = {}
         for cid, facts in before.items():
             if self.stopping.is_set():
@@ -137,10 +138,8 @@ class PublicationChecker:
                 found, down = compare.ocsp_verdicts(facts, answers[cid], self.settings, now)
                 findings += found
                 troubles += down
-            keep_expired = self.config.issuer(facts.issuer).crl.keep_expired if facts.issuer in self.crl.issuers \
-                else False
             findings += compare.crl_verdicts(facts, self.crl.views(facts.issuer, int(facts.serial_hex, 16)),
-                                             self.settings, keep_expired, now)
+                                             self.settings, configured[facts.issuer].crl.keep_expired, now)
             if present is not None and facts.issuer in present:
                 verdict = compare.ldap_verdict(facts, int(facts.serial_hex, 16) in present[facts.issuer],
                                                self.settings, ldap_where, now)
