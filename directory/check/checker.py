@@ -100,7 +100,6 @@ class PublicationChecker:
         self.failing: set[tuple[str, str]] = set()  # (channel, issuer) that did not answer at the last look
         # what readers on other threads see (metrics, /readyz): replaced whole, never mutated
         self.snapshot: tuple[dict[str, int], tuple[Finding, ...]] = (dict.fromkeys(CHANNELS, 0), ())
-        self.dropped = 0
         self.stopping = threading.Event()
         self.both_methods = False  # the sample by GET and by POST (`annuaire check publication`), not alternately
         self._seq: int | None = None
@@ -270,8 +269,8 @@ class PublicationChecker:
             if key in self.current:
                 continue
             if len(self.current) >= MAX_FINDINGS:
-                self.dropped += 1
-                continue
+                log.warning("publication check: more than %d disagreements, the others are not kept", MAX_FINDINGS)
+                break
             self.current[key] = finding
             log.error("publication mismatch: %s", finding.text(), extra=_extra(finding))
         self._subjects = {f.subject for f in self.current.values()}
@@ -352,7 +351,8 @@ class PublicationChecker:
             if self.ldap is not None:
                 self.ldap.close()
         unique = {(*f.subject, f.where): f for f in findings}
-        return Outcome(sorted(unique.values(), key=lambda f: (f.subject, f.where)), troubles, total)
+        return Outcome(sorted(unique.values(), key=lambda f: (f.subject, f.where)), list(dict.fromkeys(troubles)),
+                       total)
 
     def close(self) -> None:
         self.http.close()

@@ -99,4 +99,6 @@ class CheckComponent:
         cpu.add_metric([], stats.cpu_seconds)
         last = GaugeMetricFamily("annuaire_publication_check_last_timestamp_seconds", "When the last cycle ended")
         last.add_metric([], stats.last_cycle)
-        yield from (mismatch, checked, troubles, cycles, cpu, last)
+        took = GaugeMetricFamily("annuaire_publication_check_last_duration_seconds", "How long the last cycle took")
+        took.add_metric([], stats.last_seconds)
+        yield from (mismatch, checked, troubles, cycles, cpu, last, took)

@@ -64,15 +64,6 @@ class CheckReads:
                                              None if r[10] is None else bool(r[10]), bool(r[11]))
         return out
 
-    def ids_of(self, issuer: str, serials: Sequence[str]) -> list[int]:
-        issuer_id = self.registry._issuer_id(issuer)
-        out: list[int] = []
-        for start in range(0, len(serials), 500):
-            chunk = list(serials[start:start + 500])
-            out += [r[0] for r in self._rows("SELECT id FROM certificates WHERE issuer_id = ? AND serial_hex IN "
-                                             f"({','.join('?' * len(chunk))})", [issuer_id, *chunk])]
-        return out
-
     def next_ids(self, after_id: int, limit: int) -> list[int]:
         """The rolling sample: the next ``limit`` certificate ids after ``after_id`` (by primary key)."""
         return [r[0] for r in self._rows("SELECT id FROM certificates WHERE id > ? ORDER BY id LIMIT ?",
