@@ -202,6 +202,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from directory.admin.api import AdminComponent
+    from directory.check.component import CheckComponent
     from directory.crl.service import CrlComponent
     from directory.ldap.component import LdapSyncComponent
     from directory.managed_ldap import ManagedLdapComponent
@@ -210,7 +211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ocsp.http import OcspComponent
 
     return serve(_config(args), [ManagedLdapComponent(), CrlComponent(), OcspComponent(), LdapSyncComponent(),
-                                         PageComponent(), AdminComponent()])
+                                         PageComponent(), AdminComponent(), CheckComponent()])
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -402,6 +403,12 @@ def _ldap_pass(args: argparse.Namespace, mode: str) -> int:
     return EXIT_REFUSED if report.rejected else EXIT_OK
 
 
+def cmd_check_publication(args: argparse.Namespace) -> int:
+    from directory.check.command import run
+
+    return run(_config(args), args)
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from directory.audit import read_lines, verify_chain
 
@@ -560,6 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="file to write (atomically; default: standard output)")
     p.add_argument("--after", type=int, default=0, metavar="ID", help="only records after this id")
     p.set_defaults(func=cmd_audit_export)
+
+    from directory.check.command import add_parser as add_check_parser
+
+    add_check_parser(sub, common, cmd_check_publication)
 
     p = sub.add_parser("check-config", parents=[common],
                        help="validate the configuration and what the HSM offers for its keys, and exit")

@@ -66,6 +66,9 @@ class ServiceCollector:
         yield from self._registry()
         yield from self._ldap(now)
         yield from self._http()
+        check = self.service.component("check")
+        if check is not None:  # the publication checker (directory/check)
+            yield from check.metric_families()
 
     def _crls(self, now: float) -> Iterator[Metric]:
         config, registry = self.service.config, self.service.registry

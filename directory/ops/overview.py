@@ -16,9 +16,12 @@ from cryptography.x509.oid import NameOID
 from directory.config import Config, IssuerConfig
 from directory.crl.builder import CrlPublisher
 from directory.registry import Registry
+from directory.registry.checks import recent_reports
 
 # Directory sync lag that makes the health summary say "degraded" (seconds since the oldest pending change).
 LDAP_LAG_WARNING = 300
+# A publication checker report older than this (seconds) is stale: its node stopped checking.
+REPORT_STALE = 120
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,9 @@ def overview(config: Config, registry: Registry, now: float) -> dict[str, Any]:
     counts = registry.counts()
     issuers = [_issuer(config, i, registry, now, counts.get(i.name, {}), problems) for i in config.issuers]
     directory = _directory(config, registry, now, problems)
+    for report in recent_reports(registry, max(REPORT_STALE, 3 * config.check.interval), now):
+        if report.get("text"):  # the publication checker of a node found disagreements
+            problems.append(Problem("publication", str(report["text"])))
     return {
         "generated_at": int(now),
         "base_url": config.http.base_url,

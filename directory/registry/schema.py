@@ -185,3 +185,14 @@ MIGRATIONS.append((
     CREATE INDEX ldap_outbox_certificate ON ldap_outbox (certificate_id);
     """,
 ))
+
+MIGRATIONS.append((
+    9,
+    "Publication checker: its small state (rolling-sample cursor and last report per node)",
+    """
+    CREATE TABLE check_state (
+        name   TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    """,
+))

@@ -54,7 +54,8 @@ class Service:
     scheduler: AsyncIOScheduler
     components: list[Component] = field(default_factory=list)
     readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)
-    # reasons /readyz names without failing (a part configured not to take the node out of rotation)
+    # reasons /readyz names without failing (a part configured not to take the node out of rotation: LDAP
+    # refusals with refusals_fail_readiness = false, the publication checker without fail_readiness)
     readiness_warnings: dict[str, ReadinessCheck] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     connections: ConnectionGate = field(default_factory=lambda: ConnectionGate(1))
@@ -89,15 +90,15 @@ class Service:
             await asyncio.get_running_loop().run_in_executor(None, self.registry.ping)
         except RegistryError as exc:
             problems["registry"] = str(exc)
-        problems.update(await _run_checks(self.readiness_checks))
+        problems.update(await _reasons(self.readiness_checks))
         return problems
 
     async def warnings(self) -> dict[str, str]:
         """Reasons named by /readyz that do not make it fail."""
-        return await _run_checks(self.readiness_warnings)
+        return await _reasons(self.readiness_warnings)
 
 
-async def _run_checks(checks: dict[str, ReadinessCheck]) -> dict[str, str]:
+async def _reasons(checks: dict[str, ReadinessCheck]) -> dict[str, str]:
     problems: dict[str, str] = {}
     for name, check in checks.items():
         try:

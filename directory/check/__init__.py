@@ -1,0 +1,1 @@
+"""The publication checker: a relying party against the service's own public channels (OCSP, CRLs, LDAP)."""
