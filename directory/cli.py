@@ -410,7 +410,7 @@ def cmd_check_publication(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from directory.audit import read_lines, verify_chain
+    from directory.registry.audit import read_lines, verify_chain
 
     if args.file:
         try:
@@ -436,7 +436,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    from directory.audit import export_lines
+    from directory.registry.audit import export_lines
 
     registry = _read_registry(args)
     try:

@@ -153,7 +153,7 @@ def test_the_admin_last_resort_handler_answers_and_audits(tmp_path: Path) -> Non
     assert len(calls) == 1 and calls[0]["actor"] == "admin:token"
     after = json.loads(calls[0]["after"])
     assert after["status"] == 500 and after["failure"] == "KeyError" and after["path"] == "/api/v1/certificates/ac/1"
-    from directory.audit import verify_chain
+    from directory.registry.audit import verify_chain
 
     assert verify_chain(registry.audit_records()).ok
     registry.close()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from directory.audit import verify_chain
 from directory.certinfo import CertificateInfo
 from directory.crl import der
 from directory.registry import Registry
+from directory.registry.audit import verify_chain
 from directory.revocation import REASON_CODES
 from tests.conftest import run_cli
 
