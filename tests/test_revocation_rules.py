@@ -9,7 +9,7 @@ import pytest
 
 from directory.certinfo import CertificateInfo
 from directory.registry import Registry, UnknownCertificate
-from directory.registry.store import audit_hash
+from directory.registry.audit import audit_hash
 from directory.revocation import RevocationRefused, parse_reason
 
 NOW = 1_900_000_000

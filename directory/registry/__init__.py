@@ -1,4 +1,5 @@
-"""Certificate registry (SQLite by default); all SQL lives in ``store.py``."""
+"""Certificate registry (SQLite, or PostgreSQL shared by several nodes): all SQL, one module per role
+(``store.Registry`` puts them on one core of connections and transactions)."""
 
 from directory.registry.store import (
     CertificateRecord,

@@ -1,19 +1,65 @@
-"""Checking and exporting the registry's hash-chained audit trail (``annuaire audit verify|export``).
+"""The audit trail: a hash chain appended in every write's transaction, checked and exported here.
 
 Each record carries the hash of the previous one and a hash over its own fields (``audit_hash``), so an
 edited record no longer matches its hash, and a deleted one breaks the link of the record after it.
 Removing the newest records leaves a shorter chain that is still consistent: that is what ``--head``
-(a head hash noted earlier, e.g. from a previous export) catches.
+(a head hash noted earlier, e.g. from a previous export) catches (``annuaire audit verify|export``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from directory.registry.store import GENESIS_HASH, audit_hash
+from directory.registry.backends import Conn
+from directory.registry.core import RegistryCore
+
+GENESIS_HASH = "0" * 64
+
+
+def audit_hash(prev: str, at: int, actor: str, action: str, issuer: str | None, serial_hex: str | None,
+               before: str | None, after: str | None) -> str:
+    """SHA-256 over the previous hash and this record's fields, canonically encoded."""
+    payload = json.dumps([prev, at, actor, action, issuer, serial_hex, before, after], separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class AuditTrail(RegistryCore):
+    """The chain's records: appended inside each write's transaction, read in chain order."""
+
+    def _audit(self, tx: Conn, actor: str, action: str, issuer: str | None,
+               serial_hex: str | None, before: str | None, after: str | None) -> None:
+        row = tx.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        prev = row[0] if row else GENESIS_HASH
+        at = int(self.clock())
+        digest = audit_hash(prev, at, actor, action, issuer, serial_hex, before, after)
+        tx.execute("INSERT INTO audit (at, actor, action, issuer, serial_hex, before, after, prev_hash, hash) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (at, actor, action, issuer, serial_hex, before, after,
+                                                          prev, digest))
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        return list(self.iter_audit())
+
+    def iter_audit(self, after_id: int = 0, batch: int = 5000) -> Iterator[dict[str, Any]]:
+        """Audit records in chain order, read in batches (a registry of millions is not loaded at once)."""
+        names = ["id", "at", "actor", "action", "issuer", "serial_hex", "before", "after", "prev_hash", "hash"]
+        while True:
+            rows = self._conn().execute(f"SELECT {', '.join(names)} FROM audit WHERE id > ? ORDER BY id LIMIT ?",
+                                        (after_id, batch)).fetchall()
+            for row in rows:
+                yield dict(zip(names, row, strict=True))
+            if len(rows) < batch:
+                return
+            after_id = rows[-1][0]
+
+    def audit_append(self, actor: str, action: str, issuer: str | None = None, serial_hex: str | None = None,
+                     before: str | None = None, after: str | None = None) -> None:
+        """Append one record on its own (an admin API call, say); other writes audit inside their transaction."""
+        with self._write() as tx:
+            self._audit(tx, actor, action, issuer, serial_hex, before, after)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+Conn = Any  # a connection of the backend: ``execute(sql, params)``, ``executemany``
 WRITE_LOCK_KEY = 0x616E6E75  # "annu": the one advisory lock every write transaction takes first
 
 

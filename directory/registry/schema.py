@@ -7,6 +7,12 @@ in the table definitions) so that the PostgreSQL backend can reuse it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from directory.registry.backends import Conn
+from directory.registry.crl_entries import serial_low, store_crl_entry
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
         1,
@@ -196,3 +202,33 @@ MIGRATIONS.append((
     );
     """,
 ))
+
+
+def _backfill_v2(tx: Conn) -> None:
+    rows = tx.execute("SELECT id, issuer_id, serial_hex, not_after, status, revocation_time, reason, "
+                      "invalidity_date FROM certificates")
+    for cid, issuer_id, serial_hex, not_after, status, rtime, reason, inval in rows.fetchall():
+        tx.execute("UPDATE certificates SET serial_low = ? WHERE id = ?", (serial_low(serial_hex), cid))
+        store_crl_entry(tx, issuer_id, cid, serial_hex, not_after, status, rtime, reason, inval)
+
+
+def _backfill_v7(tx: Conn) -> None:
+    """Drop persisted OCSP answers whose CertID is not the canonical one for their row (issue 13: answers
+    echoing a request's bytes were cached, persisted and served to everyone); they are signed again."""
+    from ocsp.cert_id import is_canonical_answer  # the rule the responder also applies when loading
+
+    issuers = {i: bytes(der) for i, der in tx.execute("SELECT id, certificate_der FROM issuers").fetchall()}
+    after: tuple[Any, ...] = (0, "", "")
+    while True:
+        rows = tx.execute("SELECT issuer_id, serial_hex, hash_name, body FROM ocsp_responses "
+                          "WHERE (issuer_id, serial_hex, hash_name) > (?, ?, ?) "
+                          "ORDER BY issuer_id, serial_hex, hash_name LIMIT 2000", after).fetchall()
+        if not rows:
+            return
+        tx.executemany("DELETE FROM ocsp_responses WHERE issuer_id = ? AND serial_hex = ? AND hash_name = ?",
+                       [(i, s, h) for i, s, h, body in rows
+                        if not is_canonical_answer(issuers[i], s, h, bytes(body))])
+        after = tuple(rows[-1][:3])
+
+
+BACKFILLS: dict[int, Callable[[Conn], None]] = {2: _backfill_v2, 7: _backfill_v7}
