@@ -109,11 +109,6 @@ class Certificates(AuditTrail, LdapOutbox):
                          "WHERE c.issuer_id = ? AND c.serial_hex = ?", (issuer_id, serial_hex)).fetchone()
         return _record(row) if row else None
 
-    def find_by_sha256(self, sha256: str) -> CertificateRecord | None:
-        row = self._conn().execute(f"SELECT {_COLUMNS} FROM certificates c JOIN issuers i ON i.id = c.issuer_id "
-                                   "WHERE c.sha256 = ?", (sha256,)).fetchone()
-        return _record(row) if row else None
-
     def iter_certificates(self, issuer: str | None = None) -> Iterator[CertificateRecord]:
         sql = f"SELECT {_COLUMNS} FROM certificates c JOIN issuers i ON i.id = c.issuer_id"
         args: tuple[Any, ...] = ()

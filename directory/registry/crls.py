@@ -185,11 +185,6 @@ class Crls(AuditTrail, LdapOutbox):
                                    "AND state = 'published'", (self._issuer_id(issuer), scope, kind, number)).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
 
-    def crl_records(self, issuer: str) -> list[CrlRecord]:
-        rows = self._conn().execute(f"SELECT {_CRL_COLUMNS} FROM crls r JOIN issuers i ON i.id = r.issuer_id "
-                                    "WHERE r.issuer_id = ? ORDER BY r.scope, r.number", (self._issuer_id(issuer),))
-        return [CrlRecord(*row) for row in rows.fetchall()]
-
     @contextlib.contextmanager
     def crl_snapshot(self, issuer: str) -> Iterator[CrlSnapshot]:
         """A read transaction: counts and entries seen by one CRL build are consistent with each other."""
