@@ -590,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logs.setup(args.log_level, args.log_format)
     from directory.hsm.signer import HsmError
-    from directory.registry import RegistryError
+    from directory.registry import NotRegistered, RegistryError
 
     try:
         return int(args.func(args))
@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     except Refusal as exc:
         print(f"annuaire: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    except (HsmError, RegistryError) as exc:
+    except (HsmError, RegistryError, NotRegistered) as exc:
         print(f"annuaire: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_REFUSED
 

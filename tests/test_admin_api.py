@@ -3,6 +3,7 @@ handlers and every answer, import/revoke/release/look-up semantics, audit record
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -10,9 +11,12 @@ import sqlite3
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
@@ -211,6 +215,39 @@ def test_admin_api_with_a_bearer_token(demo: Path) -> None:
     assert revocations and revocations[0]["actor"] == "admin:token"
     verify = subprocess.run([*_cli(), "audit", "verify", "-c", str(demo), "--json"], capture_output=True, text=True)
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"], verify.stdout
+
+
+def test_a_registry_miss_is_a_404_and_a_registry_failure_a_503(tmp_path: Path) -> None:
+    """A look-up miss no handler maps itself (here: a configured issuer the registry does not hold) is a
+    404 as documented, not the 503 of a registry that fails; every call is in the audit chain."""
+    from directory.admin.api import AdminComponent
+    from directory.registry import Registry, RegistryError
+
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.sqlite3'}")  # no issuer recorded in it
+    component = AdminComponent()
+    component.service = SimpleNamespace(  # type: ignore[assignment]
+        registry=registry, config=SimpleNamespace(issuers=[SimpleNamespace(name="ac-personnes")]))
+    component.config = SimpleNamespace(max_body=1024)  # type: ignore[assignment]
+    component.credentials = SimpleNamespace(identify=lambda request: "admin:token")  # type: ignore[assignment]
+
+    async def down(request: web.Request) -> web.Response:
+        raise RegistryError("registry unreachable: connection refused")
+
+    def answer(method: str, path: str, handler: Any) -> tuple[int, dict[str, Any]]:
+        request = make_mocked_request(method, path, match_info={"issuer": "ac-personnes", "serial": "0x01"})
+        response = asyncio.run(component._authenticated(request, handler))
+        return response.status, json.loads(response.body)
+
+    for method, template, handler in (("GET", "/api/v1/certificates/{issuer}/{serial}", component._get),
+                                      ("DELETE", "/api/v1/holds/{issuer}/{serial}", component._release)):
+        status, body = answer(method, template.format(issuer="ac-personnes", serial="0x01"), handler)
+        assert (status, body) == (404, {"error": "unknown issuer", "detail": "unknown issuer 'ac-personnes'"})
+        _conforms(method, template, status, body)
+    status, body = answer("GET", "/api/v1/certificates/ac-personnes/0x01", down)
+    assert status == 503 and body["error"] == "registry unavailable"
+    calls = [json.loads(r["after"]) for r in registry.audit_records() if r["action"] == "api-call"]
+    assert [(c["method"], c["status"]) for c in calls] == [("GET", 404), ("DELETE", 404), ("GET", 503)]
+    registry.close()
 
 
 def _self_signed() -> bytes:

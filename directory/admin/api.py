@@ -25,7 +25,7 @@ from directory.crl.builder import CrlPublisher
 from directory.ingest.importer import Refused
 from directory.ingest.sources import pem_items
 from directory.inputs import InputError, load_json, parse_time
-from directory.registry import RegistryError, UnknownCertificate, UnknownIssuer
+from directory.registry import NotRegistered, RegistryError, UnknownCertificate, UnknownIssuer
 from directory.registry.store import CertificateRecord
 from directory.revocation import RevocationRefused
 from directory.runtime import importer_for
@@ -122,6 +122,9 @@ class AdminComponent:
             response = error_response(413, "too large", f"the body exceeds {self.config.max_body} bytes")
         except web.HTTPException as exc:
             response = error_response(exc.status, exc.reason.lower(), exc.text or exc.reason)
+        except NotRegistered as exc:  # a miss no handler mapped: what the request names is unknown
+            response = error_response(404, "unknown issuer" if isinstance(exc, UnknownIssuer)
+                                      else "unknown certificate", str(exc))
         except RegistryError as exc:
             log.error("admin API: registry failure: %s", exc)
             response = error_response(503, "registry unavailable", str(exc))

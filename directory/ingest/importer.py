@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from directory.certinfo import CertificateInfo, describe
 from directory.ingest.sources import SourceItem, expand, read_file
-from directory.registry import Registry, RegistryError
+from directory.registry import NotRegistered, Registry, RegistryError
 from directory.registry.store import ImportOutcome
 from directory.revocation import RevocationRefused
 from directory.serials import SerialError
@@ -198,7 +198,7 @@ class Importer:
         try:
             result = self.registry.revoke(issuer, info.serial_hex, rev.reason, at=rev.at,
                                           invalidity_date=rev.invalidity_date, actor=self.actor)
-        except (RevocationRefused, RegistryError) as exc:
+        except (RevocationRefused, RegistryError, NotRegistered) as exc:
             summary.refused.append((origin, f"revocation not applied: {exc}"))
             return
         if result.changed:

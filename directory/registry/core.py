@@ -21,12 +21,18 @@ from directory.registry.schema import BACKFILLS, MIGRATIONS
 ChangeListener = Callable[[str, str, str], None]  # (issuer, serial_hex, what)
 
 
-class UnknownIssuer(RegistryError):
-    pass
+class NotRegistered(LookupError):
+    """A look-up miss: the registry holds no such issuer or certificate. The caller named something
+    unknown (the admin API answers 404, the command line refuses); not a failure of the registry itself
+    (``RegistryError``: the admin API answers 503)."""
 
 
-class UnknownCertificate(RegistryError):
-    pass
+class UnknownIssuer(NotRegistered):
+    """No issuer of that name in the registry."""
+
+
+class UnknownCertificate(NotRegistered):
+    """The issuer has no certificate with that serial."""
 
 
 class RegistryCore:

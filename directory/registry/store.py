@@ -19,7 +19,7 @@ from collections.abc import Callable
 from directory.registry.backends import RegistryError
 from directory.registry.certificates import CertificateRecord, ImportOutcome
 from directory.registry.changes import StatusChanges
-from directory.registry.core import UnknownCertificate, UnknownIssuer
+from directory.registry.core import NotRegistered, UnknownCertificate, UnknownIssuer
 from directory.registry.crls import CrlRecord, Crls
 from directory.registry.ldap_projection import LdapProjection
 from directory.registry.ocsp_answers import OcspAnswers
@@ -43,6 +43,7 @@ __all__ = [
     "ChangeOutcome",
     "CrlRecord",
     "ImportOutcome",
+    "NotRegistered",
     "Registry",
     "RegistryError",
     "RevocationRefused",
