@@ -33,6 +33,7 @@ from directory.crl.builder import CrlBuildError, CrlPublisher, PublishedCrl, Tar
 from directory.crl.files import read_regular
 from directory.crl.http import CERT_NAME, CRL_NAME, CrlFiles, ServedFile, ca_file, respond
 from directory.hsm.signer import HsmError
+from directory.registry.backends import Lease
 
 if TYPE_CHECKING:
     from directory.service.app import Service
@@ -56,7 +57,7 @@ class CrlComponent:
         self.last_error: dict[str, str] = {}
         self._visible_seq: dict[str, int] = {}  # newest status change already in a served CRL, per issuer
         self.service: Service | None = None
-        self.leases: dict[str, object] = {}
+        self.leases: dict[str, Lease] = {}
         self.leading: set[str] = set()
         self._local_numbers: dict[str, int] = {}  # file name -> cRLNumber of the file we serve
         self._follower: asyncio.Task[None] | None = None
@@ -108,7 +109,7 @@ class CrlComponent:
         if self.files is not None:
             self.files.close()
         for lease in self.leases.values():
-            lease.release()  # type: ignore[attr-defined]
+            lease.release()
 
     # -- decisions ----------------------------------------------------------------------------
     def due(self, name: str, now: float | None = None) -> bool:
@@ -150,7 +151,7 @@ class CrlComponent:
 
     async def _lead(self, name: str) -> bool:
         lease = self.leases.get(name)
-        held = lease is None or bool(await self._in_thread(lease.try_acquire))  # type: ignore[attr-defined]
+        held = lease is None or bool(await self._in_thread(lease.try_acquire))
         if held and name not in self.leading:
             self.leading.add(name)
             if self.registry.keeps_crl_bytes:

@@ -24,7 +24,7 @@ import select
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 Conn = Any  # a connection of the backend: ``execute(sql, params)``, ``executemany``
@@ -37,6 +37,20 @@ class RegistryError(Exception):
 
 class BackendError(RegistryError):
     """The database cannot be reached (or the connection to it was lost)."""
+
+
+class Lease(Protocol):
+    """An exclusive lease on ``name`` across every node sharing the registry (one holder at a time)."""
+
+    name: str
+
+    def try_acquire(self) -> bool:
+        """True while this process holds the lease (taken now or held already); never blocks for long."""
+        ...
+
+    def release(self) -> None:
+        """Give the lease up (another node's next ``try_acquire`` may take it)."""
+        ...
 
 
 class SqliteBackend:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from directory.registry.backends import BackendError, Conn, RegistryError, backend_for
+from directory.registry.backends import BackendError, Conn, Lease, RegistryError, backend_for
 from directory.registry.schema import BACKFILLS, MIGRATIONS
 
 ChangeListener = Callable[[str, str, str], None]  # (issuer, serial_hex, what)
@@ -86,7 +86,7 @@ class RegistryCore:
         PostgreSQL wakes at once (LISTEN/NOTIFY); SQLite simply waits ``timeout`` (its callers poll)."""
         return self.backend.wait(f"annuaire_{what}", timeout, since)
 
-    def lease(self, name: str):  # type: ignore[no-untyped-def]
+    def lease(self, name: str) -> Lease:
         """An exclusive lease across every node sharing this registry (see ``backends``)."""
         return self.backend.lease(name)
 
