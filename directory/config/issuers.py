@@ -69,14 +69,7 @@ def issuer_section(file: Path, index: int, table: Any) -> IssuerConfig:
     s.prefix = f"issuers[{name}]"
     cert_path = s.path("certificate")
     assert cert_path is not None
-    try:
-        data = cert_path.read_bytes()
-    except OSError as exc:
-        raise s.error("certificate", f"cannot read {cert_path}: {exc.strerror}") from None
-    try:
-        cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
-    except ValueError as exc:
-        raise s.error("certificate", f"{cert_path} is not an X.509 certificate: {exc}") from None
+    cert = load_certificate(s, "certificate", cert_path)
     algorithm = None
     if "signature_algorithm" in table:
         try:
