@@ -205,6 +205,7 @@ MIGRATIONS.append((
 
 
 def _backfill_v2(tx: Conn) -> None:
+    """The partition key and the CRL entry bytes of every certificate registered before migration 2."""
     rows = tx.execute("SELECT id, issuer_id, serial_hex, not_after, status, revocation_time, reason, "
                       "invalidity_date FROM certificates")
     for cid, issuer_id, serial_hex, not_after, status, rtime, reason, inval in rows.fetchall():
@@ -213,9 +214,11 @@ def _backfill_v2(tx: Conn) -> None:
 
 
 def _backfill_v7(tx: Conn) -> None:
-    """Drop persisted OCSP answers whose CertID is not the canonical one for their row (issue 13: answers
-    echoing a request's bytes were cached, persisted and served to everyone); they are signed again."""
-    from ocsp.cert_id import is_canonical_answer  # the rule the responder also applies when loading
+    """Drop persisted OCSP answers whose CertID is not the canonical one for their row (answers echoing a
+    request's bytes had been cached, persisted and served to everyone); they are signed again."""
+    # the rule the responder also applies when loading; imported here only: the registry's one reach up
+    # into ocsp/, for this one-time data fix
+    from ocsp.cert_id import is_canonical_answer
 
     issuers = {i: bytes(der) for i, der in tx.execute("SELECT id, certificate_der FROM issuers").fetchall()}
     after: tuple[Any, ...] = (0, "", "")
