@@ -306,6 +306,15 @@ class OcspResponder:
             log.warning("OCSP: %d persisted responses ignored (CertID not the canonical one)", refused)
         return n
 
+    def presigned_counts(self) -> dict[str, int]:
+        """Pre-signed answers held, per served issuer."""
+        return {issuer: len(entries) for (issuer, _), entries in self.cache.items()}
+
+    def presigned_window(self, issuer: str, serial: int) -> tuple[int, int] | None:
+        """(thisUpdate, nextUpdate) of the pre-signed answer held for a certificate; None when none is."""
+        hit = self.cache.get((issuer, PRESIGN_HASH), {}).get(serial)
+        return (hit[1], hit[2]) if hit is not None else None
+
     def missing(self, issuer: str) -> list[str]:
         """Serials of ``issuer`` without a usable pre-signed response."""
         cached = self.cache[(issuer, PRESIGN_HASH)]

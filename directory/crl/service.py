@@ -32,6 +32,7 @@ from cryptography import x509
 from directory.crl.builder import CrlBuildError, CrlPublisher, PublishedCrl, Target, crl_dir, publishers_for
 from directory.crl.files import read_regular
 from directory.crl.http import CERT_NAME, CRL_NAME, CrlFiles, ServedFile, ca_file, respond
+from directory.crl.metrics import CrlMetrics
 from directory.hsm.signer import HsmError
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class CrlComponent:
         self.registry = service.registry
         self.publishers = publishers_for(config, service.hsm, service.registry, self.clock)
         self._locks = {name: asyncio.Lock() for name in self.publishers}
+        self.metrics = CrlMetrics(self.publishers, self.registry, self.clock)
+        service.metrics.register(self.metrics.collect)
         cap = min(i.crl.interval for i in config.issuers)
         self.files = CrlFiles(crl_dir(config), cap, self.clock)
         self.files.refresh_all()
@@ -216,14 +219,14 @@ class CrlComponent:
         """Build times, and how long the status changes a served CRL now lists waited to be in one."""
         if self.service is None:
             return
-        metrics = self.service.metrics
         for crl in published:
-            metrics.crl_build.labels(name, crl.target.kind).observe(crl.seconds)
+            self.metrics.build.labels(name, crl.target.kind).observe(crl.seconds)
         seq = max((c.record.change_seq for c in published if c.target.scope == "main"), default=0)
         if seq > self._visible_seq.get(name, 0):
             now = self.clock()
+            visibility = self.service.metrics.visibility
             for changed_at in self.registry.change_times(name, self._visible_seq.get(name, 0), seq):
-                metrics.visibility.labels("crl").observe(max(0.0, now - changed_at))
+                visibility.labels("crl").observe(max(0.0, now - changed_at))
             self._visible_seq[name] = seq
 
     async def _in_thread(self, fn: Callable[..., object], *args: object):  # type: ignore[no-untyped-def]
