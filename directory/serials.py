@@ -34,10 +34,6 @@ def to_hex(serial: int) -> str:
     return format(serial, "x")
 
 
-def from_hex(text: str) -> int:
-    return int(text, 16)
-
-
 def parse(text: str) -> int:
     """The serial ``text`` names: hex (``1a2b``, ``0x1A2B``, ``1A:2B``) or ``dec:6699``."""
     if not text:

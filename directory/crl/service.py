@@ -54,7 +54,6 @@ class CrlComponent:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="crl")
         self._ca_files: dict[str, ServedFile] = {}
         self.files: CrlFiles | None = None
-        self.last_error: dict[str, str] = {}
         self._visible_seq: dict[str, int] = {}  # newest status change already in a served CRL, per issuer
         self.service: Service | None = None
         self.leases: dict[str, object] = {}
@@ -204,10 +203,8 @@ class CrlComponent:
                 else:
                     result = await self._in_thread(publisher.publish_all)
             except (CrlBuildError, HsmError) as exc:
-                self.last_error[name] = str(exc)
                 log.error("CRL build for %s failed: %s", name, exc)
                 return []
-        self.last_error.pop(name, None)
         assert self.files is not None
         for crl in result:  # load the new bytes off the event loop; PEM forms are derived on first request
             await self._in_thread(self.files.refresh, crl.path.name)
