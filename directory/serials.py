@@ -60,8 +60,9 @@ def parse(text: str) -> int:
 
 
 def decimal_reading(text: str) -> int | None:
-    """What an all-digit ``text`` would have meant under the old decimal rule (None when it is not all
-    digits, or out of range): an error about the hex reading can then name that other certificate."""
+    """What an all-digit ``text`` means read as decimal, as someone copying a decimal tool's output
+    meant it (None when it is not all digits, or out of range): an error about the hex reading can then
+    name that other certificate."""
     if not (text.isascii() and text.isdigit() and len(text) <= 49):
         return None
     value = int(text, 10)
