@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 from cryptography import x509
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LEASE_CHECK = 2.0  # seconds between attempts to take over the building of an issuer's CRLs
+T = TypeVar("T")
 
 
 class CrlComponent:
@@ -226,7 +227,7 @@ class CrlComponent:
                 visibility.labels("crl").observe(max(0.0, now - changed_at))
             self._visible_seq[name] = seq
 
-    async def _in_thread(self, fn: Callable[..., object], *args: object):  # type: ignore[no-untyped-def]
+    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def readiness(self) -> str | None:
