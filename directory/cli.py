@@ -318,8 +318,7 @@ def cmd_crl_show(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=1, ensure_ascii=False))
     else:
         for key, value in info.items():
-            if key != "entries_sample":
-                print(f"{key:22} {value}")
+            print(f"{key:22} {value}")
     return EXIT_OK
 
 

@@ -34,10 +34,6 @@ def to_hex(serial: int) -> str:
     return format(serial, "x")
 
 
-def from_hex(text: str) -> int:
-    return int(text, 16)
-
-
 def parse(text: str) -> int:
     """The serial ``text`` names: hex (``1a2b``, ``0x1A2B``, ``1A:2B``) or ``dec:6699``."""
     if not text:
@@ -64,8 +60,9 @@ def parse(text: str) -> int:
 
 
 def decimal_reading(text: str) -> int | None:
-    """What an all-digit ``text`` would have meant under the old decimal rule (None when it is not all
-    digits, or out of range): an error about the hex reading can then name that other certificate."""
+    """What an all-digit ``text`` means read as decimal, as someone copying a decimal tool's output
+    meant it (None when it is not all digits, or out of range): an error about the hex reading can then
+    name that other certificate."""
     if not (text.isascii() and text.isdigit() and len(text) <= 49):
         return None
     value = int(text, 10)

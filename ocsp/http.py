@@ -20,6 +20,7 @@ from aiohttp import web
 from directory.hsm.signer import HsmError
 from directory.httpdate import http_date
 from ocsp import response as resp
+from ocsp.metrics import OcspMetrics
 from ocsp.responder import PRESIGN_HASH, OcspResponder, Outcome, error_outcome
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ class OcspComponent:
     async def start(self, service: Service) -> None:
         self.service = service
         self.responder = OcspResponder(service.config, service.hsm, service.registry, self.clock)
+        self.metrics = OcspMetrics(self.responder)
+        service.metrics.register(self.metrics.collect)
         loop = asyncio.get_running_loop()
         self._seq = await loop.run_in_executor(None, service.registry.latest_change)
         loaded = await loop.run_in_executor(None, self.responder.load_persisted)
@@ -74,6 +77,18 @@ class OcspComponent:
             await asyncio.get_running_loop().run_in_executor(self._presign_executor, self.responder.flush)
         self._presign_executor.shutdown(wait=True)
         self._updates_executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- queries (the admin API's look-up) -------------------------------------------------------
+    def serves(self, issuer: str) -> bool:
+        """True when this responder answers for ``issuer``."""
+        return self.responder is not None and issuer in self.responder.issuers
+
+    def presigned_window(self, issuer: str, serial_hex: str) -> tuple[int, int] | None:
+        """(thisUpdate, nextUpdate) of the answer held for a certificate. A status change drops the held
+        answer before anything else: what is held is current, and a request without one is signed live."""
+        if self.responder is None:
+            return None
+        return self.responder.presigned_window(issuer, int(serial_hex, 16))
 
     # -- HTTP ------------------------------------------------------------------------------------
     async def _post(self, request: web.Request) -> web.Response:
@@ -115,7 +130,7 @@ class OcspComponent:
             log.exception("OCSP request failed unexpectedly")
             outcome = error_outcome(resp.INTERNAL_ERROR)
         self.responder.stats.count(outcome.status, outcome.path)
-        self.service.metrics.ocsp_latency.labels(outcome.path).observe(time.perf_counter() - started)
+        self.metrics.latency.labels(outcome.path).observe(time.perf_counter() - started)
         return outcome
 
     def _send(self, outcome: Outcome, get: bool) -> web.Response:

@@ -235,7 +235,7 @@ def decode_get_path(raw_tail: str) -> bytes:
         raise Malformed("empty GET request")
     data = data.rstrip(b"=")
     data += b"=" * (-len(data) % 4)
-    if not _B64.match(data) or len(data) % 4 == 1:
+    if not _B64.match(data):
         raise Malformed("GET path is not base64")
     try:
         return base64.b64decode(data, validate=True)

@@ -206,7 +206,7 @@ class OcspResponder:
             return None  # unknown issuer, or CertIDs of several issuers (one response has one signer)
         return found.pop()
 
-    def _status(self, issuer: IssuerResponder, cid: CertId) -> tuple[resp.SingleStatus, bool] | None:
+    def _status(self, issuer: IssuerResponder, cid: CertId) -> resp.SingleStatus | None:
         """What to say about one CertID; None when the registry never saw the serial."""
         row = self.registry.status_of(issuer.name, format(cid.serial, "x"))
         if row is None:
@@ -214,8 +214,8 @@ class OcspResponder:
         status, revocation_time, reason = row
         cid_der = issuer.cert_id_der(cid.hash_name, cid.serial)
         if status == "good":
-            return resp.SingleStatus(cid_der, "good"), False
-        return resp.SingleStatus(cid_der, "revoked", revocation_time, REASON_CODES[reason] if reason else None), False
+            return resp.SingleStatus(cid_der, "good")
+        return resp.SingleStatus(cid_der, "revoked", revocation_time, REASON_CODES[reason] if reason else None)
 
     @staticmethod
     def _never_issued(issuer: IssuerResponder, cid: CertId) -> tuple[resp.SingleStatus, bool]:
@@ -232,12 +232,11 @@ class OcspResponder:
         this_update, next_update = now, now + issuer.settings.validity
         singles, extended, known = [], False, True
         for cid in cert_ids:
-            found = self._status(issuer, cid)
-            if found is None:
+            status = self._status(issuer, cid)
+            if status is None:
                 known = False
-                found = self._never_issued(issuer, cid)
-            status, ext = found
-            extended = extended or ext
+                status, ext = self._never_issued(issuer, cid)
+                extended = extended or ext
             singles.append(resp.single_response(status, this_update, next_update))
         tbs = resp.response_data(issuer.responder_key_hash, now, singles, nonce, extended)
         signature = issuer.signer.sign(tbs)
@@ -305,6 +304,15 @@ class OcspResponder:
         if refused:
             log.warning("OCSP: %d persisted responses ignored (CertID not the canonical one)", refused)
         return n
+
+    def presigned_counts(self) -> dict[str, int]:
+        """Pre-signed answers held, per served issuer."""
+        return {issuer: len(entries) for (issuer, _), entries in self.cache.items()}
+
+    def presigned_window(self, issuer: str, serial: int) -> tuple[int, int] | None:
+        """(thisUpdate, nextUpdate) of the pre-signed answer held for a certificate; None when none is."""
+        hit = self.cache.get((issuer, PRESIGN_HASH), {}).get(serial)
+        return (hit[1], hit[2]) if hit is not None else None
 
     def missing(self, issuer: str) -> list[str]:
         """Serials of ``issuer`` without a usable pre-signed response."""

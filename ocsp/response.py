@@ -69,15 +69,6 @@ def response_data(responder_key_hash: bytes, produced_at: int, singles: list[byt
     return der.sequence(body)
 
 
-@dataclass(frozen=True)
-class SignedPart:
-    """ResponseData + signatureAlgorithm + signature: the part that differs between responses."""
-
-    body: bytes
-    this_update: int
-    next_update: int
-
-
 def signed_part(tbs: bytes, algorithm_der: bytes, signature: bytes) -> bytes:
     return tbs + algorithm_der + der.tlv(0x03, b"\x00" + signature)
 

@@ -127,7 +127,7 @@ def test_admin_api_with_a_bearer_token(demo: Path) -> None:
             _conforms("GET", "/api/v1/certificates/{issuer}/{serial}", status, answer)
             assert status == code, (path, answer)
 
-        # -- revocations: schema errors name the field; the #2 rules give 201/200/409/422/404
+        # -- revocations: schema errors name the field; the revocation rules give 201/200/409/422/404
         metrics_before = _metrics(served.base)
         status, _, answer = call(admin, "POST", "/api/v1/revocations",
                                  {"issuer": "ac-personnes", "serial": "0x1", "reason": "stolen", "extra": 1},
@@ -390,7 +390,7 @@ def test_admin_api_with_client_certificates(demo: Path, tmp_path: Path) -> None:
         status, _, answer = call(admin, "GET", "/api/v1/certificates/ac-personnes/0xdeadbeef",
                                  context=context("operator"))
         assert status == 404
-        # TLS handshakes never begun count against the cap and end at request_timeout (issue 13 §3)
+        # TLS handshakes never begun count against the cap and end at request_timeout
         host, port = served.admin.removeprefix("http://").split(":")
         stalled = [socket.create_connection((host, int(port)), timeout=10) for _ in range(12)]
         time.sleep(0.5)

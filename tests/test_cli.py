@@ -29,7 +29,7 @@ def test_serial_spellings(loaded: tuple[Path, list[dict]], spelling: str) -> Non
 
 
 def test_a_decimal_typed_by_habit_is_never_taken_for_another_serial(loaded: tuple[Path, list[dict]]) -> None:
-    """Issue 14 §1: an all-digit serial is hex; when its decimal reading is a certificate we hold, every
+    """An all-digit serial is hex; when its decimal reading is a certificate we hold, every
     error names it (and the dec: spelling), none suggests --force, and --force does not revoke the hex one."""
     config, manifest = loaded
     held = int(manifest[0]["serial_hex"], 16)

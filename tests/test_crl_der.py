@@ -144,7 +144,7 @@ def _crl_with_extension(extension: bytes) -> bytes:
 
 
 def test_generalized_time_has_four_digit_years() -> None:
-    """Year 1 used to be written '1...' by strftime: a value no parser accepts (issue 13 §6)."""
+    """Year 1 is written '0001...', not '1...' as strftime would: a value no parser accepts."""
     year1 = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
     assert der.generalized_time(year1) == b"\x18\x0f00010101000000Z"
     with pytest.raises(ValueError, match="before 1950"):

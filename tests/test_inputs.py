@@ -1,4 +1,4 @@
-"""The strict readers of hostile or careless input (issue 13 §5, §6, §7): times, JSON bodies, HTTP dates and
+"""The strict readers of hostile or careless input: times, JSON bodies, HTTP dates and
 ranges, log lines, files in the CRL folder; and the admin API's last-resort handler, which audits."""
 
 from __future__ import annotations

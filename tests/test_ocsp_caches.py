@@ -1,4 +1,4 @@
-"""Issue 13 §4: memory cannot be grown from outside. The OCSP caches that traffic fills keep only valid
+"""Memory cannot be grown from outside. The OCSP caches that traffic fills keep only valid
 requests for served issuers, are bounded in bytes (LRU), and charge each entry at least what it costs."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 13 §8: the hand-encoded OCSP responses are byte-identical to asn1crypto's encoding of the same values.
+"""The hand-encoded OCSP responses are byte-identical to asn1crypto's encoding of the same values.
 
 Random statuses, times, reasons, serials, nonces, several SingleResponses, certificates sent along and
 signature algorithms: ``ocsp.response`` + ``ocsp.cert_id`` (ResponseData, BasicOCSPResponse, OCSPResponse)

@@ -1,4 +1,4 @@
-"""Issue 13 §1: no client's request can change what another client is told over OCSP.
+"""No client's request can change what another client is told over OCSP.
 
 The reproductions (a non-minimal serial, junk hashAlgorithm parameters) for SHA-1/256/384/512, on a
 known certificate and on one imported a moment ago (not pre-signed yet), over POST and GET, each

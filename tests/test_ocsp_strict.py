@@ -1,5 +1,5 @@
 """OCSP requests are strict DER: the canonical encoding of a request is accepted with its values, and any
-other encoding of it (the poisoning reproductions of issue 13 among them) is malformedRequest."""
+other encoding of it (the cache-poisoning reproductions among them) is malformedRequest."""
 
 from __future__ import annotations
 

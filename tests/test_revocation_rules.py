@@ -154,7 +154,7 @@ def test_migrations_are_versioned_and_idempotent(registry_location: str) -> None
 
 
 def test_invalidity_date_rules(registry: Registry) -> None:
-    """Issue 13 §6: never on a hold, never after the revocation time in force, not more than a year before
+    """Invalidity dates: never on a hold, never after the revocation time in force, not more than a year before
     notBefore (NOW - 30 days here), always encodable; each refusal changes nothing."""
     year = 366 * 86400
     refusals = [

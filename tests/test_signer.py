@@ -129,11 +129,17 @@ def test_recovers_after_sessions_closed_underneath(hsm: HsmSigner, demo_token: P
 
 
 def test_recovers_after_logout_underneath(hsm: HsmSigner, demo_token: Path) -> None:
-    key = hsm.key("ac-personnes", _cert(demo_token, "ac-personnes"))
+    """A logout by another session of this application logs every session out: the next signature
+    logs in again, and what it returns is a valid signature."""
+    cert = _cert(demo_token, "ac-personnes")
+    key = hsm.key("ac-personnes", cert)
     key.sign(b"before")
+    relogins = hsm.stats.relogins
     with hsm.admin_session() as session:
         hsm._module.raw.logout(session.handle)
-    key.sign(b"after logout")
+    signature = key.sign(b"after logout")
+    assert hsm.stats.relogins > relogins
+    cert.public_key().verify(signature, b"after logout", padding.PKCS1v15(), hashes.SHA256())  # type: ignore[call-arg]
 
 
 _SCRIPT_PRELUDE = """

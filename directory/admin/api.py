@@ -31,11 +31,13 @@ from directory.revocation import RevocationRefused
 from directory.runtime import importer_for
 from directory.service.app import request_ids
 from directory.service.listener import ConnectionGate, listen, request_deadline
+from ocsp.http import OcspComponent
 
 if TYPE_CHECKING:
     from directory.service.app import Service
 
 log = logging.getLogger(__name__)
+ACTOR = web.RequestKey("actor", str)  # who is calling, set once the credentials are checked
 PEM_TYPES = ("application/x-pem-file", "application/pem-certificate-chain", "text/plain")
 
 
@@ -112,7 +114,7 @@ class AdminComponent:
                         extra={"remote": request.remote or "?"})
             return error_response(401, "unauthenticated", "a valid bearer token or client certificate is required",
                                   headers={"WWW-Authenticate": 'Bearer realm="annuaire-admin"'})
-        request["actor"] = actor
+        request[ACTOR] = actor
         failure: str | None = None
         try:
             response = await handler(request)
@@ -158,7 +160,7 @@ class AdminComponent:
 
     async def _import(self, request: web.Request) -> web.Response:
         der = _certificate_der(await request.read(), request.content_type)
-        importer = importer_for(self.service.config, self.service.registry, request["actor"])
+        importer = importer_for(self.service.config, self.service.registry, request[ACTOR])
         try:
             issuer, info, outcome = await self._blocking(importer.import_one, der)
         except Refused as exc:
@@ -183,7 +185,7 @@ class AdminComponent:
         issuer = data["issuer"]
         try:
             outcome = await self._blocking(lambda: self.service.registry.revoke(
-                issuer, serial_hex, data["reason"], invalidity_date=invalidity, actor=request["actor"]))
+                issuer, serial_hex, data["reason"], invalidity_date=invalidity, actor=request[ACTOR]))
         except UnknownIssuer:
             raise ApiError(422, "unknown issuer", f"no configured issuer is called {issuer!r}") from None
         except UnknownCertificate:
@@ -199,7 +201,7 @@ class AdminComponent:
     async def _release(self, request: web.Request) -> web.Response:
         issuer, serial_hex = self._target(request)
         try:
-            outcome = await self._blocking(self.service.registry.release_hold, issuer, serial_hex, request["actor"])
+            outcome = await self._blocking(self.service.registry.release_hold, issuer, serial_hex, request[ACTOR])
         except UnknownCertificate:
             raise ApiError(404, "unknown certificate",
                            await self._unknown(issuer, request.match_info["serial"], serial_hex)) from None
@@ -246,17 +248,14 @@ class AdminComponent:
         return data
 
     def _ocsp_state(self, record: CertificateRecord) -> dict[str, Any]:
-        ocsp = self.service.component("ocsp")
-        if ocsp is None or ocsp.responder is None or record.issuer not in ocsp.responder.issuers:
+        ocsp = self.service.find(OcspComponent)
+        if ocsp is None or not ocsp.serves(record.issuer):
             return {"state": "not served"}
-        from ocsp.responder import PRESIGN_HASH
-
-        hit = ocsp.responder.cache[(record.issuer, PRESIGN_HASH)].get(int(record.serial_hex, 16))
-        # a status change drops the cached answer before anything else: what is cached is current, and a
-        # request without one is signed live from the registry
-        state: dict[str, Any] = {"state": "current", "presigned": hit is not None}
-        if hit is not None:
-            state["this_update"], state["next_update"] = _iso(hit[1]), _iso(hit[2])
+        # what the responder holds is current: a status change drops it first (then it is signed live)
+        window = ocsp.presigned_window(record.issuer, record.serial_hex)
+        state: dict[str, Any] = {"state": "current", "presigned": window is not None}
+        if window is not None:
+            state["this_update"], state["next_update"] = _iso(window[0]), _iso(window[1])
         return state
 
     def _crl_state(self, record: CertificateRecord, facts: dict[str, Any]) -> dict[str, Any]:

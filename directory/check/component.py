@@ -45,6 +45,7 @@ class CheckComponent:
             service.readiness_checks["publication"] = self.readiness
         else:
             service.readiness_warnings["publication"] = self.readiness
+        service.metrics.register(self.metric_families)
         self._task = asyncio.create_task(self._loop(settings.interval))
         log.info("publication checker: every %d s against %s, every certificate at least once per %d s",
                  settings.interval, self.checker.http.base_url, settings.full_cycle)

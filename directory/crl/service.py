@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 from cryptography import x509
@@ -32,6 +32,7 @@ from cryptography import x509
 from directory.crl.builder import CrlBuildError, CrlPublisher, PublishedCrl, Target, crl_dir, publishers_for
 from directory.crl.files import read_regular
 from directory.crl.http import CERT_NAME, CRL_NAME, CrlFiles, ServedFile, ca_file, respond
+from directory.crl.metrics import CrlMetrics
 from directory.hsm.signer import HsmError
 from directory.registry.backends import Lease
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LEASE_CHECK = 2.0  # seconds between attempts to take over the building of an issuer's CRLs
+T = TypeVar("T")
 
 
 class CrlComponent:
@@ -54,7 +56,6 @@ class CrlComponent:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="crl")
         self._ca_files: dict[str, ServedFile] = {}
         self.files: CrlFiles | None = None
-        self.last_error: dict[str, str] = {}
         self._visible_seq: dict[str, int] = {}  # newest status change already in a served CRL, per issuer
         self.service: Service | None = None
         self.leases: dict[str, Lease] = {}
@@ -68,6 +69,8 @@ class CrlComponent:
         self.registry = service.registry
         self.publishers = publishers_for(config, service.hsm, service.registry, self.clock)
         self._locks = {name: asyncio.Lock() for name in self.publishers}
+        self.metrics = CrlMetrics(self.publishers, self.registry, self.clock)
+        service.metrics.register(self.metrics.collect)
         cap = min(i.crl.interval for i in config.issuers)
         self.files = CrlFiles(crl_dir(config), cap, self.clock)
         self.files.refresh_all()
@@ -202,10 +205,8 @@ class CrlComponent:
                 else:
                     result = await self._in_thread(publisher.publish_all)
             except (CrlBuildError, HsmError) as exc:
-                self.last_error[name] = str(exc)
                 log.error("CRL build for %s failed: %s", name, exc)
                 return []
-        self.last_error.pop(name, None)
         assert self.files is not None
         for crl in result:  # load the new bytes off the event loop; PEM forms are derived on first request
             await self._in_thread(self.files.refresh, crl.path.name)
@@ -217,17 +218,17 @@ class CrlComponent:
         """Build times, and how long the status changes a served CRL now lists waited to be in one."""
         if self.service is None:
             return
-        metrics = self.service.metrics
         for crl in published:
-            metrics.crl_build.labels(name, crl.target.kind).observe(crl.seconds)
+            self.metrics.build.labels(name, crl.target.kind).observe(crl.seconds)
         seq = max((c.record.change_seq for c in published if c.target.scope == "main"), default=0)
         if seq > self._visible_seq.get(name, 0):
             now = self.clock()
+            visibility = self.service.metrics.visibility
             for changed_at in self.registry.change_times(name, self._visible_seq.get(name, 0), seq):
-                metrics.visibility.labels("crl").observe(max(0.0, now - changed_at))
+                visibility.labels("crl").observe(max(0.0, now - changed_at))
             self._visible_seq[name] = seq
 
-    async def _in_thread(self, fn: Callable[..., object], *args: object):  # type: ignore[no-untyped-def]
+    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def readiness(self) -> str | None:

@@ -84,9 +84,6 @@ class KeySigner:
         self.verify_digest(raw, digest)
         return raw
 
-    async def sign_async(self, data: bytes) -> bytes:
-        return await self.hsm.run(self.sign, data)
-
     def verify_digest(self, signature: bytes, digest: bytes) -> None:
         """Raise ``SignatureCheckFailed`` unless ``signature`` over ``digest`` verifies under our public key."""
         prehashed = utils.Prehashed(self.algorithm.cryptography_hash())

@@ -117,7 +117,6 @@ class HsmSigner:
         self._pool = SessionPool(size)
         self._sized = False
         self._executor = ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="hsm")
-        self._last_error: str | None = None
         self._known_labels: set[str] = set()
         self._plans: dict[tuple[str, str], Plan] = {}
         self._offered: tuple[int, dict[int, MechanismInfo]] | None = None
@@ -211,8 +210,6 @@ class HsmSigner:
                             self._close(entry)
                             entry = None
                             raise _Retry(exc, isinstance(exc, _DEVICE_ERRORS)) from exc
-                    if self._last_error is not None:
-                        self._last_error = None
                     return result
                 except _Retry as retry:
                     last, device = retry.cause, retry.device
@@ -235,7 +232,6 @@ class HsmSigner:
             if dropped is not None:
                 with module.calls():
                     self._close(dropped)
-        self._last_error = _describe(last)
         if isinstance(last, HsmUnavailable):
             raise last
         raise HsmUnavailable(f"token {self.settings.token_label!r} unavailable: {_describe(last)}") from last
@@ -366,10 +362,6 @@ class HsmSigner:
                     self._known_labels.add(label)
 
         self._with_session(action)
-
-    @property
-    def last_error(self) -> str | None:
-        return self._last_error
 
     @contextlib.contextmanager
     def admin_session(self) -> Iterator[Any]:

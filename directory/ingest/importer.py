@@ -155,7 +155,7 @@ class Importer:
         if progress:
             progress(done)
 
-    def import_der(self, der: bytes, summary: ImportSummary | None = None) -> tuple[str, str, str]:
+    def import_der(self, der: bytes) -> tuple[str, str, str]:
         """Import one certificate; returns (issuer, serial_hex, result) or raises ``Refused``."""
         issuer, info, outcome = self.import_one(der)
         if outcome.result == "conflict":

@@ -213,12 +213,6 @@ _RESULT_EXTRAS = {0xA3, 0x87, 0x8A, 0x8B}  # referral; bind: serverSaslCreds; ex
 _NAMES: dict[bytes, str] = {}  # attribute descriptions seen (a handful): decoded once
 
 
-def search_entry(msg: bytes, start: int, end: int) -> tuple[str, dict[str, list[bytes]]]:
-    """SearchResultEntry → (DN, {attribute description: [values]})."""
-    dn, pos, attrs_end = entry_header(msg, start, end)
-    return dn, decode_attributes(msg, pos, attrs_end)
-
-
 def entry_header(msg: bytes, start: int, end: int) -> tuple[str, int, int]:
     """SearchResultEntry content → (DN, start and end of the attribute list's content), attributes left
     encoded (``decode_attributes``, on first use)."""

@@ -20,6 +20,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from directory.ldap.metrics import LdapMetrics
+
 if TYPE_CHECKING:
     from directory.service.app import Service
 
@@ -44,6 +46,9 @@ class LdapSyncComponent:
         self._spawn()
         self.task = asyncio.create_task(self._supervise())
         self.watch_refusals(service)
+        metrics = LdapMetrics(service.registry)
+        service.metrics.register(metrics.collect)
+        service.metrics.visibility_observed_elsewhere("ldap", metrics.visibility)
 
     def watch_refusals(self, service: Service) -> None:
         """Name the directory's refusals in /readyz: failing it, or as a warning when so configured."""

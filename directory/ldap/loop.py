@@ -35,18 +35,14 @@ class SyncLoop:
         self.engine = engine
         self.interval = interval
         self.stopping = threading.Event()
-        self.wake = threading.Event()
         engine.stop_requested = self.stopping.is_set
         self.failures = 0
-        self.last_error: str | None = None
         self.last_report: SyncReport | None = None
-        self.last_success: float | None = None
         self.lease = engine.registry.lease("ldap-sync")
         self.leading = False
 
     def stop(self) -> None:
         self.stopping.set()
-        self.wake.set()
 
     def run(self) -> None:
         engine = self.engine
@@ -82,11 +78,7 @@ class SyncLoop:
                     break
                 log.exception("LDAP sync pass failed")
                 delay = self._failed(exc, warn_only=True, logged=True)
-            if delay == POLL:
-                self.wake.wait(POLL)
-                self.wake.clear()
-            else:
-                self.stopping.wait(delay)
+            self.stopping.wait(delay)
         engine.client.close()
         self.lease.release()
 
@@ -108,8 +100,6 @@ class SyncLoop:
             log.info("directory reachable again after %d failed attempts", self.failures)
             self._record({"last_error": "", "failures": "0"})
         self.failures = 0
-        self.last_error = None
-        self.last_success = time.time()
         self.last_report = report
         if report.writes() or report.rejected or report.mode == "full":
             log.info("ldap %s: %d added, %d modified, %d deleted (%d differences), %d refused, %d outbox rows (%.2f s)",
@@ -118,13 +108,13 @@ class SyncLoop:
 
     def _failed(self, exc: Exception, warn_only: bool, logged: bool = False) -> float:
         self.failures += 1
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        error = f"{type(exc).__name__}: {exc}"
         delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (self.failures - 1))
-        self._record({"last_error": self.last_error[:500], "failures": str(self.failures)})
+        self._record({"last_error": error[:500], "failures": str(self.failures)})
         if not logged and (self.failures == 1 or delay >= BACKOFF_CAP):
             level = logging.WARNING if warn_only else logging.ERROR
             log.log(level, "directory sync failed (%s); changes stay in the outbox, retry in %.1f s",
-                    self.last_error, delay)
+                    error, delay)
         return delay
 
     def _record(self, values: dict[str, str]) -> None:

@@ -9,11 +9,12 @@ Three passes, one engine:
   drift (entries or values added, changed or removed by hand, expired certificates, a lost write).
 - ``verify()`` is ``full()`` without writing anything, to LDAP or to the registry.
 
-Writes go through ``writer.PlanWriter``: certificate values that must leave are removed first, each by a
-modify of its own. A write the directory refuses for good (schema violation, ...) is reported and logged as
-a rejection; it does not block the others, and the outbox rows of its entry stay as dead letters (reason,
-attempts, retried with backoff: ``registry.dead_letters``) until a pass writes it. Connection trouble raises
-``LdapUnavailable`` and leaves the outbox as it was: the caller retries with backoff.
+The desired entries come from ``desired.DesiredState`` (registry rows and projections, CA entries with
+the published CRLs). Writes go through ``writer.PlanWriter``: certificate values that must leave are
+removed first, each by a modify of its own. A write the directory refuses for good (schema violation, ...)
+is reported and logged as a rejection; it does not block the others, and the outbox rows of its entry stay
+as dead letters (reason, attempts, retried with backoff: ``registry.dead_letters``) until a pass writes it.
+Connection trouble raises ``LdapUnavailable`` and leaves the outbox as it was: the caller retries with backoff.
 """
 
 from __future__ import annotations
@@ -22,25 +23,21 @@ import contextlib
 import fcntl
 import gc
 import json
-import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from directory.config import Config
-from directory.crl.builder import crl_dir
-from directory.crl.files import read_regular
 from directory.ldap import ber, dn
 from directory.ldap.client import ALREADY_EXISTS, Add, Entry, LdapClient, LdapError
+from directory.ldap.desired import DesiredState, entry_from_rows, inputs_hash
 from directory.ldap.diff import Drift, Plan, plan
-from directory.ldap.projection import BRANCHES, NOT_PUBLISHED, DesiredEntry, Layout, ca_entry, omitted_text, project
+from directory.ldap.projection import BRANCHES, Layout
 from directory.ldap.writer import PlanWriter
 from directory.ops import histogram
 from directory.registry.dead_letters import LdapRefusal
 from directory.registry.store import Registry
 
-log = logging.getLogger(__name__)
 CHUNK = 2000  # entries planned and fetched per round (writes: writer.CHUNK)
 FULL_THRESHOLD = 20000  # an outbox deeper than this is cheaper to settle with one full pass
 
@@ -101,7 +98,7 @@ class DirectorySync:
         self.layout = Layout.from_config(config.ldap)
         self.lock_path = config.data_dir / "ldap-sync.lock"
         self.stop_requested: Callable[[], bool] = lambda: False
-        self._unplaced: set[int] = set()  # certificates of the last projection no template could place
+        self.desired = DesiredState(config, registry, self.layout)
         self._verified: dict[str, tuple[int, bytes]] = {}  # entry key -> (registry inputs, directory bytes)
         self.writer = PlanWriter(self.client, registry.certificate_ders, self._replan, self._check_stop)
 
@@ -131,12 +128,13 @@ class DirectorySync:
         with self._locked(wait), _no_cyclic_gc():
             now = int(self.clock())
             depth, top, _ = self.registry.ldap_outbox_stats()
-            projections = self._project_all(store=not dry_run)
-            rows_of = self._desired_rows(now, projections if dry_run else {})
-            cas = self._ca_entries()
+            projections = self.desired.project_all(store=not dry_run)
+            rows_of = self.desired.rows(now, projections if dry_run else {})
+            cas = self.desired.ca_entries()
             report.unpublishable = self.registry.ldap_unplaced(self.layout.digest, now)
             if dry_run:  # computed in memory only
-                report.unpublishable += sum(1 for cid in self._unplaced if self.registry.published_state(cid, now))
+                unplaced = self.desired.unplaced
+                report.unpublishable += sum(1 for cid in unplaced if self.registry.published_state(cid, now))
             if not dry_run:
                 self._ensure_branches()
             plans: list[Plan] = []
@@ -160,17 +158,17 @@ class DirectorySync:
                         continue
                     p = plan(want, entry)
                 else:
-                    inputs = _inputs(rows)
+                    inputs = inputs_hash(rows)
                     fingerprint = entry.fingerprint()
                     if verified.get(key) == (inputs, fingerprint):
                         self._verified[key] = (inputs, fingerprint)
                         continue
-                    p = plan(_entry_from_rows(rows), entry)
+                    p = plan(entry_from_rows(rows), entry)
                     if p is None:
                         self._verified[key] = (inputs, fingerprint)
                 if p is not None:
                     plans.append(p)
-            plans += [p for rows in rows_of.values() if (p := plan(_entry_from_rows(rows), None)) is not None]
+            plans += [p for rows in rows_of.values() if (p := plan(entry_from_rows(rows), None)) is not None]
             plans += [p for want in cas.values() if (p := plan(want, None)) is not None]
             for p in plans:
                 report.drift.add(p.drift)
@@ -217,17 +215,17 @@ class DirectorySync:
             certificate_ids.update(self.registry.expired_between(checked, now))
             issuers = {name for _, name, cid in rows if cid is None}
             if certificate_ids or issuers:
-                self._project_some(sorted(certificate_ids))
+                self.desired.project_some(sorted(certificate_ids))
                 keys = self.registry.ldap_dn_keys(self.layout.digest, sorted(certificate_ids))
-                desired = self._desired_entries(now, sorted(keys))
+                desired = self.desired.entries(now, sorted(keys))
                 targets: dict[str, str] = {k: desired[k].dn if k in desired else "" for k in keys}
                 for issuer in issuers:
-                    entry = self._ca_entry(issuer)
+                    entry = self.desired.ca_entry(issuer)
                     if entry is not None:
                         desired[dn.key(entry.dn)] = entry
                         targets[dn.key(entry.dn)] = entry.dn
                 # entries that must go are read under the DN they were projected with
-                for key, stored in self._projected_dns(keys):
+                for key, stored in self.desired.projected_dns(keys):
                     if not targets.get(key):
                         targets[key] = stored
                 actual = self.client.read([d for d in targets.values() if d])
@@ -244,89 +242,6 @@ class DirectorySync:
                                      **self._visibility(changed_at)})
         report.seconds = time.monotonic() - started
         return report
-
-    # -- desired state -------------------------------------------------------------------------------
-    def _project_all(self, store: bool) -> dict[int, tuple[str | None, str | None, str | None]]:
-        """Project every certificate not yet projected for this layout; kept in memory when not stored."""
-        return self._project(self.registry.ldap_unprojected(self.layout.digest), store)
-
-    def _project_some(self, certificate_ids: list[int]) -> None:
-        self._project(self.registry.ldap_unprojected(self.layout.digest, certificate_ids), True)
-
-    def _project(self, ids: list[int], store: bool) -> dict[int, tuple[str | None, str | None, str | None]]:
-        out: dict[int, tuple[str | None, str | None, str | None]] = {}
-        self._unplaced: set[int] = set()
-        for start in range(0, len(ids), CHUNK):
-            rows = []
-            for cid, der, profile, emails in self.registry.projection_inputs(ids[start:start + CHUNK]):
-                try:
-                    p = project(der, profile, [e for e in emails.split("\n") if e], self.layout)
-                except ValueError as exc:
-                    log.error("certificate id %d cannot be projected onto the directory: %s", cid, exc)
-                    p = None
-                if p is not None and p.omitted:
-                    log.warning("certificate id %d: values left out of %s (the directory would refuse them): %s",
-                                cid, p.dn, omitted_text(p.omitted))
-                if p is None and profile not in NOT_PUBLISHED:
-                    self._unplaced.add(cid)
-                row = (cid, p.dn_key, p.dn, json.dumps(p.attributes)) if p else (cid, None, None, None)
-                rows.append(row)
-                out[cid] = row[1:]
-            if store:
-                self.registry.ldap_project(self.layout.digest, rows)
-        return out
-
-    def _desired_rows(self, now: int, extra: dict[int, tuple[str | None, str | None, str | None]],
-                      ) -> dict[str, list[Row]]:
-        """Every end-entity entry's registry rows (certificates and their projected attributes), by key."""
-        return self._rows_by_key(self.registry.ldap_published(self.layout.digest, now), extra, now)
-
-    def _ca_entries(self) -> dict[str, DesiredEntry]:
-        out = {}
-        for name, *_ in self.registry.issuer_certificates():
-            entry = self._ca_entry(name)
-            if entry is not None:
-                out[dn.key(entry.dn)] = entry
-        return out
-
-    def _desired_entries(self, now: int, keys: list[str]) -> dict[str, DesiredEntry]:
-        rows = self._rows_by_key(self.registry.ldap_published(self.layout.digest, now, keys), {}, now)
-        return {key: _entry_from_rows(r) for key, r in rows.items()}
-
-    def _rows_by_key(self, rows: Iterator[Row], extra: dict[int, tuple[str | None, str | None, str | None]],
-                     now: int) -> dict[str, list[Row]]:
-        by_key: dict[str, list[Row]] = {}
-        for row in rows:
-            found = by_key.get(row[0])
-            if found is None:
-                by_key[row[0]] = [row]
-            else:
-                found.append(row)
-        # verify: projections computed in memory, joined with the certificates' state here
-        for cid, (key, entry_dn, attrs) in extra.items():
-            if key is None:
-                continue
-            record = self.registry.published_state(cid, now)
-            if record is not None:
-                by_key.setdefault(key, []).append((key, entry_dn or "", attrs or "{}", cid, record[0], record[1]))
-        return by_key
-
-    def _ca_entry(self, issuer: str) -> DesiredEntry | None:
-        for name, certificate, is_arl in self.registry.issuer_certificates():
-            if name != issuer:
-                continue
-            try:
-                settings = self.config.issuer(name)
-            except KeyError:
-                return None  # no longer configured: no entry (a full pass removes the old one)
-            directory = crl_dir(self.config)
-            crl = _read(directory / f"{name}.crl")
-            delta = _read(directory / f"{name}-delta.crl") if settings.crl.delta else None
-            return ca_entry(self.layout, name, certificate, crl, is_arl, delta)
-        return None
-
-    def _projected_dns(self, keys: set[str]) -> list[tuple[str, str]]:
-        return self.registry.ldap_projected_dns(self.layout.digest, sorted(keys))
 
     # -- directory -----------------------------------------------------------------------------------
     def _branch_keys(self) -> set[str]:
@@ -352,7 +267,7 @@ class DirectorySync:
     def _replan(self, plans: list[Plan]) -> list[Plan | None]:
         """Someone else wrote meanwhile: read those entries again and plan them again (None: nothing left)."""
         now = int(self.clock())
-        desired = {**self._ca_entries(), **self._desired_entries(now, [dn.key(p.dn) for p in plans])}
+        desired = {**self.desired.ca_entries(), **self.desired.entries(now, [dn.key(p.dn) for p in plans])}
         actual = self.client.read([p.dn for p in plans])
         return [plan(desired.get(dn.key(p.dn)), actual.get(p.dn)) for p in plans]
 
@@ -367,29 +282,6 @@ class DirectorySync:
             reason = f"{item['operation']} {item['dn']}: {item['code']} {item['message']}".strip()
             out.setdefault(key, LdapRefusal(reason, dn_key=None if key in issuers else key, issuer=issuers.get(key)))
         return list(out.values())
-
-
-Row = tuple[str, str, str, int, str, int]  # dn_key, dn, attributes JSON, certificate id, sha256, not_before
-
-
-def _entry_from_rows(rows: list[Row]) -> DesiredEntry:
-    """One entry from its certificates' rows: their attributes merged (newest certificate first when they
-    disagree: a new name, a new mail), every certificate a value."""
-    entry = DesiredEntry(rows[0][1], json.loads(rows[0][2]))
-    if len(rows) > 1 and any(r[2] != rows[0][2] for r in rows):
-        entry.attributes = {}
-        for attrs in dict.fromkeys(r[2] for r in sorted(rows, key=lambda r: -r[5])):
-            entry.merge(json.loads(attrs))
-    for row in rows:
-        entry.certificates[bytes.fromhex(row[4])] = row[3]
-    return entry
-
-
-def _inputs(rows: list[Row]) -> int:
-    """Hash of everything an entry's desired state is computed from (order-independent; compared only
-    within this process). A collision would need 2**64 luck and still be caught by the incremental path
-    (no cache) and by ``verify`` (no cache)."""
-    return hash(tuple(sorted(rows)))
 
 
 @contextlib.contextmanager
@@ -413,14 +305,3 @@ def _suffix_entry(rdn: tuple[tuple[str, str], ...]) -> dict[str, list[bytes]]:
     if kind == "dc":
         attrs["o"] = [value.encode()]
     return attrs
-
-
-def _read(path: Path) -> bytes | None:
-    """A published CRL file; a missing or non-regular one (a FIFO would block) counts as not published."""
-    try:
-        return read_regular(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.warning("%s not placed in the directory: %s", path.name, exc.strerror)
-        return None

@@ -1,135 +1,84 @@
 """``/metrics``: Prometheus exposition of the service, built with prometheus_client.
 
-Two kinds of series:
-- histograms observed as things happen in this process (OCSP latency, CRL build time, HSM signature
-  time, revocation-to-visibility for OCSP and CRL), held in ``Metrics``;
-- values read when scraped (CRL numbers and freshness, counters kept by the components, registry
-  counts, the directory outbox and the LDAP worker's visibility histogram, written by that other
-  process into the registry), produced by ``ServiceCollector``.
-A private ``CollectorRegistry`` per service: two services in one process (tests) never share series.
+``Metrics`` is the service's collector: its own families (HSM signature time and counters, the registry's
+certificate counts, the listeners' connections, the revocation-to-visibility histogram), then those each
+part registers when it starts (``register``: CRL, OCSP, directory, publication checker), read at scrape
+on a worker thread. Histograms are observed as things happen in this process; what another process
+observes (the LDAP worker's visibility) is read from the registry and added under its channel.
+One ``Metrics`` per service: two services in one process (tests) never share series.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from directory.crl.builder import CrlPublisher
 from directory.ops import histogram
 
 if TYPE_CHECKING:
     from directory.service.app import Service
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-BUILD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+MetricSource = Callable[[], Iterable[Metric]]
 
 
 class Metrics:
-    """The histograms this process observes into."""
+    """The histograms the service observes into, and the metric sources its parts registered."""
 
     def __init__(self) -> None:
-        self.ocsp_latency = Histogram("annuaire_ocsp_request_duration_seconds",
-                                      "OCSP request handling time, by answer path (presigned, live, shed, error)",
-                                      ["path"], buckets=LATENCY_BUCKETS, registry=None)
-        self.crl_build = Histogram("annuaire_crl_build_duration_seconds", "Time to build, sign, check and publish "
-                                   "one CRL", ["issuer", "kind"], buckets=BUILD_BUCKETS, registry=None)
         self.hsm_sign = Histogram("annuaire_hsm_sign_duration_seconds", "One PKCS#11 signature",
                                   buckets=LATENCY_BUCKETS, registry=None)
         self.visibility = Histogram("annuaire_revocation_visibility_seconds",
                                     "From a status change committed in the registry to its visibility in a channel",
                                     ["channel"], buckets=histogram.VISIBILITY_BUCKETS, registry=None)
+        self._sources: list[MetricSource] = []
+        self._visibility_elsewhere: dict[str, Callable[[], dict[str, Any]]] = {}
 
-    def collect(self) -> Iterator[Metric]:
-        for h in (self.ocsp_latency, self.crl_build, self.hsm_sign):
-            yield from h.collect()
+    def register(self, source: MetricSource) -> None:
+        """Add a part's families to every scrape (``source`` runs on a worker thread, never on the loop)."""
+        self._sources.append(source)
+
+    def visibility_observed_elsewhere(self, channel: str, read: Callable[[], dict[str, Any]]) -> None:
+        """Expose under ``channel`` a visibility histogram another process keeps (``histogram.load``'s form)."""
+        self._visibility_elsewhere[channel] = read
+
+    def sources(self) -> Iterator[Metric]:
+        for source in self._sources:
+            yield from source()
+
+    def histograms(self) -> Iterator[Metric]:
+        yield from self.hsm_sign.collect()
+        for family in self.visibility.collect():
+            for channel, read in self._visibility_elsewhere.items():
+                _add_histogram(family, channel, read())
+            yield family
+
+
+def _add_histogram(family: Metric, channel: str, data: dict[str, Any]) -> None:
+    name = family.name
+    for bound, count in zip(data["buckets"], data["counts"], strict=True):
+        family.add_sample(f"{name}_bucket", {"channel": channel, "le": floatToGoString(bound)}, count)
+    family.add_sample(f"{name}_bucket", {"channel": channel, "le": "+Inf"}, data["count"])
+    family.add_sample(f"{name}_count", {"channel": channel}, data["count"])
+    family.add_sample(f"{name}_sum", {"channel": channel}, data["sum"])
 
 
 class ServiceCollector:
-    """Reads the service's state when scraped (called on a worker thread, never on the event loop)."""
+    """The service's own families, then its parts' (called on a worker thread, never on the event loop)."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
 
     def collect(self) -> Iterator[Metric]:
-        service = self.service
-        yield from service.metrics.collect()
-        yield from self._visibility()
-        now = time.time()
-        yield from self._crls(now)
-        yield from self._ocsp()
+        yield from self.service.metrics.histograms()
         yield from self._hsm()
         yield from self._registry()
-        yield from self._ldap(now)
         yield from self._http()
-        check = self.service.component("check")
-        if check is not None:  # the publication checker (directory/check)
-            yield from check.metric_families()
-
-    def _crls(self, now: float) -> Iterator[Metric]:
-        config, registry = self.service.config, self.service.registry
-        labels = ["issuer", "scope", "kind"]
-        number = GaugeMetricFamily("annuaire_crl_number", "CRL number of the newest published CRL", labels=labels)
-        remaining = GaugeMetricFamily("annuaire_crl_next_update_seconds", "Seconds until nextUpdate of the newest "
-                                      "published CRL (negative: expired)", labels=labels)
-        size = GaugeMetricFamily("annuaire_crl_size_bytes", "Size of the newest published CRL", labels=labels)
-        entries = GaugeMetricFamily("annuaire_crl_entries", "Entries of the newest published CRL", labels=labels)
-        for issuer in config.issuers:
-            for target in CrlPublisher.targets_of(issuer):
-                record = registry.crl_latest(issuer.name, target.scope, target.kind)
-                if record is None:
-                    continue
-                values = [issuer.name, target.scope, target.kind]
-                number.add_metric(values, record.number)
-                remaining.add_metric(values, record.next_update - now)
-                size.add_metric(values, record.size or 0)
-                entries.add_metric(values, record.entries or 0)
-        yield from (number, remaining, size, entries)
-        crl = self.service.component("crl")
-        if crl is not None:
-            published = CounterMetricFamily("annuaire_crl_published", "CRLs published", labels=["issuer"])
-            failed = CounterMetricFamily("annuaire_crl_failed", "CRL builds that failed", labels=["issuer"])
-            for name, publisher in crl.publishers.items():
-                published.add_metric([name], publisher.stats.published)
-                failed.add_metric([name], publisher.stats.failed)
-            yield from (published, failed)
-
-    def _ocsp(self) -> Iterator[Metric]:
-        ocsp = self.service.component("ocsp")
-        if ocsp is None or ocsp.responder is None:
-            return
-        stats = ocsp.responder.stats
-        by_status = CounterMetricFamily("annuaire_ocsp_responses", "OCSP responses by responseStatus",
-                                        labels=["status"])
-        for status, n in sorted(stats.by_status.items()):
-            by_status.add_metric([status], n)
-        by_path = CounterMetricFamily("annuaire_ocsp_responses_by_path", "OCSP responses by answer path",
-                                      labels=["path"])
-        for path, n in sorted(stats.by_path.items()):
-            by_path.add_metric([path], n)
-        shed = CounterMetricFamily("annuaire_ocsp_shed", "Requests answered tryLater because live signing was full")
-        shed.add_metric([], stats.shed)
-        presigned = CounterMetricFamily("annuaire_ocsp_presigned", "Responses signed ahead of requests")
-        presigned.add_metric([], stats.presigned)
-        cached = GaugeMetricFamily("annuaire_ocsp_cached_responses", "Pre-signed responses held", labels=["issuer"])
-        totals: dict[str, int] = {}
-        for (issuer, _), entries in ocsp.responder.cache.items():
-            totals[issuer] = totals.get(issuer, 0) + len(entries)
-        for issuer, n in sorted(totals.items()):
-            cached.add_metric([issuer], n)
-        cache_bytes = GaugeMetricFamily("annuaire_ocsp_cache_bytes", "Bytes held by the OCSP caches that traffic "
-                                        "fills (bounded by [http] ocsp_request_cache / ocsp_answer_cache)",
-                                        labels=["cache"])
-        evictions = CounterMetricFamily("annuaire_ocsp_cache_evictions", "Entries pushed out of those caches",
-                                        labels=["cache"])
-        for name, lru in (("requests", ocsp.responder.requests), ("answers", ocsp.responder.answers)):
-            cache_bytes.add_metric([name], lru.bytes)
-            evictions.add_metric([name], lru.evictions)
-        yield from (by_status, by_path, shed, presigned, cached, cache_bytes, evictions)
+        yield from self.service.metrics.sources()
 
     def _hsm(self) -> Iterator[Metric]:
         stats = self.service.hsm.stats
@@ -170,53 +119,6 @@ class ServiceCollector:
             for status, n in by_status.items():
                 family.add_metric([issuer, status], n)
         yield family
-
-    def _ldap(self, now: float) -> Iterator[Metric]:
-        if self.service.config.ldap is None:
-            return
-        registry = self.service.registry
-        depth, _, oldest = registry.ldap_outbox_stats()
-        state = {name: registry.state_get(name) for name in
-                 ("last_full", "last_full_drift", "last_verify_drift", "failures", "last_incremental")}
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            family = GaugeMetricFamily(name, doc)
-            family.add_metric([], value)
-            return family
-
-        yield gauge("annuaire_ldap_outbox_depth", "Changes waiting to be written to the directory", depth)
-        yield gauge("annuaire_ldap_sync_lag_seconds", "Age of the oldest change waiting for the directory (0: none)",
-                    max(0.0, now - oldest) if oldest is not None else 0.0)
-        yield gauge("annuaire_ldap_drift_repaired", "Differences repaired by the last full reconciliation",
-                    _int(state["last_full_drift"]))
-        yield gauge("annuaire_ldap_drift_found", "Differences found by the last verify",
-                    _int(state["last_verify_drift"]))
-        yield gauge("annuaire_ldap_sync_failures", "Consecutive failed sync attempts", _int(state["failures"]))
-        yield gauge("annuaire_ldap_refused", "Outbox rows whose write the directory refused (kept, retried with "
-                    "backoff)", registry.ldap_refused(0)[0])
-        last = max(_int(state["last_full"]), _int(state["last_incremental"]))
-        yield gauge("annuaire_ldap_last_sync_timestamp_seconds", "When the last sync pass ended", last)
-
-    def _visibility(self) -> Iterator[Metric]:
-        """OCSP and CRL observed here; the directory's, observed by the LDAP worker, added as channel=ldap."""
-        for family in self.service.metrics.visibility.collect():
-            if self.service.config.ldap is not None:
-                data: dict[str, Any] = histogram.load(self.service.registry.state_get("visibility"))
-                name = family.name
-                for bound, count in zip(data["buckets"], data["counts"], strict=True):
-                    family.add_sample(f"{name}_bucket", {"channel": "ldap", "le": _bound(bound)}, count)
-                family.add_sample(f"{name}_bucket", {"channel": "ldap", "le": "+Inf"}, data["count"])
-                family.add_sample(f"{name}_count", {"channel": "ldap"}, data["count"])
-                family.add_sample(f"{name}_sum", {"channel": "ldap"}, data["sum"])
-            yield family
-
-
-def _int(value: str | None) -> int:
-    return int(value) if value not in (None, "") else 0
-
-
-def _bound(value: float) -> str:
-    return floatToGoString(value)
 
 
 def exposition(service: Service) -> bytes:

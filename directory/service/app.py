@@ -1,7 +1,9 @@
 """``annuaire serve``: one asyncio process, an aiohttp application and an apscheduler scheduler.
 
-Parts added by later work (CRL publication, OCSP, LDAP sync) are ``Component``s: each gets the
-``Service`` at start-up to add routes and jobs, and is stopped in reverse order on shutdown.
+The parts (CRL publication, OCSP, LDAP sync, the page, the admin API, the publication checker) are
+``Component``s: each gets the ``Service`` at start-up to add its routes, jobs, readiness checks and metric
+families, and is stopped in reverse order on shutdown. A part that needs another asks for it by type
+(``Service.find``) and uses its typed queries, never its internals.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -43,6 +45,7 @@ class Component(Protocol):
 
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]
+C = TypeVar("C")
 
 
 @dataclass
@@ -52,19 +55,19 @@ class Service:
     registry: Registry
     app: web.Application
     scheduler: AsyncIOScheduler
+    connections: ConnectionGate  # the public listener's gate
     components: list[Component] = field(default_factory=list)
     readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)
     # reasons /readyz names without failing (a part configured not to take the node out of rotation: LDAP
     # refusals with refusals_fail_readiness = false, the publication checker without fail_readiness)
     readiness_warnings: dict[str, ReadinessCheck] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
-    connections: ConnectionGate = field(default_factory=lambda: ConnectionGate(1))
     admin_connections: ConnectionGate | None = None  # the admin listener's gate, when it runs
     descriptors: Budget | None = None
 
-    def component(self, name: str) -> Any:
-        """The component called ``name`` (``crl``, ``ocsp``, ...), or None when this service runs without it."""
-        return next((c for c in self.components if c.name == name), None)
+    def find(self, kind: type[C]) -> C | None:
+        """This service's component of type ``kind``, or None when it runs without one."""
+        return next((c for c in self.components if isinstance(c, kind)), None)
 
     def add_job(self, func: Callable[..., Awaitable[object]], trigger: str, **kwargs: object) -> None:
         """Schedule a coroutine job; a shutdown that cancels it mid-run is a normal end, not an error."""
@@ -127,8 +130,11 @@ async def request_ids(request: web.Request, handler: Handler) -> web.StreamRespo
         logs.request_id.reset(token)
 
 
+SERVICE = web.AppKey("service", Service)
+
+
 async def _metrics(request: web.Request) -> web.Response:
-    service: Service = request.app["service"]
+    service = request.app[SERVICE]
     body = await asyncio.get_running_loop().run_in_executor(None, exposition, service)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
 
@@ -138,7 +144,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    service: Service = request.app["service"]
+    service = request.app[SERVICE]
     problems = await service.readiness()
     warnings = await service.warnings()
     extra = {"warnings": warnings} if warnings else {}
@@ -162,12 +168,11 @@ def build_service(config: Config, components: list[Component] | None = None) -> 
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
-    service = Service(config, hsm, registry, app, AsyncIOScheduler(timezone="UTC"),
-                      list(components or []))
+    gate = ConnectionGate(budget.public_cap, config.http.request_timeout)
+    service = Service(config, hsm, registry, app, AsyncIOScheduler(timezone="UTC"), gate,
+                      list(components or []), descriptors=budget)
     hsm.on_signature = service.metrics.hsm_sign.observe
-    service.connections = ConnectionGate(budget.public_cap, config.http.request_timeout)
-    service.descriptors = budget
-    app["service"] = service
+    app[SERVICE] = service
     return service
 
 

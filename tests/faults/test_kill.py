@@ -102,7 +102,7 @@ def test_sigkill_during_an_import_of_ten_thousand(private_config: Path, ten_thou
         projected = conn.execute("SELECT COUNT(*) FROM ldap_projection").fetchone()[0]
     unprojected = registry.ldap_unprojected(layout)
     assert len(unprojected) == COUNT - projected
-    DirectorySync(config, registry)._project_some(unprojected)
+    DirectorySync(config, registry).desired.project_some(unprojected)
     assert registry.ldap_unprojected(layout) == []
     registry.close()
     assert run_cli("audit", "verify", "-c", str(private_config)).returncode == 0

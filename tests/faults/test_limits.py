@@ -136,7 +136,7 @@ class _Drip:
 
 
 def test_dripping_requests_and_admin_floods_cannot_take_a_listener(demo: Path) -> None:
-    """Issue 13 §3: bodies (and headers) dripped a byte at a time hold a connection no longer than
+    """Bodies (and headers) dripped a byte at a time hold a connection no longer than
     [http] request_timeout; the admin listener has its own cap and deadlines, and a flood there leaves the
     public listener answering."""
     text = demo.read_text().replace("[http]\n", "[http]\nmax_connections = 20\nrequest_timeout = 2\n", 1)
@@ -193,7 +193,7 @@ def test_dripping_requests_and_admin_floods_cannot_take_a_listener(demo: Path) -
 
 
 def test_descriptors_are_shared_out_under_rlimit_nofile(demo: Path) -> None:
-    """Issue 13 §3: with 512 descriptors the public cap is lowered to fit (reserve 256, admin 64 + 32), a
+    """With 512 descriptors the public cap is lowered to fit (reserve 256, admin 64 + 32), a
     flood of the admin port larger than the whole limit leaves the public listener accepting; a limit that
     cannot hold the reserve and the admin cap is refused at start."""
     with serve(demo, nofile=512) as served:
