@@ -15,7 +15,7 @@ from asn1crypto import keys
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from directory.crl import der
+from directory import der
 from ocsp.request import HASH_OID_CONTENTS
 from ocsp.strict_der import SEQUENCE, DerError, Reader
 

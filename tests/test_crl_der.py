@@ -10,7 +10,7 @@ from asn1crypto import crl as acrl
 from asn1crypto import x509 as ax509
 from cryptography import x509
 
-from directory.crl import der
+from directory import der
 
 
 def _ts(*args: int) -> int:

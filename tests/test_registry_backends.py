@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from directory import der
 from directory.audit import verify_chain
 from directory.certinfo import CertificateInfo
-from directory.crl import der
 from directory.registry import Registry
 from directory.revocation import REASON_CODES
 from tests.conftest import run_cli

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from cryptography import x509
 
+from directory import der
 from directory.config import Config, IssuerConfig
-from directory.crl import der
 from directory.crl.entrycheck import WalkCache, check_entry_extensions
 from directory.hsm.signer import HsmSigner, KeySigner, SignatureCheckFailed
 from directory.registry import Registry

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from directory import der
 from directory.certinfo import CertificateInfo
-from directory.crl import der
 from directory.registry import dead_letters
 from directory.registry.backends import BackendError, RegistryError, backend_for
 from directory.registry.dead_letters import LdapRefusal
