@@ -36,7 +36,7 @@ from directory import der
 from directory.check.checker import PublicationChecker
 from directory.check.crl_probe import CrlProbe
 from directory.config import load_config
-from directory.crl.builder import Target
+from directory.publication import Target
 from directory.runtime import open_config_registry
 
 DAY = 86400

@@ -21,10 +21,10 @@ from directory import logs, serials
 from directory.admin import openapi
 from directory.admin.auth import Credentials, server_context
 from directory.config import AdminConfig
-from directory.crl.builder import CrlPublisher
 from directory.ingest.importer import Refused
 from directory.ingest.sources import pem_items
 from directory.inputs import InputError, load_json, parse_time
+from directory.publication import crl_url, targets_of
 from directory.registry import RegistryError, UnknownCertificate, UnknownIssuer
 from directory.registry.store import CertificateRecord
 from directory.revocation import RevocationRefused
@@ -260,7 +260,7 @@ class AdminComponent:
         issuer = self.service.config.issuer(record.issuer)
         registry = self.service.registry
         newest = None
-        for target in CrlPublisher.targets_of(issuer):
+        for target in targets_of(issuer):
             if target.scope != "main":
                 continue
             r = registry.crl_latest(record.issuer, target.scope, target.kind)
@@ -273,7 +273,7 @@ class AdminComponent:
         current = r.change_seq >= last_change
         state: dict[str, Any] = {"state": "current" if current else "pending", "number": r.number,
                                  "kind": target.kind, "this_update": _iso(r.this_update),
-                                 "url": f"{self.service.config.http.base_url}/crl/{target.filename}"}
+                                 "url": crl_url(self.service.config.http.base_url, target.filename)}
         if current:
             state["listed"] = record.status != "good"
         return state

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from directory.config import Config
-from directory.crl.builder import crl_dir
 from directory.crl.files import read_regular
 from directory.ldap import ber, dn
 from directory.ldap.client import ALREADY_EXISTS, Add, Entry, LdapClient, LdapError
@@ -37,6 +36,7 @@ from directory.ldap.diff import Drift, Plan, plan
 from directory.ldap.projection import BRANCHES, NOT_PUBLISHED, DesiredEntry, Layout, ca_entry, omitted_text, project
 from directory.ldap.writer import PlanWriter
 from directory.ops import histogram
+from directory.publication import crl_dir, delta_crl_name, full_crl_name
 from directory.registry.dead_letters import LdapRefusal
 from directory.registry.store import Registry
 
@@ -320,8 +320,8 @@ class DirectorySync:
             except KeyError:
                 return None  # no longer configured: no entry (a full pass removes the old one)
             directory = crl_dir(self.config)
-            crl = _read(directory / f"{name}.crl")
-            delta = _read(directory / f"{name}-delta.crl") if settings.crl.delta else None
+            crl = _read(directory / full_crl_name(name))
+            delta = _read(directory / delta_crl_name(name)) if settings.crl.delta else None
             return ca_entry(self.layout, name, certificate, crl, is_arl, delta)
         return None
 

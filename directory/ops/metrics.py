@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from directory.crl.builder import CrlPublisher
 from directory.ops import histogram
+from directory.publication import targets_of
 
 if TYPE_CHECKING:
     from directory.service.app import Service
@@ -79,7 +79,7 @@ class ServiceCollector:
         size = GaugeMetricFamily("annuaire_crl_size_bytes", "Size of the newest published CRL", labels=labels)
         entries = GaugeMetricFamily("annuaire_crl_entries", "Entries of the newest published CRL", labels=labels)
         for issuer in config.issuers:
-            for target in CrlPublisher.targets_of(issuer):
+            for target in targets_of(issuer):
                 record = registry.crl_latest(issuer.name, target.scope, target.kind)
                 if record is None:
                     continue

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from directory import der
 from directory.certinfo import CertificateInfo
+from directory.publication import partition_key
 from directory.registry import dead_letters
 from directory.registry.backends import BackendError, RegistryError, backend_for
 from directory.registry.dead_letters import LdapRefusal
@@ -887,8 +888,8 @@ class Registry:
 
 
 def serial_low(serial_hex: str) -> int:
-    """The low 32 bits of the serial: a stable, cheap partition key (partition = serial_low % N)."""
-    return int(serial_hex[-8:], 16)
+    """The serial's CRL partition key (``publication.partition_key``), stored so a partition is one query."""
+    return partition_key(int(serial_hex, 16))
 
 
 def crl_entry_for(serial_hex: str, status: str, revocation_time: int | None, reason: str | None,
