@@ -205,7 +205,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from directory.check.component import CheckComponent
     from directory.crl.service import CrlComponent
     from directory.ldap.component import LdapSyncComponent
-    from directory.managed_ldap import ManagedLdapComponent
+    from directory.ldap.managed import ManagedLdapComponent
     from directory.ops.page import PageComponent
     from directory.service.app import serve
     from ocsp.http import OcspComponent

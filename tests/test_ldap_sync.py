@@ -403,7 +403,7 @@ def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
 def test_start_tls_with_a_checked_server_certificate(ldap_env: LdapEnv, tmp_path: Path) -> None:
     import dataclasses
 
-    from directory.managed_ldap import ensure_skeleton
+    from directory.ldap.managed import ensure_skeleton
 
     env = ldap_env
     ca, cert, key = _tls_files(tmp_path)

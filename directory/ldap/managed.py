@@ -26,7 +26,7 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.dn import parse_dn
 
 from directory.config import Config, LdapConfig
-from directory.slapd import PROVIDER_TEMPLATE, Slapd, SlapdConfig, SlapdError, hash_password, unprivileged_user
+from directory.ldap.slapd import PROVIDER_TEMPLATE, Slapd, SlapdConfig, SlapdError, hash_password, unprivileged_user
 
 if TYPE_CHECKING:
     from directory.service.app import Service
