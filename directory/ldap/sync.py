@@ -30,8 +30,8 @@ from pathlib import Path
 
 from directory.config import Config
 from directory.crl.files import read_regular
-from directory.ldap import ber, dn
-from directory.ldap.client import ALREADY_EXISTS, Add, Entry, LdapClient, LdapError
+from directory.ldap import ber, dn, skeleton
+from directory.ldap.client import Entry, LdapClient
 from directory.ldap.diff import Drift, Plan, plan
 from directory.ldap.projection import BRANCHES, NOT_PUBLISHED, DesiredEntry, Layout, ca_entry, omitted_text, project
 from directory.ldap.writer import PlanWriter
@@ -138,7 +138,7 @@ class DirectorySync:
             if dry_run:  # computed in memory only
                 report.unpublishable += sum(1 for cid in self._unplaced if self.registry.published_state(cid, now))
             if not dry_run:
-                self._ensure_branches()
+                skeleton.ensure(self.client, skeleton.skeleton(self.layout))
             plans: list[Plan] = []
             key_of = {rows[0][1]: key for key, rows in rows_of.items()}  # the DN as written: no parsing needed
             branches = self._branch_keys()
@@ -336,19 +336,6 @@ class DirectorySync:
         for branch in BRANCHES:
             yield from self.client.search(self.layout.branch_dn(branch), ber.SCOPE_SUBTREE, ("*",))
 
-    def _ensure_branches(self) -> None:
-        """The suffix entry and the three branches, created when missing (an external directory starts empty)."""
-        suffix = dn.parse(self.layout.suffix)
-        wanted = [(self.layout.suffix, _suffix_entry(suffix[0]))]
-        wanted += [(self.layout.branch_dn(b), {"objectClass": [b"top", b"organizationalUnit"], "ou": [b.encode()]})
-                   for b in BRANCHES]
-        present = self.client.read([d for d, _ in wanted], ("1.1",))
-        for entry_dn, attrs in wanted:
-            if present.get(entry_dn) is None:
-                result = self.client.apply([Add(entry_dn, attrs)])[0]
-                if result.code not in (0, ALREADY_EXISTS):
-                    raise LdapError(f"cannot create {entry_dn}: {result.code} {result.message}")
-
     def _replan(self, plans: list[Plan]) -> list[Plan | None]:
         """Someone else wrote meanwhile: read those entries again and plan them again (None: nothing left)."""
         now = int(self.clock())
@@ -403,16 +390,6 @@ def _no_cyclic_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _suffix_entry(rdn: tuple[tuple[str, str], ...]) -> dict[str, list[bytes]]:
-    kind, value = rdn[0][0].lower(), rdn[0][1]
-    classes = {"o": [b"top", b"organization"], "dc": [b"top", b"dcObject", b"organization"],
-               "ou": [b"top", b"organizationalUnit"], "c": [b"top", b"country"]}.get(kind, [b"top", b"organization"])
-    attrs = {"objectClass": classes, rdn[0][0]: [value.encode()]}
-    if kind == "dc":
-        attrs["o"] = [value.encode()]
-    return attrs
 
 
 def _read(path: Path) -> bytes | None:
