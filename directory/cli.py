@@ -11,14 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from directory import serials
-from directory.certinfo import from_epoch
 from directory.config import Config, ConfigError, load_config
+from directory.inputs import format_time
+from directory.refusal import Refused
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
-
-
-class Refusal(Exception):
-    """A refused operation: printed, exit code 1."""
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -38,7 +35,7 @@ def _time(text: str) -> int:
 
 def _serial(text: str) -> str:
     try:
-        return serials.to_hex(serials.parse(text))
+        return serials.canonical(text)
     except serials.SerialError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -53,19 +50,11 @@ def _checked_serial(text: str) -> str:
 def _unknown_serial(registry: Any, issuer: str, text: str, serial_hex: str, force_hint: bool) -> str:
     """Why nothing matched ``--serial text``; suggests --force only when the input cannot have meant
     another serial (an all-digit one could be a decimal number typed without ``dec:``)."""
-    message = f"issuer {issuer} has no certificate with serial 0x{serial_hex} (serials are hex)"
-    other = serials.decimal_reading(text)
-    if other is not None:
-        held = registry.get(issuer, serials.to_hex(other)) is not None
-        return message + (f"; it does hold 0x{serials.to_hex(other)}, which is decimal {text}: if you meant that "
-                          f"one, write --serial dec:{text}" if held else
-                          f"; if {text} was meant as decimal, write --serial dec:{text}")
+    message = serials.explain_unknown(issuer, text, serial_hex, lambda other: registry.get(issuer, other) is not None,
+                                      "write --serial")
+    if serials.decimal_reading(text) is not None:
+        return message
     return message + ("; use --force to revoke a serial the registry has never seen" if force_hint else "")
-
-
-def _iso(value: int | None) -> str | None:
-    dt = from_epoch(value)
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ") if dt else None
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -76,14 +65,14 @@ def cmd_init_demo(args: argparse.Namespace) -> int:
     given = [args.pkcs11_module, args.token_label, args.pin_file]
     if any(given):
         if not all(given):
-            raise Refusal("--pkcs11-module, --token-label and --pin-file go together")
+            raise Refused("--pkcs11-module, --token-label and --pin-file go together")
         token = DemoToken(args.pkcs11_module, args.token_label, Path(args.pin_file))
     try:
         path = init_demo(DemoOptions(Path(args.directory), args.certs, args.key_type, args.http_port,
                                      args.ldap_port, args.crl_partitions, args.admin_port, token),
                          say=lambda m: print(m, file=sys.stderr))
     except DemoError as exc:
-        raise Refusal(str(exc)) from None
+        raise Refused(str(exc)) from None
     print(path)
     return EXIT_OK
 
@@ -114,13 +103,13 @@ def _registry_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     config = _config(args)
     if args.issuer not in {i.name for i in config.issuers}:
-        raise Refusal(f"unknown issuer {args.issuer!r} (configured: {', '.join(i.name for i in config.issuers)})")
+        raise Refused(f"unknown issuer {args.issuer!r} (configured: {', '.join(i.name for i in config.issuers)})")
     return open_config_registry(config)
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     from directory.registry import UnknownCertificate
-    from directory.revocation import RevocationRefused, parse_reason
+    from directory.revocation import parse_reason
 
     registry = _registry_for(args)
     serial_hex = _serial(args.serial_text)
@@ -128,32 +117,27 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     if args.force and other is not None and registry.get(args.issuer, serial_hex) is None \
             and registry.get(args.issuer, serials.to_hex(other)) is not None:
         # forcing 0x1001 when the registry holds 0x3e9 (= 1001): almost surely a decimal typed by habit
-        raise Refusal(_unknown_serial(registry, args.issuer, args.serial_text, serial_hex, False)
+        raise Refused(_unknown_serial(registry, args.issuer, args.serial_text, serial_hex, False)
                       + f"; to force the hex serial anyway, write --serial 0x{serial_hex}")
     try:
         reason = parse_reason(args.reason)
         outcome = registry.revoke(args.issuer, serial_hex, reason, at=args.at, invalidity_date=args.invalidity_date,
                                   actor=f"cli:{_user()}", force=args.force)
-    except RevocationRefused as exc:
-        raise Refusal(str(exc)) from None
     except UnknownCertificate:
-        raise Refusal(_unknown_serial(registry, args.issuer, args.serial_text, serial_hex, True)) from None
+        raise Refused(_unknown_serial(registry, args.issuer, args.serial_text, serial_hex, True)) from None
     print(f"{args.issuer} 0x{serial_hex}: {outcome.message}" + ("" if outcome.changed else " (nothing changed)"))
     return EXIT_OK
 
 
 def cmd_release_hold(args: argparse.Namespace) -> int:
     from directory.registry import UnknownCertificate
-    from directory.revocation import RevocationRefused
 
     registry = _registry_for(args)
     serial_hex = _serial(args.serial_text)
     try:
         outcome = registry.release_hold(args.issuer, serial_hex, actor=f"cli:{_user()}")
-    except RevocationRefused as exc:
-        raise Refusal(str(exc)) from None
     except UnknownCertificate:
-        raise Refusal(_unknown_serial(registry, args.issuer, args.serial_text, serial_hex, False)) from None
+        raise Refused(_unknown_serial(registry, args.issuer, args.serial_text, serial_hex, False)) from None
     print(f"{args.issuer} 0x{serial_hex}: {outcome.message}" + ("" if outcome.changed else " (nothing changed)"))
     return EXIT_OK
 
@@ -163,10 +147,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     serial_hex = _serial(args.serial_text)
     record = registry.get(args.issuer, serial_hex)
     if record is None:
-        raise Refusal(_unknown_serial(registry, args.issuer, args.serial_text, serial_hex, False))
+        raise Refused(_unknown_serial(registry, args.issuer, args.serial_text, serial_hex, False))
     data: dict[str, Any] = record.as_dict()
     for key in ("not_before", "not_after", "revocation_time", "invalidity_date"):
-        data[key] = _iso(data[key])
+        data[key] = format_time(data[key])
     data["serial_colon"] = serials.colon_hex(int(record.serial_hex, 16))
     if args.json:
         print(json.dumps(data, indent=1, ensure_ascii=False))
@@ -262,7 +246,7 @@ def cmd_crl_build(args: argparse.Namespace) -> int:
     config = _config(args)
     names = [i.name for i in config.issuers]
     if args.issuer and args.issuer not in names:
-        raise Refusal(f"unknown issuer {args.issuer!r} (configured: {', '.join(names)})")
+        raise Refused(f"unknown issuer {args.issuer!r} (configured: {', '.join(names)})")
     from directory.ingest.importer import ProgressBar
 
     registry = open_config_registry(config)
@@ -282,8 +266,8 @@ def cmd_crl_build(args: argparse.Namespace) -> int:
                 for crl in crls:
                     results.append({"issuer": name, "file": str(crl.path), "kind": crl.target.kind,
                                     "number": crl.record.number, "entries": crl.entries, "size": crl.size,
-                                    "this_update": _iso(crl.this_update), "next_update": _iso(crl.next_update),
-                                    "seconds": round(crl.seconds, 3)})
+                                    "this_update": format_time(crl.this_update),
+                                    "next_update": format_time(crl.next_update), "seconds": round(crl.seconds, 3)})
             except CrlBuildError as exc:
                 failed += 1
                 bar.finish()
@@ -306,14 +290,14 @@ def cmd_crl_show(args: argparse.Namespace) -> int:
     try:
         data = Path(args.file).read_bytes()
     except OSError as exc:
-        raise Refusal(f"cannot read {args.file}: {exc.strerror}") from None
+        raise Refused(f"cannot read {args.file}: {exc.strerror}") from None
     issuers = []
     if args.config or os.environ.get("ANNUAIRE_CONFIG") or Path("annuaire.toml").exists():
         issuers = list(_config(args).issuers)
     try:
         info = describe_crl(data, issuers)
     except ValueError as exc:
-        raise Refusal(str(exc)) from None
+        raise Refused(str(exc)) from None
     if args.json:
         print(json.dumps(info, indent=1, ensure_ascii=False))
     else:
@@ -348,7 +332,7 @@ def cmd_ldap_worker(args: argparse.Namespace) -> int:
 
     config = _config(args)
     if config.ldap is None:
-        raise Refusal(f"{config.path} has no [ldap] section")
+        raise Refused(f"{config.path} has no [ldap] section")
     registry = open_config_registry(config)
     loop = SyncLoop(DirectorySync(config, registry), float(config.ldap.reconcile_interval or 3600))
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -368,7 +352,7 @@ def _ldap_pass(args: argparse.Namespace, mode: str) -> int:
 
     config = _config(args)
     if config.ldap is None:
-        raise Refusal(f"{config.path} has no [ldap] section")
+        raise Refused(f"{config.path} has no [ldap] section")
     registry = open_config_registry(config)
     sync = DirectorySync(config, registry)
     bar = ProgressBar(f"ldap {mode}", unit="entries")
@@ -380,9 +364,9 @@ def _ldap_pass(args: argparse.Namespace, mode: str) -> int:
         else:
             report = sync.incremental(limit=1_000_000)
     except SyncBusy as exc:
-        raise Refusal(str(exc)) from None
+        raise Refused(str(exc)) from None
     except LdapError as exc:
-        raise Refusal(f"directory: {exc}") from None
+        raise Refused(f"directory: {exc}") from None
     finally:
         bar.finish()
         sync.client.close()
@@ -417,7 +401,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             with open(args.file, encoding="utf-8") as f:
                 report = verify_chain(read_lines(f), args.head)
         except (OSError, ValueError, KeyError) as exc:
-            raise Refusal(f"cannot read the export {args.file}: {exc}") from None
+            raise Refused(f"cannot read the export {args.file}: {exc}") from None
     else:
         registry = _read_registry(args)
         try:
@@ -597,11 +581,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"annuaire: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except Refusal as exc:
-        print(f"annuaire: refused: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    except (HsmError, RegistryError) as exc:
+    except (HsmError, RegistryError) as exc:  # PinRefused included: named as the HSM's answer
         print(f"annuaire: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except Refused as exc:
+        print(f"annuaire: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
 
 
