@@ -9,8 +9,6 @@ be run again.
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,35 +204,3 @@ class Importer:
         if result.changed:
             summary.revoked += 1
 
-
-class ProgressBar:
-    """A one-line progress indicator on stderr, shown only on a terminal."""
-
-    def __init__(self, label: str, stream=sys.stderr, unit: str = "files") -> None:  # type: ignore[no-untyped-def]
-        self.label = label
-        self.unit = unit
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.start = time.monotonic()
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        rate = done / max(time.monotonic() - self.start, 1e-6)
-        width = 30
-        filled = int(width * done / total) if total else width
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {self.unit} "
-                          f"({rate:,.0f}/s)")
-        self.stream.flush()
-
-    def status(self, text: str) -> None:
-        """A stage of a long operation without a count (a CRL being signed, say)."""
-        if self.enabled:
-            elapsed = time.monotonic() - self.start
-            self.stream.write(f"\r\033[K{self.label}: {text} ({elapsed:.1f} s)")
-            self.stream.flush()
-
-    def finish(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
