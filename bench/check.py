@@ -32,11 +32,11 @@ from pathlib import Path
 
 from bench.common import OUT, config_with_data_dir, demo
 from bench.ocsp import free_port, wait_http
+from directory import der
 from directory.check.checker import PublicationChecker
 from directory.check.crl_probe import CrlProbe
 from directory.config import load_config
-from directory.crl import der
-from directory.crl.builder import Target
+from directory.publication import Target
 from directory.runtime import open_config_registry
 
 DAY = 86400

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.common import OUT, config_with_data_dir, demo
-from directory.crl import der
+from directory import der
 from directory.crl.entrycheck import check_entry_extensions
 
 SIZES = [int(x) for x in os.environ.get("BENCH_CRL_SIZES", "10000,100000,1000000").split(",")]

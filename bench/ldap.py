@@ -29,9 +29,9 @@ from bench.importer import generate
 from directory.config import load_config
 from directory.ldap.client import LdapClient
 from directory.ldap.loop import SyncLoop
+from directory.ldap.managed import ensure_skeleton, managed_slapd
 from directory.ldap.projection import BRANCHES
 from directory.ldap.sync import DirectorySync
-from directory.managed_ldap import ensure_skeleton, managed_slapd
 from directory.registry.store import Registry, open_registry
 from directory.runtime import open_config_registry
 from tests.conftest import free_port

@@ -99,7 +99,3 @@ def epoch(dt: datetime) -> int:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp())
 
-
-def from_epoch(value: int | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
-

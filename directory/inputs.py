@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 MIN_TIME = int(datetime(1950, 1, 1, tzinfo=UTC).timestamp())
 MAX_TIME = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
@@ -61,9 +61,18 @@ def parse_time(text: str, *, assume_utc: bool = False) -> int:
     return seconds
 
 
-def format_time(ts: int) -> str:
-    """RFC 3339 UTC form of epoch seconds (what the API answers and the CLI prints)."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+@overload
+def format_time(ts: float) -> str: ...
+
+
+@overload
+def format_time(ts: None) -> None: ...
+
+
+def format_time(ts: float | None) -> str | None:
+    """RFC 3339 UTC form of epoch seconds, to the second (what the API answers and the CLI prints); None
+    stays None (a time not set)."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def load_json(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:

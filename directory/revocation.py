@@ -13,10 +13,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Literal
 
-from directory.inputs import MAX_TIME, MIN_TIME
+from directory.inputs import MAX_TIME, MIN_TIME, format_time
+from directory.refusal import Refused
 
 # CRLReason codes (RFC 5280 §5.3.1); 7 is unused, removeFromCRL (8) only appears in delta CRLs.
 REASON_CODES: dict[str, int] = {
@@ -41,16 +41,12 @@ CLOCK_SKEW = 300  # seconds a supplied revocation time may lie ahead of our cloc
 INVALIDITY_BEFORE_NOT_BEFORE = 366 * 86400
 
 
-class RevocationRefused(ValueError):
+class RevocationRefused(Refused, ValueError):
     """The request breaks a rule; nothing is changed.
 
     ``conflict`` is true when the request is well formed but the certificate's current state forbids it
     (HTTP 409 in the admin API), false when the request itself is invalid (422).
     """
-
-    def __init__(self, message: str, conflict: bool = False) -> None:
-        super().__init__(message)
-        self.conflict = conflict
 
 
 def parse_reason(text: str) -> str:
@@ -128,8 +124,7 @@ def _check_invalidity(state: RevocationState, given: int | None, not_before: int
     if not MIN_TIME <= given <= MAX_TIME:
         raise RevocationRefused("invalidity date is outside 1950..9999 (not encodable in a CRL)")
     if state.revocation_time is not None and given > state.revocation_time:
-        when = datetime.fromtimestamp(state.revocation_time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        raise RevocationRefused(f"invalidity date is after the revocation time ({when})")
+        raise RevocationRefused(f"invalidity date is after the revocation time ({format_time(state.revocation_time)})")
     if not_before is not None and given < not_before - INVALIDITY_BEFORE_NOT_BEFORE:
         raise RevocationRefused("invalidity date is more than a year before the certificate's notBefore")
 

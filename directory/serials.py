@@ -13,6 +13,7 @@ A serial is a positive INTEGER of at most 20 octets (RFC 5280 §4.1.2.2), larger
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 MAX_SERIAL_OCTETS = 20
 DECIMAL_MARKER = "dec:"
@@ -71,6 +72,25 @@ def decimal_reading(text: str) -> int | None:
     except SerialError:
         return None
     return value if value != int(text, 16) else None
+
+
+def canonical(text: str) -> str:
+    """The registry's key for a serial as typed: :func:`parse`, then :func:`to_hex`."""
+    return to_hex(parse(text))
+
+
+def explain_unknown(issuer: str, text: str, serial_hex: str, holds: Callable[[str], bool], ask: str) -> str:
+    """Why no certificate of ``issuer`` matched the serial typed as ``text`` (read as ``serial_hex``). An
+    all-digit ``text`` may have been meant as a decimal: the message says whether the issuer ``holds`` that
+    other serial (by its hex key) and how to ``ask`` for it (the CLI: ``write --serial``, the API: ``send``)."""
+    message = f"issuer {issuer} has no certificate with serial 0x{serial_hex} (serials are hex)"
+    other = decimal_reading(text)
+    if other is None:
+        return message
+    if holds(to_hex(other)):
+        return message + (f"; it does hold 0x{to_hex(other)}, which is decimal {text}: if you meant that one, "
+                          f"{ask} dec:{text}")
+    return message + f"; if {text} was meant as decimal, {ask} dec:{text}"
 
 
 def check(value: int) -> None:

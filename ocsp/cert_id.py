@@ -15,11 +15,10 @@ from asn1crypto import keys
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from directory.crl import der
-from ocsp.request import HASH_OID_CONTENTS
+from directory import der
 from ocsp.strict_der import SEQUENCE, DerError, Reader
 
-_ALGORITHMS = {name: der.sequence(der.tlv(0x06, oid), b"\x05\x00") for name, oid in HASH_OID_CONTENTS.items()}
+_ALGORITHMS = {name: der.digest_algorithm(name) for name in der.DIGESTS}
 
 
 def key_hash(cert: x509.Certificate, hash_name: str) -> bytes:
@@ -71,7 +70,7 @@ def _issuer_prefix(issuer_certificate_der: bytes, hash_name: str) -> bytes:
 
 def is_canonical_answer(issuer_certificate_der: bytes, serial_hex: str, hash_name: str, signed: bytes) -> bool:
     """Whether a stored answer (registry row) names exactly the canonical CertID of its key columns."""
-    if hash_name not in HASH_OID_CONTENTS:
+    if hash_name not in der.DIGESTS:
         return False
     try:
         serial = int(serial_hex, 16)

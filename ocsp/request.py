@@ -14,18 +14,13 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
+from directory.der import DIGESTS
 from ocsp.strict_der import BIT_STRING, SEQUENCE, SET, DerError, Reader
 
 MAX_NONCE = 32
 MAX_SERIAL_OCTETS = 20  # RFC 5280 §4.1.2.2; the registry takes no longer serial either
-# CertID hash algorithms we answer for: OID -> hashlib name
-HASHES = {"1.3.14.3.2.26": "sha1", "2.16.840.1.101.3.4.2.1": "sha256", "2.16.840.1.101.3.4.2.2": "sha384",
-          "2.16.840.1.101.3.4.2.3": "sha512"}
-DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
-# the same OIDs as contents octets (what the reader gives), and back
-HASH_OID_CONTENTS = {"sha1": bytes.fromhex("2b0e03021a"), "sha256": bytes.fromhex("608648016503040201"),
-                     "sha384": bytes.fromhex("608648016503040202"), "sha512": bytes.fromhex("608648016503040203")}
-_HASH_BY_OID = {oid: name for name, oid in HASH_OID_CONTENTS.items()}
+# CertID hash algorithms we answer for (``der.DIGESTS``), by OID contents octets (what the reader gives)
+_DIGEST_BY_OID = {d.oid: d for d in DIGESTS.values()}
 NONCE_OID_CONTENTS = bytes.fromhex("2b0601050507300102")  # 1.3.6.1.5.5.7.48.1.2
 _B64 = re.compile(rb"^[A-Za-z0-9+/]*={0,2}$")
 
@@ -100,12 +95,12 @@ def _cert_id(r: Reader) -> CertId:
     if not algorithm.at_end():
         algorithm.null("hashAlgorithm parameters (NULL or absent)")
     algorithm.done("hashAlgorithm")
-    hash_name = _HASH_BY_OID.get(oid)
-    if hash_name is None:
+    digest = _DIGEST_BY_OID.get(oid)
+    if digest is None:
         raise Malformed(f"unsupported CertID hash algorithm {dotted(oid)}")
+    hash_name, size = digest.name, digest.size
     name_hash = r.octet_string("issuerNameHash")
     key_hash = r.octet_string("issuerKeyHash")
-    size = DIGEST_SIZES[hash_name]
     if len(name_hash) != size or len(key_hash) != size:
         raise Malformed(f"CertID hashes of {len(name_hash)} and {len(key_hash)} octets for {hash_name} "
                         f"({size} expected)")

@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from directory.config import Config, IssuerConfig
+from directory.der import DIGESTS
 from directory.hsm.signer import HsmError, HsmSigner, KeySigner
 from directory.registry import Registry
 from directory.revocation import REASON_CODES
 from ocsp import cert_id
 from ocsp import response as resp
 from ocsp.lru import ByteLru
-from ocsp.request import HASHES, CertId, Malformed, Request, decode_get_path, parse_request
+from ocsp.request import CertId, Malformed, Request, decode_get_path, parse_request
 
 log = logging.getLogger(__name__)
 PRESIGN_HASH = "sha1"  # what RFC 5019 clients use in CertIDs
@@ -74,7 +75,7 @@ class IssuerResponder:
             cert_ders = []
         self.responder_key_hash = cert_id.key_hash(responder_cert, "sha1")
         self.certs = resp.certs_field(cert_ders)
-        self.hashes = {h: cert_id.issuer_hashes(issuer.certificate, h) for h in HASHES.values()}
+        self.hashes = {h: cert_id.issuer_hashes(issuer.certificate, h) for h in DIGESTS}
         self.lookup_keys = {(h, name_hash, key_hash) for h, (name_hash, key_hash) in self.hashes.items()}
         self._cid_prefix = {h: cert_id.prefix(h, *hashes) for h, hashes in self.hashes.items()}
         self.live_slots = threading.BoundedSemaphore(issuer.ocsp.live_concurrency)
@@ -259,7 +260,7 @@ class OcspResponder:
         key = (issuer, serial)
         self._generation[key] = self._generation.get(key, 0) + 1
         self.cache[(issuer, PRESIGN_HASH)].pop(serial, None)
-        for h in HASHES.values():
+        for h in DIGESTS:
             self.answers.pop((issuer, h, serial))
 
     def _keep(self, issuer: str, hash_name: str, serial: int, entry: tuple[bytes, int, int]) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from directory.crl import der
+from directory import der
+from directory.der import length
 
 # OCSPResponseStatus
 SUCCESSFUL, MALFORMED_REQUEST, INTERNAL_ERROR, TRY_LATER, SIG_REQUIRED, UNAUTHORIZED = 0, 1, 2, 3, 5, 6
@@ -78,29 +79,19 @@ def certs_field(cert_ders: list[bytes]) -> bytes:
     return der.tlv(0xA0, der.sequence(*cert_ders)) if cert_ders else b""
 
 
-def _len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    if n < 0x100:
-        return bytes((0x81, n))
-    if n < 0x10000:
-        return bytes((0x82, n >> 8, n & 0xFF))
-    return der.length(n)
-
-
 def assemble(signed: bytes, certs: bytes) -> bytes:
     """OCSPResponse { successful, responseBytes { id-pkix-ocsp-basic, BasicOCSPResponse } }.
 
-    On the hot path of every pre-signed answer: a handful of length computations, no generic helpers.
+    On the hot path of every pre-signed answer: a handful of length computations, no concatenated TLVs.
     """
     n = len(signed) + len(certs)
-    basic_header = b"\x30" + _len(n)
+    basic_header = b"\x30" + length(n)
     octet_len = len(basic_header) + n
-    octet_header = b"\x04" + _len(octet_len)
+    octet_header = b"\x04" + length(octet_len)
     inner_len = len(_ID_PKIX_OCSP_BASIC) + len(octet_header) + octet_len
-    inner_header = b"\x30" + _len(inner_len)
+    inner_header = b"\x30" + length(inner_len)
     tagged_len = len(inner_header) + inner_len
-    tagged_header = b"\xa0" + _len(tagged_len)
+    tagged_header = b"\xa0" + length(tagged_len)
     total = 3 + len(tagged_header) + tagged_len
-    return b"".join((b"\x30", _len(total), b"\x0a\x01\x00", tagged_header, inner_header, _ID_PKIX_OCSP_BASIC,
+    return b"".join((b"\x30", length(total), b"\x0a\x01\x00", tagged_header, inner_header, _ID_PKIX_OCSP_BASIC,
                      octet_header, basic_header, signed, certs))

@@ -9,12 +9,12 @@ BIT STRINGs with unused bits set, SET OF elements out of order, and bytes after 
 
 from __future__ import annotations
 
+from directory.der import BIT_STRING, BOOLEAN, ENUMERATED, INTEGER, NULL, OCTET_STRING, OID, SEQUENCE, SET
+
 _MAX_LENGTH_OCTETS = 3  # 16 MiB: far beyond any request we take (the HTTP layer caps bodies at 10 KiB)
 MAX_DEPTH = 24  # nesting checked by ``any``: certificates and names need about ten
 _CONSTRUCTED = 0x20
 
-BOOLEAN, INTEGER, BIT_STRING, OCTET_STRING, NULL, OID, ENUMERATED = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x0A
-SEQUENCE, SET = 0x30, 0x31
 
 
 class DerError(ValueError):

@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from directory.config import Config, load_config
 from directory.demo import issuance
+from directory.ldap.managed import ensure_skeleton, managed_slapd
+from directory.ldap.slapd import Slapd
 from directory.ldap.sync import DirectorySync
-from directory.managed_ldap import ensure_skeleton, managed_slapd
 from directory.registry import Registry
 from directory.runtime import importer_for, open_config_registry, open_hsm
-from directory.slapd import Slapd
 from tests.conftest import free_port
 
 SUFFIX = "o=sante,c=fr"

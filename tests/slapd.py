@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from directory.slapd import Slapd, SlapdConfig
+from directory.ldap.slapd import Slapd, SlapdConfig
 
 SUFFIX = "o=sante,c=fr"
 

@@ -21,7 +21,7 @@ from directory.check.crl_probe import CrlProbe
 from directory.check.model import GOOD, Revoked
 from directory.check.ocsp_probe import OcspProbe, Variant
 from directory.config import CheckConfig, CrlConfig, IssuerConfig, OcspConfig
-from directory.crl.builder import Target
+from directory.publication import Target
 from directory.registry.checks import CertificateFacts
 
 NOW = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)

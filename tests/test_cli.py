@@ -129,3 +129,24 @@ def test_serial_parser_rules() -> None:
     assert serials.colon_hex(0x1A2B) == "1A:2B"
     assert serials.decimal_reading("4096") == 4096 and serials.decimal_reading("0x10") is None
     assert serials.decimal_reading("5") is None  # the same number either way: nothing else it could mean
+    # the miss explained alike by the CLI and the admin API, each with its own way to ask
+    held = {"1000"}.__contains__  # 4096 = 0x1000
+    assert serials.explain_unknown("ac", "4096", "4096", held, "send").endswith(
+        "; it does hold 0x1000, which is decimal 4096: if you meant that one, send dec:4096")
+    assert serials.explain_unknown("ac", "12345", "12345", held, "write --serial").endswith(
+        "; if 12345 was meant as decimal, write --serial dec:12345")
+    assert serials.explain_unknown("ac", "0x10", "10", held, "send") == (
+        "issuer ac has no certificate with serial 0x10 (serials are hex)")
+
+
+def test_every_refusal_is_one_family() -> None:
+    """One base for every refusal: the CLI prints any of them as refused (exit 1), the API answers 409/422."""
+    from directory.admin.api import ApiError
+    from directory.hsm.errors import PinRefused
+    from directory.ingest.importer import CertificateRefused
+    from directory.refusal import Refused
+    from directory.revocation import RevocationRefused
+
+    for family in (CertificateRefused, RevocationRefused, PinRefused, ApiError):
+        assert issubclass(family, Refused), family
+    assert ApiError(409, "conflict", "x").conflict and not ApiError(422, "refused", "x").conflict

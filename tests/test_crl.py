@@ -182,7 +182,7 @@ def test_numbers_only_go_up_across_restarts_and_concurrent_builders(demo: Path) 
 
 def _bulk_revoked(db_path: Path, issuer: str, count: int) -> None:
     """Many revoked rows straight into the registry (to make a build take a noticeable time)."""
-    from directory.crl import der
+    from directory import der
 
     db = sqlite3.connect(db_path)
     issuer_id = db.execute("SELECT id FROM issuers WHERE name = ?", (issuer,)).fetchone()[0]

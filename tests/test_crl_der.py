@@ -1,16 +1,17 @@
-"""The hand-written CRL DER is byte-identical to asn1crypto's encoding of the same values."""
+"""The hand-written DER (CRL pieces, lengths, digest identifiers) is byte-identical to asn1crypto's
+encoding of the same values."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 import pytest
-from asn1crypto import core
+from asn1crypto import algos, core
 from asn1crypto import crl as acrl
 from asn1crypto import x509 as ax509
 from cryptography import x509
 
-from directory.crl import der
+from directory import der
 
 
 def _ts(*args: int) -> int:
@@ -78,6 +79,18 @@ def test_length_forms() -> None:
     assert der.length(127) == b"\x7f"
     assert der.length(128) == b"\x81\x80"
     assert der.length(70_000_000) == b"\x84" + (70_000_000).to_bytes(4, "big")
+    for n in (0, 1, 127, 128, 255, 256, 65535, 65536, 2**24 - 1, 2**24):  # every form's edges
+        assert der.tlv(0x04, b"\x00" * n) == core.OctetString(b"\x00" * n).dump(), n
+
+
+@pytest.mark.parametrize("name", ["sha1", "sha256", "sha384", "sha512"])
+def test_digest_oids_match_asn1crypto(name: str) -> None:
+    """The one digest table gives the CertID algorithm and the RSA DigestInfo (RFC 8017 §9.2) exactly."""
+    algorithm = algos.DigestAlgorithm({"algorithm": name, "parameters": core.Null()})
+    assert der.digest_algorithm(name) == algorithm.dump()
+    digest = bytes(range(der.DIGESTS[name].size))
+    info = algos.DigestInfo({"digest_algorithm": algorithm, "digest": digest}).dump()
+    assert der.digest_info_prefix(name) + digest == info
 
 
 class _Extension(core.Sequence):

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from directory.crl import der, entrycheck
+from directory import der
+from directory.crl import entrycheck
 from tests.conftest import run_cli
 
 

@@ -39,6 +39,9 @@ def test_rfc3339_times() -> None:
                 "\u0662\u0660\u0662\u0666-11-28T10:00:00Z", "", "x" * 5000):
         with pytest.raises(inputs.InputError):
             inputs.parse_time(bad)
+    # the one way a time is written back (CLI, admin API, crl show, messages); unset stays unset
+    assert inputs.format_time(_ts(2026, 11, 28, 10)) == "2026-11-28T10:00:00Z"
+    assert inputs.format_time(inputs.MAX_TIME) == "9999-12-31T23:59:59Z" and inputs.format_time(None) is None
 
 
 def test_json_bodies_are_bounded_before_parsing() -> None:

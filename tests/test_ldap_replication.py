@@ -27,9 +27,9 @@ from directory.demo.init import DemoUrls, issue_end_entities
 from directory.demo.issuance import CertificateAuthority
 from directory.ingest.importer import ImportSummary
 from directory.ingest.sources import SourceItem
-from directory.managed_ldap import ensure_skeleton
+from directory.ldap.managed import ensure_skeleton
+from directory.ldap.slapd import CONSUMER, MULTI_PROVIDER, PROVIDER_TEMPLATE, SEED, Slapd, SlapdConfig, hash_password
 from directory.runtime import importer_for, open_config_registry, open_hsm
-from directory.slapd import CONSUMER, MULTI_PROVIDER, PROVIDER_TEMPLATE, SEED, Slapd, SlapdConfig, hash_password
 from tests.conftest import free_port, run_cli
 from tests.ldap_env import SUFFIX, search
 from tests.test_ldap_sync import _tls_files

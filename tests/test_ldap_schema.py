@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from directory.demo.issuance import DEMO_POLICY_ARC
-from directory.slapd import ANNUAIRE_SCHEMA_DIR, PROVIDER_TEMPLATE, Slapd, SlapdConfig
+from directory.ldap.slapd import ANNUAIRE_SCHEMA_DIR, PROVIDER_TEMPLATE, Slapd, SlapdConfig
 from tests.conftest import free_port
 
 SUFFIX = "o=sante,c=fr"

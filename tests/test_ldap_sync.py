@@ -403,7 +403,7 @@ def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
 def test_start_tls_with_a_checked_server_certificate(ldap_env: LdapEnv, tmp_path: Path) -> None:
     import dataclasses
 
-    from directory.managed_ldap import ensure_skeleton
+    from directory.ldap.managed import ensure_skeleton
 
     env = ldap_env
     ca, cert, key = _tls_files(tmp_path)
@@ -456,7 +456,8 @@ def test_the_sync_worker_is_restarted_and_never_outlives_the_service(demo: Path)
         _wait(lambda: len(_workers(served.proc.pid)) == 1, timeout=15)
         first = _workers(served.proc.pid)
         os.kill(first[0], signal.SIGKILL)
-        _wait(lambda: len(_workers(served.proc.pid)) == 1 and _workers(served.proc.pid) != first, timeout=15)
+        # one look per try: two could see the killed worker, then no worker at all (an empty list != first)
+        _wait(lambda: (now := _workers(served.proc.pid)) != first and len(now) == 1, timeout=15)
         second = _workers(served.proc.pid)[0]
         slapd_pid = _workers(served.proc.pid, "slapd -f")[0]
         served.proc.kill()  # the service dies without a chance to stop its child

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from directory.ingest.importer import Importer
 from directory.ldap import ber, syntax
 from directory.ldap.client import Add, LdapClient, Modify
+from directory.ldap.slapd import ANNUAIRE_SCHEMA_DIR, SCHEMA_DIR
 from directory.runtime import importer_for, known_issuers
-from directory.slapd import ANNUAIRE_SCHEMA_DIR, SCHEMA_DIR
 from tests.ldap_env import SUFFIX, LdapEnv, issue, ldap_tool, search
 
 PERSONNES, STRUCTURES = f"ou=Personnes,{SUFFIX}", f"ou=Structures,{SUFFIX}"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from directory import der
 from directory.certinfo import CertificateInfo
-from directory.crl import der
 from directory.registry import Registry
 from directory.registry.audit import verify_chain
 from directory.revocation import REASON_CODES

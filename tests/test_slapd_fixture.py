@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from directory.slapd import Slapd
+from directory.ldap.slapd import Slapd
 from tests.slapd import SUFFIX
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from directory.slapd import CONSUMER, MULTI_PROVIDER, PROVIDER_TEMPLATE, Slapd, SlapdConfig
+from directory.ldap.slapd import CONSUMER, MULTI_PROVIDER, PROVIDER_TEMPLATE, Slapd, SlapdConfig
 from tests.test_ldap_sync import _tls_files
 
 SUFFIX = "o=sante,c=fr"

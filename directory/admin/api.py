@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -21,13 +20,12 @@ from directory import logs, serials
 from directory.admin import openapi
 from directory.admin.auth import Credentials, server_context
 from directory.config import AdminConfig
-from directory.crl.builder import CrlPublisher
-from directory.ingest.importer import Refused
 from directory.ingest.sources import pem_items
-from directory.inputs import InputError, load_json, parse_time
+from directory.inputs import InputError, format_time, load_json, parse_time
+from directory.publication import crl_url, targets_of
+from directory.refusal import Refused
 from directory.registry import NotRegistered, RegistryError, UnknownCertificate, UnknownIssuer
 from directory.registry.store import CertificateRecord
-from directory.revocation import RevocationRefused
 from directory.runtime import importer_for
 from directory.service.app import request_ids
 from directory.service.listener import ConnectionGate, listen, request_deadline
@@ -41,9 +39,11 @@ ACTOR = web.RequestKey("actor", str)  # who is calling, set once the credentials
 PEM_TYPES = ("application/x-pem-file", "application/pem-certificate-chain", "text/plain")
 
 
-class ApiError(Exception):
+class ApiError(Refused):
+    """A refusal answered with its own status and error name (every other ``Refused``: 409 or 422)."""
+
     def __init__(self, status: int, error: str, detail: str, errors: list[dict[str, str]] | None = None) -> None:
-        super().__init__(detail)
+        super().__init__(detail, conflict=status == 409)
         self.status, self.error, self.detail, self.errors = status, error, detail, errors
 
 
@@ -53,10 +53,6 @@ def error_response(status: int, error: str, detail: str, errors: list[dict[str, 
     if errors:
         body["errors"] = errors
     return web.json_response(body, status=status, headers=headers)
-
-
-def _iso(value: int | None) -> str | None:
-    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
 
 
 class AdminComponent:
@@ -120,6 +116,8 @@ class AdminComponent:
             response = await handler(request)
         except ApiError as exc:
             response = error_response(exc.status, exc.error, exc.detail, exc.errors)
+        except Refused as exc:  # a rule said no (an import check, a revocation rule): nothing changed
+            response = error_response(409 if exc.conflict else 422, "conflict" if exc.conflict else "refused", str(exc))
         except web.HTTPRequestEntityTooLarge:
             response = error_response(413, "too large", f"the body exceeds {self.config.max_body} bytes")
         except web.HTTPException as exc:
@@ -161,10 +159,7 @@ class AdminComponent:
     async def _import(self, request: web.Request) -> web.Response:
         der = _certificate_der(await request.read(), request.content_type)
         importer = importer_for(self.service.config, self.service.registry, request[ACTOR])
-        try:
-            issuer, info, outcome = await self._blocking(importer.import_one, der)
-        except Refused as exc:
-            raise ApiError(422, "refused", str(exc)) from None
+        issuer, info, outcome = await self._blocking(importer.import_one, der)
         if outcome.result == "conflict":
             raise ApiError(409, "conflict", outcome.message)
         log.info("admin API: certificate %s", outcome.result, extra={"issuer": issuer, "serial": info.serial_hex})
@@ -191,8 +186,6 @@ class AdminComponent:
         except UnknownCertificate:
             detail = await self._unknown(issuer, data["serial"], serial_hex)
             raise ApiError(404, "unknown certificate", detail) from None
-        except RevocationRefused as exc:
-            raise ApiError(409 if exc.conflict else 422, "conflict" if exc.conflict else "refused", str(exc)) from None
         log.info("admin API: %s", outcome.message, extra={"issuer": issuer, "serial": serial_hex})
         body = {"changed": outcome.changed, "message": outcome.message,
                 "certificate": await self._describe(outcome.record)}
@@ -205,8 +198,6 @@ class AdminComponent:
         except UnknownCertificate:
             raise ApiError(404, "unknown certificate",
                            await self._unknown(issuer, request.match_info["serial"], serial_hex)) from None
-        except RevocationRefused as exc:
-            raise ApiError(409, "conflict", str(exc)) from None
         log.info("admin API: %s", outcome.message, extra={"issuer": issuer, "serial": serial_hex})
         body = {"changed": outcome.changed, "message": outcome.message,
                 "certificate": await self._describe(outcome.record)}
@@ -222,12 +213,9 @@ class AdminComponent:
 
     async def _unknown(self, issuer: str, text: str, serial_hex: str) -> str:
         """The 404's detail; names the certificate an all-digit serial would be as a decimal, when held."""
-        detail = f"issuer {issuer} has no certificate with serial 0x{serial_hex} (serials are hex)"
-        other = serials.decimal_reading(text)
-        if other is not None and await self._blocking(self.service.registry.get, issuer, serials.to_hex(other)):
-            detail += (f"; it does hold 0x{serials.to_hex(other)}, which is decimal {text}: if you meant that one, "
-                       f"send dec:{text}")
-        return detail
+        registry = self.service.registry
+        return await self._blocking(serials.explain_unknown, issuer, text, serial_hex,
+                                    lambda other: registry.get(issuer, other) is not None, "send")
 
     def _target(self, request: web.Request) -> tuple[str, str]:
         issuer = request.match_info["issuer"]
@@ -242,7 +230,7 @@ class AdminComponent:
         data = record.as_dict()
         data.pop("dns_names", None)
         for key in ("not_before", "not_after", "revocation_time", "invalidity_date"):
-            data[key] = _iso(data[key])
+            data[key] = format_time(data[key])
         data["publication"] = {"ocsp": self._ocsp_state(record), "crl": crl,
                                "ldap": self._ldap_state(facts or {})}
         return data
@@ -255,14 +243,14 @@ class AdminComponent:
         window = ocsp.presigned_window(record.issuer, record.serial_hex)
         state: dict[str, Any] = {"state": "current", "presigned": window is not None}
         if window is not None:
-            state["this_update"], state["next_update"] = _iso(window[0]), _iso(window[1])
+            state["this_update"], state["next_update"] = format_time(window[0]), format_time(window[1])
         return state
 
     def _crl_state(self, record: CertificateRecord, facts: dict[str, Any]) -> dict[str, Any]:
         issuer = self.service.config.issuer(record.issuer)
         registry = self.service.registry
         newest = None
-        for target in CrlPublisher.targets_of(issuer):
+        for target in targets_of(issuer):
             if target.scope != "main":
                 continue
             r = registry.crl_latest(record.issuer, target.scope, target.kind)
@@ -274,8 +262,8 @@ class AdminComponent:
         last_change = facts.get("last_change_seq") or 0
         current = r.change_seq >= last_change
         state: dict[str, Any] = {"state": "current" if current else "pending", "number": r.number,
-                                 "kind": target.kind, "this_update": _iso(r.this_update),
-                                 "url": f"{self.service.config.http.base_url}/crl/{target.filename}"}
+                                 "kind": target.kind, "this_update": format_time(r.this_update),
+                                 "url": crl_url(self.service.config.http.base_url, target.filename)}
         if current:
             state["listed"] = record.status != "good"
         return state
@@ -286,7 +274,7 @@ class AdminComponent:
         refused = facts.get("ldap_refused")
         if refused:  # kept in the outbox as a dead letter: never "current" while the directory refuses it
             return {"state": "refused", "dn": facts.get("ldap_dn"), "reason": refused["reason"],
-                    "attempts": refused["attempts"], "next_attempt": _iso(refused["next_attempt_at"])}
+                    "attempts": refused["attempts"], "next_attempt": format_time(refused["next_attempt_at"])}
         if facts.get("ldap_pending"):
             return {"state": "pending", "dn": facts.get("ldap_dn")}
         if facts.get("ldap_layout") and facts.get("ldap_dn") is None:
@@ -296,7 +284,7 @@ class AdminComponent:
 
 def _serial(text: str) -> str:
     try:
-        return serials.to_hex(serials.parse(text))
+        return serials.canonical(text)
     except serials.SerialError as exc:
         raise ApiError(422, "invalid serial", str(exc)) from None
 

@@ -28,9 +28,10 @@ from directory.check import compare
 from directory.check.crl_probe import CrlProbe
 from directory.check.http import HttpClient
 from directory.check.ldap_probe import LdapProbe, LdapTrouble
-from directory.check.model import CHANNELS, Finding, Trouble, iso
+from directory.check.model import CHANNELS, Finding, Trouble
 from directory.check.ocsp_probe import OcspProbe, Variant
 from directory.config import CheckConfig, Config
+from directory.inputs import format_time
 from directory.registry import Registry
 from directory.registry.checks import REPORT_PREFIX, CertificateFacts, CheckReads
 
@@ -197,7 +198,7 @@ class PublicationChecker:
                 continue
             if now - record.this_update > self.settings.crl_margin:
                 out.append(Finding("crl", issuer, None, f"number {record.number} or later (published "
-                                   f"{iso(record.this_update)})", f"number {served.number}", target.filename))
+                                   f"{format_time(record.this_update)})", f"number {served.number}", target.filename))
         return out
 
     # -- the served component's cycle --------------------------------------------------------------------

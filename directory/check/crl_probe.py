@@ -18,7 +18,7 @@ from cryptography import x509
 from directory.check.http import HttpClient, HttpTrouble
 from directory.check.model import GOOD, Revoked, Status, reason_of
 from directory.config import IssuerConfig
-from directory.crl.builder import CrlPublisher, Target
+from directory.publication import Target, crl_path, targets_of
 
 CLOCK_SKEW = 300
 REMOVED = "removeFromCRL"
@@ -57,7 +57,7 @@ class CrlProbe:
         self.parses = 0
 
     def targets(self, issuer: str) -> list[Target]:
-        return CrlPublisher.targets_of(self.issuers[issuer])
+        return targets_of(self.issuers[issuer])
 
     def refresh(self, issuer: str, now: float) -> tuple[list[tuple[str, str]], list[str]]:
         """Fetch the issuer's served CRLs (conditional GET). ([(file, problem)], [trouble])."""
@@ -66,7 +66,7 @@ class CrlProbe:
             name = target.filename
             headers = {"If-None-Match": self._etags[name]} if name in self._etags and name in self.served else {}
             try:
-                status, answer_headers, body = self.http.request("GET", f"/crl/{name}", headers=headers)
+                status, answer_headers, body = self.http.request("GET", crl_path(name), headers=headers)
             except HttpTrouble as exc:
                 troubles.append(f"{name}: {exc}")
                 continue
@@ -165,7 +165,7 @@ class CrlProbe:
                 continue
             where = f"{target.filename} number {crl.number}"
             if target.kind == "full":
-                if target.partition is not None and (serial & 0xFFFFFFFF) % target.partition[0] != target.partition[1]:
+                if not target.covers(serial):
                     continue
                 if target.scope == "main":
                     main = crl

@@ -7,10 +7,10 @@ A status is ``GOOD`` or ``Revoked(time, reason, invalidity)``; a hold is ``Revok
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from cryptography import x509
 
+from directory.inputs import format_time
 from directory.registry.checks import CertificateFacts
 
 CHANNELS = ("ocsp", "crl", "ldap")
@@ -57,12 +57,8 @@ def describe(status: Status) -> str:
     if not isinstance(status, Revoked):
         return "good"
     what = "on hold" if status.reason == "certificateHold" else f"revoked ({status.reason or 'no reason'})"
-    text = f"{what} since {iso(status.time)}"
-    return text + (f", invalid since {iso(status.invalidity)}" if status.invalidity is not None else "")
-
-
-def iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    text = f"{what} since {format_time(status.time)}"
+    return text + (f", invalid since {format_time(status.invalidity)}" if status.invalidity is not None else "")
 
 
 @dataclass(frozen=True)

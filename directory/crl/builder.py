@@ -31,19 +31,16 @@ from pathlib import Path
 
 from cryptography import x509
 
+from directory import der
 from directory.config import Config, IssuerConfig
-from directory.crl import der
 from directory.crl.entrycheck import WalkCache, check_entry_extensions
 from directory.hsm.signer import HsmSigner, KeySigner, SignatureCheckFailed
+from directory.publication import Target, crl_dir, crl_url, delta_target, full_crl_name, targets_of
 from directory.registry import Registry
 from directory.registry.store import CrlRecord
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
-
-
-def crl_dir(config: Config) -> Path:
-    return config.data_dir / "crl"
 
 
 def publishers_for(config: Config, hsm: HsmSigner, registry: Registry, clock: Callable[[], float] = time.time,
@@ -59,16 +56,6 @@ def publishers_for(config: Config, hsm: HsmSigner, registry: Registry, clock: Ca
 
 class CrlBuildError(RuntimeError):
     """A CRL failed its self-check or could not be written; the previous CRL stays published."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """What one CRL covers and where it is published."""
-
-    kind: str  # full | delta
-    scope: str  # main | p<i>
-    filename: str  # e.g. ac-personnes.crl, ac-personnes-delta.crl, ac-personnes-p3.crl
-    partition: tuple[int, int] | None = None  # (N, i): serial_low % N == i
 
 
 @dataclass(frozen=True)
@@ -127,25 +114,15 @@ class CrlPublisher:
         except x509.ExtensionNotFound:
             self._key_id = x509.SubjectKeyIdentifier.from_public_key(self._public_key).digest  # type: ignore[arg-type]
 
-    # -- targets -----------------------------------------------------------------------------
+    # -- targets (``publication``) -------------------------------------------------------------
     def url(self, filename: str) -> str:
-        return f"{self.base_url}/crl/{filename}"
-
-    @staticmethod
-    def targets_of(issuer: IssuerConfig) -> list[Target]:
-        """Every CRL an issuer publishes: the full one, its partitions, then the delta when configured."""
-        name, n = issuer.name, issuer.crl.partitions
-        targets = [Target("full", "main", f"{name}.crl")]
-        targets += [Target("full", f"p{i}", f"{name}-p{i}.crl", (n, i)) for i in range(n)]
-        if issuer.crl.delta:
-            targets.append(Target("delta", "main", f"{name}-delta.crl"))
-        return targets
+        return crl_url(self.base_url, filename)
 
     def full_targets(self) -> list[Target]:
-        return [t for t in self.targets_of(self.issuer) if t.kind == "full"]
+        return [t for t in targets_of(self.issuer) if t.kind == "full"]
 
     def delta_target(self) -> Target:
-        return Target("delta", "main", f"{self.issuer.name}-delta.crl")
+        return delta_target(self.issuer.name)
 
     # -- building ----------------------------------------------------------------------------
     def publish_all(self) -> list[PublishedCrl]:
@@ -207,7 +184,7 @@ class CrlPublisher:
         if target.partition is not None:
             exts.append(der.issuing_distribution_point(self.url(target.filename)))
         elif self.settings.issuing_distribution_point:
-            exts.append(der.issuing_distribution_point(self.url(f"{self.issuer.name}.crl")))
+            exts.append(der.issuing_distribution_point(self.url(full_crl_name(self.issuer.name))))
         if target.kind == "full" and target.scope == "main" and self.settings.delta:
             exts.append(der.freshest_crl(self.url(self.delta_target().filename)))
         if self.settings.keep_expired:
@@ -351,7 +328,7 @@ class CrlPublisher:
         names (the live file is always archived too): a registry restored from an older backup must not
         hand out a number that relying parties have already seen."""
         highest = 0
-        for target in self.targets_of(self.issuer):
+        for target in targets_of(self.issuer):
             if target.scope != scope:
                 continue
             pattern = re.compile(rf"^{re.escape(Path(target.filename).stem)}-(\d+)\.crl$")

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.x509.oid import CRLEntryExtensionOID
 
-from directory.crl import der
+from directory import der
 
 ENTRY_EXTENSIONS = {CRLEntryExtensionOID.CRL_REASON, CRLEntryExtensionOID.INVALIDITY_DATE}
 _EARLIEST = datetime(1950, 1, 1, tzinfo=UTC)

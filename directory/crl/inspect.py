@@ -7,10 +7,7 @@ from typing import Any
 from cryptography import x509
 
 from directory.config import IssuerConfig
-
-
-def _iso(dt: Any) -> str | None:
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ") if dt is not None else None
+from directory.inputs import format_time
 
 
 def describe_crl(data: bytes, issuers: list[IssuerConfig]) -> dict[str, Any]:
@@ -19,10 +16,11 @@ def describe_crl(data: bytes, issuers: list[IssuerConfig]) -> dict[str, Any]:
         crl = x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----BEGIN") else x509.load_der_x509_crl(data)
     except ValueError as exc:
         raise ValueError(f"not an X.509 CRL: {exc}") from None
+    next_update = crl.next_update_utc
     info: dict[str, Any] = {
         "issuer": crl.issuer.rfc4514_string(),
-        "this_update": _iso(crl.last_update_utc),
-        "next_update": _iso(crl.next_update_utc),
+        "this_update": format_time(crl.last_update_utc.timestamp()),
+        "next_update": format_time(next_update.timestamp()) if next_update is not None else None,
         "entries": len(crl),
         "signature_algorithm": crl.signature_algorithm_oid._name,
     }

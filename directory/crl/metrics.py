@@ -9,6 +9,7 @@ from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from directory.crl.builder import CrlPublisher
+from directory.publication import targets_of
 from directory.registry import Registry
 
 BUILD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -42,7 +43,7 @@ class CrlMetrics:
         size = GaugeMetricFamily("annuaire_crl_size_bytes", "Size of the newest published CRL", labels=labels)
         entries = GaugeMetricFamily("annuaire_crl_entries", "Entries of the newest published CRL", labels=labels)
         for name, publisher in self.publishers.items():
-            for target in CrlPublisher.targets_of(publisher.issuer):
+            for target in targets_of(publisher.issuer):
                 record = self.registry.crl_latest(name, target.scope, target.kind)
                 if record is None:
                     continue

@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, TypeVar
 from aiohttp import web
 from cryptography import x509
 
-from directory.crl.builder import CrlBuildError, CrlPublisher, PublishedCrl, Target, crl_dir, publishers_for
+from directory.crl.builder import CrlBuildError, CrlPublisher, PublishedCrl, publishers_for
 from directory.crl.files import read_regular
 from directory.crl.http import CERT_NAME, CRL_NAME, CrlFiles, ServedFile, ca_file, respond
 from directory.crl.metrics import CrlMetrics
 from directory.hsm.signer import HsmError
+from directory.publication import Target, crl_dir, targets_of
 from directory.registry.backends import Lease
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class CrlComponent:
         self.leases = {name: self.registry.lease(f"crl:{name}") for name in self.publishers}
         if self.registry.keeps_crl_bytes:  # several nodes: follow what the others publish
             for publisher in self.publishers.values():
-                for target in CrlPublisher.targets_of(publisher.issuer):
+                for target in targets_of(publisher.issuer):
                     self._local_numbers[target.filename] = _file_number(publisher.dir / target.filename)
             await self._in_thread(self.follow)
             service.add_job(self._take_leases, "interval", seconds=LEASE_CHECK, id="crl-leases")
@@ -179,7 +180,7 @@ class CrlComponent:
         assert self.files is not None
         copied = 0
         for name, publisher in self.publishers.items():
-            for target in CrlPublisher.targets_of(publisher.issuer):
+            for target in targets_of(publisher.issuer):
                 record = self.registry.crl_latest(name, target.scope, target.kind)
                 if record is None or record.number <= self._local_numbers.get(target.filename, 0):
                     continue

@@ -33,6 +33,14 @@ from directory.hsm.signer import HsmSettings, HsmSigner
 from directory.hsm.softhsm import create_token, find_module
 from directory.ingest.importer import ImportSummary
 from directory.ingest.sources import SourceItem
+from directory.publication import (
+    ca_certificate_url,
+    crl_url,
+    full_crl_name,
+    ocsp_url,
+    partition_crl_name,
+    partition_key,
+)
 from directory.runtime import importer_for, open_config_registry
 from directory.serials import to_hex
 
@@ -85,18 +93,18 @@ class DemoUrls:
     partitions: int = 0  # CRL partitions of the issuing CAs (0: one CRL each)
 
     def crl(self, issuer: str, serial: int | None = None) -> list[str]:
-        """CDP URLs: the partition's CRL when the issuer is partitioned (serial_low % N), else the full one."""
-        http = f"{self.base}/crl/{issuer}.crl"
+        """CDP URLs: the partition's CRL when the issuer is partitioned, else the full one."""
+        http = crl_url(self.base, full_crl_name(issuer))
         if self.partitions and serial is not None:
-            http = f"{self.base}/crl/{issuer}-p{(serial & 0xFFFFFFFF) % self.partitions}.crl"
+            http = crl_url(self.base, partition_crl_name(issuer, partition_key(serial) % self.partitions))
         return [http, f"{self.ldap}/cn={issuer},ou=AC,{LDAP_SUFFIX}?certificateRevocationList;binary"]
 
     def ca_issuers(self, issuer: str) -> str:
-        return f"{self.base}/ca/{issuer}.crt"
+        return ca_certificate_url(self.base, issuer)
 
     @property
     def ocsp(self) -> str:
-        return f"{self.base}/ocsp"
+        return ocsp_url(self.base)
 
 
 def _name(*pairs: tuple[x509.ObjectIdentifier, str]) -> x509.Name:

@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 from pkcs11.util.rsa import encode_rsa_public_key
 
-from directory.crl import der
+from directory import der
 from directory.hsm.signer import HsmSigner, KeySigner
 
 OCSP_NOCHECK = ObjectIdentifier("1.3.6.1.5.5.7.48.1.5")

@@ -16,16 +16,14 @@ from typing import Literal
 from asn1crypto import algos
 from cryptography.hazmat.primitives import hashes
 
+from directory import der
+
 HashName = Literal["sha256", "sha384", "sha512"]
 Scheme = Literal["pkcs1", "pss", "ecdsa"]
 
+SIGNING_HASHES = ("sha256", "sha384", "sha512")  # of ``der.DIGESTS``: SHA-1 never signs
 # DER DigestInfo prefixes of RFC 8017 §9.2 note 1: prefix + digest = DigestInfo.
-_DIGEST_INFO_PREFIX: dict[str, bytes] = {
-    "sha256": bytes.fromhex("3031300d060960864801650304020105000420"),
-    "sha384": bytes.fromhex("3041300d060960864801650304020205000430"),
-    "sha512": bytes.fromhex("3051300d060960864801650304020305000440"),
-}
-_DIGEST_SIZE = {"sha256": 32, "sha384": 48, "sha512": 64}
+_DIGEST_INFO_PREFIX = {name: der.digest_info_prefix(name) for name in SIGNING_HASHES}
 _CRYPTOGRAPHY_HASH = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 
 
@@ -65,7 +63,7 @@ class SignatureAlgorithm:
 
     @property
     def digest_size(self) -> int:
-        return _DIGEST_SIZE[self.hash]
+        return der.DIGESTS[self.hash].size
 
     def cryptography_hash(self) -> hashes.HashAlgorithm:
         return _CRYPTOGRAPHY_HASH[self.hash]()
@@ -114,7 +112,7 @@ class SignatureAlgorithm:
 
 
 def _hash(name: str) -> HashName:
-    if name not in _DIGEST_SIZE:
+    if name not in SIGNING_HASHES:
         raise ValueError(name)
     return name  # type: ignore[return-value]
 

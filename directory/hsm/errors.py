@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from directory.refusal import Refused
+
 
 class HsmError(Exception):
     """Base class of signer errors."""
@@ -11,7 +13,7 @@ class HsmUnavailable(HsmError):
     """The token cannot be used right now (absent, module failing, PIN refused); retry later."""
 
 
-class PinRefused(HsmUnavailable):
+class PinRefused(HsmUnavailable, Refused):
     """The token refused the PIN; we back off instead of retrying (tokens lock PINs after a few failures)."""
 
 

@@ -11,6 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes as PublicKey
 
+from directory import der
 from directory.hsm.algorithms import SignatureAlgorithm, default_algorithm
 from directory.hsm.errors import HsmError, HsmUnavailable, KeyUnusable, SignatureCheckFailed
 
@@ -122,19 +123,7 @@ class _HashedOnce:
         return self._hasher.digest()
 
 
-def _der_int(value: bytes) -> bytes:
-    value = value.lstrip(b"\x00") or b"\x00"
-    if value[0] & 0x80:
-        value = b"\x00" + value
-    return b"\x02" + _der_len(len(value)) + value
-
-
-def _der_len(n: int) -> bytes:
-    return bytes([n]) if n < 0x80 else bytes([0x81, n]) if n < 0x100 else bytes([0x82, n >> 8, n & 0xFF])
-
-
 def ecdsa_der(raw: bytes) -> bytes:
     """PKCS#11 raw r||s to DER Ecdsa-Sig-Value (the form X.509 and OCSP carry)."""
     half = len(raw) // 2
-    body = _der_int(raw[:half]) + _der_int(raw[half:])
-    return b"\x30" + _der_len(len(body)) + body
+    return der.sequence(der.integer(int.from_bytes(raw[:half], "big")), der.integer(int.from_bytes(raw[half:], "big")))

@@ -9,8 +9,6 @@ be run again.
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from directory.certinfo import CertificateInfo, describe
 from directory.ingest.sources import SourceItem, expand, read_file
+from directory.refusal import Refused
 from directory.registry import NotRegistered, Registry, RegistryError
 from directory.registry.store import ImportOutcome
 from directory.revocation import RevocationRefused
@@ -30,7 +29,7 @@ BATCH = 500
 VALIDITY_TOLERANCE = 300  # seconds of clock skew tolerated against the issuer's validity
 
 
-class Refused(ValueError):
+class CertificateRefused(Refused, ValueError):
     """A certificate that will not be imported, with the reason."""
 
 
@@ -70,14 +69,15 @@ class CertificateChecker:
             # parsed lazily: a damaged issuer name only shows when it is read (found by the fuzzer)
             issuer_name = cert.issuer.public_bytes()
         except (ValueError, x509.InvalidVersion) as exc:
-            raise Refused(f"not a valid DER X.509 certificate ({_short(exc)})") from None
+            raise CertificateRefused(f"not a valid DER X.509 certificate ({_short(exc)})") from None
         # (trailing bytes after the certificate are refused by the parser itself: ParseError ExtraData)
         candidates = self._by_subject.get(issuer_name)
         if not candidates:
-            raise Refused(f"issuer {cert.issuer.rfc4514_string()!r} is not a configured issuer")
+            raise CertificateRefused(f"issuer {cert.issuer.rfc4514_string()!r} is not a configured issuer")
         for issuer in candidates:
             if der == issuer.certificate.public_bytes(Encoding.DER):
-                raise Refused(f"this is issuer {issuer.name}'s own certificate: it is configured, not imported")
+                raise CertificateRefused(f"this is issuer {issuer.name}'s own certificate: it is configured, "
+                                         "not imported")
         last_error = "signature does not verify"
         for issuer in candidates:
             try:
@@ -88,19 +88,19 @@ class CertificateChecker:
             try:
                 info = describe(cert, der)
             except (SerialError, ValueError, x509.InvalidVersion) as exc:
-                raise Refused(f"unusable certificate: {exc}") from None
+                raise CertificateRefused(f"unusable certificate: {exc}") from None
             self._check_validity(info, issuer)
             return issuer.name, info
-        raise Refused(last_error)
+        raise CertificateRefused(last_error)
 
     @staticmethod
     def _check_validity(info: CertificateInfo, issuer: KnownIssuer) -> None:
         if info.not_before >= info.not_after:
-            raise Refused("validity is empty or reversed (notBefore >= notAfter)")
+            raise CertificateRefused("validity is empty or reversed (notBefore >= notAfter)")
         ca_from = int(issuer.certificate.not_valid_before_utc.timestamp())
         ca_to = int(issuer.certificate.not_valid_after_utc.timestamp())
         if info.not_before < ca_from - VALIDITY_TOLERANCE or info.not_after > ca_to + VALIDITY_TOLERANCE:
-            raise Refused(f"validity lies outside issuer {issuer.name}'s own validity")
+            raise CertificateRefused(f"validity lies outside issuer {issuer.name}'s own validity")
 
 
 def _short(exc: BaseException) -> str:
@@ -143,7 +143,7 @@ class Importer:
                 continue
             try:
                 issuer, info = self.checker.check(item.der)
-            except Refused as exc:
+            except CertificateRefused as exc:
                 summary.refused.append((item.origin, str(exc)))
                 continue
             batch.append((item.origin, issuer, info, item))
@@ -156,14 +156,14 @@ class Importer:
             progress(done)
 
     def import_der(self, der: bytes) -> tuple[str, str, str]:
-        """Import one certificate; returns (issuer, serial_hex, result) or raises ``Refused``."""
+        """Import one certificate; returns (issuer, serial_hex, result) or raises ``CertificateRefused``."""
         issuer, info, outcome = self.import_one(der)
         if outcome.result == "conflict":
-            raise Refused(outcome.message)
+            raise CertificateRefused(outcome.message)
         return issuer, info.serial_hex, outcome.result
 
     def import_one(self, der: bytes) -> tuple[str, CertificateInfo, ImportOutcome]:
-        """Check and import one certificate; ``Refused`` when the check fails, a conflict is an outcome."""
+        """Check and import one certificate; ``CertificateRefused`` when the check fails, a conflict is an outcome."""
         issuer, info = self.checker.check(der)
         outcome = self.registry.import_certificates(issuer, [info], self.actor)[0]
         if self.after_import is not None and outcome.result in ("created", "completed"):
@@ -204,35 +204,3 @@ class Importer:
         if result.changed:
             summary.revoked += 1
 
-
-class ProgressBar:
-    """A one-line progress indicator on stderr, shown only on a terminal."""
-
-    def __init__(self, label: str, stream=sys.stderr, unit: str = "files") -> None:  # type: ignore[no-untyped-def]
-        self.label = label
-        self.unit = unit
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.start = time.monotonic()
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        rate = done / max(time.monotonic() - self.start, 1e-6)
-        width = 30
-        filled = int(width * done / total) if total else width
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {self.unit} "
-                          f"({rate:,.0f}/s)")
-        self.stream.flush()
-
-    def status(self, text: str) -> None:
-        """A stage of a long operation without a count (a CRL being signed, say)."""
-        if self.enabled:
-            elapsed = time.monotonic() - self.start
-            self.stream.write(f"\r\033[K{self.label}: {text} ({elapsed:.1f} s)")
-            self.stream.flush()
-
-    def finish(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from directory.crl.der import length, tlv  # definite-length encoding: the same in BER and DER
+from directory.der import length, tlv  # definite-length encoding: the same in BER and DER
 
 __all__ = ["length", "tlv"]  # re-exported: the LDAP code says ber.tlv
 # RFC 4511 protocolOp tags ([APPLICATION n], constructed unless noted)

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from directory.config import Config
-from directory.crl.builder import crl_dir
 from directory.crl.files import read_regular
 from directory.ldap import dn
 from directory.ldap.projection import NOT_PUBLISHED, DesiredEntry, Layout, ca_entry, omitted_text, project
+from directory.publication import crl_dir, delta_crl_name, full_crl_name
 from directory.registry.store import Registry
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,8 @@ class DesiredState:
             except KeyError:
                 return None  # not configured (any more): no entry (a full pass removes the old one)
             directory = crl_dir(self.config)
-            crl = _read(directory / f"{name}.crl")
-            delta = _read(directory / f"{name}-delta.crl") if settings.crl.delta else None
+            crl = _read(directory / full_crl_name(name))
+            delta = _read(directory / delta_crl_name(name)) if settings.crl.delta else None
             return ca_entry(self.layout, name, certificate, crl, is_arl, delta)
         return None
 

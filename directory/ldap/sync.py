@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from directory.config import Config
-from directory.ldap import ber, dn
-from directory.ldap.client import ALREADY_EXISTS, Add, Entry, LdapClient, LdapError
+from directory.ldap import ber, dn, skeleton
+from directory.ldap.client import Entry, LdapClient
 from directory.ldap.desired import DesiredState, entry_from_rows, inputs_hash
 from directory.ldap.diff import Drift, Plan, plan
 from directory.ldap.projection import BRANCHES, Layout
@@ -136,7 +136,7 @@ class DirectorySync:
                 unplaced = self.desired.unplaced
                 report.unpublishable += sum(1 for cid in unplaced if self.registry.published_state(cid, now))
             if not dry_run:
-                self._ensure_branches()
+                skeleton.ensure(self.client, skeleton.skeleton(self.layout))
             plans: list[Plan] = []
             key_of = {rows[0][1]: key for key, rows in rows_of.items()}  # the DN as written: no parsing needed
             branches = self._branch_keys()
@@ -251,18 +251,6 @@ class DirectorySync:
         for branch in BRANCHES:
             yield from self.client.search(self.layout.branch_dn(branch), ber.SCOPE_SUBTREE, ("*",))
 
-    def _ensure_branches(self) -> None:
-        """The suffix entry and the three branches, created when missing (an external directory starts empty)."""
-        suffix = dn.parse(self.layout.suffix)
-        wanted = [(self.layout.suffix, _suffix_entry(suffix[0]))]
-        wanted += [(self.layout.branch_dn(b), {"objectClass": [b"top", b"organizationalUnit"], "ou": [b.encode()]})
-                   for b in BRANCHES]
-        present = self.client.read([d for d, _ in wanted], ("1.1",))
-        for entry_dn, attrs in wanted:
-            if present.get(entry_dn) is None:
-                result = self.client.apply([Add(entry_dn, attrs)])[0]
-                if result.code not in (0, ALREADY_EXISTS):
-                    raise LdapError(f"cannot create {entry_dn}: {result.code} {result.message}")
 
     def _replan(self, plans: list[Plan]) -> list[Plan | None]:
         """Someone else wrote meanwhile: read those entries again and plan them again (None: nothing left)."""
@@ -296,12 +284,3 @@ def _no_cyclic_gc() -> Iterator[None]:
         if enabled:
             gc.enable()
 
-
-def _suffix_entry(rdn: tuple[tuple[str, str], ...]) -> dict[str, list[bytes]]:
-    kind, value = rdn[0][0].lower(), rdn[0][1]
-    classes = {"o": [b"top", b"organization"], "dc": [b"top", b"dcObject", b"organization"],
-               "ou": [b"top", b"organizationalUnit"], "c": [b"top", b"country"]}.get(kind, [b"top", b"organization"])
-    attrs = {"objectClass": classes, rdn[0][0]: [value.encode()]}
-    if kind == "dc":
-        attrs["o"] = [value.encode()]
-    return attrs

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from directory.config import Config, IssuerConfig
-from directory.crl.builder import CrlPublisher
+from directory.publication import ca_certificate_url, crl_url, ocsp_url, targets_of
 from directory.registry import Registry
 from directory.registry.checks import recent_reports
 
@@ -50,13 +50,12 @@ def overview(config: Config, registry: Registry, now: float) -> dict[str, Any]:
 
 def _issuer(config: Config, issuer: IssuerConfig, registry: Registry, now: float, counts: dict[str, int],
             problems: list[Problem]) -> dict[str, Any]:
-    base = config.http.base_url.rstrip("/")
+    base = config.http.base_url
     der = issuer.certificate.public_bytes(Encoding.DER)
     crls = []
-    targets = CrlPublisher.targets_of(issuer)
-    for target in targets:
+    for target in targets_of(issuer):
         record = registry.crl_latest(issuer.name, target.scope, target.kind)
-        url = f"{base}/crl/{target.filename}"
+        url = crl_url(base, target.filename)
         if record is None:
             crls.append({"kind": target.kind, "scope": target.scope, "url": url, "published": False})
             if target.kind == "full":
@@ -81,8 +80,8 @@ def _issuer(config: Config, issuer: IssuerConfig, registry: Registry, now: float
         "not_after": int(cert.not_valid_after_utc.timestamp()),
         "sha256": hashlib.sha256(der).hexdigest(),
         "sha1": hashlib.sha1(der).hexdigest(),  # what many operators still compare by telephone
-        "certificate_url": f"{base}/ca/{issuer.name}.crt",
-        "ocsp_url": f"{base}/ocsp" if issuer.ocsp is not None else None,
+        "certificate_url": ca_certificate_url(base, issuer.name),
+        "ocsp_url": ocsp_url(base) if issuer.ocsp is not None else None,
         "counts": {"good": counts.get("good", 0), "revoked": counts.get("revoked", 0),
                    "on-hold": counts.get("on-hold", 0)},
         "crls": crls,

@@ -5,14 +5,15 @@ CRL builds only concatenate these bytes; ``serial_low`` is the partition key (pa
 
 from __future__ import annotations
 
-from directory.crl import der
+from directory import der
+from directory.publication import partition_key
 from directory.registry.backends import Conn
 from directory.revocation import REASON_CODES
 
 
 def serial_low(serial_hex: str) -> int:
-    """The low 32 bits of the serial: a stable, cheap partition key (partition = serial_low % N)."""
-    return int(serial_hex[-8:], 16)
+    """The serial's CRL partition key (``publication.partition_key``), stored so a partition is one query."""
+    return partition_key(int(serial_hex, 16))
 
 
 def crl_entry_for(serial_hex: str, status: str, revocation_time: int | None, reason: str | None,

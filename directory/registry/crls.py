@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from directory.crl import der
+from directory import der
 from directory.registry.audit import AuditTrail
 from directory.registry.backends import Conn
 from directory.registry.ldap_outbox import LdapOutbox

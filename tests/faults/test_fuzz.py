@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from directory.config import load_config
-from directory.ingest.importer import Refused
+from directory.ingest.importer import CertificateRefused
 from directory.runtime import importer_for, open_config_registry, open_hsm
 from ocsp import response as resp
 from ocsp.request import Malformed, decode_get_path, parse_request
@@ -133,7 +133,7 @@ def test_mutated_certificates_are_refused_and_change_nothing(private_config: Pat
             der = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
         try:
             result = importer.import_der(der)
-        except Refused as exc:
+        except CertificateRefused as exc:
             assert str(exc)
             refused += 1
             continue

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SCHEMA_DIR = Path("/etc/ldap/schema")
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 ANNUAIRE_SCHEMA_DIR = PROJECT / "schema"
 PROVIDER_TEMPLATE = PROJECT / "deploy" / "slapd" / "provider.conf"
 MULTI_PROVIDER = PROJECT / "deploy" / "slapd" / "replication" / "multi-provider.conf"

@@ -21,18 +21,16 @@ import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import ldap3
-from ldap3.core.exceptions import LDAPException
-from ldap3.utils.dn import parse_dn
-
 from directory.config import Config, LdapConfig
-from directory.slapd import PROVIDER_TEMPLATE, Slapd, SlapdConfig, SlapdError, hash_password, unprivileged_user
+from directory.ldap import ber, dn, skeleton
+from directory.ldap.client import Add, LdapClient, LdapError, Modify
+from directory.ldap.projection import Layout
+from directory.ldap.slapd import PROVIDER_TEMPLATE, Slapd, SlapdConfig, SlapdError, hash_password, unprivileged_user
 
 if TYPE_CHECKING:
     from directory.service.app import Service
 
 log = logging.getLogger(__name__)
-BRANCHES = ("AC", "Personnes", "Structures")
 RESTART_FIRST, RESTART_CAP = 1.0, 60.0
 
 
@@ -51,28 +49,21 @@ def managed_slapd(config: Config) -> Slapd:
 
 
 def ensure_skeleton(slapd: Slapd, ldap: LdapConfig) -> None:
-    """Create the suffix, the three branches and the service's bind entry when missing (idempotent)."""
-    server = ldap3.Server(slapd.config.host, port=slapd.config.port, get_info=ldap3.NONE)
-    with ldap3.Connection(server, slapd.config.root_dn, slapd.config.root_password, auto_bind=True,
-                          client_strategy=ldap3.SAFE_SYNC) as conn:
-        first = parse_dn(ldap.suffix)[0]
-        entries = [(ldap.suffix, ["top", "organization"] if first[0].lower() == "o" else ["top", "dcObject",
-                                                                                          "organization"],
-                    {first[0]: first[1]} | ({"o": first[1]} if first[0].lower() == "dc" else {}))]
-        entries += [(f"ou={b},{ldap.suffix}", ["top", "organizationalUnit"], {"ou": b}) for b in BRANCHES]
-        password = hash_password(ldap.read_password())
-        service_rdn = parse_dn(ldap.bind_dn)[0]
-        entries.append((ldap.bind_dn, ["top", "applicationProcess", "simpleSecurityObject"],
-                        {service_rdn[0]: service_rdn[1], "userPassword": password}))
-        for dn, classes, attrs in entries:
-            status, result, _, _ = conn.search(dn, "(objectClass=*)", search_scope=ldap3.BASE, attributes=[])
-            if status:
-                continue
-            status, result, _, _ = conn.add(dn, classes, attrs)
-            if not status:
-                raise SlapdError(f"cannot create {dn}: {result.get('description')} {result.get('message')}")
-        # the password file is the truth: keep the bind entry in step with it (a fresh salt each start)
-        conn.modify(ldap.bind_dn, {"userPassword": [(ldap3.MODIFY_REPLACE, [password])]})
+    """The skeleton (``skeleton.py``) and the service's bind entry, created when missing, as slapd's root DN;
+    the bind entry's password set from ``[ldap] password_file``. ``SlapdError`` when slapd refuses."""
+    password = hash_password(ldap.read_password()).encode()
+    attribute, value = dn.parse(ldap.bind_dn)[0][0]
+    service = Add(ldap.bind_dn, {"objectClass": [b"top", b"applicationProcess", b"simpleSecurityObject"],
+                                 attribute: [value.encode()], "userPassword": [password]})
+    try:
+        with LdapClient([slapd.config.url], slapd.config.root_dn, slapd.config.root_password) as client:
+            skeleton.ensure(client, [*skeleton.skeleton(Layout.from_config(ldap)), service])
+            # the password file is the truth: keep the bind entry in step with it (a fresh salt each start)
+            result = client.apply([Modify(ldap.bind_dn, ((ber.MOD_REPLACE, "userPassword", (password,)),))])[0]
+    except LdapError as exc:
+        raise SlapdError(f"DIT skeleton not written: {exc}") from None
+    if not result.ok:
+        raise SlapdError(f"cannot set the password of {ldap.bind_dn}: {result.code} {result.message}")
 
 
 class ManagedLdapComponent:
@@ -129,7 +120,7 @@ class ManagedLdapComponent:
                 slapd.spawn(die_with_parent=True)  # on this (the main) thread, for the parent-death signal
                 await loop.run_in_executor(None, slapd.wait_listening)
                 await loop.run_in_executor(None, ensure_skeleton, slapd, self.ldap)
-            except (SlapdError, OSError, LDAPException) as exc:
+            except (SlapdError, OSError) as exc:
                 log.error("managed slapd did not start again: %s", exc)
                 continue
             log.info("managed slapd running again (pid %d)", slapd.process.pid)

@@ -1,13 +1,38 @@
-"""Hand-written DER for the CRL hot path, spelled like RFC 5280 §5.
+"""The project's DER toolkit: hand-written encoders spelled like the RFCs, and the digest OIDs.
 
-A revoked entry is encoded once, when the certificate is revoked, and stored in the registry; a CRL is
-then a concatenation of stored bytes with a few headers around it. ``tests/test_crl_der.py`` checks every
-function here byte for byte against asn1crypto, so speed does not cost correctness.
+Everything that writes DER uses these (CRLs, OCSP answers and CertIDs, LDAP's BER lengths, ECDSA
+signatures, the demo's certificates); it imports nothing of ours. The CRL pieces follow RFC 5280 §5: a
+revoked entry is encoded once, when the certificate is revoked, and stored in the registry; a CRL is then
+a concatenation of stored bytes with a few headers around it. ``tests/test_crl_der.py`` checks every
+function here byte for byte against asn1crypto, so speed does not cost correctness. Reading DER from the
+network is ``ocsp.strict_der``'s job.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
+
+# universal tags (the constructed ones with their constructed bit)
+BOOLEAN, INTEGER, BIT_STRING, OCTET_STRING, NULL, OID, ENUMERATED = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x0A
+UTC_TIME, GENERALIZED_TIME = 0x17, 0x18
+SEQUENCE, SET = 0x30, 0x31
+
+
+@dataclass(frozen=True)
+class Digest:
+    """A digest algorithm as CertIDs and DigestInfos name it (RFC 3279 §2.2, RFC 5754 §2)."""
+
+    name: str  # hashlib's name
+    oid: bytes  # the OID's contents octets (what a DER reader hands back)
+    size: int  # octets
+
+
+# The one table of digest algorithms: OCSP CertIDs take all four, signatures the SHA-2 ones.
+DIGESTS = {d.name: d for d in (Digest("sha1", bytes.fromhex("2b0e03021a"), 20),  # 1.3.14.3.2.26
+                               Digest("sha256", bytes.fromhex("608648016503040201"), 32),  # 2.16.840.1.101.3.4.2.1
+                               Digest("sha384", bytes.fromhex("608648016503040202"), 48),  # 2.16.840.1.101.3.4.2.2
+                               Digest("sha512", bytes.fromhex("608648016503040203"), 64))}  # 2.16.840.1.101.3.4.2.3
 
 # OIDs, DER-encoded (tag and length included)
 OID_REASON_CODE = bytes.fromhex("0603551d15")  # 2.5.29.21
@@ -24,8 +49,13 @@ REMOVE_FROM_CRL = 8
 
 
 def length(n: int) -> bytes:
+    """Definite length, minimal (the same in BER): short form below 128, else the fewest octets."""
     if n < 0x80:
         return bytes((n,))
+    if n < 0x100:
+        return bytes((0x81, n))
+    if n < 0x10000:
+        return bytes((0x82, n >> 8, n & 0xFF))
     body = n.to_bytes((n.bit_length() + 7) // 8, "big")
     return bytes((0x80 | len(body),)) + body
 
@@ -35,7 +65,7 @@ def tlv(tag: int, body: bytes) -> bytes:
 
 
 def sequence(*parts: bytes) -> bytes:
-    return tlv(0x30, b"".join(parts))
+    return tlv(SEQUENCE, b"".join(parts))
 
 
 def integer(value: int) -> bytes:
@@ -45,11 +75,11 @@ def integer(value: int) -> bytes:
     body = value.to_bytes(value.bit_length() // 8 + 1, "big")  # leading 0x00 when the top bit is set
     if len(body) > 1 and body[0] == 0 and not body[1] & 0x80:
         body = body[1:]
-    return tlv(0x02, body)
+    return tlv(INTEGER, body)
 
 
 def octet_string(body: bytes) -> bytes:
-    return tlv(0x04, body)
+    return tlv(OCTET_STRING, body)
 
 
 def _utc(ts: int) -> datetime:
@@ -64,7 +94,7 @@ def time(ts: int) -> bytes:
     if dt.year < 1950:
         raise ValueError(f"{dt.isoformat()} is before 1950: no RFC 5280 Time for it")
     if dt.year < 2050:
-        return tlv(0x17, dt.strftime("%y%m%d%H%M%SZ").encode())
+        return tlv(UTC_TIME, dt.strftime("%y%m%d%H%M%SZ").encode())
     return generalized_time(ts)
 
 
@@ -73,7 +103,7 @@ def generalized_time(ts: int) -> bytes:
     write year 1 as ``1``, a value no parser accepts), seconds, no fractions."""
     dt = _utc(ts)
     text = f"{dt.year:04d}{dt.month:02d}{dt.day:02d}{dt.hour:02d}{dt.minute:02d}{dt.second:02d}Z"
-    return tlv(0x18, text.encode())
+    return tlv(GENERALIZED_TIME, text.encode())
 
 
 def extension(oid: bytes, value: bytes, critical: bool = False) -> bytes:
@@ -85,7 +115,7 @@ def revoked_entry(serial: int, revocation_time: int, reason_code: int | None,
     """One revokedCertificates element; reasonCode omitted for unspecified (0), as RFC 5280 advises."""
     exts = b""
     if reason_code:
-        exts += extension(OID_REASON_CODE, tlv(0x0A, bytes((reason_code,))))
+        exts += extension(OID_REASON_CODE, tlv(ENUMERATED, bytes((reason_code,))))
     if invalidity_date is not None:
         exts += extension(OID_INVALIDITY_DATE, generalized_time(invalidity_date))
     return sequence(integer(serial), time(revocation_time), sequence(exts) if exts else b"")
@@ -138,3 +168,15 @@ def expired_certs_on_crl(since: int) -> bytes:
 def header(tag: int, body_length: int) -> bytes:
     """Tag and length of a constructed value whose body is written separately (streaming)."""
     return bytes((tag,)) + length(body_length)
+
+
+def digest_algorithm(name: str) -> bytes:
+    """AlgorithmIdentifier of a digest with NULL parameters (as OpenSSL writes CertIDs and DigestInfos)."""
+    return sequence(tlv(OID, DIGESTS[name].oid), b"\x05\x00")
+
+
+def digest_info_prefix(name: str) -> bytes:
+    """DigestInfo (RFC 8017 §9.2) up to the digest itself: prefix + digest is the whole DigestInfo."""
+    algorithm = digest_algorithm(name)
+    size = DIGESTS[name].size
+    return header(SEQUENCE, len(algorithm) + 2 + size) + algorithm + header(OCTET_STRING, size)

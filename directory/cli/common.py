@@ -1,0 +1,72 @@
+"""What every command shares: exit codes, the configuration, argument types, registry access, the actor."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from directory import serials
+from directory.config import Config, load_config
+from directory.inputs import InputError, parse_time
+from directory.refusal import Refused
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+
+
+def config_of(args: argparse.Namespace) -> Config:
+    path = args.config or os.environ.get("ANNUAIRE_CONFIG") or "annuaire.toml"
+    return load_config(path)
+
+
+def time_arg(text: str) -> int:
+    """RFC 3339 (``2026-11-28T10:00:00Z``, offsets allowed; no offset means UTC) to epoch seconds."""
+    try:
+        return parse_time(text, assume_utc=True)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def canonical_serial(text: str) -> str:
+    try:
+        return serials.canonical(text)
+    except serials.SerialError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def checked_serial(text: str) -> str:
+    """argparse type: the text as given once it reads as a serial (commands need the text itself to tell
+    a hex serial from a decimal typed by habit)."""
+    canonical_serial(text)
+    return text
+
+
+def unknown_serial(registry: Any, issuer: str, text: str, serial: str, force_hint: bool) -> str:
+    """Why nothing matched ``--serial text``; suggests --force only when the input cannot have meant
+    another serial (an all-digit one could be a decimal number typed without ``dec:``)."""
+    message = serials.explain_unknown(issuer, text, serial, lambda other: registry.get(issuer, other) is not None,
+                                      "write --serial")
+    if serials.decimal_reading(text) is not None:
+        return message
+    return message + ("; use --force to revoke a serial the registry has never seen" if force_hint else "")
+
+
+def registry_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The configured registry, once ``--issuer`` names a configured issuer."""
+    from directory.runtime import open_config_registry
+
+    config = config_of(args)
+    if args.issuer not in {i.name for i in config.issuers}:
+        raise Refused(f"unknown issuer {args.issuer!r} (configured: {', '.join(i.name for i in config.issuers)})")
+    return open_config_registry(config)
+
+
+def read_registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The configured registry, opened for reading only (no issuer bookkeeping, no audit record)."""
+    from directory.registry import open_registry
+
+    return open_registry(config_of(args).registry_location())
+
+
+def user() -> str:
+    return os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())

@@ -1,0 +1,94 @@
+"""CRL commands: ``crl build`` (now, from the registry) and ``crl show`` (a file described)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from directory.cli.common import EXIT_OK, EXIT_REFUSED, config_of
+from directory.cli.progress import ProgressBar
+from directory.inputs import format_time
+from directory.refusal import Refused
+
+
+def cmd_crl_build(args: argparse.Namespace) -> int:
+    from directory.crl.builder import CrlBuildError, publishers_for
+    from directory.runtime import open_config_registry, open_hsm
+
+    config = config_of(args)
+    names = [i.name for i in config.issuers]
+    if args.issuer and args.issuer not in names:
+        raise Refused(f"unknown issuer {args.issuer!r} (configured: {', '.join(names)})")
+    registry = open_config_registry(config)
+    hsm = open_hsm(config)
+    failed = 0
+    results = []
+    bar = ProgressBar("crl")
+    try:
+        for name, publisher in publishers_for(config, hsm, registry).items():
+            if args.issuer and name != args.issuer:
+                continue
+            publisher.on_stage = bar.status
+            try:
+                if args.delta and not publisher.settings.delta:
+                    continue
+                crls = [publisher.publish(publisher.delta_target())] if args.delta else publisher.publish_all()
+                for crl in crls:
+                    results.append({"issuer": name, "file": str(crl.path), "kind": crl.target.kind,
+                                    "number": crl.record.number, "entries": crl.entries, "size": crl.size,
+                                    "this_update": format_time(crl.this_update),
+                                    "next_update": format_time(crl.next_update), "seconds": round(crl.seconds, 3)})
+            except CrlBuildError as exc:
+                failed += 1
+                bar.finish()
+                print(f"annuaire: CRL of {name} not published: {exc}", file=sys.stderr)
+    finally:
+        bar.finish()
+        hsm.close()
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            print(f"{r['file']}: {r['kind']} CRL number {r['number']}, {r['entries']} entries, {r['size']} bytes, "
+                  f"next update {r['next_update']} ({r['seconds']} s)")
+    return EXIT_REFUSED if failed else EXIT_OK
+
+
+def cmd_crl_show(args: argparse.Namespace) -> int:
+    from directory.crl.inspect import describe_crl
+
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise Refused(f"cannot read {args.file}: {exc.strerror}") from None
+    issuers = []
+    if args.config or os.environ.get("ANNUAIRE_CONFIG") or Path("annuaire.toml").exists():
+        issuers = list(config_of(args).issuers)
+    try:
+        info = describe_crl(data, issuers)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+    if args.json:
+        print(json.dumps(info, indent=1, ensure_ascii=False))
+    else:
+        for key, value in info.items():
+            print(f"{key:22} {value}")
+    return EXIT_OK
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The parsers of crl build and crl show."""
+    crl = sub.add_parser("crl", help="CRL operations").add_subparsers(dest="crl_command", required=True)
+    p = crl.add_parser("build", parents=[common], help="build, sign, check and publish CRLs now")
+    p.add_argument("--issuer", help="only this issuer (default: all)")
+    p.add_argument("--delta", action="store_true", help="only the delta CRLs (issuers with delta = true)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_crl_build)
+    p = crl.add_parser("show", parents=[common], help="describe a CRL file (and verify it when a config is given)")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_crl_show)

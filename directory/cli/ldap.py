@@ -1,0 +1,108 @@
+"""Directory commands: ``ldap sync`` (incremental or ``--full``), ``ldap verify``, ``ldap worker``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+from directory.cli.common import EXIT_OK, EXIT_REFUSED, config_of
+from directory.cli.progress import ProgressBar
+from directory.refusal import Refused
+
+
+def cmd_ldap_sync(args: argparse.Namespace) -> int:
+    return _ldap_pass(args, "verify" if args.ldap_command == "verify" else ("full" if args.full else "incremental"))
+
+
+def cmd_ldap_worker(args: argparse.Namespace) -> int:
+    """The sync loop ``annuaire serve`` runs as its child; stops on SIGTERM/SIGINT between two chunks."""
+    import signal
+    import threading
+
+    parent = os.environ.get("ANNUAIRE_SERVICE_PID")
+    if parent:  # started by `annuaire serve`: never outlive it, even when it was SIGKILLed
+
+        def watch() -> None:
+            while str(os.getppid()) == parent:
+                time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGTERM)  # before the handler below exists, this simply ends us
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+    from directory.ldap.loop import SyncLoop
+    from directory.ldap.sync import DirectorySync
+    from directory.runtime import open_config_registry
+
+    config = config_of(args)
+    if config.ldap is None:
+        raise Refused(f"{config.path} has no [ldap] section")
+    registry = open_config_registry(config)
+    loop = SyncLoop(DirectorySync(config, registry), float(config.ldap.reconcile_interval or 3600))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: loop.stop())
+    try:
+        loop.run()
+    finally:
+        registry.close()
+    return EXIT_OK
+
+
+def _ldap_pass(args: argparse.Namespace, mode: str) -> int:
+    from directory.ldap.client import LdapError
+    from directory.ldap.sync import DirectorySync, SyncBusy
+    from directory.runtime import open_config_registry
+
+    config = config_of(args)
+    if config.ldap is None:
+        raise Refused(f"{config.path} has no [ldap] section")
+    registry = open_config_registry(config)
+    sync = DirectorySync(config, registry)
+    bar = ProgressBar(f"ldap {mode}", unit="entries")
+    try:
+        if mode == "verify":
+            report = sync.full(dry_run=True, progress=bar)
+        elif mode == "full":
+            report = sync.full(progress=bar)
+        else:
+            report = sync.incremental(limit=1_000_000)
+    except SyncBusy as exc:
+        raise Refused(str(exc)) from None
+    except LdapError as exc:
+        raise Refused(f"directory: {exc}") from None
+    finally:
+        bar.finish()
+        sync.client.close()
+        registry.close()
+    data = report.as_dict()
+    if args.json:
+        print(json.dumps(data, indent=1))
+    else:
+        drift = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in data["drift"].items() if v)  # type: ignore[union-attr]
+        verb = "found" if mode == "verify" else "repaired"
+        print(f"ldap {report.mode}: {report.entries_read} entries read, {report.added} added, {report.modified} "
+              f"modified, {report.deleted} deleted, drift {verb}: {drift or 'none'}, {len(report.rejected)} refused "
+              f"by the directory, {report.unpublishable} certificates no DN template fits ({report.seconds:.2f} s)")
+        for item in report.rejected[:20]:
+            print(f"  refused: {item['operation']} {item['dn']}: {item['code']} {item['message']}")
+    if mode == "verify":
+        return EXIT_REFUSED if report.drift.total() or report.unpublishable else EXIT_OK
+    return EXIT_REFUSED if report.rejected else EXIT_OK
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The parsers of ldap sync, ldap verify and ldap worker."""
+    ldap = sub.add_parser("ldap", help="directory operations").add_subparsers(dest="ldap_command", required=True)
+    p = ldap.add_parser("sync", parents=[common], help="bring the directory in line with the registry")
+    p.add_argument("--full", action="store_true",
+                   help="read the whole directory and repair every difference (default: pending changes only)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ldap_sync)
+    p = ldap.add_parser("verify", parents=[common],
+                        help="report differences between registry and directory, change nothing (exit 1: drift)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ldap_sync)
+    p = ldap.add_parser("worker", parents=[common], help="the sync loop (started by `annuaire serve`)")
+    p.set_defaults(func=cmd_ldap_worker)
