@@ -160,7 +160,7 @@ def rss_with(certs: int) -> float:
     have = db.execute("SELECT COUNT(*) FROM ocsp_responses").fetchone()[0]
     if have < certs:
         # realistic answers: canonical CertID (the responder loads no other), RSA-2048-sized signature
-        from ocsp import cert_id
+        from directory import cert_id
         from ocsp import response as resp
 
         issuer_id, issuer_der = db.execute("SELECT id, certificate_der FROM issuers WHERE name = 'ac-personnes'"

@@ -5,7 +5,7 @@ signatures, the demo's certificates); it imports nothing of ours. The CRL pieces
 revoked entry is encoded once, when the certificate is revoked, and stored in the registry; a CRL is then
 a concatenation of stored bytes with a few headers around it. ``tests/test_crl_der.py`` checks every
 function here byte for byte against asn1crypto, so speed does not cost correctness. Reading DER from the
-network is ``ocsp.strict_der``'s job.
+network is ``directory.der_reader``'s job.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Decoding OCSP requests (RFC 6960 §4.1) from POST bodies and GET paths, strictly and without surprises.
 
-A request is read as strict DER (``ocsp.strict_der``): anything that is not the one canonical encoding
+A request is read as strict DER (``directory.der_reader``): anything that is not the one canonical encoding
 of a version-1 OCSPRequest becomes ``Malformed`` (answered with ``malformedRequest``), never an
 exception that escapes. Only values come out (hash algorithm, hashes, serial, nonce): no byte of a
 request is kept to be sent back, so nothing a client encodes can reach an answer (its own nonce aside).
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from directory.der import DIGESTS
-from ocsp.strict_der import BIT_STRING, SEQUENCE, SET, DerError, Reader
+from directory.der_reader import BIT_STRING, SEQUENCE, SET, DerError, Reader
 
 MAX_NONCE = 32
 MAX_SERIAL_OCTETS = 20  # RFC 5280 §4.1.2.2; the registry takes no longer serial either

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from directory import cert_id
 from directory.config import Config, IssuerConfig
 from directory.der import DIGESTS
 from directory.hsm.signer import HsmError, HsmSigner, KeySigner
 from directory.registry import Registry
 from directory.revocation import REASON_CODES
-from ocsp import cert_id
 from ocsp import response as resp
 from ocsp.lru import ByteLru
 from ocsp.request import CertId, Malformed, Request, decode_get_path, parse_request

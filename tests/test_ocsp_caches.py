@@ -18,9 +18,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from directory.cert_id import issuer_hashes
 from directory.config import load_config
 from directory.runtime import open_config_registry, open_hsm
-from ocsp.cert_id import issuer_hashes
 from ocsp.lru import ByteLru
 from ocsp.responder import ANSWER_ENTRY_OVERHEAD, REQUEST_ENTRY_OVERHEAD, OcspResponder
 from tests.served import serve

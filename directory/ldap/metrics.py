@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from directory.ops import histogram
+from directory import histogram
 from directory.registry import Registry
 
 

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from directory import histogram
 from directory.config import Config
 from directory.ldap import ber, dn, skeleton
 from directory.ldap.client import Entry, LdapClient
@@ -34,7 +35,6 @@ from directory.ldap.desired import DesiredState, entry_from_rows, inputs_hash
 from directory.ldap.diff import Drift, Plan, plan
 from directory.ldap.projection import BRANCHES, Layout
 from directory.ldap.writer import PlanWriter
-from directory.ops import histogram
 from directory.registry.dead_letters import LdapRefusal
 from directory.registry.store import Registry
 

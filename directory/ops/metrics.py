@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from directory.ops import histogram
+from directory import histogram
 
 if TYPE_CHECKING:
     from directory.service.app import Service

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from directory.cert_id import is_canonical_answer
 from directory.registry.backends import Conn
 from directory.registry.crl_entries import serial_low, store_crl_entry
 
@@ -178,7 +179,7 @@ MIGRATIONS.append((
 MIGRATIONS.append((
     7,
     "OCSP: persisted answers whose CertID is not the canonical one for their issuer, serial and hash are dropped",
-    "",  # the check is the responder's own rule (ocsp.cert_id), run by the registry's backfill for 7
+    "",  # the check is the responder's own rule (directory.cert_id), run by the registry's backfill for 7
 ))
 
 MIGRATIONS.append((
@@ -216,10 +217,6 @@ def _backfill_v2(tx: Conn) -> None:
 def _backfill_v7(tx: Conn) -> None:
     """Drop persisted OCSP answers whose CertID is not the canonical one for their row (answers echoing a
     request's bytes had been cached, persisted and served to everyone); they are signed again."""
-    # the rule the responder also applies when loading; imported here only: the registry's one reach up
-    # into ocsp/, for this one-time data fix
-    from ocsp.cert_id import is_canonical_answer
-
     issuers = {i: bytes(der) for i, der in tx.execute("SELECT id, certificate_der FROM issuers").fetchall()}
     after: tuple[Any, ...] = (0, "", "")
     while True:

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from directory import der
-from ocsp.strict_der import SEQUENCE, DerError, Reader
+from directory.der_reader import SEQUENCE, DerError, Reader
 
 _ALGORITHMS = {name: der.digest_algorithm(name) for name in der.DIGESTS}
 
