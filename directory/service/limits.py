@@ -2,7 +2,8 @@
 
 Every accepted connection is a descriptor, and the process has ``RLIMIT_NOFILE`` of them. Without a
 budget, 20,000 half-open admin connections once used them all and the public listener's ``accept()``
-failed. Here each listener's cap (plus the refusals it may still be writing, ``LINGER``) and a reserve for
+failed. Here each listener's cap (plus the refusals it may still be writing, ``LINGER``, and the connections
+asyncio may accept in one go before the cap is checked, ``ACCEPT_BURST``) and a reserve for
 everything else (registry, HSM, CRL files, child processes' pipes, logs) must fit under the limit: the
 soft limit is raised up to the hard one when needed; if that is not enough the public cap is lowered
 (with a warning naming the limit) and the service refuses to start when even the reserve and the admin
@@ -15,7 +16,7 @@ import logging
 import resource
 from dataclasses import dataclass
 
-from directory.service.listener import LINGER
+from directory.service.listener import ACCEPT_BURST, LINGER
 
 log = logging.getLogger(__name__)
 RESERVE = 256  # descriptors kept for everything but client connections
@@ -35,8 +36,8 @@ class Budget:
 
 def plan(public_cap: int, admin_cap: int | None, reserve: int = RESERVE) -> Budget:
     """Caps that fit ``RLIMIT_NOFILE`` with ``reserve`` to spare (raising the soft limit when it can)."""
-    admin_need = admin_cap + LINGER if admin_cap is not None else 0
-    need = reserve + admin_need + public_cap + LINGER
+    admin_need = admin_cap + LINGER + ACCEPT_BURST if admin_cap is not None else 0
+    need = reserve + admin_need + public_cap + LINGER + ACCEPT_BURST
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < need:
         target = need if hard == resource.RLIM_INFINITY else min(need, hard)
@@ -47,7 +48,7 @@ def plan(public_cap: int, admin_cap: int | None, reserve: int = RESERVE) -> Budg
             log.warning("could not raise the file descriptor limit from %d to %d: %s", soft, target, exc)
     if soft == resource.RLIM_INFINITY or soft >= need:
         return Budget(need if soft == resource.RLIM_INFINITY else soft, public_cap, admin_cap)
-    room = soft - reserve - admin_need - LINGER
+    room = soft - reserve - admin_need - LINGER - ACCEPT_BURST
     if room < MIN_PUBLIC:
         raise DescriptorBudgetError(
             f"the file descriptor limit ({soft}, hard {hard}) cannot hold {reserve} reserved for the service, "

@@ -15,12 +15,18 @@ connection forever. Here each listener has:
 
 TLS is started by the gate itself (``loop.start_tls``) after the connection is admitted, so connections
 stuck in a handshake count against the cap too.
+
+asyncio accepts up to its ``backlog`` argument of connections per readiness event and hands each to a task
+before any protocol sees it: with the usual 1024 a flood could take 1024 descriptors in one go, past any
+budget. The listening socket is therefore handed to asyncio with ``ACCEPT_BURST`` (what one event may
+accept, counted in the descriptor budget) and then given its real kernel queue (``LISTEN_QUEUE``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +39,8 @@ REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-Afte
            b"Connection: close\r\n\r\n")
 EARLY_LIMIT = 1 << 20  # bytes held between a TLS handshake's end and aiohttp taking the connection
 LINGER = 32  # refused connections kept open (1 s) so the client reads its 503; beyond that, closed at once
+ACCEPT_BURST = 32  # connections asyncio may accept in one go, before the gate sees them
+LISTEN_QUEUE = 1024  # the kernel's queue of connections not yet accepted (no descriptor of ours)
 
 
 @dataclass
@@ -214,4 +222,15 @@ async def listen(runner: web.AppRunner, host: str, port: int, gate: ConnectionGa
     server = runner.server
     assert server is not None, "runner.setup() first"
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: _Gated(server(), gate), host, port, reuse_address=True, backlog=1024)
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        listener = await loop.create_server(lambda: _Gated(server(), gate), sock=sock, backlog=ACCEPT_BURST)
+    except BaseException:
+        sock.close()
+        raise
+    sock.listen(LISTEN_QUEUE)  # the same socket: a longer kernel queue, asyncio's burst unchanged
+    return listener
