@@ -22,16 +22,28 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 SCHEMA_DIR = Path("/etc/ldap/schema")
-PROJECT = Path(__file__).resolve().parents[2]
-ANNUAIRE_SCHEMA_DIR = PROJECT / "schema"
-PROVIDER_TEMPLATE = PROJECT / "deploy" / "slapd" / "provider.conf"
-MULTI_PROVIDER = PROJECT / "deploy" / "slapd" / "replication" / "multi-provider.conf"
-CONSUMER = PROJECT / "deploy" / "slapd" / "replication" / "consumer.conf"
+
+
+def _shipped(name: str) -> Path:
+    """A folder the package ships (``directory/ldap/shipped/``: the repository's ``schema/`` and
+    ``deploy/slapd/``, linked in a checkout, copied into a wheel), as a path slapd can be given."""
+    folder = resources.files(__package__) / "shipped" / name
+    if not isinstance(folder, Path) or not folder.is_dir():
+        raise RuntimeError(f"annuaire is installed without its {name} files ({folder}): reinstall it from a wheel")
+    return folder
+
+
+ANNUAIRE_SCHEMA_DIR = _shipped("schema")  # schema/ in the repository
+SLAPD_TEMPLATES = _shipped("slapd")  # deploy/slapd/ in the repository
+PROVIDER_TEMPLATE = SLAPD_TEMPLATES / "provider.conf"
+MULTI_PROVIDER = SLAPD_TEMPLATES / "replication" / "multi-provider.conf"
+CONSUMER = SLAPD_TEMPLATES / "replication" / "consumer.conf"
 # (their cn=config forms, found by name: olc/provider.ldif, replication/olc/NAME.ldif for replication/NAME.conf)
-SEED = PROJECT / "deploy" / "slapd" / "seed.ldif"  # a provider's first entries (slapadd -w before it starts)
+SEED = SLAPD_TEMPLATES / "seed.ldif"  # a provider's first entries (slapadd -w before it starts)
 _DATABASE_MARK = "# -- database --"
 MODULE_DIRS = (Path("/usr/lib/ldap"), Path("/usr/lib/x86_64-linux-gnu/ldap"), Path("/usr/lib/aarch64-linux-gnu/ldap"))
 
