@@ -20,7 +20,15 @@ TEST_DEB_PACKAGES := $(DEMO_DEB_PACKAGES) gnutls-bin chromium chromium-driver $(
 BENCH_DEB_PACKAGES := $(DEMO_DEB_PACKAGES) wrk $(TPM2_DEB_PACKAGES)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint ruff audit deps system-packages demo-packages test-packages bench-packages venv demo clean
+# The Python packages, pinned with their hashes (pip-compile of pyproject.toml; `make lock` regenerates them):
+# dev.txt is what .venv gets (runtime, the postgresql extra, dev tools, pip and setuptools); runtime.txt what
+# the service image gets; build.txt what building the wheel needs.
+REQUIREMENTS := requirements/dev.txt
+LOCK := env -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null \
+	CUSTOM_COMPILE_COMMAND="make lock" \
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
+
+.PHONY: run test bench lint ruff audit deps system-packages demo-packages test-packages bench-packages venv demo clean lock
 
 run: demo
 	$(BIN)/annuaire --log-format human serve --config $(DEMO_DIR)/annuaire.toml
@@ -81,11 +89,24 @@ bench-packages:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every third-party package at its locked version, each file checked against its hash (pip and setuptools
+# included); then the project itself, editable: pip cannot hash a source tree (it refuses `-e .` in
+# hash-checking mode, even with hashes given only as constraints), so it goes in without dependencies,
+# all of them installed just before, and `pip check` proves none is missing.
+$(STAMP): pyproject.toml $(REQUIREMENTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r $(REQUIREMENTS)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+# Resolve pyproject.toml again against the public index alone (whatever mirrors pip is configured with
+# here), newest versions within the floors, every file's hash recorded.
+lock:
+	test -x $(BIN)/pip-compile || $(MAKE) --no-print-directory venv
+	$(LOCK) --extra postgresql --extra dev --all-build-deps -o requirements/dev.txt pyproject.toml
+	$(LOCK) --extra postgresql -o requirements/runtime.txt pyproject.toml
+	$(LOCK) --all-build-deps --only-build-deps -o requirements/build.txt pyproject.toml
 
 demo: demo-packages deps
 	test -f $(DEMO_DIR)/annuaire.toml || $(BIN)/annuaire init-demo $(DEMO_DIR) --http-port $(HTTP_PORT) --ldap-port $(LDAP_PORT) --admin-port $(ADMIN_PORT)

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import warnings
 from collections.abc import Sequence
 
-import ldap3
 from cryptography import x509
-from ldap3.core.exceptions import LDAPException
-from ldap3.utils.conv import escape_filter_chars
 
 from directory.config import LdapConfig
+
+with warnings.catch_warnings():
+    # ldap3 2.9.1, its latest release (2021), imports pyasn1's tagMap/typeMap, aliases deprecated since pyasn1
+    # 0.6.1 (TAG_MAP/TYPE_MAP) that still work. Pinning pyasn1 below 0.6.1 would bring back the DoS it fixed
+    # since (0.6.2-0.6.4), so these two warnings of that one import are silenced instead (pytest: pyproject).
+    warnings.filterwarnings("ignore", r"(tagMap|typeMap) is deprecated", DeprecationWarning)
+    import ldap3
+    from ldap3.core.exceptions import LDAPException
+    from ldap3.utils.conv import escape_filter_chars
 
 BATCH = 50  # assertions per search
 PAGE = 200

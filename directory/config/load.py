@@ -8,6 +8,7 @@ written ``credential:NAME`` is the file NAME in ``$CREDENTIALS_DIRECTORY`` (syst
 
 from __future__ import annotations
 
+import importlib.util
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,10 @@ from directory.config.http import OCSP_CACHES, HttpConfig, http_section
 from directory.config.issuers import IssuerConfig, issuer_section
 from directory.config.ldap import LdapConfig, ldap_section
 from directory.config.reader import ConfigError, Section, readable_file
+
+# psycopg is the `postgresql` extra (its binary wheel bundles libpq and OpenSSL): not there unless asked for
+POSTGRESQL_MISSING = ("a postgresql:// registry needs the PostgreSQL driver, which is not installed: "
+                      "install annuaire with its extra, pip install 'annuaire[postgresql]'")
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,8 @@ def load_config(path: str | Path) -> Config:
     if registry_url.startswith(("postgresql://", "postgres://")):
         if urlsplit(registry_url).password:
             raise registry.error("url", "no password in the URL: use password_file (or libpq's PGPASSFILE)")
+        if importlib.util.find_spec("psycopg") is None:
+            raise registry.error("url", POSTGRESQL_MISSING)
     elif not registry_url.startswith("sqlite:///"):
         raise registry.error("url", "must be sqlite:///PATH or postgresql://[USER@]HOST[:PORT]/DATABASE[?...]")
     elif registry_password_file is not None:

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from directory.config.load import POSTGRESQL_MISSING
+
 Conn = Any  # a connection of the backend: ``execute(sql, params)``, ``executemany``
 WRITE_LOCK_KEY = 0x616E6E75  # "annu": the one advisory lock every write transaction takes first
 
@@ -136,7 +138,10 @@ class PostgresBackend:
     name = "postgresql"
 
     def __init__(self, url: str) -> None:
-        import psycopg
+        try:
+            import psycopg
+        except ImportError:
+            raise BackendError(POSTGRESQL_MISSING) from None
 
         self.psycopg = psycopg
         self.url = url
