@@ -5,11 +5,13 @@ certificate counts, the listeners' connections, the revocation-to-visibility his
 part registers when it starts (``register``: CRL, OCSP, directory, publication checker), read at scrape
 on a worker thread. Histograms are observed as things happen in this process; what another process
 observes (the LDAP worker's visibility) is read from the registry and added under its channel.
-One ``Metrics`` per service: two services in one process (tests) never share series.
+One ``Metrics`` per service: two services in one process (tests) never share series. ``identity`` adds
+the build, the standard process families and the seconds left on every CA and OCSP signer certificate.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.utils import floatToGoString
 
 from directory import histogram
+from directory.ops import identity
 
 if TYPE_CHECKING:
     from directory.service.app import Service
@@ -74,6 +77,8 @@ class ServiceCollector:
         self.service = service
 
     def collect(self) -> Iterator[Metric]:
+        yield identity.build_info_family()
+        yield from identity.certificate_expiry(self.service.config, time.time())
         yield from self.service.metrics.histograms()
         yield from self._hsm()
         yield from self._registry()
@@ -125,4 +130,6 @@ def exposition(service: Service) -> bytes:
     """The text exposition format (blocking: reads the registry)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServiceCollector(service))
+    for collector in identity.standard_collectors():
+        registry.register(collector)
     return generate_latest(registry)
