@@ -73,8 +73,10 @@ def test_revoke_release_and_exit_codes(loaded: tuple[Path, list[dict]]) -> None:
     assert r.returncode == 1 and "may only change to keyCompromise" in r.stderr
     r = run_cli("release-hold", *base)
     assert r.returncode == 1 and "revocation is final" in r.stderr
-    r = run_cli("revoke", *base, "--reason", "bogus")
-    assert r.returncode == 1 and "unknown reason" in r.stderr
+    for bogus in ("bogus", "stolen", "7", ""):  # not an RFC 5280 reason: a usage error, as documented
+        r = run_cli("revoke", *base, "--reason", bogus)
+        assert r.returncode == 2 and "unknown reason" in r.stderr and "keyCompromise" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
     r = run_cli("revoke", "--config", str(config), "--issuer", "ac-personnes", "--serial", "0xdeadbeef",
                 "--reason", "keyCompromise")
     assert r.returncode == 1 and "--force" in r.stderr
@@ -87,6 +89,31 @@ def test_revoke_release_and_exit_codes(loaded: tuple[Path, list[dict]]) -> None:
     assert r.returncode == 2
     r = run_cli("revoke", "--config", str(config), "--issuer", "ac-personnes", "--serial", "zz", "--reason", "1")
     assert r.returncode == 2 and "bad serial" in r.stderr
+
+
+def test_revoke_and_release_hold_speak_json(loaded: tuple[Path, list[dict]]) -> None:
+    """--json: the admin API's answer shape (changed, message, the certificate as `show --json` prints it);
+    a refusal is JSON too, on stdout, with the exit code and the stderr line of the human form."""
+    config, manifest = loaded
+    serial = manifest[1]["serial_hex"]
+    base = ["--config", str(config), "--issuer", "ac-personnes", "--serial", serial, "--json"]
+    held = json.loads(run_cli("revoke", *base, "--reason", "hold", check=True).stdout)
+    assert held["changed"] is True and "hold" in held["message"]
+    assert held["certificate"]["status"] == "on-hold" and held["certificate"]["reason"] == "certificateHold"
+    shown = json.loads(run_cli("show", *base, check=True).stdout)
+    assert held["certificate"] == shown
+    again = json.loads(run_cli("revoke", *base, "--reason", "certificateHold", check=True).stdout)
+    assert again["changed"] is False
+    released = json.loads(run_cli("release-hold", *base, check=True).stdout)
+    assert released["changed"] is True and released["certificate"]["status"] == "good"
+    assert json.loads(run_cli("release-hold", *base, check=True).stdout)["changed"] is False
+    revoked = json.loads(run_cli("revoke", *base, "--reason", "keyCompromise", check=True).stdout)
+    assert revoked["certificate"]["status"] == "revoked" and revoked["certificate"]["revocation_time"]
+    r = run_cli("release-hold", *base)
+    assert r.returncode == 1 and "revocation is final" in r.stderr
+    assert json.loads(r.stdout) == {"ok": False, "error": "refused", "detail": r.stderr.strip().split(": ", 2)[2]}
+    r = run_cli("revoke", *base[:-3], "--serial", "0xdeadbeef", "--reason", "superseded", "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["error"] == "refused" and "--force" in r.stderr
 
 
 def test_status_counts(loaded: tuple[Path, list[dict]], demo_token: Path) -> None:

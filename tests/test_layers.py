@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-BOTTOM = {"der", "der_reader", "serials", "inputs", "refusal", "httpdate", "histogram", "logs"}
+BOTTOM = {"der", "der_reader", "serials", "inputs", "refusal", "httpdate", "histogram", "logs", "wording", "version"}
 LAYERS = [
     BOTTOM,
     {"publication", "cert_id", "revocation", "certinfo"},

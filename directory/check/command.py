@@ -11,6 +11,7 @@ import json
 import sys
 
 from directory.config import Config, ConfigError
+from directory.wording import plural
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
@@ -38,8 +39,9 @@ def run(config: Config, args: argparse.Namespace) -> int:
         for t in troubles:
             print(f"error    {t.channel:4} {t.issuer}: {t.text}", file=sys.stderr)
         verdict = "agree" if not findings and not troubles else (
-            f"{len(findings)} mismatches, {len(troubles)} channels not answering")
-        print(f"publication check of {outcome.certificates} certificates against {checker.http.base_url}: {verdict}")
+            f"{plural(len(findings), 'mismatch')}, {plural(len(troubles), 'channel')} not answering")
+        print(f"publication check of {plural(outcome.certificates, 'certificate')} against {checker.http.base_url}: "
+              f"{verdict}")
     return 1 if findings or troubles else 0
 
 

@@ -1,25 +1,58 @@
-"""The ``annuaire`` command line. Exit codes: 0 done, 1 refused (with a message), 2 usage or configuration."""
+"""The annuaire command line. Exit codes: 0 done, 1 refused (with a message), 2 usage or configuration."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from typing import Any
 
 from directory.cli import audit, certificates, crl, demo, ldap, service
-from directory.cli.common import EXIT_REFUSED, EXIT_USAGE
+from directory.cli.common import EXIT_REFUSED, EXIT_USAGE, searched
 from directory.config import ConfigError
 from directory.refusal import Refused
+
+DESCRIPTION = ("The annuaire command line: publication of a CA's certificates and revocations\n"
+               "(CRLs, OCSP, LDAP), signed in an HSM.")
+EPILOG = ("configuration: --config FILE, else $ANNUAIRE_CONFIG, else the first that exists of\n"
+          f"  {searched()}\n"
+          "exit codes: 0 done, 1 refused (the reason is printed), 2 usage or configuration error")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class _Version(argparse.Action):
+    """``--version``: ours, Python's, OpenSSL's and the key libraries' (read only when asked)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from directory.version import version_text
+
+        print(version_text())
+        parser.exit()
+
+
+def log_level(text: str) -> str:
+    """argparse type: one of Python's level names, any case (``--log-level`` or ``$ANNUAIRE_LOG_LEVEL``)."""
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a log level (one of {', '.join(LOG_LEVELS)})")
+    return text.upper()
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Every command, each group's from its own module (in the order ``--help`` lists them)."""
-    parser = argparse.ArgumentParser(prog="annuaire", description=__doc__)
-    parser.add_argument("--log-level", default=os.environ.get("ANNUAIRE_LOG_LEVEL", "INFO"))
+    parser = argparse.ArgumentParser(prog="annuaire", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_Version, help="show the version (and those of Python and the key "
+                                                            "libraries) and exit")
+    parser.add_argument("--log-level", type=log_level, default=os.environ.get("ANNUAIRE_LOG_LEVEL", "INFO"),
+                        help=f"one of {', '.join(LOG_LEVELS)} (default: $ANNUAIRE_LOG_LEVEL, else INFO)")
     parser.add_argument("--log-format", choices=["json", "human"], default=os.environ.get("ANNUAIRE_LOG_FORMAT"),
                         help="json lines, or human lines (default: human on a terminal, json otherwise)")
     common = argparse.ArgumentParser(add_help=False)
-    config_help = "configuration file (default: $ANNUAIRE_CONFIG or ./annuaire.toml)"
+    config_help = f"configuration file (default: $ANNUAIRE_CONFIG, else {searched()})"
     parser.add_argument("--config", "-c", help=config_help)
     common.add_argument("--config", "-c", help=config_help, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,11 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"annuaire: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _failed(args, EXIT_USAGE, "configuration", f"configuration error: {exc}", str(exc))
     except (HsmError, RegistryError, NotRegistered) as exc:  # PinRefused included: named as the HSM's answer
-        print(f"annuaire: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return _failed(args, EXIT_REFUSED, type(exc).__name__, f"{type(exc).__name__}: {exc}", str(exc))
     except Refused as exc:
-        print(f"annuaire: refused: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return _failed(args, EXIT_REFUSED, "refused", f"refused: {exc}", str(exc))
+
+
+def _failed(args: argparse.Namespace, code: int, kind: str, message: str, detail: str) -> int:
+    """Say why on stderr; a command asked for ``--json`` also gets its failure as JSON on stdout."""
+    print(f"annuaire: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "error": kind, "detail": detail}, indent=1, ensure_ascii=False))
+    return code

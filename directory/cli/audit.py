@@ -11,6 +11,7 @@ from typing import Any
 
 from directory.cli.common import EXIT_OK, EXIT_REFUSED, read_registry
 from directory.refusal import Refused
+from directory.wording import plural
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -34,8 +35,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         for p in report.problems:
             where = f"record {p['id']}" if p["id"] is not None else "chain"
             print(f"{where}: {p['problem']}: {p['detail']}")
-        verdict = "intact" if report.ok else f"BROKEN ({len(report.problems)} problems)"
-        print(f"audit chain {verdict}: {report.records} records, head {report.head_id} {report.head}")
+        verdict = "intact" if report.ok else f"BROKEN ({plural(len(report.problems), 'problem')})"
+        print(f"audit chain {verdict}: {plural(report.records, 'record')}, head {report.head_id} {report.head}")
     return EXIT_OK if report.ok else EXIT_REFUSED
 
 

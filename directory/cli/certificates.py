@@ -23,6 +23,7 @@ from directory.cli.common import (
 from directory.cli.progress import ProgressBar
 from directory.inputs import format_time
 from directory.refusal import Refused
+from directory.revocation import REASON_CODES, RevocationRefused, parse_reason
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -47,7 +48,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     from directory.registry import UnknownCertificate
-    from directory.revocation import parse_reason
 
     registry = registry_for(args)
     serial_hex = canonical_serial(args.serial_text)
@@ -58,13 +58,11 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         raise Refused(unknown_serial(registry, args.issuer, args.serial_text, serial_hex, False)
                       + f"; to force the hex serial anyway, write --serial 0x{serial_hex}")
     try:
-        reason = parse_reason(args.reason)
-        outcome = registry.revoke(args.issuer, serial_hex, reason, at=args.at, invalidity_date=args.invalidity_date,
-                                  actor=f"cli:{user()}", force=args.force)
+        outcome = registry.revoke(args.issuer, serial_hex, args.reason, at=args.at,
+                                  invalidity_date=args.invalidity_date, actor=f"cli:{user()}", force=args.force)
     except UnknownCertificate:
         raise Refused(unknown_serial(registry, args.issuer, args.serial_text, serial_hex, True)) from None
-    print(f"{args.issuer} 0x{serial_hex}: {outcome.message}" + ("" if outcome.changed else " (nothing changed)"))
-    return EXIT_OK
+    return _changed(args, serial_hex, outcome)
 
 
 def cmd_release_hold(args: argparse.Namespace) -> int:
@@ -76,8 +74,34 @@ def cmd_release_hold(args: argparse.Namespace) -> int:
         outcome = registry.release_hold(args.issuer, serial_hex, actor=f"cli:{user()}")
     except UnknownCertificate:
         raise Refused(unknown_serial(registry, args.issuer, args.serial_text, serial_hex, False)) from None
-    print(f"{args.issuer} 0x{serial_hex}: {outcome.message}" + ("" if outcome.changed else " (nothing changed)"))
+    return _changed(args, serial_hex, outcome)
+
+
+def _changed(args: argparse.Namespace, serial_hex: str, outcome: Any) -> int:
+    """What a revoke or release did: a line, or with ``--json`` the admin API's answer shape (``changed``,
+    ``message``, ``certificate`` as ``show --json`` prints it)."""
+    if args.json:
+        print(json.dumps({"changed": outcome.changed, "message": outcome.message,
+                          "certificate": _record(outcome.record)}, indent=1, ensure_ascii=False))
+    else:
+        print(f"{args.issuer} 0x{serial_hex}: {outcome.message}" + ("" if outcome.changed else " (nothing changed)"))
     return EXIT_OK
+
+
+def _record(record: Any) -> dict[str, Any]:
+    data: dict[str, Any] = record.as_dict()
+    for key in ("not_before", "not_after", "revocation_time", "invalidity_date"):
+        data[key] = format_time(data[key])
+    data["serial_colon"] = serials.colon_hex(int(record.serial_hex, 16))
+    return data
+
+
+def reason_arg(text: str) -> str:
+    """argparse type: an RFC 5280 reason name, any casing, or its code; anything else is a usage error."""
+    try:
+        return parse_reason(text)
+    except RevocationRefused as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -86,10 +110,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     record = registry.get(args.issuer, serial_hex)
     if record is None:
         raise Refused(unknown_serial(registry, args.issuer, args.serial_text, serial_hex, False))
-    data: dict[str, Any] = record.as_dict()
-    for key in ("not_before", "not_after", "revocation_time", "invalidity_date"):
-        data[key] = format_time(data[key])
-    data["serial_colon"] = serials.colon_hex(int(record.serial_hex, 16))
+    data = _record(record)
     if args.json:
         print(json.dumps(data, indent=1, ensure_ascii=False))
     else:
@@ -114,14 +135,17 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("revoke", parents=[common], help="revoke a certificate")
     target(p)
-    p.add_argument("--reason", required=True)
+    p.add_argument("--reason", required=True, type=reason_arg,
+                   help=f"RFC 5280 reason, any casing, or its code: {', '.join(REASON_CODES)}")
     p.add_argument("--invalidity-date", type=time_arg)
     p.add_argument("--at", type=time_arg, help="revocation time (default: now)")
     p.add_argument("--force", action="store_true", help="revoke a serial the registry has never seen")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_revoke)
 
     p = sub.add_parser("release-hold", parents=[common], help="release a certificateHold")
     target(p)
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_release_hold)
 
     p = sub.add_parser("show", parents=[common], help="show one certificate's registry entry")

@@ -4,18 +4,40 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 from directory import serials
-from directory.config import Config, load_config
+from directory.config import Config, ConfigError, load_config
 from directory.inputs import InputError, parse_time
 from directory.refusal import Refused
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 
+# Where the configuration is looked for when neither --config nor $ANNUAIRE_CONFIG names it, in this order
+CONFIG_SEARCH = (Path("annuaire.toml"), Path("/etc/annuaire/annuaire.toml"))
+
+
+def searched() -> str:
+    """``CONFIG_SEARCH`` for messages: ``./annuaire.toml, /etc/annuaire/annuaire.toml``."""
+    return ", ".join(str(p) if p.is_absolute() else f"./{p}" for p in CONFIG_SEARCH)
+
+
+def config_path(args: argparse.Namespace) -> Path | None:
+    """The configuration file a command uses: ``--config``, else ``$ANNUAIRE_CONFIG``, else the first of
+    ``CONFIG_SEARCH`` that exists; None when none is given and none exists."""
+    named = getattr(args, "config", None) or os.environ.get("ANNUAIRE_CONFIG")
+    if named:
+        return Path(named)
+    return next((path for path in CONFIG_SEARCH if path.exists()), None)
+
+
 def config_of(args: argparse.Namespace) -> Config:
-    path = args.config or os.environ.get("ANNUAIRE_CONFIG") or "annuaire.toml"
+    path = config_path(args)
+    if path is None:
+        raise ConfigError(CONFIG_SEARCH[0], "-", f"file not found (looked for {searched()}); "
+                          "give --config FILE or set $ANNUAIRE_CONFIG")
     return load_config(path)
 
 

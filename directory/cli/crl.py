@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from directory.cli.common import EXIT_OK, EXIT_REFUSED, config_of
+from directory.cli.common import EXIT_OK, EXIT_REFUSED, config_of, config_path
 from directory.cli.progress import ProgressBar
 from directory.inputs import format_time
 from directory.refusal import Refused
+from directory.wording import plural
 
 
 def cmd_crl_build(args: argparse.Namespace) -> int:
@@ -53,8 +53,8 @@ def cmd_crl_build(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=1))
     else:
         for r in results:
-            print(f"{r['file']}: {r['kind']} CRL number {r['number']}, {r['entries']} entries, {r['size']} bytes, "
-                  f"next update {r['next_update']} ({r['seconds']} s)")
+            print(f"{r['file']}: {r['kind']} CRL number {r['number']}, {plural(r['entries'], 'entry')}, "
+                  f"{plural(r['size'], 'byte')}, next update {r['next_update']} ({r['seconds']} s)")
     return EXIT_REFUSED if failed else EXIT_OK
 
 
@@ -66,7 +66,7 @@ def cmd_crl_show(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise Refused(f"cannot read {args.file}: {exc.strerror}") from None
     issuers = []
-    if args.config or os.environ.get("ANNUAIRE_CONFIG") or Path("annuaire.toml").exists():
+    if config_path(args) is not None:
         issuers = list(config_of(args).issuers)
     try:
         info = describe_crl(data, issuers)

@@ -11,6 +11,7 @@ from typing import Any
 from directory.cli.common import EXIT_OK, EXIT_REFUSED, config_of
 from directory.cli.progress import ProgressBar
 from directory.refusal import Refused
+from directory.wording import plural
 
 
 def cmd_ldap_sync(args: argparse.Namespace) -> int:
@@ -82,9 +83,10 @@ def _ldap_pass(args: argparse.Namespace, mode: str) -> int:
     else:
         drift = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in data["drift"].items() if v)  # type: ignore[union-attr]
         verb = "found" if mode == "verify" else "repaired"
-        print(f"ldap {report.mode}: {report.entries_read} entries read, {report.added} added, {report.modified} "
-              f"modified, {report.deleted} deleted, drift {verb}: {drift or 'none'}, {len(report.rejected)} refused "
-              f"by the directory, {report.unpublishable} certificates no DN template fits ({report.seconds:.2f} s)")
+        print(f"ldap {report.mode}: {plural(report.entries_read, 'entry')} read, {report.added} added, "
+              f"{report.modified} modified, {report.deleted} deleted, drift {verb}: {drift or 'none'}, "
+              f"{len(report.rejected)} refused by the directory, {plural(report.unpublishable, 'certificate')} "
+              f"no DN template fits ({report.seconds:.2f} s)")
         for item in report.rejected[:20]:
             print(f"  refused: {item['operation']} {item['dn']}: {item['code']} {item['message']}")
     if mode == "verify":

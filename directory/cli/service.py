@@ -8,8 +8,9 @@ import sys
 import time
 from typing import Any
 
-from directory.cli.common import EXIT_OK, EXIT_REFUSED, config_of
-from directory.config import Config
+from directory.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, config_of
+from directory.config import Config, ConfigError
+from directory.wording import plural
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -50,7 +51,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = config_of(args)
+    try:
+        config = config_of(args)
+    except ConfigError as exc:
+        if not args.json:
+            raise
+        print(f"annuaire: configuration error: {exc}", file=sys.stderr)
+        print(json.dumps({"config": exc.file, "ok": False, "error": "configuration", "key": exc.key,
+                          "problem": exc.problem, "detail": str(exc)}, indent=1, ensure_ascii=False))
+        return EXIT_USAGE
     hsm_report, hsm_problem = None, None
     if not args.offline:
         hsm_report, hsm_problem = _hsm_report(config)
@@ -61,7 +70,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                           "hsm": hsm_report.as_dict() if hsm_report is not None else None,
                           "hsm_problem": hsm_problem}, indent=1))
     else:
-        print(f"{config.path}: {'REFUSED' if unusable else 'OK'} ({len(config.issuers)} issuers)")
+        print(f"{config.path}: {'REFUSED' if unusable else 'OK'} ({plural(len(config.issuers), 'issuer')})")
         for line in hsm_report.lines() if hsm_report is not None else []:
             print(f"  {line}")
     if hsm_problem:

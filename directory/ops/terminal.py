@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from directory.ops.overview import age_in_words, size_in_words
+from directory.wording import noun, plural
 
 _CODES = {"ok": "32", "bad": "31;1", "warn": "33", "dim": "2", "bold": "1"}
 
@@ -55,7 +56,7 @@ def print_overview(data: dict[str, Any], stream: TextIO = sys.stdout) -> None:
             left = crl["next_update"] - now
             nxt = (paint("bad", "EXPIRED") if crl["expired"]
                    else paint("warn" if left < 3600 else "ok", f"next in {age_in_words(left)}"))
-            out.append(f"  crl {label:8} #{crl['number']:<6} {crl['entries']:>7} entries "
+            out.append(f"  crl {label:8} #{crl['number']:<6} {crl['entries']:>7} {noun(crl['entries'], 'entry'):7} "
                        f"{size_in_words(crl['size']):>9}  published {age_in_words(crl['age_seconds'])} ago, {nxt}  "
                        f"{crl['url']}")
     d = data["directory"]
@@ -81,5 +82,5 @@ def print_overview(data: dict[str, Any], stream: TextIO = sys.stdout) -> None:
         if d["last_verify"] is not None:
             drift = d["last_verify_drift"] or 0
             out.append(f"  last verify  {_when(d['last_verify'])}: "
-                       + paint("warn" if drift else "ok", f"{drift} differences"))
+                       + paint("warn" if drift else "ok", plural(drift, "difference")))
     print("\n".join(out), file=stream)
