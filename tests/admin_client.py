@@ -1,4 +1,5 @@
-"""Calling the admin API from tests: plain or TLS (with or without a client certificate), JSON answers."""
+"""Calling the admin API from tests: plain or TLS (with or without a client certificate), JSON answers
+(problem details for errors)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,6 @@ def call(base: str, method: str, path: str, body: bytes | dict[str, Any] | None 
     finally:
         conn.close()
     decoded: Any = raw
-    if answer_headers.get("content-type", "").startswith("application/json"):
+    if answer_headers.get("content-type", "").startswith(("application/json", "application/problem+json")):
         decoded = json.loads(raw)
     return response.status, answer_headers, decoded

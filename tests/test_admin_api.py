@@ -10,6 +10,8 @@ import socket
 import sqlite3
 import subprocess
 import time
+from http import HTTPStatus
+from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,7 +33,7 @@ from tests.served import http, serve
 
 ROUTES = [("POST", "/api/v1/certificates"), ("POST", "/api/v1/revocations"),
           ("DELETE", "/api/v1/holds/ac-personnes/0x01"), ("GET", "/api/v1/certificates/ac-personnes/0x01"),
-          ("GET", "/api/v1/openapi.json")]
+          ("GET", "/api/v1/openapi.json"), ("GET", "/api/v1/problems/unknown-issuer")]
 
 
 def _audit_count(demo: Path) -> int:
@@ -40,11 +42,12 @@ def _audit_count(demo: Path) -> int:
 
 
 def _conforms(method: str, path_template: str, status: int, body: Any) -> None:
-    """The answer is documented for this route and status, and matches its schema."""
+    """The answer is documented for this route and status, and matches its schema (errors: problem details)."""
     doc = openapi.document()
     operation = doc["paths"][path_template][method.lower()]
     assert str(status) in operation["responses"], (method, path_template, status, body)
-    content = operation["responses"][str(status)].get("content", {}).get("application/json", {})
+    media = "application/problem+json" if status >= 400 else "application/json"
+    content = operation["responses"][str(status)].get("content", {}).get(media, {})
     schema = content.get("schema")
     if schema is not None:
         Draft202012Validator({**schema, "components": doc["components"]}).validate(body)
@@ -94,7 +97,8 @@ def test_admin_api_with_a_bearer_token(demo: Path) -> None:
         documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
         assert documented == {("POST", "/api/v1/certificates"), ("POST", "/api/v1/revocations"),
                               ("DELETE", "/api/v1/holds/{issuer}/{serial}"),
-                              ("GET", "/api/v1/certificates/{issuer}/{serial}"), ("GET", "/api/v1/openapi.json")}
+                              ("GET", "/api/v1/certificates/{issuer}/{serial}"), ("GET", "/api/v1/openapi.json"),
+                              ("GET", "/api/v1/problems/{kind}")}
 
         # -- import: 201, then 200 (idempotent), PEM or DER; refusals are 422 with the reason
         status, _, answer = call(admin, "POST", "/api/v1/certificates", fresh, token=token,
@@ -197,6 +201,35 @@ def test_admin_api_with_a_bearer_token(demo: Path) -> None:
         assert _value(after, "annuaire_hsm_sign_duration_seconds_count") > 0
         assert ("annuaire_ldap_outbox_depth", ()) in after  # a CRL just published may still be on its way
         assert _value(after, "annuaire_ldap_sync_lag_seconds") < 10
+        # identity: the build, the standard process families, the time left on every signer's certificate
+        builds = [dict(labels) for name, labels in after if name == "annuaire_build_info"]
+        assert [b["version"] for b in builds] == [metadata.version("annuaire")]
+        assert _value(after, "process_resident_memory_bytes") > 0 and _value(after, "process_open_fds") > 0
+        assert any(name == "python_info" for name, _ in after)
+        for role in ("ca", "ocsp-signer"):
+            assert _value(after, "annuaire_certificate_expiry_seconds", issuer="ac-personnes", role=role) > 86400
+
+        # -- every error is RFC 9457 problem details; each type URI, dereferenced, documents its kind
+        for method, path, body, expected, credentials in (
+                ("GET", "/api/v1/certificates/ac-personnes/0xdeadbeef", None, 404, token),
+                ("POST", "/api/v1/revocations", {"issuer": "ac-personnes"}, 422, token),
+                ("DELETE", f"/api/v1/holds/ac-personnes/{target}", None, 409, token),
+                ("GET", "/api/v1/openapi.json", None, 401, None),
+                ("GET", "/api/v1/nowhere", None, 404, token),
+                ("PUT", "/api/v1/revocations", None, 405, token),
+                ("GET", "/api/v1/problems/no-such-kind", None, 404, token)):
+            status, headers, answer = call(admin, method, path, body, token=credentials)
+            assert status == expected and headers["content-type"].startswith("application/problem+json"), (
+                path, status, headers)
+            Draft202012Validator({**openapi.SCHEMAS["Problem"], "components": {}}).validate(answer)
+            assert answer["status"] == status and answer["detail"], answer
+            if answer["type"] == "about:blank":
+                assert answer["title"] == HTTPStatus(status).phrase
+                continue
+            kind_status, _, kind = call(admin, "GET", answer["type"], token=token)
+            _conforms("GET", "/api/v1/problems/{kind}", kind_status, kind)
+            assert kind_status == 200 and kind["type"] == answer["type"] and kind["title"] == answer["title"]
+            assert status in kind["statuses"] and kind["error"] == answer["error"]
 
     # -- the log is JSON lines; the revocation's events carry its request id, issuer and serial
     events = [json.loads(line) for line in served.output.splitlines() if line.startswith("{")]
@@ -241,7 +274,9 @@ def test_a_registry_miss_is_a_404_and_a_registry_failure_a_503(tmp_path: Path) -
     for method, template, handler in (("GET", "/api/v1/certificates/{issuer}/{serial}", component._get),
                                       ("DELETE", "/api/v1/holds/{issuer}/{serial}", component._release)):
         status, body = answer(method, template.format(issuer="ac-personnes", serial="0x01"), handler)
-        assert (status, body) == (404, {"error": "unknown issuer", "detail": "unknown issuer 'ac-personnes'"})
+        assert (status, body) == (404, {"type": "/api/v1/problems/unknown-issuer", "title": "Unknown issuer",
+                                        "status": 404, "error": "unknown issuer",
+                                        "detail": "unknown issuer 'ac-personnes'"})
         _conforms(method, template, status, body)
     status, body = answer("GET", "/api/v1/certificates/ac-personnes/0x01", down)
     assert status == 503 and body["error"] == "registry unavailable"
@@ -411,3 +446,22 @@ def test_admin_api_with_client_certificates(demo: Path, tmp_path: Path) -> None:
 def _audit_records(demo: Path) -> list[dict[str, Any]]:
     out = subprocess.run([*_cli(), "audit", "export", "-c", str(demo)], capture_output=True, text=True, check=True)
     return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_every_error_kind_has_a_problem_type() -> None:
+    """Each kind the admin API answers with (ApiError, error_response) has its documented problem type, so
+    no error but a plain HTTP one is about:blank."""
+    import ast
+
+    from directory.admin.problems import KINDS
+    from tests.conftest import ROOT
+
+    used = set()
+    for path in (ROOT / "directory" / "admin").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("ApiError", "error_response") and len(node.args) >= 2
+                    and isinstance(node.args[1], ast.Constant)):
+                used.add(node.args[1].value)
+    assert len(used) >= 10
+    assert used - set(KINDS) == set()

@@ -19,6 +19,7 @@ from aiohttp.typedefs import Handler
 from directory import logs, serials
 from directory.admin import openapi
 from directory.admin.auth import Credentials, server_context
+from directory.admin.problems import BY_SLUG, error_response
 from directory.config import AdminConfig
 from directory.ingest.sources import pem_items
 from directory.inputs import InputError, format_time, load_json, parse_time
@@ -47,14 +48,6 @@ class ApiError(Refused):
         self.status, self.error, self.detail, self.errors = status, error, detail, errors
 
 
-def error_response(status: int, error: str, detail: str, errors: list[dict[str, str]] | None = None,
-                   headers: dict[str, str] | None = None) -> web.Response:
-    body: dict[str, Any] = {"error": error, "detail": detail}
-    if errors:
-        body["errors"] = errors
-    return web.json_response(body, status=status, headers=headers)
-
-
 class AdminComponent:
     """Runs the admin listener next to the public one (same process, same registry and HSM)."""
 
@@ -79,6 +72,7 @@ class AdminComponent:
         app.router.add_delete("/api/v1/holds/{issuer}/{serial}", self._release)
         app.router.add_get("/api/v1/certificates/{issuer}/{serial}", self._get)
         app.router.add_get("/api/v1/openapi.json", self._openapi)
+        app.router.add_get("/api/v1/problems/{kind}", self._problem_type)
         self.runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.idle_timeout)
         await self.runner.setup()
         budget = service.descriptors
@@ -155,6 +149,13 @@ class AdminComponent:
     # -- routes -----------------------------------------------------------------------------------
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi.document())
+
+    async def _problem_type(self, request: web.Request) -> web.Response:
+        """What a problem ``type`` URI documents (RFC 9457: the type, dereferenced, explains itself)."""
+        kind = BY_SLUG.get(request.match_info["kind"])
+        if kind is None:
+            raise web.HTTPNotFound(text="no such problem type")
+        return web.json_response(kind.as_dict())
 
     async def _import(self, request: web.Request) -> web.Response:
         der = _certificate_der(await request.read(), request.content_type)

@@ -10,6 +10,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from directory.admin.problems import BY_SLUG, KINDS, MEDIA_TYPE, TYPE_BASE
 from directory.config import ISSUER_NAME
 from directory.revocation import REASON_CODES
 
@@ -17,12 +18,19 @@ from directory.revocation import REASON_CODES
 SERIAL_PATTERN = (r"^(?:(?:0[xX])?[0-9A-Fa-f]{1,78}|[0-9A-Fa-f]{1,2}(?::[0-9A-Fa-f]{1,2}){1,39}"
                   r"|[dD][eE][cC]:[0-9]{1,76})$")
 
-_ERROR = {
+_PROBLEM = {
     "type": "object",
-    "required": ["error", "detail"],
+    "description": "RFC 9457 problem details (application/problem+json), with this API's error and errors",
+    "required": ["type", "title", "status", "detail", "error"],
     "properties": {
-        "error": {"type": "string", "description": "short machine-readable kind"},
-        "detail": {"type": "string", "description": "what is wrong, for a person"},
+        "type": {"type": "string", "format": "uri-reference",
+                 "description": f"{TYPE_BASE}KIND (GET it for the kind's documentation), or about:blank for a "
+                                "plain HTTP error"},
+        "title": {"type": "string", "description": "the kind, for a person (the same for every occurrence)"},
+        "status": {"type": "integer", "description": "the HTTP status of this answer"},
+        "detail": {"type": "string", "description": "what is wrong this time, for a person"},
+        "error": {"type": "string", "description": "short machine-readable kind",
+                  "examples": sorted(KINDS)},
         "errors": {"type": "array", "items": {
             "type": "object", "required": ["path", "message"],
             "properties": {"path": {"type": "string"}, "message": {"type": "string"}}}},
@@ -32,7 +40,15 @@ _ERROR = {
 _TIME = {"type": ["string", "null"], "description": "RFC 3339 UTC time"}
 
 SCHEMAS: dict[str, dict[str, Any]] = {
-    "Error": _ERROR,
+    "Problem": _PROBLEM,
+    "ProblemType": {
+        "type": "object",
+        "required": ["type", "title", "error", "statuses", "description"],
+        "properties": {
+            "type": {"type": "string"}, "title": {"type": "string"}, "error": {"type": "string"},
+            "statuses": {"type": "array", "items": {"type": "integer"}}, "description": {"type": "string"},
+        },
+    },
     "RevocationRequest": {
         "type": "object",
         "additionalProperties": False,
@@ -113,8 +129,10 @@ def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _answer(description: str, schema: str = "Error") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+def _answer(description: str, schema: str = "Problem") -> dict[str, Any]:
+    """A documented answer; errors (``Problem``) are ``application/problem+json``."""
+    media = MEDIA_TYPE if schema == "Problem" else "application/json"
+    return {"description": description, "content": {media: {"schema": _ref(schema)}}}
 
 
 _AUTH_ANSWERS = {
@@ -133,7 +151,8 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "annuaire admin API", "version": "1",
                  "description": "Import certificates, revoke, release holds and look up publication state. "
-                                "Every call is authenticated and recorded in the hash-chained audit trail."},
+                                "Every call is authenticated and recorded in the hash-chained audit trail. "
+                                "Errors are RFC 9457 problem details (application/problem+json)."},
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
@@ -186,6 +205,14 @@ def document() -> dict[str, Any]:
                 "operationId": "openapi",
                 "summary": "This document",
                 "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}},
+                              **_AUTH_ANSWERS}}},
+            f"{TYPE_BASE}{{kind}}": {"get": {
+                "operationId": "problemType",
+                "summary": "What a problem type URI stands for (the type member of an error answer)",
+                "parameters": [{"name": "kind", "in": "path", "required": True,
+                                "schema": {"type": "string", "enum": sorted(BY_SLUG)}}],
+                "responses": {"200": _answer("the kind's title, statuses and description", "ProblemType"),
+                              "404": _answer("no such problem type"),
                               **_AUTH_ANSWERS}}},
         },
     }
