@@ -181,3 +181,24 @@ def test_production_deps_leave_out_softhsm_and_the_test_tools() -> None:
     assert {"softhsm2", "gnutls-bin", "chromium", "chromium-driver"} <= _packages("test")
     assert {"softhsm2", "wrk"} <= _packages("bench")
     assert not {"softhsm2", "wrk", "chromium"} & runtime
+
+
+def test_the_service_image_installs_the_wheel_and_the_locked_dependencies() -> None:
+    """annuaire.Dockerfile (no Docker engine here: read statically): a wheel built from the tree, installed
+    with the hash-checked runtime lock, never the source tree itself; everything it copies exists, and the
+    package's links to schema/ and deploy/slapd/ resolve inside what the build stage copies."""
+    text = (COMPOSE / "annuaire.Dockerfile").read_text()
+    assert "pip install --no-cache-dir --require-hashes --no-deps -r requirements/build.txt" in text
+    assert "pip wheel --no-deps --no-build-isolation -w /wheels ." in text
+    assert "pip install --no-cache-dir --require-hashes --no-deps -r /tmp/runtime.txt" in text
+    assert "pip install --no-cache-dir --no-deps /tmp/wheels/annuaire-*.whl" in text and "pip check" in text
+    assert not re.search(r"pip install[^\n]* \.\s", text)
+    copied = []
+    for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M):
+        *sources, _ = line.split()
+        copied += sources
+    for source in copied:
+        assert (ROOT / source).exists(), source
+    for link in (ROOT / "directory" / "ldap" / "shipped").iterdir():
+        target = link.resolve().relative_to(ROOT)
+        assert link.is_symlink() and any(target.is_relative_to(c) for c in copied), (link, target)
