@@ -351,7 +351,7 @@ def test_a_certificate_no_template_can_place_is_reported(ldap_env: LdapEnv) -> N
     synced = run_cli("ldap", "sync", "-c", str(env.path), "--json")
     assert synced.returncode == 0 and json.loads(synced.stdout)["unpublishable"] == 1, synced.stdout
     verify = run_cli("ldap", "verify", "-c", str(env.path))
-    assert verify.returncode == 1 and "1 certificates no DN template fits" in verify.stdout, verify.stdout
+    assert verify.returncode == 1 and "1 certificate no DN template fits" in verify.stdout, verify.stdout
 
 
 def test_reads_are_paged_past_the_servers_size_limit(ldap_env: LdapEnv) -> None:
