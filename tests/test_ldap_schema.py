@@ -81,7 +81,7 @@ def test_provider_acls_and_lookups(provider: Slapd, demo_token: Path) -> None:
     manifest = json.loads((demo_token / "certs" / "manifest.json").read_text())
     entry = next(m for m in manifest if m["profile"] == "encryption")
     cert = x509.load_pem_x509_certificate((demo_token / "certs" / entry["file"]).read_bytes())
-    rpps = cert.subject.get_attributes_for_oid(x509.NameOID.SERIAL_NUMBER)[0].value
+    rpps = entry["holder"]  # the idNat_PS the card certificate carries in its CN
     mail = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.RFC822Name)[0]
     der64 = base64.b64encode(cert.public_bytes(Encoding.DER)).decode()

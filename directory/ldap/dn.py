@@ -125,11 +125,12 @@ CONTAINER_CLASSES = {"ou": "organizationalUnit", "o": "organization", "l": "loca
 @dataclass(frozen=True)
 class DnTemplate:
     """``cn={CN}+healthProfessionalId={serialNumber}``: RDN types are literal, ``{NAME}`` is a subject
-    attribute (its short name: CN, SN, GN, O, OU, L, C, ST, title, serialNumber, emailAddress, UID, or
-    ``mail`` for the first e-mail address). The first RDN (possibly multi-valued) names the entry; further
-    RDNs, one attribute each, name intermediate entries between it and its branch, which the sync creates
-    while an entry lies below them (``cn={CN}+sn={SN}+givenName={GN},title={title}``: a DIT shaped like
-    the certificate subjects).
+    attribute (its short name: CN, SN, GN, O, OU, L, C, ST, title, serialNumber, emailAddress, UID), ``mail``
+    for the first e-mail address, ``healthProfessionalId`` / ``healthStructureId`` for the holder's national
+    identifier wherever the subject carries it (serialNumber or a card's CN; a numeric OU).
+    The first RDN (possibly multi-valued) names the entry; further RDNs, one attribute each, name
+    intermediate entries between it and its branch, which the sync creates while an entry lies below them
+    (``cn={CN}+sn={SN}+givenName={GN},title={title}``: a DIT shaped like the certificate subjects).
     """
 
     text: str

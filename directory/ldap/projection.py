@@ -119,6 +119,9 @@ def project_name(name: x509.Name, profile: str | None, emails: list[str], layout
     mail = next((e for e in emails if syntax.problem("mail", e) is None), None)
     if mail is not None:
         first.setdefault("mail", mail)
+    # the identifiers wherever the subject carries them (serialNumber or a card's CN; an OU)
+    first.update((name, ids[0]) for name, ids in (("healthProfessionalId", _professional_ids(subject)),
+                                                  ("healthStructureId", _structure_ids(subject))) if ids)
     person = profile in PERSON_PROFILES if profile in PERSON_PROFILES | STRUCTURE_PROFILES \
         else bool(_professional_ids(subject))
     branch, templates = (PERSONNES, layout.person_templates) if person else (STRUCTURES, layout.structure_templates)
@@ -168,6 +171,11 @@ def _professional_ids(subject: dict[str, list[str]]) -> list[str]:
     return []
 
 
+def _structure_ids(subject: dict[str, list[str]]) -> list[str]:
+    """Numeric OUs: an idNat_Struct (``1`` + FINESS, ``3`` + SIRET...), or a bare FINESS, SIRET or SIREN."""
+    return [v for v in subject.get("OU", []) if v.isdigit()]
+
+
 def _person(subject: dict[str, list[str]], emails: list[str]) -> dict[str, list[str]]:
     """inetOrgPerson needs cn and sn: without a usable one, no ``cn`` (the caller then places nothing)."""
     full_name = " ".join(subject.get("GN", []) + subject.get("SN", []))
@@ -204,7 +212,7 @@ def _structure(subject: dict[str, list[str]], emails: list[str]) -> dict[str, li
             attrs[target] = list(subject[source])
     if emails:
         attrs["mail"] = list(emails)
-    ids = [v for v in subject.get("OU", []) if v.isdigit()]  # idNat_Struct (1 + FINESS, ...), or a bare number
+    ids = _structure_ids(subject)
     if ids:
         attrs["healthStructureId"] = ids
         kind = sector.structure_id_type(ids[0])
