@@ -9,6 +9,7 @@ subjects, intermediate entries included (created, kept, pruned).
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from directory import certinfo, sector
 from directory.config import LdapConfig, load_config
 from directory.ldap import containers, dn
 from directory.ldap.projection import Layout
+from directory.runtime import open_config_registry
 from tests.ldap_env import SUFFIX, LdapEnv, search
 
 PERSONNES, STRUCTURES = f"ou=Personnes,{SUFFIX}", f"ou=Structures,{SUFFIX}"
@@ -251,3 +253,21 @@ def test_intermediate_entries_come_from_the_entries_below_them() -> None:
     assert classes == {"title": "healthContainer", "ou": "organizationalUnit", "o": "organization", "st": "locality"}
     flat = Layout.from_config(LdapConfig(("ldap://127.0.0.1:1",), "cn=x", None, SUFFIX, False))
     assert not flat.has_containers and containers.above(flat, [f"cn=x,{PERSONNES}"]) == {}
+
+
+def test_migration_12_reads_the_stored_certificates_again(demo: Path) -> None:
+    """A registry that imported sector-shaped certificates before certinfo read them (no identifier from the
+    CN, every family an "authentication") gets them read again when it opens."""
+    manifest = _manifest(demo.parent)
+    with sqlite3.connect(demo.parent / "data" / "registry.sqlite3") as db:
+        db.execute("UPDATE certificates SET professional_id = NULL, profile = 'authentication' "
+                   "WHERE profile NOT IN ('ca', 'ocsp-signing')")
+        db.execute("DELETE FROM schema_version WHERE version = 12")
+    registry = open_config_registry(load_config(demo))
+    try:
+        for entry in manifest:
+            record = registry.get(entry["issuer"], entry["serial_hex"])
+            assert record is not None and record.profile == entry["profile"], entry
+            assert record.professional_id == (entry["holder"] if entry["issuer"] == "ac-personnes" else None)
+    finally:
+        registry.close()
