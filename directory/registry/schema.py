@@ -249,8 +249,8 @@ def _backfill_v12(tx: Conn) -> None:
     after = 0
     while True:
         rows = tx.execute("SELECT id, der, profile FROM certificates WHERE id > ? AND professional_id IS NULL "
-                          "AND der IS NOT NULL AND profile NOT IN ('ca', 'ocsp-signing') ORDER BY id LIMIT 2000",
-                          (after,)).fetchall()
+                          "AND der IS NOT NULL AND COALESCE(profile, '') NOT IN ('ca', 'ocsp-signing') "
+                          "ORDER BY id LIMIT 2000", (after,)).fetchall()
         if not rows:
             return
         updates = []
