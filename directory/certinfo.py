@@ -10,9 +10,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from directory import serials
+from directory import sector, serials
 
-PROFILES = ("authentication", "signature", "encryption", "server-tls", "server-smime", "ocsp-signing", "ca")
+# card certificates of professionals (authentication, signature, encryption), software certificates of
+# professionals ("mobility"), of organisations (personnes morales: "organisation") and of their servers
+PROFILES = ("authentication", "signature", "encryption", "mobility", "organisation", "server-tls", "server-smime",
+            "ocsp-signing", "ca")
 
 
 @dataclass(frozen=True)
@@ -47,14 +50,13 @@ def describe(cert: x509.Certificate, der: bytes | None = None) -> CertificateInf
     for attr in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
         if attr.value not in emails:
             emails.append(str(attr.value))
-    ids = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
     return CertificateInfo(
         serial=serial,
         serial_hex=serials.to_hex(serial),
         subject_dn=cert.subject.rfc4514_string(),
         emails=tuple(e.lower() for e in emails),
         dns_names=tuple(d.lower() for d in dns),
-        professional_id=str(ids[0].value) if ids else None,
+        professional_id=professional_id(cert.subject),
         not_before=int(cert.not_valid_before_utc.timestamp()),
         not_after=int(cert.not_valid_after_utc.timestamp()),
         der=der,
@@ -64,8 +66,34 @@ def describe(cert: x509.Certificate, der: bytes | None = None) -> CertificateInf
     )
 
 
+def professional_id(subject: x509.Name) -> str | None:
+    """A professional's national identifier: the subject serialNumber, else a CN shaped like an idNat_PS
+    (``8`` + RPPS, as card certificates carry it) in a natural person's subject."""
+    ids = subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+    if ids:
+        return str(ids[0].value)
+    if not natural_person(subject):
+        return None
+    cns = [str(a.value) for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return cns[0] if cns and sector.is_id_nat(cns[0]) else None
+
+
+def natural_person(subject: x509.Name) -> bool:
+    """A person's subject: a surname, a given name or a serialNumber identifier."""
+    return any(subject.get_attributes_for_oid(oid) for oid in (NameOID.SURNAME, NameOID.GIVEN_NAME,
+                                                               NameOID.SERIAL_NUMBER))
+
+
+def _organisation(subject: x509.Name) -> bool:
+    """An organisation's subject: no person in it, and an OU holding an idNat_Struct (``1`` + FINESS, ...)."""
+    units = subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return not natural_person(subject) and any(sector.structure_id_type(str(a.value)) for a in units)
+
+
 def profile_of(cert: x509.Certificate) -> str:
-    """Classify by extensions, the way the demo issuance stub (and IGC-Santé-like profiles) shape them."""
+    """Classify by extensions and subject, the way IGC-Santé-like profiles (and the demo's stub) shape them:
+    a natural person's software certificate (product category 03) is ``mobility``; an organisation's
+    certificate that is not a server's is ``organisation``."""
     ext = cert.extensions
     try:
         if ext.get_extension_for_class(x509.BasicConstraints).value.ca:
@@ -84,10 +112,16 @@ def profile_of(cert: x509.Certificate) -> str:
         ku = ext.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         ku = None
+    # S/MIME of a server (an EC key agrees keys where an RSA one enciphers them)
+    smime = ExtendedKeyUsageOID.EMAIL_PROTECTION in eku and ku is not None and ku.digital_signature \
+        and (ku.key_encipherment or ku.key_agreement)
+    if natural_person(cert.subject) and sector.code(cert, sector.PRODUCT_CATEGORY) in sector.SOFTWARE_CATEGORIES:
+        return "mobility"
+    if _organisation(cert.subject) and not smime:
+        return "organisation"
     if ku is not None and ku.content_commitment:
         return "signature"
-    if ExtendedKeyUsageOID.EMAIL_PROTECTION in eku and ku is not None and ku.digital_signature \
-            and ku.key_encipherment:
+    if smime:
         return "server-smime"
     if ku is not None and not ku.digital_signature and (ku.key_encipherment or ku.key_agreement):
         return "encryption"

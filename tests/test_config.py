@@ -33,7 +33,7 @@ def test_private_config_loads(private_config: Path) -> None:
     ('name = "ac-personnes"', 'name = "AC Personnes"', "issuers[1].name", "lower-case"),
     ('ca/ac-structures.pem"', 'ca/missing.pem"', "issuers[ac-structures].certificate", "cannot read"),
     ('module = "', 'module = "/nonexistent/libpkcs11.so"\n#', "hsm.module", "does not exist"),
-    ("managed = true", 'managed = true\nperson_dn = "cn={CN},ou=X"', "ldap.person_dn", "one RDN"),
+    ("managed = true", 'managed = true\nperson_dn = "cn={CN},uid={UID}"', "ldap.person_dn", "intermediate entry"),
     ("managed = true", 'managed = true\nstructure_dn = ["cn=fixed"]', "ldap.structure_dn", "type={SUBJECT_ATTRIBUTE}"),
     ("managed = true", 'managed = true\nreconcile_interval = "often"', "ldap.reconcile_interval", "not a duration"),
     ('suffix = "o=sante,c=fr"', 'suffix = "not a dn"', "ldap.suffix", "not a DN"),

@@ -45,8 +45,8 @@ def test_manifest_matches_registry_and_shape(demo_pristine: Path) -> None:
     assert 0.05 * len(manifest) <= len(revoked) <= 0.15 * len(manifest)
     assert len(held) == 1 and held[0]["reason"] == "certificateHold"
     assert len({m["reason"] for m in revoked}) >= 3
-    assert {m["profile"] for m in manifest} == {"authentication", "signature", "encryption", "server-tls",
-                                               "server-smime"}
+    assert {m["profile"] for m in manifest} == {"authentication", "signature", "encryption", "mobility",
+                                               "server-tls", "server-smime", "organisation"}
     assert {m["issuer"] for m in revoked} == {"ac-personnes", "ac-structures"}
 
 
@@ -54,14 +54,14 @@ def test_certificates_carry_cdp_aia_and_professional_ids(demo_pristine: Path) ->
     manifest = json.loads((demo_pristine / "certs" / "manifest.json").read_text())
     person = x509.load_pem_x509_certificate((demo_pristine / "certs" / manifest[0]["file"]).read_bytes())
     cdp = person.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
-    urls = [n.value for n in cdp[0].full_name]
+    urls = [n.value for point in cdp for n in point.full_name]
     assert urls[0] == "http://127.0.0.1:18080/crl/ac-personnes.crl"
     assert urls[1].startswith("ldap://127.0.0.1:13890/cn=ac-personnes,ou=AC,o=sante,c=fr?")
     aia = person.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
     assert {d.access_location.value for d in aia} == {"http://127.0.0.1:18080/ocsp",
                                                       "http://127.0.0.1:18080/ca/ac-personnes.crt"}
-    serial_attr = person.subject.get_attributes_for_oid(x509.NameOID.SERIAL_NUMBER)[0].value
-    assert serial_attr.startswith("8") and len(serial_attr) == 12  # "8" + RPPS
+    id_nat = person.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+    assert id_nat.startswith("8") and len(id_nat) == 12 and id_nat == manifest[0]["holder"]  # "8" + RPPS
     issuing = x509.load_pem_x509_certificate((demo_pristine / "ca" / "ac-personnes.pem").read_bytes())
     root_cdp = issuing.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert root_cdp[0].full_name[0].value == "http://127.0.0.1:18080/crl/ac-racine.crl"

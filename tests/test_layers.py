@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BOTTOM = {"der", "der_reader", "serials", "inputs", "refusal", "httpdate", "histogram", "logs", "wording", "version"}
 LAYERS = [
     BOTTOM,
-    {"publication", "cert_id", "revocation", "certinfo"},
+    {"publication", "cert_id", "revocation", "sector", "certinfo"},
     {"config", "hsm"},
     {"registry"},
     {"ingest"},

@@ -31,7 +31,7 @@ def test_schema_forms_define_the_same_things() -> None:
     from_schema = {" ".join(d.split()) for d in re.findall(definition, body)}
     from_ldif = {line.split(": ", 1)[1] for line in ldif.splitlines()
                  if line.startswith(("olcAttributeTypes:", "olcObjectClasses:"))}
-    assert from_schema == from_ldif and len(from_schema) == 8
+    assert from_schema == from_ldif and len(from_schema) == 9
 
 
 def test_schema_oids_are_under_the_projects_uuid_arc() -> None:
@@ -44,7 +44,7 @@ def test_schema_oids_are_under_the_projects_uuid_arc() -> None:
     assert arc == f"2.25.{uuid.UUID(uuid_text).int}"
     for text in (schema, (ANNUAIRE_SCHEMA_DIR / "health.ldif").read_text()):
         defined = re.findall(r"\(\s*([0-9.]+)\s+NAME", text)
-        assert len(defined) == 8 and all(oid.startswith(f"{arc}.2.") for oid in defined), defined
+        assert len(defined) == 9 and all(oid.startswith(f"{arc}.2.") for oid in defined), defined
     assert f"{arc}.1" == DEMO_POLICY_ARC
 
 
@@ -53,7 +53,7 @@ def test_served_subschema_carries_the_new_oids(provider: Slapd) -> None:
                   "(objectClass=*)", "attributeTypes", "objectClasses")
     assert found.returncode == 0, found.stderr
     names = dict(re.findall(r"\( ([0-9.]+) NAME '(health\w+)'", found.stdout))
-    assert len(names) == 8 and all(o.startswith("2.25.63614678800275870086993750832056929307.2.") for o in names)
+    assert len(names) == 9 and all(o.startswith("2.25.63614678800275870086993750832056929307.2.") for o in names)
 
 
 @pytest.fixture()
@@ -81,7 +81,7 @@ def test_provider_acls_and_lookups(provider: Slapd, demo_token: Path) -> None:
     manifest = json.loads((demo_token / "certs" / "manifest.json").read_text())
     entry = next(m for m in manifest if m["profile"] == "encryption")
     cert = x509.load_pem_x509_certificate((demo_token / "certs" / entry["file"]).read_bytes())
-    rpps = cert.subject.get_attributes_for_oid(x509.NameOID.SERIAL_NUMBER)[0].value
+    rpps = entry["holder"]  # the idNat_PS the card certificate carries in its CN
     mail = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.RFC822Name)[0]
     der64 = base64.b64encode(cert.public_bytes(Encoding.DER)).decode()

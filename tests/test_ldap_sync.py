@@ -327,14 +327,14 @@ def test_changing_the_dn_template_moves_entries(ldap_env: LdapEnv) -> None:
     env.import_demo()
     env.sync().full()
     before = search(env.url, PERSONNES, "(userCertificate=*)")
-    text = env.path.read_text().replace("[ldap]\n", '[ldap]\nperson_dn = "uid={serialNumber}"\n')
+    text = env.path.read_text().replace("[ldap]\n", '[ldap]\nperson_dn = "uid={healthProfessionalId}"\n')
     env.path.write_text(text)
     from directory.config import load_config
 
     moved = DirectorySync(load_config(env.path), env.registry).incremental()  # a new layout forces a full pass
     assert moved.mode == "full" and moved.added == moved.deleted == len(before)
     after = search(env.url, PERSONNES, "(userCertificate=*)")
-    assert all(d.startswith("uid=8") for d in after)
+    assert all(d.startswith(("uid=8", "uid=0")) for d in after)  # 8 + RPPS, 0 + ADELI
     assert sorted(v for e in after.values() for v in e["userCertificate;binary"]) == \
         sorted(v for e in before.values() for v in e["userCertificate;binary"])
 

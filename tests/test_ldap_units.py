@@ -40,11 +40,15 @@ def test_keys_compare_like_the_directory() -> None:
 
 def test_templates_are_validated_and_never_inject() -> None:
     template = dn.DnTemplate.parse("cn={CN}+healthProfessionalId={serialNumber}")
-    rdn = template.render({"CN": "x,ou=AC", "serialNumber": "8+1"})
-    assert rdn == (("cn", "x,ou=AC"), ("healthProfessionalId", "8+1"))
-    assert dn.build([rdn]) == "cn=x\\,ou\\=AC+healthProfessionalId=8\\+1"
+    rdns = template.render({"CN": "x,ou=AC", "serialNumber": "8+1"})
+    assert rdns == [(("cn", "x,ou=AC"), ("healthProfessionalId", "8+1"))]
+    assert dn.build(rdns) == "cn=x\\,ou\\=AC+healthProfessionalId=8\\+1"
     assert template.render({"CN": "x"}) is None  # a missing attribute: the next template is tried
-    for bad in ("cn=Fixed", "cn={CN},ou=X", "{CN}", "cn={CN}+"):
+    # upper RDNs name intermediate entries: one attribute each, of a type that can name one
+    shaped = dn.DnTemplate.parse("cn={CN}+sn={SN}+givenName={GN},title={title}")
+    rdns = shaped.render({"CN": "810100000012", "SN": "DUPONT", "GN": "Zoë", "title": "Médecin,ou=AC"})
+    assert dn.build(rdns) == "cn=810100000012+sn=DUPONT+givenName=Zoë,title=Médecin\\,ou\\=AC"
+    for bad in ("cn=Fixed", "cn={CN},ou=X", "{CN}", "cn={CN}+", "cn={CN},ou={OU}+o={O}", "cn={CN},uid={UID}"):
         with pytest.raises(dn.DnError):
             dn.DnTemplate.parse(bad)
 

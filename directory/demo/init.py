@@ -7,7 +7,8 @@ Layout of DIR (a contract: tests, make run and operators' scripts read it):
   secrets/ldap-password  bind password of the managed slapd (0600)
   secrets/admin-token    bearer token of the admin API (0600)
   ca/NAME.pem            root, issuing CAs and OCSP signers; ca/chain.pem = root + issuing CAs
-  certs/*.pem            end entities; certs/manifest.json lists {file, issuer, serial_hex, profile, status, reason}
+  certs/*.pem            end entities; certs/manifest.json lists {file, issuer, serial_hex, profile, status, reason,
+                         holder} (holder: the national identifier, idNat_PS or idNat_Struct)
   data/registry.sqlite3  the registry, with the end entities imported and ~10% revoked, one on hold
 """
 
@@ -17,7 +18,6 @@ import json
 import os
 import secrets
 import shutil
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,35 +28,20 @@ from cryptography.x509.oid import NameOID
 
 from directory.config import Config, load_config
 from directory.demo import issuance
+from directory.demo.holders import PERSONNES, STRUCTURES, holder_id, issue_end_entities
 from directory.demo.issuance import CertificateAuthority
+from directory.demo.urls import LDAP_SUFFIX, DemoUrls
 from directory.hsm.signer import HsmSettings, HsmSigner
 from directory.hsm.softhsm import create_token, find_module
 from directory.ingest.importer import ImportSummary
 from directory.ingest.sources import SourceItem
-from directory.publication import (
-    ca_certificate_url,
-    crl_url,
-    full_crl_name,
-    ocsp_url,
-    partition_crl_name,
-    partition_key,
-)
 from directory.runtime import importer_for, open_config_registry
 from directory.serials import to_hex
 
 TOKEN_LABEL = "annuaire-demo"
-ROOT, PERSONNES, STRUCTURES = "ac-racine", "ac-personnes", "ac-structures"
-LDAP_SUFFIX = "o=sante,c=fr"
+ROOT = "ac-racine"
+__all__ = ["LDAP_SUFFIX", "PERSONNES", "STRUCTURES", "DemoUrls", "issue_end_entities"]  # for tests and bench/
 _MARKERS = {"hsm", "ca", "certs", "data", "secrets", "annuaire.toml"}
-
-GIVEN = ["Hélène", "Jean-Éric", "Françoise", "Noël", "Zoë", "Amélie", "Loïc", "Mathéo", "Inès", "Raphaël"]
-SURNAMES = ["DUPONT", "MARTIN", "LEFÈVRE", "N'DIAYE", "DE LA FONTAINE", "GARCÍA", "MÜLLER", "NGUYEN", "BERNARD",
-            "PETIT"]
-PROFESSIONS = [("Médecin", "Médecine générale"), ("Infirmier", "Soins infirmiers"), ("Pharmacien", "Officine"),
-               ("Sage-femme", "Obstétrique"), ("Chirurgien-dentiste", "Orthodontie"),
-               ("Masseur-kinésithérapeute", "Rééducation")]
-STRUCTURES_NAMES = ["CHU DEMO DE NANTES", "CENTRE HOSPITALIER DEMO D'ARLES", "LABORATOIRE DEMO BIO+",
-                    "CLINIQUE DEMO SAINT-LUC, ANNEXE"]
 REASONS = ["keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation", "privilegeWithdrawn",
            "unspecified"]
 
@@ -86,33 +71,15 @@ class DemoOptions:
     token: DemoToken | None = None
 
 
-@dataclass(frozen=True)
-class DemoUrls:
-    base: str
-    ldap: str
-    partitions: int = 0  # CRL partitions of the issuing CAs (0: one CRL each)
-
-    def crl(self, issuer: str, serial: int | None = None) -> list[str]:
-        """CDP URLs: the partition's CRL when the issuer is partitioned, else the full one."""
-        http = crl_url(self.base, full_crl_name(issuer))
-        if self.partitions and serial is not None:
-            http = crl_url(self.base, partition_crl_name(issuer, partition_key(serial) % self.partitions))
-        return [http, f"{self.ldap}/cn={issuer},ou=AC,{LDAP_SUFFIX}?certificateRevocationList;binary"]
-
-    def ca_issuers(self, issuer: str) -> str:
-        return ca_certificate_url(self.base, issuer)
-
-    @property
-    def ocsp(self) -> str:
-        return ocsp_url(self.base)
-
-
 def _name(*pairs: tuple[x509.ObjectIdentifier, str]) -> x509.Name:
     return x509.Name([x509.NameAttribute(oid, value) for oid, value in pairs])
 
 
 def _ca_name(cn: str) -> x509.Name:
+    """Shaped like IGC-Santé's CA names (``C=FR, O=…, OU=0002 <SIREN>, OU=IGC-SANTE, CN=AC …``), DEMO all
+    through: the project's own organisation name and a SIREN of zeros, never the agency's."""
     return _name((NameOID.COUNTRY_NAME, "FR"), (NameOID.ORGANIZATION_NAME, "ANNUAIRE SANTE DEMO"),
+                 (NameOID.ORGANIZATIONAL_UNIT_NAME, "0002 000000000"),
                  (NameOID.ORGANIZATIONAL_UNIT_NAME, "IGC-SANTE DEMO"), (NameOID.COMMON_NAME, cn))
 
 
@@ -160,7 +127,7 @@ def init_demo(options: DemoOptions, say: Callable[[str], None] = lambda _: None)
         hsm = HsmSigner(HsmSettings(options.token.module, options.token.label, pin, 2))
     try:
         urls = DemoUrls(f"http://127.0.0.1:{options.http_port}", f"ldap://127.0.0.1:{options.ldap_port}",
-                        options.crl_partitions)
+                        options.crl_partitions, frozenset({PERSONNES}))  # deltas: as _write_config sets them
         say(f"generating CA keys ({options.key_type}) in the token")
         cas, ocsp_certs = _build_hierarchy(hsm, options.key_type, urls)
         ca_dir = directory / "ca"
@@ -192,8 +159,8 @@ def _build_hierarchy(hsm: HsmSigner, key_type: str, urls: DemoUrls
     with hsm.admin_session() as session:
         for label in (ROOT, PERSONNES, STRUCTURES, f"ocsp-{PERSONNES}", f"ocsp-{STRUCTURES}"):
             spkis[label] = issuance.generate_key(session, key_type, label, store=True)
-    subjects = {ROOT: _ca_name("AC RACINE SANTE DEMO"), PERSONNES: _ca_name("AC SANTE PERSONNES DEMO"),
-                STRUCTURES: _ca_name("AC SANTE STRUCTURES DEMO")}
+    subjects = {ROOT: _ca_name("AC RACINE SANTE DEMO"), PERSONNES: _ca_name("AC SANTE DEMO PERSONNES"),
+                STRUCTURES: _ca_name("AC SANTE DEMO ORGANISATIONS")}
     cas = {name: CertificateAuthority(name, subjects[name],
                                       issuance.signer_for_spki(hsm, name, spkis[name], name), spkis[name])
            for name in (ROOT, PERSONNES, STRUCTURES)}
@@ -285,7 +252,7 @@ def _populate(config: Config, hsm: HsmSigner, cas: dict[str, CertificateAuthorit
         (certs_dir / filename).write_bytes(issuance.pem(cert))
         items.append((n, SourceItem(filename, der=cert.public_bytes(Encoding.DER))))
         manifest.append({"file": filename, "issuer": issuer, "serial_hex": to_hex(cert.serial_number),
-                         "profile": profile})
+                         "profile": profile, "holder": holder_id(cert)})
     summary = ImportSummary()
     importer.import_items(iter(items), summary)  # batches of 500 per transaction
     if summary.refused:
@@ -309,75 +276,3 @@ def _populate(config: Config, hsm: HsmSigner, cas: dict[str, CertificateAuthorit
         entry["reason"] = record.reason
     (certs_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     registry.close()
-
-
-def issue_end_entities(hsm: HsmSigner, cas: dict[str, CertificateAuthority], count: int, key_type: str,
-                       urls: DemoUrls, first: int = 0, host_keys: bool = False
-                       ) -> list[tuple[str, str, x509.Certificate]]:
-    """``count`` end entities: about 70% professionals (3 card certificates each), 30% servers.
-
-    ``first`` continues a numbering: calls with first = 0, count, 2 * count... give distinct holders.
-
-    EE keys are token session objects (their private halves are never needed). RSA key generation in
-    SoftHSM2 takes ~0.4 s, so RSA end entities share a pool of 8 keys; EC ones get a key each.
-    ``host_keys``: made on the host instead (a token without session objects, such as tpm2-pkcs11).
-    """
-    pool_size = count if not key_type.startswith("rsa") else min(count, 8)
-    if host_keys:
-        pool = [_host_key(key_type) for _ in range(max(min(pool_size, 8), 1))]
-    else:
-        with hsm.admin_session() as session:
-            pool = [issuance.generate_key(session, key_type, None, store=False) for _ in range(max(pool_size, 1))]
-    now = issuance.utcnow()
-    out: list[tuple[str, str, x509.Certificate]] = []
-    person, server = (first // 10) * 7 + min(first % 10, 7), (first // 10) * 3 + max(first % 10 - 7, 0)
-    for n in range(first, first + count):
-        spki = pool[n % len(pool)]
-        if n % 10 < 7:
-            profile = ("authentication", "signature", "encryption")[person % 3]
-            p = person // 3
-            given, surname = GIVEN[p % len(GIVEN)], SURNAMES[(p // len(GIVEN) + p) % len(SURNAMES)]
-            profession, _specialty = PROFESSIONS[p % len(PROFESSIONS)]
-            rpps = f"10{100000000 + p:09d}"
-            mail = f"{_ascii(given)}.{_ascii(surname)}.{p}@demo.mssante.fr".lower()
-            subject = _name((NameOID.COUNTRY_NAME, "FR"),
-                            (NameOID.ORGANIZATION_NAME, STRUCTURES_NAMES[p % len(STRUCTURES_NAMES)]),
-                            (NameOID.TITLE, profession), (NameOID.SERIAL_NUMBER, f"8{rpps}"),
-                            (NameOID.GIVEN_NAME, given), (NameOID.SURNAME, surname),
-                            (NameOID.COMMON_NAME, f"{given} {surname}"))
-            issuer, emails, dns = PERSONNES, [mail], []
-            person += 1
-        else:
-            profile = ("server-tls", "server-smime")[server % 2]
-            s = server
-            org = STRUCTURES_NAMES[s % len(STRUCTURES_NAMES)]
-            finess = f"{750000000 + s:09d}"
-            host = f"srv{s}.{_ascii(org.split()[-1]).lower()}.demo-sante.fr"
-            cn = host if profile == "server-tls" else f"messagerie{s}@{host}"
-            subject = _name((NameOID.COUNTRY_NAME, "FR"), (NameOID.ORGANIZATION_NAME, org),
-                            (NameOID.ORGANIZATIONAL_UNIT_NAME, finess), (NameOID.COMMON_NAME, cn))
-            issuer = STRUCTURES
-            emails, dns = ([], [host]) if profile == "server-tls" else ([cn], [])
-            server += 1
-        ca = cas[issuer]
-        serial = issuance.random_serial()
-        exts = issuance.end_entity_extensions(ca, spki, profile, emails, dns, urls.crl(issuer, serial), urls.ocsp,
-                                              urls.ca_issuers(issuer))
-        cert = issuance.issue(ca, subject, spki, now - issuance.days(1), now + issuance.days(3 * 365), exts,
-                              serial=serial)
-        out.append((issuer, profile, cert))
-    return out
-
-
-def _host_key(key_type: str) -> bytes:
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.hazmat.primitives.serialization import PublicFormat
-
-    private = (rsa.generate_private_key(65537, 2048) if key_type.startswith("rsa")
-               else ec.generate_private_key(ec.SECP256R1()))
-    return private.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-
-
-def _ascii(text: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if c.isalnum() and c.isascii()) or "x"

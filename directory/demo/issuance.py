@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 from pkcs11.util.rsa import encode_rsa_public_key
 
-from directory import der
+from directory import der, sector
 from directory.hsm.signer import HsmSigner, KeySigner
 
 OCSP_NOCHECK = ObjectIdentifier("1.3.6.1.5.5.7.48.1.5")
@@ -139,9 +139,22 @@ def _bitstring(data: bytes) -> bytes:
 
 
 def distribution_points(urls: Sequence[str]) -> x509.CRLDistributionPoints:
-    return x509.CRLDistributionPoints([
-        x509.DistributionPoint([x509.UniformResourceIdentifier(u) for u in urls], None, None, None)
-    ])
+    """One distribution point per URL, in order (IGC-Santé's certificates: HTTP first, then LDAP)."""
+    return x509.CRLDistributionPoints([_point(u) for u in urls])
+
+
+def freshest_crl(urls: Sequence[str]) -> x509.FreshestCRL:
+    """Where the delta CRL is (IGC-Santé: over LDAP only)."""
+    return x509.FreshestCRL([_point(u) for u in urls])
+
+
+def _point(url: str) -> x509.DistributionPoint:
+    return x509.DistributionPoint([x509.UniformResourceIdentifier(url)], None, None, None)
+
+
+def sector_extensions(codes: Sequence[tuple[x509.ObjectIdentifier, str]]) -> list[tuple[x509.ExtensionType, bool]]:
+    """The sector's private extensions (``sector``: product category, type, profession), non-critical."""
+    return [(x509.UnrecognizedExtension(oid, sector.encode_code(code)), False) for oid, code in codes]
 
 
 def authority_info(ocsp_url: str | None, ca_issuers_url: str | None) -> x509.AuthorityInformationAccess:
@@ -178,12 +191,15 @@ def ca_extensions(ca_spki: bytes, parent: CertificateAuthority | None, path_leng
 
 def end_entity_extensions(ca: CertificateAuthority, spki_der: bytes, profile: str, emails: Sequence[str],
                           dns_names: Sequence[str], crl_urls: Sequence[str], ocsp_url: str | None,
-                          ca_issuers_url: str | None) -> list[tuple[x509.ExtensionType, bool]]:
-    """Extensions of the demo profiles (shaped like IGC-Santé's card and server certificates)."""
+                          ca_issuers_url: str | None, freshest_urls: Sequence[str] = (),
+                          codes: Sequence[tuple[x509.ObjectIdentifier, str]] = ()
+                          ) -> list[tuple[x509.ExtensionType, bool]]:
+    """Extensions of the demo profiles (shaped like IGC-Santé's card, software and server certificates):
+    ``freshest_urls`` where the delta CRL is, ``codes`` the sector's private extensions."""
     ku = dict(digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
               key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False)
     eku: list[ObjectIdentifier] = []
-    if profile == "authentication":
+    if profile in ("authentication", "mobility", "organisation"):  # card, a person's or an organisation's software
         ku["digital_signature"] = True
         eku = [ExtendedKeyUsageOID.CLIENT_AUTH]
     elif profile == "signature":
@@ -212,7 +228,7 @@ def end_entity_extensions(ca: CertificateAuthority, spki_der: bytes, profile: st
         ku["key_agreement"] = True
     public = load_der_public_key(spki_der)
     policy = {"authentication": 1, "signature": 2, "encryption": 3, "server-tls": 4, "server-smime": 5,
-              "ocsp-signing": 6}[profile]
+              "ocsp-signing": 6, "mobility": 7, "organisation": 8}[profile]
     exts: list[tuple[x509.ExtensionType, bool]] = [
         (x509.BasicConstraints(ca=False, path_length=None), True),
         (x509.KeyUsage(**ku), True),
@@ -230,9 +246,11 @@ def end_entity_extensions(ca: CertificateAuthority, spki_der: bytes, profile: st
     else:
         if crl_urls:
             exts.append((distribution_points(crl_urls), False))
+        if freshest_urls:
+            exts.append((freshest_crl(freshest_urls), False))
         if ocsp_url or ca_issuers_url:
             exts.append((authority_info(ocsp_url, ca_issuers_url), False))
-    return exts
+    return exts + sector_extensions(codes)
 
 
 def fingerprint(cert: x509.Certificate) -> str:

@@ -115,40 +115,58 @@ def build(rdns: list[RDN]) -> str:
     return ",".join("+".join(f"{t}={escape_value(v)}" for t, v in rdn) for rdn in rdns)
 
 
+# Object classes of the intermediate entries a template's upper RDNs name, by naming attribute: standard
+# classes where one fits, else ``healthContainer`` (schema/health.schema), e.g. ``title=Médecin``.
+CONTAINER_CLASSES = {"ou": "organizationalUnit", "o": "organization", "l": "locality", "st": "locality",
+                     "c": "country", "title": "healthContainer", "healthprofession": "healthContainer",
+                     "healthspecialty": "healthContainer", "healthstructureid": "healthContainer"}
+
+
 @dataclass(frozen=True)
 class DnTemplate:
     """``cn={CN}+healthProfessionalId={serialNumber}``: RDN types are literal, ``{NAME}`` is a subject
-    attribute (its short name: CN, SN, GN, O, OU, L, C, title, serialNumber, emailAddress, or ``mail``
-    for the first e-mail address). One RDN, possibly multi-valued: the entry sits directly under its branch.
+    attribute (its short name: CN, SN, GN, O, OU, L, C, ST, title, serialNumber, emailAddress, UID), ``mail``
+    for the first e-mail address, ``healthProfessionalId`` / ``healthStructureId`` for the holder's national
+    identifier wherever the subject carries it (serialNumber or a card's CN; a numeric OU).
+    The first RDN (possibly multi-valued) names the entry; further RDNs, one attribute each, name
+    intermediate entries between it and its branch, which the sync creates while an entry lies below them
+    (``cn={CN}+sn={SN}+givenName={GN},title={title}``: a DIT shaped like the certificate subjects).
     """
 
     text: str
-    parts: tuple[tuple[str, str], ...]
+    rdns: tuple[tuple[tuple[str, str], ...], ...]  # (type, placeholder) pairs; the entry's RDN first
 
     @classmethod
     def parse(cls, text: str) -> DnTemplate:
-        if "," in text:
-            raise DnError(f"{text!r}: a template is one RDN (the branch and suffix are added)")
-        parts = []
-        for ava in text.split("+"):
-            attr, sep, value = ava.partition("=")
-            attr = attr.strip()
-            match = _PLACEHOLDER.match(value.strip())
-            if not sep or not _TYPE.match(attr) or not match:
-                raise DnError(f"{text!r}: each RDN part must be type={{SUBJECT_ATTRIBUTE}}, e.g. cn={{CN}}")
-            parts.append((attr, match.group(1)))
-        return cls(text, tuple(parts))
+        rdns = []
+        for n, rdn in enumerate(text.split(",")):
+            parts = []
+            for ava in rdn.split("+"):
+                attr, sep, value = ava.partition("=")
+                attr = attr.strip()
+                match = _PLACEHOLDER.match(value.strip())
+                if not sep or not _TYPE.match(attr) or not match:
+                    raise DnError(f"{text!r}: each RDN part must be type={{SUBJECT_ATTRIBUTE}}, e.g. cn={{CN}}")
+                parts.append((attr, match.group(1)))
+            if n and (len(parts) > 1 or parts[0][0].lower() not in CONTAINER_CLASSES):
+                raise DnError(f"{text!r}: an RDN above the entry's names an intermediate entry: one attribute "
+                              f"among {', '.join(sorted(CONTAINER_CLASSES))} (the branch and suffix are added)")
+            rdns.append(tuple(parts))
+        return cls(text, tuple(rdns))
 
     @property
     def placeholders(self) -> tuple[str, ...]:
-        return tuple(p for _, p in self.parts)
+        return tuple(p for rdn in self.rdns for _, p in rdn)
 
-    def render(self, values: dict[str, str]) -> RDN | None:
-        """The RDN for a subject, or None when an attribute it needs is missing or blank."""
+    def render(self, values: dict[str, str]) -> list[RDN] | None:
+        """The RDNs for a subject (the entry's first), or None when an attribute it needs is missing or blank."""
         out = []
-        for attr, placeholder in self.parts:
-            value = values.get(placeholder)
-            if value is None or not value.strip():
-                return None
-            out.append((attr, value))
-        return tuple(out)
+        for rdn in self.rdns:
+            pairs = []
+            for attr, placeholder in rdn:
+                value = values.get(placeholder)
+                if value is None or not value.strip():
+                    return None
+                pairs.append((attr, value))
+            out.append(tuple(pairs))
+        return out

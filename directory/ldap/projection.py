@@ -17,16 +17,18 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from directory import sector
 from directory.config import LdapConfig
 from directory.ldap import dn, syntax
 
 # bump when the mapping below changes: every certificate is projected again
-# (2: values the directory's syntax refuses are left out)
-PROJECTION_VERSION = "2"
+# (2: values the directory's syntax refuses are left out; 3: the identifier in CN, ST, identifier types of
+# structures, the organisation and mobility families, templates naming intermediate entries)
+PROJECTION_VERSION = "3"
 PERSONNES, STRUCTURES, AC = "Personnes", "Structures", "AC"
 BRANCHES = (AC, PERSONNES, STRUCTURES)
-PERSON_PROFILES = {"authentication", "signature", "encryption"}
-STRUCTURE_PROFILES = {"server-tls", "server-smime"}
+PERSON_PROFILES = {"authentication", "signature", "encryption", "mobility"}  # the professional's entry
+STRUCTURE_PROFILES = {"server-tls", "server-smime", "organisation"}  # the server's, the organisation's entry
 NOT_PUBLISHED = {"ca", "ocsp-signing"}
 
 # subject attribute short names usable in templates
@@ -36,8 +38,6 @@ SUBJECT_NAMES = {
     NameOID.TITLE: "title", NameOID.SERIAL_NUMBER: "serialNumber", NameOID.EMAIL_ADDRESS: "emailAddress",
     NameOID.STATE_OR_PROVINCE_NAME: "ST", NameOID.USER_ID: "UID",
 }
-# typed national identifiers: first character of the identifier (ANS "IdNat_PS" convention)
-IDENTIFIER_TYPES = {"8": "RPPS", "0": "ADELI"}
 SINGLE_VALUED = {"healthidentifiertype", "healthstructureidtype"}
 BINARY = {"usercertificate", "cacertificate", "certificaterevocationlist", "authorityrevocationlist",
           "deltarevocationlist"}
@@ -61,6 +61,11 @@ class Layout:
         text = json.dumps([PROJECTION_VERSION, dn.key(self.suffix), [t.text for t in self.person_templates],
                            [t.text for t in self.structure_templates]])
         object.__setattr__(self, "digest", hashlib.sha256(text.encode()).hexdigest()[:16])
+
+    @property
+    def has_containers(self) -> bool:
+        """Whether a template names intermediate entries (else every entry sits right under its branch)."""
+        return any(len(t.rdns) > 1 for t in (*self.person_templates, *self.structure_templates))
 
     @classmethod
     def from_config(cls, ldap: LdapConfig) -> Layout:
@@ -114,21 +119,24 @@ def project_name(name: x509.Name, profile: str | None, emails: list[str], layout
     mail = next((e for e in emails if syntax.problem("mail", e) is None), None)
     if mail is not None:
         first.setdefault("mail", mail)
+    # the identifiers wherever the subject carries them (serialNumber or a card's CN; an OU)
+    first.update((name, ids[0]) for name, ids in (("healthProfessionalId", _professional_ids(subject)),
+                                                  ("healthStructureId", _structure_ids(subject))) if ids)
     person = profile in PERSON_PROFILES if profile in PERSON_PROFILES | STRUCTURE_PROFILES \
-        else "serialNumber" in first
+        else bool(_professional_ids(subject))
     branch, templates = (PERSONNES, layout.person_templates) if person else (STRUCTURES, layout.structure_templates)
-    rdn = next((r for r in (t.render(first) for t in templates)
-                if r is not None and all(syntax.problem(a, v) is None for a, v in r)), None)
-    if rdn is None:
+    rdns = next((r for r in (t.render(first) for t in templates)
+                 if r is not None and all(syntax.problem(a, v) is None for rdn in r for a, v in rdn)), None)
+    if rdns is None:
         return None
     attributes = _person(subject, emails) if person else _structure(subject, emails)
     if "cn" not in attributes:
         return None  # no name the directory accepts: reported as not placed
-    for attr, value in rdn:  # the naming values must be in the entry
+    for attr, value in rdns[0]:  # the entry's naming values must be in the entry
         values = attributes.setdefault(_canonical(attr, attributes), [])
         if dn.fold(value) not in {dn.fold(v) for v in values}:
             values.append(value)
-    entry_dn = dn.build([rdn]) + "," + layout.branch_dn(branch)
+    entry_dn = dn.build(rdns) + "," + layout.branch_dn(branch)
     return Projection(entry_dn, dn.key(entry_dn), syntax.clean(attributes, omitted), tuple(omitted))
 
 
@@ -152,41 +160,64 @@ def _canonical(attr: str, attributes: dict[str, list[str]]) -> str:
     return attr
 
 
+def _professional_ids(subject: dict[str, list[str]]) -> list[str]:
+    """The subject serialNumber, else (a card certificate: ``SN=…+CN=<idNat_PS>+GN=…``) a CN shaped like a
+    national identifier in a person's subject (as ``certinfo.professional_id`` reads it)."""
+    if subject.get("serialNumber"):
+        return list(subject["serialNumber"])
+    cn = subject.get("CN", [])
+    if cn and (subject.get("SN") or subject.get("GN")) and sector.is_id_nat(cn[0]):
+        return cn[:1]
+    return []
+
+
+def _structure_ids(subject: dict[str, list[str]]) -> list[str]:
+    """Numeric OUs: an idNat_Struct (``1`` + FINESS, ``3`` + SIRET...), or a bare FINESS, SIRET or SIREN."""
+    return [v for v in subject.get("OU", []) if v.isdigit()]
+
+
 def _person(subject: dict[str, list[str]], emails: list[str]) -> dict[str, list[str]]:
     """inetOrgPerson needs cn and sn: without a usable one, no ``cn`` (the caller then places nothing)."""
-    cn = subject.get("CN") or [" ".join(subject.get("GN", []) + subject.get("SN", []))]
+    full_name = " ".join(subject.get("GN", []) + subject.get("SN", []))
+    cn = subject.get("CN") or [full_name]
     if not cn[0].strip():
         return {}
     attrs: dict[str, list[str]] = {"objectClass": ["top", "inetOrgPerson", "pkiUser"], "cn": cn,
                                    "sn": subject.get("SN") or cn}
-    for source, target in (("GN", "givenName"), ("title", "title"), ("O", "o"), ("OU", "ou"), ("L", "l")):
+    for source, target in (("GN", "givenName"), ("title", "title"), ("O", "o"), ("OU", "ou"), ("L", "l"),
+                           ("ST", "st")):
         if subject.get(source):
             attrs[target] = list(subject[source])
     if emails:
         attrs["mail"] = list(emails)
-    ids = subject.get("serialNumber")
+    ids = _professional_ids(subject)
     if ids:
         attrs["objectClass"].append("healthProfessional")
-        attrs["healthProfessionalId"] = list(ids)
-        kind = IDENTIFIER_TYPES.get(ids[0][:1])
+        attrs["healthProfessionalId"] = ids
+        kind = sector.professional_id_type(ids[0])
         if kind:
             attrs["healthIdentifierType"] = [kind]
         if subject.get("title"):
             attrs["healthProfession"] = list(subject["title"])
+        if not subject.get("serialNumber") and full_name.strip():
+            attrs["displayName"] = [full_name]  # cn is the identifier: the name a person reads
     return attrs
 
 
 def _structure(subject: dict[str, list[str]], emails: list[str]) -> dict[str, list[str]]:
     attrs: dict[str, list[str]] = {"objectClass": ["top", "device", "pkiUser", "healthStructure"],
                                    "cn": subject.get("CN") or subject.get("O") or ["-"]}
-    for source, target in (("O", "o"), ("OU", "ou"), ("L", "l")):
+    for source, target in (("O", "o"), ("OU", "ou"), ("L", "l"), ("ST", "st")):
         if subject.get(source):
             attrs[target] = list(subject[source])
     if emails:
         attrs["mail"] = list(emails)
-    ids = [v for v in subject.get("OU", []) if v.isdigit()]  # FINESS / SIRET / SIREN numbers
+    ids = _structure_ids(subject)
     if ids:
         attrs["healthStructureId"] = ids
+        kind = sector.structure_id_type(ids[0])
+        if kind:
+            attrs["healthStructureIdType"] = [kind]
     return attrs
 
 

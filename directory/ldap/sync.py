@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 
 from directory import histogram
 from directory.config import Config
-from directory.ldap import ber, dn, skeleton
+from directory.ldap import ber, containers, dn, skeleton
 from directory.ldap.client import Entry, LdapClient
 from directory.ldap.desired import DesiredState, entry_from_rows, inputs_hash
 from directory.ldap.diff import Drift, Plan, plan
-from directory.ldap.projection import BRANCHES, Layout
+from directory.ldap.projection import BRANCHES, DesiredEntry, Layout
 from directory.ldap.writer import PlanWriter
 from directory.registry.dead_letters import LdapRefusal
 from directory.registry.store import Registry
@@ -100,6 +100,7 @@ class DirectorySync:
         self.stop_requested: Callable[[], bool] = lambda: False
         self.desired = DesiredState(config, registry, self.layout)
         self._verified: dict[str, tuple[int, bytes]] = {}  # entry key -> (registry inputs, directory bytes)
+        self._containers: dict[str, DesiredEntry] = {}  # the pass's desired intermediate entries (for replans)
         self.writer = PlanWriter(self.client, registry.certificate_ders, self._replan, self._check_stop)
 
     def _check_stop(self) -> None:
@@ -131,6 +132,8 @@ class DirectorySync:
             projections = self.desired.project_all(store=not dry_run)
             rows_of = self.desired.rows(now, projections if dry_run else {})
             cas = self.desired.ca_entries()
+            nodes = containers.above(self.layout, (rows[0][1] for rows in rows_of.values()))
+            self._containers = dict(nodes)
             report.unpublishable = self.registry.ldap_unplaced(self.layout.digest, now)
             if dry_run:  # computed in memory only
                 unplaced = self.desired.unplaced
@@ -143,7 +146,7 @@ class DirectorySync:
             # entries found equal at the last pass, with the same inputs and the same bytes now, are still
             # equal: they are neither decoded nor diffed again (a repair pass only; verify compares all)
             verified, self._verified = (self._verified if not dry_run else {}), {}
-            expected = len(rows_of) + len(cas)
+            expected = len(rows_of) + len(cas) + len(nodes)
             for entry in self._read_all():
                 report.entries_read += 1
                 if report.entries_read % CHUNK == 0:
@@ -153,7 +156,7 @@ class DirectorySync:
                 key = key_of.get(entry.dn) or dn.key(entry.dn)
                 rows = rows_of.pop(key, None)
                 if rows is None:
-                    want = cas.pop(key, None)
+                    want = cas.pop(key, None) or nodes.pop(key, None)
                     if want is None and key in branches:
                         continue
                     p = plan(want, entry)
@@ -169,7 +172,7 @@ class DirectorySync:
                 if p is not None:
                     plans.append(p)
             plans += [p for rows in rows_of.values() if (p := plan(entry_from_rows(rows), None)) is not None]
-            plans += [p for want in cas.values() if (p := plan(want, None)) is not None]
+            plans += [p for want in (*cas.values(), *nodes.values()) if (p := plan(want, None)) is not None]
             for p in plans:
                 report.drift.add(p.drift)
             if not dry_run:
@@ -228,6 +231,13 @@ class DirectorySync:
                 for key, stored in self.desired.projected_dns(keys):
                     if not targets.get(key):
                         targets[key] = stored
+                # intermediate entries: those above the entries kept are ensured, those above the entries
+                # that go are pruned once written (if nothing else is below them)
+                self._containers = containers.above(self.layout, [e.dn for e in desired.values()])
+                for key, entry in self._containers.items():
+                    desired.setdefault(key, entry)
+                    targets.setdefault(key, entry.dn)
+                emptied = containers.above(self.layout, [d for k, d in targets.items() if d and k not in desired])
                 actual = self.client.read([d for d in targets.values() if d])
                 report.entries_read = sum(1 for e in actual.values() if e is not None)
                 by_key = {dn.key(e.dn): e for e in actual.values() if e is not None}
@@ -235,6 +245,8 @@ class DirectorySync:
                 for p in plans:
                     report.drift.add(p.drift)
                 self.writer.write(plans, report)
+                report.deleted += containers.prune(self.client, [e.dn for k, e in emptied.items()
+                                                                 if k not in desired])
             changed_at = self.registry.ldap_outbox_settle(self.layout.digest, now, ids=[row[0] for row in rows],
                                                           refusals=self._refusals(report))
             report.outbox_done = len(rows)
@@ -255,7 +267,8 @@ class DirectorySync:
     def _replan(self, plans: list[Plan]) -> list[Plan | None]:
         """Someone else wrote meanwhile: read those entries again and plan them again (None: nothing left)."""
         now = int(self.clock())
-        desired = {**self.desired.ca_entries(), **self.desired.entries(now, [dn.key(p.dn) for p in plans])}
+        desired = {**self.desired.ca_entries(), **self._containers,
+                   **self.desired.entries(now, [dn.key(p.dn) for p in plans])}
         actual = self.client.read([p.dn for p in plans])
         return [plan(desired.get(dn.key(p.dn)), actual.get(p.dn)) for p in plans]
 

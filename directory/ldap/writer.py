@@ -4,7 +4,8 @@ Order is what keeps a revocation from being held back: every certificate value t
 on hold, expired, or on an entry that must go) is deleted by a modify of its own (``Plan.removals``), and
 all of those are sent before any other write of the pass. No other value of the entry (one the directory
 refuses, say) and no failed delete can keep a revoked certificate published. Then entries that must go
-(deepest first), then adds and modifies, pipelined in chunks.
+(deepest first), then adds and modifies (parents first), pipelined in chunks; a pipelined chunk only holds
+entries of one depth, so a child never races its parent (templates with intermediate entries).
 
 A write that raced with another writer (the entry or value already there, or already gone) is read and
 planned again once. A write the directory refuses is in the report (``rejected``, with its entry's key):
@@ -72,10 +73,10 @@ class PlanWriter:
                     refused.add(id(p))
                     self._reject(p, result, tally, "remove certificate values from")
         rest = [p for p in plans if p.has_other_writes() and id(p) not in raced]
-        deletes = sorted((p for p in rest if p.kind == "delete"), key=lambda p: -p.dn.count(","))
+        deletes = [p for p in rest if p.kind == "delete"]
         others = [p for p in rest if p.kind != "delete"]
         done = 0
-        for batch in _chunks(deletes) + _chunks(others):
+        for batch in _by_depth(deletes, deepest_first=True) + _by_depth(others, deepest_first=False):
             self.check_stop()
             for p, result in zip(batch, self.client.apply(self._operations(batch)), strict=True):
                 if result.ok:
@@ -146,3 +147,12 @@ def _count(p: Plan, tally: Tally) -> None:
 
 def _chunks(plans: list[Plan]) -> list[list[Plan]]:
     return [plans[i:i + CHUNK] for i in range(0, len(plans), CHUNK)]
+
+
+def _by_depth(plans: list[Plan], deepest_first: bool) -> list[list[Plan]]:
+    """Chunks of plans of one depth each, in depth order. A child's DN is its parent's with one more RDN in
+    front, so it has more commas than its parent whatever the escapes: the comma count orders them."""
+    depths: dict[int, list[Plan]] = {}
+    for p in plans:
+        depths.setdefault(p.dn.count(","), []).append(p)
+    return [chunk for depth in sorted(depths, reverse=deepest_first) for chunk in _chunks(depths[depth])]

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from cryptography import x509
+
+from directory import certinfo
 from directory.cert_id import is_canonical_answer
 from directory.registry.backends import Conn
 from directory.registry.crl_entries import serial_low, store_crl_entry
@@ -204,6 +207,13 @@ MIGRATIONS.append((
     """,
 ))
 
+MIGRATIONS.append((
+    12,
+    "Certificates shaped like the health sector's: the identifier a card carries in its CN, the mobility and "
+    "organisation families, read again from the stored certificates",
+    "",  # the rule is certinfo's, run by the registry's backfill for 12
+))
+
 
 def _backfill_v2(tx: Conn) -> None:
     """The partition key and the CRL entry bytes of every certificate registered before migration 2."""
@@ -231,4 +241,30 @@ def _backfill_v7(tx: Conn) -> None:
         after = tuple(rows[-1][:3])
 
 
+def _backfill_v12(tx: Conn) -> None:
+    """The professional identifier and profile of certificates imported before certinfo read a card's CN
+    (``SN=…+CN=<idNat_PS>+GN=…``) and told software certificates of persons and organisations apart: only rows
+    without an identifier can change (a serialNumber was read already). The next sync projects every
+    certificate again (a new projection version), with these profiles."""
+    after = 0
+    while True:
+        rows = tx.execute("SELECT id, der, profile FROM certificates WHERE id > ? AND professional_id IS NULL "
+                          "AND der IS NOT NULL AND COALESCE(profile, '') NOT IN ('ca', 'ocsp-signing') "
+                          "ORDER BY id LIMIT 2000", (after,)).fetchall()
+        if not rows:
+            return
+        updates = []
+        for cid, der, profile in rows:
+            try:
+                cert = x509.load_der_x509_certificate(bytes(der))
+                found, family = certinfo.professional_id(cert.subject), certinfo.profile_of(cert)
+            except ValueError:
+                continue  # stored as imported: nothing new can be read from it
+            if found is not None or family != profile:
+                updates.append((found, family, cid))
+        tx.executemany("UPDATE certificates SET professional_id = ?, profile = ? WHERE id = ?", updates)
+        after = rows[-1][0]
+
+
 BACKFILLS: dict[int, Callable[[Conn], None]] = {2: _backfill_v2, 7: _backfill_v7}
+BACKFILLS[12] = _backfill_v12
