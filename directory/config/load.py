@@ -8,6 +8,7 @@ written ``credential:NAME`` is the file NAME in ``$CREDENTIALS_DIRECTORY`` (syst
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,12 @@ class Config:
         if "@" not in user_host:
             raise ConfigError(self.path, "registry.url", "password_file needs a user in the URL (USER@HOST)")
         return f"{scheme}://{rest.replace('@', f':{password}@', 1)}"
+
+    @property
+    def node(self) -> str:
+        """This node among those sharing a registry, stable across restarts: its host name and data folder
+        (where the files it serves are)."""
+        return f"{socket.gethostname()}:{self.data_dir}"
 
     def issuer(self, name: str) -> IssuerConfig:
         for issuer in self.issuers:

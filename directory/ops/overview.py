@@ -109,6 +109,7 @@ def _directory(config: Config, registry: Registry, now: float, problems: list[Pr
         "last_incremental": number("last_incremental"),
         "last_verify": number("last_verify"),
         "last_verify_drift": number("last_verify_drift"),
+        "last_verify_repaired": number("last_verify_repaired"),  # a full pass repaired what it found since
         "outbox_depth": depth,
         "lag_seconds": lag,
         "last_error": last_error,
@@ -126,8 +127,9 @@ def _directory(config: Config, registry: Registry, now: float, problems: list[Pr
                                         f"and retried: {first.get('reason', '')}"))
     if lag > LDAP_LAG_WARNING:
         problems.append(Problem("ldap", f"{depth} changes waiting, the oldest for {lag} s"))
-    if state["last_verify_drift"]:
-        problems.append(Problem("ldap", f"the last verify found {state['last_verify_drift']} differences"))
+    if state["last_verify_drift"] and state["last_verify_repaired"] is None:
+        problems.append(Problem("ldap", f"the last verify found {state['last_verify_drift']} differences, "
+                                        "not repaired yet (a full synchronisation repairs them)"))
     return state
 
 

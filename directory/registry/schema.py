@@ -204,6 +204,18 @@ MIGRATIONS.append((
     """,
 ))
 
+MIGRATIONS.append((
+    11,
+    "Revocation visibility counted once per change and channel: per-node cursors, and each outbox row's change",
+    """
+    CREATE TABLE node_state (
+        name   TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    ALTER TABLE ldap_outbox ADD COLUMN change_seq INTEGER;
+    """,
+))
+
 
 def _backfill_v2(tx: Conn) -> None:
     """The partition key and the CRL entry bytes of every certificate registered before migration 2."""
