@@ -20,6 +20,7 @@ from directory.config.hsm import HsmConfig, hsm_section
 from directory.config.http import OCSP_CACHES, HttpConfig, http_section
 from directory.config.issuers import IssuerConfig, issuer_section
 from directory.config.ldap import LdapConfig, ldap_section
+from directory.config.policies import check_unique
 from directory.config.reader import ConfigError, Section, readable_file
 
 
@@ -101,6 +102,7 @@ def load_config(path: str | Path) -> Config:
     if not isinstance(issuers_raw, list) or not issuers_raw:
         raise ConfigError(file, "issuers", "at least one [[issuers]] table is required")
     issuers = tuple(issuer_section(file, i, table) for i, table in enumerate(issuers_raw))
+    check_unique(file, [(i.name, doc) for i in issuers for doc in i.policies])
     names = [i.name for i in issuers]
     for name in names:
         if names.count(name) > 1:

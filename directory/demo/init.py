@@ -8,6 +8,7 @@ Layout of DIR (a contract: tests, make run and operators' scripts read it):
   secrets/admin-token    bearer token of the admin API (0600)
   ca/NAME.pem            root, issuing CAs and OCSP signers; ca/chain.pem = root + issuing CAs
   certs/*.pem            end entities; certs/manifest.json lists {file, issuer, serial_hex, profile, status, reason}
+  pc/pc-NAME.txt         each CA's (demonstration) certification policy, served at /pc/ and linked from the page
   data/registry.sqlite3  the registry, with the end entities imported and ~10% revoked, one on hold
 """
 
@@ -47,7 +48,7 @@ from directory.serials import to_hex
 TOKEN_LABEL = "annuaire-demo"
 ROOT, PERSONNES, STRUCTURES = "ac-racine", "ac-personnes", "ac-structures"
 LDAP_SUFFIX = "o=sante,c=fr"
-_MARKERS = {"hsm", "ca", "certs", "data", "secrets", "annuaire.toml"}
+_MARKERS = {"hsm", "ca", "certs", "data", "secrets", "pc", "annuaire.toml"}
 
 GIVEN = ["Hélène", "Jean-Éric", "Françoise", "Noël", "Zoë", "Amélie", "Loïc", "Mathéo", "Inès", "Raphaël"]
 SURNAMES = ["DUPONT", "MARTIN", "LEFÈVRE", "N'DIAYE", "DE LA FONTAINE", "GARCÍA", "MÜLLER", "NGUYEN", "BERNARD",
@@ -174,6 +175,7 @@ def init_demo(options: DemoOptions, say: Callable[[str], None] = lambda _: None)
                                                     if ca.certificate is not None))
         _write_private(directory / "secrets" / "ldap-password", secrets.token_urlsafe(18) + "\n")
         _write_private(directory / "secrets" / "admin-token", secrets.token_urlsafe(32) + "\n")
+        _write_policies(directory / "pc", cas)
         _write_config(config_file.with_suffix(".toml.tmp"), options)
         config = load_config(config_file.with_suffix(".toml.tmp"))
         say(f"issuing {options.certs} end-entity certificates")
@@ -217,6 +219,18 @@ def _build_hierarchy(hsm: HsmSigner, key_type: str, urls: DemoUrls
     return cas, ocsp
 
 
+def _write_policies(folder: Path, cas: dict[str, CertificateAuthority]) -> None:
+    """A short certification policy per CA (a real CA publishes its PC/DPC documents; the demo says it is one)."""
+    folder.mkdir(exist_ok=True)
+    for name, ca in cas.items():
+        cn = ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        (folder / f"pc-{name}.txt").write_text(
+            f"Politique de certification - {cn}\n\nDocument de DÉMONSTRATION : cette autorité de certification "
+            f"n'émet que des certificats de test, sans valeur.\nIdentifiant de la politique (OID) : "
+            f"{issuance.DEMO_POLICY_ARC}\n\nCertification policy - {cn}: a DEMONSTRATION document; this CA issues "
+            "test certificates only.\n")
+
+
 def _hsm_section(options: DemoOptions) -> str:
     if options.token is None:
         return (f'module = "{find_module()}"\ntoken_label = "{TOKEN_LABEL}"\npin_file = "hsm/pin"\n'
@@ -238,9 +252,13 @@ def _write_config(path: Path, options: DemoOptions) -> None:
                      f'signer_key_label = "ocsp-{name}"\n')
         return text
 
+    def policies(name: str) -> str:  # the certification policy the page links to, served at /pc/
+        return (f'\n[[issuers.policies]]\ntitle = "Politique de certification {name} (démonstration)"\n'
+                f'file = "pc/pc-{name}.txt"\noid = "{issuance.DEMO_POLICY_ARC}"\n')
+
     issuers = "".join(
         f'\n[[issuers]]\nname = "{name}"\ncertificate = "ca/{name}.pem"\nkey_label = "{name}"\n' + crl_table(name)
-        for name in (ROOT, PERSONNES, STRUCTURES))
+        + policies(name) for name in (ROOT, PERSONNES, STRUCTURES))
     path.write_text(
         "# Written by `annuaire init-demo`: a DEMO configuration. Keys live in the private SoftHSM2 token\n"
         "# under hsm/; the PIN and the LDAP password are in files readable only by their owner.\n"
