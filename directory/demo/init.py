@@ -30,6 +30,7 @@ from cryptography.x509.oid import NameOID
 from directory.config import Config, load_config
 from directory.demo import issuance
 from directory.demo.issuance import CertificateAuthority
+from directory.demo.policies import policies_table, write_policies
 from directory.hsm.signer import HsmSettings, HsmSigner
 from directory.hsm.softhsm import create_token, find_module
 from directory.ingest.importer import ImportSummary
@@ -175,7 +176,7 @@ def init_demo(options: DemoOptions, say: Callable[[str], None] = lambda _: None)
                                                     if ca.certificate is not None))
         _write_private(directory / "secrets" / "ldap-password", secrets.token_urlsafe(18) + "\n")
         _write_private(directory / "secrets" / "admin-token", secrets.token_urlsafe(32) + "\n")
-        _write_policies(directory / "pc", cas)
+        write_policies(directory / "pc", cas)
         _write_config(config_file.with_suffix(".toml.tmp"), options)
         config = load_config(config_file.with_suffix(".toml.tmp"))
         say(f"issuing {options.certs} end-entity certificates")
@@ -219,18 +220,6 @@ def _build_hierarchy(hsm: HsmSigner, key_type: str, urls: DemoUrls
     return cas, ocsp
 
 
-def _write_policies(folder: Path, cas: dict[str, CertificateAuthority]) -> None:
-    """A short certification policy per CA (a real CA publishes its PC/DPC documents; the demo says it is one)."""
-    folder.mkdir(exist_ok=True)
-    for name, ca in cas.items():
-        cn = ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-        (folder / f"pc-{name}.txt").write_text(
-            f"Politique de certification - {cn}\n\nDocument de DÉMONSTRATION : cette autorité de certification "
-            f"n'émet que des certificats de test, sans valeur.\nIdentifiant de la politique (OID) : "
-            f"{issuance.DEMO_POLICY_ARC}\n\nCertification policy - {cn}: a DEMONSTRATION document; this CA issues "
-            "test certificates only.\n")
-
-
 def _hsm_section(options: DemoOptions) -> str:
     if options.token is None:
         return (f'module = "{find_module()}"\ntoken_label = "{TOKEN_LABEL}"\npin_file = "hsm/pin"\n'
@@ -252,13 +241,9 @@ def _write_config(path: Path, options: DemoOptions) -> None:
                      f'signer_key_label = "ocsp-{name}"\n')
         return text
 
-    def policies(name: str) -> str:  # the certification policy the page links to, served at /pc/
-        return (f'\n[[issuers.policies]]\ntitle = "Politique de certification {name} (démonstration)"\n'
-                f'file = "pc/pc-{name}.txt"\noid = "{issuance.DEMO_POLICY_ARC}"\n')
-
     issuers = "".join(
         f'\n[[issuers]]\nname = "{name}"\ncertificate = "ca/{name}.pem"\nkey_label = "{name}"\n' + crl_table(name)
-        + policies(name) for name in (ROOT, PERSONNES, STRUCTURES))
+        + policies_table(name) for name in (ROOT, PERSONNES, STRUCTURES))
     path.write_text(
         "# Written by `annuaire init-demo`: a DEMO configuration. Keys live in the private SoftHSM2 token\n"
         "# under hsm/; the PIN and the LDAP password are in files readable only by their owner.\n"
