@@ -32,5 +32,6 @@ def config_with_data_dir(demo_dir: Path, work: Path) -> Path:
     for rel in ("hsm/pin", "hsm/softhsm2.conf", "secrets/ldap-password", "secrets/admin-token"):
         text = text.replace(f'"{rel}"', f'"{demo_dir / rel}"')
     config = work / "annuaire.toml"
+    text = text.replace('file = "pc/', f'file = "{demo_dir}/pc/')  # the CAs' certification policy documents
     config.write_text(text.replace('certificate = "ca/', f'certificate = "{demo_dir}/ca/'))
     return config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -16,6 +17,34 @@ from directory import sector, serials
 # professionals ("mobility"), of organisations (personnes morales: "organisation") and of their servers
 PROFILES = ("authentication", "signature", "encryption", "mobility", "organisation", "server-tls", "server-smime",
             "ocsp-signing", "ca")
+
+# Attribute names for the types cryptography prints as dotted OIDs (``2.5.4.4=DUPONT``): OpenSSL's short
+# names, what `openssl x509 -subject -nameopt RFC2253` prints and what operators compare against.
+ATTRIBUTE_NAMES = {
+    NameOID.SURNAME: "SN", NameOID.GIVEN_NAME: "GN", NameOID.TITLE: "title", NameOID.SERIAL_NUMBER: "serialNumber",
+    NameOID.EMAIL_ADDRESS: "emailAddress", NameOID.INITIALS: "initials", NameOID.PSEUDONYM: "pseudonym",
+    NameOID.GENERATION_QUALIFIER: "generationQualifier", NameOID.DN_QUALIFIER: "dnQualifier",
+    NameOID.POSTAL_CODE: "postalCode", NameOID.BUSINESS_CATEGORY: "businessCategory",
+    NameOID.ORGANIZATION_IDENTIFIER: "organizationIdentifier", NameOID.X500_UNIQUE_IDENTIFIER: "x500UniqueIdentifier",
+    NameOID.JURISDICTION_COUNTRY_NAME: "jurisdictionC", NameOID.JURISDICTION_STATE_OR_PROVINCE_NAME: "jurisdictionST",
+    NameOID.JURISDICTION_LOCALITY_NAME: "jurisdictionL", NameOID.UNSTRUCTURED_NAME: "unstructuredName",
+}
+_DOTTED_TYPE = re.compile(r"(?:^|[^\\][,+])\d+(?:\.\d+)+=")
+
+
+def subject_text(name: x509.Name) -> str:
+    """RFC 4514 text of a name with attribute names, not dotted OIDs (``SN=DUPONT+CN=8100…+GN=JEAN,C=FR``)."""
+    return name.rfc4514_string(ATTRIBUTE_NAMES)
+
+
+def readable_dn(text: str | None) -> str | None:
+    """A stored RFC 4514 text with the attribute names above (rows imported before they were used)."""
+    if not text or not _DOTTED_TYPE.search(text):
+        return text
+    try:
+        return subject_text(x509.Name.from_rfc4514_string(text))
+    except ValueError:
+        return text
 
 
 @dataclass(frozen=True)
@@ -53,7 +82,7 @@ def describe(cert: x509.Certificate, der: bytes | None = None) -> CertificateInf
     return CertificateInfo(
         serial=serial,
         serial_hex=serials.to_hex(serial),
-        subject_dn=cert.subject.rfc4514_string(),
+        subject_dn=subject_text(cert.subject),
         emails=tuple(e.lower() for e in emails),
         dns_names=tuple(d.lower() for d in dns),
         professional_id=professional_id(cert.subject),

@@ -5,7 +5,8 @@ the metrics, the admin API, the publication checker and the demo's certificates 
 each other:
 
 - ``/crl/NAME.crl`` an issuer's full CRL, ``/crl/NAME-pI.crl`` partition I of N, ``/crl/NAME-delta.crl``
-  its delta; ``/ca/NAME.crt`` the CA certificate; ``/ocsp`` the responder (all under ``[http] base_url``);
+  its delta; ``/ca/NAME.crt`` the CA certificate, ``/ca/NAME/ocsp.crt`` its OCSP responder's certificate;
+  ``/ocsp`` the responder; ``/pc/FILE`` a certification policy document (all under ``[http] base_url``);
 - the CRL files are ``DATA_DIR/crl/`` + those names (older ones in ``DATA_DIR/crl/archive/``);
 - a serial's partition key is its low 32 bits (stable, cheap); partition I of N holds the serials whose
   key modulo N is I. The registry stores the key (``serial_low``) so a partition is one indexed query.
@@ -41,6 +42,16 @@ def ca_certificate_url(base_url: str, issuer: str) -> str:
 
 def ocsp_url(base_url: str) -> str:
     return f"{base_url.rstrip('/')}/ocsp"
+
+
+def ocsp_signer_path(issuer: str) -> str:
+    """Where an issuer's delegated OCSP responder certificate is served (DER)."""
+    return f"/ca/{issuer}/ocsp.crt"
+
+
+def policy_path(filename: str) -> str:
+    """Where a certification policy document named in ``[[issuers.policies]]`` is served."""
+    return f"/pc/{filename}"
 
 
 def full_crl_name(issuer: str) -> str:

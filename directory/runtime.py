@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from directory.certinfo import CertificateInfo
 from directory.config import Config
@@ -21,7 +21,7 @@ def hsm_settings(config: Config) -> HsmSettings:
     return HsmSettings(module=h.module, token_label=h.token_label, pin=h.read_pin(),
                        max_concurrent=h.max_concurrent,
                        softhsm2_conf=str(h.softhsm2_conf) if h.softhsm2_conf else None, pin_reader=h.read_pin,
-                       serialize=h.serialize)
+                       serialize=h.serialize, pin_source=h.pin_source, pin_rereadable=h.pin_env is None)
 
 
 def open_hsm(config: Config) -> HsmSigner:
@@ -31,15 +31,27 @@ def open_hsm(config: Config) -> HsmSigner:
 def configured_keys(config: Config, hsm: HsmSigner) -> list[KeySigner]:
     """Every key the configuration signs with: issuer keys (CRLs, and OCSP when no delegated responder)
     and delegated OCSP responder keys, each with the algorithm it will be used with."""
-    keys: dict[tuple[str, str], KeySigner] = {}
+    return list(key_uses(config, hsm).values())
+
+
+def key_uses(config: Config, hsm: HsmSigner) -> dict[str, KeySigner]:
+    """The configured keys by the configuration keys that name them (``issuers[NAME].key_label``, ...): one
+    signer per label, algorithm and certificate, so a label two certificates name is checked against both."""
+    keys: dict[tuple[str, str, bytes], tuple[list[str], KeySigner]] = {}
     for issuer in config.issuers:
-        signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm)
-        keys.setdefault((signer.label, signer.algorithm.name), signer)
+        pairs = [(f"issuers[{issuer.name}].key_label", issuer.key_label, issuer.certificate,
+                  issuer.signature_algorithm)]
         ocsp = issuer.ocsp
         if ocsp is not None and ocsp.signer_key_label and ocsp.signer_certificate is not None:
-            signer = hsm.key(ocsp.signer_key_label, ocsp.signer_certificate)
-            keys.setdefault((signer.label, signer.algorithm.name), signer)
-    return list(keys.values())
+            pairs.append((f"issuers[{issuer.name}].ocsp.signer_key_label", ocsp.signer_key_label,
+                          ocsp.signer_certificate, None))
+        for where, label, certificate, algorithm in pairs:
+            if not label:  # an issuer without a key here (an offline root) has nothing to check
+                continue
+            signer = hsm.key(label, certificate, algorithm)
+            spki = certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+            keys.setdefault((signer.label, signer.algorithm.name, spki), ([], signer))[0].append(where)
+    return {", ".join(wheres): signer for wheres, signer in keys.values()}
 
 
 def inspect_hsm(config: Config, hsm: HsmSigner) -> TokenReport:

@@ -22,6 +22,7 @@ from directory.httpdate import http_date
 from ocsp import response as resp
 from ocsp.metrics import OcspMetrics
 from ocsp.responder import PRESIGN_HASH, OcspResponder, Outcome, error_outcome
+from ocsp.visibility import VisibilityLedger
 
 if TYPE_CHECKING:
     from directory.service.app import Service
@@ -54,7 +55,8 @@ class OcspComponent:
         self.metrics = OcspMetrics(self.responder)
         service.metrics.register(self.metrics.collect)
         loop = asyncio.get_running_loop()
-        self._seq = await loop.run_in_executor(None, service.registry.latest_change)
+        self.visibility = await loop.run_in_executor(None, self._restore_visibility)
+        self._seq = self.visibility.cursor
         loaded = await loop.run_in_executor(None, self.responder.load_persisted)
         log.info("OCSP: %d pre-signed responses loaded from the registry", loaded)
         router = service.app.router
@@ -75,6 +77,8 @@ class OcspComponent:
                 await task
         if self.responder is not None:
             await asyncio.get_running_loop().run_in_executor(self._presign_executor, self.responder.flush)
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(self._presign_executor, self._save_visibility)
         self._presign_executor.shutdown(wait=True)
         self._updates_executor.shutdown(wait=False, cancel_futures=True)
 
@@ -163,10 +167,11 @@ class OcspComponent:
             token = registry.change_token("changes")
             try:
                 changes = await loop.run_in_executor(self._updates_executor, registry.changes_after, self._seq)
-                for seq, issuer, serial_hex, _ in changes:
+                for seq, issuer, serial_hex, changed_at in changes:
                     self.responder.invalidate(issuer, serial_hex)
+                    self.visibility.read(seq, issuer, serial_hex, changed_at, issuer in self.responder.issuers)
                     self._seq = seq
-                for _, issuer, serial_hex, changed_at in changes:
+                for _, issuer, serial_hex, _ in changes:
                     try:
                         signed = await self.service.hsm.run(self.responder.presign, issuer, serial_hex)
                     except HsmError as exc:
@@ -174,7 +179,9 @@ class OcspComponent:
                                     extra={"issuer": issuer, "serial": serial_hex})
                         continue
                     if signed:  # the new status is what a cached (RFC 5019) query gets from now on
-                        self.service.metrics.visibility.labels("ocsp").observe(max(0.0, self.clock() - changed_at))
+                        self.visibility.stated(issuer, serial_hex)
+                if self.visibility.dirty:
+                    await loop.run_in_executor(self._updates_executor, self._save_visibility)
             except Exception:
                 log.exception("OCSP change polling failed; retrying")
             if registry.notifies:
@@ -196,8 +203,10 @@ class OcspComponent:
                     for serial_hex, hash_name in work:
                         if self._stopping.is_set():
                             return
-                        await loop.run_in_executor(self._presign_executor, responder.presign, issuer, serial_hex,
-                                                   hash_name)
+                        signed = await loop.run_in_executor(self._presign_executor, responder.presign, issuer,
+                                                            serial_hex, hash_name)
+                        if signed and hash_name == PRESIGN_HASH:  # a change the poller could not sign shows now
+                            self.visibility.stated(issuer, serial_hex)
                     if work:
                         log.info("OCSP: %d responses pre-signed for %s", len(work), issuer)
             except HsmError as exc:
@@ -210,4 +219,21 @@ class OcspComponent:
     async def _flush(self) -> None:
         assert self.responder is not None
         await asyncio.get_running_loop().run_in_executor(self._presign_executor, self.responder.flush)
+        if self.visibility.dirty:
+            await asyncio.get_running_loop().run_in_executor(self._presign_executor, self._save_visibility)
+
+    # -- the visibility metric (ocsp/visibility.py) ------------------------------------------------
+    def _restore_visibility(self) -> VisibilityLedger:
+        registry = self.service.registry
+        registry.visibility_epoch(create=True)
+        observe = self.service.metrics.visibility.labels("ocsp").observe
+        return VisibilityLedger.restore(registry.node_state_get(self._visibility_key), registry.latest_change,
+                                        observe, self.clock)
+
+    @property
+    def _visibility_key(self) -> str:
+        return f"visibility:ocsp@{self.service.config.node}"
+
+    def _save_visibility(self) -> None:
+        self.service.registry.node_state_set({self._visibility_key: self.visibility.saved()})
 

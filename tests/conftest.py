@@ -71,6 +71,7 @@ def private_config(tmp_path: Path, demo_token: Path) -> Path:
     for rel in ("hsm/pin", "hsm/softhsm2.conf", "secrets/ldap-password", "secrets/admin-token"):
         text = text.replace(f'"{rel}"', f'"{demo_token / rel}"')
     text = text.replace('certificate = "ca/', f'certificate = "{demo_token}/ca/')
+    text = text.replace('file = "pc/', f'file = "{demo_token}/pc/')  # the CAs' certification policy documents
     path = tmp_path / "annuaire.toml"
     path.write_text(text)
     return path

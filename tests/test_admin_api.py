@@ -98,7 +98,9 @@ def test_admin_api_with_a_bearer_token(demo: Path) -> None:
         assert documented == {("POST", "/api/v1/certificates"), ("POST", "/api/v1/revocations"),
                               ("DELETE", "/api/v1/holds/{issuer}/{serial}"),
                               ("GET", "/api/v1/certificates/{issuer}/{serial}"), ("GET", "/api/v1/openapi.json"),
-                              ("GET", "/api/v1/problems/{kind}")}
+                              ("GET", "/api/v1/problems/{kind}"), ("GET", "/api/v1/operations"), ("GET", "/ops")}
+        status, _, answer = call(admin, "GET", "/api/v1/operations", token=token)
+        _conforms("GET", "/api/v1/operations", status, answer)
 
         # -- import: 201, then 200 (idempotent), PEM or DER; refusals are 422 with the reason
         status, _, answer = call(admin, "POST", "/api/v1/certificates", fresh, token=token,

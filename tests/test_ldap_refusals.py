@@ -1,7 +1,8 @@
 """A revocation always leaves the directory, and a write the directory refuses is never dropped.
 
-Served demo (managed slapd, admin API), checked with ldapsearch, /metrics, /readyz, /status.json and the
-admin look-up; and a refusal of each projected attribute's syntax, with the rest of the entry landing.
+Served demo (managed slapd, admin API), checked with ldapsearch, /metrics, /readyz, /status.json (which says
+only that the directory lags), the operator view and the admin look-up; and a refusal of each projected
+attribute's syntax, with the rest of the entry landing.
 """
 
 from __future__ import annotations
@@ -108,8 +109,16 @@ def test_a_revocation_leaves_the_directory_and_a_refused_write_is_kept_and_shown
         status, _, ready = http(served.base + "/readyz")
         assert status == 503 and "refused" in json.loads(ready)["problems"]["ldap-sync"]
         assert "66" in json.loads(ready)["problems"]["ldap-sync"]
-        health = json.loads(http(served.base + "/status.json")[2])["health"]
+        # the operator view names the refusal; the public page only says the directory lags
+        status, _, operations = call(admin, "GET", "/api/v1/operations", token=token)
+        health = operations["health"]
         assert not health["ok"] and any(p["part"] == "ldap" and "refused" in p["text"] for p in health["problems"])
+        assert operations["directory"]["refused"] == len(rest)
+        assert "66" in operations["directory"]["refusals"][0]["reason"]
+        public = json.loads(http(served.base + "/status.json")[2])["health"]
+        assert not public["ok"] and {"part": "ldap", "code": "ldap", "text": "the directory may not show the latest "
+                                     "changes yet"} in public["problems"], public
+        assert "refused" not in json.dumps(public) and holder_dn not in json.dumps(public)
         status, _, answer = call(admin, "GET", f"/api/v1/certificates/ac-personnes/0x{rest[0]}", token=token)
         ldap_state = answer["publication"]["ldap"]
         assert ldap_state["state"] == "refused" and "66" in ldap_state["reason"] and ldap_state["attempts"] >= 1

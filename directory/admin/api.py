@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ from directory.admin.problems import BY_SLUG, error_response
 from directory.config import AdminConfig
 from directory.ingest.sources import pem_items
 from directory.inputs import InputError, format_time, load_json, parse_time
+from directory.ops.html import SECURITY_HEADERS
+from directory.ops.operations import operations, render_operations
 from directory.publication import crl_url, targets_of
 from directory.refusal import Refused
 from directory.registry import NotRegistered, RegistryError, UnknownCertificate, UnknownIssuer
@@ -73,6 +76,8 @@ class AdminComponent:
         app.router.add_get("/api/v1/certificates/{issuer}/{serial}", self._get)
         app.router.add_get("/api/v1/openapi.json", self._openapi)
         app.router.add_get("/api/v1/problems/{kind}", self._problem_type)
+        app.router.add_get("/api/v1/operations", self._operations)
+        app.router.add_get("/ops", self._operations_page)
         self.runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.idle_timeout)
         await self.runner.setup()
         budget = service.descriptors
@@ -156,6 +161,19 @@ class AdminComponent:
         if kind is None:
             raise web.HTTPNotFound(text="no such problem type")
         return web.json_response(kind.as_dict())
+
+    async def _operations_data(self) -> dict[str, Any]:
+        service = self.service
+        readiness, warnings = await service.readiness(), await service.warnings()
+        return await self._blocking(operations, service.config, service.registry, time.time(), readiness, warnings)
+
+    async def _operations(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._operations_data(), headers={"Cache-Control": "no-store"})
+
+    async def _operations_page(self, request: web.Request) -> web.Response:
+        body = render_operations(await self._operations_data())
+        return web.Response(text=body, content_type="text/html", charset="utf-8",
+                            headers={**SECURITY_HEADERS, "Cache-Control": "no-store"})
 
     async def _import(self, request: web.Request) -> web.Response:
         der = _certificate_der(await request.read(), request.content_type)

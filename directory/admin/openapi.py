@@ -113,6 +113,27 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "message": {"type": "string"},
         },
     },
+    "Operations": {
+        "type": "object",
+        "required": ["generated_at", "health", "readiness", "issuers", "directory", "checks"],
+        "properties": {
+            "generated_at": {"type": "integer"},
+            "health": {"type": "object", "required": ["ok", "problems"], "properties": {
+                "ok": {"type": "boolean"},
+                "problems": {"type": "array", "items": {"type": "object", "required": ["part", "text"], "properties": {
+                    "part": {"type": "string"}, "text": {"type": "string"}}}}}},
+            "readiness": {"type": "object", "required": ["ready", "problems", "warnings"], "properties": {
+                "ready": {"type": "boolean"},
+                "problems": {"type": "object", "additionalProperties": {"type": "string"}},
+                "warnings": {"type": "object", "additionalProperties": {"type": "string"}}}},
+            "issuers": {"type": "array", "items": {"type": "object"},
+                        "description": "as /status.json: certificates, CRLs, OCSP, policies, counts"},
+            "directory": {"type": ["object", "null"], "description": "the directory's synchronisation: outbox "
+                          "depth and lag, passes, drift found and repaired, failures, writes refused (dead letters)"},
+            "checks": {"type": "array", "items": {"type": "object"},
+                       "description": "each node's last publication checker report"},
+        },
+    },
     "ChangeResult": {
         "type": "object",
         "required": ["changed", "message", "certificate"],
@@ -201,6 +222,15 @@ def document() -> dict[str, Any]:
                               "404": _answer("unknown issuer or serial"),
                               "422": _answer("invalid serial"),
                               **_AUTH_ANSWERS}}},
+            "/api/v1/operations": {"get": {
+                "operationId": "operations",
+                "summary": "The operator view: every problem with its details, readiness, the directory's "
+                           "synchronisation, the publication checks (what the public page leaves out)",
+                "responses": {"200": _answer("the service as its operators see it", "Operations"), **_AUTH_ANSWERS}}},
+            "/ops": {"get": {
+                "operationId": "operationsPage",
+                "summary": "The operator view as an HTML page",
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}, **_AUTH_ANSWERS}}},
             "/api/v1/openapi.json": {"get": {
                 "operationId": "openapi",
                 "summary": "This document",

@@ -1,8 +1,9 @@
 """The TOML configuration (``load_config``): one module per section, validated into frozen typed objects.
 
 ``reader`` (errors naming file and key, typed table access, paths and ``credential:``, durations, sizes),
-``hsm``, ``http``, ``ldap``, ``admin``, ``check``, ``issuers`` (with their ``crl`` and ``ocsp`` tables),
-and ``load`` (the whole file, ``[registry]`` included).
+``hsm``, ``http``, ``ldap``, ``admin``, ``check``, ``issuers`` (with their ``crl`` and ``ocsp`` tables, and
+``policies``), and ``load`` (the whole file, ``[registry]`` included); ``certificates``: what the configured
+certificates must be (``check-config``).
 """
 
 from directory.config.admin import AdminConfig

@@ -19,6 +19,11 @@ class HsmConfig:
     softhsm2_conf: Path | None
     serialize: bool = False  # one call at a time into the module (a module known not to take concurrent calls)
 
+    @property
+    def pin_source(self) -> str:
+        """Where the PIN comes from, as messages say it (never the PIN)."""
+        return f"environment variable {self.pin_env}" if self.pin_env else f"file {self.pin_file}"
+
     def read_pin(self) -> str:
         """The PIN, read when needed (not kept in the config object)."""
         if self.pin_env:

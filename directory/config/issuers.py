@@ -10,6 +10,7 @@ from typing import Any
 
 from cryptography import x509
 
+from directory.config.policies import PolicyDocument, policies_section
 from directory.config.reader import ConfigError, Section, load_certificate, parse_duration
 from directory.hsm.algorithms import SignatureAlgorithm
 
@@ -56,13 +57,14 @@ class IssuerConfig:
     signature_algorithm: SignatureAlgorithm | None
     crl: CrlConfig = field(default_factory=CrlConfig)
     ocsp: OcspConfig | None = None
+    policies: tuple[PolicyDocument, ...] = ()  # certification policies shown (and served) on the page
 
 
 def issuer_section(file: Path, index: int, table: Any) -> IssuerConfig:
     if not isinstance(table, dict):
         raise ConfigError(file, f"issuers[{index}]", "must be a table")
     s = Section(file, f"issuers[{index}]", table,
-                {"name", "certificate", "key_label", "signature_algorithm", "crl", "ocsp"})
+                {"name", "certificate", "key_label", "signature_algorithm", "crl", "ocsp", "policies"})
     name = s.get("name", str, required=True)
     if not ISSUER_NAME.match(name):
         raise s.error("name", f"{name!r} must be lower-case letters, digits and dashes (it appears in URLs)")
@@ -82,7 +84,9 @@ def issuer_section(file: Path, index: int, table: Any) -> IssuerConfig:
         ocsp = _ocsp(Section(file, f"issuers[{name}].ocsp", s.table_of("ocsp"), {
             "signer_certificate", "signer_key_label", "validity", "nonce", "unknown_status", "max_cert_ids",
             "live_concurrency"}), cert)
-    return IssuerConfig(name, cert_path, cert, s.get("key_label", str, required=True), algorithm, crl, ocsp)
+    policies = policies_section(file, f"issuers[{name}].policies", table["policies"]) if "policies" in table else ()
+    return IssuerConfig(name, cert_path, cert, s.get("key_label", str, required=True), algorithm, crl, ocsp,
+                        policies)
 
 
 def _ocsp(s: Section, ca: x509.Certificate) -> OcspConfig:

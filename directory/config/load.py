@@ -9,6 +9,7 @@ written ``credential:NAME`` is the file NAME in ``$CREDENTIALS_DIRECTORY`` (syst
 from __future__ import annotations
 
 import importlib.util
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from directory.config.hsm import HsmConfig, hsm_section
 from directory.config.http import OCSP_CACHES, HttpConfig, http_section
 from directory.config.issuers import IssuerConfig, issuer_section
 from directory.config.ldap import LdapConfig, ldap_section
+from directory.config.policies import check_unique
 from directory.config.reader import ConfigError, Section, readable_file
 
 # psycopg is the `postgresql` extra (its binary wheel bundles libpq and OpenSSL): not there unless asked for
@@ -51,6 +53,12 @@ class Config:
         if "@" not in user_host:
             raise ConfigError(self.path, "registry.url", "password_file needs a user in the URL (USER@HOST)")
         return f"{scheme}://{rest.replace('@', f':{password}@', 1)}"
+
+    @property
+    def node(self) -> str:
+        """This node among those sharing a registry, stable across restarts: its host name and data folder
+        (where the files it serves are)."""
+        return f"{socket.gethostname()}:{self.data_dir}"
 
     def issuer(self, name: str) -> IssuerConfig:
         for issuer in self.issuers:
@@ -101,6 +109,7 @@ def load_config(path: str | Path) -> Config:
     if not isinstance(issuers_raw, list) or not issuers_raw:
         raise ConfigError(file, "issuers", "at least one [[issuers]] table is required")
     issuers = tuple(issuer_section(file, i, table) for i, table in enumerate(issuers_raw))
+    check_unique(file, [(i.name, doc) for i in issuers for doc in i.policies])
     names = [i.name for i in issuers]
     for name in names:
         if names.count(name) > 1:

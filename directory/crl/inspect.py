@@ -6,6 +6,7 @@ from typing import Any
 
 from cryptography import x509
 
+from directory.certinfo import subject_text
 from directory.config import IssuerConfig
 from directory.inputs import format_time
 
@@ -18,7 +19,7 @@ def describe_crl(data: bytes, issuers: list[IssuerConfig]) -> dict[str, Any]:
         raise ValueError(f"not an X.509 CRL: {exc}") from None
     next_update = crl.next_update_utc
     info: dict[str, Any] = {
-        "issuer": crl.issuer.rfc4514_string(),
+        "issuer": subject_text(crl.issuer),
         "this_update": format_time(crl.last_update_utc.timestamp()),
         "next_update": format_time(next_update.timestamp()) if next_update is not None else None,
         "entries": len(crl),

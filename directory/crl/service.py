@@ -33,8 +33,9 @@ from directory.crl.builder import CrlBuildError, CrlPublisher, PublishedCrl, pub
 from directory.crl.files import read_regular
 from directory.crl.http import CERT_NAME, CRL_NAME, CrlFiles, ServedFile, ca_file, respond
 from directory.crl.metrics import CrlMetrics
+from directory.crl.visibility import CrlVisibility
 from directory.hsm.signer import HsmError
-from directory.publication import Target, crl_dir, targets_of
+from directory.publication import Target, crl_dir, delta_target, full_crl_name, targets_of
 from directory.registry.backends import Lease
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class CrlComponent:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="crl")
         self._ca_files: dict[str, ServedFile] = {}
         self.files: CrlFiles | None = None
-        self._visible_seq: dict[str, int] = {}  # newest status change already in a served CRL, per issuer
+        self.visibility: CrlVisibility | None = None  # when served CRLs first list each status change
         self.service: Service | None = None
         self.leases: dict[str, Lease] = {}
         self.leading: set[str] = set()
@@ -76,9 +77,9 @@ class CrlComponent:
         self.files = CrlFiles(crl_dir(config), cap, self.clock)
         self.files.refresh_all()
         self._ca_files = {i.name: ca_file(i.certificate) for i in config.issuers}
-        for name in self.publishers:
-            latest = [self.registry.crl_latest(name, "main", kind) for kind in ("full", "delta")]
-            self._visible_seq[name] = max((r.change_seq for r in latest if r is not None), default=0)
+        self.visibility = CrlVisibility(self.registry, config.node,
+                                        service.metrics.visibility.labels("crl").observe, self.clock)
+        await self._in_thread(self.visibility.load, list(self.publishers))
         service.app.router.add_get("/crl/{name}", self._serve_crl)
         service.app.router.add_get("/ca/{name}", self._serve_ca)
         for name, publisher in self.publishers.items():
@@ -140,10 +141,12 @@ class CrlComponent:
     # -- jobs ---------------------------------------------------------------------------------
     async def watchdog(self) -> None:
         for name in self.publishers:
+            await self._in_thread(self._count_served, name)
             if await self._in_thread(self.due, name):
                 await self.build(name, "all")
 
     async def build_if_changed(self, name: str) -> None:
+        await self._in_thread(self._count_served, name)  # CRLs another process published (annuaire crl build)
         if await self._in_thread(self.changed, name):
             await self.build(name, "delta" if self.publishers[name].settings.delta else "all")
 
@@ -180,6 +183,7 @@ class CrlComponent:
         assert self.files is not None
         copied = 0
         for name, publisher in self.publishers.items():
+            before = copied
             for target in targets_of(publisher.issuer):
                 record = self.registry.crl_latest(name, target.scope, target.kind)
                 if record is None or record.number <= self._local_numbers.get(target.filename, 0):
@@ -193,6 +197,8 @@ class CrlComponent:
                 copied += 1
                 log.info("CRL %s number %d taken from the registry", target.filename, record.number,
                          extra={"issuer": name})
+            if copied > before:
+                self._count_served(name)
         return copied
 
     async def build(self, name: str, what: str = "all") -> list[PublishedCrl]:
@@ -222,12 +228,21 @@ class CrlComponent:
         for crl in published:
             self.metrics.build.labels(name, crl.target.kind).observe(crl.seconds)
         seq = max((c.record.change_seq for c in published if c.target.scope == "main"), default=0)
-        if seq > self._visible_seq.get(name, 0):
-            now = self.clock()
-            visibility = self.service.metrics.visibility
-            for changed_at in self.registry.change_times(name, self._visible_seq.get(name, 0), seq):
-                visibility.labels("crl").observe(max(0.0, now - changed_at))
-            self._visible_seq[name] = seq
+        if self.visibility is not None:
+            self.visibility.served(name, seq)
+
+    def _count_served(self, name: str) -> None:
+        """Observe the status changes the newest CRLs of ``name`` this node serves list (whoever built them)."""
+        if self.visibility is None:
+            return
+        seq = 0
+        for target in (Target("full", "main", full_crl_name(name)), delta_target(name)):
+            record = self.registry.crl_latest(name, "main", target.kind)
+            served = not self.registry.keeps_crl_bytes or self._local_numbers.get(target.filename, 0) >= (
+                record.number if record is not None else 0)
+            if record is not None and served:
+                seq = max(seq, record.change_seq)
+        self.visibility.served(name, seq)
 
     async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

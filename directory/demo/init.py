@@ -9,6 +9,7 @@ Layout of DIR (a contract: tests, make run and operators' scripts read it):
   ca/NAME.pem            root, issuing CAs and OCSP signers; ca/chain.pem = root + issuing CAs
   certs/*.pem            end entities; certs/manifest.json lists {file, issuer, serial_hex, profile, status, reason,
                          holder} (holder: the national identifier, idNat_PS or idNat_Struct)
+  pc/pc-NAME.txt         each CA's (demonstration) certification policy, served at /pc/ and linked from the page
   data/registry.sqlite3  the registry, with the end entities imported and ~10% revoked, one on hold
 """
 
@@ -30,6 +31,7 @@ from directory.config import Config, load_config
 from directory.demo import issuance
 from directory.demo.holders import PERSONNES, STRUCTURES, holder_id, issue_end_entities
 from directory.demo.issuance import CertificateAuthority
+from directory.demo.policies import policies_table, write_policies
 from directory.demo.urls import LDAP_SUFFIX, DemoUrls
 from directory.hsm.signer import HsmSettings, HsmSigner
 from directory.hsm.softhsm import create_token, find_module
@@ -41,7 +43,7 @@ from directory.serials import to_hex
 TOKEN_LABEL = "annuaire-demo"
 ROOT = "ac-racine"
 __all__ = ["LDAP_SUFFIX", "PERSONNES", "STRUCTURES", "DemoUrls", "issue_end_entities"]  # for tests and bench/
-_MARKERS = {"hsm", "ca", "certs", "data", "secrets", "annuaire.toml"}
+_MARKERS = {"hsm", "ca", "certs", "data", "secrets", "pc", "annuaire.toml"}
 REASONS = ["keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation", "privilegeWithdrawn",
            "unspecified"]
 
@@ -141,6 +143,7 @@ def init_demo(options: DemoOptions, say: Callable[[str], None] = lambda _: None)
                                                     if ca.certificate is not None))
         _write_private(directory / "secrets" / "ldap-password", secrets.token_urlsafe(18) + "\n")
         _write_private(directory / "secrets" / "admin-token", secrets.token_urlsafe(32) + "\n")
+        write_policies(directory / "pc", cas)
         _write_config(config_file.with_suffix(".toml.tmp"), options)
         config = load_config(config_file.with_suffix(".toml.tmp"))
         say(f"issuing {options.certs} end-entity certificates")
@@ -207,7 +210,7 @@ def _write_config(path: Path, options: DemoOptions) -> None:
 
     issuers = "".join(
         f'\n[[issuers]]\nname = "{name}"\ncertificate = "ca/{name}.pem"\nkey_label = "{name}"\n' + crl_table(name)
-        for name in (ROOT, PERSONNES, STRUCTURES))
+        + policies_table(name) for name in (ROOT, PERSONNES, STRUCTURES))
     path.write_text(
         "# Written by `annuaire init-demo`: a DEMO configuration. Keys live in the private SoftHSM2 token\n"
         "# under hsm/; the PIN and the LDAP password are in files readable only by their owner.\n"

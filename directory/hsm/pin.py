@@ -21,12 +21,22 @@ _CKR_PIN_INCORRECT, _CKR_PIN_LOCKED = 0xA0, 0xA4
 
 
 class PinGuard:
-    def __init__(self, pin: str, reader: Callable[[], str] | None, token_label: str) -> None:
+    def __init__(self, pin: str, reader: Callable[[], str] | None, token_label: str,
+                 source: str = "the PIN file or variable", rereadable: bool = True) -> None:
         self._pin = pin.encode()
         self._reader = reader
         self._token_label = token_label
+        self._source = source  # "file /etc/annuaire/hsm-pin", "environment variable ANNUAIRE_HSM_PIN"
+        self._rereadable = rereadable  # an environment variable never changes under a running process
         self._refused: bytes | None = None
         self._refused_until = 0.0
+
+    def _correction(self) -> str:
+        """What the operator must do about a refused PIN, true for where it comes from."""
+        if self._rereadable:
+            return f"correct the PIN in {self._source} (read again at the next attempt)"
+        return (f"correct the PIN in {self._source} and restart the service (a running process cannot see a changed "
+                "environment variable)")
 
     def check(self) -> None:
         """Raise ``PinRefused`` unless there is a PIN worth trying (call before opening a session)."""
@@ -36,8 +46,8 @@ class PinGuard:
             except (OSError, KeyError):
                 fresh = self._refused
             if fresh == self._refused:  # a wrong PIN tried again and again locks a real HSM's user PIN
-                raise PinRefused("PIN refused by the token; not trying the same PIN again: correct the PIN "
-                                 "file or variable (it is read again at the next attempt)")
+                raise PinRefused(f"PIN refused by token {self._token_label!r} (the user PIN from {self._source}); "
+                                 f"not trying the same PIN again: {self._correction()}")
             self._pin, self._refused, self._refused_until = fresh, None, 0.0
         if time.monotonic() < self._refused_until:
             raise PinRefused("PIN refused by the token; backing off before trying again")
@@ -50,7 +60,9 @@ class PinGuard:
             if exc.rv in (_CKR_PIN_INCORRECT, _CKR_PIN_LOCKED):
                 self._refused_until = time.monotonic() + _PIN_BACKOFF
                 self._refused = self._pin
-                log.error("HSM: the token %s refused the user PIN; signing stops until it is corrected",
-                          self._token_label)
-                raise PinRefused("PIN refused by the token") from None
+                what = "locked on" if exc.rv == _CKR_PIN_LOCKED else "refused by"
+                log.error("HSM: the token %s refused the user PIN from %s; signing stops until it is corrected: %s",
+                          self._token_label, self._source, self._correction())
+                raise PinRefused(f"PIN {what} token {self._token_label!r} (the user PIN from {self._source}); "
+                                 f"{self._correction()}") from None
             raise HsmUnavailable(f"login failed: CKR 0x{exc.rv:x}") from None

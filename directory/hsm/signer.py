@@ -21,15 +21,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pkcs11
 from cryptography import x509
 from pkcs11 import exceptions as p11e
 
-from directory.hsm import capabilities
+from directory.hsm import capabilities, inventory
 from directory.hsm.algorithms import SignatureAlgorithm
+from directory.hsm.availability import Availability
 from directory.hsm.capabilities import KeyReport, Plan, TokenReport
 from directory.hsm.cryptoki import CryptokiError, MechanismInfo
 from directory.hsm.errors import (
@@ -44,6 +44,7 @@ from directory.hsm.keys import ChunkSource, KeySigner, ecdsa_der
 from directory.hsm.module import Module
 from directory.hsm.pin import PinGuard
 from directory.hsm.sessions import PooledSession, SessionPool
+from directory.hsm.settings import HsmSettings, HsmStats
 
 __all__ = ["HsmError", "HsmSettings", "HsmSigner", "HsmStats", "HsmUnavailable", "KeyNotFound", "KeySigner",
            "KeyUnusable", "PinRefused", "SignatureCheckFailed", "ecdsa_der"]
@@ -70,31 +71,6 @@ _SESSION_WAIT = 60.0  # a caller waits this long at most for a free session
 _CAPABILITY_PROBE = b"annuaire: can this key sign as configured?"
 
 
-@dataclass(frozen=True)
-class HsmSettings:
-    """Where the token is and how to log in. ``pin`` comes from an env var or a file, never from config."""
-
-    module: str
-    token_label: str
-    pin: str = field(repr=False)
-    max_concurrent: int = 2
-    softhsm2_conf: str | None = None
-    # where the PIN comes from (file or environment), read again after a refusal: a PIN changed on the
-    # token and in its file is picked up without a restart, and a refused PIN is never tried twice
-    pin_reader: Callable[[], str] | None = field(default=None, repr=False, compare=False)
-    serialize: bool = False  # one call at a time into the module (for modules known not to take concurrent calls)
-
-
-@dataclass
-class HsmStats:
-    """Counters exported as metrics."""
-
-    signatures: int = 0
-    errors: int = 0
-    relogins: int = 0
-    reinits: int = 0
-
-
 class _Retry(Exception):
     def __init__(self, cause: Exception, device: bool) -> None:
         super().__init__(str(cause))
@@ -111,7 +87,9 @@ class HsmSigner:
 
     def __init__(self, settings: HsmSettings) -> None:
         self.settings = settings
-        self._pin = PinGuard(settings.pin, settings.pin_reader, settings.token_label)
+        self._pin = PinGuard(settings.pin, settings.pin_reader, settings.token_label, settings.pin_source,
+                             settings.pin_rereadable)
+        self.availability = Availability(settings.token_label)
         self._module = Module.get(settings.module, settings.softhsm2_conf, settings.serialize)
         size = 1 if self._module.serial_reason else settings.max_concurrent
         self._pool = SessionPool(size)
@@ -129,7 +107,8 @@ class HsmSigner:
             return self._module.lib.get_token(token_label=self.settings.token_label)
         except p11e.PKCS11Error as exc:  # NoSuchToken, or GeneralError when the token files vanished
             label = self.settings.token_label
-            raise _TokenMissing(f"token {label!r} not found: {type(exc).__name__}") from exc
+            held = inventory.tokens_held(self._module.lib)
+            raise _TokenMissing(f"token {label!r} not found ({type(exc).__name__}); {held}") from exc
 
     def _open_session(self) -> PooledSession:
         self._pin.check()
@@ -181,8 +160,8 @@ class HsmSigner:
                     # It was there before: the token's contents went away under an open session (token
                     # removed, files gone). Recover like a lost token.
                     raise p11e.DeviceRemoved() from None
-                raise KeyNotFound(f"no private key labelled {label!r} on token "
-                                  f"{self.settings.token_label!r}") from None
+                raise KeyNotFound(f"no private key labelled {label!r} on token {self.settings.token_label!r}; "
+                                  + inventory.keys_held(entry.session, self.settings.token_label)) from None
             except p11e.MultipleObjectsReturned:
                 raise KeyNotFound(f"several private keys labelled {label!r} on token "
                                   f"{self.settings.token_label!r}") from None
@@ -210,6 +189,7 @@ class HsmSigner:
                             self._close(entry)
                             entry = None
                             raise _Retry(exc, isinstance(exc, _DEVICE_ERRORS)) from exc
+                    self.availability.up()
                     return result
                 except _Retry as retry:
                     last, device = retry.cause, retry.device
@@ -232,9 +212,10 @@ class HsmSigner:
             if dropped is not None:
                 with module.calls():
                     self._close(dropped)
-        if isinstance(last, HsmUnavailable):
-            raise last
-        raise HsmUnavailable(f"token {self.settings.token_label!r} unavailable: {_describe(last)}") from last
+        if not isinstance(last, HsmUnavailable):
+            last = HsmUnavailable(f"token {self.settings.token_label!r} unavailable: {_describe(last)}")
+        self.availability.down(str(last))
+        raise last
 
     # -- capabilities ----------------------------------------------------------------------
     def _mechanisms(self, entry: PooledSession) -> dict[int, MechanismInfo]:
@@ -356,6 +337,9 @@ class HsmSigner:
                 found = list(entry.session.get_objects(attrs))
                 if label and not found and label in self._known_labels:
                     raise p11e.DeviceRemoved()  # it was there: the token went away; recover as in _key
+                if label and not found:
+                    raise KeyNotFound(f"no private key labelled {label!r} on token {self.settings.token_label!r}; "
+                                      + inventory.keys_held(entry.session, self.settings.token_label))
                 if label and len(found) != 1:
                     raise KeyNotFound(f"{len(found)} private keys labelled {label!r} on the token")
                 if label:

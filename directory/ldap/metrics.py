@@ -27,13 +27,17 @@ class LdapMetrics:
         registry, now = self.registry, self.clock()
         depth, _, oldest = registry.ldap_outbox_stats()
         state = {name: registry.state_get(name) for name in
-                 ("last_full", "last_full_drift", "last_verify_drift", "failures", "last_incremental")}
+                 ("last_full", "last_full_drift", "last_verify_drift", "last_verify_repaired", "failures",
+                  "last_incremental")}
         yield _gauge("annuaire_ldap_outbox_depth", "Changes waiting to be written to the directory", depth)
         yield _gauge("annuaire_ldap_sync_lag_seconds", "Age of the oldest change waiting for the directory (0: none)",
                      max(0.0, now - oldest) if oldest is not None else 0.0)
         yield _gauge("annuaire_ldap_drift_repaired", "Differences repaired by the last full reconciliation",
                      _int(state["last_full_drift"]))
         yield _gauge("annuaire_ldap_drift_found", "Differences found by the last verify",
+                     _int(state["last_verify_drift"]))
+        yield _gauge("annuaire_ldap_drift_outstanding", "Differences found by the last verify that no full "
+                     "reconciliation has repaired since", 0 if state["last_verify_repaired"] else
                      _int(state["last_verify_drift"]))
         yield _gauge("annuaire_ldap_sync_failures", "Consecutive failed sync attempts", _int(state["failures"]))
         yield _gauge("annuaire_ldap_refused", "Outbox rows whose write the directory refused (kept, retried with "

@@ -182,10 +182,14 @@ class DirectorySync:
                 report.outbox_done = depth
                 self.registry.state_set({"layout": self.layout.digest, "expired_checked": str(now),
                                          "last_full": str(now), "last_full_drift": str(report.drift.total()),
+                                         # what the last verify found is repaired now (passes hold one lock:
+                                         # this one started after that verify ended); refusals stay listed
+                                         "last_verify_repaired": str(now),
                                          "last_rejected": json.dumps(report.rejected[:50]),
                                          **self._visibility(changed_at)})
             else:
-                self.registry.state_set({"last_verify": str(now), "last_verify_drift": str(report.drift.total())})
+                self.registry.state_set({"last_verify": str(now), "last_verify_drift": str(report.drift.total()),
+                                         "last_verify_repaired": ""})
         report.seconds = time.monotonic() - started
         return report
 

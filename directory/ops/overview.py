@@ -10,11 +10,13 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from directory.certinfo import subject_text
 from directory.config import Config, IssuerConfig
-from directory.publication import ca_certificate_url, crl_url, ocsp_url, targets_of
+from directory.publication import ca_certificate_url, crl_url, ocsp_signer_path, ocsp_url, policy_path, targets_of
 from directory.registry import Registry
 from directory.registry.checks import recent_reports
 
@@ -62,30 +64,50 @@ def _issuer(config: Config, issuer: IssuerConfig, registry: Registry, now: float
                 problems.append(Problem("crl", f"{target.filename}: not published yet"))
             continue
         expired = record.next_update <= now
+        stale = not expired and record.next_update - now < issuer.crl.overlap / 2
         if expired:
             problems.append(Problem("crl", f"{target.filename}: expired (nextUpdate passed)"))
-        elif record.next_update - now < issuer.crl.overlap / 2:
+        elif stale:
             problems.append(Problem("crl", f"{target.filename}: nextUpdate is near and no newer CRL is published"))
         crls.append({"kind": target.kind, "scope": target.scope, "url": url, "published": True,
                      "number": record.number, "base_number": record.base_number,
                      "this_update": record.this_update, "next_update": record.next_update,
                      "entries": record.entries, "size": record.size, "sha256": record.sha256,
-                     "age_seconds": max(0, int(now - record.this_update)), "expired": expired})
+                     "age_seconds": max(0, int(now - record.this_update)), "expired": expired, "stale": stale})
     cert = issuer.certificate
-    common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return {
         "name": issuer.name,
-        "common_name": str(common_names[0].value) if common_names else issuer.name,
-        "subject": cert.subject.rfc4514_string(),
+        "common_name": _common_name(cert) or issuer.name,
+        "subject": subject_text(cert.subject),
+        "not_before": int(cert.not_valid_before_utc.timestamp()),
         "not_after": int(cert.not_valid_after_utc.timestamp()),
         "sha256": hashlib.sha256(der).hexdigest(),
         "sha1": hashlib.sha1(der).hexdigest(),  # what many operators still compare by telephone
         "certificate_url": ca_certificate_url(base, issuer.name),
         "ocsp_url": ocsp_url(base) if issuer.ocsp is not None else None,
+        "ocsp_signer": _ocsp_signer(base, issuer),
+        "policies": [{"title": d.title, "url": d.url or base.rstrip("/") + policy_path(d.name or ""), "oid": d.oid,
+                      "served": d.file is not None} for d in issuer.policies],
         "counts": {"good": counts.get("good", 0), "revoked": counts.get("revoked", 0),
                    "on-hold": counts.get("on-hold", 0)},
         "crls": crls,
     }
+
+
+def _common_name(cert: x509.Certificate) -> str | None:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
+
+
+def _ocsp_signer(base: str, issuer: IssuerConfig) -> dict[str, Any] | None:
+    """The delegated OCSP responder's certificate (None: no OCSP, or the CA key signs the answers)."""
+    cert = issuer.ocsp.signer_certificate if issuer.ocsp is not None else None
+    if cert is None:
+        return None
+    der = cert.public_bytes(Encoding.DER)
+    return {"certificate_url": base.rstrip("/") + ocsp_signer_path(issuer.name), "subject": subject_text(cert.subject),
+            "not_before": int(cert.not_valid_before_utc.timestamp()),
+            "not_after": int(cert.not_valid_after_utc.timestamp()), "sha256": hashlib.sha256(der).hexdigest()}
 
 
 def _directory(config: Config, registry: Registry, now: float, problems: list[Problem]) -> dict[str, Any] | None:
@@ -109,6 +131,7 @@ def _directory(config: Config, registry: Registry, now: float, problems: list[Pr
         "last_incremental": number("last_incremental"),
         "last_verify": number("last_verify"),
         "last_verify_drift": number("last_verify_drift"),
+        "last_verify_repaired": number("last_verify_repaired"),  # a full pass repaired what it found since
         "outbox_depth": depth,
         "lag_seconds": lag,
         "last_error": last_error,
@@ -126,8 +149,9 @@ def _directory(config: Config, registry: Registry, now: float, problems: list[Pr
                                         f"and retried: {first.get('reason', '')}"))
     if lag > LDAP_LAG_WARNING:
         problems.append(Problem("ldap", f"{depth} changes waiting, the oldest for {lag} s"))
-    if state["last_verify_drift"]:
-        problems.append(Problem("ldap", f"the last verify found {state['last_verify_drift']} differences"))
+    if state["last_verify_drift"] and state["last_verify_repaired"] is None:
+        problems.append(Problem("ldap", f"the last verify found {state['last_verify_drift']} differences, "
+                                        "not repaired yet (a full synchronisation repairs them)"))
     return state
 
 

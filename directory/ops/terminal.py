@@ -81,6 +81,8 @@ def print_overview(data: dict[str, Any], stream: TextIO = sys.stdout) -> None:
             out += [f"    {r['dn'] or r['issuer']}: {r['reason']}" for r in d.get("refusals", [])]
         if d["last_verify"] is not None:
             drift = d["last_verify_drift"] or 0
+            repaired = drift and d.get("last_verify_repaired")
             out.append(f"  last verify  {_when(d['last_verify'])}: "
-                       + paint("warn" if drift else "ok", plural(drift, "difference")))
+                       + paint("warn" if drift and not repaired else "ok", plural(drift, "difference"))
+                       + (f", repaired by the full sync of {_when(repaired)}" if repaired else ""))
     print("\n".join(out), file=stream)

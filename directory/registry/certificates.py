@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from directory.certinfo import CertificateInfo
+from directory.certinfo import CertificateInfo, readable_dn
 from directory.registry.audit import AuditTrail
 from directory.registry.backends import Conn
 from directory.registry.crl_entries import serial_low
@@ -45,7 +45,7 @@ class CertificateRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "issuer": self.issuer, "serial_hex": self.serial_hex, "subject": self.subject_dn,
+            "issuer": self.issuer, "serial_hex": self.serial_hex, "subject": readable_dn(self.subject_dn),
             "emails": list(self.emails), "dns_names": list(self.dns_names),
             "professional_id": self.professional_id, "not_before": self.not_before,
             "not_after": self.not_after, "sha256": self.sha256, "profile": self.profile,

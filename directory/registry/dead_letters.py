@@ -34,9 +34,9 @@ def retry_delay(attempts: int) -> int:
 
 
 def settle(tx: Conn, layout: str, now: int, ids: set[int], up_to: int | None, refusals: Sequence[LdapRefusal],
-           issuer_id: Callable[[str], int]) -> list[float]:
+           issuer_id: Callable[[str], int]) -> list[tuple[int | None, float]]:
     """Delete the rows a pass wrote (``ids``, or all up to ``up_to``) but those of refused entries, which are
-    marked instead. Returns the status-change times (seconds) of the rows deleted."""
+    marked instead. Returns the status changes (sequence number, time in seconds) of the rows deleted."""
 
     def settled(row_id: int) -> bool:
         return row_id in ids or (up_to is not None and row_id <= up_to)
@@ -45,7 +45,7 @@ def settle(tx: Conn, layout: str, now: int, ids: set[int], up_to: int | None, re
     for refusal in refusals:
         kept |= _mark(tx, layout, now, refusal, settled, issuer_id)
     if up_to is not None:
-        rows = tx.execute("SELECT id, enqueued_ms FROM ldap_outbox WHERE id <= ?", (up_to,)).fetchall()
+        rows = tx.execute("SELECT id, enqueued_ms, change_seq FROM ldap_outbox WHERE id <= ?", (up_to,)).fetchall()
         bounds = [0, *sorted(k for k in kept if k <= up_to), up_to + 1]
         for low, high in itertools.pairwise(bounds):  # the ranges between the rows kept
             tx.execute("DELETE FROM ldap_outbox WHERE id > ? AND id < ?", (low, high))
@@ -54,10 +54,10 @@ def settle(tx: Conn, layout: str, now: int, ids: set[int], up_to: int | None, re
         rows = []
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
-            rows += tx.execute(f"SELECT id, enqueued_ms FROM ldap_outbox WHERE id IN ({','.join('?' * len(chunk))})",
-                               chunk).fetchall()
+            rows += tx.execute(f"SELECT id, enqueued_ms, change_seq FROM ldap_outbox WHERE id IN "
+                               f"({','.join('?' * len(chunk))})", chunk).fetchall()
         tx.executemany("DELETE FROM ldap_outbox WHERE id = ?", [(r[0],) for r in rows])
-    return [ms / 1000 for row_id, ms in rows if ms is not None and row_id not in kept]
+    return [(seq, ms / 1000) for row_id, ms, seq in rows if ms is not None and row_id not in kept]
 
 
 def _mark(tx: Conn, layout: str, now: int, refusal: LdapRefusal, settled: Callable[[int], bool],

@@ -13,21 +13,23 @@ from directory.registry import dead_letters
 from directory.registry.backends import Conn
 from directory.registry.core import RegistryCore, chunks
 from directory.registry.dead_letters import LdapRefusal
+from directory.registry.node_state import EPOCH
 
 
 class LdapOutbox(RegistryCore):
     """Outbox rows: enqueued by every write, taken and settled by the LDAP sync."""
 
     def _ldap_enqueue(self, tx: Conn, issuer_id: int | None, certificate_id: int | None,
-                      now: int, status_change: bool = False) -> None:
+                      now: int, change: tuple[int, int] | None = None) -> None:
         """In the transaction of the change itself: the directory learns of every change, or of none.
 
-        Status changes carry their time in milliseconds: their time to the directory is a metric.
+        A status change's row carries its sequence number and its time in milliseconds (the change log's
+        own): its time to the directory is a metric, observed once per change like the other channels'.
         """
         if self.ldap_outbox_enabled:
-            tx.execute("INSERT INTO ldap_outbox (issuer_id, certificate_id, enqueued_at, enqueued_ms) "
-                       "VALUES (?, ?, ?, ?)", (issuer_id, certificate_id, now,
-                                               int(self.clock() * 1000) if status_change else None))
+            seq, ms = change if change is not None else (None, None)
+            tx.execute("INSERT INTO ldap_outbox (issuer_id, certificate_id, enqueued_at, enqueued_ms, change_seq) "
+                       "VALUES (?, ?, ?, ?, ?)", (issuer_id, certificate_id, now, ms, seq))
 
     def ldap_outbox(self, limit: int, now: int | None = None) -> list[tuple[int, str, int | None]]:
         """Oldest pending (id, issuer, certificate id or None for the CA entry); with ``now``, only the rows
@@ -83,9 +85,13 @@ class LdapOutbox(RegistryCore):
                            refusals: Sequence[LdapRefusal] = ()) -> list[float]:
         """End of a pass over the rows ``ids`` (or every row up to ``up_to``): drop those written, keep those
         of the entries the directory refused as dead letters (``dead_letters.settle``). Returns the times
-        (seconds) of the status changes among the rows dropped (visibility latency)."""
+        (seconds) of the status changes among the rows dropped (visibility latency), but those from before
+        the visibility epoch (``node_state``)."""
         with self._write() as tx:
-            return dead_letters.settle(tx, layout, now, set(ids), up_to, refusals, self._issuer_id)
+            epoch = tx.execute("SELECT value FROM node_state WHERE name = ?", (EPOCH,)).fetchone()
+            changes = dead_letters.settle(tx, layout, now, set(ids), up_to, refusals, self._issuer_id)
+        after = int(epoch[0]) if epoch is not None else 0
+        return [at for seq, at in changes if seq is None or seq > after]
 
     def ldap_refused(self, limit: int = 5) -> tuple[int, list[dict[str, Any]]]:
         """Dead letters: how many outbox rows the directory refused, and the oldest few (what, why, when next)."""

@@ -92,9 +92,10 @@ class Revocations(Certificates):
                                     (issuer_id, serial_hex)).fetchone()
         store_crl_entry(tx, issuer_id, cid, serial_hex, not_after, s.status, s.revocation_time, s.reason,
                          s.invalidity_date)
-        tx.execute("INSERT INTO status_changes (issuer_id, certificate_id, at, status, at_ms) VALUES (?, ?, ?, ?, ?)",
-                   (issuer_id, cid, now, s.status, int(self.clock() * 1000)))
-        self._ldap_enqueue(tx, issuer_id, cid, now, status_change=True)
+        at_ms = int(self.clock() * 1000)
+        seq = tx.execute("INSERT INTO status_changes (issuer_id, certificate_id, at, status, at_ms) "
+                         "VALUES (?, ?, ?, ?, ?) RETURNING seq", (issuer_id, cid, now, s.status, at_ms)).fetchone()[0]
+        self._ldap_enqueue(tx, issuer_id, cid, now, change=(int(seq), at_ms))
         self.backend.notify(tx, "annuaire_changes")  # other nodes' OCSP hear of it at commit
         after = self._get_tx(tx, issuer_id, serial_hex)
         assert after is not None

@@ -208,6 +208,18 @@ MIGRATIONS.append((
 ))
 
 MIGRATIONS.append((
+    11,
+    "Revocation visibility counted once per change and channel: per-node cursors, and each outbox row's change",
+    """
+    CREATE TABLE node_state (
+        name   TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    ALTER TABLE ldap_outbox ADD COLUMN change_seq INTEGER;
+    """,
+))
+
+MIGRATIONS.append((
     12,
     "Certificates shaped like the health sector's: the identifier a card carries in its CN, the mobility and "
     "organisation families, read again from the stored certificates",

@@ -8,7 +8,8 @@ a crash or a power cut. PostgreSQL (``backends.py``) gives the same guarantees t
 The roles (each a class over ``core.RegistryCore``): ``certificates`` (issuers, import, reads),
 ``revocations`` (status writes), ``crls`` (numbers, records, build snapshots), ``changes`` (the status
 change log), ``ocsp_answers`` (persisted pre-signed answers), ``ldap_outbox`` and ``ldap_projection``
-(what the directory sync takes and reads), ``audit`` (the hash chain and its verification).
+(what the directory sync takes and reads), ``audit`` (the hash chain and its verification), ``node_state``
+(per-node cursors of the visibility metric).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from directory.registry.changes import StatusChanges
 from directory.registry.core import NotRegistered, UnknownCertificate, UnknownIssuer
 from directory.registry.crls import CrlRecord, Crls
 from directory.registry.ldap_projection import LdapProjection
+from directory.registry.node_state import NodeState
 from directory.registry.ocsp_answers import OcspAnswers
 from directory.registry.revocations import ChangeOutcome, Revocations
 from directory.revocation import RevocationRefused
 
 
-class Registry(Revocations, Crls, StatusChanges, OcspAnswers, LdapProjection):
+class Registry(Revocations, Crls, StatusChanges, OcspAnswers, LdapProjection, NodeState):
     """Certificates and their status per issuer, plus the audit trail."""
 
 

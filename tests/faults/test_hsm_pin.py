@@ -1,7 +1,8 @@
 """The HSM's user PIN changed on the token but not (yet) in the service's PIN file, then corrected: while
 the PIN is refused, published CRLs and pre-signed OCSP answers are still served, live answers are
 `tryLater`, /readyz says why, the refused PIN is never tried twice; once the file is corrected the
-service resumes by itself, without a restart. (Token removed: tests/test_service.py and tests/test_ocsp.py.)"""
+service resumes by itself, without a restart, and logs that the HSM is back. (Token removed:
+tests/test_service.py and tests/test_ocsp.py.)"""
 
 from __future__ import annotations
 
@@ -83,3 +84,6 @@ def test_pin_changed_on_the_token_then_corrected_in_the_file(demo: Path) -> None
         assert live.response_status.name == "SUCCESSFUL" and live.certificate_status.name == "GOOD"
     assert old_pin not in served.output and NEW_PIN not in served.output
     assert served.output.count("refused the user PIN") == 1  # logged once: the wrong PIN was tried once
+    # the outage is logged once when it begins and once when it ends
+    assert served.output.count("HSM: token 'annuaire-demo' cannot be used") == 1, served.output[-3000:]
+    assert served.output.count("HSM: token 'annuaire-demo' is available again after") == 1
