@@ -33,8 +33,12 @@ _DOTTED_TYPE = re.compile(r"(?:^|[^\\][,+])\d+(?:\.\d+)+=")
 
 
 def subject_text(name: x509.Name) -> str:
-    """RFC 4514 text of a name with attribute names, not dotted OIDs (``SN=DUPONT+CN=8100…+GN=JEAN,C=FR``)."""
-    return name.rfc4514_string(ATTRIBUTE_NAMES)
+    """RFC 4514 text of a name with attribute names, not dotted OIDs, exactly as ``openssl x509 -nameopt
+    RFC2253`` prints it: last RDN first and, inside a multi-valued RDN, its values in reverse order too
+    (``CN=8100…+GN=JEAN+SN=DUPONT,title=…,C=FR``; RFC 4514 gives that order no meaning, operators compare
+    with openssl's)."""
+    return ",".join("+".join(attribute.rfc4514_string(ATTRIBUTE_NAMES) for attribute in reversed(list(rdn)))
+                    for rdn in reversed(name.rdns))
 
 
 def readable_dn(text: str | None) -> str | None:
