@@ -31,7 +31,7 @@ from tests.served import http, serve
 
 ROUTES = [("POST", "/api/v1/certificates"), ("POST", "/api/v1/revocations"),
           ("DELETE", "/api/v1/holds/ac-personnes/0x01"), ("GET", "/api/v1/certificates/ac-personnes/0x01"),
-          ("GET", "/api/v1/openapi.json")]
+          ("GET", "/api/v1/openapi.json"), ("POST", "/api/v1/crls/ac-racine")]
 
 
 def _audit_count(demo: Path) -> int:
@@ -94,7 +94,8 @@ def test_admin_api_with_a_bearer_token(demo: Path) -> None:
         documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
         assert documented == {("POST", "/api/v1/certificates"), ("POST", "/api/v1/revocations"),
                               ("DELETE", "/api/v1/holds/{issuer}/{serial}"),
-                              ("GET", "/api/v1/certificates/{issuer}/{serial}"), ("GET", "/api/v1/openapi.json")}
+                              ("GET", "/api/v1/certificates/{issuer}/{serial}"), ("GET", "/api/v1/openapi.json"),
+                              ("POST", "/api/v1/crls/{issuer}")}
 
         # -- import: 201, then 200 (idempotent), PEM or DER; refusals are 422 with the reason
         status, _, answer = call(admin, "POST", "/api/v1/certificates", fresh, token=token,

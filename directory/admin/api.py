@@ -20,6 +20,8 @@ from directory import logs, serials
 from directory.admin import openapi
 from directory.admin.auth import Credentials, server_context
 from directory.config import AdminConfig
+from directory.crl.publish import refuse_if_offline
+from directory.crl.service import CrlComponent
 from directory.ingest.sources import pem_items
 from directory.inputs import InputError, format_time, load_json, parse_time
 from directory.publication import crl_url, targets_of
@@ -78,6 +80,7 @@ class AdminComponent:
         app.router.add_post("/api/v1/revocations", self._revoke)
         app.router.add_delete("/api/v1/holds/{issuer}/{serial}", self._release)
         app.router.add_get("/api/v1/certificates/{issuer}/{serial}", self._get)
+        app.router.add_post("/api/v1/crls/{issuer}", self._publish_crl)
         app.router.add_get("/api/v1/openapi.json", self._openapi)
         self.runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.idle_timeout)
         await self.runner.setup()
@@ -178,6 +181,8 @@ class AdminComponent:
         serial_hex = _serial(data["serial"])
         invalidity = _rfc3339(data["invalidity_date"]) if "invalidity_date" in data else None
         issuer = data["issuer"]
+        if issuer in {i.name for i in self.service.config.issuers}:
+            refuse_if_offline(self.service.config.issuer(issuer), "revocation")
         try:
             outcome = await self._blocking(lambda: self.service.registry.revoke(
                 issuer, serial_hex, data["reason"], invalidity_date=invalidity, actor=request[ACTOR]))
@@ -193,6 +198,7 @@ class AdminComponent:
 
     async def _release(self, request: web.Request) -> web.Response:
         issuer, serial_hex = self._target(request)
+        refuse_if_offline(self.service.config.issuer(issuer), "releasing a hold")
         try:
             outcome = await self._blocking(self.service.registry.release_hold, issuer, serial_hex, request[ACTOR])
         except UnknownCertificate:
@@ -202,6 +208,22 @@ class AdminComponent:
         body = {"changed": outcome.changed, "message": outcome.message,
                 "certificate": await self._describe(outcome.record)}
         return web.json_response(body)
+
+    async def _publish_crl(self, request: web.Request) -> web.Response:
+        issuer = request.match_info["issuer"]
+        crls = self.service.find(CrlComponent)
+        if issuer not in {i.name for i in self.service.config.issuers} or crls is None:
+            raise ApiError(404, "unknown issuer", f"no configured issuer is called {issuer!r}")
+        body = await request.read()
+        if not body:
+            raise ApiError(422, "refused", "empty body: send one CRL, DER or PEM")
+        published = await crls.publish(issuer, body, request[ACTOR])
+        log.info("admin API: CRL number %d published", published.record.number, extra={"issuer": issuer})
+        return web.json_response({
+            "issuer": issuer, "number": published.record.number, "entries": published.entries,
+            "size": published.size, "this_update": format_time(published.this_update),
+            "next_update": format_time(published.next_update), "sha256": published.sha256,
+            "url": crl_url(self.service.config.http.base_url, published.path.name)}, status=201)
 
     async def _get(self, request: web.Request) -> web.Response:
         issuer, serial_hex = self._target(request)

@@ -7,6 +7,7 @@ Layout of DIR (a contract: tests, make run and operators' scripts read it):
   secrets/ldap-password  bind password of the managed slapd (0600)
   secrets/admin-token    bearer token of the admin API (0600)
   ca/NAME.pem            root, issuing CAs and OCSP signers; ca/chain.pem = root + issuing CAs
+  ca/ac-racine.crl       the root's ARL, signed at init (the root key is then destroyed: the root is offline)
   certs/*.pem            end entities; certs/manifest.json lists {file, issuer, serial_hex, profile, status, reason}
   data/registry.sqlite3  the registry, with the end entities imported and ~10% revoked, one on hold
 """
@@ -27,7 +28,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from directory.config import Config, load_config
-from directory.demo import issuance
+from directory.crl.publish import publish_crl
+from directory.demo import ceremony, issuance
 from directory.demo.issuance import CertificateAuthority
 from directory.hsm.signer import HsmSettings, HsmSigner
 from directory.hsm.softhsm import create_token, find_module
@@ -35,6 +37,7 @@ from directory.ingest.importer import ImportSummary
 from directory.ingest.sources import SourceItem
 from directory.publication import (
     ca_certificate_url,
+    crl_dir,
     crl_url,
     full_crl_name,
     ocsp_url,
@@ -172,12 +175,15 @@ def init_demo(options: DemoOptions, say: Callable[[str], None] = lambda _: None)
             (ca_dir / f"{name}.pem").write_bytes(issuance.pem(cert))
         (ca_dir / "chain.pem").write_bytes(b"".join(issuance.pem(ca.certificate) for ca in cas.values()
                                                     if ca.certificate is not None))
+        arl = _root_ceremony(hsm, cas[ROOT], say)
+        (ca_dir / f"{ROOT}.crl").write_bytes(arl)
         _write_private(directory / "secrets" / "ldap-password", secrets.token_urlsafe(18) + "\n")
         _write_private(directory / "secrets" / "admin-token", secrets.token_urlsafe(32) + "\n")
         _write_config(config_file.with_suffix(".toml.tmp"), options)
         config = load_config(config_file.with_suffix(".toml.tmp"))
         say(f"issuing {options.certs} end-entity certificates")
         _populate(config, hsm, cas, ocsp_certs, directory, options, urls)
+        _publish_arl(config, arl)
         os.replace(config_file.with_suffix(".toml.tmp"), config_file)
     finally:
         hsm.close()
@@ -217,6 +223,27 @@ def _build_hierarchy(hsm: HsmSigner, key_type: str, urls: DemoUrls
     return cas, ocsp
 
 
+def _root_ceremony(hsm: HsmSigner, root: CertificateAuthority, say: Callable[[str], None]) -> bytes:
+    """The root's ARL signed once, then the root key destroyed: from here on the root is offline."""
+    now = int(issuance.utcnow().timestamp())
+    arl = ceremony.sign_crl(root, 1, now, now + ceremony.ARL_VALIDITY)
+    try:
+        ceremony.destroy_key(hsm, ROOT)
+    except Exception as exc:  # a module that cannot destroy objects: the service is still never given the key
+        say(f"warning: the root key could not be destroyed in the token ({type(exc).__name__}: {exc}); "
+            "the configuration does not name it")
+    return arl
+
+
+def _publish_arl(config: Config, arl: bytes) -> None:
+    """The ARL installed the way every CRL signed elsewhere is (``annuaire crl publish``)."""
+    registry = open_config_registry(config)
+    try:
+        publish_crl(config.issuer(ROOT), registry, crl_dir(config), config.http.base_url, arl, "init-demo")
+    finally:
+        registry.close()
+
+
 def _hsm_section(options: DemoOptions) -> str:
     if options.token is None:
         return (f'module = "{find_module()}"\ntoken_label = "{TOKEN_LABEL}"\npin_file = "hsm/pin"\n'
@@ -227,6 +254,8 @@ def _hsm_section(options: DemoOptions) -> str:
 
 def _write_config(path: Path, options: DemoOptions) -> None:
     def crl_table(name: str) -> str:
+        if name == ROOT:  # offline: its ARL is signed at init-demo (the key ceremony), then published
+            return ('\n[issuers.crl]\nexpiry_warning = "30d"   # warn this long before the ARL\'s nextUpdate\n')
         lines = ["on_revocation_delay = 5"]
         if name != ROOT and options.crl_partitions:
             lines.append(f"partitions = {options.crl_partitions}")
@@ -238,9 +267,13 @@ def _write_config(path: Path, options: DemoOptions) -> None:
                      f'signer_key_label = "ocsp-{name}"\n')
         return text
 
-    issuers = "".join(
-        f'\n[[issuers]]\nname = "{name}"\ncertificate = "ca/{name}.pem"\nkey_label = "{name}"\n' + crl_table(name)
-        for name in (ROOT, PERSONNES, STRUCTURES))
+    def key(name: str) -> str:
+        if name == ROOT:
+            return "# no key_label: the root is offline (its key was destroyed after signing the ARL)\n"
+        return f'key_label = "{name}"\n'
+
+    issuers = "".join(f'\n[[issuers]]\nname = "{name}"\ncertificate = "ca/{name}.pem"\n' + key(name) + crl_table(name)
+                      for name in (ROOT, PERSONNES, STRUCTURES))
     path.write_text(
         "# Written by `annuaire init-demo`: a DEMO configuration. Keys live in the private SoftHSM2 token\n"
         "# under hsm/; the PIN and the LDAP password are in files readable only by their owner.\n"

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from directory.config import Config, IssuerConfig
+from directory.crl.metrics import offline_crl_problem
 from directory.publication import ca_certificate_url, crl_url, ocsp_url, targets_of
 from directory.registry import Registry
 from directory.registry.checks import recent_reports
@@ -62,9 +63,12 @@ def _issuer(config: Config, issuer: IssuerConfig, registry: Registry, now: float
                 problems.append(Problem("crl", f"{target.filename}: not published yet"))
             continue
         expired = record.next_update <= now
-        if expired:
+        offline = offline_crl_problem(issuer, registry, now) if target.kind == "full" else None
+        if offline is not None:  # signed at the key ceremony: said ahead of time, by expiry_warning
+            problems.append(Problem("crl", offline[1]))
+        elif expired:
             problems.append(Problem("crl", f"{target.filename}: expired (nextUpdate passed)"))
-        elif record.next_update - now < issuer.crl.overlap / 2:
+        elif not issuer.offline and record.next_update - now < issuer.crl.overlap / 2:
             problems.append(Problem("crl", f"{target.filename}: nextUpdate is near and no newer CRL is published"))
         crls.append({"kind": target.kind, "scope": target.scope, "url": url, "published": True,
                      "number": record.number, "base_number": record.base_number,
@@ -82,6 +86,7 @@ def _issuer(config: Config, issuer: IssuerConfig, registry: Registry, now: float
         "sha1": hashlib.sha1(der).hexdigest(),  # what many operators still compare by telephone
         "certificate_url": ca_certificate_url(base, issuer.name),
         "ocsp_url": ocsp_url(base) if issuer.ocsp is not None else None,
+        "offline": issuer.offline,  # its CRL is signed at its key ceremony and published, not built here
         "counts": {"good": counts.get("good", 0), "revoked": counts.get("revoked", 0),
                    "on-hold": counts.get("on-hold", 0)},
         "crls": crls,
