@@ -204,6 +204,15 @@ MIGRATIONS.append((
     """,
 ))
 
+MIGRATIONS.append((
+    10,
+    "A certificate's status changes by certificate: a re-import compares the file with the registry's last "
+    "change, a delta CRL reads a certificate's previous status",
+    """
+    CREATE INDEX status_changes_certificate ON status_changes (certificate_id, seq);
+    """,
+))
+
 
 def _backfill_v2(tx: Conn) -> None:
     """The partition key and the CRL entry bytes of every certificate registered before migration 2."""
