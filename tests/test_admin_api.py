@@ -227,7 +227,7 @@ def test_a_registry_miss_is_a_404_and_a_registry_failure_a_503(tmp_path: Path) -
     registry = Registry(f"sqlite:///{tmp_path / 'registry.sqlite3'}")  # no issuer recorded in it
     component = AdminComponent()
     component.service = SimpleNamespace(  # type: ignore[assignment]
-        registry=registry, config=SimpleNamespace(issuers=[SimpleNamespace(name="ac-personnes")]))
+        registry=registry, config=SimpleNamespace(issuers=[SimpleNamespace(name="ac-personnes", offline=False)]))
     component.config = SimpleNamespace(max_body=1024)  # type: ignore[assignment]
     component.credentials = SimpleNamespace(identify=lambda request: "admin:token")  # type: ignore[assignment]
 

@@ -181,8 +181,7 @@ class AdminComponent:
         serial_hex = _serial(data["serial"])
         invalidity = _rfc3339(data["invalidity_date"]) if "invalidity_date" in data else None
         issuer = data["issuer"]
-        if issuer in {i.name for i in self.service.config.issuers}:
-            refuse_if_offline(self.service.config.issuer(issuer), "revocation")
+        self._refuse_if_offline(issuer, "revocation")
         try:
             outcome = await self._blocking(lambda: self.service.registry.revoke(
                 issuer, serial_hex, data["reason"], invalidity_date=invalidity, actor=request[ACTOR]))
@@ -198,7 +197,7 @@ class AdminComponent:
 
     async def _release(self, request: web.Request) -> web.Response:
         issuer, serial_hex = self._target(request)
-        refuse_if_offline(self.service.config.issuer(issuer), "releasing a hold")
+        self._refuse_if_offline(issuer, "releasing a hold")
         try:
             outcome = await self._blocking(self.service.registry.release_hold, issuer, serial_hex, request[ACTOR])
         except UnknownCertificate:
@@ -238,6 +237,12 @@ class AdminComponent:
         registry = self.service.registry
         return await self._blocking(serials.explain_unknown, issuer, text, serial_hex,
                                     lambda other: registry.get(issuer, other) is not None, "send")
+
+    def _refuse_if_offline(self, name: str, what: str) -> None:
+        """409 for a status change on an offline issuer (an unknown one is left to the registry's 404/422)."""
+        for issuer in self.service.config.issuers:
+            if issuer.name == name:
+                refuse_if_offline(issuer, what)
 
     def _target(self, request: web.Request) -> tuple[str, str]:
         issuer = request.match_info["issuer"]
