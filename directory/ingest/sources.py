@@ -115,6 +115,8 @@ def _index_revocation(field: str) -> IndexRevocation:
         reason = "keyCompromise" if reason_text == "keyTime" else "cACompromise"
         if len(parts) > 2:
             invalidity = _index_time(parts[2])
+    elif reason_text == "holdInstruction":  # openssl ca -crl_hold (the instruction OID follows)
+        reason = "certificateHold"
     elif reason_text == "removeFromCRL":
         raise RevocationRefused("removeFromCRL is not a revocation reason")
     else:
