@@ -42,7 +42,7 @@ def _root(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
 
 def _arl(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, number: int | None, *, days: float = 60,
          this_update: datetime | None = None, issuer: x509.Name | None = None, delta: bool = False,
-         idp: str | None = None, revoked: int | None = None) -> bytes:
+         idp: str | None = None, revoked: int | None = None, extra: x509.ExtensionType | None = None) -> bytes:
     builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer or cert.subject)
                .last_update(this_update or NOW - timedelta(hours=1)).next_update(NOW + timedelta(days=days)))
     if number is not None:
@@ -52,6 +52,8 @@ def _arl(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, number: int | 
     if idp is not None:
         builder = builder.add_extension(x509.IssuingDistributionPoint(
             [x509.UniformResourceIdentifier(idp)], None, False, False, None, False, False), critical=True)
+    if extra is not None:
+        builder = builder.add_extension(extra, critical=True)
     if revoked is not None:
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(revoked).revocation_date(NOW - timedelta(days=2))
@@ -103,6 +105,10 @@ def test_publish_checks_every_crl_and_installs_like_a_built_one(private_config: 
         "thisUpdate is in the future": _arl(key, cert, 9, this_update=NOW + timedelta(hours=2)),
         "no cRLNumber": _arl(key, cert, None),
         "a delta CRL": _arl(key, cert, 9, delta=True),
+        "unknown critical extension 1.2.3.4": _arl(key, cert, 9, extra=x509.UnrecognizedExtension(
+            x509.ObjectIdentifier("1.2.3.4"), b"\x05\x00")),
+        "a partial CRL": _arl(key, cert, 9, extra=x509.IssuingDistributionPoint(None, None, False, False, None,
+                                                                                True, False)),
         "neither a DER CRL": b"not a CRL at all",
         "not a DER X.509 CRL": b"\x30\x03\x02\x01\x01",
     }

@@ -22,8 +22,9 @@ PIN = "5678"
 
 
 def _token(directory: Path, ca: OpensslCa) -> dict[str, str]:
-    """A SoftHSM2 token holding the issuing CA's and the OCSP responder's keys, imported as an operator does;
-    the key files are then deleted (from here on only the token signs)."""
+    """A SoftHSM2 token holding the issuing CA's key (softhsm2-util --import) and the OCSP responder's
+    (pkcs11-tool --write-object), imported as an operator does; the key files are then deleted (from here on
+    only the token signs)."""
     (directory / "tokens").mkdir(parents=True)
     conf = directory / "softhsm2.conf"
     conf.write_text(f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\n")
@@ -34,10 +35,17 @@ def _token(directory: Path, ca: OpensslCa) -> dict[str, str]:
         assert result.returncode == 0, result.stdout + result.stderr
 
     util("--init-token", "--free", "--label", "ops-token", "--so-pin", "123456", "--pin", PIN)
-    for key, label, key_id in (("ca.key", "ac-ops", "01"), ("ocsp.key", "ocsp-ac-ops", "02")):
-        util("--import", str(ca.issuing / "private" / key), "--token", "ops-token", "--label", label, "--id", key_id,
-             "--pin", PIN)
-        (ca.issuing / "private" / key).unlink()
+    private = ca.issuing / "private"
+    util("--import", str(private / "ca.key"), "--token", "ops-token", "--label", "ac-ops", "--id", "01", "--pin", PIN)
+    # the other way deploy/README gives: OpenSC's pkcs11-tool, any module, the key in DER
+    openssl("pkey", "-in", str(private / "ocsp.key"), "-outform", "DER", "-out", str(private / "ocsp.der"))
+    written = subprocess.run(["pkcs11-tool", "--module", MODULE, "--token-label", "ops-token", "--login", "--pin", PIN,
+                              "--write-object", str(private / "ocsp.der"), "--type", "privkey", "--label",
+                              "ocsp-ac-ops", "--id", "02", "--usage-sign"], capture_output=True, text=True,
+                             env={**os.environ, **env})
+    assert written.returncode == 0, written.stderr
+    for key in ("ca.key", "ocsp.key", "ocsp.der"):
+        (private / key).unlink()
     return env
 
 
