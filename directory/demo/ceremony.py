@@ -11,12 +11,17 @@ by the path every CRL signed elsewhere takes (``annuaire crl publish``). Its val
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pkcs11
 
 from directory import der
-from directory.demo.issuance import CertificateAuthority
+from directory.config import Config
+from directory.crl.publish import publish_crl
+from directory.demo.issuance import CertificateAuthority, utcnow
 from directory.hsm.signer import HsmSigner
+from directory.publication import crl_dir
+from directory.runtime import open_config_registry
 
 log = logging.getLogger(__name__)
 ARL_VALIDITY = 365 * 86400
@@ -40,3 +45,24 @@ def destroy_key(hsm: HsmSigner, label: str) -> int:
             obj.destroy()
     log.info("key %r destroyed in the token after the ceremony (%d objects)", label, len(objects))
     return len(objects)
+
+
+def offline_root(hsm: HsmSigner, root: CertificateAuthority, say: Callable[[str], None]) -> bytes:
+    """The root's ARL signed once, then the root key destroyed: from here on the root is offline."""
+    now = int(utcnow().timestamp())
+    arl = sign_crl(root, 1, now, now + ARL_VALIDITY)
+    try:
+        destroy_key(hsm, root.name)
+    except Exception as exc:  # a module that cannot destroy objects: the service is still never given the key
+        say(f"warning: the root key could not be destroyed in the token ({type(exc).__name__}: {exc}); "
+            "the configuration does not name it")
+    return arl
+
+
+def publish_arl(config: Config, root: str, arl: bytes) -> None:
+    """The ARL installed the way every CRL signed elsewhere is (``annuaire crl publish``)."""
+    registry = open_config_registry(config)
+    try:
+        publish_crl(config.issuer(root), registry, crl_dir(config), config.http.base_url, arl, "init-demo")
+    finally:
+        registry.close()

@@ -28,7 +28,6 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from directory.config import Config, load_config
-from directory.crl.publish import publish_crl
 from directory.demo import ceremony, issuance
 from directory.demo.issuance import CertificateAuthority
 from directory.hsm.signer import HsmSettings, HsmSigner
@@ -37,7 +36,6 @@ from directory.ingest.importer import ImportSummary
 from directory.ingest.sources import SourceItem
 from directory.publication import (
     ca_certificate_url,
-    crl_dir,
     crl_url,
     full_crl_name,
     ocsp_url,
@@ -175,7 +173,7 @@ def init_demo(options: DemoOptions, say: Callable[[str], None] = lambda _: None)
             (ca_dir / f"{name}.pem").write_bytes(issuance.pem(cert))
         (ca_dir / "chain.pem").write_bytes(b"".join(issuance.pem(ca.certificate) for ca in cas.values()
                                                     if ca.certificate is not None))
-        arl = _root_ceremony(hsm, cas[ROOT], say)
+        arl = ceremony.offline_root(hsm, cas[ROOT], say)
         (ca_dir / f"{ROOT}.crl").write_bytes(arl)
         _write_private(directory / "secrets" / "ldap-password", secrets.token_urlsafe(18) + "\n")
         _write_private(directory / "secrets" / "admin-token", secrets.token_urlsafe(32) + "\n")
@@ -183,7 +181,7 @@ def init_demo(options: DemoOptions, say: Callable[[str], None] = lambda _: None)
         config = load_config(config_file.with_suffix(".toml.tmp"))
         say(f"issuing {options.certs} end-entity certificates")
         _populate(config, hsm, cas, ocsp_certs, directory, options, urls)
-        _publish_arl(config, arl)
+        ceremony.publish_arl(config, ROOT, arl)
         os.replace(config_file.with_suffix(".toml.tmp"), config_file)
     finally:
         hsm.close()
@@ -221,27 +219,6 @@ def _build_hierarchy(hsm: HsmSigner, key_type: str, urls: DemoUrls
             cas[name], subject, spkis[label], now - issuance.days(1), now + issuance.days(365),
             issuance.end_entity_extensions(cas[name], spkis[label], "ocsp-signing", [], [], [], None, None))
     return cas, ocsp
-
-
-def _root_ceremony(hsm: HsmSigner, root: CertificateAuthority, say: Callable[[str], None]) -> bytes:
-    """The root's ARL signed once, then the root key destroyed: from here on the root is offline."""
-    now = int(issuance.utcnow().timestamp())
-    arl = ceremony.sign_crl(root, 1, now, now + ceremony.ARL_VALIDITY)
-    try:
-        ceremony.destroy_key(hsm, ROOT)
-    except Exception as exc:  # a module that cannot destroy objects: the service is still never given the key
-        say(f"warning: the root key could not be destroyed in the token ({type(exc).__name__}: {exc}); "
-            "the configuration does not name it")
-    return arl
-
-
-def _publish_arl(config: Config, arl: bytes) -> None:
-    """The ARL installed the way every CRL signed elsewhere is (``annuaire crl publish``)."""
-    registry = open_config_registry(config)
-    try:
-        publish_crl(config.issuer(ROOT), registry, crl_dir(config), config.http.base_url, arl, "init-demo")
-    finally:
-        registry.close()
 
 
 def _hsm_section(options: DemoOptions) -> str:
