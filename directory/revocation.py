@@ -7,7 +7,8 @@
   revocation time in force, never more than ``INVALIDITY_BEFORE_NOT_BEFORE`` before the certificate's
   notBefore, and never on a hold (RFC 5280 §5.3.2 gives it no meaning there);
 - every time must be encodable in a CRL (``inputs.MIN_TIME`` .. ``inputs.MAX_TIME``);
-- repeating an operation is a no-op that says so.
+- repeating an operation is a no-op that says so;
+- a state read from a file (``index.txt``) never silently undoes a later change (``file_state_order``).
 """
 
 from __future__ import annotations
@@ -137,3 +138,33 @@ def decide_release(current: RevocationState) -> Decision:
         return Decision("noop", current, "not on hold (already good)")
     raise RevocationRefused(f"revoked ({current.reason}): revocation is final, only certificateHold can be released",
                             conflict=True)
+
+
+FileOrder = Literal["same", "file-newer", "registry-newer"]
+
+
+def file_state_order(current: RevocationState, last_change: int | None, given: RevocationState) -> FileOrder:
+    """Which of two differing states is the newer: the registry's ``current`` one (whose last status change
+    was committed at ``last_change``, None if it never changed) or the one a file ``given`` (an
+    ``openssl ca`` index line: good, or revoked/held since its revocation time).
+
+    A file's good state carries no time and knows no revocation: the registry's is newer. A file's
+    revocation is newer when it is dated after the registry's state began (its revocation time; for a good
+    certificate, the release of its hold), or when the registry never changed the certificate.
+    """
+    if current.status == given.status and current.reason == given.reason:
+        return "same"
+    if given.status == "good" or given.revocation_time is None:
+        return "registry-newer"
+    since = current.revocation_time if current.status != "good" else last_change
+    if since is None or given.revocation_time > since:
+        return "file-newer"
+    return "registry-newer"
+
+
+def describe_state(state: RevocationState) -> str:
+    """``good``, ``revoked (keyCompromise) since 2026-11-28T10:00:00Z``: a state as reports name it."""
+    if state.status == "good":
+        return "good"
+    since = f" since {format_time(state.revocation_time)}" if state.revocation_time is not None else ""
+    return f"{state.status} ({state.reason}){since}"

@@ -29,8 +29,8 @@ def open_hsm(config: Config) -> HsmSigner:
 
 
 def configured_keys(config: Config, hsm: HsmSigner) -> list[KeySigner]:
-    """Every key the configuration signs with: issuer keys (CRLs, and OCSP when no delegated responder)
-    and delegated OCSP responder keys, each with the algorithm it will be used with."""
+    """Every key the configuration signs with: issuer keys (CRLs, and OCSP when no delegated responder;
+    none for an offline issuer) and delegated OCSP responder keys, each with the algorithm it will be used with."""
     return list(key_uses(config, hsm).values())
 
 
@@ -77,7 +77,7 @@ def known_issuers(config: Config) -> list[KnownIssuer]:
     return [KnownIssuer(i.name, i.certificate) for i in config.issuers]
 
 
-def importer_for(config: Config, registry: Registry, actor: str) -> Importer:
+def importer_for(config: Config, registry: Registry, actor: str, apply_older: bool = False) -> Importer:
     """An importer that also records where each new certificate goes in the directory (when [ldap] is set):
     the certificate is parsed once, at import, and the sync does not parse it again."""
     after_import = None
@@ -99,4 +99,4 @@ def importer_for(config: Config, registry: Registry, actor: str) -> Importer:
             if rows:
                 registry.ldap_project_serials(layout.digest, issuer, rows)
 
-    return Importer(registry, known_issuers(config), actor=actor, after_import=after_import)
+    return Importer(registry, known_issuers(config), actor=actor, after_import=after_import, apply_older=apply_older)

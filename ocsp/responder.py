@@ -71,6 +71,7 @@ class IssuerResponder:
             cert_ders = [responder_cert.public_bytes(Encoding.DER)]
         else:
             responder_cert = issuer.certificate
+            assert issuer.key_label is not None  # the configuration requires a delegated responder otherwise
             self.signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm)
             cert_ders = []
         self.responder_key_hash = cert_id.key_hash(responder_cert, "sha1")

@@ -33,7 +33,8 @@ from tests.served import http, serve
 
 ROUTES = [("POST", "/api/v1/certificates"), ("POST", "/api/v1/revocations"),
           ("DELETE", "/api/v1/holds/ac-personnes/0x01"), ("GET", "/api/v1/certificates/ac-personnes/0x01"),
-          ("GET", "/api/v1/openapi.json"), ("GET", "/api/v1/problems/unknown-issuer")]
+          ("GET", "/api/v1/openapi.json"), ("GET", "/api/v1/problems/unknown-issuer"),
+          ("POST", "/api/v1/crls/ac-racine")]
 
 
 def _audit_count(demo: Path) -> int:
@@ -98,7 +99,8 @@ def test_admin_api_with_a_bearer_token(demo: Path) -> None:
         assert documented == {("POST", "/api/v1/certificates"), ("POST", "/api/v1/revocations"),
                               ("DELETE", "/api/v1/holds/{issuer}/{serial}"),
                               ("GET", "/api/v1/certificates/{issuer}/{serial}"), ("GET", "/api/v1/openapi.json"),
-                              ("GET", "/api/v1/problems/{kind}"), ("GET", "/api/v1/operations"), ("GET", "/ops")}
+                              ("GET", "/api/v1/problems/{kind}"), ("GET", "/api/v1/operations"), ("GET", "/ops"),
+                              ("POST", "/api/v1/crls/{issuer}")}
         status, _, answer = call(admin, "GET", "/api/v1/operations", token=token)
         _conforms("GET", "/api/v1/operations", status, answer)
 
@@ -261,7 +263,7 @@ def test_a_registry_miss_is_a_404_and_a_registry_failure_a_503(tmp_path: Path) -
     registry = Registry(f"sqlite:///{tmp_path / 'registry.sqlite3'}")  # no issuer recorded in it
     component = AdminComponent()
     component.service = SimpleNamespace(  # type: ignore[assignment]
-        registry=registry, config=SimpleNamespace(issuers=[SimpleNamespace(name="ac-personnes")]))
+        registry=registry, config=SimpleNamespace(issuers=[SimpleNamespace(name="ac-personnes", offline=False)]))
     component.config = SimpleNamespace(max_body=1024)  # type: ignore[assignment]
     component.credentials = SimpleNamespace(identify=lambda request: "admin:token")  # type: ignore[assignment]
 

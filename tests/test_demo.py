@@ -89,3 +89,26 @@ def test_init_demo_is_idempotent_and_refuses_non_demo_configs(demo: Path, tmp_pa
     (other / "precious.txt").write_text("keep me")
     refused = run_cli("init-demo", str(other))
     assert refused.returncode == 1 and (other / "precious.txt").read_text() == "keep me"
+
+
+def test_the_demo_root_is_offline(demo_pristine: Path) -> None:
+    """The root's key signed the hierarchy and one ARL, then was destroyed: the token holds no key of it, the
+    configuration names none, and the ARL served is the one its ceremony signed, valid for a year."""
+    import os
+
+    from directory.config import load_config
+
+    config = load_config(demo_pristine / "annuaire.toml")
+    assert config.issuer("ac-racine").offline and config.issuer("ac-personnes").key_label == "ac-personnes"
+    pin = (demo_pristine / "hsm" / "pin").read_text().strip()
+    objects = subprocess.run(["pkcs11-tool", "--module", config.hsm.module, "--token-label", "annuaire-demo",
+                              "--login", "--pin", pin, "--list-objects"], capture_output=True, text=True,
+                             env={**os.environ, "SOFTHSM2_CONF": str(demo_pristine / "hsm" / "softhsm2.conf")})
+    assert "label:      ac-personnes" in objects.stdout and "ac-racine" not in objects.stdout, objects.stdout
+    arl = (demo_pristine / "ca" / "ac-racine.crl").read_bytes()
+    assert (demo_pristine / "data" / "crl" / "ac-racine.crl").read_bytes() == arl
+    crl = x509.load_der_x509_crl(arl)
+    root = x509.load_pem_x509_certificate((demo_pristine / "ca" / "ac-racine.pem").read_bytes())
+    assert crl.is_signature_valid(root.public_key()) and len(crl) == 0  # type: ignore[arg-type]
+    assert crl.next_update_utc is not None
+    assert 364 * 86400 < (crl.next_update_utc - crl.last_update_utc).total_seconds() <= 365 * 86400

@@ -106,6 +106,8 @@ def test_example_configurations_load(config: Path, tmp_path: Path, demo_token: P
     assert loaded.ldap is not None and len(loaded.ldap.urls) == 2
     assert loaded.admin is not None
     assert "password" not in loaded.registry_url  # the password is read from its file at connection time
+    if config.name == "annuaire.production.toml":  # the root stays offline: no key of it on a service host
+        assert loaded.issuer("ac-racine").offline
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is part of systemd")

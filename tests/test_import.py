@@ -147,16 +147,11 @@ def _spki():  # type: ignore[no-untyped-def]
     return PublicFormat.SubjectPublicKeyInfo
 
 
-def test_openssl_ca_index_with_revocations(private_config: Path, demo_token: Path, tmp_path: Path) -> None:
-    ca_dir = tmp_path / "openssl-ca"
-    (ca_dir / "newcerts").mkdir(parents=True)
-    manifest = [m for m in _manifest(demo_token) if m["issuer"] == "ac-personnes"][:5]
+def _index(demo_token: Path, ca_dir: Path, revocations: dict[int, str], count: int = 5) -> list[dict]:
+    """An openssl ca database (index.txt + newcerts/) over the first ``count`` ac-personnes certificates."""
+    (ca_dir / "newcerts").mkdir(parents=True, exist_ok=True)
+    manifest = [m for m in _manifest(demo_token) if m["issuer"] == "ac-personnes"][:count]
     lines = []
-    at = (datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=0)
-    compromise = at - timedelta(hours=3)
-    utc = at.strftime("%y%m%d%H%M%SZ")
-    revocations = {1: f"{utc},keyTime,{compromise.strftime('%Y%m%d%H%M%SZ')}", 2: f"{utc},superseded",
-                   3: f"{utc},certificateHold,holdInstructionReject"}
     for n, entry in enumerate(manifest):
         cert = x509.load_pem_x509_certificate((demo_token / "certs" / entry["file"]).read_bytes())
         serial = format(cert.serial_number, "X")
@@ -166,10 +161,23 @@ def test_openssl_ca_index_with_revocations(private_config: Path, demo_token: Pat
         status = "R" if n in revocations else "V"
         subject = "/" + "/".join(a.rfc4514_string() for a in cert.subject)
         lines.append(f"{status}\t{expiry}\t{revocations.get(n, '')}\t{serial}\tunknown\t{subject}")
-    (ca_dir / "index.txt").write_text("\n".join(lines) + "\nthis is not an index line\n")
+    (ca_dir / "index.txt").write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def test_openssl_ca_index_with_revocations(private_config: Path, demo_token: Path, tmp_path: Path) -> None:
+    ca_dir = tmp_path / "openssl-ca"
+    at = (datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=0)
+    compromise = at - timedelta(hours=3)
+    utc = at.strftime("%y%m%d%H%M%SZ")
+    revocations = {1: f"{utc},keyTime,{compromise.strftime('%Y%m%d%H%M%SZ')}", 2: f"{utc},superseded",
+                   3: f"{utc},certificateHold,holdInstructionReject"}
+    manifest = _index(demo_token, ca_dir, revocations)
+    with open(ca_dir / "index.txt", "a") as index:
+        index.write("this is not an index line\n")
     code, summary = _import(private_config, ca_dir / "index.txt")
     assert code == 1  # the junk line is listed
-    assert summary["imported"] == 5 and summary["revocations_applied"] == 3
+    assert summary["imported"] == 5 and summary["revocations_applied"] == 3 and summary["differences"] == []
     assert "not an openssl ca index line" in summary["refused"][0]["reason"]
     show = run_cli("show", "--config", str(private_config), "--issuer", "ac-personnes",
                    "--serial", "0x" + manifest[1]["serial_hex"], "--json", check=True)
@@ -183,6 +191,63 @@ def test_openssl_ca_index_with_revocations(private_config: Path, demo_token: Pat
     # re-running is a no-op
     code, summary = _import(private_config, ca_dir / "index.txt")
     assert summary["imported"] == 0 and summary["revocations_applied"] == 0
+
+
+def _status(config: Path, serial_hex: str) -> tuple[str, str | None]:
+    data = json.loads(run_cli("show", "--config", str(config), "--issuer", "ac-personnes", "--serial", serial_hex,
+                              "--json", check=True).stdout)
+    return data["status"], data["reason"]
+
+
+def test_a_reimport_never_silently_undoes_a_later_change(private_config: Path, demo_token: Path,
+                                                        tmp_path: Path) -> None:
+    """A hold released and a certificate revoked in annuaire after the index was imported: importing the
+    same index again keeps both newer states and reports each serial (human and --json); the file's older
+    state only with --apply-older; a revocation the file dates after the registry's change is applied."""
+    ca_dir = tmp_path / "openssl-ca"
+    held_at = (datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=0)
+    manifest = _index(demo_token, ca_dir, {3: f"{held_at:%y%m%d%H%M%SZ},certificateHold"})
+    hold, valid, later = manifest[3]["serial_hex"], manifest[0]["serial_hex"], manifest[4]["serial_hex"]
+    assert _import(private_config, ca_dir / "index.txt")[1]["revocations_applied"] == 1
+    run_cli("release-hold", "--config", str(private_config), "--issuer", "ac-personnes", "--serial", hold, check=True)
+    run_cli("revoke", "--config", str(private_config), "--issuer", "ac-personnes", "--serial", valid,
+            "--reason", "keyCompromise", check=True)
+
+    code, summary = _import(private_config, ca_dir / "index.txt")
+    assert code == 0 and summary["revocations_applied"] == 0
+    differences = {d["serial_hex"]: d for d in summary["differences"]}
+    assert set(differences) == {hold, valid}
+    assert differences[hold]["registry"]["status"] == "good"
+    assert differences[hold]["file"] == {"status": "on-hold", "reason": "certificateHold",
+                                         "revocation_time": f"{held_at:%Y-%m-%dT%H:%M:%SZ}", "invalidity_date": None}
+    assert differences[valid]["registry"]["reason"] == "keyCompromise"
+    assert differences[valid]["file"]["status"] == "good"
+    assert all(d["outcome"] == "registry kept (its change is newer)" for d in differences.values())
+    assert _status(private_config, hold) == ("good", None) and _status(private_config, valid)[0] == "revoked"
+
+    human = run_cli("import", "--config", str(private_config), str(ca_dir / "index.txt"))
+    assert human.returncode == 0 and "newer in the registry 2" in human.stdout
+    assert (f"differs: {ca_dir / 'index.txt'}:4 ({hold.upper() if len(hold) % 2 == 0 else '0' + hold.upper()}.pem): "
+            f"ac-personnes 0x{hold}: the registry says good, changed after the file's on-hold (certificateHold) since "
+            f"{held_at:%Y-%m-%dT%H:%M:%SZ}: kept the registry's (--apply-older applies the file's)") in human.stderr
+
+    # the CA revokes another certificate now: dated after anything the registry did, it is applied
+    now = datetime.now(UTC).replace(microsecond=0)
+    lines = (ca_dir / "index.txt").read_text().splitlines()
+    fields = lines[4].split("\t")
+    lines[4] = "\t".join(["R", fields[1], f"{now:%y%m%d%H%M%SZ},superseded", *fields[3:]])
+    (ca_dir / "index.txt").write_text("\n".join(lines) + "\n")
+    code, summary = _import(private_config, ca_dir / "index.txt")
+    assert summary["revocations_applied"] == 1 and len(summary["differences"]) == 2
+    assert _status(private_config, later) == ("revoked", "superseded")
+
+    # --apply-older: the hold goes back; the revocation stays (final), refused with the rule's reason
+    code, summary = _import(private_config, ca_dir / "index.txt", extra=("--apply-older",))
+    assert code == 1 and summary["revocations_applied"] == 1
+    assert [d["outcome"] for d in summary["differences"]] == ["file's older state applied"]
+    assert "revocation is final" in summary["refused"][0]["reason"]
+    assert _status(private_config, hold) == ("on-hold", "certificateHold")
+    assert _status(private_config, valid)[0] == "revoked"
 
 
 @pytest.mark.parametrize("missing", ["does-not-exist.pem"])

@@ -165,3 +165,14 @@ def test_a_server_speaking_nonsense_is_unavailable_not_a_crash(reply: bytes) -> 
         client.connect()
     thread.join(5)
     listener.close()
+
+
+def test_diff_adds_a_binary_attribute_the_entry_lacks() -> None:
+    """A CA entry written before its delta CRL existed gets the delta added (it once raised KeyError)."""
+    desired = DesiredEntry("cn=ac,ou=AC,o=sante,c=fr", {"objectClass": ["top", "pkiCA"], "cn": ["ac"]},
+                           binary={"certificateRevocationList;binary": [b"full"],
+                                   "deltaRevocationList;binary": [b"delta"]})
+    actual = Entry("cn=ac,ou=AC,o=sante,c=fr", {"objectClass": [b"top", b"pkiCA"], "cn": [b"ac"],
+                                                "certificateRevocationList;binary": [b"full"]})
+    p = plan(desired, actual)
+    assert p is not None and p.changes == [(ber.MOD_REPLACE, "deltaRevocationList;binary", (b"delta",))]

@@ -59,6 +59,28 @@ def test_crl_snapshot_entries_partitions_and_delta(registry: Registry) -> None:
     assert [c[2] for c in registry.changes_after(seq)] == ["5"]
 
 
+def test_published_crls_and_file_states_on_both_backends(registry: Registry) -> None:
+    """A CRL signed elsewhere recorded under its own number (never below the sequence, in one transaction),
+    and an index line's state applied only where it is the newer."""
+    from directory.registry.crls import CrlNumberRefused
+    from directory.revocation import RevocationState
+
+    record = registry.crl_record_published("ca", "main", "full", 4711, NOW - 60, NOW + 86400, 0, 100, "ab" * 32,
+                                           "test", b"\x30\x00")
+    assert registry.crl_latest("ca") == record and registry.crl_last_number("ca") == 4711
+    with pytest.raises(CrlNumberRefused):
+        registry.crl_record_published("ca", "main", "full", 4711, NOW, NOW + 86400, 0, 100, "cd" * 32, "test")
+    assert registry.crl_allocate("ca", "main", "full", NOW, NOW + 86400).number == 4712
+    held = RevocationState("on-hold", "certificateHold", NOW - 100)
+    assert registry.apply_file_state("ca", "7", held).applied  # never changed here: the file's is newer
+    registry.clock = lambda: float(NOW + 10)
+    registry.release_hold("ca", "7")
+    kept = registry.apply_file_state("ca", "7", held)
+    assert (kept.order, kept.applied, kept.before.status) == ("registry-newer", False, "good")
+    assert registry.apply_file_state("ca", "7", held, apply_older=True).applied
+    assert registry.get("ca", "7").status == "on-hold"  # type: ignore[union-attr]
+
+
 def test_upserts_replace_and_the_outbox_drains(registry: Registry) -> None:
     registry.ocsp_store([("ca", "1", "sha1", NOW, NOW + 10, b"old")])
     registry.ocsp_store([("ca", "1", "sha1", NOW + 1, NOW + 20, b"new")])

@@ -10,7 +10,7 @@ import pytest
 from directory.certinfo import CertificateInfo
 from directory.registry import Registry, UnknownCertificate
 from directory.registry.audit import audit_hash
-from directory.revocation import RevocationRefused, parse_reason
+from directory.revocation import RevocationRefused, RevocationState, parse_reason
 
 NOW = 1_900_000_000
 
@@ -180,3 +180,20 @@ def test_invalidity_date_rules(registry: Registry) -> None:
     with pytest.raises(RevocationRefused, match="outside 1950"):
         registry.revoke("ca", "abc", "keyCompromise", invalidity_date=-62135596800, force=True)
     assert registry.get("ca", "abc") is None
+
+
+def test_file_state_order_keeps_the_newer_change() -> None:
+    """A file's state against the registry's: the newer one is said; a file's good state has no time."""
+    from directory.revocation import file_state_order
+
+    good, held = RevocationState("good"), RevocationState("on-hold", "certificateHold", 1000)
+    revoked = RevocationState("revoked", "keyCompromise", 2000)
+    assert file_state_order(held, None, RevocationState("on-hold", "certificateHold", 900)) == "same"
+    assert file_state_order(good, None, held) == "file-newer"  # never changed here: the file's revocation
+    assert file_state_order(good, 1500, held) == "registry-newer"  # the hold was released after it
+    assert file_state_order(good, 500, held) == "file-newer"  # a new hold, after the release
+    assert file_state_order(held, 1000, good) == "registry-newer"  # a valid line knows of no revocation
+    assert file_state_order(revoked, 2000, good) == "registry-newer"
+    assert file_state_order(held, 1000, RevocationState("revoked", "superseded", 1200)) == "file-newer"
+    assert file_state_order(revoked, 2000, RevocationState("revoked", "superseded", 1800)) == "registry-newer"
+    assert file_state_order(revoked, 2000, RevocationState("revoked", "superseded", 2000)) == "registry-newer"

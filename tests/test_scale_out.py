@@ -62,11 +62,14 @@ def _numbers(pg_url: str) -> list[tuple[str, str, str, int, str]]:
 def test_two_nodes_on_one_postgresql_registry(demo: Path, pg_url: str) -> None:
     a, b = _node_config(demo, pg_url, "a"), _node_config(demo, pg_url, "b")
     run_cli("import", "-c", str(a), str(demo.parent / "certs"), check=True)
+    # the offline root's ARL, published once through one node: the other serves it from the registry
+    run_cli("crl", "publish", "-c", str(a), "--issuer", "ac-racine", str(demo.parent / "ca" / "ac-racine.crl"),
+            check=True)
     manifest = json.loads((demo.parent / "certs" / "manifest.json").read_text())
     good = [m for m in manifest if m["issuer"] == "ac-personnes" and m.get("status", "good") == "good"]
     with serve(a) as node_a:
         with serve(b) as node_b:
-            # node a started first and builds every issuer's CRLs; b serves the very same ones
+            # node a started first and builds every online issuer's CRLs; b serves the very same ones
             for name in ("ac-racine.crl", "ac-personnes.crl", "ac-personnes-delta.crl", "ac-structures.crl"):
                 deadline = time.monotonic() + 10
                 while _crl_number(node_b.base, name) != _crl_number(node_a.base, name):

@@ -110,7 +110,7 @@ def test_unknown_key_label(hsm: HsmSigner, demo_token: Path) -> None:
 
 def test_issuer_keys_are_sensitive_and_not_extractable(hsm: HsmSigner) -> None:
     with hsm.admin_session() as session:
-        for label in ("ac-racine", "ac-personnes", "ac-structures", "ocsp-ac-personnes"):
+        for label in ("ac-personnes", "ac-structures", "ocsp-ac-personnes"):
             key = session.get_key(object_class=pkcs11.ObjectClass.PRIVATE_KEY, label=label)
             assert key[pkcs11.Attribute.SENSITIVE] is True
             assert key[pkcs11.Attribute.EXTRACTABLE] is False

@@ -22,6 +22,8 @@ from directory.admin import openapi
 from directory.admin.auth import Credentials, server_context
 from directory.admin.problems import BY_SLUG, error_response
 from directory.config import AdminConfig
+from directory.crl.publish import refuse_if_offline
+from directory.crl.service import CrlComponent
 from directory.ingest.sources import pem_items
 from directory.inputs import InputError, format_time, load_json, parse_time
 from directory.ops.html import SECURITY_HEADERS
@@ -74,6 +76,7 @@ class AdminComponent:
         app.router.add_post("/api/v1/revocations", self._revoke)
         app.router.add_delete("/api/v1/holds/{issuer}/{serial}", self._release)
         app.router.add_get("/api/v1/certificates/{issuer}/{serial}", self._get)
+        app.router.add_post("/api/v1/crls/{issuer}", self._publish_crl)
         app.router.add_get("/api/v1/openapi.json", self._openapi)
         app.router.add_get("/api/v1/problems/{kind}", self._problem_type)
         app.router.add_get("/api/v1/operations", self._operations)
@@ -197,6 +200,7 @@ class AdminComponent:
         serial_hex = _serial(data["serial"])
         invalidity = _rfc3339(data["invalidity_date"]) if "invalidity_date" in data else None
         issuer = data["issuer"]
+        self._refuse_if_offline(issuer, "revocation")
         try:
             outcome = await self._blocking(lambda: self.service.registry.revoke(
                 issuer, serial_hex, data["reason"], invalidity_date=invalidity, actor=request[ACTOR]))
@@ -212,6 +216,7 @@ class AdminComponent:
 
     async def _release(self, request: web.Request) -> web.Response:
         issuer, serial_hex = self._target(request)
+        self._refuse_if_offline(issuer, "releasing a hold")
         try:
             outcome = await self._blocking(self.service.registry.release_hold, issuer, serial_hex, request[ACTOR])
         except UnknownCertificate:
@@ -221,6 +226,22 @@ class AdminComponent:
         body = {"changed": outcome.changed, "message": outcome.message,
                 "certificate": await self._describe(outcome.record)}
         return web.json_response(body)
+
+    async def _publish_crl(self, request: web.Request) -> web.Response:
+        issuer = request.match_info["issuer"]
+        crls = self.service.find(CrlComponent)
+        if issuer not in {i.name for i in self.service.config.issuers} or crls is None:
+            raise ApiError(404, "unknown issuer", f"no configured issuer is called {issuer!r}")
+        body = await request.read()
+        if not body:
+            raise ApiError(422, "refused", "empty body: send one CRL, DER or PEM")
+        published = await crls.publish(issuer, body, request[ACTOR])
+        log.info("admin API: CRL number %d published", published.record.number, extra={"issuer": issuer})
+        return web.json_response({
+            "issuer": issuer, "number": published.record.number, "entries": published.entries,
+            "size": published.size, "this_update": format_time(published.this_update),
+            "next_update": format_time(published.next_update), "sha256": published.sha256,
+            "url": crl_url(self.service.config.http.base_url, published.path.name)}, status=201)
 
     async def _get(self, request: web.Request) -> web.Response:
         issuer, serial_hex = self._target(request)
@@ -235,6 +256,12 @@ class AdminComponent:
         registry = self.service.registry
         return await self._blocking(serials.explain_unknown, issuer, text, serial_hex,
                                     lambda other: registry.get(issuer, other) is not None, "send")
+
+    def _refuse_if_offline(self, name: str, what: str) -> None:
+        """409 for a status change on an offline issuer (an unknown one is left to the registry's 404/422)."""
+        for issuer in self.service.config.issuers:
+            if issuer.name == name:
+                refuse_if_offline(issuer, what)
 
     def _target(self, request: web.Request) -> tuple[str, str]:
         issuer = request.match_info["issuer"]

@@ -134,6 +134,20 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                        "description": "each node's last publication checker report"},
         },
     },
+    "CrlPublished": {
+        "type": "object",
+        "required": ["issuer", "number", "entries", "size", "this_update", "next_update", "sha256", "url"],
+        "properties": {
+            "issuer": {"type": "string"},
+            "number": {"type": "integer", "description": "its cRLNumber (the next one must be greater)"},
+            "entries": {"type": "integer"},
+            "size": {"type": "integer"},
+            "this_update": {"type": "string", "format": "date-time"},
+            "next_update": {"type": "string", "format": "date-time"},
+            "sha256": {"type": "string"},
+            "url": {"type": "string", "description": "where it is served"},
+        },
+    },
     "ChangeResult": {
         "type": "object",
         "required": ["changed", "message", "certificate"],
@@ -231,6 +245,19 @@ def document() -> dict[str, Any]:
                 "operationId": "operationsPage",
                 "summary": "The operator view as an HTML page",
                 "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}, **_AUTH_ANSWERS}}},
+            "/api/v1/crls/{issuer}": {"post": {
+                "operationId": "publishCrl",
+                "summary": "Serve a CRL signed elsewhere (an offline root's ARL, a moved CA's last CRL): the "
+                           "checks and install of `annuaire crl publish`",
+                "parameters": _TARGET[:1],
+                "requestBody": {"required": True, "content": {
+                    "application/pkix-crl": {"schema": {"type": "string", "contentMediaType": "application/pkix-crl"}},
+                    "application/x-pem-file": {"schema": {"type": "string"}}}},
+                "responses": {"201": _answer("checked, installed and served", "CrlPublished"),
+                              "404": _answer("unknown issuer"),
+                              "409": _answer("its cRLNumber is not greater than the issuer's last one"),
+                              "422": _answer("refused: not a CRL, another issuer, bad signature, expired, delta, ..."),
+                              **_AUTH_ANSWERS}}},
             "/api/v1/openapi.json": {"get": {
                 "operationId": "openapi",
                 "summary": "This document",

@@ -155,7 +155,7 @@ class CrlProbe:
         config = self.issuers[issuer]
         settings = config.crl
         delay = settings.on_revocation_delay
-        full_allowance = (settings.interval if settings.delta or delay is None else delay) + self.margin
+        full_allowance = (settings.interval if delay is None else delay) + self.margin
         delta_allowance = (delay if delay is not None else settings.delta_interval) + self.margin
         out = []
         main = None

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from cryptography import x509
 
 from directory.config import LdapConfig
+from directory.ldap.codes import explain
 
 with warnings.catch_warnings():
     # ldap3 2.9.1, its latest release (2021), imports pyasn1's tagMap/typeMap, aliases deprecated since pyasn1
@@ -69,7 +70,9 @@ class LdapProbe:
                     conn.open()
                     conn.start_tls()
                 if not conn.bind():
-                    problems.append(f"{url}: bind refused: {conn.result.get('description')}")
+                    answer = conn.result or {}
+                    said = explain(answer.get("result", -1), answer.get("message") or "", user or "anonymous")
+                    problems.append(f"{url}: bind refused: {said}")
                     continue
             except (LDAPException, OSError) as exc:
                 problems.append(f"{url}: {type(exc).__name__}: {exc}")
@@ -110,7 +113,8 @@ class LdapProbe:
                 raise LdapTrouble(f"{self.url}: {type(exc).__name__}: {exc}") from None
             if result.get("result") not in (0, 32):  # 32: the suffix itself is missing: nothing there
                 self.close()
-                raise LdapTrouble(f"{self.url}: search refused: {result.get('result')} {result.get('description')}")
+                said = explain(result.get("result", -1), result.get("message") or "", self.settings.suffix)
+                raise LdapTrouble(f"{self.url}: search refused: {said}")
             out += [e for e in entries if e.get("type") == "searchResEntry"]
             control = (result.get("controls") or {}).get(PAGED_OID)
             cookie = control["value"]["cookie"] if control else None

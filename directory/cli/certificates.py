@@ -31,7 +31,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     config = config_of(args)
     registry = open_config_registry(config)
-    importer = importer_for(config, registry, actor=f"cli:{user()}")
+    importer = importer_for(config, registry, actor=f"cli:{user()}", apply_older=args.apply_older)
     bar = ProgressBar("importing")
     summary = importer.import_paths([Path(p) for p in args.paths], Path(args.certs_dir) if args.certs_dir else None,
                                     progress=bar)
@@ -41,15 +41,18 @@ def cmd_import(args: argparse.Namespace) -> int:
     else:
         for source, reason in summary.refused:
             print(f"refused: {source}: {reason}", file=sys.stderr)
+        for difference in summary.differences:
+            print(f"differs: {difference.source}: {difference.text()}", file=sys.stderr)
         print(f"imported {summary.imported}, already present {summary.present}, refused {len(summary.refused)}"
-              + (f", revocations applied {summary.revoked}" if summary.revoked else ""))
+              + (f", revocations applied {summary.revoked}" if summary.revoked else "")
+              + (f", newer in the registry {len(summary.differences)}" if summary.differences else ""))
     return EXIT_OK if summary.ok else EXIT_REFUSED
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     from directory.registry import UnknownCertificate
 
-    registry = registry_for(args)
+    registry = registry_for(args, "revocation")
     serial_hex = canonical_serial(args.serial_text)
     other = serials.decimal_reading(args.serial_text)
     if args.force and other is not None and registry.get(args.issuer, serial_hex) is None \
@@ -68,7 +71,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def cmd_release_hold(args: argparse.Namespace) -> int:
     from directory.registry import UnknownCertificate
 
-    registry = registry_for(args)
+    registry = registry_for(args, "releasing a hold")
     serial_hex = canonical_serial(args.serial_text)
     try:
         outcome = registry.release_hold(args.issuer, serial_hex, actor=f"cli:{user()}")
@@ -125,6 +128,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("import", parents=[common], help="import certificates (PEM, DER, folders, index.txt)")
     p.add_argument("paths", nargs="+")
     p.add_argument("--certs-dir", help="where an index.txt's certificates are (default: newcerts/, certs/)")
+    p.add_argument("--apply-older", action="store_true",
+                   help="apply an index.txt's state even where the registry changed the certificate after it "
+                        "(default: the registry keeps its newer state and the difference is reported)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_import)
 

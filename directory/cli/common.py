@@ -73,13 +73,17 @@ def unknown_serial(registry: Any, issuer: str, text: str, serial: str, force_hin
     return message + ("; use --force to revoke a serial the registry has never seen" if force_hint else "")
 
 
-def registry_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The configured registry, once ``--issuer`` names a configured issuer."""
+def registry_for(args: argparse.Namespace, change: str | None = None):  # type: ignore[no-untyped-def]
+    """The configured registry, once ``--issuer`` names a configured issuer (one whose key is here when the
+    command makes a status ``change``: an offline issuer's revocations are made at its key ceremony)."""
+    from directory.crl.publish import refuse_if_offline
     from directory.runtime import open_config_registry
 
     config = config_of(args)
     if args.issuer not in {i.name for i in config.issuers}:
         raise Refused(f"unknown issuer {args.issuer!r} (configured: {', '.join(i.name for i in config.issuers)})")
+    if change is not None:
+        refuse_if_offline(config.issuer(args.issuer), change)
     return open_config_registry(config)
 
 

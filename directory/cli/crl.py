@@ -1,4 +1,5 @@
-"""CRL commands: ``crl build`` (now, from the registry) and ``crl show`` (a file described)."""
+"""CRL commands: ``crl build`` (now, from the registry), ``crl publish`` (a CRL signed elsewhere) and
+``crl show`` (a file described)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from directory.cli.common import EXIT_OK, EXIT_REFUSED, config_of, config_path
+from directory.cli.common import EXIT_OK, EXIT_REFUSED, config_of, config_path, user
 from directory.cli.progress import ProgressBar
 from directory.inputs import format_time
 from directory.refusal import Refused
@@ -58,6 +59,38 @@ def cmd_crl_build(args: argparse.Namespace) -> int:
     return EXIT_REFUSED if failed else EXIT_OK
 
 
+def cmd_crl_publish(args: argparse.Namespace) -> int:
+    """Check a CRL signed elsewhere (an offline root's ARL, the previous system's last CRL) and serve it."""
+    from directory.crl.publish import MAX_CRL_BYTES, publish_crl
+    from directory.publication import crl_dir
+    from directory.runtime import open_config_registry
+
+    config = config_of(args)
+    names = [i.name for i in config.issuers]
+    if args.issuer not in names:
+        raise Refused(f"unknown issuer {args.issuer!r} (configured: {', '.join(names)})")
+    try:
+        with open(args.file, "rb") as fh:
+            data = fh.read(MAX_CRL_BYTES + 1)
+    except OSError as exc:
+        raise Refused(f"cannot read {args.file}: {exc.strerror}") from None
+    registry = open_config_registry(config)
+    try:
+        published = publish_crl(config.issuer(args.issuer), registry, crl_dir(config), config.http.base_url, data,
+                                f"cli:{user()}")
+    finally:
+        registry.close()
+    result = {"issuer": args.issuer, "file": str(published.path), "number": published.record.number,
+              "entries": published.entries, "size": published.size, "this_update": format_time(published.this_update),
+              "next_update": format_time(published.next_update), "sha256": published.sha256}
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"{result['file']}: published CRL number {result['number']} of {args.issuer}, {result['entries']} "
+              f"entries, next update {result['next_update']}")
+    return EXIT_OK
+
+
 def cmd_crl_show(args: argparse.Namespace) -> int:
     from directory.crl.inspect import describe_crl
 
@@ -81,13 +114,19 @@ def cmd_crl_show(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    """The parsers of crl build and crl show."""
+    """The parsers of crl build, crl publish and crl show."""
     crl = sub.add_parser("crl", help="CRL operations").add_subparsers(dest="crl_command", required=True)
     p = crl.add_parser("build", parents=[common], help="build, sign, check and publish CRLs now")
     p.add_argument("--issuer", help="only this issuer (default: all)")
     p.add_argument("--delta", action="store_true", help="only the delta CRLs (issuers with delta = true)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_crl_build)
+    p = crl.add_parser("publish", parents=[common],
+                       help="check a CRL signed elsewhere (an offline root's ARL, a moved CA's last CRL) and serve it")
+    p.add_argument("--issuer", required=True)
+    p.add_argument("file", help="the CRL, DER or PEM")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_crl_publish)
     p = crl.add_parser("show", parents=[common], help="describe a CRL file (and verify it when a config is given)")
     p.add_argument("file")
     p.add_argument("--json", action="store_true")

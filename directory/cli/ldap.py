@@ -1,4 +1,5 @@
-"""Directory commands: ``ldap sync`` (incremental or ``--full``), ``ldap verify``, ``ldap worker``."""
+"""Directory commands: ``ldap sync`` (incremental or ``--full``), ``ldap verify``, ``ldap worker``,
+``ldap bootstrap`` (an operator's own slapd readied once)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,57 @@ def cmd_ldap_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_ldap_bootstrap(args: argparse.Namespace) -> int:
+    """Suffix, branches and the service's bind entry on the operator's slapd, as its administrator."""
+    from directory.ldap.bootstrap import bootstrap
+    from directory.ldap.client import LdapError
+
+    config = config_of(args)
+    if config.ldap is None:
+        raise Refused(f"{config.path} has no [ldap] section")
+    if config.ldap.managed:
+        raise Refused("[ldap] managed = true: the service creates its own slapd's entries at start")
+    password = _admin_password(args)
+    try:
+        report = bootstrap(config.ldap, args.admin_dn, password)
+    except LdapError as exc:
+        raise Refused(f"directory: {exc}") from None
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=1))
+    else:
+        for added in report.added:
+            print(f"added {added}")
+        print(f"{report.url}: {len(report.added)} entries added"
+              + (f", password of {config.ldap.bind_dn} set" if report.password_set else "")
+              + f"; {config.ldap.bind_dn} binds")
+    return EXIT_OK
+
+
+def _admin_password(args: argparse.Namespace) -> str:
+    """From a file, a variable, or typed at a prompt: never from the command line (ps shows it to all)."""
+    import getpass
+    import sys
+
+    if args.admin_password_file:
+        try:
+            with open(args.admin_password_file, encoding="utf-8") as fh:
+                password = fh.read().rstrip("\r\n")
+        except OSError as exc:
+            raise Refused(f"cannot read {args.admin_password_file}: {exc.strerror}") from None
+    elif args.admin_password_env:
+        password = os.environ.get(args.admin_password_env, "")
+        if not password:
+            raise Refused(f"environment variable {args.admin_password_env} is not set or empty")
+    elif sys.stdin.isatty():
+        password = getpass.getpass(f"password of {args.admin_dn}: ")
+    else:
+        raise Refused("give the administrator's password with --admin-password-file or --admin-password-env "
+                      "(or run on a terminal to be asked for it)")
+    if not password:
+        raise Refused("the administrator's password is empty")
+    return password
+
+
 def _ldap_pass(args: argparse.Namespace, mode: str) -> int:
     from directory.ldap.client import LdapError
     from directory.ldap.sync import DirectorySync, SyncBusy
@@ -88,14 +140,14 @@ def _ldap_pass(args: argparse.Namespace, mode: str) -> int:
               f"{len(report.rejected)} refused by the directory, {plural(report.unpublishable, 'certificate')} "
               f"no DN template fits ({report.seconds:.2f} s)")
         for item in report.rejected[:20]:
-            print(f"  refused: {item['operation']} {item['dn']}: {item['code']} {item['message']}")
+            print(f"  refused: {item['operation']} {item['dn']}: {item['text']}")
     if mode == "verify":
         return EXIT_REFUSED if report.drift.total() or report.unpublishable else EXIT_OK
     return EXIT_REFUSED if report.rejected else EXIT_OK
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    """The parsers of ldap sync, ldap verify and ldap worker."""
+    """The parsers of ldap sync, ldap verify, ldap worker and ldap bootstrap."""
     ldap = sub.add_parser("ldap", help="directory operations").add_subparsers(dest="ldap_command", required=True)
     p = ldap.add_parser("sync", parents=[common], help="bring the directory in line with the registry")
     p.add_argument("--full", action="store_true",
@@ -108,3 +160,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_ldap_sync)
     p = ldap.add_parser("worker", parents=[common], help="the sync loop (started by `annuaire serve`)")
     p.set_defaults(func=cmd_ldap_worker)
+    p = ldap.add_parser("bootstrap", parents=[common],
+                        help="create the suffix, the branches and the service's bind entry on your own slapd")
+    p.add_argument("--admin-dn", required=True, help="the directory's administrator (e.g. its rootdn)")
+    secret = p.add_mutually_exclusive_group()
+    secret.add_argument("--admin-password-file", metavar="FILE", help="file holding the administrator's password")
+    secret.add_argument("--admin-password-env", metavar="VAR", help="environment variable holding it")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ldap_bootstrap)

@@ -1,5 +1,9 @@
 """``[[issuers]]``: each CA we publish for (certificate, key label, signature algorithm) with its
-``[issuers.crl]`` schedule and its ``[issuers.ocsp]`` responder."""
+``[issuers.crl]`` schedule and its ``[issuers.ocsp]`` responder.
+
+An issuer without ``key_label`` is offline (a root whose key is kept at the key ceremony): it builds no
+CRL; its CRL (the ARL) is signed elsewhere and installed with ``annuaire crl publish``. Only the keys that
+make sense for such a CRL are accepted in its ``[issuers.crl]`` table."""
 
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ class CrlConfig:
     keep_expired: bool = False
     archive: int = 10
     issuing_distribution_point: bool = False
+    number_floor: int = 0  # the CRL numbers built here are greater than this (a CA moved from another system)
+    expiry_warning: int = 30 * 86400  # an offline issuer's CRL: warn this long before its nextUpdate
 
 
 @dataclass(frozen=True)
@@ -53,11 +59,16 @@ class IssuerConfig:
     name: str
     certificate_path: Path
     certificate: x509.Certificate = field(repr=False, compare=False)
-    key_label: str
+    key_label: str | None  # None: an offline issuer (its CRL is published, never built here)
     signature_algorithm: SignatureAlgorithm | None
     crl: CrlConfig = field(default_factory=CrlConfig)
     ocsp: OcspConfig | None = None
     policies: tuple[PolicyDocument, ...] = ()  # certification policies shown (and served) on the page
+
+    @property
+    def offline(self) -> bool:
+        """True when the issuer's key is not here: its CRL comes from ``annuaire crl publish``."""
+        return self.key_label is None
 
 
 def issuer_section(file: Path, index: int, table: Any) -> IssuerConfig:
@@ -78,15 +89,33 @@ def issuer_section(file: Path, index: int, table: Any) -> IssuerConfig:
             algorithm = SignatureAlgorithm.parse(s.get("signature_algorithm", str))
         except ValueError as exc:
             raise s.error("signature_algorithm", str(exc)) from None
-    crl = _crl(Section(file, f"issuers[{name}].crl", s.table_of("crl"), set(CrlConfig.__dataclass_fields__)))
+    key_label = s.get("key_label", str, None)
+    if key_label is not None and not key_label:
+        raise s.error("key_label", "must not be empty (omit it for an offline issuer)")
+    if key_label is None and algorithm is not None:
+        raise s.error("signature_algorithm", "an issuer without key_label signs nothing here")
+    crl_keys = set(CrlConfig.__dataclass_fields__) if key_label is not None else OFFLINE_CRL_KEYS
+    crl_section = s.table_of("crl")
+    if key_label is None:
+        for key in crl_section:
+            if key not in OFFLINE_CRL_KEYS and key in CrlConfig.__dataclass_fields__:
+                raise ConfigError(file, f"issuers[{name}].crl.{key}", "an issuer without key_label builds no CRL "
+                                  "(its CRL is signed offline and installed with `annuaire crl publish`)")
+    crl = _crl(Section(file, f"issuers[{name}].crl", crl_section, crl_keys), offline=key_label is None)
     ocsp = None
     if "ocsp" in table:
         ocsp = _ocsp(Section(file, f"issuers[{name}].ocsp", s.table_of("ocsp"), {
             "signer_certificate", "signer_key_label", "validity", "nonce", "unknown_status", "max_cert_ids",
             "live_concurrency"}), cert)
+        if key_label is None and ocsp.signer_key_label is None:
+            raise s.error("ocsp", "an issuer without key_label answers OCSP only through a delegated responder "
+                                  "(signer_certificate and signer_key_label)")
     policies = policies_section(file, f"issuers[{name}].policies", table["policies"]) if "policies" in table else ()
-    return IssuerConfig(name, cert_path, cert, s.get("key_label", str, required=True), algorithm, crl, ocsp,
-                        policies)
+    return IssuerConfig(name, cert_path, cert, key_label, algorithm, crl, ocsp, policies)
+
+
+# [issuers.crl] keys an offline issuer may set (everything else is about building CRLs here)
+OFFLINE_CRL_KEYS = {"issuing_distribution_point", "archive", "expiry_warning"}
 
 
 def _ocsp(s: Section, ca: x509.Certificate) -> OcspConfig:
@@ -132,12 +161,15 @@ def _ocsp(s: Section, ca: x509.Certificate) -> OcspConfig:
     return OcspConfig(cert_path, signer, label, validity, nonce, unknown, max_ids, live)
 
 
-def _crl(s: Section) -> CrlConfig:
+def _crl(s: Section, offline: bool = False) -> CrlConfig:
     defaults = CrlConfig()
     values: dict[str, object] = {}
+    if offline:  # nothing is built, nothing is scheduled for it
+        values.update(on_revocation_delay=None, delta=False, partitions=0)
     if s.table.get("on_revocation_delay") is False:  # explicitly off: only the schedule rebuilds
         values["on_revocation_delay"] = None
-    for key in ("interval", "validity", "overlap", "delta_interval", "delta_validity", "on_revocation_delay"):
+    for key in ("interval", "validity", "overlap", "delta_interval", "delta_validity", "on_revocation_delay",
+                "expiry_warning"):
         if key in s.table and key not in values:
             try:
                 values[key] = parse_duration(s.table[key])
@@ -146,7 +178,7 @@ def _crl(s: Section) -> CrlConfig:
     for key in ("delta", "keep_expired", "issuing_distribution_point"):
         if key in s.table:
             values[key] = s.get(key, bool)
-    for key, low, high in (("partitions", 0, 4096), ("archive", 0, 10000)):
+    for key, low, high in (("partitions", 0, 4096), ("archive", 0, 10000), ("number_floor", 0, 2**159)):
         if key in s.table:
             value = s.get(key, int)
             if not low <= value <= high:

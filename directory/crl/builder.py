@@ -18,11 +18,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +32,7 @@ from cryptography import x509
 from directory import der
 from directory.config import Config, IssuerConfig
 from directory.crl.entrycheck import WalkCache, check_entry_extensions
+from directory.crl.install import CrlFolder
 from directory.hsm.signer import HsmSigner, KeySigner, SignatureCheckFailed
 from directory.publication import Target, crl_dir, crl_url, delta_target, full_crl_name, targets_of
 from directory.registry import Registry
@@ -45,9 +44,12 @@ CHUNK = 1 << 20
 
 def publishers_for(config: Config, hsm: HsmSigner, registry: Registry, clock: Callable[[], float] = time.time,
                    on_published: Callable[[PublishedCrl], None] | None = None) -> dict[str, CrlPublisher]:
-    """One publisher per configured issuer, signing with that issuer's HSM key."""
+    """One publisher per configured issuer whose key is here, signing with it (offline issuers have none:
+    their CRL is published, ``directory.crl.publish``)."""
     out = {}
     for issuer in config.issuers:
+        if issuer.key_label is None:
+            continue
         signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm)
         out[issuer.name] = CrlPublisher(issuer, signer, registry, crl_dir(config), config.http.base_url, clock,
                                         on_published)
@@ -103,9 +105,9 @@ class CrlPublisher:
         self.on_stage: Callable[[str], None] | None = None  # "ac-x.crl number 12: signing" (CLI progress)
         self.stats = CrlStats()
         self._walks: dict[str, WalkCache] = {}  # per CRL file: the entry walk of its previous build
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "archive").mkdir(exist_ok=True)
-        self._remove_stale_temporaries()
+        self.folder = CrlFolder(crl_dir, issuer.name, issuer.crl.archive)
+        self.folder.remove_stale_temporaries()
+        self._floor_applied = not issuer.crl.number_floor
         cert = issuer.certificate
         self._issuer_name = cert.subject.public_bytes()
         self._public_key = cert.public_key()
@@ -125,30 +127,50 @@ class CrlPublisher:
         return delta_target(self.issuer.name)
 
     # -- building ----------------------------------------------------------------------------
-    def publish_all(self) -> list[PublishedCrl]:
-        """Full CRL(s), then the delta against the new base when deltas are on."""
+    def publish_all(self, rebase: bool = True) -> list[PublishedCrl]:
+        """Full CRL(s), then the delta when deltas are on: against the new full CRL (``rebase``: a scheduled
+        build), or against the base the previous delta used (a rebuild for a revocation: clients still
+        hold that base, and a delta applies to any complete CRL numbered at least its base, RFC 5280)."""
         out = [self.publish(t) for t in self.full_targets()]
         if self.settings.delta:
-            out.append(self.publish(self.delta_target()))
+            out.append(self.publish(self.delta_target(), rebase))
         return out
 
-    def publish(self, target: Target) -> PublishedCrl:
+    def delta_base(self, rebase: bool) -> CrlRecord | None:
+        """The full CRL a new delta lists the changes since: the newest (``rebase``), else the previous
+        delta's base while it is still published and unexpired."""
+        newest = self.registry.crl_latest(self.issuer.name, "main", "full")
+        previous = self.registry.crl_latest(self.issuer.name, "main", "delta")
+        if rebase or newest is None or previous is None or previous.base_number is None:
+            return newest
+        kept = self.registry.crl_published(self.issuer.name, "main", "full", previous.base_number)
+        if kept is None or kept.next_update <= self.clock():
+            return newest
+        return kept
+
+    def publish(self, target: Target, rebase: bool = False) -> PublishedCrl:
+        """Build, sign, check and install one CRL (a delta against ``delta_base(rebase)``)."""
         started = time.monotonic()
         now = int(self.clock())
         validity = self.settings.delta_validity if target.kind == "delta" else self.settings.validity
         base: CrlRecord | None = None
         if target.kind == "delta":
-            base = self.registry.crl_latest(self.issuer.name, "main", "full")
+            base = self.delta_base(rebase)
             if base is None:
                 raise CrlBuildError(f"{self.issuer.name}: no published full CRL to base a delta on")
-        highest = self._highest_on_disk(target.scope)
+        highest = self.folder.highest_archived(t.filename for t in targets_of(self.issuer) if t.scope == target.scope)
         if highest and self.registry.crl_raise_number(self.issuer.name, target.scope, highest):
             log.warning("%s: CRL number %d is on disk but the registry was behind it (restored from a backup?); "
                         "numbering continues after it", target.filename, highest, extra={"issuer": self.issuer.name})
+        if not self._floor_applied and target.scope == "main":
+            if self.registry.crl_raise_number(self.issuer.name, "main", self.settings.number_floor):
+                log.info("%s: CRL numbers continue after %d ([issuers.crl] number_floor)", self.issuer.name,
+                         self.settings.number_floor, extra={"issuer": self.issuer.name})
+            self._floor_applied = True
         record = self.registry.crl_allocate(self.issuer.name, target.scope, target.kind, now, now + validity,
                                             base.number if base else None)
-        tbs_tmp = self.dir / f".{target.filename}.{record.number}.tbs.tmp"
-        crl_tmp = self.dir / f".{target.filename}.{record.number}.tmp"
+        tbs_tmp = self.folder.temporary(target.filename, record.number, ".tbs")
+        crl_tmp = self.folder.temporary(target.filename, record.number)
         def stage(text: str) -> None:
             if self.on_stage is not None:
                 self.on_stage(f"{target.filename} number {record.number}: {text}")
@@ -282,19 +304,14 @@ class CrlPublisher:
 
     def _install(self, target: Target, record: CrlRecord, tmp: Path, tbs: _Tbs, size: int, sha256: str,
                  started: float) -> PublishedCrl:
-        final = self.dir / target.filename
-        with self._lock():
+        with self.folder.lock():
             latest = self.registry.crl_latest(self.issuer.name, target.scope, target.kind)
             if latest is not None and latest.number >= record.number:
                 raise CrlBuildError(f"a newer CRL (number {latest.number}) was published meanwhile")
-            archived = self.dir / "archive" / f"{final.stem}-{record.number}{final.suffix}"
-            if not archived.exists():
-                os.link(tmp, archived)
-            os.replace(tmp, final)
-            _fsync_dir(self.dir)
+            final = self.folder.install(tmp, target.filename, record.number)
             data = final.read_bytes() if self.registry.keeps_crl_bytes else None
             self.registry.crl_finish(record, "published", tbs.change_seq, tbs.entries, size, sha256, data=data)
-        self._prune_archive(final)
+        self.folder.prune(target.filename)
         record = dataclasses.replace(record, state="published", change_seq=tbs.change_seq, entries=tbs.entries,
                                      size=size, sha256=sha256)
         published = PublishedCrl(target, record, final, tbs.entries, size, sha256, record.this_update,
@@ -306,63 +323,12 @@ class CrlPublisher:
             self.on_published(published)
         return published
 
-    def _remove_stale_temporaries(self, older_than: float = 3600) -> None:
-        """Temporary files of builds killed mid-write (never served: their names start with a dot)."""
-        limit = time.time() - older_than
-        for tmp in self.dir.glob(f".{self.issuer.name}*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                if tmp.stat().st_mtime < limit:
-                    tmp.unlink()
-
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        with open(self.dir / f".{self.issuer.name}.lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-    def _highest_on_disk(self, scope: str) -> int:
-        """The highest CRL number of ``scope`` ever published from this machine, from the archive's file
-        names (the live file is always archived too): a registry restored from an older backup must not
-        hand out a number that relying parties have already seen."""
-        highest = 0
-        for target in targets_of(self.issuer):
-            if target.scope != scope:
-                continue
-            pattern = re.compile(rf"^{re.escape(Path(target.filename).stem)}-(\d+)\.crl$")
-            with contextlib.suppress(FileNotFoundError):
-                for entry in os.scandir(self.dir / "archive"):
-                    match = pattern.match(entry.name)
-                    if match:
-                        highest = max(highest, int(match.group(1)))
-        return highest
-
-    def _prune_archive(self, final: Path) -> None:
-        """Keep the newest ``archive`` CRLs of this file name (archive/NAME-NUMBER.crl)."""
-        pattern = re.compile(rf"^{re.escape(final.stem)}-(\d+){re.escape(final.suffix)}$")
-        numbered = sorted((int(m.group(1)), p) for p in (self.dir / "archive").iterdir()
-                          if (m := pattern.match(p.name)))
-        keep = self.settings.archive
-        for _, old in numbered[:-keep] if keep else numbered:
-            with contextlib.suppress(FileNotFoundError):
-                old.unlink()
-
 
 def pem_crl(data: bytes) -> bytes:
     """PEM form of a DER CRL (served on demand; the build only writes DER)."""
     body = base64.b64encode(data)
     lines = b"\n".join([body[i:i + 64] for i in range(0, len(body), 64)])
     return b"-----BEGIN X509 CRL-----\n" + lines + b"\n-----END X509 CRL-----\n"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_chunks(path: Path) -> Iterator[bytes]:

@@ -1,13 +1,17 @@
 """CRL publication inside ``annuaire serve``: publishers, schedules, revocation triggers and HTTP routes.
 
-Per issuer:
+Per issuer whose key is here:
 - every ``interval``: full CRL(s) (and the delta);
 - every ``delta_interval`` when deltas are on: a delta against the newest full CRL;
 - a freshness watchdog: whenever ``now >= nextUpdate - overlap`` the CRL is rebuilt, so a CRL never
   expires because nothing was revoked (this also covers a missed schedule or a clock jump);
 - when ``on_revocation_delay`` is set, the registry's change log is polled every ``delay / 2`` seconds
-  (at least 1 s): a revocation made by any process is in a new CRL within ``on_revocation_delay``.
+  (at least 1 s): a status change made by any process that no full CRL lists yet gets a new full CRL
+  (its partitions, and the delta when deltas are on) within ``on_revocation_delay``: relying parties
+  that never read deltas, most of them, see it as soon as delta-aware ones.
 Builds run on a worker thread, one at a time per issuer; serving never waits for them.
+An offline issuer (no key here) builds nothing: its CRL is published (``publish``), served like the
+others, and its nextUpdate watched (a readiness warning within ``expiry_warning``, a failure once expired).
 
 Several nodes on one PostgreSQL registry: each issuer's CRLs are built by the one node holding its lease
 (``crl:NAME``; tried every ``LEASE_CHECK`` seconds, so a dead builder is replaced within that); every node
@@ -32,7 +36,8 @@ from cryptography import x509
 from directory.crl.builder import CrlBuildError, CrlPublisher, PublishedCrl, publishers_for
 from directory.crl.files import read_regular
 from directory.crl.http import CERT_NAME, CRL_NAME, CrlFiles, ServedFile, ca_file, respond
-from directory.crl.metrics import CrlMetrics
+from directory.crl.metrics import CrlMetrics, offline_crl_problem
+from directory.crl.publish import publish_crl
 from directory.crl.visibility import CrlVisibility
 from directory.hsm.signer import HsmError
 from directory.publication import Target, crl_dir, delta_target, full_crl_name, targets_of
@@ -71,7 +76,7 @@ class CrlComponent:
         self.registry = service.registry
         self.publishers = publishers_for(config, service.hsm, service.registry, self.clock)
         self._locks = {name: asyncio.Lock() for name in self.publishers}
-        self.metrics = CrlMetrics(self.publishers, self.registry, self.clock)
+        self.metrics = CrlMetrics(config.issuers, self.publishers, self.registry, self.clock)
         service.metrics.register(self.metrics.collect)
         cap = min(i.crl.interval for i in config.issuers)
         self.files = CrlFiles(crl_dir(config), cap, self.clock)
@@ -95,11 +100,12 @@ class CrlComponent:
                                 id=f"crl-changes-{name}")
         service.add_job(self.watchdog, "interval", seconds=30, id="crl-watchdog")
         service.readiness_checks["crl"] = self.readiness
+        service.readiness_warnings["crl-offline"] = self.offline_warnings
         self.leases = {name: self.registry.lease(f"crl:{name}") for name in self.publishers}
         if self.registry.keeps_crl_bytes:  # several nodes: follow what the others publish
-            for publisher in self.publishers.values():
-                for target in targets_of(publisher.issuer):
-                    self._local_numbers[target.filename] = _file_number(publisher.dir / target.filename)
+            for issuer in config.issuers:
+                for target in targets_of(issuer):
+                    self._local_numbers[target.filename] = _file_number(self.files.directory / target.filename)
             await self._in_thread(self.follow)
             service.add_job(self._take_leases, "interval", seconds=LEASE_CHECK, id="crl-leases")
             self._follower = asyncio.create_task(self._follow_loop())
@@ -130,13 +136,10 @@ class CrlComponent:
         return False
 
     def changed(self, name: str) -> bool:
-        """True when a status change is in no published CRL yet (full or delta: with deltas on, a change
-        already in the delta needs no new CRL until the next scheduled one)."""
-        latest = [self.registry.crl_latest(name, "main", kind) for kind in ("full", "delta")]
-        if latest[0] is None:
-            return True
-        covered = max(r.change_seq for r in latest if r is not None)
-        return self.registry.change_seq(name) > covered
+        """True when a status change is in no published full CRL yet (a delta listing it is not enough:
+        most relying parties read only the full CRL the certificates' CDPs name)."""
+        latest = self.registry.crl_latest(name, "main", "full")
+        return latest is None or self.registry.change_seq(name) > latest.change_seq
 
     # -- jobs ---------------------------------------------------------------------------------
     async def watchdog(self) -> None:
@@ -148,7 +151,7 @@ class CrlComponent:
     async def build_if_changed(self, name: str) -> None:
         await self._in_thread(self._count_served, name)  # CRLs another process published (annuaire crl build)
         if await self._in_thread(self.changed, name):
-            await self.build(name, "delta" if self.publishers[name].settings.delta else "all")
+            await self.build(name, "changes")
 
     async def _take_leases(self) -> None:
         """Try to become the builder of each issuer whose builder is gone; build what is due at once."""
@@ -182,16 +185,16 @@ class CrlComponent:
         """Copy CRLs published by another node (newer than the file we serve) into our files; atomic."""
         assert self.files is not None
         copied = 0
-        for name, publisher in self.publishers.items():
-            before = copied
-            for target in targets_of(publisher.issuer):
+        for issuer in self.service.config.issuers if self.service else ():  # offline issuers too
+            name, before = issuer.name, copied
+            for target in targets_of(issuer):
                 record = self.registry.crl_latest(name, target.scope, target.kind)
                 if record is None or record.number <= self._local_numbers.get(target.filename, 0):
                     continue
                 data = self.registry.crl_bytes(name, target.scope, target.kind, record.number)
                 if data is None:
                     continue
-                _write_atomically(publisher.dir / target.filename, data)
+                _write_atomically(self.files.directory / target.filename, data)
                 self._local_numbers[target.filename] = record.number
                 self.files.refresh(target.filename)
                 copied += 1
@@ -202,6 +205,8 @@ class CrlComponent:
         return copied
 
     async def build(self, name: str, what: str = "all") -> list[PublishedCrl]:
+        """``all``: full CRL(s) and delta, the full one the delta's new base; ``changes``: the same for a status
+        change, the delta keeping its base; ``delta``: the delta alone."""
         publisher = self.publishers[name]
         if not await self._lead(name):
             return []  # another node builds this issuer's CRLs; we serve what it publishes
@@ -209,8 +214,8 @@ class CrlComponent:
             try:
                 if what == "delta" and self.registry.crl_latest(name, "main", "full") is not None:
                     result = [await self._in_thread(publisher.publish, publisher.delta_target())]
-                else:
-                    result = await self._in_thread(publisher.publish_all)
+                else:  # a rebuild for a revocation keeps the delta's base (clients hold it)
+                    result = await self._in_thread(publisher.publish_all, what != "changes")
             except (CrlBuildError, HsmError) as exc:
                 log.error("CRL build for %s failed: %s", name, exc)
                 return []
@@ -247,17 +252,42 @@ class CrlComponent:
     async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def publish(self, name: str, data: bytes, actor: str) -> PublishedCrl:
+        """Install a CRL signed elsewhere as ``name``'s CRL (``publish.publish_crl``), then serve it."""
+        assert self.service is not None and self.files is not None
+        issuer = self.service.config.issuer(name)
+        lock = self._locks.get(name) or asyncio.Lock()
+        async with lock:  # never while this node builds the same issuer's CRL
+            published = await self._in_thread(publish_crl, issuer, self.registry, self.files.directory,
+                                              self.service.config.http.base_url, data, actor, self.clock)
+        await self._in_thread(self.files.refresh, published.path.name)
+        self._local_numbers[published.path.name] = published.record.number
+        return published
+
     async def readiness(self) -> str | None:
         now = self.clock()
         problems = []
-        for publisher in self.publishers.values():
-            for target in publisher.full_targets():
+        for issuer in self.service.config.issuers if self.service else ():
+            for target in targets_of(issuer):
+                if target.kind != "full":
+                    continue
                 served = await self.files.get(target.filename) if self.files else None
+                hint = " (signed offline: `annuaire crl publish`)" if issuer.offline else ""
                 if served is None:
-                    problems.append(f"{target.filename} not published")
+                    problems.append(f"{target.filename} not published{hint}")
                 elif served.expires is not None and served.expires <= now:
-                    problems.append(f"{target.filename} expired")
+                    problems.append(f"{target.filename} expired{hint}")
         return "; ".join(problems) or None
+
+    async def offline_warnings(self) -> str | None:
+        """Offline issuers whose CRL must be signed again soon (a warning: it is still valid)."""
+        now = self.clock()
+        warnings = []
+        for issuer in self.service.config.issuers if self.service else ():
+            found = await self._in_thread(offline_crl_problem, issuer, self.registry, now)
+            if found is not None and not found[0]:
+                warnings.append(found[1])
+        return "; ".join(warnings) or None
 
     # -- HTTP -----------------------------------------------------------------------------------
     async def _serve_crl(self, request: web.Request) -> web.Response:

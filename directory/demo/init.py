@@ -7,6 +7,7 @@ Layout of DIR (a contract: tests, make run and operators' scripts read it):
   secrets/ldap-password  bind password of the managed slapd (0600)
   secrets/admin-token    bearer token of the admin API (0600)
   ca/NAME.pem            root, issuing CAs and OCSP signers; ca/chain.pem = root + issuing CAs
+  ca/ac-racine.crl       the root's ARL, signed at init (the root key is then destroyed: the root is offline)
   certs/*.pem            end entities; certs/manifest.json lists {file, issuer, serial_hex, profile, status, reason,
                          holder} (holder: the national identifier, idNat_PS or idNat_Struct)
   pc/pc-NAME.txt         each CA's (demonstration) certification policy, served at /pc/ and linked from the page
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from directory.config import Config, load_config
-from directory.demo import issuance
+from directory.demo import ceremony, issuance
 from directory.demo.holders import PERSONNES, STRUCTURES, holder_id, issue_end_entities
 from directory.demo.issuance import CertificateAuthority
 from directory.demo.policies import policies_table, write_policies
@@ -141,6 +142,8 @@ def init_demo(options: DemoOptions, say: Callable[[str], None] = lambda _: None)
             (ca_dir / f"{name}.pem").write_bytes(issuance.pem(cert))
         (ca_dir / "chain.pem").write_bytes(b"".join(issuance.pem(ca.certificate) for ca in cas.values()
                                                     if ca.certificate is not None))
+        arl = ceremony.offline_root(hsm, cas[ROOT], say)
+        (ca_dir / f"{ROOT}.crl").write_bytes(arl)
         _write_private(directory / "secrets" / "ldap-password", secrets.token_urlsafe(18) + "\n")
         _write_private(directory / "secrets" / "admin-token", secrets.token_urlsafe(32) + "\n")
         write_policies(directory / "pc", cas)
@@ -148,6 +151,7 @@ def init_demo(options: DemoOptions, say: Callable[[str], None] = lambda _: None)
         config = load_config(config_file.with_suffix(".toml.tmp"))
         say(f"issuing {options.certs} end-entity certificates")
         _populate(config, hsm, cas, ocsp_certs, directory, options, urls)
+        ceremony.publish_arl(config, ROOT, arl)
         os.replace(config_file.with_suffix(".toml.tmp"), config_file)
     finally:
         hsm.close()
@@ -197,6 +201,8 @@ def _hsm_section(options: DemoOptions) -> str:
 
 def _write_config(path: Path, options: DemoOptions) -> None:
     def crl_table(name: str) -> str:
+        if name == ROOT:  # offline: its ARL is signed at init-demo (the key ceremony), then published
+            return ('\n[issuers.crl]\nexpiry_warning = "30d"   # warn this long before the ARL\'s nextUpdate\n')
         lines = ["on_revocation_delay = 5"]
         if name != ROOT and options.crl_partitions:
             lines.append(f"partitions = {options.crl_partitions}")
@@ -208,9 +214,13 @@ def _write_config(path: Path, options: DemoOptions) -> None:
                      f'signer_key_label = "ocsp-{name}"\n')
         return text
 
-    issuers = "".join(
-        f'\n[[issuers]]\nname = "{name}"\ncertificate = "ca/{name}.pem"\nkey_label = "{name}"\n' + crl_table(name)
-        + policies_table(name) for name in (ROOT, PERSONNES, STRUCTURES))
+    def key(name: str) -> str:
+        if name == ROOT:
+            return "# no key_label: the root is offline (its key was destroyed after signing the ARL)\n"
+        return f'key_label = "{name}"\n'
+
+    issuers = "".join(f'\n[[issuers]]\nname = "{name}"\ncertificate = "ca/{name}.pem"\n' + key(name) + crl_table(name)
+                      + policies_table(name) for name in (ROOT, PERSONNES, STRUCTURES))
     path.write_text(
         "# Written by `annuaire init-demo`: a DEMO configuration. Keys live in the private SoftHSM2 token\n"
         "# under hsm/; the PIN and the LDAP password are in files readable only by their owner.\n"

@@ -19,10 +19,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from directory.certinfo import CertificateInfo, describe
 from directory.ingest.sources import SourceItem, expand, read_file
+from directory.inputs import format_time
 from directory.refusal import Refused
 from directory.registry import NotRegistered, Registry, RegistryError
 from directory.registry.store import ImportOutcome
-from directory.revocation import RevocationRefused
+from directory.revocation import RevocationRefused, RevocationState, describe_state
 from directory.serials import SerialError
 
 BATCH = 500
@@ -39,12 +40,41 @@ class KnownIssuer:
     certificate: x509.Certificate
 
 
+@dataclass(frozen=True)
+class Difference:
+    """A certificate whose state in the file differs from the registry's, the registry's being newer."""
+
+    source: str
+    issuer: str
+    serial_hex: str
+    registry: RevocationState
+    file: RevocationState
+    applied: bool  # the file's older state was applied (``apply_older``); else the registry kept its own
+
+    def as_dict(self) -> dict[str, object]:
+        return {"source": self.source, "issuer": self.issuer, "serial_hex": self.serial_hex,
+                "registry": _state_dict(self.registry), "file": _state_dict(self.file),
+                "outcome": "file's older state applied" if self.applied else "registry kept (its change is newer)"}
+
+    def text(self) -> str:
+        verdict = ("the file's older state applied (--apply-older)" if self.applied else
+                   "kept the registry's (--apply-older applies the file's)")
+        return (f"{self.issuer} 0x{self.serial_hex}: the registry says {describe_state(self.registry)}, changed after "
+                f"the file's {describe_state(self.file)}: {verdict}")
+
+
+def _state_dict(state: RevocationState) -> dict[str, object]:
+    return {"status": state.status, "reason": state.reason, "revocation_time": format_time(state.revocation_time),
+            "invalidity_date": format_time(state.invalidity_date)}
+
+
 @dataclass
 class ImportSummary:
     imported: int = 0
     present: int = 0
-    revoked: int = 0
+    revoked: int = 0  # status changes applied from index lines (revocations, holds, and releases with apply_older)
     refused: list[tuple[str, str]] = field(default_factory=list)
+    differences: list[Difference] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -52,7 +82,8 @@ class ImportSummary:
 
     def as_dict(self) -> dict[str, object]:
         return {"imported": self.imported, "already_present": self.present, "revocations_applied": self.revoked,
-                "refused": [{"source": s, "reason": r} for s, r in self.refused]}
+                "refused": [{"source": s, "reason": r} for s, r in self.refused],
+                "differences": [d.as_dict() for d in self.differences]}
 
 
 class CertificateChecker:
@@ -111,11 +142,14 @@ class Importer:
     """Feeds checked certificates (and index.txt revocations) into the registry."""
 
     def __init__(self, registry: Registry, issuers: Iterable[KnownIssuer], actor: str = "import",
-                 after_import: Callable[[str, list[CertificateInfo]], None] | None = None) -> None:
+                 after_import: Callable[[str, list[CertificateInfo]], None] | None = None,
+                 apply_older: bool = False) -> None:
         self.registry = registry
         self.checker = CertificateChecker(issuers)
         self.actor = actor
         self.after_import = after_import  # called with the certificates an import added (e.g. LDAP projection)
+        # an index line's state is applied even where the registry changed the certificate since
+        self.apply_older = apply_older
 
     def import_paths(self, paths: list[Path], certs_dir: Path | None = None,
                      progress: Callable[[int, int], None] | None = None) -> ImportSummary:
@@ -187,20 +221,27 @@ class Importer:
                     summary.present += 1
                 else:
                     summary.imported += 1
-                if item.revocation is not None:
-                    self._apply_index_revocation(origin, issuer, info, item, summary)
+                if item.indexed:
+                    self._apply_index_state(origin, issuer, info, item, summary)
         batch.clear()
 
-    def _apply_index_revocation(self, origin: str, issuer: str, info: CertificateInfo, item: SourceItem,
-                                summary: ImportSummary) -> None:
+    def _apply_index_state(self, origin: str, issuer: str, info: CertificateInfo, item: SourceItem,
+                           summary: ImportSummary) -> None:
+        """The status an index line gives, unless the registry changed the certificate since (then reported)."""
         rev = item.revocation
-        assert rev is not None
+        given = RevocationState("good") if rev is None else RevocationState(
+            "on-hold" if rev.reason == "certificateHold" else "revoked", rev.reason, rev.at, rev.invalidity_date)
+        current = self.registry.status_of(issuer, info.serial_hex)
+        if current is not None and current[0] == given.status and current[2] == given.reason:
+            return  # the common case, read without a write transaction
         try:
-            result = self.registry.revoke(issuer, info.serial_hex, rev.reason, at=rev.at,
-                                          invalidity_date=rev.invalidity_date, actor=self.actor)
+            outcome = self.registry.apply_file_state(issuer, info.serial_hex, given, self.actor, self.apply_older)
         except (RevocationRefused, RegistryError, NotRegistered) as exc:
-            summary.refused.append((origin, f"revocation not applied: {exc}"))
+            summary.refused.append((origin, f"{'revocation' if rev else 'state'} not applied: {exc}"))
             return
-        if result.changed:
+        if outcome.order == "registry-newer":
+            summary.differences.append(Difference(origin, issuer, info.serial_hex, outcome.before, given,
+                                                  outcome.applied))
+        if outcome.applied and outcome.order != "same":
             summary.revoked += 1
 

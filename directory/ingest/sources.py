@@ -37,6 +37,7 @@ class SourceItem:
     der: bytes | None = None
     error: str | None = None
     revocation: IndexRevocation | None = None
+    indexed: bool = False  # from an index line: it states the certificate's status (revocation None: valid)
 
 
 def expand(paths: list[Path]) -> list[Path]:
@@ -114,6 +115,8 @@ def _index_revocation(field: str) -> IndexRevocation:
         reason = "keyCompromise" if reason_text == "keyTime" else "cACompromise"
         if len(parts) > 2:
             invalidity = _index_time(parts[2])
+    elif reason_text == "holdInstruction":  # openssl ca -crl_hold (the instruction OID follows)
+        reason = "certificateHold"
     elif reason_text == "removeFromCRL":
         raise RevocationRefused("removeFromCRL is not a revocation reason")
     else:
@@ -154,7 +157,7 @@ def read_index(path: Path, data: bytes, certs_dir: Path | None) -> Iterator[Sour
         if len(items) != 1 or items[0].der is None:
             yield SourceItem(origin, error=f"{cert_file}: {items[0].error if items else 'no certificate'}")
             continue
-        yield SourceItem(f"{origin} ({cert_file.name})", der=items[0].der, revocation=revocation)
+        yield SourceItem(f"{origin} ({cert_file.name})", der=items[0].der, revocation=revocation, indexed=True)
 
 
 def _find_cert_file(search: list[Path], serial: str, filename: str) -> Path | None:

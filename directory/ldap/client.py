@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from directory.ldap import ber
+from directory.ldap.codes import explain
 
 SUCCESS = 0
 SIZE_LIMIT_EXCEEDED = 4
@@ -70,6 +71,10 @@ class OpResult:
     @property
     def ok(self) -> bool:
         return self.code == SUCCESS
+
+    def text(self) -> str:
+        """The code said in words, with the server's message (``65 objectClassViolation: ...``)."""
+        return explain(self.code, self.message, self.operation.dn)
 
 
 class Entry:
@@ -161,7 +166,7 @@ class LdapClient:
         if self.start_tls and parts.scheme == "ldap":
             code, _, message = self._single(ber.extended_request(ber.START_TLS_OID), ber.EXTENDED_RESPONSE)
             if code != SUCCESS:
-                raise LdapError(f"StartTLS refused: {code} {message}")
+                raise LdapError(f"StartTLS refused: {explain(code, message)}")
             try:
                 self._sock = self._tls().wrap_socket(self._sock, server_hostname=parts.hostname)
             except OSError as exc:
@@ -173,10 +178,10 @@ class LdapClient:
     def _bind(self) -> None:
         code, _, message = self._single(ber.bind_request(self.bind_dn, self._password), ber.BIND_RESPONSE)
         if code in _UNAVAILABLE_CODES:
-            raise LdapUnavailable(f"bind: {code} {message}")
+            raise LdapUnavailable(f"bind: {explain(code, message, self.bind_dn)}")
         if code != SUCCESS:
             # never echo the password; the DN is not a secret
-            raise LdapError(f"bind as {self.bind_dn} refused: {code} {message}".strip())
+            raise LdapError(f"bind as {self.bind_dn} refused: {explain(code, message, self.bind_dn)}")
 
     def close(self) -> None:
         if self._sock is None:
@@ -293,13 +298,13 @@ class LdapClient:
                         return
                     if code in _UNAVAILABLE_CODES:
                         self.close()
-                        raise LdapUnavailable(f"search {base}: {code} {message}")
+                        raise LdapUnavailable(f"search {base}: {explain(code, message, base)}")
                     if code == SIZE_LIMIT_EXCEEDED:
                         raise LdapError(f"search {base}: the directory limits how many entries {self.bind_dn} may "
                                         "read (sizeLimitExceeded); a reconciliation reads whole branches: give it "
                                         f'`limits dn.exact="{self.bind_dn}" size=unlimited` (see provider.conf)')
                     if code != SUCCESS:
-                        raise LdapError(f"search {base} refused: {code} {message}")
+                        raise LdapError(f"search {base} refused: {explain(code, message, base)}")
                     cookie = self._decode(ber.paged_cookie, msg, ctrls)
                     break
                 # references are not followed: our branches live in one database
@@ -334,9 +339,9 @@ class LdapClient:
                     out[dn] = None
                 elif code in _UNAVAILABLE_CODES:
                     self.close()
-                    raise LdapUnavailable(f"read {dn}: {code} {message}")
+                    raise LdapUnavailable(f"read {dn}: {explain(code, message, dn)}")
                 elif code != SUCCESS:
-                    raise LdapError(f"read {dn} refused: {code} {message}")
+                    raise LdapError(f"read {dn} refused: {explain(code, message, dn)}")
                 else:
                     out.setdefault(dn, None)
         return out
@@ -366,7 +371,8 @@ class LdapClient:
             code, _, message = self._decode(ber.ldap_result, msg, start, end)
             if code in _UNAVAILABLE_CODES:
                 self.close()
-                raise LdapUnavailable(f"{type(item[1]).__name__.lower()} {item[1].dn}: {code} {message}")
+                raise LdapUnavailable(f"{type(item[1]).__name__.lower()} {item[1].dn}: "
+                                      f"{explain(code, message, item[1].dn)}")
             results[item[0]] = OpResult(item[1], code, message)
         return [results[i] for i in range(len(operations))]
 

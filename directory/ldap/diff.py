@@ -108,7 +108,7 @@ def plan(desired: DesiredEntry | None, actual: Entry | None) -> Plan | None:
     out.drift.certificates_missing, out.drift.certificates_extra = len(missing), len(extra)
     for key in sorted(set(present) | set(wanted_text) | set(wanted_binary)):
         if key in wanted_binary or (key in BINARY and key in present):
-            name, want = wanted_binary.get(key, (present[key][0], []))
+            name, want = wanted_binary[key] if key in wanted_binary else (present[key][0], [])
             got = present.get(key, (name, []))[1]
             if {digest(v) for v in want} != {digest(v) for v in got}:
                 out.changes.append((ber.MOD_REPLACE, name, tuple(want)) if want else (ber.MOD_DELETE, name, ()))

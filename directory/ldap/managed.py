@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from directory.config import Config, LdapConfig
-from directory.ldap import ber, dn, skeleton
-from directory.ldap.client import Add, LdapClient, LdapError, Modify
+from directory.ldap import ber, skeleton
+from directory.ldap.client import LdapClient, LdapError, Modify
 from directory.ldap.projection import Layout
 from directory.ldap.slapd import PROVIDER_TEMPLATE, Slapd, SlapdConfig, SlapdError, hash_password, unprivileged_user
 
@@ -51,10 +51,8 @@ def managed_slapd(config: Config) -> Slapd:
 def ensure_skeleton(slapd: Slapd, ldap: LdapConfig) -> None:
     """The skeleton (``skeleton.py``) and the service's bind entry, created when missing, as slapd's root DN;
     the bind entry's password set from ``[ldap] password_file``. ``SlapdError`` when slapd refuses."""
-    password = hash_password(ldap.read_password()).encode()
-    attribute, value = dn.parse(ldap.bind_dn)[0][0]
-    service = Add(ldap.bind_dn, {"objectClass": [b"top", b"applicationProcess", b"simpleSecurityObject"],
-                                 attribute: [value.encode()], "userPassword": [password]})
+    service = skeleton.service_entry(ldap.bind_dn, hash_password(ldap.read_password()))
+    password = service.attributes["userPassword"][0]
     try:
         with LdapClient([slapd.config.url], slapd.config.root_dn, slapd.config.root_password) as client:
             skeleton.ensure(client, [*skeleton.skeleton(Layout.from_config(ldap)), service])
@@ -63,7 +61,7 @@ def ensure_skeleton(slapd: Slapd, ldap: LdapConfig) -> None:
     except LdapError as exc:
         raise SlapdError(f"DIT skeleton not written: {exc}") from None
     if not result.ok:
-        raise SlapdError(f"cannot set the password of {ldap.bind_dn}: {result.code} {result.message}")
+        raise SlapdError(f"cannot set the password of {ldap.bind_dn}: {result.text()}")
 
 
 class ManagedLdapComponent:

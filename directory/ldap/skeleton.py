@@ -1,9 +1,10 @@
 """The directory's skeleton: the suffix entry and the ``ou=AC``, ``ou=Personnes``, ``ou=Structures`` branches.
 
-One definition, written with our own client, used in two places: every repairing pass of the sync creates
-what is missing (an external directory may start empty), and the managed slapd creates it at each start as
-its root DN, with the service's bind entry (which must exist before the service can bind at all). Entries
-that exist are left as they are.
+One definition, written with our own client, used in three places: every repairing pass of the sync creates
+what is missing (an external directory may start empty); the managed slapd creates it at each start as its
+root DN, with the service's bind entry (which must exist before the service can bind at all); and
+``annuaire ldap bootstrap`` does the same once on an operator's own slapd. Entries that exist are left as
+they are.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ def skeleton(layout: Layout) -> list[Add]:
     return entries
 
 
+def service_entry(bind_dn: str, password_hash: str) -> Add:
+    """The entry the service binds as (``[ldap] bind_dn``), with its password as a hash (never cleartext)."""
+    attribute, value = dn.parse(bind_dn)[0][0]
+    return Add(bind_dn, {"objectClass": [b"top", b"applicationProcess", b"simpleSecurityObject"],
+                         attribute: [value.encode()], "userPassword": [password_hash.encode()]})
+
+
 def ensure(client: LdapClient, entries: Sequence[Add]) -> list[str]:
     """Add the entries that are missing, one at a time in the order given (a parent before its children);
     the DNs added. ``LdapError`` names the first entry the directory refuses (one added meanwhile by
@@ -43,6 +51,6 @@ def ensure(client: LdapClient, entries: Sequence[Add]) -> list[str]:
             continue
         result = client.apply([entry])[0]
         if result.code not in (SUCCESS, ALREADY_EXISTS):
-            raise LdapError(f"cannot create {entry.dn}: {result.code} {result.message}")
+            raise LdapError(f"cannot create {entry.dn}: {result.text()}")
         added.append(entry.dn)
     return added

@@ -284,7 +284,7 @@ class DirectorySync:
         out: dict[str, LdapRefusal] = {}
         for item in report.rejected:
             key = str(item["key"])
-            reason = f"{item['operation']} {item['dn']}: {item['code']} {item['message']}".strip()
+            reason = f"{item['operation']} {item['dn']}: {item['text']}"
             out.setdefault(key, LdapRefusal(reason, dn_key=None if key in issuers else key, issuer=issuers.get(key)))
         return list(out.values())
 

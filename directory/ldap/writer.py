@@ -127,13 +127,13 @@ class PlanWriter:
 
     @staticmethod
     def _reject(p: Plan, result: OpResult, tally: Tally, what: str) -> None:
-        log.error("directory refused to %s %s: %d %s", what, p.dn, result.code, result.message)
+        log.error("directory refused to %s %s: %s", what, p.dn, result.text())
         try:
             key = dn.key(p.dn)
         except dn.DnError:
             key = p.dn.lower()
         tally.rejected.append({"dn": p.dn, "key": key, "operation": what, "code": result.code,
-                               "message": result.message})
+                               "message": result.message, "text": result.text()})
 
 
 def _count(p: Plan, tally: Tally) -> None:

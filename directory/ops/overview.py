@@ -16,6 +16,7 @@ from cryptography.x509.oid import NameOID
 
 from directory.certinfo import subject_text
 from directory.config import Config, IssuerConfig
+from directory.crl.metrics import offline_crl_problem
 from directory.publication import ca_certificate_url, crl_url, ocsp_signer_path, ocsp_url, policy_path, targets_of
 from directory.registry import Registry
 from directory.registry.checks import recent_reports
@@ -64,8 +65,11 @@ def _issuer(config: Config, issuer: IssuerConfig, registry: Registry, now: float
                 problems.append(Problem("crl", f"{target.filename}: not published yet"))
             continue
         expired = record.next_update <= now
-        stale = not expired and record.next_update - now < issuer.crl.overlap / 2
-        if expired:
+        stale = not expired and not issuer.offline and record.next_update - now < issuer.crl.overlap / 2
+        offline = offline_crl_problem(issuer, registry, now) if target.kind == "full" else None
+        if offline is not None:  # signed at the key ceremony: said ahead of time, by expiry_warning
+            problems.append(Problem("crl", offline[1]))
+        elif expired:
             problems.append(Problem("crl", f"{target.filename}: expired (nextUpdate passed)"))
         elif stale:
             problems.append(Problem("crl", f"{target.filename}: nextUpdate is near and no newer CRL is published"))
@@ -88,6 +92,7 @@ def _issuer(config: Config, issuer: IssuerConfig, registry: Registry, now: float
         "ocsp_signer": _ocsp_signer(base, issuer),
         "policies": [{"title": d.title, "url": d.url or base.rstrip("/") + policy_path(d.name or ""), "oid": d.oid,
                       "served": d.file is not None} for d in issuer.policies],
+        "offline": issuer.offline,  # its CRL is signed at its key ceremony and published, not built here
         "counts": {"good": counts.get("good", 0), "revoked": counts.get("revoked", 0),
                    "on-hold": counts.get("on-hold", 0)},
         "crls": crls,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from directory import der
+from directory.refusal import Refused
 from directory.registry.audit import AuditTrail
 from directory.registry.backends import Conn
 from directory.registry.ldap_outbox import LdapOutbox
@@ -35,6 +36,10 @@ class CrlRecord:
     size: int | None
     sha256: str | None
     error: str | None
+
+
+class CrlNumberRefused(Refused):
+    """A CRL handed in whose number does not go past the numbers already used for its sequence."""
 
 
 _CRL_COLUMNS = ("i.name, r.scope, r.kind, r.number, r.base_number, r.this_update, r.next_update, r.change_seq, "
@@ -159,18 +164,57 @@ class Crls(AuditTrail, LdapOutbox):
                        "der = ? WHERE issuer_id = ? AND scope = ? AND number = ?",
                        (state, change_seq, entries, size, sha256, error, keep, issuer_id, record.scope,
                         record.number))
-            if keep is not None:
-                tx.execute("UPDATE crls SET der = NULL WHERE issuer_id = ? AND scope = ? AND kind = ? AND number < ? "
-                           "AND der IS NOT NULL AND number NOT IN (SELECT MAX(number) FROM crls WHERE issuer_id = ? "
-                           "AND scope = ? AND kind = ? AND number < ? AND state = 'published')",
-                           (issuer_id, record.scope, record.kind, record.number, issuer_id, record.scope,
-                            record.kind, record.number))
-                self.backend.notify(tx, "annuaire_crls")
             if state == "published":
-                self._ldap_enqueue(tx, issuer_id, None, int(self.clock()))
-                self._audit(tx, actor, f"crl-published-{record.kind}", record.issuer, None, None,
-                            json.dumps({"scope": record.scope, "number": record.number, "entries": entries,
-                                        "sha256": sha256}, sort_keys=True))
+                self._published(tx, issuer_id, record, keep, actor, entries, sha256)
+
+    def crl_record_published(self, issuer: str, scope: str, kind: str, number: int, this_update: int,
+                             next_update: int, entries: int, size: int, sha256: str, actor: str,
+                             data: bytes | None = None) -> CrlRecord:
+        """Record a CRL signed elsewhere (``annuaire crl publish``) as published under its own number, in
+        one transaction; ``CrlNumberRefused`` unless that number is greater than every number of its scope
+        (built, burnt or published): numbers only go up, and the next one built here follows it."""
+        issuer_id = self._issuer_id(issuer)
+        keep = data if self.keeps_crl_bytes else None
+        with self._write() as tx:
+            row = tx.execute("SELECT last_number FROM crl_scopes WHERE issuer_id = ? AND scope = ?",
+                             (issuer_id, scope)).fetchone()
+            last = row[0] if row else 0
+            if number <= last:
+                raise CrlNumberRefused(f"{issuer}: CRL number {number} is not greater than {last}, the last number "
+                                       "of its sequence (CRL numbers only go up)", conflict=True)
+            if row:
+                tx.execute("UPDATE crl_scopes SET last_number = ? WHERE issuer_id = ? AND scope = ?",
+                           (number, issuer_id, scope))
+            else:
+                tx.execute("INSERT INTO crl_scopes (issuer_id, scope, last_number) VALUES (?, ?, ?)",
+                           (issuer_id, scope, number))
+            if scope == "main":
+                tx.execute("UPDATE issuers SET last_crl_number = ? WHERE id = ?", (number, issuer_id))
+            tx.execute("INSERT INTO crls (issuer_id, scope, kind, number, base_number, this_update, next_update, "
+                       "state, change_seq, entries, size, sha256, der, created_at) "
+                       "VALUES (?, ?, ?, ?, NULL, ?, ?, 'published', 0, ?, ?, ?, ?, ?)",
+                       (issuer_id, scope, kind, number, this_update, next_update, entries, size, sha256, keep,
+                        int(self.clock())))
+            record = CrlRecord(issuer, scope, kind, number, None, this_update, next_update, 0, "published",
+                               entries, size, sha256, None)
+            self._published(tx, issuer_id, record, keep, actor, entries, sha256)
+        return record
+
+    def _published(self, tx: Conn, issuer_id: int, record: CrlRecord, keep: bytes | None, actor: str,
+                   entries: int | None, sha256: str | None) -> None:
+        """What goes with every published CRL, in its transaction: older kept bytes dropped (the two newest
+        stay), the other nodes told, the directory's CA entry queued, the audit record."""
+        if keep is not None:
+            tx.execute("UPDATE crls SET der = NULL WHERE issuer_id = ? AND scope = ? AND kind = ? AND number < ? "
+                       "AND der IS NOT NULL AND number NOT IN (SELECT MAX(number) FROM crls WHERE issuer_id = ? "
+                       "AND scope = ? AND kind = ? AND number < ? AND state = 'published')",
+                       (issuer_id, record.scope, record.kind, record.number, issuer_id, record.scope,
+                        record.kind, record.number))
+            self.backend.notify(tx, "annuaire_crls")
+        self._ldap_enqueue(tx, issuer_id, None, int(self.clock()))
+        self._audit(tx, actor, f"crl-published-{record.kind}", record.issuer, None, None,
+                    json.dumps({"scope": record.scope, "number": record.number, "entries": entries,
+                                "sha256": sha256}, sort_keys=True))
 
     def crl_latest(self, issuer: str, scope: str = "main", kind: str = "full") -> CrlRecord | None:
         row = self._conn().execute(
@@ -178,6 +222,20 @@ class Crls(AuditTrail, LdapOutbox):
             "AND r.scope = ? AND r.kind = ? AND r.state = 'published' ORDER BY r.number DESC LIMIT 1",
             (self._issuer_id(issuer), scope, kind)).fetchone()
         return CrlRecord(*row) if row else None
+
+    def crl_published(self, issuer: str, scope: str, kind: str, number: int) -> CrlRecord | None:
+        """One published CRL by number (None when that number was never published in that scope)."""
+        row = self._conn().execute(
+            f"SELECT {_CRL_COLUMNS} FROM crls r JOIN issuers i ON i.id = r.issuer_id WHERE r.issuer_id = ? "
+            "AND r.scope = ? AND r.kind = ? AND r.number = ? AND r.state = 'published'",
+            (self._issuer_id(issuer), scope, kind, number)).fetchone()
+        return CrlRecord(*row) if row else None
+
+    def crl_last_number(self, issuer: str, scope: str = "main") -> int:
+        """The last number of a scope's sequence (allocated, burnt or published; 0 before the first)."""
+        row = self._conn().execute("SELECT last_number FROM crl_scopes WHERE issuer_id = ? AND scope = ?",
+                                   (self._issuer_id(issuer), scope)).fetchone()
+        return int(row[0]) if row else 0
 
     def crl_bytes(self, issuer: str, scope: str, kind: str, number: int) -> bytes | None:
         """The bytes of a published CRL, when the registry keeps them (several nodes)."""

@@ -14,7 +14,14 @@ from directory.registry.backends import Conn
 from directory.registry.certificates import CertificateRecord, Certificates
 from directory.registry.core import UnknownCertificate
 from directory.registry.crl_entries import serial_low, store_crl_entry
-from directory.revocation import Decision, RevocationState, decide_release, decide_revoke
+from directory.revocation import (
+    Decision,
+    FileOrder,
+    RevocationState,
+    decide_release,
+    decide_revoke,
+    file_state_order,
+)
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,17 @@ class ChangeOutcome:
     changed: bool
     message: str
     record: CertificateRecord
+
+
+@dataclass(frozen=True)
+class FileStateOutcome:
+    """A file's state for one certificate against the registry's: ``order`` says which was newer;
+    ``applied`` whether the registry now holds the file's state; ``before`` the registry's state before."""
+
+    order: FileOrder
+    applied: bool
+    message: str
+    before: RevocationState
 
 
 def _state_json(record: CertificateRecord | None) -> str | None:
@@ -80,6 +98,37 @@ class Revocations(Certificates):
             self._audit(tx, actor, "release-hold", issuer, serial_hex, _state_json(current), _state_json(after))
         self._notify(issuer, serial_hex, "released")
         return ChangeOutcome(True, decision.message, after)
+
+    def apply_file_state(self, issuer: str, serial_hex: str, given: RevocationState, actor: str = "import",
+                         apply_older: bool = False) -> FileStateOutcome:
+        """Bring one certificate to the state a file (``index.txt``) gives, unless the registry changed it
+        since (``revocation.file_state_order``): then the registry keeps its newer state, unless
+        ``apply_older``. Applied through the RFC 5280 rules (``RevocationRefused``), in one transaction."""
+        issuer_id = self._issuer_id(issuer)
+        now = int(self.clock())
+        with self._write() as tx:
+            current = self._get_tx(tx, issuer_id, serial_hex)
+            if current is None:
+                raise UnknownCertificate(f"issuer {issuer} has no certificate with serial 0x{serial_hex}")
+            last = tx.execute("SELECT MAX(s.at) FROM status_changes s JOIN certificates c ON c.id = s.certificate_id "
+                              "WHERE c.issuer_id = ? AND c.serial_hex = ?", (issuer_id, serial_hex)).fetchone()[0]
+            order = file_state_order(current.state, last, given)
+            if order == "same" or (order == "registry-newer" and not apply_older):
+                return FileStateOutcome(order, order == "same", "", current.state)
+            if given.status == "good":
+                decision = decide_release(current.state)
+            else:
+                assert given.reason is not None and given.revocation_time is not None
+                decision = decide_revoke(current.state, given.reason, given.revocation_time, given.invalidity_date,
+                                         now, current.not_before)
+            if decision.action == "noop":
+                return FileStateOutcome(order, False, decision.message, current.state)
+            after = self._apply(tx, issuer_id, serial_hex, decision, now)
+            action = ("release-hold" if given.status == "good" else "revoke") + (
+                "" if order == "file-newer" else "-older-file-state")
+            self._audit(tx, actor, action, issuer, serial_hex, _state_json(current), _state_json(after))
+        self._notify(issuer, serial_hex, "released" if after.status == "good" else "revoked")
+        return FileStateOutcome(order, True, decision.message, current.state)
 
     def _apply(self, tx: Conn, issuer_id: int, serial_hex: str, decision: Decision,
                now: int) -> CertificateRecord:

@@ -208,6 +208,15 @@ MIGRATIONS.append((
 ))
 
 MIGRATIONS.append((
+    10,
+    "A certificate's status changes by certificate: a re-import compares the file with the registry's last "
+    "change, a delta CRL reads a certificate's previous status",
+    """
+    CREATE INDEX status_changes_certificate ON status_changes (certificate_id, seq);
+    """,
+))
+
+MIGRATIONS.append((
     11,
     "Revocation visibility counted once per change and channel: per-node cursors, and each outbox row's change",
     """

@@ -84,7 +84,7 @@ class Service:
     async def readiness(self) -> dict[str, str]:
         """Problems by part; empty when ready."""
         problems: dict[str, str] = {}
-        labels = [i.key_label for i in self.config.issuers]
+        labels = [i.key_label for i in self.config.issuers if i.key_label is not None]
         try:
             await self.hsm.run(self.hsm.check, labels)
         except HsmError as exc:
