@@ -115,4 +115,5 @@ def test_make_bench_runs_every_script() -> None:
     target = re.search(r"^bench:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M)
     assert target is not None
     listed = re.findall(r"-m bench\.(\w+)", target.group(1))
-    assert len(listed) == len(set(listed)) and set(listed) == scripts(), listed
+    assert set(listed) == scripts()
+    assert len(listed) == len(set(listed)), listed
