@@ -46,8 +46,12 @@ def _rate(worker, threads: int, duration: float) -> float:  # type: ignore[no-un
     return sum(counts) / (time.monotonic() - start)
 
 
-def bench(directory: Path, label: str, kind: str, duration: float = DURATION,
-          rounds: int = ROUNDS) -> list[tuple[str, int, float, float, float]]:
+def bench(directory: Path, label: str, kind: str, duration: float | None = None,
+          rounds: int | None = None) -> list[tuple[str, int, float, float, float]]:
+    """Rows (key, threads, direct, signer, machinery sig/s); DURATION and ROUNDS read at the call (bench.ocsp
+    sets them)."""
+    duration = DURATION if duration is None else duration
+    rounds = ROUNDS if rounds is None else rounds
     pin = (directory / "hsm" / "pin").read_text().strip()
     hsm = HsmSigner(HsmSettings("/usr/lib/softhsm/libsofthsm2.so", "annuaire-demo", pin, 2,
                                 softhsm2_conf=str(directory / "hsm" / "softhsm2.conf")))

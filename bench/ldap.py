@@ -43,8 +43,11 @@ CERTIFICATES = int(os.environ.get("BENCH_LDAP_CERTIFICATES", "200000"))
 TINY = (300, 5)  # certificates, revocations
 
 
-def registry_with_certificates(run_dir: Path, certificates: int, directory: Path) -> tuple[Path, float | None]:
-    """The registry of the run (imported once; the import's duration when it happened in this run)."""
+def registry_with_certificates(run_dir: Path, certificates: int = CERTIFICATES,
+                               directory: Path | None = None) -> tuple[Path, float | None]:
+    """The registry of the run (imported once; the import's duration when it happened in this run), from the
+    EC demo bench/out/hsm-ec unless ``directory`` names another."""
+    directory = directory or demo("hsm-ec", "ec")
     certs = certificates_dir(certificates)
     generate(directory, certs, certificates)
     config = run_dir / "annuaire.toml"
