@@ -7,7 +7,7 @@ over 5,000 distinct single-CertID requests), both against A ("one node"), then o
 against B ("two nodes": what a round-robin balancer does). Same machine, same run, after warm-up runs.
 This host has 2 cores: the nodes and the load generators share them, so the ratio measures what a second
 process on the same cores buys, not what a second machine would. ``--tiny``: 60 certificates, 1 s runs, one
-round (schema bench_scale_tiny).
+round (a schema of its own, dropped after).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def wrk_pair(targets: list[str], paths: Path, duration: str) -> float:
 def main() -> int:
     args = arguments(__doc__).parse_args()
     duration, rounds = TINY if args.tiny else (DURATION, 3)
-    schema = f"{SCHEMA}_tiny" if args.tiny else SCHEMA
+    schema = f"{SCHEMA}_tiny_{os.getpid()}" if args.tiny else SCHEMA  # tiny: runs at once do not collide
     demo_dir = tiny_demo("rsa") if args.tiny else demo("scale-rsa", "rsa", N_CERTS)
     n_certs = len(json.loads((demo_dir / "certs" / "manifest.json").read_text()))
     with psycopg.connect(PG, autocommit=True) as conn:
