@@ -3,12 +3,15 @@
 The flow for one CRL, Boulder-style (each step with a clear failure story):
 1. allocate the next cRLNumber and record the CRL as 'building' (one registry transaction: a number is
    never reused, a failed build burns it);
-2. in one read snapshot, count the entries and stream their stored DER to a temporary file and to the
-   hash; only the digest goes to the HSM;
-3. assemble the signed CRL in a second temporary file and fsync it;
-4. self-check with ``cryptography``: signature under the CA certificate, issuer, number, entry count,
-   times, every entry and entry extension parsed (``entrycheck``); a CRL that fails is never published
-   (logged, counted, recorded as 'failed');
+2. in one read snapshot, count the entries and fetch their stored DER in a few large chunks (concatenated
+   inside the registry, no per-entry Python object); the TBSCertList is those chunks between its head
+   and its extensions, hashed as it is; only the digest goes to the HSM;
+3. write the signed CRL to a temporary file in one pass and fsync it;
+4. self-check with ``cryptography``: the file read back and parsed, the signature over its TBS bytes
+   (hashed again from what was read) under the CA certificate, issuer, number, entry count, times, every
+   entry and entry extension parsed (``entrycheck``; runs of entries whose bytes an earlier build already
+   walked are recognised by their SHA-256 and not walked again, even across processes); a CRL that fails
+   is never published (logged, counted, recorded as 'failed');
 5. under a per-issuer file lock, refuse to go backwards (a newer CRL already published), then rename
    into place atomically, keep it in the archive, and record it as 'published'.
 """
@@ -21,9 +24,8 @@ import dataclasses
 import hashlib
 import logging
 import os
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +41,6 @@ from directory.registry import Registry
 from directory.registry.store import CrlRecord
 
 log = logging.getLogger(__name__)
-CHUNK = 1 << 20
 
 
 def publishers_for(config: Config, hsm: HsmSigner, registry: Registry, clock: Callable[[], float] = time.time,
@@ -80,6 +81,7 @@ class _Tbs:
     size: int
     change_seq: int
     segments: tuple[int, ...] = ()  # lengths of the runs of whole entries written (for the entry walk)
+    pieces: list[bytes] = dataclasses.field(default_factory=list)  # the TBS, in order (emptied once written)
 
 
 @dataclass
@@ -169,19 +171,19 @@ class CrlPublisher:
             self._floor_applied = True
         record = self.registry.crl_allocate(self.issuer.name, target.scope, target.kind, now, now + validity,
                                             base.number if base else None)
-        tbs_tmp = self.folder.temporary(target.filename, record.number, ".tbs")
         crl_tmp = self.folder.temporary(target.filename, record.number)
+
         def stage(text: str) -> None:
             if self.on_stage is not None:
                 self.on_stage(f"{target.filename} number {record.number}: {text}")
 
         try:
-            stage("reading entries and writing the TBS")
-            tbs = self._write_tbs(target, record, base, tbs_tmp)
+            stage("reading entries")
+            tbs = self._tbs(target, record, base)
             stage(f"signing ({tbs.entries} entries)")
-            # the TBS file again for a token that only signs with a hashing mechanism (it then reads it all)
-            signature = self.signer.sign_digest(tbs.digest, source=lambda: _read_chunks(tbs_tmp))
-            size = self._assemble(tbs_tmp, tbs.size, signature, crl_tmp)
+            # the TBS again for a token that only signs with a hashing mechanism (it then reads it all)
+            signature = self.signer.sign_digest(tbs.digest, source=lambda: iter(tbs.pieces))
+            size = self._write(tbs, signature, crl_tmp)
             stage(f"checking ({size} bytes)")
             sha256 = self._self_check(target, record, crl_tmp, tbs)
             stage("installing")
@@ -193,9 +195,8 @@ class CrlPublisher:
                 self.registry.crl_finish(record, "failed", error=f"{type(exc).__name__}: {exc}"[:500])
             raise CrlBuildError(f"{target.filename} number {record.number}: {exc}") from exc
         finally:
-            for tmp in (tbs_tmp, crl_tmp):
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                crl_tmp.unlink()
         return published
 
     def _extensions(self, target: Target, record: CrlRecord, base: CrlRecord | None) -> bytes:
@@ -214,8 +215,8 @@ class CrlPublisher:
             exts.append(der.expired_certs_on_crl(not_before))
         return der.tlv(0xA0, der.sequence(*exts))
 
-    def _write_tbs(self, target: Target, record: CrlRecord, base: CrlRecord | None, path: Path) -> _Tbs:
-        """Stream the TBSCertList to ``path`` and to the hash."""
+    def _tbs(self, target: Target, record: CrlRecord, base: CrlRecord | None) -> _Tbs:
+        """The TBSCertList as pieces (head, the registry's entry chunks as they are, extensions) and its digest."""
         cutoff = None if self.settings.keep_expired else record.this_update
         hasher = self.signer.algorithm.new_hash()
         with self.registry.crl_snapshot(self.issuer.name) as snap:
@@ -225,35 +226,36 @@ class CrlPublisher:
                 entries = len(chunks)
             else:
                 entries, chunks = snap.full_entries(cutoff, target.partition)
-            entries_len = sum(map(len, chunks))
-            head = (b"\x02\x01\x01" + self.signer.algorithm_identifier_der + self._issuer_name
-                    + der.time(record.this_update) + der.time(record.next_update))
-            revoked_header = der.header(0x30, entries_len) if entries else b""  # never an empty SEQUENCE
-            exts = self._extensions(target, record, base)
-            body_len = len(head) + len(revoked_header) + entries_len + len(exts)
-            size = 0
-            with open(path, "wb") as out:
-                for piece in (der.header(0x30, body_len) + head + revoked_header, *chunks, exts):
-                    hasher.update(piece)
-                    out.write(piece)
-                    size += len(piece)
             change_seq = snap.change_seq
+        entries_len = sum(map(len, chunks))
+        head = (b"\x02\x01\x01" + self.signer.algorithm_identifier_der + self._issuer_name
+                + der.time(record.this_update) + der.time(record.next_update))
+        revoked_header = der.header(0x30, entries_len) if entries else b""  # never an empty SEQUENCE
+        exts = self._extensions(target, record, base)
+        body_len = len(head) + len(revoked_header) + entries_len + len(exts)
+        pieces = [der.header(0x30, body_len) + head + revoked_header, *chunks, exts]
+        for piece in pieces:
+            hasher.update(piece)  # large pieces: hashed without the GIL
+        size = sum(map(len, pieces))
         expected = len(der.header(0x30, body_len)) + body_len
         if size != expected:
             raise CrlBuildError(f"registry changed the entries under the snapshot ({size} != {expected} bytes)")
         segments = tuple(map(len, chunks)) if target.kind == "full" else ()
-        return _Tbs(hasher.digest(), entries, size, change_seq, segments)
+        return _Tbs(hasher.digest(), entries, size, change_seq, segments, pieces)
 
-    def _assemble(self, tbs_path: Path, tbs_size: int, signature: bytes, path: Path) -> int:
+    def _write(self, tbs: _Tbs, signature: bytes, path: Path) -> int:
+        """The signed CRL in ``path``, written in one pass and fsynced; the TBS pieces are let go."""
         tail = self.signer.algorithm_identifier_der + der.tlv(0x03, b"\x00" + signature)
-        header = der.header(0x30, tbs_size + len(tail))
-        with open(path, "wb") as out, open(tbs_path, "rb") as tbs:
+        header = der.header(0x30, tbs.size + len(tail))
+        with open(path, "wb") as out:
             out.write(header)
-            shutil.copyfileobj(tbs, out, CHUNK)
+            for piece in tbs.pieces:
+                out.write(piece)
             out.write(tail)
             out.flush()
             os.fsync(out.fileno())
-        return len(header) + tbs_size + len(tail)
+        tbs.pieces.clear()  # the self-check reads the file back: never two copies in memory
+        return len(header) + tbs.size + len(tail)
 
     def _self_check(self, target: Target, record: CrlRecord, path: Path, tbs: _Tbs) -> str:
         """Read the file back as a relying party would, and refuse it unless everything holds."""
@@ -288,12 +290,13 @@ class CrlPublisher:
         if len(crl) != entries:
             raise CrlBuildError(f"{len(crl)} entries, the registry has {entries}")
         try:  # every entry's extensions, as a relying party's parser reads them (CRL-level ones: above)
-            cache = self._walks.setdefault(target.filename, WalkCache())
-            walked = check_entry_extensions(data, tbs.segments, cache)
+            walked = check_entry_extensions(data, tbs.segments, self._walk_cache(target.filename))
         except (ValueError, IndexError) as exc:
             raise CrlBuildError(f"an entry does not parse back: {exc}") from None
         if walked != entries:
             raise CrlBuildError(f"{walked} entries walked, the registry has {entries}")
+        with contextlib.suppress(OSError):  # for the next build, in whatever process (a cache: best effort)
+            self._walks[target.filename].save(self.dir / f".{target.filename}.walk")
         now = int(self.clock())
         next_update = crl.next_update_utc
         if next_update is None or int(next_update.timestamp()) <= now:
@@ -301,6 +304,14 @@ class CrlPublisher:
         if int(crl.last_update_utc.timestamp()) > now + 1:
             raise CrlBuildError("thisUpdate is in the future")
         return hashlib.sha256(data).hexdigest()
+
+    def _walk_cache(self, filename: str) -> WalkCache:
+        """The entry walks of the previous build of ``filename`` (from this process, else from disk)."""
+        cache = self._walks.get(filename)
+        if cache is None:
+            cache = self._walks[filename] = WalkCache()
+            cache.load(self.dir / f".{filename}.walk")
+        return cache
 
     def _install(self, target: Target, record: CrlRecord, tmp: Path, tbs: _Tbs, size: int, sha256: str,
                  started: float) -> PublishedCrl:
@@ -330,8 +341,3 @@ def pem_crl(data: bytes) -> bytes:
     lines = b"\n".join([body[i:i + 64] for i in range(0, len(body), 64)])
     return b"-----BEGIN X509 CRL-----\n" + lines + b"\n-----END X509 CRL-----\n"
 
-
-def _read_chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            yield chunk
