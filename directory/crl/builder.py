@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from cryptography import x509
 
 from directory import der
 from directory.config import Config, IssuerConfig
-from directory.crl.entrycheck import WalkCache, check_entry_extensions
+from directory.crl.entrycheck import WalkCache, check_entry_extensions, layout
 from directory.crl.install import CrlFolder
 from directory.hsm.signer import HsmSigner, KeySigner, SignatureCheckFailed
 from directory.publication import Target, crl_dir, crl_url, delta_target, full_crl_name, targets_of
@@ -258,52 +259,54 @@ class CrlPublisher:
         return len(header) + tbs.size + len(tail)
 
     def _self_check(self, target: Target, record: CrlRecord, path: Path, tbs: _Tbs) -> str:
-        """Read the file back as a relying party would, and refuse it unless everything holds."""
+        """Read the file back as a relying party would, and refuse it unless everything holds.
+
+        ``cryptography`` parses the CRL without its entries (``Layout.skeleton``) and the entries run by run
+        (``entrycheck``); the SHA-256 passes over the file run on other threads meanwhile (without the GIL)."""
         entries = tbs.entries
         data = path.read_bytes()
-        try:
-            crl = x509.load_der_x509_crl(data)
-        except ValueError as exc:
-            raise CrlBuildError(f"does not parse back: {exc}") from None
-        # The signature, checked over the TBS bytes exactly as they are in the file (hashed again from disk,
-        # not reusing the build's digest) with the CA certificate's public key.
-        tail_len = len(self.signer.algorithm_identifier_der) + len(der.tlv(0x03, b"\x00" + crl.signature))
-        tbs_start = len(der.header(0x30, tbs.size + tail_len))
-        start = tbs_start + tbs.size
-        if start + tail_len != len(data) or data[tbs_start] != 0x30:
-            raise CrlBuildError("the file is not laid out as built (TBS, algorithm, signature)")
-        if crl.signature_algorithm_oid.dotted_string != self.signer.algorithm_identifier["algorithm"].dotted:
-            raise CrlBuildError("signature algorithm differs from the signer's")
-        digest = self.signer.algorithm.digest(memoryview(data)[tbs_start:start])
-        try:
-            self.signer.verify_digest(crl.signature, digest)
-        except SignatureCheckFailed:
-            raise CrlBuildError("signature does not verify under the CA certificate") from None
-        if crl.issuer.public_bytes() != self._issuer_name:
-            raise CrlBuildError("issuer does not match the CA certificate's subject")
-        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-        if number != record.number:
-            raise CrlBuildError(f"cRLNumber {number} is not the allocated {record.number}")
-        previous = self.registry.crl_latest(self.issuer.name, target.scope, target.kind)
-        if previous is not None and number <= previous.number:
-            raise CrlBuildError(f"cRLNumber {number} is not greater than the published {previous.number}")
-        if len(crl) != entries:
-            raise CrlBuildError(f"{len(crl)} entries, the registry has {entries}")
-        try:  # every entry's extensions, as a relying party's parser reads them (CRL-level ones: above)
-            walked = check_entry_extensions(data, tbs.segments, self._walk_cache(target.filename))
-        except (ValueError, IndexError) as exc:
-            raise CrlBuildError(f"an entry does not parse back: {exc}") from None
-        if walked != entries:
-            raise CrlBuildError(f"{walked} entries walked, the registry has {entries}")
-        with contextlib.suppress(OSError):  # for the next build, in whatever process (a cache: best effort)
-            self._walks[target.filename].save(self.dir / f".{target.filename}.walk")
-        now = int(self.clock())
-        next_update = crl.next_update_utc
-        if next_update is None or int(next_update.timestamp()) <= now:
-            raise CrlBuildError("nextUpdate is not in the future")
-        if int(crl.last_update_utc.timestamp()) > now + 1:
-            raise CrlBuildError("thisUpdate is in the future")
-        return hashlib.sha256(data).hexdigest()
+        with ThreadPoolExecutor(2, thread_name_prefix="crl-check") as hashing:
+            file_sha256 = hashing.submit(hashlib.sha256, data)
+            try:
+                shape = layout(data)
+                crl = x509.load_der_x509_crl(shape.skeleton(data))
+            except ValueError as exc:
+                raise CrlBuildError(f"does not parse back: {exc}") from None
+            # The signature, checked over the TBS bytes exactly as they are in the file (hashed again from what
+            # was read, not reusing the build's digest) with the CA certificate's public key.
+            tail = self.signer.algorithm_identifier_der + der.tlv(0x03, b"\x00" + crl.signature)
+            if shape.tbs_end - shape.tbs != tbs.size or data[shape.tbs_end:] != tail:
+                raise CrlBuildError("the file is not laid out as built (TBS, algorithm, signature)")
+            digest = hashing.submit(self.signer.algorithm.digest, memoryview(data)[shape.tbs:shape.tbs_end])
+            if crl.signature_algorithm_oid.dotted_string != self.signer.algorithm_identifier["algorithm"].dotted:
+                raise CrlBuildError("signature algorithm differs from the signer's")
+            if crl.issuer.public_bytes() != self._issuer_name:
+                raise CrlBuildError("issuer does not match the CA certificate's subject")
+            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+            if number != record.number:
+                raise CrlBuildError(f"cRLNumber {number} is not the allocated {record.number}")
+            previous = self.registry.crl_latest(self.issuer.name, target.scope, target.kind)
+            if previous is not None and number <= previous.number:
+                raise CrlBuildError(f"cRLNumber {number} is not greater than the published {previous.number}")
+            try:  # every entry parsed, and its extensions, as a relying party's parser reads them
+                walked = check_entry_extensions(data, tbs.segments, self._walk_cache(target.filename))
+            except (ValueError, IndexError) as exc:
+                raise CrlBuildError(f"an entry does not parse back: {exc}") from None
+            if walked != entries:
+                raise CrlBuildError(f"{walked} entries in the file, the registry has {entries}")
+            with contextlib.suppress(OSError):  # for the next build, in whatever process (a cache: best effort)
+                self._walks[target.filename].save(self.dir / f".{target.filename}.walk")
+            try:
+                self.signer.verify_digest(crl.signature, digest.result())
+            except SignatureCheckFailed:
+                raise CrlBuildError("signature does not verify under the CA certificate") from None
+            now = int(self.clock())
+            next_update = crl.next_update_utc
+            if next_update is None or int(next_update.timestamp()) <= now:
+                raise CrlBuildError("nextUpdate is not in the future")
+            if int(crl.last_update_utc.timestamp()) > now + 1:
+                raise CrlBuildError("thisUpdate is in the future")
+            return file_sha256.result().hexdigest()
 
     def _walk_cache(self, filename: str) -> WalkCache:
         """The entry walks of the previous build of ``filename`` (from this process, else from disk)."""
