@@ -69,8 +69,10 @@ class CrlSnapshot:
         build recognises the others as already walked (``entrycheck.WalkCache``).
         ``cutoff`` drops certificates that expired before it (unknown expiry is kept).
         """
-        low, high = self._conn.execute("SELECT MIN(certificate_id), MAX(certificate_id) FROM crl_entries "
-                                       "WHERE issuer_id = ?", (self._issuer_id,)).fetchone()
+        # one aggregate each: SQLite answers a lone MIN or MAX from the primary key, both together by a scan
+        low, high = self._conn.execute(
+            "SELECT (SELECT MIN(certificate_id) FROM crl_entries WHERE issuer_id = ?), "
+            "(SELECT MAX(certificate_id) FROM crl_entries WHERE issuer_id = ?)", (self._issuer_id,) * 2).fetchone()
         if low is None:
             return 0, []
         sql = ("SELECT COUNT(*), CAST(group_concat(entry_der, '') AS BLOB) FROM crl_entries "
