@@ -189,3 +189,40 @@ def test_the_outer_structure_must_be_der_and_the_skeleton_keeps_everything_but_t
         entrycheck.layout(b"\x30\x81" + bytes((len(crl) - 2,)) + crl[2:])  # a needless long-form length
     with pytest.raises(entrycheck.EntryProblem, match="truncated"):
         entrycheck.layout(crl[:1])
+
+
+def test_a_build_in_a_new_process_walks_only_the_runs_that_changed(demo: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk file beside the CRL: a fresh publisher (another process: `crl build`, a restarted service)
+    re-walks nothing unchanged, one run after a revocation, everything when the file is damaged."""
+    from directory.config.load import load_config
+    from directory.crl.builder import publishers_for
+    from directory.runtime import open_config_registry, open_hsm
+
+    config = load_config(demo)
+    registry = open_config_registry(config)
+    hsm = open_hsm(config)
+    walked: list[int] = []
+    real = entrycheck._walk
+    monkeypatch.setattr(entrycheck, "_walk", lambda crl, i, end: walked.append(end - i) or real(crl, i, end))
+
+    def build() -> int:
+        walked.clear()
+        publisher = publishers_for(config, hsm, registry)["ac-personnes"]  # nothing in memory
+        crl = publisher.publish(publisher.full_targets()[0])
+        assert crl.entries == len(x509.load_der_x509_crl(crl.path.read_bytes()))
+        return crl.entries
+
+    try:
+        entries = build()
+        assert entries > 0 and len(walked) == 1
+        walk_file = config.data_dir / "crl" / ".ac-personnes.crl.walk"
+        assert walk_file.exists()
+        assert build() == entries and walked == []  # the same bytes: taken from the file
+        registry.revoke("ac-personnes", _good(demo)["serial_hex"], "keyCompromise")
+        assert build() == entries + 1 and len(walked) == 1
+        walk_file.write_text("{")
+        assert build() == entries + 1 and len(walked) == 1  # a damaged file: walked again, published all the same
+    finally:
+        hsm.close()
+        registry.close()
