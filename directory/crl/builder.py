@@ -3,15 +3,15 @@
 The flow for one CRL, Boulder-style (each step with a clear failure story):
 1. allocate the next cRLNumber and record the CRL as 'building' (one registry transaction: a number is
    never reused, a failed build burns it);
-2. in one read snapshot, count the entries and fetch their stored DER in a few large chunks (concatenated
-   inside the registry, no per-entry Python object); the TBSCertList is those chunks between its head
-   and its extensions, hashed as it is; only the digest goes to the HSM;
+2. in one read snapshot, fetch the entries' stored DER in a few large chunks (concatenated inside the
+   registry, no per-entry Python object); each chunk is walked and parsed by ``cryptography`` with every
+   entry extension (``entrycheck``; a chunk an earlier build checked, same SHA-256, is not again, even
+   across processes) while the next is read; the TBS is those chunks between its head and extensions,
+   hashed as it is; only the digest goes to the HSM;
 3. write the signed CRL to a temporary file in one pass and fsync it;
-4. self-check with ``cryptography``: the file read back and parsed, the signature over its TBS bytes
-   (hashed again from what was read) under the CA certificate, issuer, number, entry count, times, every
-   entry and entry extension parsed (``entrycheck``; runs of entries whose bytes an earlier build already
-   walked are recognised by their SHA-256 and not walked again, even across processes); a CRL that fails
-   is never published (logged, counted, recorded as 'failed');
+4. self-check: the file read back, parsed by ``cryptography`` (without its entries, checked in step 2:
+   its TBS hashed again must be the digest signed), the signature verified under the CA certificate,
+   issuer, number, entry count, times; a CRL that fails is never published (logged, counted, 'failed');
 5. under a per-issuer file lock, refuse to go backwards (a newer CRL already published), then rename
    into place atomically, keep it in the archive, and record it as 'published'.
 """
@@ -25,22 +25,28 @@ import hashlib
 import itertools
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
 from directory import der
 from directory.config import Config, IssuerConfig
-from directory.crl.entrycheck import WalkCache, check_entry_extensions, layout
+from directory.crl.entrycheck import RunCheck, WalkCache, check_entry_extensions, layout
 from directory.crl.install import CrlFolder
 from directory.hsm.signer import HsmSigner, KeySigner, SignatureCheckFailed
 from directory.publication import Target, crl_dir, crl_url, delta_target, full_crl_name, targets_of
 from directory.registry import Registry
 from directory.registry.store import CrlRecord
+
+if TYPE_CHECKING:
+    from directory.registry.crls import CrlSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +90,7 @@ class _Tbs:
     change_seq: int
     segments: tuple[int, ...] = ()  # lengths of the runs of whole entries written (for the entry walk)
     pieces: list[bytes] = dataclasses.field(default_factory=list)  # the TBS, in order (emptied once written)
+    checked: int | None = None  # entries walked and parsed while read (full CRLs: ``RunCheck``)
 
 
 @dataclass
@@ -195,9 +202,8 @@ class CrlPublisher:
             stage("installing", "installing")
             published = self._install(target, record, crl_tmp, tbs, size, sha256, started)
             times.append(("", time.monotonic()))
-            log.debug("%s number %d: %s", target.filename, record.number, ", ".join(
-                [f"{times[0][0]} {times[0][1]:.3f} s"] + [f"{name} {end - at:.3f} s" for (name, at), (_, end)
-                                                          in itertools.pairwise(times[1:])]))
+            log.debug("%s number %d: numbering %.3f s, %s", target.filename, record.number, times[0][1], ", ".join(
+                f"{name} {end - at:.3f} s" for (name, at), (_, end) in itertools.pairwise(times[1:])))
         except Exception as exc:
             self.stats.failed += 1
             log.error("CRL %s number %d not published: %s", target.filename, record.number, exc)
@@ -229,13 +235,14 @@ class CrlPublisher:
         """The TBSCertList as pieces (head, the registry's entry chunks as they are, extensions) and its digest."""
         cutoff = None if self.settings.keep_expired else record.this_update
         hasher = self.signer.algorithm.new_hash()
+        checked = None
         with self.registry.crl_snapshot(self.issuer.name) as snap:
             if target.kind == "delta":
                 assert base is not None
                 chunks = snap.delta_entries(base.change_seq, record.this_update)
                 entries = len(chunks)
             else:
-                entries, chunks = snap.full_entries(cutoff, target.partition)
+                entries, chunks, checked = self._read_checked(snap, cutoff, target)
             change_seq = snap.change_seq
         entries_len = sum(map(len, chunks))
         head = (b"\x02\x01\x01" + self.signer.algorithm_identifier_der + self._issuer_name
@@ -251,7 +258,38 @@ class CrlPublisher:
         if size != expected:
             raise CrlBuildError(f"registry changed the entries under the snapshot ({size} != {expected} bytes)")
         segments = tuple(map(len, chunks)) if target.kind == "full" else ()
-        return _Tbs(hasher.digest(), entries, size, change_seq, segments, pieces)
+        return _Tbs(hasher.digest(), entries, size, change_seq, segments, pieces, checked)
+
+    def _read_checked(self, snap: CrlSnapshot, cutoff: int | None, target: Target) -> tuple[int, list[bytes], int]:
+        """(count, chunks, entries checked): each chunk walked and parsed (``RunCheck``) while the registry,
+        on another thread and without the GIL, reads the next one."""
+        runs: queue.SimpleQueue[tuple[int, bytes] | BaseException | None] = queue.SimpleQueue()
+
+        def read() -> None:
+            try:
+                for run in snap.full_entry_runs(cutoff, target.partition):
+                    runs.put(run)
+                runs.put(None)
+            except BaseException as exc:  # handed to the building thread, raised there
+                runs.put(exc)
+
+        reader = threading.Thread(target=read, name="crl-read", daemon=True)
+        reader.start()
+        check = RunCheck(self._walk_cache(target.filename))
+        entries, chunks = 0, []
+        try:
+            while (item := runs.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                count, blob = item
+                entries += count
+                chunks.append(blob)
+                check.add(blob, count)
+            return entries, chunks, check.finish()
+        except (ValueError, IndexError) as exc:
+            raise CrlBuildError(f"an entry does not parse: {exc}") from None
+        finally:
+            reader.join()  # the snapshot's connection is used by one thread at a time
 
     def _write(self, tbs: _Tbs, signature: bytes, path: Path) -> int:
         """The signed CRL in ``path``, written in one pass and fsynced; the TBS pieces are let go."""
@@ -268,10 +306,9 @@ class CrlPublisher:
         return len(header) + tbs.size + len(tail)
 
     def _self_check(self, target: Target, record: CrlRecord, path: Path, tbs: _Tbs) -> str:
-        """Read the file back as a relying party would, and refuse it unless everything holds.
-
-        ``cryptography`` parses the CRL without its entries (``Layout.skeleton``) and the entries run by run
-        (``entrycheck``); the SHA-256 passes over the file run on other threads meanwhile (without the GIL)."""
+        """Read the file back as a relying party would and refuse it unless everything holds: ``cryptography``
+        parses it without its entries (``Layout.skeleton``; a full CRL's were checked as read, a delta's are
+        here); the SHA-256 passes run on other threads meanwhile (without the GIL)."""
         entries = tbs.entries
         data = path.read_bytes()
         with ThreadPoolExecutor(2, thread_name_prefix="crl-check") as hashing:
@@ -297,14 +334,21 @@ class CrlPublisher:
             previous = self.registry.crl_latest(self.issuer.name, target.scope, target.kind)
             if previous is not None and number <= previous.number:
                 raise CrlBuildError(f"cRLNumber {number} is not greater than the published {previous.number}")
-            try:  # every entry parsed, and its extensions, as a relying party's parser reads them
-                walked = check_entry_extensions(data, tbs.segments, self._walk_cache(target.filename))
-            except (ValueError, IndexError) as exc:
-                raise CrlBuildError(f"an entry does not parse back: {exc}") from None
+            if tbs.checked is not None:  # checked as read, and the TBS is shown below to be those very bytes
+                walked = tbs.checked
+                if shape.entries_end - shape.entries != sum(tbs.segments):
+                    raise CrlBuildError("the entries in the file are not the ones read")
+            else:
+                try:  # every entry parsed, and its extensions, as a relying party's parser reads them
+                    walked = check_entry_extensions(data, tbs.segments, self._walk_cache(target.filename))
+                except (ValueError, IndexError) as exc:
+                    raise CrlBuildError(f"an entry does not parse back: {exc}") from None
             if walked != entries:
                 raise CrlBuildError(f"{walked} entries in the file, the registry has {entries}")
             with contextlib.suppress(OSError):  # for the next build, in whatever process (a cache: best effort)
                 self._walks[target.filename].save(self.dir / f".{target.filename}.walk")
+            if digest.result() != tbs.digest:  # SHA-256: the file's TBS is byte for byte the one built and signed
+                raise CrlBuildError("the TBS in the file is not the one signed")
             try:
                 self.signer.verify_digest(crl.signature, digest.result())
             except SignatureCheckFailed:

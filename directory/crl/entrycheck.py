@@ -22,10 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.x509.oid import CRLEntryExtensionOID
@@ -34,6 +35,7 @@ from directory import der
 
 ENTRY_EXTENSIONS = {CRLEntryExtensionOID.CRL_REASON, CRLEntryExtensionOID.INVALIDITY_DATE}
 _EARLIEST = datetime(1950, 1, 1, tzinfo=UTC)
+T = TypeVar("T")
 _ALGORITHM = bytes.fromhex("300d06092a864886f70d01010b0500")  # sha256WithRSAEncryption: a placeholder
 
 
@@ -221,8 +223,52 @@ def check_entry_extensions(crl: bytes, segments: Sequence[int] = (), cache: Walk
 
     Raises ``EntryProblem`` naming the first serial whose extensions do not parse, are unknown, or critical."""
     count, seen = distinct_extensions(crl, segments, cache)
+    _check_lists(seen, lambda at: _serial_at(crl, at))
+    return count
+
+
+class RunCheck:
+    """The same checks on the runs of entries as they come from the registry, one at a time (the builder
+    checks a run while the registry reads the next; the CRL's TBS is then shown to be those very bytes)."""
+
+    def __init__(self, cache: WalkCache) -> None:
+        self.cache = cache
+        self.count = 0
+        self._results: dict[bytes, tuple[int, dict[bytes, int]]] = {}
+        self._runs: list[bytes] = []
+        self._seen: dict[bytes, tuple[int, int]] = {}  # extension list -> (run, offset of the first serial)
+
+    def add(self, run: bytes, expected: int) -> None:
+        """Walk and parse ``run`` (unless its bytes were before); ``expected``: the registry's count of it."""
+        key = hashlib.sha256(run).digest()
+        found = self.cache.results.get(key)
+        if found is None:
+            found = _walk(run, 0, len(run))
+            _parse_run(memoryview(run), found[0])
+        if found[0] != expected:
+            raise EntryProblem(f"{found[0]} entries in a run the registry counts {expected}")
+        self._results[key] = found
+        self.count += found[0]
+        for block, at in found[1].items():
+            self._seen.setdefault(block, (len(self._runs), at))
+        self._runs.append(run)
+
+    def finish(self) -> int:
+        """Parse each distinct extension list; remember this build's runs; the number of entries."""
+        self.cache.results = self._results
+        _check_lists(self._seen, lambda where: _serial_at(self._runs[where[0]], where[1]))
+        return self.count
+
+
+def _serial_at(buf: bytes, at: int) -> int:
+    _, start, end = _tlv(buf, at)
+    return int.from_bytes(buf[start:end], "big")
+
+
+def _check_lists(seen: dict[bytes, T], serial_of: Callable[[T], int]) -> None:
+    """Each distinct entry-extension list parsed by ``cryptography`` in a probe CRL, once."""
     if not seen:
-        return count
+        return
     blocks = list(seen)
     when = der.time(int(_EARLIEST.timestamp()) + 86400)
     entries = b"".join(der.sequence(der.integer(n + 1), when, block) for n, block in enumerate(blocks))
@@ -232,11 +278,7 @@ def check_entry_extensions(crl: bytes, segments: Sequence[int] = (), cache: Walk
         try:
             _check(entry)
         except (ValueError, x509.DuplicateExtension) as exc:
-            serial_at = seen[blocks[n]]
-            _, start, end = _tlv(crl, serial_at)
-            serial = int.from_bytes(crl[start:end], "big")
-            raise EntryProblem(f"entry for serial 0x{serial:x}: {exc}") from None
-    return count
+            raise EntryProblem(f"entry for serial 0x{serial_of(seen[blocks[n]]):x}: {exc}") from None
 
 
 def _check(entry: x509.RevokedCertificate) -> None:

@@ -59,7 +59,16 @@ class CrlSnapshot:
 
     def full_entries(self, cutoff: int | None, partition: tuple[int, int] | None = None,
                      chunks: int = 20) -> tuple[int, list[bytes]]:
-        """(count, DER chunks) of a complete CRL's entries, concatenated inside SQLite.
+        """(count, DER chunks) of a complete CRL's entries (``full_entry_runs`` gathered)."""
+        total, out = 0, []
+        for count, blob in self.full_entry_runs(cutoff, partition, chunks):
+            total += count
+            out.append(blob)
+        return total, out
+
+    def full_entry_runs(self, cutoff: int | None, partition: tuple[int, int] | None = None,
+                        chunks: int = 20) -> Iterator[tuple[int, bytes]]:
+        """(count, DER) of each non-empty chunk of a complete CRL's entries, in order, concatenated inside SQLite.
 
         The entries were encoded when each certificate was revoked; here they are only concatenated, in
         at most about ``chunks`` ranges of certificate ids (bounded transient memory), with no per-entry
@@ -74,7 +83,7 @@ class CrlSnapshot:
             "SELECT (SELECT MIN(certificate_id) FROM crl_entries WHERE issuer_id = ?), "
             "(SELECT MAX(certificate_id) FROM crl_entries WHERE issuer_id = ?)", (self._issuer_id,) * 2).fetchone()
         if low is None:
-            return 0, []
+            return
         sql = ("SELECT COUNT(*), CAST(group_concat(entry_der, '') AS BLOB) FROM crl_entries "
                "WHERE issuer_id = ? AND certificate_id >= ? AND certificate_id < ?")
         extra: list[Any] = []
@@ -87,13 +96,10 @@ class CrlSnapshot:
         span = MIN_RANGE
         while (high - low) // span >= chunks:
             span *= 2
-        total, out = 0, []
         for start in range(low - low % span, high + 1, span):
             count, blob = self._conn.execute(sql, [self._issuer_id, start, start + span, *extra]).fetchone()
             if count:
-                total += count
-                out.append(blob)
-        return total, out
+                yield count, bytes(blob)
 
     def delta_entries(self, since_seq: int, removal_time: int) -> list[bytes]:
         """Entries changed after ``since_seq``: current entries, plus removeFromCRL for released holds."""
