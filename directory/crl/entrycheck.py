@@ -10,7 +10,9 @@ code each, invalidity dates where operators gave one).
 
 The entries themselves are parsed by ``cryptography`` run by run (the builder's segments, each in a probe
 CRL of its own), and the rest of the CRL in a copy without them (``Layout.skeleton``): a SEQUENCE OF is
-valid DER when its header is and each element is, so this is the parse of the whole file. A run of entries
+valid DER when its header is and each element is, so this is the parse of the whole file (the builder
+checks each run as it comes from the registry, ``RunCheck``, then shows by SHA-256 that the file's TBS is
+made of those very bytes). A run of entries
 whose bytes were walked and parsed before (same SHA-256) is not again (``WalkCache``): inside the service,
 and across processes through a small file beside the CRL, a rebuild parses only the runs that changed.
 
