@@ -252,6 +252,9 @@ def one(kind: str, n: int, runs: int, service_runs: int) -> dict[str, Any]:
         "speedup_cold": round(ref_s / cold_s, 2), "speedup_warm": round(ref_s / warm_s, 2),
         "speedup_service": round(ref_s / statistics.median(service), 2) if service else None,
         "rss_ratio": round(rss / ref_rss, 3),
+        # CPU seconds (user + system) ratios: steadier than wall time when the machine is shared
+        "cpu_speedup_cold": round(median(ref["runs"], "cpu") / median(ours["cold"], "cpu"), 2),
+        "cpu_speedup_warm": round(median(ref["runs"], "cpu") / median(ours["warm"], "cpu"), 2),
     }
 
 
