@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -10,8 +11,10 @@ from directory.certinfo import CertificateInfo
 from directory.config import Config
 from directory.hsm.capabilities import TokenReport
 from directory.hsm.signer import HsmSettings, HsmSigner, KeySigner
-from directory.ingest.importer import Importer, KnownIssuer
 from directory.registry import Registry, open_registry
+
+if TYPE_CHECKING:  # the importer (and its archive readers) only when importing: not on `crl build`'s start-up
+    from directory.ingest.importer import Importer, KnownIssuer
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +77,16 @@ def open_config_registry(config: Config) -> Registry:
 
 
 def known_issuers(config: Config) -> list[KnownIssuer]:
+    from directory.ingest.importer import KnownIssuer
+
     return [KnownIssuer(i.name, i.certificate) for i in config.issuers]
 
 
 def importer_for(config: Config, registry: Registry, actor: str, apply_older: bool = False) -> Importer:
     """An importer that also records where each new certificate goes in the directory (when [ldap] is set):
     the certificate is parsed once, at import, and the sync does not parse it again."""
+    from directory.ingest.importer import Importer
+
     after_import = None
     if config.ldap is not None:
         from directory.ldap.projection import Layout, omitted_text, project_name, projection_row

@@ -138,3 +138,91 @@ def test_a_rebuild_walks_only_the_segments_that_changed(monkeypatch: pytest.Monk
     good = crl_of(segments[:1])
     assert entrycheck.check_entry_extensions(good, [1, 2], entrycheck.WalkCache()) == 100
     assert walked == [lengths[0]]
+
+
+def _crl_of(segments: list[bytes], at: int) -> bytes:
+    algorithm = bytes.fromhex("300d06092a864886f70d01010b0500")
+    tbs = der.sequence(b"\x02\x01\x01", algorithm, der.sequence(), der.time(at), der.time(at + 86400),
+                       der.sequence(*segments))
+    return der.sequence(tbs, algorithm, der.tlv(0x03, b"\x00"))
+
+
+def test_entries_the_walk_accepts_but_a_parser_refuses_are_refused_even_from_the_cache(tmp_path: Path) -> None:
+    """The walk only frames entries; cryptography parses each run (a non-minimal serial here), and the walk
+    file of an earlier build is only trusted for runs with the very same bytes."""
+    at = int(datetime(2026, 9, 1, tzinfo=UTC).timestamp())
+    segments = [b"".join(der.revoked_entry(s * 1000 + n, at, 1) for n in range(50)) for s in range(2)]
+    cache = entrycheck.WalkCache()
+    lengths = [len(s) for s in segments]
+    assert entrycheck.check_entry_extensions(_crl_of(segments, at), lengths, cache) == 100
+    cache.save(tmp_path / ".x.crl.walk")
+    bad = der.tlv(0x30, b"\x02\x02\x00\x05" + der.time(at))  # INTEGER 5 with a needless leading zero
+    segments[1] = bad + segments[1]
+    lengths = [len(s) for s in segments]
+    for _ in range(2):  # a fresh cache from the file (another process): the changed run is parsed again
+        reloaded = entrycheck.WalkCache()
+        reloaded.load(tmp_path / ".x.crl.walk")
+        assert len(reloaded.results) == 2
+        with pytest.raises(entrycheck.EntryProblem, match="entries do not parse"):
+            entrycheck.check_entry_extensions(_crl_of(segments, at), lengths, reloaded)
+    # whatever is in the walk file, a damaged or foreign one is ignored
+    for junk in ("", "{", '{"version": 1, "segments": []}', '{"version": 2, "segments": [["zz", 1, []]]}',
+                 '{"version": 2, "segments": [["00", 1, []]]}', "[]"):
+        (tmp_path / ".x.crl.walk").write_text(junk)
+        fresh = entrycheck.WalkCache()
+        fresh.load(tmp_path / ".x.crl.walk")
+        assert fresh.results == {}
+
+
+def test_the_outer_structure_must_be_der_and_the_skeleton_keeps_everything_but_the_entries() -> None:
+    at = int(datetime(2026, 9, 1, tzinfo=UTC).timestamp())
+    crl = _crl_of([der.revoked_entry(7, at, 1)], at)
+    shape = entrycheck.layout(crl)
+    skeleton = x509.load_der_x509_crl(shape.skeleton(crl))
+    full = x509.load_der_x509_crl(crl)
+    assert len(skeleton) == 0 and len(full) == 1
+    assert skeleton.last_update_utc == full.last_update_utc and skeleton.next_update_utc == full.next_update_utc
+    assert crl[shape.entries:shape.entries_end] == der.revoked_entry(7, at, 1)
+    with pytest.raises(entrycheck.EntryProblem, match="does not end where the file does"):
+        entrycheck.layout(crl + b"\x00")
+    with pytest.raises(entrycheck.EntryProblem, match="CertificateList is not a DER SEQUENCE"):
+        entrycheck.layout(b"\x30\x81" + bytes((len(crl) - 2,)) + crl[2:])  # a needless long-form length
+    with pytest.raises(entrycheck.EntryProblem, match="truncated"):
+        entrycheck.layout(crl[:1])
+
+
+def test_a_build_in_a_new_process_walks_only_the_runs_that_changed(demo: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk file beside the CRL: a fresh publisher (another process: `crl build`, a restarted service)
+    re-walks nothing unchanged, one run after a revocation, everything when the file is damaged."""
+    from directory.config.load import load_config
+    from directory.crl.builder import publishers_for
+    from directory.runtime import open_config_registry, open_hsm
+
+    config = load_config(demo)
+    registry = open_config_registry(config)
+    hsm = open_hsm(config)
+    walked: list[int] = []
+    real = entrycheck._walk
+    monkeypatch.setattr(entrycheck, "_walk", lambda crl, i, end: walked.append(end - i) or real(crl, i, end))
+
+    def build() -> int:
+        walked.clear()
+        publisher = publishers_for(config, hsm, registry)["ac-personnes"]  # nothing in memory
+        crl = publisher.publish(publisher.full_targets()[0])
+        assert crl.entries == len(x509.load_der_x509_crl(crl.path.read_bytes()))
+        return crl.entries
+
+    try:
+        entries = build()
+        assert entries > 0 and len(walked) == 1
+        walk_file = config.data_dir / "crl" / ".ac-personnes.crl.walk"
+        assert walk_file.exists()
+        assert build() == entries and walked == []  # the same bytes: taken from the file
+        registry.revoke("ac-personnes", _good(demo)["serial_hex"], "keyCompromise")
+        assert build() == entries + 1 and len(walked) == 1
+        walk_file.write_text("{")
+        assert build() == entries + 1 and len(walked) == 1  # a damaged file: walked again, published all the same
+    finally:
+        hsm.close()
+        registry.close()

@@ -3,12 +3,15 @@
 The flow for one CRL, Boulder-style (each step with a clear failure story):
 1. allocate the next cRLNumber and record the CRL as 'building' (one registry transaction: a number is
    never reused, a failed build burns it);
-2. in one read snapshot, count the entries and stream their stored DER to a temporary file and to the
-   hash; only the digest goes to the HSM;
-3. assemble the signed CRL in a second temporary file and fsync it;
-4. self-check with ``cryptography``: signature under the CA certificate, issuer, number, entry count,
-   times, every entry and entry extension parsed (``entrycheck``); a CRL that fails is never published
-   (logged, counted, recorded as 'failed');
+2. in one read snapshot, fetch the entries' stored DER in a few large chunks (concatenated inside the
+   registry, no per-entry Python object); each chunk is walked and parsed by ``cryptography`` with every
+   entry extension (``entrycheck``; a chunk an earlier build checked, same SHA-256, is not again, even
+   across processes) while the next is read; the TBS is those chunks between its head and extensions,
+   hashed as it is; only the digest goes to the HSM;
+3. write the signed CRL to a temporary file in one pass and fsync it;
+4. self-check: the file read back, parsed by ``cryptography`` (without its entries, checked in step 2:
+   its TBS hashed again must be the digest signed), the signature verified under the CA certificate,
+   issuer, number, entry count, times; a CRL that fails is never published (logged, counted, 'failed');
 5. under a per-issuer file lock, refuse to go backwards (a newer CRL already published), then rename
    into place atomically, keep it in the archive, and record it as 'published'.
 """
@@ -19,27 +22,33 @@ import base64
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
-import shutil
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
 from directory import der
 from directory.config import Config, IssuerConfig
-from directory.crl.entrycheck import WalkCache, check_entry_extensions
+from directory.crl.entrycheck import RunCheck, WalkCache, check_entry_extensions, layout
 from directory.crl.install import CrlFolder
 from directory.hsm.signer import HsmSigner, KeySigner, SignatureCheckFailed
 from directory.publication import Target, crl_dir, crl_url, delta_target, full_crl_name, targets_of
 from directory.registry import Registry
 from directory.registry.store import CrlRecord
 
+if TYPE_CHECKING:
+    from directory.registry.crls import CrlSnapshot
+
 log = logging.getLogger(__name__)
-CHUNK = 1 << 20
 
 
 def publishers_for(config: Config, hsm: HsmSigner, registry: Registry, clock: Callable[[], float] = time.time,
@@ -80,6 +89,8 @@ class _Tbs:
     size: int
     change_seq: int
     segments: tuple[int, ...] = ()  # lengths of the runs of whole entries written (for the entry walk)
+    pieces: list[bytes] = dataclasses.field(default_factory=list)  # the TBS, in order (emptied once written)
+    checked: int | None = None  # entries walked and parsed while read (full CRLs: ``RunCheck``)
 
 
 @dataclass
@@ -169,23 +180,30 @@ class CrlPublisher:
             self._floor_applied = True
         record = self.registry.crl_allocate(self.issuer.name, target.scope, target.kind, now, now + validity,
                                             base.number if base else None)
-        tbs_tmp = self.folder.temporary(target.filename, record.number, ".tbs")
         crl_tmp = self.folder.temporary(target.filename, record.number)
-        def stage(text: str) -> None:
+
+        times = [("numbering", time.monotonic() - started)]  # where a build's time goes (logged at DEBUG)
+
+        def stage(name: str, text: str) -> None:
+            times.append((name, time.monotonic()))
             if self.on_stage is not None:
                 self.on_stage(f"{target.filename} number {record.number}: {text}")
 
         try:
-            stage("reading entries and writing the TBS")
-            tbs = self._write_tbs(target, record, base, tbs_tmp)
-            stage(f"signing ({tbs.entries} entries)")
-            # the TBS file again for a token that only signs with a hashing mechanism (it then reads it all)
-            signature = self.signer.sign_digest(tbs.digest, source=lambda: _read_chunks(tbs_tmp))
-            size = self._assemble(tbs_tmp, tbs.size, signature, crl_tmp)
-            stage(f"checking ({size} bytes)")
+            stage("reading", "reading entries")
+            tbs = self._tbs(target, record, base)
+            stage("signing", f"signing ({tbs.entries} entries)")
+            # the TBS again for a token that only signs with a hashing mechanism (it then reads it all)
+            signature = self.signer.sign_digest(tbs.digest, source=lambda: iter(tbs.pieces))
+            stage("writing", "writing")
+            size = self._write(tbs, signature, crl_tmp)
+            stage("checking", f"checking ({size} bytes)")
             sha256 = self._self_check(target, record, crl_tmp, tbs)
-            stage("installing")
+            stage("installing", "installing")
             published = self._install(target, record, crl_tmp, tbs, size, sha256, started)
+            times.append(("", time.monotonic()))
+            log.debug("%s number %d: numbering %.3f s, %s", target.filename, record.number, times[0][1], ", ".join(
+                f"{name} {end - at:.3f} s" for (name, at), (_, end) in itertools.pairwise(times[1:])))
         except Exception as exc:
             self.stats.failed += 1
             log.error("CRL %s number %d not published: %s", target.filename, record.number, exc)
@@ -193,9 +211,8 @@ class CrlPublisher:
                 self.registry.crl_finish(record, "failed", error=f"{type(exc).__name__}: {exc}"[:500])
             raise CrlBuildError(f"{target.filename} number {record.number}: {exc}") from exc
         finally:
-            for tmp in (tbs_tmp, crl_tmp):
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                crl_tmp.unlink()
         return published
 
     def _extensions(self, target: Target, record: CrlRecord, base: CrlRecord | None) -> bytes:
@@ -214,93 +231,143 @@ class CrlPublisher:
             exts.append(der.expired_certs_on_crl(not_before))
         return der.tlv(0xA0, der.sequence(*exts))
 
-    def _write_tbs(self, target: Target, record: CrlRecord, base: CrlRecord | None, path: Path) -> _Tbs:
-        """Stream the TBSCertList to ``path`` and to the hash."""
+    def _tbs(self, target: Target, record: CrlRecord, base: CrlRecord | None) -> _Tbs:
+        """The TBSCertList as pieces (head, the registry's entry chunks as they are, extensions) and its digest."""
         cutoff = None if self.settings.keep_expired else record.this_update
         hasher = self.signer.algorithm.new_hash()
+        checked = None
         with self.registry.crl_snapshot(self.issuer.name) as snap:
             if target.kind == "delta":
                 assert base is not None
                 chunks = snap.delta_entries(base.change_seq, record.this_update)
                 entries = len(chunks)
             else:
-                entries, chunks = snap.full_entries(cutoff, target.partition)
-            entries_len = sum(map(len, chunks))
-            head = (b"\x02\x01\x01" + self.signer.algorithm_identifier_der + self._issuer_name
-                    + der.time(record.this_update) + der.time(record.next_update))
-            revoked_header = der.header(0x30, entries_len) if entries else b""  # never an empty SEQUENCE
-            exts = self._extensions(target, record, base)
-            body_len = len(head) + len(revoked_header) + entries_len + len(exts)
-            size = 0
-            with open(path, "wb") as out:
-                for piece in (der.header(0x30, body_len) + head + revoked_header, *chunks, exts):
-                    hasher.update(piece)
-                    out.write(piece)
-                    size += len(piece)
+                entries, chunks, checked = self._read_checked(snap, cutoff, target)
             change_seq = snap.change_seq
+        entries_len = sum(map(len, chunks))
+        head = (b"\x02\x01\x01" + self.signer.algorithm_identifier_der + self._issuer_name
+                + der.time(record.this_update) + der.time(record.next_update))
+        revoked_header = der.header(0x30, entries_len) if entries else b""  # never an empty SEQUENCE
+        exts = self._extensions(target, record, base)
+        body_len = len(head) + len(revoked_header) + entries_len + len(exts)
+        pieces = [der.header(0x30, body_len) + head + revoked_header, *chunks, exts]
+        for piece in pieces:
+            hasher.update(piece)  # large pieces: hashed without the GIL
+        size = sum(map(len, pieces))
         expected = len(der.header(0x30, body_len)) + body_len
         if size != expected:
             raise CrlBuildError(f"registry changed the entries under the snapshot ({size} != {expected} bytes)")
         segments = tuple(map(len, chunks)) if target.kind == "full" else ()
-        return _Tbs(hasher.digest(), entries, size, change_seq, segments)
+        return _Tbs(hasher.digest(), entries, size, change_seq, segments, pieces, checked)
 
-    def _assemble(self, tbs_path: Path, tbs_size: int, signature: bytes, path: Path) -> int:
+    def _read_checked(self, snap: CrlSnapshot, cutoff: int | None, target: Target) -> tuple[int, list[bytes], int]:
+        """(count, chunks, entries checked): each chunk walked and parsed (``RunCheck``) while the registry,
+        on another thread and without the GIL, reads the next one."""
+        runs: queue.SimpleQueue[tuple[int, bytes] | BaseException | None] = queue.SimpleQueue()
+
+        def read() -> None:
+            try:
+                for run in snap.full_entry_runs(cutoff, target.partition):
+                    runs.put(run)
+                runs.put(None)
+            except BaseException as exc:  # handed to the building thread, raised there
+                runs.put(exc)
+
+        reader = threading.Thread(target=read, name="crl-read", daemon=True)
+        reader.start()
+        check = RunCheck(self._walk_cache(target.filename))
+        entries, chunks = 0, []
+        try:
+            while (item := runs.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                count, blob = item
+                entries += count
+                chunks.append(blob)
+                check.add(blob, count)
+            return entries, chunks, check.finish()
+        except (ValueError, IndexError) as exc:
+            raise CrlBuildError(f"an entry does not parse: {exc}") from None
+        finally:
+            reader.join()  # the snapshot's connection is used by one thread at a time
+
+    def _write(self, tbs: _Tbs, signature: bytes, path: Path) -> int:
+        """The signed CRL in ``path``, written in one pass and fsynced; the TBS pieces are let go."""
         tail = self.signer.algorithm_identifier_der + der.tlv(0x03, b"\x00" + signature)
-        header = der.header(0x30, tbs_size + len(tail))
-        with open(path, "wb") as out, open(tbs_path, "rb") as tbs:
+        header = der.header(0x30, tbs.size + len(tail))
+        with open(path, "wb") as out:
             out.write(header)
-            shutil.copyfileobj(tbs, out, CHUNK)
+            for piece in tbs.pieces:
+                out.write(piece)
             out.write(tail)
             out.flush()
             os.fsync(out.fileno())
-        return len(header) + tbs_size + len(tail)
+        tbs.pieces.clear()  # the self-check reads the file back: never two copies in memory
+        return len(header) + tbs.size + len(tail)
 
     def _self_check(self, target: Target, record: CrlRecord, path: Path, tbs: _Tbs) -> str:
-        """Read the file back as a relying party would, and refuse it unless everything holds."""
+        """Read the file back as a relying party would and refuse it unless everything holds: ``cryptography``
+        parses it without its entries (``Layout.skeleton``; a full CRL's were checked as read, a delta's are
+        here); the SHA-256 passes run on other threads meanwhile (without the GIL)."""
         entries = tbs.entries
         data = path.read_bytes()
-        try:
-            crl = x509.load_der_x509_crl(data)
-        except ValueError as exc:
-            raise CrlBuildError(f"does not parse back: {exc}") from None
-        # The signature, checked over the TBS bytes exactly as they are in the file (hashed again from disk,
-        # not reusing the build's digest) with the CA certificate's public key.
-        tail_len = len(self.signer.algorithm_identifier_der) + len(der.tlv(0x03, b"\x00" + crl.signature))
-        tbs_start = len(der.header(0x30, tbs.size + tail_len))
-        start = tbs_start + tbs.size
-        if start + tail_len != len(data) or data[tbs_start] != 0x30:
-            raise CrlBuildError("the file is not laid out as built (TBS, algorithm, signature)")
-        if crl.signature_algorithm_oid.dotted_string != self.signer.algorithm_identifier["algorithm"].dotted:
-            raise CrlBuildError("signature algorithm differs from the signer's")
-        digest = self.signer.algorithm.digest(memoryview(data)[tbs_start:start])
-        try:
-            self.signer.verify_digest(crl.signature, digest)
-        except SignatureCheckFailed:
-            raise CrlBuildError("signature does not verify under the CA certificate") from None
-        if crl.issuer.public_bytes() != self._issuer_name:
-            raise CrlBuildError("issuer does not match the CA certificate's subject")
-        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-        if number != record.number:
-            raise CrlBuildError(f"cRLNumber {number} is not the allocated {record.number}")
-        previous = self.registry.crl_latest(self.issuer.name, target.scope, target.kind)
-        if previous is not None and number <= previous.number:
-            raise CrlBuildError(f"cRLNumber {number} is not greater than the published {previous.number}")
-        if len(crl) != entries:
-            raise CrlBuildError(f"{len(crl)} entries, the registry has {entries}")
-        try:  # every entry's extensions, as a relying party's parser reads them (CRL-level ones: above)
-            cache = self._walks.setdefault(target.filename, WalkCache())
-            walked = check_entry_extensions(data, tbs.segments, cache)
-        except (ValueError, IndexError) as exc:
-            raise CrlBuildError(f"an entry does not parse back: {exc}") from None
-        if walked != entries:
-            raise CrlBuildError(f"{walked} entries walked, the registry has {entries}")
-        now = int(self.clock())
-        next_update = crl.next_update_utc
-        if next_update is None or int(next_update.timestamp()) <= now:
-            raise CrlBuildError("nextUpdate is not in the future")
-        if int(crl.last_update_utc.timestamp()) > now + 1:
-            raise CrlBuildError("thisUpdate is in the future")
-        return hashlib.sha256(data).hexdigest()
+        with ThreadPoolExecutor(2, thread_name_prefix="crl-check") as hashing:
+            file_sha256 = hashing.submit(hashlib.sha256, data)
+            try:
+                shape = layout(data)
+                crl = x509.load_der_x509_crl(shape.skeleton(data))
+            except ValueError as exc:
+                raise CrlBuildError(f"does not parse back: {exc}") from None
+            # The signature, checked over the TBS bytes exactly as they are in the file (hashed again from what
+            # was read, not reusing the build's digest) with the CA certificate's public key.
+            tail = self.signer.algorithm_identifier_der + der.tlv(0x03, b"\x00" + crl.signature)
+            if shape.tbs_end - shape.tbs != tbs.size or data[shape.tbs_end:] != tail:
+                raise CrlBuildError("the file is not laid out as built (TBS, algorithm, signature)")
+            digest = hashing.submit(self.signer.algorithm.digest, memoryview(data)[shape.tbs:shape.tbs_end])
+            if crl.signature_algorithm_oid.dotted_string != self.signer.algorithm_identifier["algorithm"].dotted:
+                raise CrlBuildError("signature algorithm differs from the signer's")
+            if crl.issuer.public_bytes() != self._issuer_name:
+                raise CrlBuildError("issuer does not match the CA certificate's subject")
+            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+            if number != record.number:
+                raise CrlBuildError(f"cRLNumber {number} is not the allocated {record.number}")
+            previous = self.registry.crl_latest(self.issuer.name, target.scope, target.kind)
+            if previous is not None and number <= previous.number:
+                raise CrlBuildError(f"cRLNumber {number} is not greater than the published {previous.number}")
+            if tbs.checked is not None:  # checked as read, and the TBS is shown below to be those very bytes
+                walked = tbs.checked
+                if shape.entries_end - shape.entries != sum(tbs.segments):
+                    raise CrlBuildError("the entries in the file are not the ones read")
+            else:
+                try:  # every entry parsed, and its extensions, as a relying party's parser reads them
+                    walked = check_entry_extensions(data, tbs.segments, self._walk_cache(target.filename))
+                except (ValueError, IndexError) as exc:
+                    raise CrlBuildError(f"an entry does not parse back: {exc}") from None
+            if walked != entries:
+                raise CrlBuildError(f"{walked} entries in the file, the registry has {entries}")
+            with contextlib.suppress(OSError):  # for the next build, in whatever process (a cache: best effort)
+                self._walks[target.filename].save(self.dir / f".{target.filename}.walk")
+            if digest.result() != tbs.digest:  # SHA-256: the file's TBS is byte for byte the one built and signed
+                raise CrlBuildError("the TBS in the file is not the one signed")
+            try:
+                self.signer.verify_digest(crl.signature, digest.result())
+            except SignatureCheckFailed:
+                raise CrlBuildError("signature does not verify under the CA certificate") from None
+            now = int(self.clock())
+            next_update = crl.next_update_utc
+            if next_update is None or int(next_update.timestamp()) <= now:
+                raise CrlBuildError("nextUpdate is not in the future")
+            if int(crl.last_update_utc.timestamp()) > now + 1:
+                raise CrlBuildError("thisUpdate is in the future")
+            return file_sha256.result().hexdigest()
+
+    def _walk_cache(self, filename: str) -> WalkCache:
+        """The entry walks of the previous build of ``filename`` (from this process, else from disk)."""
+        cache = self._walks.get(filename)
+        if cache is None:
+            cache = self._walks[filename] = WalkCache()
+            cache.load(self.dir / f".{filename}.walk")
+        return cache
 
     def _install(self, target: Target, record: CrlRecord, tmp: Path, tbs: _Tbs, size: int, sha256: str,
                  started: float) -> PublishedCrl:
@@ -330,8 +397,3 @@ def pem_crl(data: bytes) -> bytes:
     lines = b"\n".join([body[i:i + 64] for i in range(0, len(body), 64)])
     return b"-----BEGIN X509 CRL-----\n" + lines + b"\n-----END X509 CRL-----\n"
 
-
-def _read_chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            yield chunk

@@ -15,7 +15,6 @@ Design:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -318,6 +317,8 @@ class HsmSigner:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking signer call on the HSM executor (bounded by ``max_concurrent``)."""
+        import asyncio  # here: the command line (``crl build``) never needs it, and it costs start-up time
+
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def key(self, label: str, certificate: x509.Certificate,

@@ -42,6 +42,7 @@ class CrlNumberRefused(Refused):
     """A CRL handed in whose number does not go past the numbers already used for its sequence."""
 
 
+MIN_RANGE = 1 << 14  # certificate ids in one chunk of a CRL build, at least (a power of two)
 _CRL_COLUMNS = ("i.name, r.scope, r.kind, r.number, r.base_number, r.this_update, r.next_update, r.change_seq, "
                 "r.state, r.entries, r.size, r.sha256, r.error")
 
@@ -58,17 +59,31 @@ class CrlSnapshot:
 
     def full_entries(self, cutoff: int | None, partition: tuple[int, int] | None = None,
                      chunks: int = 20) -> tuple[int, list[bytes]]:
-        """(count, DER chunks) of a complete CRL's entries, concatenated inside SQLite.
+        """(count, DER chunks) of a complete CRL's entries (``full_entry_runs`` gathered)."""
+        total, out = 0, []
+        for count, blob in self.full_entry_runs(cutoff, partition, chunks):
+            total += count
+            out.append(blob)
+        return total, out
+
+    def full_entry_runs(self, cutoff: int | None, partition: tuple[int, int] | None = None,
+                        chunks: int = 20) -> Iterator[tuple[int, bytes]]:
+        """(count, DER) of each non-empty chunk of a complete CRL's entries, in order, concatenated inside SQLite.
 
         The entries were encoded when each certificate was revoked; here they are only concatenated, in
-        about ``chunks`` ranges of certificate ids (bounded transient memory), with no per-entry Python
-        object at all: the cost that makes a million entries take well under a second.
+        at most about ``chunks`` ranges of certificate ids (bounded transient memory), with no per-entry
+        Python object at all: the cost that makes a million entries take well under a second.
+        The ranges are aligned on a power of two (at least ``MIN_RANGE`` ids) that only changes when the
+        span of ids doubles: a revocation changes the bytes of one chunk, and the self-check of the next
+        build recognises the others as already walked (``entrycheck.WalkCache``).
         ``cutoff`` drops certificates that expired before it (unknown expiry is kept).
         """
-        low, high = self._conn.execute("SELECT MIN(certificate_id), MAX(certificate_id) FROM crl_entries "
-                                       "WHERE issuer_id = ?", (self._issuer_id,)).fetchone()
+        # one aggregate each: SQLite answers a lone MIN or MAX from the primary key, both together by a scan
+        low, high = self._conn.execute(
+            "SELECT (SELECT MIN(certificate_id) FROM crl_entries WHERE issuer_id = ?), "
+            "(SELECT MAX(certificate_id) FROM crl_entries WHERE issuer_id = ?)", (self._issuer_id,) * 2).fetchone()
         if low is None:
-            return 0, []
+            return
         sql = ("SELECT COUNT(*), CAST(group_concat(entry_der, '') AS BLOB) FROM crl_entries "
                "WHERE issuer_id = ? AND certificate_id >= ? AND certificate_id < ?")
         extra: list[Any] = []
@@ -78,14 +93,13 @@ class CrlSnapshot:
         if partition is not None:
             sql += " AND serial_low % ? = ?"
             extra.extend(partition)
-        span = max(1, (high - low + chunks) // chunks)
-        total, out = 0, []
-        for start in range(low, high + 1, span):
+        span = MIN_RANGE
+        while (high - low) // span >= chunks:
+            span *= 2
+        for start in range(low - low % span, high + 1, span):
             count, blob = self._conn.execute(sql, [self._issuer_id, start, start + span, *extra]).fetchone()
             if count:
-                total += count
-                out.append(blob)
-        return total, out
+                yield count, bytes(blob)
 
     def delta_entries(self, since_seq: int, removal_time: int) -> list[bytes]:
         """Entries changed after ``since_seq``: current entries, plus removeFromCRL for released holds."""
