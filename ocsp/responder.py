@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from directory import cert_id
 from directory.config import Config, IssuerConfig
 from directory.der import DIGESTS
-from directory.hsm.signer import HsmError, HsmSigner, KeySigner
+from directory.hsm.signer import SAMPLED, HsmError, HsmSigner, KeySigner
 from directory.registry import Registry
 from directory.revocation import REASON_CODES
 from ocsp import response as resp
@@ -67,12 +67,13 @@ class IssuerResponder:
         if issuer.ocsp.signer_certificate is not None:
             responder_cert = issuer.ocsp.signer_certificate
             assert issuer.ocsp.signer_key_label is not None
-            self.signer: KeySigner = hsm.key(issuer.ocsp.signer_key_label, responder_cert)
+            # ECDSA signatures verified by sample once the key has proven itself (``directory.hsm.keys``)
+            self.signer: KeySigner = hsm.key(issuer.ocsp.signer_key_label, responder_cert, verification=SAMPLED)
             cert_ders = [responder_cert.public_bytes(Encoding.DER)]
         else:
             responder_cert = issuer.certificate
             assert issuer.key_label is not None  # the configuration requires a delegated responder otherwise
-            self.signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm)
+            self.signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm, SAMPLED)
             cert_ders = []
         self.responder_key_hash = cert_id.key_hash(responder_cert, "sha1")
         self.certs = resp.certs_field(cert_ders)

@@ -40,14 +40,15 @@ from directory.hsm.errors import (
     PinRefused,
     SignatureCheckFailed,
 )
-from directory.hsm.keys import ChunkSource, KeySigner, ecdsa_der
+from directory.hsm.keys import EVERY_SIGNATURE, SAMPLED, ChunkSource, KeySigner, Verification, ecdsa_der
 from directory.hsm.module import Module
 from directory.hsm.pin import PinGuard
 from directory.hsm.sessions import PooledSession, SessionPool
 from directory.hsm.settings import HsmSettings, HsmStats
 
-__all__ = ["HsmError", "HsmSettings", "HsmSigner", "HsmStats", "HsmUnavailable", "KeyNotFound", "KeySigner",
-           "KeyUnusable", "PinRefused", "SignatureCheckFailed", "ecdsa_der"]
+__all__ = ["EVERY_SIGNATURE", "SAMPLED", "HsmError", "HsmSettings", "HsmSigner", "HsmStats", "HsmUnavailable",
+           "KeyNotFound", "KeySigner", "KeyUnusable", "PinRefused", "SignatureCheckFailed", "Verification",
+           "ecdsa_der"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -316,14 +317,26 @@ class HsmSigner:
 
         return self._sign(label, algorithm, plan, data)
 
+    @property
+    def sessions(self) -> int:
+        """How many signatures can run at once (the session pool's size: ``max_concurrent``, or less)."""
+        return self._pool.size
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking signer call on the HSM executor (bounded by ``max_concurrent``)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def key(self, label: str, certificate: x509.Certificate,
-            algorithm: SignatureAlgorithm | None = None) -> KeySigner:
+    def key(self, label: str, certificate: x509.Certificate, algorithm: SignatureAlgorithm | None = None,
+            verification: Verification = EVERY_SIGNATURE) -> KeySigner:
         """A signer for the key ``label`` whose public half is in ``certificate``."""
-        return KeySigner(self, label, certificate.public_key(), algorithm, certificate.subject.rfc4514_string())
+        return KeySigner(self, label, certificate.public_key(), algorithm, certificate.subject.rfc4514_string(),
+                         verification)
+
+    def trust_epoch(self) -> tuple[int, int, int, int]:
+        """Changes whenever a session is opened (keys looked up again by label), an HSM call fails, or the
+        module is initialised again: a key's sampled verification starts over (``keys.Verification``)."""
+        stats = self.stats
+        return self._module.generation, stats.relogins, stats.errors, stats.reinits
 
     # -- state -----------------------------------------------------------------------------
     def check(self, labels: Iterable[str] = ()) -> None:
