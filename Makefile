@@ -11,12 +11,12 @@ ADMIN_PORT ?= 8443
 # Debian packages by use. A production host gets only the runtime ones (`make deps`; see deploy/README.md):
 # slapd (the managed slapd, or a provider on the same host), ldap-utils and opensc (pkcs11-tool) and
 # openssl for the operator's checks. SoftHSM2 is the demo's and the tests' HSM, never production's;
-# gnutls-bin (ocsptool) and chromium drive tests, wrk the benchmarks.
+# gnutls-bin (ocsptool) and chromium drive tests, wrk the benchmarks (and their tiny runs in the tests).
 DEB_PACKAGES := slapd ldap-utils opensc openssl
 DEMO_DEB_PACKAGES := softhsm2
 # tpm2-pkcs11 over a software TPM (swtpm, tpm2-abrmd on a private D-Bus): the second PKCS#11 module of the tests
 TPM2_DEB_PACKAGES := libtpm2-pkcs11-1 libtpm2-pkcs11-tools libtss2-tcti-tabrmd0 swtpm tpm2-abrmd tpm2-tools dbus
-TEST_DEB_PACKAGES := $(DEMO_DEB_PACKAGES) gnutls-bin chromium chromium-driver $(TPM2_DEB_PACKAGES)
+TEST_DEB_PACKAGES := $(DEMO_DEB_PACKAGES) gnutls-bin chromium chromium-driver wrk $(TPM2_DEB_PACKAGES)
 BENCH_DEB_PACKAGES := $(DEMO_DEB_PACKAGES) wrk $(TPM2_DEB_PACKAGES)
 STAMP := $(VENV)/.installed
 
@@ -42,6 +42,7 @@ bench: bench-packages deps
 	$(BIN)/python -m bench.importer
 	$(BIN)/python -m bench.crl
 	$(BIN)/python -m bench.ocsp
+	$(BIN)/python -m bench.ocsp_nonce
 	$(BIN)/python -m bench.ldap
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.fuzz
