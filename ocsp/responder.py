@@ -8,6 +8,10 @@ Freshness: any status change (seen through the registry's change log, whichever 
 first removes the cached responses of that certificate, then re-signs them. A request arriving in
 between is signed live from the registry, so "revoked" is never hidden behind a cached "good". A
 generation counter per certificate keeps a slow live signature from putting back a stale response.
+Live answers read a certificate's status from the registry once, then from a small cache that the very
+same change log empties (``STATUS_CACHE``): a nonce answer is exactly as fresh as a pre-signed one, and
+the signing threads do not wait on a registry query per answer. Serials the registry does not know are
+never remembered (an import, from any process, is answerable at once).
 
 Nothing a client sends reaches another client's answer: requests are strict DER (``ocsp.request``),
 every answer is keyed by (issuer, hash algorithm, serial) and carries the CertID built from those values
@@ -43,6 +47,10 @@ PRESIGN_HASH = "sha1"  # what RFC 5019 clients use in CertIDs
 # LRU links, tuples, serial int (up to 20 octets). tests/test_ocsp_caches.py measures them as upper bounds.
 REQUEST_ENTRY_OVERHEAD = 400
 ANSWER_ENTRY_OVERHEAD = 560
+# Statuses of certificates asked about live: (issuer, serial) -> (status, revocation time, reason); bytes
+# charged per entry (tuples, serial int, strings shared with the registry's rows), an upper bound.
+STATUS_CACHE = 8 * 1024 * 1024
+STATUS_ENTRY_OVERHEAD = 400
 
 
 @dataclass
@@ -124,6 +132,8 @@ class OcspResponder:
         self.answers: ByteLru[tuple[str, str, int], tuple[bytes, int, int]] = ByteLru(
             config.http.ocsp_answer_cache, ANSWER_ENTRY_OVERHEAD)
         self._generation: dict[tuple[str, int], int] = {}
+        self.statuses: ByteLru[tuple[str, int], tuple[str, int | None, str | None]] = ByteLru(
+            STATUS_CACHE, STATUS_ENTRY_OVERHEAD)
         # how a cacheable request arrived (POST body, GET path) -> (issuer, hash algorithm, serial)
         self.requests: ByteLru[bytes | str, tuple[IssuerResponder, str, int]] = ByteLru(
             config.http.ocsp_request_cache, REQUEST_ENTRY_OVERHEAD)
@@ -211,9 +221,16 @@ class OcspResponder:
 
     def _status(self, issuer: IssuerResponder, cid: CertId) -> resp.SingleStatus | None:
         """What to say about one CertID; None when the registry never saw the serial."""
-        row = self.registry.status_of(issuer.name, format(cid.serial, "x"))
+        key = (issuer.name, cid.serial)
+        row = self.statuses.get(key)
         if row is None:
-            return None
+            generation = self._generation.get(key, 0)
+            row = self.registry.status_of(issuer.name, format(cid.serial, "x"))
+            if row is None:
+                return None
+            with self._lock:  # not if the certificate changed meanwhile (``invalidate`` takes the lock too)
+                if generation == self._generation.get(key, 0):
+                    self.statuses.put(key, row, 0)
         status, revocation_time, reason = row
         cid_der = issuer.cert_id_der(cid.hash_name, cid.serial)
         if status == "good":
@@ -260,7 +277,9 @@ class OcspResponder:
             return
         serial = int(serial_hex, 16)
         key = (issuer, serial)
-        self._generation[key] = self._generation.get(key, 0) + 1
+        with self._lock:
+            self._generation[key] = self._generation.get(key, 0) + 1
+            self.statuses.pop(key)
         self.cache[(issuer, PRESIGN_HASH)].pop(serial, None)
         for h in DIGESTS:
             self.answers.pop((issuer, h, serial))

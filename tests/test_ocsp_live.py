@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509 import ocsp
 
 from ocsp.live import LiveLane
 from ocsp.request import CertId, Request
 from ocsp.responder import Outcome
+from tests.conftest import run_cli
+from tests.served import serve
+from tests.test_ocsp import _pick, _post
+from tests.test_ocsp import _request as _ocsp_request
 
 
 def _request(n: int) -> Request:
@@ -61,3 +69,29 @@ def test_a_requester_that_gave_up_does_not_disturb_the_others() -> None:
             await asyncio.get_running_loop().run_in_executor(None, lane.stop)
 
     asyncio.run(main())
+
+
+def test_nonce_answers_follow_status_changes_made_by_another_process(demo: Path) -> None:
+    """Statuses read for live answers are remembered until the change log says otherwise: a revocation and a
+    released hold, made by the command line (another process), show in nonce answers within a second."""
+    with serve(demo) as served:
+        revoked, held = _pick(demo, "good", "ac-structures"), _pick(demo, "on-hold", "ac-structures")
+
+        def status(entry: dict) -> ocsp.OCSPCertStatus:
+            nonce = os.urandom(16)
+            body = _post(served.base + "/ocsp", _ocsp_request(demo, entry, nonce=nonce))[2]
+            answer = ocsp.load_der_ocsp_response(body)
+            assert answer.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+            return answer.certificate_status
+
+        for _ in range(3):  # the statuses are now remembered
+            assert status(revoked) == ocsp.OCSPCertStatus.GOOD
+            assert status(held) == ocsp.OCSPCertStatus.REVOKED
+        run_cli("revoke", "--config", str(demo), "--issuer", "ac-structures", "--serial", "0x" + revoked["serial_hex"],
+                "--reason", "keyCompromise", check=True)
+        run_cli("release-hold", "--config", str(demo), "--issuer", "ac-structures", "--serial",
+                "0x" + held["serial_hex"], check=True)
+        done = time.monotonic()
+        while status(revoked) != ocsp.OCSPCertStatus.REVOKED or status(held) != ocsp.OCSPCertStatus.GOOD:
+            assert time.monotonic() - done < 1.0, "status changes not visible in nonce answers within 1 s"
+            time.sleep(0.02)
