@@ -65,6 +65,31 @@ class OcspStats:
         self.by_path[path] = self.by_path.get(path, 0) + 1
 
 
+class LiveSlots:
+    """At most ``size`` live signatures in flight, never waiting: ``take`` says no beyond (then ``tryLater``).
+
+    A counter under a plain lock: ``threading.BoundedSemaphore`` does the same through a Python-level
+    Condition, a cost paid twice per nonce answer."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.busy = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.busy >= self.size:
+                return False
+            self.busy += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            if self.busy <= 0:
+                raise ValueError("LiveSlots.give() without take()")
+            self.busy -= 1
+
+
 class IssuerResponder:
     """One issuer's responder: its signer, responder id, certificates sent along, and CertID hashes."""
 
@@ -88,7 +113,7 @@ class IssuerResponder:
         self.hashes = {h: cert_id.issuer_hashes(issuer.certificate, h) for h in DIGESTS}
         self.lookup_keys = {(h, name_hash, key_hash) for h, (name_hash, key_hash) in self.hashes.items()}
         self._cid_prefix = {h: cert_id.prefix(h, *hashes) for h, hashes in self.hashes.items()}
-        self.live_slots = threading.BoundedSemaphore(issuer.ocsp.live_concurrency)
+        self.live_slots = LiveSlots(issuer.ocsp.live_concurrency)
 
     def cert_id(self, hash_name: str, serial: int) -> CertId:
         """The CertID of one of this issuer's certificates, as a client would send it."""
@@ -191,7 +216,7 @@ class OcspResponder:
         issuer = self._issuer_of(request)
         if issuer is None:
             return error_outcome(resp.UNAUTHORIZED, "error")
-        if not issuer.live_slots.acquire(blocking=False):
+        if not issuer.live_slots.take():
             self.stats.shed += 1
             return error_outcome(resp.TRY_LATER, "shed")
         try:
@@ -211,7 +236,7 @@ class OcspResponder:
             return Outcome(resp.assemble(signed, issuer.certs), "successful", "live", this_update,
                            None if echo else next_update, signed[-16:])
         finally:
-            issuer.live_slots.release()
+            issuer.live_slots.give()
 
     def _issuer_of(self, request: Request) -> IssuerResponder | None:
         found = {self._by_key.get((c.hash_name, c.name_hash, c.key_hash)) for c in request.cert_ids}

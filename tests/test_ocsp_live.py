@@ -14,7 +14,7 @@ from cryptography.x509 import ocsp
 
 from ocsp.live import LiveLane
 from ocsp.request import CertId, Request
-from ocsp.responder import Outcome
+from ocsp.responder import LiveSlots, Outcome
 from tests.conftest import run_cli
 from tests.served import serve
 from tests.test_ocsp import _pick, _post
@@ -95,3 +95,15 @@ def test_nonce_answers_follow_status_changes_made_by_another_process(demo: Path)
         while status(revoked) != ocsp.OCSPCertStatus.REVOKED or status(held) != ocsp.OCSPCertStatus.GOOD:
             assert time.monotonic() - done < 1.0, "status changes not visible in nonce answers within 1 s"
             time.sleep(0.02)
+
+
+def test_live_slots_say_no_beyond_their_size_and_never_wait() -> None:
+    slots = LiveSlots(2)
+    assert slots.take() and slots.take()
+    assert not slots.take()  # a third live signature: tryLater
+    slots.give()
+    assert slots.take()
+    slots.give()
+    slots.give()
+    with pytest.raises(ValueError):
+        slots.give()
