@@ -68,6 +68,7 @@ _MECHANISM_ERRORS: tuple[type[Exception], ...] = (
     p11e.MechanismInvalid, p11e.MechanismParamInvalid, p11e.KeyTypeInconsistent, p11e.FunctionNotSupported,
     p11e.KeySizeRange, p11e.DataLenRange,
 )
+_MECHANISMS: dict[int, pkcs11.Mechanism] = {}
 _SESSION_WAIT = 60.0  # a caller waits this long at most for a free session
 _CAPABILITY_PROBE = b"annuaire: can this key sign as configured?"
 
@@ -278,7 +279,10 @@ class HsmSigner:
 
     # -- signing ---------------------------------------------------------------------------
     def _sign(self, label: str, algorithm: SignatureAlgorithm, plan: Plan, data: Callable[[], Any]) -> bytes:
-        param, mechanism = None, pkcs11.Mechanism(plan.mechanism)
+        mechanism = _MECHANISMS.get(plan.mechanism)
+        if mechanism is None:  # an Enum call costs microseconds: made once per mechanism
+            mechanism = _MECHANISMS[plan.mechanism] = pkcs11.Mechanism(plan.mechanism)
+        param = None
         if algorithm.scheme == "pss":
             name = algorithm.hash.upper()
             param = (getattr(pkcs11.Mechanism, name), getattr(pkcs11.MGF, name), algorithm.digest_size)
