@@ -47,6 +47,7 @@ bench: bench-packages deps
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.fuzz
 	$(BIN)/python -m bench.soak
+	$(BIN)/python -m bench.check
 
 # ruff, then the dependency audit (known vulnerabilities, from PyPI's advisory data; needs pypi.org).
 # --strict: a dependency that could not be looked up fails the audit instead of passing it silently.

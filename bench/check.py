@@ -13,11 +13,11 @@ completely once per published content. So:
 
     python -m bench.check                                   # both, figures for bench/RESULTS.md
     python -m bench.check --config C --base URL --pid PID --duration 5 --crl-entries 0 --json   # make test
+    python -m bench.check --tiny --json   # make test: both, seconds-scale, the 60-certificate tiny demo
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -30,7 +30,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench.common import OUT, config_with_data_dir, demo
+from bench.common import OUT, TINY_CERTS, arguments, config_with_data_dir, demo, tiny_demo, wait_presigned
 from bench.ocsp import free_port, wait_http
 from directory import der
 from directory.check.checker import PublicationChecker
@@ -40,6 +40,7 @@ from directory.publication import Target
 from directory.runtime import open_config_registry
 
 DAY = 86400
+TINY = {"duration": 2.0, "interval": 1.0, "crl_entries": 200}
 
 
 def process_cpu(pid: int) -> float:
@@ -95,9 +96,9 @@ def _service_cpu(pid: int, seconds: float) -> float:
     return process_cpu(pid) - before
 
 
-def crl_parse(entries: int) -> dict[str, object]:
+def crl_parse(entries: int, tiny: bool = False) -> dict[str, object]:
     """Build a CRL of ``entries`` entries with the real builder, then time the checker's complete parse."""
-    demo_dir = demo("crl-rsa", "rsa")
+    demo_dir = tiny_demo("rsa") if tiny else demo("crl-rsa", "rsa")
     work = OUT / "check-crl"
     shutil.rmtree(work, ignore_errors=True)
     config_path = config_with_data_dir(demo_dir, work)
@@ -128,9 +129,10 @@ def crl_parse(entries: int) -> dict[str, object]:
     return {"entries": entries, "bytes": len(body), "parse_cpu_s": round(sorted(times)[1], 3)}
 
 
-def own_instance(duration: float, rate: float, interval: float, certificates: int) -> dict[str, object]:
+def own_instance(duration: float, rate: float, interval: float, certificates: int,
+                 tiny: bool = False) -> dict[str, object]:
     """A demo of ``certificates`` served by its own instance (the service and the checker: two processes)."""
-    directory = demo(f"check-{certificates}", "rsa", certificates)
+    directory = tiny_demo("rsa") if tiny else demo(f"check-{certificates}", "rsa", certificates)
     config = directory / "annuaire.toml"
     port, admin_port, ldap_port = free_port(), free_port(), free_port()
     text = re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text(), count=1)
@@ -144,7 +146,10 @@ def own_instance(duration: float, rate: float, interval: float, certificates: in
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/readyz")
-        time.sleep(90)  # pre-signing and the first directory sync settle (persisted after the first run)
+        if tiny:
+            wait_presigned(base, 0.9 * TINY_CERTS, poll=0.2, timeout=120)
+        else:
+            time.sleep(90)  # pre-signing and the first directory sync settle (persisted after the first run)
         return run_cycles(config, base, proc.pid, duration, rate, interval)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -152,7 +157,7 @@ def own_instance(duration: float, rate: float, interval: float, certificates: in
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__)
     parser.add_argument("--config", help="the served instance's configuration (with --base)")
     parser.add_argument("--base", help="its public URL")
     parser.add_argument("--pid", type=int, help="its process id (CPU measured from /proc)")
@@ -161,14 +166,15 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=10)
     parser.add_argument("--certificates", type=int, default=20000, help="size of the own demo (without --base)")
     parser.add_argument("--crl-entries", type=int, default=100_000)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.tiny:
+        vars(args).update(TINY)
     if args.base:
         summary = run_cycles(Path(args.config), args.base, args.pid, args.duration, args.rate, args.interval)
     else:
-        summary = own_instance(args.duration, args.rate, args.interval, args.certificates)
+        summary = own_instance(args.duration, args.rate, args.interval, args.certificates, args.tiny)
     if args.crl_entries:
-        crl = crl_parse(args.crl_entries)
+        crl = crl_parse(args.crl_entries, args.tiny)
         summary["crl"] = crl
         summary["crl_parse_core_percent_if_hourly"] = round(100 * float(crl["parse_cpu_s"]) * 24 / DAY, 3)  # type: ignore[arg-type]
     print(json.dumps(summary, indent=None if args.json else 1))

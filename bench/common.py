@@ -1,13 +1,27 @@
-"""Helpers shared by the benchmarks: a demo built on demand under bench/out, peak RSS."""
+"""Helpers shared by the benchmarks: a demo built on demand under bench/out, peak RSS, the arguments every
+script takes (``--tiny``, ``--json``) and its summary line.
+
+Every script prints its human table (markdown rows) and then, as the last line of stdout, one JSON object
+with its figures; ``--json`` leaves the JSON line alone on stdout. ``--tiny`` is the seconds-scale run
+`make test` does (tests/test_benches.py) so that a change breaking a benchmark fails CI. ``BENCH_OUT``
+moves the work folder (bench/out) elsewhere, e.g. a temp folder.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import re
 import resource
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent / "out"
+OUT = Path(os.environ.get("BENCH_OUT") or Path(__file__).resolve().parent / "out")
+TINY_CERTS = 60  # end-entity certificates of the demos --tiny runs share
 
 
 def demo(name: str, key_type: str, certs: int = 0) -> Path:
@@ -16,8 +30,13 @@ def demo(name: str, key_type: str, certs: int = 0) -> Path:
     if not (directory / "annuaire.toml").exists():
         OUT.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "directory.cli", "init-demo", str(directory), "--certs", str(certs),
-                        "--key-type", key_type], check=True)
+                        "--key-type", key_type], check=True, stdout=sys.stderr)
     return directory
+
+
+def tiny_demo(key_type: str) -> Path:
+    """The one demo of each key type every ``--tiny`` run shares: one build, not one a script."""
+    return demo(f"tiny-{key_type}", key_type, TINY_CERTS)
 
 
 def peak_rss_mb_children() -> float:
@@ -35,3 +54,36 @@ def config_with_data_dir(demo_dir: Path, work: Path) -> Path:
     text = text.replace('file = "pc/', f'file = "{demo_dir}/pc/')  # the CAs' certification policy documents
     config.write_text(text.replace('certificate = "ca/', f'certificate = "{demo_dir}/ca/'))
     return config
+
+
+def presigned(base: str) -> float:
+    """Pre-signed OCSP responses a served instance holds (its /metrics, every issuer)."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(m) for m in re.findall(r'^annuaire_ocsp_cached_responses\{[^}]*\} ([\d.e+]+)$', text, re.M))
+
+
+def wait_presigned(base: str, expect: float, poll: float = 2.0, timeout: float = 1800) -> None:
+    """Until the instance at ``base`` holds ``expect`` pre-signed responses (its start-up pre-signing done)."""
+    deadline = time.monotonic() + timeout
+    while presigned(base) < expect:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pre-signing did not reach {expect:.0f} responses at {base}")
+        time.sleep(poll)
+
+
+def arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The parser every script starts from: ``--tiny`` and ``--json``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true",
+                        help="seconds-scale run (a few items, short durations): what `make test` runs")
+    parser.add_argument("--json", action="store_true", help="stdout: the JSON summary alone, on one line")
+    return parser
+
+
+def report(summary: dict[str, object], args: argparse.Namespace, lines: list[str] | tuple[str, ...] = ()) -> None:
+    """The human lines (unless ``--json``), then the summary as one JSON line: always stdout's last line."""
+    if not args.json:
+        for line in lines:
+            print(line)
+    print(json.dumps(summary), flush=True)

@@ -4,6 +4,7 @@ sample of them over HTTP against a served demo: 0 crashes (any exception but the
 
 Inputs: mutations of well-formed requests (bits flipped, DER lengths broken, cut, grown, spliced) and
 random bytes, for POST bodies and for base64 GET paths (percent-encoded, unpadded, '+' turned into ' ').
+``--tiny``: 2,000 inputs in process, 100 over HTTP.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from bench.common import demo
+from bench.common import arguments, demo, report, tiny_demo
 from bench.ocsp import free_port, wait_http
 from directory.config import load_config
 from directory.runtime import open_config_registry, open_hsm
@@ -32,6 +33,7 @@ from tests.faults.test_fuzz import VALID
 
 TOTAL = int(os.environ.get("BENCH_FUZZ_INPUTS", "1000000"))
 HTTP_SAMPLE = int(os.environ.get("BENCH_FUZZ_HTTP", "20000"))
+TINY = (2000, 100)  # inputs in process, over HTTP
 
 
 def inputs(rng: random.Random, n: int):  # type: ignore[no-untyped-def]
@@ -51,13 +53,13 @@ def inputs(rng: random.Random, n: int):  # type: ignore[no-untyped-def]
                 yield "bytes", data
 
 
-def in_process(config_path: Path) -> dict[str, int]:
+def in_process(config_path: Path, total: int = TOTAL) -> dict[str, int]:
     config = load_config(config_path)
     responder = OcspResponder(config, open_hsm(config), open_config_registry(config))
     counts = {"inputs": 0, "parsed": 0, "malformed": 0, "answered_from_cache_path": 0, "crashes": 0}
     rng = random.Random(1)
     started = time.monotonic()
-    for kind, item in inputs(rng, TOTAL):
+    for kind, item in inputs(rng, total):
         counts["inputs"] += 1
         try:
             der = decode_get_path(item) if kind == "path" else item
@@ -76,11 +78,13 @@ def in_process(config_path: Path) -> dict[str, int]:
         except Exception as exc:
             counts["crashes"] += 1
             print(f"CRASH in responder {type(exc).__name__}: {exc!r} on {item!r}"[:500], file=sys.stderr)
-    counts["seconds"] = int(time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    counts["seconds"] = int(elapsed)
+    counts["inputs_per_s"] = int(counts["inputs"] / max(elapsed, 1e-6))
     return counts
 
 
-def over_http(config_path: Path) -> dict[str, int]:
+def over_http(config_path: Path, sample: int = HTTP_SAMPLE) -> dict[str, int]:
     port = free_port()
     text = re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"', config_path.read_text(), count=1)
     config_path.write_text(text)
@@ -91,7 +95,7 @@ def over_http(config_path: Path) -> dict[str, int]:
     try:
         wait_http(base + "/readyz")
         rng = random.Random(2)
-        for kind, item in inputs(rng, HTTP_SAMPLE):
+        for kind, item in inputs(rng, sample):
             if kind == "path":
                 request = urllib.request.Request(f"{base}/ocsp/{urllib.parse.quote(item, safe='/%+=')}")
             else:
@@ -111,12 +115,16 @@ def over_http(config_path: Path) -> dict[str, int]:
 
 
 def main() -> int:
-    directory = demo("fuzz", "ec", 50)
+    args = arguments(__doc__).parse_args()
+    total, sample = TINY if args.tiny else (TOTAL, HTTP_SAMPLE)
+    directory = tiny_demo("ec") if args.tiny else demo("fuzz", "ec", 50)
     config = directory / "annuaire.toml"
-    counts = in_process(config)
-    print(f"in process: {counts}")
-    statuses = over_http(config)
-    print(f"over HTTP ({HTTP_SAMPLE} requests): {statuses}")
+    counts = in_process(config, total)
+    statuses = over_http(config, sample)
+    report({"in_process": counts, "over_http": statuses, "http_requests": sample,
+            "crashes": counts["crashes"], "http_500": statuses.get("500", 0),
+            "tracebacks_in_log": statuses["tracebacks_in_log"]}, args,
+           [f"in process: {counts}", f"over HTTP ({sample} requests): {statuses}"])
     return 1 if counts["crashes"] or statuses.get("500") or statuses["tracebacks_in_log"] else 0
 
 

@@ -17,17 +17,18 @@ from pathlib import Path
 import pkcs11
 from cryptography import x509
 
-from bench.common import demo
+from bench.common import arguments, demo, report, tiny_demo
 from directory.hsm.signer import HsmSettings, HsmSigner, ecdsa_der
 
 DURATION = 2.0
 ROUNDS = 5
+TINY = (0.2, 1)  # --tiny: seconds per sample, rounds
 MESSAGE = b"m" * 1024
 
 
-def _rate(worker, threads: int) -> float:  # type: ignore[no-untyped-def]
+def _rate(worker, threads: int, duration: float) -> float:  # type: ignore[no-untyped-def]
     counts = [0] * threads
-    stop = time.monotonic() + DURATION
+    stop = time.monotonic() + duration
 
     def run(i: int) -> None:
         n = 0
@@ -45,7 +46,12 @@ def _rate(worker, threads: int) -> float:  # type: ignore[no-untyped-def]
     return sum(counts) / (time.monotonic() - start)
 
 
-def bench(directory: Path, label: str, kind: str) -> list[tuple[str, int, float, float, float]]:
+def bench(directory: Path, label: str, kind: str, duration: float | None = None,
+          rounds: int | None = None) -> list[tuple[str, int, float, float, float]]:
+    """Rows (key, threads, direct, signer, machinery sig/s); DURATION and ROUNDS read at the call (bench.ocsp
+    sets them)."""
+    duration = DURATION if duration is None else duration
+    rounds = ROUNDS if rounds is None else rounds
     pin = (directory / "hsm" / "pin").read_text().strip()
     hsm = HsmSigner(HsmSettings("/usr/lib/softhsm/libsofthsm2.so", "annuaire-demo", pin, 2,
                                 softhsm2_conf=str(directory / "hsm" / "softhsm2.conf")))
@@ -79,9 +85,9 @@ def bench(directory: Path, label: str, kind: str) -> list[tuple[str, int, float,
         # interleave the three variants over several rounds and keep the median: this machine is noisy
         samples: dict[str, list[float]] = {"direct": [], "signer": [], "machinery": []}
         variants = [("direct", direct), ("signer", signer), ("machinery", machinery)]
-        for round_ in range(ROUNDS):
+        for round_ in range(rounds):
             for name, fn in variants[round_ % 3:] + variants[: round_ % 3]:
-                samples[name].append(_rate(fn, threads))
+                samples[name].append(_rate(fn, threads, duration))
         d, o, m = (statistics.median(samples[k]) for k in ("direct", "signer", "machinery"))
         rows.append((f"{kind}", threads, d, o, m))
     hsm.close()
@@ -89,14 +95,20 @@ def bench(directory: Path, label: str, kind: str) -> list[tuple[str, int, float,
 
 
 def main() -> int:
-    rows = bench(demo("hsm-rsa", "rsa"), "ac-personnes", "rsa") + bench(demo("hsm-ec", "ec"), "ac-personnes", "ec")
-    print("| key | threads | direct python-pkcs11 sig/s | annuaire signer (verifies each) sig/s | overhead |"
-          " signer without the verification step sig/s | overhead |")
-    print("|---|---|---|---|---|---|---|")
+    args = arguments(__doc__).parse_args()
+    duration, rounds = TINY if args.tiny else (DURATION, ROUNDS)
+    rsa, ec = (tiny_demo("rsa"), tiny_demo("ec")) if args.tiny else (demo("hsm-rsa", "rsa"), demo("hsm-ec", "ec"))
+    rows = bench(rsa, "ac-personnes", "rsa", duration, rounds) + bench(ec, "ac-personnes", "ec", duration, rounds)
+    lines = ["| key | threads | direct python-pkcs11 sig/s | annuaire signer (verifies each) sig/s | overhead |"
+             " signer without the verification step sig/s | overhead |", "|---|---|---|---|---|---|---|"]
     for kind, threads, d, o, m in rows:
         name = "RSA-2048" if kind == "rsa" else "P-256"
-        print(f"| {name} | {threads} | {d:,.0f} | {o:,.0f} | {100 * (d - o) / d:+.1f}% | {m:,.0f} |"
-              f" {100 * (d - m) / d:+.1f}% |")
+        lines.append(f"| {name} | {threads} | {d:,.0f} | {o:,.0f} | {100 * (d - o) / d:+.1f}% | {m:,.0f} |"
+                     f" {100 * (d - m) / d:+.1f}% |")
+    report({"seconds_per_sample": duration, "rounds": rounds,
+            "rows": [{"key": kind, "threads": threads, "direct_sig_s": round(d, 1), "signer_sig_s": round(o, 1),
+                      "machinery_sig_s": round(m, 1), "signer_overhead": round((d - o) / d, 4)}
+                     for kind, threads, d, o, m in rows]}, args, lines)
     return 0
 
 

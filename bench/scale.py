@@ -6,30 +6,34 @@ then starts on the same registry and loads them. Load: two `wrk -t1 -c8` process
 over 5,000 distinct single-CertID requests), both against A ("one node"), then one against A and one
 against B ("two nodes": what a round-robin balancer does). Same machine, same run, after warm-up runs.
 This host has 2 cores: the nodes and the load generators share them, so the ratio measures what a second
-process on the same cores buys, not what a second machine would.
+process on the same cores buys, not what a second machine would. ``--tiny``: 60 certificates, 1 s runs, one
+round (a schema of its own, dropped after).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import psycopg
 
-from bench.common import OUT, demo
+from bench.common import OUT, arguments, demo, report, tiny_demo, wait_presigned
 from bench.ocsp import free_port, request_paths, wait_http
 
 N_CERTS = int(os.environ.get("BENCH_SCALE_CERTS", "10000"))
 DURATION = os.environ.get("BENCH_SCALE_DURATION", "10s")
 PG = os.environ.get("ANNUAIRE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 SCHEMA = "bench_scale"
+TINY = ("1s", 1)  # wrk duration, rounds (the shared tiny RSA demo: 60 certificates)
 LUA = """
 local paths = {}
 for line in io.lines(os.getenv("PATHS")) do paths[#paths + 1] = line end
@@ -38,34 +42,24 @@ request = function() return wrk.format("GET", paths[math.random(#paths)]) end
 """
 
 
-def node_config(demo_dir: Path, name: str, port: int) -> Path:
+def node_config(demo_dir: Path, name: str, port: int, schema: str = SCHEMA) -> Path:
     text = (demo_dir / "annuaire.toml").read_text()
     text = text[:text.index("[ldap]")] + text[text.index("[[issuers]]"):]
     text = text.replace('data_dir = "data"', f'data_dir = "node-{name}"')
     text = re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"', text)
-    url = f"{PG}?options=-csearch_path%3D{SCHEMA}"
+    url = f"{PG}?options=-csearch_path%3D{schema}"
     text = text.replace("[http]", f'[registry]\nurl = "{url}"\n\n[http]', 1)
     path = demo_dir / f"node-{name}.toml"
     path.write_text(text)
     return path
 
 
-def cached(base: str) -> float:
-    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return sum(float(m) for m in re.findall(r'^annuaire_ocsp_cached_responses\{[^}]*\} ([\d.e+]+)$', text, re.M))
-
-
-def start(config: Path, port: int, expect: int) -> subprocess.Popen[bytes]:
+def start(config: Path, port: int, expect: float, poll: float = 2.0) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/readyz")
-    deadline = time.monotonic() + 1800
-    while cached(base) < expect:
-        if time.monotonic() > deadline:
-            raise RuntimeError("pre-signing did not finish")
-        time.sleep(2)
+    wait_presigned(base, expect, poll)
     return proc
 
 
@@ -94,34 +88,49 @@ def wrk_pair(targets: list[str], paths: Path, duration: str) -> float:
 
 
 def main() -> int:
-    demo_dir = demo("scale-rsa", "rsa", N_CERTS)
+    args = arguments(__doc__).parse_args()
+    duration, rounds = TINY if args.tiny else (DURATION, 3)
+    schema = f"{SCHEMA}_tiny_{os.getpid()}" if args.tiny else SCHEMA  # tiny: runs at once do not collide
+    demo_dir = tiny_demo("rsa") if args.tiny else demo("scale-rsa", "rsa", N_CERTS)
+    n_certs = len(json.loads((demo_dir / "certs" / "manifest.json").read_text()))
     with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        conn.execute(f"CREATE SCHEMA {SCHEMA}")
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.execute(f"CREATE SCHEMA {schema}")
+    for name in ("a", "b"):  # the nodes' data of an earlier run belongs to the schema just dropped
+        shutil.rmtree(demo_dir / f"node-{name}", ignore_errors=True)
     port_a, port_b = free_port(), free_port()
-    a, b = node_config(demo_dir, "a", port_a), node_config(demo_dir, "b", port_b)
+    a, b = node_config(demo_dir, "a", port_a, schema), node_config(demo_dir, "b", port_b, schema)
     subprocess.run([sys.executable, "-m", "directory.cli", "import", "-c", str(a), str(demo_dir / "certs")],
                    check=True, capture_output=True)
+    # the offline root's ARL (signed at init) into the shared registry: without it no node is ready
+    subprocess.run([sys.executable, "-m", "directory.cli", "crl", "publish", "-c", str(a), "--issuer", "ac-racine",
+                    str(demo_dir / "ca" / "ac-racine.crl")], check=True, capture_output=True)
     paths = request_paths(demo_dir, "/ocsp/", False, 5000)
     base_a, base_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
-    expect = N_CERTS * 0.9
-    nodes = [start(a, port_a, expect)]
+    expect = n_certs * 0.9
+    poll = 0.2 if args.tiny else 2.0
+    nodes = [start(a, port_a, expect, poll)]
     results: dict[str, list[float]] = {"one": [], "two": []}
     try:
-        time.sleep(3)  # the responses flushed to the registry for node B
-        nodes.append(start(b, port_b, expect))
-        for _ in range(2):  # warm-up: parsed-request caches on both nodes
-            wrk_pair([base_a, base_b], paths, "3s")
-        for _ in range(3):  # interleaved, median kept
-            results["one"].append(wrk_pair([base_a, base_a], paths, DURATION))
-            results["two"].append(wrk_pair([base_a, base_b], paths, DURATION))
+        time.sleep(0.5 if args.tiny else 3)  # the responses flushed to the registry for node B
+        nodes.append(start(b, port_b, expect, poll))
+        for _ in range(0 if args.tiny else 2):  # warm-up: parsed-request caches on both nodes
+            wrk_pair([base_a, base_b], paths, "1s" if args.tiny else "3s")
+        for _ in range(rounds):  # interleaved, median kept
+            results["one"].append(wrk_pair([base_a, base_a], paths, duration))
+            results["two"].append(wrk_pair([base_a, base_b], paths, duration))
     finally:
         for proc in nodes:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-    one, two = sorted(results["one"])[1], sorted(results["two"])[1]
-    print(f"one node: {results['one']} req/s; two nodes: {results['two']} req/s; "
-          f"median ratio {two / one:.2f}x (cores: {os.cpu_count()})")
+        if args.tiny:
+            with psycopg.connect(PG, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    one, two = statistics.median(results["one"]), statistics.median(results["two"])
+    report({"certificates": n_certs, "duration": duration, "one_node_rps": results["one"],
+            "two_nodes_rps": results["two"], "ratio": round(two / one, 3), "cores": os.cpu_count()}, args,
+           [f"one node: {results['one']} req/s; two nodes: {results['two']} req/s; "
+            f"median ratio {two / one:.2f}x (cores: {os.cpu_count()})"])
     return 0
 
 

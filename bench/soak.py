@@ -6,12 +6,12 @@ throughput, p50/p99 per kind, errors (anything else than the expected answers, o
 must be 0) and the service's resident memory every 10 s (must be flat after warm-up).
 
     python -m bench.soak                      # 10 minutes against a demo of its own (bench/out/soak)
+    python -m bench.soak --tiny --json        # make test: 3 seconds against a 60-certificate demo of its own
     python -m bench.soak --base URL --admin URL --token-file F --demo DIR --pid PID --duration 30 --json
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
@@ -24,11 +24,13 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.common import demo
+from bench.common import TINY_CERTS, arguments, demo, tiny_demo, wait_presigned
 from bench.ocsp import free_port, request_lines, wait_http
 
 MIX = (("ocsp", 0.80), ("crl", 0.15), ("revoke", 0.05))
 EXPECTED = {"ocsp": {200}, "crl": {200}, "revoke": {200, 201}}
+SIZE = 20000  # certificates of the own demo
+TINY = 3.0  # seconds, against the shared tiny RSA demo (60 certificates)
 
 
 def rss_mb(pid: int) -> float:
@@ -113,27 +115,29 @@ async def run_load(base: str, admin: str, token: str, demo_dir: Path, pid: int |
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__)
     parser.add_argument("--base")
     parser.add_argument("--admin")
     parser.add_argument("--token-file")
     parser.add_argument("--demo")
     parser.add_argument("--pid", type=int)
     parser.add_argument("--duration", type=float, default=600)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.tiny:
+        args.duration = TINY
     if args.base:
         summary = asyncio.run(run_load(args.base, args.admin, Path(args.token_file).read_text().strip(),
                                        Path(args.demo), args.pid, args.duration))
     else:
-        summary = own_instance(args.duration)
+        summary = own_instance(args.duration, args.tiny)
     print(json.dumps(summary, indent=None if args.json else 1))
     return 0 if summary["errors"] == 0 else 1
 
 
-def own_instance(duration: float) -> dict[str, object]:
-    """A demo of 20,000 certificates served by its own instance (the service and the load: two processes)."""
-    directory = demo("soak", "rsa", 20000)
+def own_instance(duration: float, tiny: bool = False) -> dict[str, object]:
+    """A demo of 20,000 certificates (``tiny``: 60) served by its own instance (the service and the load: two
+    processes)."""
+    directory = tiny_demo("rsa") if tiny else demo("soak", "rsa", SIZE)
     config = directory / "annuaire.toml"
     port, admin_port, ldap_port = free_port(), free_port(), free_port()
     text = re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text(), count=1)
@@ -144,7 +148,10 @@ def own_instance(duration: float) -> dict[str, object]:
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/readyz")
-        time.sleep(60)  # pre-signing of 20,000 responses settles (persisted after the first run)
+        if tiny:
+            wait_presigned(base, 0.9 * TINY_CERTS, poll=0.2, timeout=120)
+        else:
+            time.sleep(60)  # pre-signing of 20,000 responses settles (persisted after the first run)
         token_file = directory / "secrets" / "admin-token"
         load = subprocess.run([sys.executable, "-m", "bench.soak", "--base", base, "--admin",
                                f"http://127.0.0.1:{admin_port}", "--token-file", str(token_file),

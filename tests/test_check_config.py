@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -63,7 +65,8 @@ def test_what_the_service_would_hit_in_the_token(demo: Path) -> None:
     code, report, stderr = _check(demo)
     text = _problems(report)["issuers[ac-structures].key_label"]
     assert code == 1 and "no private key labelled 'ac-structure'" in text, report
-    assert "holds private keys 'ac-personnes', 'ac-racine', 'ac-structures', 'ocsp-ac-personnes'" in text
+    # the demo's root is offline (its key destroyed once its ARL was signed): not on the token
+    assert "holds private keys 'ac-personnes', 'ac-structures', 'ocsp-ac-personnes', 'ocsp-ac-structures'" in text
     assert "ac-structure'" in stderr
 
     # a token label the module does not have: the tokens it has are named
@@ -122,12 +125,31 @@ def reissued(demo: Path, demo_token: Path) -> Iterator[dict[str, Path]]:
     write("ocsp-no-nocheck", "ac-personnes", "ocsp-ac-personnes", without_nocheck, issuance.days(300))
     write("ocsp-no-eku", "ac-personnes", "ocsp-ac-personnes", client_eku, issuance.days(300))
     write("ocsp-expired", "ac-personnes", "ocsp-ac-personnes", usual, -issuance.days(1))
-    structures = load("ac-structures").public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    ca_usual = issuance.ca_extensions(structures, authority("ac-racine"), 0, [], None)
+    # The demo's root is offline (its key was destroyed once its ARL was signed): a stand-in key signs these
+    # variants of the intermediate under the root's name. check-config judges a CA certificate's own usages and
+    # dates, not its parent's signature.
+    root = load("ac-racine")
+    root_spki = root.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    root_ca = issuance.CertificateAuthority("ac-racine", root.subject, None, root_spki, root)  # type: ignore[arg-type]
+    stand_in = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    structures = load("ac-structures")
+    ca_usual = issuance.ca_extensions(structures.public_key().public_bytes(Encoding.DER,
+                                                                           PublicFormat.SubjectPublicKeyInfo),
+                                      root_ca, 0, [], None)
     no_crl_sign = [(x509.KeyUsage(False, False, False, False, False, True, False, False, False), True)
                    if isinstance(e, x509.KeyUsage) else (e, c) for e, c in ca_usual]
-    write("ac-structures-expiring", "ac-racine", "ac-structures", ca_usual, issuance.days(10))
-    write("ac-structures-no-crlsign", "ac-racine", "ac-structures", no_crl_sign, issuance.days(300))
+
+    def write_ca(name: str, extensions: list, not_after: timedelta) -> None:
+        builder = (x509.CertificateBuilder().subject_name(structures.subject).issuer_name(root.subject)
+                   .public_key(structures.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - issuance.days(30)).not_valid_after(now + not_after))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical)
+        made[name] = ca_dir / f"{name}.pem"
+        made[name].write_bytes(issuance.pem(builder.sign(stand_in, hashes.SHA256())))
+
+    write_ca("ac-structures-expiring", ca_usual, issuance.days(10))
+    write_ca("ac-structures-no-crlsign", no_crl_sign, issuance.days(300))
     hsm.close()
     yield made
 

@@ -196,9 +196,13 @@ def test_offline_root_served_warned_and_published_through_the_admin_api(demo: Pa
         assert "ac-racine" not in ready["warnings"]["crl-offline"]  # its ARL is valid for a year
         assert _metric(served.base, "annuaire_crl_renewal_due", "racine-test") == 1
         assert _metric(served.base, "annuaire_crl_renewal_due", "ac-racine") == 0
-        status = json.loads(http(served.base + "/status.json")[2])
+        status = json.loads(http(served.base + "/status.json")[2])  # public: which CRL, said for relying parties
+        assert {"part": "crl", "code": "crl-stale", "file": "racine-test.crl"}.items() <= next(
+            p for p in status["health"]["problems"] if p.get("file") == "racine-test.crl").items(), status
+        assert not any(p.get("file") == "ac-racine.crl" for p in status["health"]["problems"]), status
+        operations = call(served.admin, "GET", "/api/v1/operations", token=token)[2]  # the operator: the details
         assert any("racine-test.crl (number 1) reaches its nextUpdate" in p["text"]
-                   for p in status["health"]["problems"])
+                   for p in operations["health"]["problems"]), operations
         assert http(served.base + "/crl/racine-test.crl")[2] == arl.read_bytes()
 
         new = _arl(key, cert, 2, days=90)

@@ -125,9 +125,10 @@ def duration(seconds: float, lang: str) -> str:
 def relative(epoch: float, now: float, lang: str) -> str:
     """``dans 3 jours`` / ``in 3 days``, ``il y a 5 minutes`` / ``5 minutes ago``."""
     delta = epoch - now
-    if delta >= 0:
+    if delta >= 1:  # under a second ahead (a CRL signed this second, dated to the whole second): "0 seconds ago"
         return f"dans {duration(delta, lang)}" if lang == "fr" else f"in {duration(delta, lang)}"
-    return f"il y a {duration(-delta, lang)}" if lang == "fr" else f"{duration(-delta, lang)} ago"
+    past = max(0.0, -delta)
+    return f"il y a {duration(past, lang)}" if lang == "fr" else f"{duration(past, lang)} ago"
 
 
 def utc(epoch: float) -> str:

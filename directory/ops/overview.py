@@ -65,8 +65,10 @@ def _issuer(config: Config, issuer: IssuerConfig, registry: Registry, now: float
                 problems.append(Problem("crl", f"{target.filename}: not published yet"))
             continue
         expired = record.next_update <= now
-        stale = not expired and not issuer.offline and record.next_update - now < issuer.crl.overlap / 2
         offline = offline_crl_problem(issuer, registry, now) if target.kind == "full" else None
+        # stale: a newer CRL is due and none is published (for an offline root: within its expiry_warning)
+        stale = not expired and (offline is not None if issuer.offline
+                                 else record.next_update - now < issuer.crl.overlap / 2)
         if offline is not None:  # signed at the key ceremony: said ahead of time, by expiry_warning
             problems.append(Problem("crl", offline[1]))
         elif expired:
