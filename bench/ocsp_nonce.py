@@ -13,10 +13,10 @@ with ``cryptography``: nonce echoed, status good, signature valid under the resp
 
     python -m bench.ocsp_nonce [--key-type rsa|ec|both] [--rounds 3] [--duration 5] [--json] [--tiny]
 
-The last line (``--json``: the only output) is a JSON list, one object per key type, with ``ratio`` =
-nonce answers/s ÷ raw signatures/s, and ``cpu_ratio`` = CPU time of a raw signature ÷ CPU time of a nonce
-answer (the service's and wrk's): what ``ratio`` tends to when both sides saturate the cores, a figure
-that other processes' load on a shared machine distorts much less than the rates.
+The last line (``--json``: the only output) is a JSON object whose ``rows`` hold one object per key type,
+with ``ratio`` = nonce answers/s ÷ raw signatures/s, and ``cpu_ratio`` = CPU time of a raw signature ÷ CPU
+time of a nonce answer (the service's and wrk's): what ``ratio`` tends to when both sides saturate the
+cores, a figure that other processes' load on a shared machine distorts much less than the rates.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.x509 import ocsp
 
-from bench.common import OUT, demo
+from bench.common import OUT, arguments, demo, report, tiny_demo
 from bench.ocsp import free_port, wait_http
 from directory.hsm.signer import HsmSettings, HsmSigner
 
@@ -104,8 +104,11 @@ def setting(config: Path, name: str, default: str) -> str:
 
 def requests(demo_dir: Path, count: int) -> list[tuple[bytes, bytes]]:
     """(DER before the nonce, DER after it) of single-CertID SHA-1 requests for ac-personnes certificates."""
+    with sqlite3.connect(demo_dir / "data" / "registry.sqlite3") as db:  # good now (other benches revoke some)
+        good = {row[0] for row in db.execute("SELECT c.serial_hex FROM certificates c JOIN issuers i ON"
+                                             " i.id = c.issuer_id WHERE i.name = 'ac-personnes' AND c.status = 'good'")}
     manifest = [m for m in json.loads((demo_dir / "certs" / "manifest.json").read_text())
-                if m["issuer"] == "ac-personnes" and m["status"] == "good"]
+                if m["issuer"] == "ac-personnes" and m["serial_hex"] in good]
     issuer = x509.load_pem_x509_certificate((demo_dir / "ca" / "ac-personnes.pem").read_bytes())
     out = []
     for entry in manifest[:count]:
@@ -229,7 +232,7 @@ def presigned(demo_dir: Path) -> int:
 
 
 def bench_key(kind: str, args: argparse.Namespace) -> dict[str, object]:
-    demo_dir = demo(f"nonce-{kind}", kind, args.certs)
+    demo_dir = tiny_demo(kind) if args.tiny else demo(f"nonce-{kind}", kind, args.certs)
     config, port = serve_config(demo_dir)
     threads = int(setting(config, "max_concurrent", "2"))
     templates = requests(demo_dir, 20)
@@ -274,30 +277,26 @@ def bench_key(kind: str, args: argparse.Namespace) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--key-type", choices=("rsa", "ec", "both"), default="both")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per raw and per nonce run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--certs", type=int, default=40, help="end entities of the demo built for the bench")
-    parser.add_argument("--json", action="store_true", help="print only the JSON line")
-    parser.add_argument("--tiny", action="store_true", help="1 round of 1 s (what `make test` runs)")
     args = parser.parse_args(argv)
-    if args.tiny:
+    if args.tiny:  # 1 round of 1 s, on the demos every tiny run shares
         args.rounds, args.duration = 1, 1.0
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed (Debian package wrk; `make bench-packages`)")
     kinds = ["rsa", "ec"] if args.key_type == "both" else [args.key_type]
     rows = [bench_key(kind, args) for kind in kinds]
-    if not args.json:
-        print("| OCSP signer key | signer sessions | raw python-pkcs11 sig/s | nonce answers/s | ratio |"
-              " CPU ms per raw signature | CPU ms per nonce answer (service + wrk) | CPU ratio |")
-        print("|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['key']} | {r['threads']} | {r['raw_sig_per_s']:,.0f} | {r['nonce_answers_per_s']:,.0f} |"
-                  f" {r['ratio']:.0%} | {r['cpu_ms_per_raw_sig']:.3f} | {r['cpu_ms_per_answer_service']:.3f} +"
-                  f" {r['cpu_ms_per_answer_wrk']:.3f} | {r['cpu_ratio']:.0%} |")
-    print(json.dumps(rows))
+    lines = ["| OCSP signer key | signer sessions | raw python-pkcs11 sig/s | nonce answers/s | ratio |"
+             " CPU ms per raw signature | CPU ms per nonce answer (service + wrk) | CPU ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['key']} | {r['threads']} | {r['raw_sig_per_s']:,.0f} | {r['nonce_answers_per_s']:,.0f} |"
+              f" {r['ratio']:.0%} | {r['cpu_ms_per_raw_sig']:.3f} | {r['cpu_ms_per_answer_service']:.3f} +"
+              f" {r['cpu_ms_per_answer_wrk']:.3f} | {r['cpu_ratio']:.0%} |" for r in rows]
+    report({"rows": rows}, args, lines)
     return 0 if all(r["not_successful"] == 0 for r in rows) else 1
 
 
