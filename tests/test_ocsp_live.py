@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,9 @@ from cryptography import x509
 from cryptography.x509 import ocsp
 
 from ocsp.live import LiveLane
+from ocsp.lru import ByteLru
 from ocsp.request import CertId, Request
-from ocsp.responder import LiveSlots, Outcome
+from ocsp.responder import STATUS_ENTRY_OVERHEAD, LiveSlots, Outcome
 from tests.conftest import run_cli
 from tests.served import serve
 from tests.test_ocsp import _pick, _post
@@ -107,3 +110,22 @@ def test_live_slots_say_no_beyond_their_size_and_never_wait() -> None:
     slots.give()
     with pytest.raises(ValueError):
         slots.give()
+
+
+def test_status_cache_charge_is_an_upper_bound() -> None:
+    """What one remembered status really takes (key, row as sqlite3 returns it, LRU slot) ≤ what it is charged."""
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE c (status TEXT, revocation_time INTEGER, reason TEXT)")
+    db.executemany("INSERT INTO c VALUES (?, ?, ?)",
+                   [("revoked", 1_700_000_000 + i, "cessationOfOperation") for i in range(5000)])
+    lru: ByteLru[tuple[str, int], tuple[str, int | None, str | None]] = ByteLru(10**9, STATUS_ENTRY_OVERHEAD)
+    issuer = "ac-personnes"
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i, row in enumerate(db.execute("SELECT status, revocation_time, reason FROM c")):
+            lru.put((issuer, (1 << 159) + i * 7919), row, 0)  # 20-octet serials, the longest
+        per_entry = (tracemalloc.get_traced_memory()[0] - before) / 5000
+    finally:
+        tracemalloc.stop()
+    assert per_entry <= STATUS_ENTRY_OVERHEAD, per_entry
