@@ -68,7 +68,6 @@ _MECHANISM_ERRORS: tuple[type[Exception], ...] = (
     p11e.MechanismInvalid, p11e.MechanismParamInvalid, p11e.KeyTypeInconsistent, p11e.FunctionNotSupported,
     p11e.KeySizeRange, p11e.DataLenRange,
 )
-_MECHANISMS: dict[int, pkcs11.Mechanism] = {}
 _SESSION_WAIT = 60.0  # a caller waits this long at most for a free session
 _CAPABILITY_PROBE = b"annuaire: can this key sign as configured?"
 
@@ -278,18 +277,20 @@ class HsmSigner:
         return report
 
     # -- signing ---------------------------------------------------------------------------
-    def _sign(self, label: str, algorithm: SignatureAlgorithm, plan: Plan, data: Callable[[], Any]) -> bytes:
-        mechanism = _MECHANISMS.get(plan.mechanism)
-        if mechanism is None:  # an Enum call costs microseconds: made once per mechanism
-            mechanism = _MECHANISMS[plan.mechanism] = pkcs11.Mechanism(plan.mechanism)
-        param = None
-        if algorithm.scheme == "pss":
-            name = algorithm.hash.upper()
-            param = (getattr(pkcs11.Mechanism, name), getattr(pkcs11.MGF, name), algorithm.digest_size)
+    def _sign(self, label: str, algorithm: SignatureAlgorithm, plan: Plan, data: Callable[[], Any],
+              token_input: bytes | None = None) -> bytes:
+        mechanism, param = capabilities.call_arguments(plan.mechanism, algorithm)
+        direct = token_input is not None and param is None
 
         def action(entry: PooledSession) -> bytes:
+            key = self._key(entry, label)
+            if direct:  # two raw calls (``cryptoki.sign``); on any error python-pkcs11 makes them again
+                try:  # and raises its own exception, which the recovery below knows
+                    return self._module.raw.sign(entry.session.handle, key.handle, plan.mechanism, token_input)
+                except CryptokiError:
+                    pass
             try:
-                return self._key(entry, label).sign(data(), mechanism=mechanism, mechanism_param=param)
+                return key.sign(data(), mechanism=mechanism, mechanism_param=param)
             except _MECHANISM_ERRORS as exc:
                 self._plans.pop((label, algorithm.name), None)
                 raise KeyUnusable(f"key {label!r}: the module refused {plan.describe()} for {algorithm.name}: "
@@ -307,7 +308,7 @@ class HsmSigner:
         plan = self.plan(label, algorithm)
         if plan.token_hashes:
             raise KeyUnusable(f"key {label!r}: this module signs only with {plan.describe()}, not a digest")
-        return self._sign(label, algorithm, plan, lambda: token_input)
+        return self._sign(label, algorithm, plan, lambda: token_input, token_input)
 
     def sign_data(self, label: str, algorithm: SignatureAlgorithm, source: ChunkSource) -> bytes:
         """Sign the bytes ``source`` gives with a mechanism that hashes in the token (streamed in parts)."""
