@@ -20,6 +20,7 @@ from aiohttp import web
 from directory.hsm.signer import HsmError
 from directory.httpdate import http_date
 from ocsp import response as resp
+from ocsp.live import LiveLane
 from ocsp.metrics import OcspMetrics
 from ocsp.responder import PRESIGN_HASH, OcspResponder, Outcome, error_outcome
 from ocsp.visibility import VisibilityLedger
@@ -52,6 +53,8 @@ class OcspComponent:
     async def start(self, service: Service) -> None:
         self.service = service
         self.responder = OcspResponder(service.config, service.hsm, service.registry, self.clock)
+        self.live = LiveLane(self.responder.answer_live, service.hsm.sessions)  # one thread per HSM session
+        self.live.start(asyncio.get_running_loop())
         self.metrics = OcspMetrics(self.responder)
         service.metrics.register(self.metrics.collect)
         loop = asyncio.get_running_loop()
@@ -76,6 +79,7 @@ class OcspComponent:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.responder is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.live.stop)
             await asyncio.get_running_loop().run_in_executor(self._presign_executor, self.responder.flush)
             with contextlib.suppress(Exception):
                 await asyncio.get_running_loop().run_in_executor(self._presign_executor, self._save_visibility)
@@ -129,7 +133,7 @@ class OcspComponent:
             if isinstance(first, Outcome):
                 outcome = first
             else:
-                outcome = await self.service.hsm.run(self.responder.answer_live, first)
+                outcome = await self.live.answer(first)
         except Exception:  # never a 500: an unexpected failure is an internalError response, logged
             log.exception("OCSP request failed unexpectedly")
             outcome = error_outcome(resp.INTERNAL_ERROR)

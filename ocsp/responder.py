@@ -8,6 +8,10 @@ Freshness: any status change (seen through the registry's change log, whichever 
 first removes the cached responses of that certificate, then re-signs them. A request arriving in
 between is signed live from the registry, so "revoked" is never hidden behind a cached "good". A
 generation counter per certificate keeps a slow live signature from putting back a stale response.
+Live answers read a certificate's status from the registry once, then from a small cache that the very
+same change log empties (``STATUS_CACHE``): a nonce answer is exactly as fresh as a pre-signed one, and
+the signing threads do not wait on a registry query per answer. Serials the registry does not know are
+never remembered (an import, from any process, is answerable at once).
 
 Nothing a client sends reaches another client's answer: requests are strict DER (``ocsp.request``),
 every answer is keyed by (issuer, hash algorithm, serial) and carries the CertID built from those values
@@ -30,7 +34,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from directory import cert_id
 from directory.config import Config, IssuerConfig
 from directory.der import DIGESTS
-from directory.hsm.signer import HsmError, HsmSigner, KeySigner
+from directory.hsm.signer import SAMPLED, HsmError, HsmSigner, KeySigner
 from directory.registry import Registry
 from directory.revocation import REASON_CODES
 from ocsp import response as resp
@@ -43,6 +47,10 @@ PRESIGN_HASH = "sha1"  # what RFC 5019 clients use in CertIDs
 # LRU links, tuples, serial int (up to 20 octets). tests/test_ocsp_caches.py measures them as upper bounds.
 REQUEST_ENTRY_OVERHEAD = 400
 ANSWER_ENTRY_OVERHEAD = 560
+# Statuses of certificates asked about live: (issuer, serial) -> (status, revocation time, reason); bytes
+# charged per entry (tuples, serial int, strings shared with the registry's rows), an upper bound.
+STATUS_CACHE = 8 * 1024 * 1024
+STATUS_ENTRY_OVERHEAD = 560  # 453 measured (tests/test_ocsp_live.py)
 
 
 @dataclass
@@ -57,6 +65,31 @@ class OcspStats:
         self.by_path[path] = self.by_path.get(path, 0) + 1
 
 
+class LiveSlots:
+    """At most ``size`` live signatures in flight, never waiting: ``take`` says no beyond (then ``tryLater``).
+
+    A counter under a plain lock: ``threading.BoundedSemaphore`` does the same through a Python-level
+    Condition, a cost paid twice per nonce answer."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.busy = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.busy >= self.size:
+                return False
+            self.busy += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            if self.busy <= 0:
+                raise ValueError("LiveSlots.give() without take()")
+            self.busy -= 1
+
+
 class IssuerResponder:
     """One issuer's responder: its signer, responder id, certificates sent along, and CertID hashes."""
 
@@ -67,19 +100,20 @@ class IssuerResponder:
         if issuer.ocsp.signer_certificate is not None:
             responder_cert = issuer.ocsp.signer_certificate
             assert issuer.ocsp.signer_key_label is not None
-            self.signer: KeySigner = hsm.key(issuer.ocsp.signer_key_label, responder_cert)
+            # ECDSA signatures verified by sample once the key has proven itself (``directory.hsm.keys``)
+            self.signer: KeySigner = hsm.key(issuer.ocsp.signer_key_label, responder_cert, verification=SAMPLED)
             cert_ders = [responder_cert.public_bytes(Encoding.DER)]
         else:
             responder_cert = issuer.certificate
             assert issuer.key_label is not None  # the configuration requires a delegated responder otherwise
-            self.signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm)
+            self.signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm, SAMPLED)
             cert_ders = []
         self.responder_key_hash = cert_id.key_hash(responder_cert, "sha1")
         self.certs = resp.certs_field(cert_ders)
         self.hashes = {h: cert_id.issuer_hashes(issuer.certificate, h) for h in DIGESTS}
         self.lookup_keys = {(h, name_hash, key_hash) for h, (name_hash, key_hash) in self.hashes.items()}
         self._cid_prefix = {h: cert_id.prefix(h, *hashes) for h, hashes in self.hashes.items()}
-        self.live_slots = threading.BoundedSemaphore(issuer.ocsp.live_concurrency)
+        self.live_slots = LiveSlots(issuer.ocsp.live_concurrency)
 
     def cert_id(self, hash_name: str, serial: int) -> CertId:
         """The CertID of one of this issuer's certificates, as a client would send it."""
@@ -123,6 +157,8 @@ class OcspResponder:
         self.answers: ByteLru[tuple[str, str, int], tuple[bytes, int, int]] = ByteLru(
             config.http.ocsp_answer_cache, ANSWER_ENTRY_OVERHEAD)
         self._generation: dict[tuple[str, int], int] = {}
+        self.statuses: ByteLru[tuple[str, int], tuple[str, int | None, str | None]] = ByteLru(
+            STATUS_CACHE, STATUS_ENTRY_OVERHEAD)
         # how a cacheable request arrived (POST body, GET path) -> (issuer, hash algorithm, serial)
         self.requests: ByteLru[bytes | str, tuple[IssuerResponder, str, int]] = ByteLru(
             config.http.ocsp_request_cache, REQUEST_ENTRY_OVERHEAD)
@@ -180,7 +216,7 @@ class OcspResponder:
         issuer = self._issuer_of(request)
         if issuer is None:
             return error_outcome(resp.UNAUTHORIZED, "error")
-        if not issuer.live_slots.acquire(blocking=False):
+        if not issuer.live_slots.take():
             self.stats.shed += 1
             return error_outcome(resp.TRY_LATER, "shed")
         try:
@@ -200,7 +236,7 @@ class OcspResponder:
             return Outcome(resp.assemble(signed, issuer.certs), "successful", "live", this_update,
                            None if echo else next_update, signed[-16:])
         finally:
-            issuer.live_slots.release()
+            issuer.live_slots.give()
 
     def _issuer_of(self, request: Request) -> IssuerResponder | None:
         found = {self._by_key.get((c.hash_name, c.name_hash, c.key_hash)) for c in request.cert_ids}
@@ -210,9 +246,16 @@ class OcspResponder:
 
     def _status(self, issuer: IssuerResponder, cid: CertId) -> resp.SingleStatus | None:
         """What to say about one CertID; None when the registry never saw the serial."""
-        row = self.registry.status_of(issuer.name, format(cid.serial, "x"))
+        key = (issuer.name, cid.serial)
+        row = self.statuses.get(key)
         if row is None:
-            return None
+            generation = self._generation.get(key, 0)
+            row = self.registry.status_of(issuer.name, format(cid.serial, "x"))
+            if row is None:
+                return None
+            with self._lock:  # not if the certificate changed meanwhile (``invalidate`` takes the lock too)
+                if generation == self._generation.get(key, 0):
+                    self.statuses.put(key, row, 0)
         status, revocation_time, reason = row
         cid_der = issuer.cert_id_der(cid.hash_name, cid.serial)
         if status == "good":
@@ -259,7 +302,9 @@ class OcspResponder:
             return
         serial = int(serial_hex, 16)
         key = (issuer, serial)
-        self._generation[key] = self._generation.get(key, 0) + 1
+        with self._lock:
+            self._generation[key] = self._generation.get(key, 0) + 1
+            self.statuses.pop(key)
         self.cache[(issuer, PRESIGN_HASH)].pop(serial, None)
         for h in DIGESTS:
             self.answers.pop((issuer, h, serial))

@@ -8,6 +8,7 @@ when serving, so a million cached responses do not each carry a copy of the resp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from directory import der
 from directory.der import length
@@ -37,6 +38,22 @@ class SingleStatus:
     reason_code: int | None = None
 
 
+# Live answers signed in the same second share their times: each encoding is made once (a few µs each).
+@lru_cache(maxsize=64)
+def _time(ts: int) -> bytes:
+    return der.generalized_time(ts)
+
+
+@lru_cache(maxsize=64)
+def _next_update(ts: int) -> bytes:
+    return der.tlv(0xA0, der.generalized_time(ts))
+
+
+@lru_cache(maxsize=64)
+def _responder_id(responder_key_hash: bytes) -> bytes:
+    return der.tlv(0xA2, der.octet_string(responder_key_hash))
+
+
 def single_response(item: SingleStatus, this_update: int, next_update: int) -> bytes:
     if item.status == "good":
         cert_status = b"\x80\x00"
@@ -48,8 +65,7 @@ def single_response(item: SingleStatus, this_update: int, next_update: int) -> b
         if item.reason_code:  # unspecified (0) is left out, as on CRLs
             info += der.tlv(0xA0, der.tlv(0x0A, bytes((item.reason_code,))))
         cert_status = der.tlv(0xA1, info)
-    return der.sequence(item.cert_id_der, cert_status, der.generalized_time(this_update),
-                        der.tlv(0xA0, der.generalized_time(next_update)))
+    return der.sequence(item.cert_id_der, cert_status, _time(this_update), _next_update(next_update))
 
 
 def response_data(responder_key_hash: bytes, produced_at: int, singles: list[bytes],
@@ -63,8 +79,7 @@ def response_data(responder_key_hash: bytes, produced_at: int, singles: list[byt
         exts += der.sequence(_ID_NONCE, der.octet_string(der.octet_string(nonce)))
     if extended_revoke:
         exts += der.sequence(_ID_EXTENDED_REVOKE, der.octet_string(_NULL))
-    body = (der.tlv(0xA2, der.octet_string(responder_key_hash)) + der.generalized_time(produced_at)
-            + der.sequence(*singles))
+    body = _responder_id(responder_key_hash) + _time(produced_at) + der.sequence(*singles)
     if exts:
         body += der.tlv(0xA1, der.sequence(exts))
     return der.sequence(body)

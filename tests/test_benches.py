@@ -103,6 +103,15 @@ def test_soak(bench_out: Path) -> None:
     assert figures["requests"] == sum(k["count"] for k in kinds.values()) and figures["rss_mb"], figures
 
 
+def test_ocsp_nonce(bench_out: Path) -> None:
+    rows = tiny("bench.ocsp_nonce", bench_out, timeout=300)["rows"]
+    assert [r["key"] for r in rows] == ["RSA-2048", "P-256"]
+    for r in rows:
+        assert r["not_successful"] == 0 and r["verified"] >= 1, r  # answers checked with cryptography
+        assert r["raw_sig_per_s"] > 0 and r["nonce_answers_per_s"] > 0 and r["threads"] >= 1, r
+        assert 0 < r["ratio"] < 5 and 0 < r["cpu_ratio"] < 5, r
+
+
 def test_every_bench_script_has_a_tiny_run() -> None:
     """A script of bench/ that no test runs (``"bench.NAME"`` in tests/) fails here: add its tiny run."""
     ran = {name for path in (ROOT / "tests").rglob("*.py") for name in RUN.findall(path.read_text())}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 from asn1crypto import algos
@@ -52,7 +53,7 @@ class SignatureAlgorithm:
             " N in 256/384/512)"
         )
 
-    @property
+    @cached_property  # read twice per signature (the plan's key)
     def name(self) -> str:
         prefix = {"pkcs1": "rsa-pkcs1", "pss": "rsa-pss", "ecdsa": "ecdsa"}[self.scheme]
         return f"{prefix}-{self.hash}"

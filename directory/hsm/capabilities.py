@@ -182,3 +182,17 @@ class TokenReport:
                           "mechanism": mechanism_name(k.plan.mechanism) if k.plan else None,
                           "token_hashes": k.plan.token_hashes if k.plan else None,
                           "problem": k.problem, "missing": k.missing, "warning": k.warning} for k in self.keys]}
+
+
+_MECHANISMS: dict[int, pkcs11.Mechanism] = {}
+
+
+def call_arguments(mechanism: int, algorithm: SignatureAlgorithm) -> tuple[pkcs11.Mechanism, tuple[Any, ...] | None]:
+    """python-pkcs11's ``mechanism`` and ``mechanism_param`` for a plan's mechanism (the Enum made once)."""
+    found = _MECHANISMS.get(mechanism)
+    if found is None:  # an Enum call costs microseconds, on every signature
+        found = _MECHANISMS[mechanism] = pkcs11.Mechanism(mechanism)
+    if algorithm.scheme != "pss":
+        return found, None
+    name = algorithm.hash.upper()
+    return found, (getattr(pkcs11.Mechanism, name), getattr(pkcs11.MGF, name), algorithm.digest_size)

@@ -7,6 +7,9 @@
   (leaking the handle) when the user is already logged in.
 - ``C_GetTokenInfo`` (session limits), ``C_GetMechanismList``/``C_GetMechanismInfo`` and
   ``C_GetAttributeValue`` for ``CKA_ALLOWED_MECHANISMS``: what the token and each key can do.
+- ``C_SignInit`` + ``C_Sign`` for a mechanism without parameters, into a buffer sized beforehand: two calls
+  that release the GIL where python-pkcs11 makes three (it asks the length first), without its per-call
+  objects; on the live OCSP path every signature pays them (see ``signer.py`` for the fallback on errors).
 """
 
 from __future__ import annotations
@@ -73,17 +76,25 @@ class _MechanismInfo(ctypes.Structure):
     _fields_ = (("ulMinKeySize", _CK_ULONG), ("ulMaxKeySize", _CK_ULONG), ("flags", _CK_ULONG))
 
 
+class _Mechanism(ctypes.Structure):
+    _fields_ = (("mechanism", _CK_ULONG), ("pParameter", ctypes.c_void_p), ("ulParameterLen", _CK_ULONG))
+
+
 class _Attribute(ctypes.Structure):
     _fields_ = (("type", _CK_ULONG), ("pValue", ctypes.c_void_p), ("ulValueLen", _CK_ULONG))
 
 
-# Order of CK_FUNCTION_LIST in pkcs11f.h (v2.x); we only need the first twenty-five entries.
+# Order of CK_FUNCTION_LIST in pkcs11f.h (v2.x); we only need the first forty-four entries.
 _FUNCTIONS = (
     "C_Initialize", "C_Finalize", "C_GetInfo", "C_GetFunctionList", "C_GetSlotList",
     "C_GetSlotInfo", "C_GetTokenInfo", "C_GetMechanismList", "C_GetMechanismInfo", "C_InitToken",
     "C_InitPIN", "C_SetPIN", "C_OpenSession", "C_CloseSession", "C_CloseAllSessions",
     "C_GetSessionInfo", "C_GetOperationState", "C_SetOperationState", "C_Login", "C_Logout",
     "C_CreateObject", "C_CopyObject", "C_DestroyObject", "C_GetObjectSize", "C_GetAttributeValue",
+    "C_SetAttributeValue", "C_FindObjectsInit", "C_FindObjects", "C_FindObjectsFinal", "C_EncryptInit",
+    "C_Encrypt", "C_EncryptUpdate", "C_EncryptFinal", "C_DecryptInit", "C_Decrypt",
+    "C_DecryptUpdate", "C_DecryptFinal", "C_DigestInit", "C_Digest", "C_DigestUpdate",
+    "C_DigestKey", "C_DigestFinal", "C_SignInit", "C_Sign",
 )
 
 
@@ -143,6 +154,9 @@ class Cryptoki:
         self._logout = ctypes.CFUNCTYPE(_CK_RV, ulong)(table.C_Logout)
         self._get_attribute = ctypes.CFUNCTYPE(_CK_RV, ulong, ulong, ctypes.POINTER(_Attribute), ulong)(
             table.C_GetAttributeValue)
+        self._sign_init = ctypes.CFUNCTYPE(_CK_RV, ulong, ctypes.POINTER(_Mechanism), ulong)(table.C_SignInit)
+        self._sign = ctypes.CFUNCTYPE(_CK_RV, ulong, ctypes.c_char_p, ulong, ctypes.c_char_p, ctypes.POINTER(ulong))(
+            table.C_Sign)
 
     def initialize(self, os_locking: bool) -> int:
         """``C_Initialize`` with ``CKF_OS_LOCKING_OK`` (or ``NULL``); returns the CKR code, raises nothing."""
@@ -167,6 +181,22 @@ class Cryptoki:
         rv = self._logout(session_handle)
         if rv != CKR_OK:
             raise CryptokiError("C_Logout", rv)
+
+    def sign(self, session_handle: int, key_handle: int, mechanism: int, data: bytes, size: int = 512) -> bytes:
+        """``C_SignInit`` (no parameters) then ``C_Sign`` into ``size`` bytes (grown once if the token asks)."""
+        mech = _Mechanism(mechanism, None, 0)
+        rv = self._sign_init(session_handle, ctypes.byref(mech), key_handle)
+        if rv != CKR_OK:
+            raise CryptokiError("C_SignInit", rv)
+        length = _CK_ULONG(size)
+        out = ctypes.create_string_buffer(size)
+        rv = self._sign(session_handle, data, len(data), out, ctypes.byref(length))
+        if rv == CKR_BUFFER_TOO_SMALL:  # the operation stays active; length now says what is needed
+            out = ctypes.create_string_buffer(length.value)
+            rv = self._sign(session_handle, data, len(data), out, ctypes.byref(length))
+        if rv != CKR_OK:
+            raise CryptokiError("C_Sign", rv)
+        return out.raw[: length.value]
 
     def close_all_sessions(self, slot_id: int) -> None:
         """Close every session on a slot (tests use it to pull sessions away under the signer)."""

@@ -1,9 +1,25 @@
-"""One issuer key: hashes on the host, signs in the token, verifies every signature before returning it."""
+"""One issuer key: hashes on the host, signs in the token, verifies its signatures before returning them.
+
+Verification catches a wrong key (a label that names another key than the certificate's) and a faulty
+token before a bad signature leaves the process. The rule (``Verification``):
+- RSA: every signature, always (a few tens of µs; and a faulty RSA-CRT signature would give away the
+  key's factors to whoever receives it);
+- ECDSA, by default: every signature, always;
+- ECDSA with a sampled policy (the OCSP responder's keys, where verifying costs about as much as
+  SoftHSM2's signature): every signature until ``first`` in a row have verified since the last *trust
+  reset*, then one in ``sample``. A trust reset is any change of the signer's ``trust_epoch()`` (a session
+  opened and logged in, hence every key looked up again by label; an HSM error of any kind; a module
+  re-initialisation) and any signature that failed to verify: after each, every signature is verified
+  again. A wrong key is therefore always caught at its first signature; a token that starts returning
+  bad signatures after ``first`` good ones is caught with probability 1/``sample`` per bad signature.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from asn1crypto import algos
@@ -21,11 +37,27 @@ if TYPE_CHECKING:
 ChunkSource = Callable[[], Iterable[bytes]]  # gives the signed bytes again at each call (retries)
 
 
+@dataclass(frozen=True)
+class Verification:
+    """Which ECDSA signatures of a key are verified before being returned (RSA: all of them, always).
+
+    ``first == 0``: every signature. Otherwise every signature until ``first`` in a row have verified since
+    the last trust reset, then one in ``sample`` (see the module's docstring).
+    """
+
+    first: int = 0
+    sample: int = 1
+
+
+EVERY_SIGNATURE = Verification()
+SAMPLED = Verification(first=1000, sample=8)  # the OCSP responder's ECDSA keys
+
+
 class KeySigner:
     """A key by label, the public key it must match, and the algorithm it signs with."""
 
     def __init__(self, hsm: HsmSigner, label: str, public_key: PublicKey, algorithm: SignatureAlgorithm | None,
-                 holder: str) -> None:
+                 holder: str, verification: Verification = EVERY_SIGNATURE) -> None:
         if isinstance(public_key, rsa.RSAPublicKey):
             kind, size = "rsa", public_key.key_size
         elif isinstance(public_key, ec.EllipticCurvePublicKey):
@@ -45,6 +77,19 @@ class KeySigner:
         self.algorithm_identifier: algos.SignedDigestAlgorithm = algorithm.algorithm_identifier()
         self.algorithm_identifier_der: bytes = self.algorithm_identifier.dump()
         self._curve_bytes = (size + 7) // 8 if kind == "ec" else 0
+        self.verification = verification if kind == "ec" else EVERY_SIGNATURE
+        self.verified = 0  # signatures verified (and passed) by this signer: tests and metrics read it
+        self._epoch: object = None
+        self._streak = 0  # verified in a row since the last trust reset
+        self._counter = itertools.count()  # next() is atomic under the GIL: threads share it
+        prehashed = utils.Prehashed(algorithm.cryptography_hash())
+        if algorithm.scheme == "ecdsa":
+            self._verify_args: tuple[object, ...] = (ec.ECDSA(prehashed),)
+        elif algorithm.scheme == "pkcs1":
+            self._verify_args = (padding.PKCS1v15(), prehashed)
+        else:
+            mgf = padding.MGF1(algorithm.cryptography_hash())
+            self._verify_args = (padding.PSS(mgf, algorithm.digest_size), prehashed)
 
     @property
     def description(self) -> str:
@@ -82,21 +127,30 @@ class KeySigner:
             if len(raw) != 2 * self._curve_bytes:
                 raise SignatureCheckFailed(f"key {self.label!r}: token returned {len(raw)} bytes for ECDSA")
             raw = ecdsa_der(raw)
-        self.verify_digest(raw, digest)
+        if self._must_verify():
+            try:
+                self.verify_digest(raw, digest)
+            except SignatureCheckFailed:
+                self._streak = 0  # a trust reset: every signature is verified again
+                raise
+            self._streak += 1
+            self.verified += 1
         return raw
+
+    def _must_verify(self) -> bool:
+        """The rule of the module's docstring, read after the signature (so its own re-login counts)."""
+        policy = self.verification
+        if policy.first == 0:
+            return True
+        epoch = self.hsm.trust_epoch()
+        if epoch != self._epoch:
+            self._epoch, self._streak = epoch, 0
+        return self._streak < policy.first or next(self._counter) % policy.sample == 0
 
     def verify_digest(self, signature: bytes, digest: bytes) -> None:
         """Raise ``SignatureCheckFailed`` unless ``signature`` over ``digest`` verifies under our public key."""
-        prehashed = utils.Prehashed(self.algorithm.cryptography_hash())
         try:
-            if self.algorithm.scheme == "ecdsa":
-                self.public_key.verify(signature, digest, ec.ECDSA(prehashed))  # type: ignore[call-arg]
-            elif self.algorithm.scheme == "pkcs1":
-                self.public_key.verify(signature, digest, padding.PKCS1v15(), prehashed)  # type: ignore[call-arg]
-            else:
-                mgf = padding.MGF1(self.algorithm.cryptography_hash())
-                pss = padding.PSS(mgf, self.algorithm.digest_size)
-                self.public_key.verify(signature, digest, pss, prehashed)  # type: ignore[call-arg]
+            self.public_key.verify(signature, digest, *self._verify_args)  # type: ignore[arg-type]
         except InvalidSignature:
             raise SignatureCheckFailed(
                 f"key {self.label!r}: signature does not verify under the public key of {self.holder} "

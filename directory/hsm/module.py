@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pkcs11
 from pkcs11 import _pkcs11
@@ -56,21 +56,23 @@ class _InitialisedLib(_pkcs11.lib):  # type: ignore[misc]
 
 
 class _RWLock:
-    """Many callers share the module; a re-initialisation needs it alone. Cheap on the shared path."""
+    """Many callers share the module; a re-initialisation needs it alone. Cheap on the shared path (the
+    mutex's own C context manager, not the Condition's Python one: this runs around every signature)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
 
     def acquire_shared(self) -> None:
-        with self._cond:
+        with self._mutex:
             while self._writer:
                 self._cond.wait()
             self._readers += 1
 
     def release_shared(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._readers -= 1
             if self._readers == 0 and self._writer:
                 self._cond.notify_all()
@@ -162,18 +164,9 @@ class Module:
             module._serialize("the configuration says serialize = true")
         return module
 
-    @contextlib.contextmanager
-    def calls(self) -> Iterator[None]:
+    def calls(self) -> _Calls:
         """Around every use of the module: shared with other callers unless serialised; never during a re-init."""
-        self.lock.acquire_shared()
-        try:
-            if self.serial_reason is None:
-                yield
-            else:
-                with self._serial_lock:
-                    yield
-        finally:
-            self.lock.release_shared()
+        return _Calls(self)
 
     def reinitialize(self, force: bool = False) -> bool:
         """Finalize, then initialise with the first call's arguments, so that a returned token is seen.
@@ -198,3 +191,29 @@ class Module:
                 self.generation += 1
             log.warning("PKCS#11 module re-initialised (generation %d)", self.generation)
             return True
+
+
+class _Calls:
+    """``Module.calls()``: a plain context manager (no generator), as it wraps every signature."""
+
+    __slots__ = ("_module", "_serial")
+
+    def __init__(self, module: Module) -> None:
+        self._module = module
+        self._serial: Any = None  # the serialising RLock, while held
+
+    def __enter__(self) -> None:
+        module = self._module
+        module.lock.acquire_shared()
+        if module.serial_reason is not None:
+            self._serial = module._serial_lock
+            try:
+                self._serial.acquire()
+            except BaseException:
+                module.lock.release_shared()
+                raise
+
+    def __exit__(self, *exc: object) -> None:
+        if self._serial is not None:
+            self._serial.release()
+        self._module.lock.release_shared()

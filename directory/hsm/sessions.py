@@ -27,14 +27,15 @@ class PooledSession:
 
 class SessionPool:
     def __init__(self, size: int) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()  # taken directly (its C context manager) on the hot path
+        self._cond = threading.Condition(self._mutex)
         self._idle: list[PooledSession | None] = [None] * size
         self._lent = 0
         self.size = size
 
     def take(self, timeout: float) -> PooledSession | None:
         """A permit: the session it carries, or None (open one). Waits at most ``timeout`` seconds."""
-        with self._cond:
+        with self._mutex:
             if not self._idle and not self._cond.wait_for(lambda: bool(self._idle), timeout):
                 raise HsmUnavailable(f"all {self.size} HSM sessions stayed busy for {timeout:.0f} s")
             self._lent += 1
@@ -42,7 +43,7 @@ class SessionPool:
 
     def give(self, entry: PooledSession | None) -> PooledSession | None:
         """Return a permit; returns the session back to the caller to close when the pool has shrunk."""
-        with self._cond:
+        with self._mutex:
             self._lent -= 1
             if self._lent + len(self._idle) >= self.size:
                 return entry

@@ -39,14 +39,15 @@ from directory.hsm.errors import (
     PinRefused,
     SignatureCheckFailed,
 )
-from directory.hsm.keys import ChunkSource, KeySigner, ecdsa_der
+from directory.hsm.keys import EVERY_SIGNATURE, SAMPLED, ChunkSource, KeySigner, Verification, ecdsa_der
 from directory.hsm.module import Module
 from directory.hsm.pin import PinGuard
 from directory.hsm.sessions import PooledSession, SessionPool
 from directory.hsm.settings import HsmSettings, HsmStats
 
-__all__ = ["HsmError", "HsmSettings", "HsmSigner", "HsmStats", "HsmUnavailable", "KeyNotFound", "KeySigner",
-           "KeyUnusable", "PinRefused", "SignatureCheckFailed", "ecdsa_der"]
+__all__ = ["EVERY_SIGNATURE", "SAMPLED", "HsmError", "HsmSettings", "HsmSigner", "HsmStats", "HsmUnavailable",
+           "KeyNotFound", "KeySigner", "KeyUnusable", "PinRefused", "SignatureCheckFailed", "Verification",
+           "ecdsa_der"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -275,15 +276,20 @@ class HsmSigner:
         return report
 
     # -- signing ---------------------------------------------------------------------------
-    def _sign(self, label: str, algorithm: SignatureAlgorithm, plan: Plan, data: Callable[[], Any]) -> bytes:
-        param, mechanism = None, pkcs11.Mechanism(plan.mechanism)
-        if algorithm.scheme == "pss":
-            name = algorithm.hash.upper()
-            param = (getattr(pkcs11.Mechanism, name), getattr(pkcs11.MGF, name), algorithm.digest_size)
+    def _sign(self, label: str, algorithm: SignatureAlgorithm, plan: Plan, data: Callable[[], Any],
+              token_input: bytes | None = None) -> bytes:
+        mechanism, param = capabilities.call_arguments(plan.mechanism, algorithm)
+        direct = token_input is not None and param is None
 
         def action(entry: PooledSession) -> bytes:
+            key = self._key(entry, label)
+            if direct:  # two raw calls (``cryptoki.sign``); on any error python-pkcs11 makes them again
+                try:  # and raises its own exception, which the recovery below knows
+                    return self._module.raw.sign(entry.session.handle, key.handle, plan.mechanism, token_input)
+                except CryptokiError:
+                    pass
             try:
-                return self._key(entry, label).sign(data(), mechanism=mechanism, mechanism_param=param)
+                return key.sign(data(), mechanism=mechanism, mechanism_param=param)
             except _MECHANISM_ERRORS as exc:
                 self._plans.pop((label, algorithm.name), None)
                 raise KeyUnusable(f"key {label!r}: the module refused {plan.describe()} for {algorithm.name}: "
@@ -301,7 +307,7 @@ class HsmSigner:
         plan = self.plan(label, algorithm)
         if plan.token_hashes:
             raise KeyUnusable(f"key {label!r}: this module signs only with {plan.describe()}, not a digest")
-        return self._sign(label, algorithm, plan, lambda: token_input)
+        return self._sign(label, algorithm, plan, lambda: token_input, token_input)
 
     def sign_data(self, label: str, algorithm: SignatureAlgorithm, source: ChunkSource) -> bytes:
         """Sign the bytes ``source`` gives with a mechanism that hashes in the token (streamed in parts)."""
@@ -315,16 +321,28 @@ class HsmSigner:
 
         return self._sign(label, algorithm, plan, data)
 
+    @property
+    def sessions(self) -> int:
+        """How many signatures can run at once (the session pool's size: ``max_concurrent``, or less)."""
+        return self._pool.size
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking signer call on the HSM executor (bounded by ``max_concurrent``)."""
         import asyncio  # here: the command line (``crl build``) never needs it, and it costs start-up time
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def key(self, label: str, certificate: x509.Certificate,
-            algorithm: SignatureAlgorithm | None = None) -> KeySigner:
+    def key(self, label: str, certificate: x509.Certificate, algorithm: SignatureAlgorithm | None = None,
+            verification: Verification = EVERY_SIGNATURE) -> KeySigner:
         """A signer for the key ``label`` whose public half is in ``certificate``."""
-        return KeySigner(self, label, certificate.public_key(), algorithm, certificate.subject.rfc4514_string())
+        return KeySigner(self, label, certificate.public_key(), algorithm, certificate.subject.rfc4514_string(),
+                         verification)
+
+    def trust_epoch(self) -> tuple[int, int, int, int]:
+        """Changes whenever a session is opened (keys looked up again by label), an HSM call fails, or the
+        module is initialised again: a key's sampled verification starts over (``keys.Verification``)."""
+        stats = self.stats
+        return self._module.generation, stats.relogins, stats.errors, stats.reinits
 
     # -- state -----------------------------------------------------------------------------
     def check(self, labels: Iterable[str] = ()) -> None:

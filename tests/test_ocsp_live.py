@@ -1,0 +1,131 @@
+"""The live lane (``ocsp.live``): answers reach their own requester, errors too, with few event-loop wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509 import ocsp
+
+from ocsp.live import LiveLane
+from ocsp.lru import ByteLru
+from ocsp.request import CertId, Request
+from ocsp.responder import STATUS_ENTRY_OVERHEAD, LiveSlots, Outcome
+from tests.conftest import run_cli
+from tests.served import serve
+from tests.test_ocsp import _pick, _post
+from tests.test_ocsp import _request as _ocsp_request
+
+
+def _request(n: int) -> Request:
+    return Request((CertId("sha1", bytes(20), bytes(20), n),), n.to_bytes(4, "big"))
+
+
+def _answer(request: Request) -> Outcome:
+    time.sleep(0.0005)  # about a signature
+    if request.cert_ids[0].serial % 7 == 3:
+        raise ValueError(f"refused {request.cert_ids[0].serial}")
+    assert request.nonce is not None
+    return Outcome(request.nonce, "successful", "live")
+
+
+def test_each_answer_reaches_its_requester_with_fewer_wakeups_than_answers() -> None:
+    async def main() -> tuple[list[object], int]:
+        lane = LiveLane(_answer, 2)
+        lane.start(asyncio.get_running_loop())
+        try:
+            results = await asyncio.gather(*(lane.answer(_request(n)) for n in range(400)), return_exceptions=True)
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, lane.stop)
+        return results, lane.wakeups
+
+    results, wakeups = asyncio.run(main())
+    for n, result in enumerate(results):
+        if n % 7 == 3:
+            assert isinstance(result, ValueError) and str(result) == f"refused {n}"
+        else:
+            assert isinstance(result, Outcome) and result.body == n.to_bytes(4, "big"), n
+    assert wakeups < 400, wakeups  # answers that piled up while the loop was busy shared a wake-up
+    assert not [t for t in threading.enumerate() if t.name.startswith("ocsp-live_")]
+
+
+def test_a_requester_that_gave_up_does_not_disturb_the_others() -> None:
+    async def main() -> None:
+        lane = LiveLane(_answer, 1)
+        lane.start(asyncio.get_running_loop())
+        try:
+            abandoned = asyncio.ensure_future(lane.answer(_request(1)))
+            kept = asyncio.ensure_future(lane.answer(_request(2)))
+            await asyncio.sleep(0)
+            abandoned.cancel()
+            assert (await kept).body == (2).to_bytes(4, "big")
+            with pytest.raises(asyncio.CancelledError):
+                await abandoned
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, lane.stop)
+
+    asyncio.run(main())
+
+
+def test_nonce_answers_follow_status_changes_made_by_another_process(demo: Path) -> None:
+    """Statuses read for live answers are remembered until the change log says otherwise: a revocation and a
+    released hold, made by the command line (another process), show in nonce answers within a second."""
+    with serve(demo) as served:
+        revoked, held = _pick(demo, "good", "ac-structures"), _pick(demo, "on-hold", "ac-structures")
+
+        def status(entry: dict) -> ocsp.OCSPCertStatus:
+            nonce = os.urandom(16)
+            body = _post(served.base + "/ocsp", _ocsp_request(demo, entry, nonce=nonce))[2]
+            answer = ocsp.load_der_ocsp_response(body)
+            assert answer.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+            return answer.certificate_status
+
+        for _ in range(3):  # the statuses are now remembered
+            assert status(revoked) == ocsp.OCSPCertStatus.GOOD
+            assert status(held) == ocsp.OCSPCertStatus.REVOKED
+        run_cli("revoke", "--config", str(demo), "--issuer", "ac-structures", "--serial", "0x" + revoked["serial_hex"],
+                "--reason", "keyCompromise", check=True)
+        run_cli("release-hold", "--config", str(demo), "--issuer", "ac-structures", "--serial",
+                "0x" + held["serial_hex"], check=True)
+        done = time.monotonic()
+        while status(revoked) != ocsp.OCSPCertStatus.REVOKED or status(held) != ocsp.OCSPCertStatus.GOOD:
+            assert time.monotonic() - done < 1.0, "status changes not visible in nonce answers within 1 s"
+            time.sleep(0.02)
+
+
+def test_live_slots_say_no_beyond_their_size_and_never_wait() -> None:
+    slots = LiveSlots(2)
+    assert slots.take() and slots.take()
+    assert not slots.take()  # a third live signature: tryLater
+    slots.give()
+    assert slots.take()
+    slots.give()
+    slots.give()
+    with pytest.raises(ValueError):
+        slots.give()
+
+
+def test_status_cache_charge_is_an_upper_bound() -> None:
+    """What one remembered status really takes (key, row as sqlite3 returns it, LRU slot) ≤ what it is charged."""
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE c (status TEXT, revocation_time INTEGER, reason TEXT)")
+    db.executemany("INSERT INTO c VALUES (?, ?, ?)",
+                   [("revoked", 1_700_000_000 + i, "cessationOfOperation") for i in range(5000)])
+    lru: ByteLru[tuple[str, int], tuple[str, int | None, str | None]] = ByteLru(10**9, STATUS_ENTRY_OVERHEAD)
+    issuer = "ac-personnes"
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i, row in enumerate(db.execute("SELECT status, revocation_time, reason FROM c")):
+            lru.put((issuer, (1 << 159) + i * 7919), row, 0)  # 20-octet serials, the longest
+        per_entry = (tracemalloc.get_traced_memory()[0] - before) / 5000
+    finally:
+        tracemalloc.stop()
+    assert per_entry <= STATUS_ENTRY_OVERHEAD, per_entry
