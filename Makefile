@@ -42,6 +42,7 @@ bench: bench-packages deps
 	$(BIN)/python -m bench.importer
 	$(BIN)/python -m bench.crl
 	$(BIN)/python -m bench.ocsp
+	$(BIN)/python -m bench.ocsp_workers
 	$(BIN)/python -m bench.ldap
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.fuzz

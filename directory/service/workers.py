@@ -11,9 +11,10 @@ CRLs, the page, /metrics, /readyz...).
 
 Serving processes are new interpreters (``python -m``), never forks of this one: PKCS#11 is not safe across
 fork after C_Initialize. One that exits or falls silent (no report for ``SILENCE`` seconds: a stuck event
-loop) is restarted, logged and counted (``annuaire_http_worker_restarts``); /readyz fails until all have
-served once at start, and when none serves; it warns while some are missing. Their counts (OCSP answers,
-latency buckets, connections) arrive once a second and are summed into this process's metric families.
+loop) is restarted, logged and counted (``annuaire_http_worker_restarts``); /readyz fails while none is
+listening (nothing answers the public port then) and, once all have listened, warns while some are
+missing. Their counts (OCSP answers, latency buckets, connections) arrive once a second, and at each
+/metrics scrape, and are summed into this process's metric families.
 """
 
 from __future__ import annotations
@@ -271,11 +272,7 @@ class WorkerPool:
 
     async def _problem(self) -> str | None:
         n, total = self.serving(), len(self.slots)
-        if not self.started_all and n < total:
-            return f"starting: {n} of {total} serving processes listening"
-        if n == 0:
-            return f"none of the {total} serving processes is listening"
-        return None
+        return f"none of the {total} serving processes is listening" if n == 0 else None
 
     async def _warning(self) -> str | None:
         n, total = self.serving(), len(self.slots)
