@@ -205,10 +205,12 @@ async def run_service(service: Service, stop: asyncio.Event) -> None:
     them on a private unix socket (``directory/service/workers.py``)."""
     started: list[Component] = []
     http = service.config.http
-    runner = web.AppRunner(service.app, access_log=None, keepalive_timeout=http.idle_timeout)
+    pool = service.find(WorkerPool)
+    # with serving processes, this runner's connections are theirs: kept open longer than they keep them idle
+    runner = web.AppRunner(service.app, access_log=None,
+                           keepalive_timeout=http.idle_timeout if pool is None else max(http.idle_timeout, 60.0))
     listener: asyncio.AbstractServer | None = None
     systemd = Notifications()  # before any child process starts: they must not inherit NOTIFY_SOCKET
-    pool = service.find(WorkerPool)
     systemd.start_watchdog()
     try:
         for component in service.components:

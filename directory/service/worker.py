@@ -47,7 +47,9 @@ from ocsp.store import LmdbReader
 
 log = logging.getLogger(__name__)
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-                        "transfer-encoding", "upgrade", "host"})
+                        "transfer-encoding", "upgrade", "host", "x-forwarded-for"})
+# idle connections to the main process are given up before its own idle timeout can close one being reused
+UPSTREAM_KEEPALIVE = 4.0
 UPSTREAM_CONNECTIONS = 64  # per serving process and socket: connections held open to the main process
 REPORT_EVERY = 1.0
 
@@ -72,14 +74,22 @@ class WorkerOcsp(OcspComponent):
     async def _live(self, received: bytes | str, request: Request) -> Outcome:
         kind, data = ("get", received.encode("utf-8", "surrogateescape")) if isinstance(received, str) \
             else ("post", received)
-        try:
-            async with self.upstream.post("http://annuaire/live", data=data, headers={"X-Ocsp-Kind": kind}) as up:
-                if up.status != 200:
-                    raise aiohttp.ClientError(f"HTTP {up.status}")
-                payload = await up.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.warning("OCSP: the main process could not sign a live answer: %s", exc)
-            return error_outcome(resp.TRY_LATER, "error")
+        for attempt in (1, 2):  # once more when a kept-alive connection was closed under it
+            try:
+                async with self.upstream.post("http://annuaire/live", data=data,
+                                              headers={"X-Ocsp-Kind": kind}) as up:
+                    if up.status != 200:
+                        raise aiohttp.ClientError(f"HTTP {up.status}")
+                    payload = await up.read()
+                break
+            except aiohttp.ServerDisconnectedError:
+                if attempt == 1:
+                    continue
+                log.warning("OCSP: the main process could not sign a live answer: disconnected")
+                return error_outcome(resp.TRY_LATER, "error")
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.warning("OCSP: the main process could not sign a live answer: %s", exc)
+                return error_outcome(resp.TRY_LATER, "error")
         head, _, body = payload.partition(b"\n")
         meta = json.loads(head)
         outcome = Outcome(body, meta["status"], meta["path"], meta["this_update"], meta["next_update"])
@@ -103,8 +113,7 @@ def make_proxy(session: aiohttp.ClientSession) -> Handler:
             headers["X-Forwarded-For"] = request.remote
         body = request.content if request.body_exists else None
         try:
-            async with session.request(request.method, "http://annuaire" + request.raw_path, headers=headers,
-                                       data=body, allow_redirects=False, auto_decompress=False) as up:
+            async with await _upstream(session, request.method, request.raw_path, headers, body) as up:
                 answer = web.StreamResponse(status=up.status, reason=up.reason)
                 for name, value in up.headers.items():
                     if name.lower() not in HOP_BY_HOP:
@@ -119,6 +128,20 @@ def make_proxy(session: aiohttp.ClientSession) -> Handler:
             return web.Response(status=503, headers={"Retry-After": "1"}, text="main process unavailable\n")
 
     return proxy
+
+
+async def _upstream(session: aiohttp.ClientSession, method: str, path: str, headers: dict[str, str],
+                    body: object) -> aiohttp.ClientResponse:
+    """The main process's response; a request without a body is sent again once when the kept-alive
+    connection it went out on had just been closed."""
+    for attempt in (1, 2):
+        try:
+            return await session.request(method, "http://annuaire" + path, headers=headers, data=body,
+                                         allow_redirects=False, auto_decompress=False)
+        except aiohttp.ServerDisconnectedError:
+            if attempt == 2 or body is not None:
+                raise
+    raise AssertionError("unreachable")
 
 
 class Reporter:
@@ -164,10 +187,12 @@ async def run(args: argparse.Namespace) -> None:
     lookup = WorkerLookup(idents, store, http.ocsp_request_cache)
     timeout = aiohttp.ClientTimeout(total=None, connect=5, sock_read=120)
     app_session = aiohttp.ClientSession(
-        connector=aiohttp.UnixConnector(str(sockets / "app.sock"), limit=UPSTREAM_CONNECTIONS), timeout=timeout,
+        connector=aiohttp.UnixConnector(str(sockets / "app.sock"), limit=UPSTREAM_CONNECTIONS,
+                                        keepalive_timeout=UPSTREAM_KEEPALIVE), timeout=timeout,
         auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"))
     live_session = aiohttp.ClientSession(
-        connector=aiohttp.UnixConnector(str(sockets / "live.sock"), limit=UPSTREAM_CONNECTIONS), timeout=timeout)
+        connector=aiohttp.UnixConnector(str(sockets / "live.sock"), limit=UPSTREAM_CONNECTIONS,
+                                        keepalive_timeout=UPSTREAM_KEEPALIVE), timeout=timeout)
     ocsp = WorkerOcsp(lookup, live_session)
     app = web.Application(client_max_size=64 * 1024, middlewares=[request_deadline, ids_unless_proxied(request_ids)])
     ocsp.mount(app.router)
