@@ -115,9 +115,10 @@ def make_proxy(session: aiohttp.ClientSession) -> Handler:
         try:
             async with await _upstream(session, request.method, request.raw_path, headers, body) as up:
                 answer = web.StreamResponse(status=up.status, reason=up.reason)
-                for name, value in up.headers.items():
+                for raw_name, raw_value in up.raw_headers:  # as the main process spelled them
+                    name = raw_name.decode("latin-1")
                     if name.lower() not in HOP_BY_HOP:
-                        answer.headers.add(name, value)
+                        answer.headers.add(name, raw_value.decode("latin-1"))
                 await answer.prepare(request)
                 async for chunk in up.content.iter_chunked(64 * 1024):
                     await answer.write(chunk)
