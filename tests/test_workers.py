@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -155,6 +156,21 @@ def test_serving_processes_share_answers_see_revocations_and_restart(demo: Path)
         status, _, crl = http(served.base + "/crl/ac-personnes.crl")
         assert status == 200 and x509.load_der_x509_crl(crl).get_revoked_certificate_by_serial_number(
             int(good[2]["serial_hex"], 16)) is None
+        # what a client may send through a serving process: the main process's private routes are not
+        # reachable, bodies stay bounded, odd framing is refused, nothing is a 5xx, and the service still answers
+        assert http(served.base + "/live", method="POST", body=b"x", headers={"X-Ocsp-Kind": "post"})[0] in (404, 405)
+        assert http(served.base + "/ocsp", method="POST", body=b"0" * 11000,
+                    headers={"Content-Type": "application/ocsp-request"})[0] == 413
+        assert http(served.base + "/crl/ac-personnes.crl", method="POST", body=b"0" * 200_000)[0] in (405, 413)
+        for raw in (b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+                    b"0\r\n\r\n",
+                    b"GET /crl/ac-personnes.crl HTTP/1.1\r\nHost: x\r\nConnection: close, X-Secret\r\n"
+                    b"X-Secret: 1\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(raw)
+                first = s.recv(4096).split(b"\r\n", 1)[0]
+            assert re.fullmatch(rb"HTTP/1\.[01] [1-4]\d\d .*", first), first
+        assert http(served.base + "/healthz")[0] == 200
         remaining = _workers(served.proc.pid)
     output = served.output
     assert "exited with code -9: restarted" in output
