@@ -274,6 +274,7 @@ def memory(pid: int, store: Path) -> dict[str, float]:
     between the processes mapping them), and the bound whatever the traffic touches: PSS outside the store
     plus the whole store file (every page of it resident once)."""
     total = {"rss": 0.0, "pss": 0.0, "store_pss": 0.0}
+    mapped = False  # workers = 1 keeps its answers in memory: no store
     for p in tree(pid):
         try:
             text = Path(f"/proc/{p}/smaps").read_text()
@@ -284,12 +285,13 @@ def memory(pid: int, store: Path) -> dict[str, float]:
             head = line.split()
             if head and not head[0].endswith(":"):  # a mapping's first line: address range ... path
                 in_store = len(head) >= 6 and head[5] == str(store)
+                mapped = mapped or in_store
             elif head and head[0] in ("Rss:", "Pss:"):
                 kb = int(head[1]) / 1024
                 total["rss" if head[0] == "Rss:" else "pss"] += kb
                 if in_store and head[0] == "Pss:":
                     total["store_pss"] += kb
-    size = store.stat().st_size / 2**20 if store.exists() else 0.0
+    size = store.stat().st_size / 2**20 if mapped and store.exists() else 0.0
     return {"rss": round(total["rss"]), "pss": round(total["pss"]),
             "bound": round(total["pss"] - total["store_pss"] + size), "store": round(size)}
 

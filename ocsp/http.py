@@ -77,6 +77,7 @@ class OcspComponent:
                 await task
         if self.responder is not None:
             await asyncio.get_running_loop().run_in_executor(self._presign_executor, self.responder.flush)
+            self.responder.store.close()
             with contextlib.suppress(Exception):
                 await asyncio.get_running_loop().run_in_executor(self._presign_executor, self._save_visibility)
         self._presign_executor.shutdown(wait=True)

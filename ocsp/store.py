@@ -121,6 +121,7 @@ class LmdbStore(LmdbReader):
         import lmdb
 
         self.certs = certs
+        self.path = path
         path.unlink(missing_ok=True)
         Path(str(path) + "-lock").unlink(missing_ok=True)
         # sync=False: a cache rebuilt at every start needs no fsync; metasync too. writemap=False keeps the
@@ -129,24 +130,42 @@ class LmdbStore(LmdbReader):
                              metasync=False, readahead=False, lock=True)
         self._counts = {name: 0 for name in certs}
         self._lock = threading.Lock()
+        self._closed = False
 
     def put(self, issuer: str, serial: int, signed: bytes, this_update: int, next_update: int) -> None:
         self.put_many([(issuer, serial, signed, this_update, next_update)])
 
     def put_many(self, rows: list[tuple[str, int, bytes, int, int]]) -> None:
         """One write transaction for many answers (the start-up load)."""
-        with self._lock, self.env.begin(write=True) as txn:
+        with self._lock:
+            if self._closed:  # a signature finishing during shutdown
+                return
+            self._put(rows)
+
+    def _put(self, rows: list[tuple[str, int, bytes, int, int]]) -> None:
+        with self.env.begin(write=True) as txn:
             for issuer, serial, signed, this_update, next_update in rows:
                 if txn.replace(key(issuer, serial), _HEADER.pack(this_update, next_update) + signed) is None:
                     self._counts[issuer] += 1
 
     def pop(self, issuer: str, serial: int) -> None:
-        with self._lock, self.env.begin(write=True) as txn:
-            if txn.pop(key(issuer, serial)) is not None:
-                self._counts[issuer] -= 1
+        with self._lock:
+            if self._closed:
+                return
+            with self.env.begin(write=True) as txn:
+                if txn.pop(key(issuer, serial)) is not None:
+                    self._counts[issuer] -= 1
 
     def counts(self) -> dict[str, int]:
         return dict(self._counts)
+
+    def close(self) -> None:
+        """Close and delete the file: a cache, rebuilt at the next start (a later ``workers = 1`` leaves
+        none behind)."""
+        with self._lock:
+            self._closed = True
+            self.env.close()
+        remove(self.path)
 
     def reclaim_readers(self) -> int:
         """Free the reader slots of processes that died mid-read (a crashed worker), so their snapshot

@@ -174,5 +174,6 @@ def test_serving_processes_share_answers_see_revocations_and_restart(demo: Path)
         remaining = _workers(served.proc.pid)
     output = served.output
     assert "exited with code -9: restarted" in output
-    # a clean stop: no serving process outlives the main one
+    # a clean stop: no serving process outlives the main one, and the shared store (a cache) is gone
     assert all(not Path(f"/proc/{pid}").exists() for pid in remaining)
+    assert not (root / "data" / "ocsp-answers.lmdb").exists()
