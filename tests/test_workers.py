@@ -171,9 +171,19 @@ def test_serving_processes_share_answers_see_revocations_and_restart(demo: Path)
                 first = s.recv(4096).split(b"\r\n", 1)[0]
             assert re.fullmatch(rb"HTTP/1\.[01] [1-4]\d\d .*", first), first
         assert http(served.base + "/healthz")[0] == 200
+
+        # a serving process that stops reporting (its loop stuck: SIGSTOP here) is killed and replaced
+        stuck = _workers(served.proc.pid)[0]
+        os.kill(stuck, signal.SIGSTOP)
+        deadline = time.monotonic() + 40
+        while stuck in _workers(served.proc.pid) or len(_workers(served.proc.pid)) < 2:
+            assert time.monotonic() < deadline, "a silent serving process was not replaced"
+            time.sleep(0.5)
+        assert _metric(served.base, "annuaire_http_worker_restarts_total") == 2
         remaining = _workers(served.proc.pid)
     output = served.output
     assert "exited with code -9: restarted" in output
+    assert "silent for 15 s: killed" in output
     # a clean stop: no serving process outlives the main one, and the shared store (a cache) is gone
     assert all(not Path(f"/proc/{pid}").exists() for pid in remaining)
     assert not (root / "data" / "ocsp-answers.lmdb").exists()
