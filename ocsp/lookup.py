@@ -25,6 +25,10 @@ PRESIGN_HASH = "sha1"  # what RFC 5019 clients use in CertIDs
 # Bytes charged per request-cache entry besides its key: dict slot, LRU links, tuple, serial int (up to 20
 # octets). tests/test_ocsp_caches.py measures it as an upper bound.
 REQUEST_ENTRY_OVERHEAD = 400
+# Answers ready to send (``Outcome``) for the CertIDs asked about lately, each checked against the store at
+# every look-up (its signature tail), so a dropped or re-signed answer is never served from here.
+READY_CACHE = 16 * 1024 * 1024
+READY_ENTRY_OVERHEAD = 1024
 
 
 class IssuerIdentity:
@@ -91,6 +95,7 @@ class AnswerLookup:
         # how a cacheable request arrived (POST body, GET path) -> (issuer, hash algorithm, serial)
         self.requests: ByteLru[bytes | str, tuple[IssuerIdentity, str, int]] = ByteLru(
             request_cache, REQUEST_ENTRY_OVERHEAD)
+        self.ready: ByteLru[tuple[str, int], tuple[bytes, Outcome]] = ByteLru(READY_CACHE, READY_ENTRY_OVERHEAD)
 
     def from_cache(self, received: bytes | str) -> Outcome | Request:
         """The fast path (event loop, no I/O): a held answer, or the parsed request for the slow path.
@@ -127,11 +132,20 @@ class AnswerLookup:
         look-up of the answer path, whatever store is behind it."""
         if hash_name != PRESIGN_HASH:
             return None
-        hit = self.store.get(issuer.name, serial)
-        if hit is None or hit[2] <= self.clock() + 60:
+        key = (issuer.name, serial)
+        ready = self.ready.get(key)
+        hit = self.store.get(issuer.name, serial, ready[0] if ready is not None else b"")
+        if hit is None:
+            if ready is not None:
+                self.ready.pop(key)
             return None
         body, this_update, next_update, tail = hit
-        return Outcome(body, "successful", "presigned", this_update, next_update, tail)
+        if body:  # new to this process, or changed since its copy was made
+            outcome = Outcome(body, "successful", "presigned", this_update, next_update, tail)
+            self.ready.put(key, (tail, outcome), len(body))
+        else:
+            outcome = ready[1]  # type: ignore[index]
+        return outcome if next_update > self.clock() + 60 else None
 
     def _issuer_of(self, request: Request) -> IssuerIdentity | None:
         found = {self._by_key.get((c.hash_name, c.name_hash, c.key_hash)) for c in request.cert_ids}

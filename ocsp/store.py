@@ -32,9 +32,13 @@ TAIL = 16
 
 
 class PresignedStore(Protocol):
-    """Pre-signed SHA-1 answers, one per certificate, keyed by (issuer, serial)."""
+    """Pre-signed SHA-1 answers, one per certificate, keyed by (issuer, serial).
 
-    def get(self, issuer: str, serial: int) -> Held | None: ...
+    ``get(..., unless=tail)``: when the held answer's signature tail is ``tail`` (the caller's copy is still
+    the one held), ``(b"", thisUpdate, nextUpdate, tail)`` without building the response again.
+    """
+
+    def get(self, issuer: str, serial: int, unless: bytes = b"") -> Held | None: ...
 
     def put(self, issuer: str, serial: int, signed: bytes, this_update: int, next_update: int) -> None: ...
 
@@ -58,12 +62,15 @@ class MemoryStore:
         self.certs = certs  # issuer -> the certs field its answers carry
         self.entries: dict[str, dict[int, tuple[bytes, int, int]]] = {name: {} for name in certs}
 
-    def get(self, issuer: str, serial: int) -> Held | None:
+    def get(self, issuer: str, serial: int, unless: bytes = b"") -> Held | None:
         hit = self.entries[issuer].get(serial)
         if hit is None:
             return None
         signed, this_update, next_update = hit
-        return resp.assemble(signed, self.certs[issuer]), this_update, next_update, signed[-TAIL:]
+        tail = signed[-TAIL:]
+        if tail == unless:
+            return b"", this_update, next_update, tail
+        return resp.assemble(signed, self.certs[issuer]), this_update, next_update, tail
 
     def put(self, issuer: str, serial: int, signed: bytes, this_update: int, next_update: int) -> None:
         self.entries[issuer][serial] = (signed, this_update, next_update)
@@ -93,17 +100,20 @@ class LmdbReader:
         self.env = lmdb.open(str(path), subdir=False, readonly=True, lock=True, map_size=MAP_SIZE,
                              max_readers=1024, readahead=False)
 
-    def get(self, issuer: str, serial: int) -> Held | None:
+    def get(self, issuer: str, serial: int, unless: bytes = b"") -> Held | None:
         certs = self.certs.get(issuer)
         if certs is None:
             return None
-        with self.env.begin(buffers=True) as txn:
+        with self.env.begin(buffers=True) as txn:  # a fresh snapshot: the latest commit of the writer
             value = txn.get(key(issuer, serial))
             if value is None:
                 return None
             this_update, next_update = _HEADER.unpack_from(value)
+            tail = bytes(value[-TAIL:])
+            if tail == unless:
+                return b"", this_update, next_update, tail
             signed = bytes(value[_HEADER.size:])
-        return resp.assemble(signed, certs), this_update, next_update, signed[-TAIL:]
+        return resp.assemble(signed, certs), this_update, next_update, tail
 
     def window(self, issuer: str, serial: int) -> tuple[int, int] | None:
         with self.env.begin(buffers=True) as txn:

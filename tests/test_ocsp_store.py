@@ -115,6 +115,13 @@ def test_answers_of_a_former_responder_key_are_not_reloaded(private_config: Path
         assert (one.body, one.this_update, one.next_update, one.etag) == (
             two.body, two.this_update, two.next_update, two.etag)
         assert shared.presigned_counts()["ac-personnes"] == 1
+        # an answer ready to send is never served once the store dropped or replaced it
+        assert shared.answer_for(issuer, "sha1", cert.serial_number) is one  # the same object, checked
+        shared.invalidate("ac-personnes", serial_hex)
+        assert shared.answer_for(issuer, "sha1", cert.serial_number) is None
+        assert shared.presign("ac-personnes", serial_hex)
+        again = shared.answer_for(issuer, "sha1", cert.serial_number)
+        assert again is not None and again is not one  # built again from what the store holds now
         shared.store.close()
     finally:
         hsm.close()
