@@ -120,6 +120,7 @@ def test_serving_processes_share_answers_see_revocations_and_restart(demo: Path)
                 if _status(conns[n], body) == ocsp.OCSPCertStatus.REVOKED:
                     pending.discard(n)
         seen = time.monotonic() - revoked_at
+        print(f"revocation stated on all {len(conns)} connections {seen:.3f} s after the admin API answered")
         assert not pending and seen < 1.0, (pending, seen)
         for conn in conns:
             conn.close()
