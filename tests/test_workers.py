@@ -92,8 +92,12 @@ def test_serving_processes_share_answers_see_revocations_and_restart(demo: Path)
         port = int(served.base.rsplit(":", 1)[1])
         target = good[0]
         body = _request(root, target)
-        # every pre-signed answer is there (the pre-signer runs in the main process)
+        # every pre-signed answer is there (the pre-signer runs in the main process), both processes listen
+        # (/readyz says ready as soon as one does)
         deadline = time.monotonic() + 30
+        while _metric(served.base, 'annuaire_http_workers{state="serving"}') < 2:
+            assert time.monotonic() < deadline, "the second serving process never listened"
+            time.sleep(0.2)
         while _metric(served.base, 'annuaire_ocsp_cached_responses{issuer="ac-personnes"}') < len(
                 [m for m in manifest if m["issuer"] == "ac-personnes"]) and time.monotonic() < deadline:
             time.sleep(0.2)
