@@ -217,16 +217,17 @@ def twin(demo_dir: Path) -> Path:
     return copy
 
 
-def fill(demo_dir: Path, count: int) -> None:
-    """``count`` certificates of ac-personnes with a persisted answer each (signed by the configured responder's
-    key id, so that the service reloads them), unless already there."""
+def fill(demo_dir: Path, count: int) -> int:
+    """At least ``count`` certificates of ac-personnes with a persisted answer each (signed by the configured
+    responder's key id, so that the service reloads them); returns how many answers the registry holds."""
     from directory import cert_id
     from ocsp import response as resp
 
     db = sqlite3.connect(demo_dir / "data" / "registry.sqlite3")
-    if db.execute("SELECT COUNT(*) FROM ocsp_responses").fetchone()[0] >= count:
+    have = db.execute("SELECT COUNT(*) FROM ocsp_responses").fetchone()[0]
+    if have >= count:
         db.close()
-        return
+        return have
     issuer_id, issuer_der = db.execute("SELECT id, certificate_der FROM issuers WHERE name = 'ac-personnes'").fetchone()
     issuer = x509.load_der_x509_certificate(issuer_der)
     responder = x509.load_pem_x509_certificate((demo_dir / "ca" / "ocsp-ac-personnes.pem").read_bytes())
@@ -248,7 +249,9 @@ def fill(demo_dir: Path, count: int) -> None:
                        [(issuer_id, format(0x10000000 + i, "x"), now, now + 4 * 86400, body(0x10000000 + i))
                         for i in rows])
         db.commit()
+    have = db.execute("SELECT COUNT(*) FROM ocsp_responses").fetchone()[0]
     db.close()
+    return have
 
 
 def tree(pid: int) -> list[int]:
@@ -296,8 +299,8 @@ def memory(pid: int, store: Path) -> dict[str, float]:
             "bound": round(total["pss"] - total["store_pss"] + size), "store": round(size)}
 
 
-def scale(demo_dir: Path, answers: int, tiny: bool) -> dict[str, dict[str, float]]:
-    fill(demo_dir, answers)
+def scale(demo_dir: Path, answers: int, tiny: bool) -> tuple[int, dict[str, dict[str, float]]]:
+    answers = fill(demo_dir, answers)
     issuer = x509.load_pem_x509_certificate((demo_dir / "ca" / "ac-personnes.pem").read_bytes())
     from directory import cert_id
 
@@ -316,7 +319,7 @@ def scale(demo_dir: Path, answers: int, tiny: bool) -> dict[str, dict[str, float
             print(f"workers={workers}, {answers:,} answers: {out[f'workers={workers}']} MB", file=sys.stderr)
         finally:
             service.stop()
-    return out
+    return answers, out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     with_certs = sum(1 for m in json.loads((rate_demo / "certs" / "manifest.json").read_text())
                      if m["issuer"] == "ac-personnes")
     measured = rates(rate_demo, with_certs, args.tiny)
-    mem = scale(demo(f"ocsp-workers-rss{suffix}", "rsa", 0), answers, args.tiny)
+    answers, mem = scale(demo(f"ocsp-workers-rss{suffix}", "rsa", 0), answers, args.tiny)
     one, two = measured["workers=1"], measured["workers=2"]
     print("| run | POST req/s | GET req/s |")
     print("|---|---|---|")
