@@ -203,8 +203,9 @@ async def run(args: argparse.Namespace) -> None:
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # Ctrl-C in a terminal reaches the whole process group: the main process stops this one (SIGTERM), in order
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
     listener = await listen(runner, http.host, http.port, gate, reuse_port=True)
     reporter = Reporter(ocsp, gate)
 
