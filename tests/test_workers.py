@@ -5,12 +5,15 @@ The real service, HSM (SoftHSM2) and registry; connections are plain sockets spr
 
 from __future__ import annotations
 
+import hashlib
 import http.client as httpc
 import json
 import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 from pathlib import Path
@@ -20,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from tests.admin_client import call
+from tests.conftest import ROOT
 from tests.served import http, serve
 
 
@@ -206,3 +210,14 @@ def test_serving_processes_share_answers_see_revocations_and_restart(demo: Path)
     # a clean stop: no serving process outlives the main one, and the shared store (a cache) is gone
     assert all(not Path(f"/proc/{pid}").exists() for pid in remaining)
     assert not (root / "data" / "ocsp-answers.lmdb").exists()
+
+
+def test_a_serving_process_refuses_a_configuration_changed_since_the_start(demo: Path, tmp_path: Path) -> None:
+    """Restarted after the operator edited the file, it would serve another configuration than the main
+    process's: it says so and exits (EX_CONFIG) instead; restarting the service applies the change."""
+    result = subprocess.run([sys.executable, "-m", "directory.service.worker", "--config", str(demo), "--index", "0",
+                             "--workers", "2", "--sockets", str(tmp_path), "--store", str(tmp_path / "none.lmdb"),
+                             "--config-sha256", hashlib.sha256(b"what the main process read").hexdigest()],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 78, result.stderr[-2000:]
+    assert "changed since `annuaire serve` started" in result.stderr and result.stdout == ""

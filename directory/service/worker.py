@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -52,6 +53,7 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 UPSTREAM_KEEPALIVE = 4.0
 UPSTREAM_CONNECTIONS = 64  # per serving process and socket: connections held open to the main process
 REPORT_EVERY = 1.0
+CONFIG_CHANGED = 78  # EX_CONFIG
 
 
 class WorkerLookup(AnswerLookup):
@@ -179,6 +181,10 @@ def ids_unless_proxied(request_ids: object) -> object:
 async def run(args: argparse.Namespace) -> None:
     from directory.service.app import request_ids  # the same middleware as the main process's
 
+    if hashlib.sha256(Path(args.config).read_bytes()).hexdigest() != args.config_sha256:
+        log.error("serving process %d: %s changed since `annuaire serve` started: not serving it beside the "
+                  "main process's; restart the service to apply it", args.index, args.config)
+        raise SystemExit(CONFIG_CHANGED)
     config = load_config(args.config)
     http = config.http
     budget = plan_descriptors(max(16, math.ceil(http.max_connections / args.workers)), None)
@@ -243,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--sockets", required=True, help="the main process's private socket directory")
     parser.add_argument("--store", required=True, help="the shared answers (LMDB file)")
+    parser.add_argument("--config-sha256", required=True, help="the configuration the main process runs with")
     args = parser.parse_args(argv)
     logs.setup(os.environ.get("ANNUAIRE_LOG_LEVEL", "INFO"), os.environ.get("ANNUAIRE_LOG_FORMAT"))
     started = time.monotonic()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -100,6 +101,8 @@ class WorkerPool:
     async def start(self, service: Service) -> None:
         self.service = service
         self.ocsp = service.find(OcspComponent)
+        # a serving process (re)started later checks it reads the configuration this process runs with
+        self.config_digest = hashlib.sha256(Path(service.config.path).read_bytes()).hexdigest()
         runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
         self.sockets = Path(tempfile.mkdtemp(prefix="annuaire-", dir=runtime))  # 0700: this user only
         n = len(self.slots)
@@ -185,6 +188,7 @@ class WorkerPool:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "directory.service.worker", "--config", str(config.path), "--index", str(index),
             "--workers", str(len(self.slots)), "--sockets", str(self.sockets), "--store", str(store_path(config)),
+            "--config-sha256", self.config_digest,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
 
     async def _follow(self, slot: Slot, process: asyncio.subprocess.Process) -> None:
