@@ -43,6 +43,7 @@ bench: bench-packages deps
 	$(BIN)/python -m bench.crl
 	$(BIN)/python -m bench.ocsp
 	$(BIN)/python -m bench.ocsp_nonce
+	$(BIN)/python -m bench.ocsp_workers
 	$(BIN)/python -m bench.ldap
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.fuzz

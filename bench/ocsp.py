@@ -166,13 +166,16 @@ def rss_with(certs: int) -> float:
         issuer_id, issuer_der = db.execute("SELECT id, certificate_der FROM issuers WHERE name = 'ac-personnes'"
                                            ).fetchone()
         prefix = cert_id.prefix("sha1", *cert_id.issuer_hashes(x509.load_der_x509_certificate(issuer_der), "sha1"))
+        # the configured responder's key id: the service reloads no answer signed by another key
+        key_hash = cert_id.key_hash(x509.load_pem_x509_certificate(
+            (directory / "ca" / "ocsp-ac-personnes.pem").read_bytes()), "sha1")
         now = int(time.time())
         algorithm = bytes.fromhex("300d06092a864886f70d01010b0500")
 
         def body(serial: int) -> bytes:
             single = resp.single_response(resp.SingleStatus(cert_id.encode(prefix, serial), "good"), now,
                                           now + 4 * 86400)
-            return resp.signed_part(resp.response_data(bytes(20), now, [single], None, False), algorithm, bytes(256))
+            return resp.signed_part(resp.response_data(key_hash, now, [single], None, False), algorithm, bytes(256))
 
         for start in range(0, certs, 100_000):
             rows = range(start, min(certs, start + 100_000))

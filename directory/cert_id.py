@@ -62,6 +62,22 @@ def of_signed_part(signed: bytes) -> bytes | None:
         return None
 
 
+def responder_id(key_hash_: bytes) -> bytes:
+    """ResponderID byKey (``[2] EXPLICIT OCTET STRING``): the SHA-1 of the responder's public key bits."""
+    return der.tlv(0xA2, der.octet_string(key_hash_))
+
+
+def responder_of_signed_part(signed: bytes) -> bytes | None:
+    """The responderID bytes of a stored answer (which key signed it), or None when unreadable."""
+    try:
+        data = Reader(signed).enter(SEQUENCE, "ResponseData")
+        if data.peek() == 0xA0:
+            data.any("version")
+        return data.any("responderID")
+    except DerError:
+        return None
+
+
 @functools.lru_cache(maxsize=64)
 def _issuer_prefix(issuer_certificate_der: bytes, hash_name: str) -> bytes:
     issuer = x509.load_der_x509_certificate(issuer_certificate_der)

@@ -22,7 +22,9 @@ from directory.httpdate import http_date
 from ocsp import response as resp
 from ocsp.live import LiveLane
 from ocsp.metrics import OcspMetrics
+from ocsp.request import Request
 from ocsp.responder import PRESIGN_HASH, OcspResponder, Outcome, error_outcome
+from ocsp.store import MemoryStore, PresignedStore
 from ocsp.visibility import VisibilityLedger
 
 if TYPE_CHECKING:
@@ -39,8 +41,10 @@ class OcspComponent:
 
     name = "ocsp"
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time,
+                 store: Callable[[dict[str, bytes]], PresignedStore] = MemoryStore) -> None:
         self.clock = clock
+        self.store = store  # where pre-signed answers live (ocsp/store.py): shared with serving processes or not
         self.responder: OcspResponder | None = None
         self._seq = 0
         self._presign_executor = ThreadPoolExecutor(1, thread_name_prefix="ocsp-presign")
@@ -52,7 +56,7 @@ class OcspComponent:
 
     async def start(self, service: Service) -> None:
         self.service = service
-        self.responder = OcspResponder(service.config, service.hsm, service.registry, self.clock)
+        self.responder = OcspResponder(service.config, service.hsm, service.registry, self.clock, self.store)
         self.live = LiveLane(self.responder.answer_live, service.hsm.sessions)  # one thread per HSM session
         self.live.start(asyncio.get_running_loop())
         self.metrics = OcspMetrics(self.responder)
@@ -62,11 +66,7 @@ class OcspComponent:
         self._seq = self.visibility.cursor
         loaded = await loop.run_in_executor(None, self.responder.load_persisted)
         log.info("OCSP: %d pre-signed responses loaded from the registry", loaded)
-        router = service.app.router
-        router.add_post("/ocsp", self._post)
-        router.add_post("/ocsp/", self._post)
-        router.add_get("/ocsp/{tail:.*}", self._get)
-        router.add_get("/ocsp", self._get_empty)
+        self.mount(service.app.router)
         service.registry.add_listener(self._on_change)
         self._tasks = [asyncio.create_task(self._poll_changes()), asyncio.create_task(self._presign_loop())]
         service.add_job(self._flush, "interval", seconds=2, id="ocsp-flush")
@@ -81,6 +81,7 @@ class OcspComponent:
         if self.responder is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.live.stop)
             await asyncio.get_running_loop().run_in_executor(self._presign_executor, self.responder.flush)
+            self.responder.store.close()
             with contextlib.suppress(Exception):
                 await asyncio.get_running_loop().run_in_executor(self._presign_executor, self._save_visibility)
         self._presign_executor.shutdown(wait=True)
@@ -99,6 +100,13 @@ class OcspComponent:
         return self.responder.presigned_window(issuer, int(serial_hex, 16))
 
     # -- HTTP ------------------------------------------------------------------------------------
+    def mount(self, router: web.UrlDispatcher) -> None:
+        """The OCSP routes (here, and in each serving process of ``[http] workers``)."""
+        router.add_post("/ocsp", self._post)
+        router.add_post("/ocsp/", self._post)
+        router.add_get("/ocsp/{tail:.*}", self._get)
+        router.add_get("/ocsp", self._get_empty)
+
     async def _post(self, request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > MAX_BODY:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
@@ -133,13 +141,28 @@ class OcspComponent:
             if isinstance(first, Outcome):
                 outcome = first
             else:
-                outcome = await self.live.answer(first)
+                outcome = await self._live(received, first)
         except Exception:  # never a 500: an unexpected failure is an internalError response, logged
             log.exception("OCSP request failed unexpectedly")
             outcome = error_outcome(resp.INTERNAL_ERROR)
         self.responder.stats.count(outcome.status, outcome.path)
         self.metrics.latency.labels(outcome.path).observe(time.perf_counter() - started)
         return outcome
+
+    async def _live(self, received: bytes | str, request: Request) -> Outcome:
+        """A request without a held answer: signed here (a serving process hands it to the main process)."""
+        return await self.live.answer(request)
+
+    async def answer_uncounted(self, received: bytes | str) -> Outcome:
+        """What a serving process asks for a request it holds no answer for (``[http] workers``): the answer,
+        counted by the process that sends it, not here."""
+        assert self.responder is not None
+        try:
+            first = self.responder.from_cache(received)
+            return first if isinstance(first, Outcome) else await self._live(received, first)
+        except Exception:
+            log.exception("OCSP request failed unexpectedly")
+            return error_outcome(resp.INTERNAL_ERROR)
 
     def _send(self, outcome: Outcome, get: bool) -> web.Response:
         headers = {"Content-Type": CONTENT_TYPE}

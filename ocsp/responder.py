@@ -29,8 +29,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.serialization import Encoding
-
 from directory import cert_id
 from directory.config import Config, IssuerConfig
 from directory.der import DIGESTS
@@ -38,14 +36,15 @@ from directory.hsm.signer import SAMPLED, HsmError, HsmSigner, KeySigner
 from directory.registry import Registry
 from directory.revocation import REASON_CODES
 from ocsp import response as resp
+from ocsp.lookup import PRESIGN_HASH, REQUEST_ENTRY_OVERHEAD, AnswerLookup, IssuerIdentity, Outcome, error_outcome
 from ocsp.lru import ByteLru
-from ocsp.request import CertId, Malformed, Request, decode_get_path, parse_request
+from ocsp.request import CertId, Request
+from ocsp.store import MemoryStore, PresignedStore
 
 log = logging.getLogger(__name__)
-PRESIGN_HASH = "sha1"  # what RFC 5019 clients use in CertIDs
-# Bytes charged per cache entry besides its key (request cache) or signed answer (answer cache): dict slot,
-# LRU links, tuples, serial int (up to 20 octets). tests/test_ocsp_caches.py measures them as upper bounds.
-REQUEST_ENTRY_OVERHEAD = 400
+__all__ = ["PRESIGN_HASH", "REQUEST_ENTRY_OVERHEAD", "OcspResponder", "Outcome", "error_outcome"]
+# Bytes charged per answer-cache entry besides its signed answer: dict slot, LRU links, tuples, serial int
+# (up to 20 octets). tests/test_ocsp_caches.py measures it as an upper bound.
 ANSWER_ENTRY_OVERHEAD = 560
 # Statuses of certificates asked about live: (issuer, serial) -> (status, revocation time, reason); bytes
 # charged per entry (tuples, serial int, strings shared with the registry's rows), an upper bound.
@@ -90,121 +89,52 @@ class LiveSlots:
             self.busy -= 1
 
 
-class IssuerResponder:
-    """One issuer's responder: its signer, responder id, certificates sent along, and CertID hashes."""
+class IssuerResponder(IssuerIdentity):
+    """One issuer's responder: its identity (``ocsp.lookup``), its signer and its live-signing slots."""
 
     def __init__(self, issuer: IssuerConfig, hsm: HsmSigner) -> None:
+        super().__init__(issuer)
         assert issuer.ocsp is not None
-        self.name = issuer.name
-        self.settings = issuer.ocsp
         if issuer.ocsp.signer_certificate is not None:
-            responder_cert = issuer.ocsp.signer_certificate
             assert issuer.ocsp.signer_key_label is not None
             # ECDSA signatures verified by sample once the key has proven itself (``directory.hsm.keys``)
-            self.signer: KeySigner = hsm.key(issuer.ocsp.signer_key_label, responder_cert, verification=SAMPLED)
-            cert_ders = [responder_cert.public_bytes(Encoding.DER)]
+            self.signer: KeySigner = hsm.key(issuer.ocsp.signer_key_label, self.responder_cert, verification=SAMPLED)
         else:
-            responder_cert = issuer.certificate
             assert issuer.key_label is not None  # the configuration requires a delegated responder otherwise
             self.signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm, SAMPLED)
-            cert_ders = []
-        self.responder_key_hash = cert_id.key_hash(responder_cert, "sha1")
-        self.certs = resp.certs_field(cert_ders)
-        self.hashes = {h: cert_id.issuer_hashes(issuer.certificate, h) for h in DIGESTS}
-        self.lookup_keys = {(h, name_hash, key_hash) for h, (name_hash, key_hash) in self.hashes.items()}
-        self._cid_prefix = {h: cert_id.prefix(h, *hashes) for h, hashes in self.hashes.items()}
         self.live_slots = LiveSlots(issuer.ocsp.live_concurrency)
 
-    def cert_id(self, hash_name: str, serial: int) -> CertId:
-        """The CertID of one of this issuer's certificates, as a client would send it."""
-        return CertId(hash_name, *self.hashes[hash_name], serial)
 
-    def cert_id_der(self, hash_name: str, serial: int) -> bytes:
-        """The canonical CertID bytes an answer carries (values only, never a request's bytes)."""
-        return cert_id.encode(self._cid_prefix[hash_name], serial)
+class OcspResponder(AnswerLookup):
+    """The signing side: ``AnswerLookup``'s answer path, plus live signing and keeping the held answers true.
 
+    ``store``: where pre-signed SHA-1 answers live, given each issuer's certs field (default: this process's
+    memory; ``ocsp.store.LmdbStore`` when serving processes share them).
+    """
 
-class Outcome:
-    """What to send back: the DER, the status for metrics, and caching information for GET."""
-
-    __slots__ = ("body", "etag", "next_update", "path", "status", "this_update")
-
-    def __init__(self, body: bytes, status: str, path: str, this_update: int | None = None,
-                 next_update: int | None = None, signature_tail: bytes = b"") -> None:
-        self.body, self.status, self.path = body, status, path
-        self.this_update, self.next_update = this_update, next_update
-        # The signed part ends with the signature: its last bytes name this exact response (same bytes
-        # only for the same signed content), without hashing the whole answer on every request.
-        self.etag = f'"{signature_tail.hex()}"' if signature_tail else ""
-
-
-def error_outcome(code: int, path: str = "error") -> Outcome:
-    return Outcome(resp.error_response(code), resp.STATUS_NAMES[code], path)
-
-
-class OcspResponder:
     def __init__(self, config: Config, hsm: HsmSigner, registry: Registry,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 store: Callable[[dict[str, bytes]], PresignedStore] = MemoryStore) -> None:
         self.registry = registry
-        self.clock = clock
-        self.issuers: dict[str, IssuerResponder] = {
-            i.name: IssuerResponder(i, hsm) for i in config.issuers if i.ocsp is not None}
-        self._by_key = {key: r for r in self.issuers.values() for key in r.lookup_keys}
-        # pre-signed SHA-1 answers, one per certificate: cache[(issuer, "sha1")][serial] = (signed part,
-        # thisUpdate, nextUpdate); answers for other hash algorithms: answers[(issuer, hash, serial)]
-        self.cache: dict[tuple[str, str], dict[int, tuple[bytes, int, int]]] = {
-            (name, PRESIGN_HASH): {} for name in self.issuers}
+        issuers = {i.name: IssuerResponder(i, hsm) for i in config.issuers if i.ocsp is not None}
+        super().__init__(issuers, store({name: r.certs for name, r in issuers.items()}),  # type: ignore[arg-type]
+                         config.http.ocsp_request_cache, clock)
+        self.issuers: dict[str, IssuerResponder] = issuers  # type: ignore[assignment]
+        # answers for hash algorithms other than SHA-1 (what traffic asks for): answers[(issuer, hash, serial)]
         self.answers: ByteLru[tuple[str, str, int], tuple[bytes, int, int]] = ByteLru(
             config.http.ocsp_answer_cache, ANSWER_ENTRY_OVERHEAD)
         self._generation: dict[tuple[str, int], int] = {}
         self.statuses: ByteLru[tuple[str, int], tuple[str, int | None, str | None]] = ByteLru(
             STATUS_CACHE, STATUS_ENTRY_OVERHEAD)
-        # how a cacheable request arrived (POST body, GET path) -> (issuer, hash algorithm, serial)
-        self.requests: ByteLru[bytes | str, tuple[IssuerResponder, str, int]] = ByteLru(
-            config.http.ocsp_request_cache, REQUEST_ENTRY_OVERHEAD)
         self._pending_store: list[tuple[str, str, str, int, int, bytes]] = []
         self._lock = threading.Lock()
         self.stats = OcspStats()
 
     # -- answering ----------------------------------------------------------------------------
-    def from_cache(self, received: bytes | str) -> Outcome | Request:
-        """The fast path (event loop, no I/O): a cached answer, or the parsed request for the slow path.
-
-        ``received`` is a POST body (DER) or the raw GET path after ``/ocsp``. RFC 5019 clients send
-        byte-identical requests for a certificate, so what a cacheable request (valid, one CertID, no
-        echoed nonce, served issuer) parsed to is remembered under the bytes it arrived as.
-        """
-        known = self.requests.get(received)
-        if known is not None:
-            hit = self._presigned(*known)
-            if hit is not None:
-                return hit
-        try:
-            der = decode_get_path(received) if isinstance(received, str) else received
-            request = parse_request(der, 100)
-        except Malformed:
-            return error_outcome(resp.MALFORMED_REQUEST, "error")
-        issuer = self._issuer_of(request)
-        if issuer is None:
-            return error_outcome(resp.UNAUTHORIZED, "error")
-        if len(request.cert_ids) > issuer.settings.max_cert_ids:
-            return error_outcome(resp.MALFORMED_REQUEST, "error")
-        if len(request.cert_ids) == 1 and (request.nonce is None or issuer.settings.nonce == "ignore"):
-            cid = request.cert_ids[0]
-            self.requests.put(received, (issuer, cid.hash_name, cid.serial), len(received))
-            hit = self._presigned(issuer, cid.hash_name, cid.serial)
-            if hit is not None:
-                return hit
-        return request
-
-    def _cached(self, issuer: str, hash_name: str, serial: int) -> tuple[bytes, int, int] | None:
+    def answer_for(self, issuer: IssuerIdentity, hash_name: str, serial: int) -> Outcome | None:
         if hash_name == PRESIGN_HASH:
-            return self.cache[(issuer, PRESIGN_HASH)].get(serial)
-        return self.answers.get((issuer, hash_name, serial))
-
-    def _presigned(self, issuer: IssuerResponder, hash_name: str, serial: int) -> Outcome | None:
-        """The cached answer for one CertID, while it has more than a minute of validity left."""
-        hit = self._cached(issuer.name, hash_name, serial)
+            return super().answer_for(issuer, hash_name, serial)
+        hit = self.answers.get((issuer.name, hash_name, serial))
         if hit is None or hit[2] <= self.clock() + 60:
             return None
         signed, this_update, next_update = hit
@@ -237,12 +167,6 @@ class OcspResponder:
                            None if echo else next_update, signed[-16:])
         finally:
             issuer.live_slots.give()
-
-    def _issuer_of(self, request: Request) -> IssuerResponder | None:
-        found = {self._by_key.get((c.hash_name, c.name_hash, c.key_hash)) for c in request.cert_ids}
-        if len(found) != 1:
-            return None  # unknown issuer, or CertIDs of several issuers (one response has one signer)
-        return found.pop()
 
     def _status(self, issuer: IssuerResponder, cid: CertId) -> resp.SingleStatus | None:
         """What to say about one CertID; None when the registry never saw the serial."""
@@ -305,13 +229,13 @@ class OcspResponder:
         with self._lock:
             self._generation[key] = self._generation.get(key, 0) + 1
             self.statuses.pop(key)
-        self.cache[(issuer, PRESIGN_HASH)].pop(serial, None)
+        self.store.pop(issuer, serial)
         for h in DIGESTS:
             self.answers.pop((issuer, h, serial))
 
     def _keep(self, issuer: str, hash_name: str, serial: int, entry: tuple[bytes, int, int]) -> None:
         if hash_name == PRESIGN_HASH:
-            self.cache[(issuer, PRESIGN_HASH)][serial] = entry
+            self.store.put(issuer, serial, *entry)
         else:
             self.answers.put((issuer, hash_name, serial), entry, len(entry[0]))
 
@@ -333,11 +257,15 @@ class OcspResponder:
     def load_persisted(self) -> int:
         """Fill the caches from the registry (valid responses signed after each certificate's last change).
 
-        A stored answer is taken only when its CertID is the canonical one for its (issuer, hash, serial):
-        a row written by anything else (an older version, a hand edit) is never served.
+        A stored answer is taken only when its CertID is the canonical one for its (issuer, hash, serial)
+        and its responderID names the responder key configured now: a row written by anything else (an
+        older version, a hand edit, the responder key or certificate before a change) is never served; the
+        pre-signing loop signs those certificates again.
         """
-        n = refused = 0
+        n = refused = stale = 0
         margin = int(self.clock()) + 60
+        batch: list[tuple[str, int, bytes, int, int]] = []
+        put_many = getattr(self.store, "put_many", None)
         for issuer, serial_hex, hash_name, this_update, next_update, body in self.registry.ocsp_load(margin):
             responder = self.issuers.get(issuer)
             if responder is None or hash_name not in responder.hashes:
@@ -346,25 +274,38 @@ class OcspResponder:
             if cert_id.of_signed_part(signed) != responder.cert_id_der(hash_name, serial):
                 refused += 1
                 continue
-            self._keep(issuer, hash_name, serial, (signed, this_update, next_update))
+            if cert_id.responder_of_signed_part(signed) != responder.responder_id:
+                stale += 1
+                continue
+            if put_many is not None and hash_name == PRESIGN_HASH:
+                batch.append((issuer, serial, signed, this_update, next_update))
+                if len(batch) >= 10_000:
+                    put_many(batch)
+                    batch = []
+            else:
+                self._keep(issuer, hash_name, serial, (signed, this_update, next_update))
             n += 1
+        if batch:
+            put_many(batch)  # type: ignore[misc]
         if refused:
             log.warning("OCSP: %d persisted responses ignored (CertID not the canonical one)", refused)
+        if stale:
+            log.warning("OCSP: %d persisted responses ignored (signed by another responder key than the one "
+                        "configured now): they are signed again", stale)
         return n
 
     def presigned_counts(self) -> dict[str, int]:
         """Pre-signed answers held, per served issuer."""
-        return {issuer: len(entries) for (issuer, _), entries in self.cache.items()}
+        return self.store.counts()
 
     def presigned_window(self, issuer: str, serial: int) -> tuple[int, int] | None:
         """(thisUpdate, nextUpdate) of the pre-signed answer held for a certificate; None when none is."""
-        hit = self.cache.get((issuer, PRESIGN_HASH), {}).get(serial)
-        return (hit[1], hit[2]) if hit is not None else None
+        return self.store.window(issuer, serial) if issuer in self.issuers else None
 
     def missing(self, issuer: str) -> list[str]:
         """Serials of ``issuer`` without a usable pre-signed response."""
-        cached = self.cache[(issuer, PRESIGN_HASH)]
-        return [s for s in self.registry.serials(issuer) if int(s, 16) not in cached]
+        window = self.store.window
+        return [s for s in self.registry.serials(issuer) if window(issuer, int(s, 16)) is None]
 
     def due_for_refresh(self, issuer: str) -> list[tuple[str, str]]:
         """Responses past half their validity (re-signed ahead of expiry)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,8 @@ def test_private_config_loads(private_config: Path) -> None:
     ('suffix = "o=sante,c=fr"', 'suffix = "not a dn"', "ldap.suffix", "not a DN"),
     ('listen = "127.0.0.1:18080"', 'listen = "127.0.0.1:18080"\nrequest_timeout = 0', "http.request_timeout",
      "between 1 and 3600"),
+    ('listen = "127.0.0.1:18080"', 'listen = "127.0.0.1:18080"\nworkers = 0', "http.workers", "between 1 and 256"),
+    ('listen = "127.0.0.1:18080"', 'listen = "127.0.0.1:18080"\nworkers = "auto"', "http.workers", "must be int"),
     ('token_file = ', 'max_connections = 0\ntoken_file = ', "admin.max_connections", "between 1 and 100000"),
     ('token_file = ', 'request_timeout = true\ntoken_file = ', "admin.request_timeout", "between 1 and 3600"),
     ('token_file = ', 'idle_timeout = "1m"\ntoken_file = ', "admin.idle_timeout", "must be int or float"),
@@ -54,6 +57,10 @@ def test_errors_name_file_key_and_problem(private_config: Path, old: str, new: s
 
 
 def test_listener_limits_are_read(private_config: Path) -> None:
+    config = load_config(private_config)
+    assert config.http.workers == len(os.sched_getaffinity(0))  # default: every core this process may use
+    _edit(private_config, 'listen = "127.0.0.1:18080"', 'listen = "127.0.0.1:18080"\nworkers = 1')
+    assert load_config(private_config).http.workers == 1
     config = load_config(private_config)
     assert config.admin is not None and config.http.request_timeout == 10.0
     assert (config.admin.max_connections, config.admin.request_timeout) == (64, 60.0)

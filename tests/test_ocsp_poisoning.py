@@ -166,9 +166,10 @@ def _tbs(signed: bytes) -> bytes:
 
 
 # -- migration 7, and the same rule when loading ------------------------------------------------------
-def _stored_answer(cid: bytes) -> bytes:
-    """A stored answer (ResponseData + algorithm + signature) for one CertID (the signature is not checked)."""
-    data = build.seq(build.tlv(0xA2, build.tlv(0x04, bytes(20))), build.tlv(0x18, b"20260101000000Z"),
+def _stored_answer(cid: bytes, responder_key_hash: bytes) -> bytes:
+    """A stored answer (ResponseData + algorithm + signature) for one CertID (the signature is not checked),
+    as the configured responder (its key id) would have signed it."""
+    data = build.seq(build.tlv(0xA2, build.tlv(0x04, responder_key_hash)), build.tlv(0x18, b"20260101000000Z"),
                      build.seq(build.seq(cid, b"\x80\x00", build.tlv(0x18, b"20260101000000Z"),
                                          build.tlv(0xA0, build.tlv(0x18, b"20990101000000Z")))))
     return data + build.seq(build.tlv(0x06, bytes.fromhex("2a864886f70d01010b")), build.NULL) + \
@@ -178,6 +179,9 @@ def _stored_answer(cid: bytes) -> bytes:
 def _rows(demo: Path) -> tuple[bytes, dict[str, tuple[str, str, bytes]]]:
     manifest = json.loads((demo / "certs" / "manifest.json").read_text())
     issuer = _load(demo / "ca" / "ac-personnes.pem")
+    # responderID byKey: SHA-1 of the responder's subjectPublicKey bits (RFC 5280's key identifier method 1)
+    signer = _load(demo / "ca" / "ocsp-ac-personnes.pem")
+    responder = x509.SubjectKeyIdentifier.from_public_key(signer.public_key()).digest  # type: ignore[arg-type]
     certs = [_load(demo / "certs" / m["file"]) for m in manifest if m["issuer"] == "ac-personnes"][:5]
     parsed = [ocsp.load_der_ocsp_request(_normal_request(c, issuer, "sha256")) for c in certs]
     name_hash, key_hash = parsed[0].issuer_name_hash, parsed[0].issuer_key_hash
@@ -193,7 +197,7 @@ def _rows(demo: Path) -> tuple[bytes, dict[str, tuple[str, str, bytes]]]:
     }
     out = {}
     for (what, (hash_name, cid)), serial in zip(rows.items(), serials, strict=True):
-        out[what] = (format(serial, "x"), hash_name, _stored_answer(cid))
+        out[what] = (format(serial, "x"), hash_name, _stored_answer(cid, responder))
     return issuer.public_bytes(serialization.Encoding.DER), out
 
 

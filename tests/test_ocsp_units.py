@@ -89,18 +89,19 @@ def test_presigned_responses_are_renewed_at_half_validity(private_config: Path) 
         assert responder.missing("ac-personnes") == [serial_hex]
         assert responder.presign("ac-personnes", serial_hex)
         responder.flush()
-        first = responder.cache[("ac-personnes", "sha1")][ocsp_cert.serial_number]
+        first = responder.presigned_window("ac-personnes", ocsp_cert.serial_number)
         validity = config.issuer("ac-personnes").ocsp.validity  # type: ignore[union-attr]
         assert responder.due_for_refresh("ac-personnes") == []
         clock.now += validity // 2 + 5
         assert responder.due_for_refresh("ac-personnes") == [(serial_hex, "sha1")]
         assert responder.presign("ac-personnes", serial_hex)
         responder.flush()
-        second = responder.cache[("ac-personnes", "sha1")][ocsp_cert.serial_number]
-        assert second[1] > first[1] and second[2] > first[2]
+        second = responder.presigned_window("ac-personnes", ocsp_cert.serial_number)
+        assert first is not None and second is not None
+        assert second[0] > first[0] and second[1] > first[1]
         assert responder.due_for_refresh("ac-personnes") == []
         # a change invalidates first; a signature that started before it is not cached
         responder.invalidate("ac-personnes", serial_hex)
-        assert ocsp_cert.serial_number not in responder.cache[("ac-personnes", "sha1")]
+        assert responder.presigned_window("ac-personnes", ocsp_cert.serial_number) is None
     finally:
         hsm.close()

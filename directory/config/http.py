@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from directory.config.reader import Section, listen_address, parse_size, seconds
@@ -18,6 +19,13 @@ class HttpConfig:
     # bytes; LRU caches that OCSP traffic fills (request bytes -> parsed CertID; live answers other than SHA-1)
     ocsp_request_cache: int = 16 * 1024 * 1024
     ocsp_answer_cache: int = 32 * 1024 * 1024
+    # serving processes sharing the public port (SO_REUSEPORT); 1: one process does everything, as before
+    workers: int = 1
+
+
+def default_workers() -> int:
+    """The cores this process may run on (its CPU affinity, as systemd's CPUAffinity= or a container set it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 OCSP_CACHES = ("ocsp_request_cache", "ocsp_answer_cache")
@@ -41,5 +49,8 @@ def http_section(s: Section) -> HttpConfig:
                 raise s.error(key, str(exc)) from None
             if caches[key] > 1 << 36:
                 raise s.error(key, "must be at most 64GiB")
+    workers = s.get("workers", int, default_workers())
+    if not 1 <= workers <= 256:
+        raise s.error("workers", "must be between 1 and 256")
     return HttpConfig(host, port, base_url, max_connections, seconds(s, "idle_timeout", HttpConfig.idle_timeout),
-                      seconds(s, "request_timeout", HttpConfig.request_timeout), **caches)
+                      seconds(s, "request_timeout", HttpConfig.request_timeout), workers=workers, **caches)

@@ -30,8 +30,9 @@ from directory.registry import Registry, RegistryError
 from directory.runtime import inspect_hsm, open_config_registry, open_hsm
 from directory.service.limits import Budget, DescriptorBudgetError
 from directory.service.limits import plan as plan_descriptors
-from directory.service.listener import ConnectionGate, listen, request_deadline
+from directory.service.listener import ConnectionGate, listen, listen_unix, port_free, request_deadline
 from directory.service.systemd import Notifications
+from directory.service.workers import WorkerPool, with_workers
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,9 @@ SERVICE = web.AppKey("service", Service)
 
 async def _metrics(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
+    pool = service.find(WorkerPool)
+    if pool is not None:
+        await pool.refresh()  # the serving processes' counts as of now
     body = await asyncio.get_running_loop().run_in_executor(None, exposition, service)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
 
@@ -196,10 +200,15 @@ def _inspect_hsm(config: Config, hsm: HsmSigner) -> None:
 
 async def run_service(service: Service, stop: asyncio.Event) -> None:
     """Start components, listen, wait for ``stop``, then shut down cleanly. Under systemd
-    (``Type=notify``): the watchdog is fed from the start, ``READY=1`` once ``/readyz`` would say ready."""
+    (``Type=notify``): the watchdog is fed from the start, ``READY=1`` once ``/readyz`` would say ready.
+    With ``[http] workers`` > 1 the serving processes listen on the public port and this process serves
+    them on a private unix socket (``directory/service/workers.py``)."""
     started: list[Component] = []
     http = service.config.http
-    runner = web.AppRunner(service.app, access_log=None, keepalive_timeout=http.idle_timeout)
+    pool = service.find(WorkerPool)
+    # with serving processes, this runner's connections are theirs: kept open longer than they keep them idle
+    runner = web.AppRunner(service.app, access_log=None,
+                           keepalive_timeout=http.idle_timeout if pool is None else max(http.idle_timeout, 60.0))
     listener: asyncio.AbstractServer | None = None
     systemd = Notifications()  # before any child process starts: they must not inherit NOTIFY_SOCKET
     systemd.start_watchdog()
@@ -209,13 +218,21 @@ async def run_service(service: Service, stop: asyncio.Event) -> None:
             started.append(component)
         service.scheduler.start()
         await runner.setup()
-        listener = await listen(runner, http.host, http.port, service.connections)
-        log.info("listening on http://%s:%d (public base URL %s)", http.host, http.port, http.base_url)
+        if pool is None:
+            listener = await listen(runner, http.host, http.port, service.connections)
+        else:
+            port_free(http.host, http.port)  # another instance would share the port silently (SO_REUSEPORT)
+            listener = await listen_unix(runner, pool.app_socket, pool.internal)
+            await pool.launch()
+        log.info("listening on http://%s:%d (public base URL %s)%s", http.host, http.port, http.base_url,
+                 f", {len(pool.slots)} serving processes" if pool is not None else "")
         systemd.announce_ready(service.readiness)
         await stop.wait()
     finally:
         log.info("shutting down")
         await systemd.stopping()
+        if pool is not None:
+            await pool.stop_workers()  # they hand requests to this process: they stop first
         if listener is not None:
             listener.close()
         await runner.cleanup()
@@ -230,6 +247,9 @@ async def run_service(service: Service, stop: asyncio.Event) -> None:
 
 def serve(config: Config, components: list[Component] | None = None) -> int:
     """Run until SIGTERM/SIGINT; return the process exit code."""
+
+    if config.http.workers > 1:
+        components = with_workers(config, list(components or []))
 
     async def main() -> None:
         service = build_service(config, components)

@@ -216,9 +216,11 @@ async def request_deadline(request: web.Request, handler: Handler) -> web.Stream
         gated.in_handler = False
 
 
-async def listen(runner: web.AppRunner, host: str, port: int, gate: ConnectionGate) -> asyncio.AbstractServer:
+async def listen(runner: web.AppRunner, host: str, port: int, gate: ConnectionGate,
+                 reuse_port: bool = False) -> asyncio.AbstractServer:
     """Serve ``runner`` (already set up) on ``host:port`` behind ``gate`` (TLS when ``gate.tls``); close the
-    returned server before ``runner.cleanup()``."""
+    returned server before ``runner.cleanup()``. ``reuse_port``: the serving processes of ``[http] workers``
+    each listen on the same port (SO_REUSEPORT: the kernel spreads new connections over them)."""
     server = runner.server
     assert server is not None, "runner.setup() first"
     loop = asyncio.get_running_loop()
@@ -227,6 +229,8 @@ async def listen(runner: web.AppRunner, host: str, port: int, gate: ConnectionGa
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         listener = await loop.create_server(lambda: _Gated(server(), gate), sock=sock, backlog=ACCEPT_BURST)
     except BaseException:
@@ -234,3 +238,23 @@ async def listen(runner: web.AppRunner, host: str, port: int, gate: ConnectionGa
         raise
     sock.listen(LISTEN_QUEUE)  # the same socket: a longer kernel queue, asyncio's burst unchanged
     return listener
+
+
+def port_free(host: str, port: int) -> None:
+    """Raise OSError when something already listens on ``host:port``: the serving processes bind it with
+    SO_REUSEPORT, which another instance of the service (same user) would silently share; a bind without
+    it fails against any listener, as a single process's bind does."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+
+
+async def listen_unix(runner: web.AppRunner, path: str, gate: ConnectionGate) -> asyncio.AbstractServer:
+    """Serve ``runner`` on a unix socket behind ``gate``: the main process's side of ``[http] workers``
+    (requests the serving processes hand over); the socket's directory keeps other users out."""
+    server = runner.server
+    assert server is not None, "runner.setup() first"
+    return await asyncio.get_running_loop().create_unix_server(lambda: _Gated(server(), gate), path,
+                                                               backlog=LISTEN_QUEUE)

@@ -35,7 +35,9 @@ def _read_all(sock: socket.socket, timeout: float) -> bytes:
 
 
 def test_connection_cap_slow_clients_and_oversized_requests(demo: Path) -> None:
-    demo.write_text(demo.read_text().replace("[http]\n", "[http]\nmax_connections = 20\nidle_timeout = 2\n", 1))
+    # one serving process: the cap is per process (with [http] workers each one has its share)
+    settings = "[http]\nworkers = 1\nmax_connections = 20\nidle_timeout = 2\n"
+    demo.write_text(demo.read_text().replace("[http]\n", settings, 1))
     with serve(demo) as served:
         base = served.base
         # 20 slow clients hold every slot (request line sent, headers never finished)
@@ -139,7 +141,7 @@ def test_dripping_requests_and_admin_floods_cannot_take_a_listener(demo: Path) -
     """Bodies (and headers) dripped a byte at a time hold a connection no longer than
     [http] request_timeout; the admin listener has its own cap and deadlines, and a flood there leaves the
     public listener answering."""
-    text = demo.read_text().replace("[http]\n", "[http]\nmax_connections = 20\nrequest_timeout = 2\n", 1)
+    text = demo.read_text().replace("[http]\n", "[http]\nworkers = 1\nmax_connections = 20\nrequest_timeout = 2\n", 1)
     text = text.replace('token_file = "secrets/admin-token"\n',
                         'token_file = "secrets/admin-token"\nmax_connections = 8\nrequest_timeout = 2\n'
                         'idle_timeout = 2\n', 1)
@@ -197,6 +199,7 @@ def test_descriptors_are_shared_out_under_rlimit_nofile(demo: Path) -> None:
     32 and accept burst 32; admin cap 64: 64 public connections), a
     flood of the admin port larger than the whole limit leaves the public listener accepting; a limit that
     cannot hold the reserve and the admin cap is refused at start."""
+    demo.write_text(demo.read_text().replace("[http]\n", "[http]\nworkers = 1\n", 1))  # the budget of one process
     with serve(demo, nofile=512) as served:
         assert "public connections capped at 64" in "".join(c.decode() for c in served._chunks)
         flood = []

@@ -1,0 +1,265 @@
+"""A serving process of ``[http] workers = N`` (``python -m directory.service.worker``, started by the main
+process, ``directory/service/workers.py``).
+
+It listens on the public port beside its siblings (SO_REUSEPORT) and answers OCSP requests whose answer is
+held in the shared store (``ocsp.store.LmdbReader``), with the same handlers as the main process
+(``ocsp.http.OcspComponent``). Everything else goes to the main process over unix sockets: OCSP requests
+without a held answer (nonces, several CertIDs, other hash algorithms, misses) to be signed there, and every
+other URL (CRLs, the page, /metrics, /readyz, ...) to the main process's own application. It never opens the
+HSM nor the registry: nothing here is forked from a process that called C_Initialize (it is a new
+interpreter), and there is one signer and one writer.
+
+It reports to the main process on stdout, one JSON line a second (``ready`` once listening, then its
+cumulative counts) and whenever the main process asks on stdin (a /metrics scrape: the counts are then
+exact), so that /metrics sums every process's counts; it stops on SIGTERM, or when its stdin closes (the
+main process is gone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from directory import logs
+from directory.config import load_config
+from directory.service.limits import plan as plan_descriptors
+from directory.service.listener import ConnectionGate, listen, request_deadline
+from ocsp import response as resp
+from ocsp.http import OcspComponent
+from ocsp.lookup import AnswerLookup, Outcome, error_outcome, identities
+from ocsp.metrics import OcspMetrics
+from ocsp.request import Request
+from ocsp.responder import OcspStats
+from ocsp.store import LmdbReader
+
+log = logging.getLogger(__name__)
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+                        "transfer-encoding", "upgrade", "host", "x-forwarded-for"})
+# idle connections to the main process are given up before its own idle timeout can close one being reused
+UPSTREAM_KEEPALIVE = 4.0
+UPSTREAM_CONNECTIONS = 64  # per serving process and socket: connections held open to the main process
+REPORT_EVERY = 1.0
+CONFIG_CHANGED = 78  # EX_CONFIG
+
+
+class WorkerLookup(AnswerLookup):
+    """``AnswerLookup`` over the shared store, with the counters the OCSP handlers keep."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.stats = OcspStats()
+
+
+class WorkerOcsp(OcspComponent):
+    """The main process's OCSP handlers; what they cannot answer from the store is signed by the main process."""
+
+    def __init__(self, lookup: WorkerLookup, live: aiohttp.ClientSession) -> None:
+        super().__init__()
+        self.responder = lookup  # type: ignore[assignment]
+        self.metrics = OcspMetrics(lookup)  # type: ignore[arg-type]
+        self.upstream = live
+
+    async def _live(self, received: bytes | str, request: Request) -> Outcome:
+        kind, data = ("get", received.encode("utf-8", "surrogateescape")) if isinstance(received, str) \
+            else ("post", received)
+        for attempt in (1, 2):  # once more when a kept-alive connection was closed under it
+            try:
+                async with self.upstream.post("http://annuaire/live", data=data,
+                                              headers={"X-Ocsp-Kind": kind}) as up:
+                    if up.status != 200:
+                        raise aiohttp.ClientError(f"HTTP {up.status}")
+                    payload = await up.read()
+                break
+            except aiohttp.ServerDisconnectedError:
+                if attempt == 1:
+                    continue
+                log.warning("OCSP: the main process could not sign a live answer: disconnected")
+                return error_outcome(resp.TRY_LATER, "error")
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.warning("OCSP: the main process could not sign a live answer: %s", exc)
+                return error_outcome(resp.TRY_LATER, "error")
+        head, _, body = payload.partition(b"\n")
+        meta = json.loads(head)
+        outcome = Outcome(body, meta["status"], meta["path"], meta["this_update"], meta["next_update"])
+        outcome.etag = meta["etag"]
+        return outcome
+
+
+def live_payload(outcome: Outcome) -> bytes:
+    """The main process's reply to ``WorkerOcsp._live``: one JSON line of metadata, then the DER."""
+    meta = {"status": outcome.status, "path": outcome.path, "this_update": outcome.this_update,
+            "next_update": outcome.next_update, "etag": outcome.etag}
+    return json.dumps(meta).encode() + b"\n" + outcome.body
+
+
+def make_proxy(session: aiohttp.ClientSession) -> Handler:
+    """Any other URL: the main process's application answers it, streamed back as it comes."""
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        if request.remote:
+            headers["X-Forwarded-For"] = request.remote
+        body = request.content if request.body_exists else None
+        try:
+            async with await _upstream(session, request.method, request.raw_path, headers, body) as up:
+                answer = web.StreamResponse(status=up.status, reason=up.reason)
+                for raw_name, raw_value in up.raw_headers:  # as the main process spelled them
+                    name = raw_name.decode("latin-1")
+                    if name.lower() not in HOP_BY_HOP:
+                        answer.headers.add(name, raw_value.decode("latin-1"))
+                await answer.prepare(request)
+                async for chunk in up.content.iter_chunked(64 * 1024):
+                    await answer.write(chunk)
+                await answer.write_eof()
+                return answer
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("the main process did not answer %s %s: %s", request.method, request.path, exc)
+            return web.Response(status=503, headers={"Retry-After": "1"}, text="main process unavailable\n")
+
+    return proxy
+
+
+async def _upstream(session: aiohttp.ClientSession, method: str, path: str, headers: dict[str, str],
+                    body: object) -> aiohttp.ClientResponse:
+    """The main process's response; a request without a body is sent again once when the kept-alive
+    connection it went out on had just been closed."""
+    for attempt in (1, 2):
+        try:
+            return await session.request(method, "http://annuaire" + path, headers=headers, data=body,
+                                         allow_redirects=False, auto_decompress=False)
+        except aiohttp.ServerDisconnectedError:
+            if attempt == 2 or body is not None:
+                raise
+    raise AssertionError("unreachable")
+
+
+class Reporter:
+    """Cumulative counts for the main process: OCSP answers, latency buckets, the listener's connections."""
+
+    def __init__(self, ocsp: WorkerOcsp, gate: ConnectionGate) -> None:
+        self.ocsp, self.gate = ocsp, gate
+
+    def line(self, ack: int = 0) -> str:
+        stats = self.ocsp.responder.stats  # type: ignore[union-attr]
+        latency: dict[str, dict[str, float]] = {}
+        for family in self.ocsp.metrics.latency.collect():
+            for sample in family.samples:
+                path = sample.labels["path"]
+                if sample.name.endswith("_bucket"):
+                    latency.setdefault(path, {})[sample.labels["le"]] = sample.value
+                elif sample.name.endswith("_sum"):
+                    latency.setdefault(path, {})["sum"] = sample.value
+        gate = self.gate
+        return json.dumps({"ack": ack, "by_status": stats.by_status, "by_path": stats.by_path, "latency": latency,
+                           "open": gate.open, "refused": gate.refused, "timed_out": gate.timed_out})
+
+
+def ids_unless_proxied(request_ids: object) -> object:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.route.name == "proxy":
+            return await handler(request)  # the main process gives (or echoes) the request id
+        return await request_ids(request, handler)  # type: ignore[operator]
+
+    return middleware
+
+
+async def run(args: argparse.Namespace) -> None:
+    from directory.service.app import request_ids  # the same middleware as the main process's
+
+    if hashlib.sha256(Path(args.config).read_bytes()).hexdigest() != args.config_sha256:
+        log.error("serving process %d: %s changed since `annuaire serve` started: not serving it beside the "
+                  "main process's; restart the service to apply it", args.index, args.config)
+        raise SystemExit(CONFIG_CHANGED)
+    config = load_config(args.config)
+    http = config.http
+    budget = plan_descriptors(max(16, math.ceil(http.max_connections / args.workers)), None)
+    sockets = Path(args.sockets)
+    idents = {i.name: i for i in identities(config)}
+    store = LmdbReader(Path(args.store), {name: i.certs for name, i in idents.items()})
+    lookup = WorkerLookup(idents, store, http.ocsp_request_cache)
+    timeout = aiohttp.ClientTimeout(total=None, connect=5, sock_read=120)
+    app_session = aiohttp.ClientSession(
+        connector=aiohttp.UnixConnector(str(sockets / "app.sock"), limit=UPSTREAM_CONNECTIONS,
+                                        keepalive_timeout=UPSTREAM_KEEPALIVE), timeout=timeout,
+        auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"))
+    live_session = aiohttp.ClientSession(
+        connector=aiohttp.UnixConnector(str(sockets / "live.sock"), limit=UPSTREAM_CONNECTIONS,
+                                        keepalive_timeout=UPSTREAM_KEEPALIVE), timeout=timeout)
+    ocsp = WorkerOcsp(lookup, live_session)
+    app = web.Application(client_max_size=64 * 1024, middlewares=[request_deadline, ids_unless_proxied(request_ids)])
+    ocsp.mount(app.router)
+    app.router.add_route("*", "/{tail:.*}", make_proxy(app_session), name="proxy")
+    gate = ConnectionGate(budget.public_cap, http.request_timeout)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=http.idle_timeout)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # Ctrl-C in a terminal reaches the whole process group: the main process stops this one (SIGTERM), in order
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    listener = await listen(runner, http.host, http.port, gate, reuse_port=True)
+    reporter = Reporter(ocsp, gate)
+
+    def asked() -> None:
+        """stdin: ``<n>\n`` asks for a report now (a /metrics scrape), acknowledging n; EOF: the main process
+        is gone."""
+        data = os.read(sys.stdin.fileno(), 512)
+        if not data:
+            stop.set()
+            return
+        tokens = data.split()
+        print(reporter.line(int(tokens[-1]) if tokens and tokens[-1].isdigit() else 0), flush=True)
+
+    loop.add_reader(sys.stdin.fileno(), asked)
+    print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+    log.debug("serving process %d listening on %s:%d", args.index, http.host, http.port)
+    try:
+        while not stop.is_set():
+            print(reporter.line(), flush=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), REPORT_EVERY)
+    finally:
+        listener.close()
+        await runner.cleanup()
+        print(reporter.line(), flush=True)
+        await app_session.close()
+        await live_session.close()
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="annuaire-worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--sockets", required=True, help="the main process's private socket directory")
+    parser.add_argument("--store", required=True, help="the shared answers (LMDB file)")
+    parser.add_argument("--config-sha256", required=True, help="the configuration the main process runs with")
+    args = parser.parse_args(argv)
+    logs.setup(os.environ.get("ANNUAIRE_LOG_LEVEL", "INFO"), os.environ.get("ANNUAIRE_LOG_FORMAT"))
+    started = time.monotonic()
+    try:
+        asyncio.run(run(args))
+    except BrokenPipeError:  # the main process is gone: nothing to report to
+        return 0
+    log.debug("serving process %d stopped after %.0f s", args.index, time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

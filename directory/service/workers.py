@@ -1,0 +1,315 @@
+"""``[http] workers = N`` (N > 1): the main process's side of the serving processes.
+
+The main process keeps everything scheduled and everything that writes: the HSM session, the registry, CRL
+builds, OCSP pre-signing and change following, the LDAP sync, the admin listener, the publication checker.
+It no longer listens on the public port: N serving processes (``directory/service/worker.py``) do, side by
+side (SO_REUSEPORT), and answer pre-signed OCSP requests from the store the pre-signer writes
+(``ocsp.store.LmdbStore``: one memory-mapped file, not a copy per process). What they cannot answer comes
+back here over two unix sockets in a private directory: ``live.sock`` (OCSP requests to sign: nonces,
+misses; answered by ``OcspComponent.answer_uncounted``) and ``app.sock`` (the service's own application:
+CRLs, the page, /metrics, /readyz...).
+
+Serving processes are new interpreters (``python -m``), never forks of this one: PKCS#11 is not safe across
+fork after C_Initialize. One that exits or falls silent (no report for ``SILENCE`` seconds: a stuck event
+loop) is restarted, logged and counted (``annuaire_http_worker_restarts``); /readyz fails while none is
+listening (nothing answers the public port then) and, once all have listened, warns while some are
+missing. Their counts (OCSP answers, latency buckets, connections) arrive once a second, and at each
+/metrics scrape, and are summed into this process's metric families.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+import directory
+from directory.config import Config
+from directory.service.listener import ConnectionGate, listen_unix
+from ocsp.http import OcspComponent
+from ocsp.store import LmdbStore
+
+if TYPE_CHECKING:
+    from directory.service.app import Component, Service
+
+log = logging.getLogger(__name__)
+SILENCE = 15.0  # seconds without a report before a serving process is taken as stuck and killed
+STOP_GRACE = 10.0  # seconds a serving process has to finish its requests on shutdown
+INTERNAL_CAP_PER_WORKER = 256  # connections a serving process may hold to each of the main process's sockets
+
+
+def store_path(config: Config) -> Path:
+    return config.data_dir / "ocsp-answers.lmdb"
+
+
+def with_workers(config: Config, components: list[Component]) -> list[Component]:
+    """The components of a service with serving processes: OCSP answers kept in the shared store, and the
+    pool last (started once every part is up, stopped first)."""
+    for component in components:
+        if isinstance(component, OcspComponent):
+            component.store = functools.partial(LmdbStore, store_path(config))
+    return [*components, WorkerPool(config.http.workers)]
+
+
+@dataclass
+class Slot:
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    serving: bool = False
+    counts: dict[str, Any] = field(default_factory=dict)  # the latest cumulative report
+    acked: int = 0  # the last report request it answered
+    reported: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class WorkerPool:
+    """Starts, follows and restarts the serving processes; answers their live OCSP requests."""
+
+    name = "workers"
+
+    def __init__(self, workers: int) -> None:
+        self.slots = [Slot(i) for i in range(workers)]
+        self.restarts = 0
+        self.started_all = False
+        self.retired: dict[str, Any] = {}  # counts of serving processes that exited
+        self._stopping = False
+        self._asked = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self.sockets: Path | None = None
+        self._live_runner: web.AppRunner | None = None
+        self._live_server: asyncio.AbstractServer | None = None
+
+    @property
+    def app_socket(self) -> str:
+        assert self.sockets is not None
+        return str(self.sockets / "app.sock")
+
+    async def start(self, service: Service) -> None:
+        self.service = service
+        self.ocsp = service.find(OcspComponent)
+        # a serving process (re)started later checks it reads the configuration this process runs with
+        self.config_digest = hashlib.sha256(Path(service.config.path).read_bytes()).hexdigest()
+        runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
+        self.sockets = Path(tempfile.mkdtemp(prefix="annuaire-", dir=runtime))  # 0700: this user only
+        n = len(self.slots)
+        self.internal = ConnectionGate(2 * n * INTERNAL_CAP_PER_WORKER, service.config.http.request_timeout,
+                                       name="internal")
+        live = web.Application(client_max_size=64 * 1024)
+        live.router.add_post("/live", self._live)
+        self._live_runner = web.AppRunner(live, access_log=None)
+        await self._live_runner.setup()
+        self._live_server = await listen_unix(self._live_runner, str(self.sockets / "live.sock"), self.internal)
+        service.readiness_checks["workers"] = self._problem
+        service.readiness_warnings["workers"] = self._warning
+        if self.ocsp is not None and getattr(self.ocsp, "metrics", None) is not None:
+            self.ocsp.metrics.elsewhere = self.ocsp_counts
+        service.metrics.register(self.collect)
+
+    async def launch(self) -> None:
+        """Start the serving processes (the main process's application listens on ``app_socket`` by now)."""
+        self._tasks = [asyncio.create_task(self._keep(slot), name=f"worker-{slot.index}") for slot in self.slots]
+
+    async def stop(self) -> None:
+        await self.stop_workers()
+        if self._live_server is not None:
+            self._live_server.close()
+        if self._live_runner is not None:
+            await self._live_runner.cleanup()
+        if self.sockets is not None:
+            shutil.rmtree(self.sockets, ignore_errors=True)
+
+    async def stop_workers(self) -> None:
+        """SIGTERM to each serving process, SIGKILL to any still there after ``STOP_GRACE``."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for slot in self.slots:
+            if slot.process is not None and slot.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    slot.process.terminate()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=STOP_GRACE)
+            for slot in self.slots:
+                if slot.process is not None and slot.process.returncode is None:
+                    log.warning("serving process %d did not stop within %.0f s: killed", slot.index, STOP_GRACE)
+                    with contextlib.suppress(ProcessLookupError):
+                        slot.process.kill()
+            if late:
+                await asyncio.wait(late, timeout=5)
+
+    # -- following one serving process -------------------------------------------------------------
+    async def _keep(self, slot: Slot) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            began = time.monotonic()
+            try:
+                slot.process = await self._spawn(slot.index)
+            except OSError as exc:
+                log.error("serving process %d could not start: %s", slot.index, exc)
+            else:
+                await self._follow(slot, slot.process)
+                code = await slot.process.wait()
+                slot.serving = False
+                self._retire(slot)
+                if self._stopping:
+                    break
+                self.restarts += 1
+                log.error("serving process %d (pid %d) exited with code %s: restarted", slot.index,
+                          slot.process.pid, code, extra={"worker": slot.index, "exit_code": code})
+                store = getattr(getattr(self.ocsp, "responder", None), "store", None)
+                if isinstance(store, LmdbStore):
+                    store.reclaim_readers()  # a reader slot it held must not pin old pages
+            if time.monotonic() - began > 60:
+                backoff = 0.5
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def _spawn(self, index: int) -> asyncio.subprocess.Process:
+        config = self.service.config
+        source = str(Path(directory.__file__).resolve().parent.parent)  # a source checkout runs as installed
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": source + (os.pathsep + path if path else ""),
+               "ANNUAIRE_LOG_LEVEL": logging.getLevelName(logging.getLogger().level)}
+        assert self.sockets is not None
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "directory.service.worker", "--config", str(config.path), "--index", str(index),
+            "--workers", str(len(self.slots)), "--sockets", str(self.sockets), "--store", str(store_path(config)),
+            "--config-sha256", self.config_digest,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
+
+    async def _follow(self, slot: Slot, process: asyncio.subprocess.Process) -> None:
+        """Read its reports until it exits; kill it when it falls silent."""
+        assert process.stdout is not None
+        while True:
+            try:
+                line = await asyncio.wait_for(process.stdout.readline(), SILENCE)
+            except TimeoutError:
+                if self._stopping:
+                    continue
+                log.error("serving process %d (pid %d) silent for %.0f s: killed", slot.index, process.pid, SILENCE)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                continue
+            except ValueError:  # a line past the stream's limit: not one of ours
+                continue
+            if not line:
+                return
+            try:
+                report = json.loads(line)
+            except ValueError:
+                continue
+            if report.get("ready"):
+                slot.serving = True
+                if not self.started_all and all(s.serving for s in self.slots):
+                    self.started_all = True
+                    log.info("%d serving processes listening", len(self.slots))
+            else:
+                slot.counts = report
+                slot.acked = max(slot.acked, int(report.get("ack", 0)))
+                slot.reported.set()
+                self._update_gate()
+
+    def _retire(self, slot: Slot) -> None:
+        """Keep a finished process's counts: counters only go up."""
+        self.retired = _add(self.retired, slot.counts)
+        slot.counts = {}
+        self._update_gate()
+
+    def _update_gate(self) -> None:
+        """The public listener's counters in /metrics: the serving processes' sums."""
+        totals = self.totals()
+        gate = self.service.connections
+        gate.open = int(sum(s.counts.get("open", 0) for s in self.slots))
+        gate.refused, gate.timed_out = int(totals.get("refused", 0)), int(totals.get("timed_out", 0))
+
+    async def refresh(self, timeout: float = 1.0) -> None:
+        """Ask every serving process for its counts now and wait for them (a /metrics scrape tells what
+        was answered up to the scrape, not up to the last periodic report)."""
+        self._asked += 1
+        asked, waiting = self._asked, []
+        for slot in self.slots:
+            process = slot.process
+            if not slot.serving or process is None or process.stdin is None or process.returncode is not None:
+                continue
+            with contextlib.suppress(OSError, RuntimeError):
+                process.stdin.write(b"%d\n" % asked)
+                waiting.append(slot)
+
+        async def answered(slot: Slot) -> None:
+            while slot.acked < asked:
+                slot.reported.clear()
+                await slot.reported.wait()
+
+        if waiting:
+            _, late = await asyncio.wait([asyncio.create_task(answered(s)) for s in waiting], timeout=timeout)
+            for task in late:
+                task.cancel()
+
+    # -- what the main process answers for them ----------------------------------------------------
+    async def _live(self, request: web.Request) -> web.Response:
+        from directory.service.worker import live_payload
+
+        data = await request.read()
+        received: bytes | str = data.decode("utf-8", "surrogateescape") \
+            if request.headers.get("X-Ocsp-Kind") == "get" else data
+        if self.ocsp is None or self.ocsp.responder is None:
+            return web.Response(status=503)
+        return web.Response(body=live_payload(await self.ocsp.answer_uncounted(received)))
+
+    # -- readiness and metrics -------------------------------------------------------------------------
+    def serving(self) -> int:
+        return sum(s.serving for s in self.slots)
+
+    async def _problem(self) -> str | None:
+        n, total = self.serving(), len(self.slots)
+        return f"none of the {total} serving processes is listening" if n == 0 else None
+
+    async def _warning(self) -> str | None:
+        n, total = self.serving(), len(self.slots)
+        return f"{n} of {total} serving processes listening (the others are restarting)" \
+            if self.started_all and 0 < n < total else None
+
+    def totals(self) -> dict[str, Any]:
+        total = self.retired
+        for slot in self.slots:
+            total = _add(total, slot.counts)
+        return total
+
+    def ocsp_counts(self) -> dict[str, Any]:
+        return self.totals()
+
+    def collect(self) -> Iterator[Metric]:
+        serving = GaugeMetricFamily("annuaire_http_workers", "Serving processes ([http] workers), by state",
+                                    labels=["state"])
+        n = self.serving()
+        serving.add_metric(["serving"], n)
+        serving.add_metric(["down"], len(self.slots) - n)
+        restarts = CounterMetricFamily("annuaire_http_worker_restarts", "Serving processes restarted after they "
+                                       "exited or fell silent")
+        restarts.add_metric([], self.restarts)
+        yield from (serving, restarts)
+
+
+def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Sum two reports (nested dictionaries of numbers)."""
+    out: dict[str, Any] = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict):
+            out[key] = _add(out.get(key, {}), value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = out.get(key, 0) + value
+    return out
