@@ -38,7 +38,8 @@ class DesiredState:
 
     # -- projection ----------------------------------------------------------------------------------
     def project_all(self, store: bool) -> dict[int, Projection]:
-        """Project every certificate not yet projected for this layout; kept in memory when not stored."""
+        """Project every certificate not yet projected for this layout; returned (kept in memory) only when
+        not stored."""
         return self._project(self.registry.ldap_unprojected(self.layout.digest), store)
 
     def project_some(self, certificate_ids: list[int]) -> None:
@@ -62,7 +63,8 @@ class DesiredState:
                     self.unplaced.add(cid)
                 row = (cid, p.dn_key, p.dn, json.dumps(p.attributes)) if p else (cid, None, None, None)
                 rows.append(row)
-                out[cid] = row[1:]
+                if not store:  # stored: read back from the registry (a large registry stays out of memory)
+                    out[cid] = row[1:]
             if store:
                 self.registry.ldap_project(self.layout.digest, rows)
         return out
