@@ -43,6 +43,7 @@ bench: bench-packages deps
 	$(BIN)/python -m bench.crl
 	$(BIN)/python -m bench.ocsp
 	$(BIN)/python -m bench.ldap
+	$(BIN)/python -m bench.ldif
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.fuzz
 	$(BIN)/python -m bench.soak

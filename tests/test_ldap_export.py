@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from directory.ldap.managed import ensure_skeleton, managed_slapd
 from directory.ldap.slapd import Slapd, unprivileged_user
 from directory.ldap.sync import DirectorySync
 from directory.runtime import known_issuers
-from tests.conftest import free_port, run_cli
+from tests.conftest import ROOT, free_port, run_cli
 from tests.ldap_env import SUFFIX, LdapEnv, issue, search
 
 # names that need base64 in LDIF (RFC 2849: a leading space, ':' or '<', a trailing space, non-ASCII),
@@ -188,3 +189,15 @@ def test_ldif_values_round_trip(value: bytes) -> None:
         assert not ldif.safe(value)
     else:
         assert row == "description: " + value.decode() and ldif.safe(value)
+
+
+def test_bench_ldif_tiny() -> None:
+    """bench/ldif.py at its tiny size (benchmarks cannot rot): its JSON line, and the load checked."""
+    result = subprocess.run([sys.executable, "-m", "bench.ldif", "--tiny"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.splitlines()[-1])
+    assert figures["bench"] == "ldif" and figures["tiny"] is True
+    assert figures["entries"] > 20 and figures["certificates"] > 20
+    assert figures["export_s"] > 0 and figures["ldapadd_s"] > 0 and figures["ratio"] > 0
+    assert figures["verify_drift"] == 0 and figures["takeover_writes"] == 0
