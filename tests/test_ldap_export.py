@@ -157,6 +157,15 @@ def test_export_to_standard_output_and_refusals(ldap_env: LdapEnv, tmp_path: Pat
     assert result.stdout.startswith("# annuaire") and "dn: ou=Personnes,o=sante,c=fr" in result.stdout
     assert "ldap export:" in result.stderr and "registry left as it was" in result.stderr
     assert env.registry.state_get("layout") in (None, "")  # not marked without --mark-synced
+    assert "\ndn: o=sante,c=fr\n" in result.stdout and "userPassword" not in result.stdout
+    # after deploy/slapd/seed.ldif (the suffix), or into a directory without the service's bind entry
+    seeded = run_cli("ldap", "export", "--ldif", "--without-suffix", "--bind-entry", "-c", str(env.path))
+    assert seeded.returncode == 0, seeded.stderr
+    assert "\ndn: o=sante,c=fr\n" not in seeded.stdout and "\ndn: cn=annuaire,o=sante,c=fr\n" in seeded.stdout
+    hashed = re.search(r"^userPassword:: (\S+)$", seeded.stdout, re.MULTILINE)  # '{' is safe: base64 as all
+    assert hashed is None or base64.b64decode(hashed.group(1)).startswith(b"{")
+    assert re.search(r"^userPassword: \{(ARGON2|SSHA)\}", seeded.stdout, re.MULTILINE) or hashed
+    assert env.password() not in seeded.stdout
     # the format is a required flag (room for others); --json needs a file (stdout carries the LDIF)
     assert run_cli("ldap", "export", "-c", str(env.path)).returncode == 2
     assert run_cli("ldap", "export", "--ldif", "--json", "-c", str(env.path)).returncode == 2
