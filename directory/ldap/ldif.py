@@ -10,35 +10,48 @@ without a DN.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import re
 from collections.abc import Mapping, Sequence
 
 WIDTH = 76
 _UNSAFE = re.compile(rb"[\x00\n\r\x80-\xff]")
+_UNSAFE_FIRST = frozenset(b" :<")
 
 
 def safe(value: bytes) -> bool:
     """Whether ``value`` may be written as is (RFC 2849 SAFE-STRING, no trailing space)."""
     if not value:
         return True
-    return value[0] not in b" :<" and value[-1] != 0x20 and _UNSAFE.search(value) is None
+    return value[0] not in _UNSAFE_FIRST and value[-1] != 0x20 and _UNSAFE.search(value) is None
 
 
 def line(name: str, value: bytes) -> str:
     """``name: value`` or ``name:: base64``, folded at ``WIDTH`` characters."""
-    text = f"{name}: {value.decode('ascii')}" if safe(value) else f"{name}:: {base64.b64encode(value).decode('ascii')}"
-    if len(text) <= WIDTH:
-        return text
+    if safe(value):
+        text = f"{name}: {value.decode('ascii')}"
+    else:
+        text = f"{name}:: {binascii.b2a_base64(value, newline=False).decode('ascii')}"
+    return text if len(text) <= WIDTH else _fold(text)
+
+
+def _fold(text: str) -> str:
     step = WIDTH - 1
     return "\n ".join([text[:WIDTH], *(text[i:i + step] for i in range(WIDTH, len(text), step))])
 
 
 def record(dn: str, attributes: Mapping[str, Sequence[bytes]]) -> str:
-    """One entry: its DN, then every value of every attribute in order, then the blank line that ends it."""
+    """One entry: its DN, then every value of every attribute in order, then the blank line that ends it.
+    (``line`` inlined: a large export writes millions of values.)"""
     lines = [line("dn", dn.encode())]
+    append, b64, unsafe, first = lines.append, binascii.b2a_base64, _UNSAFE.search, _UNSAFE_FIRST
     for name, values in attributes.items():
-        lines += [line(name, v) for v in values]
+        for value in values:
+            if value and (value[0] in first or value[-1] == 0x20 or unsafe(value) is not None):
+                text = f"{name}:: {b64(value, newline=False).decode('ascii')}"
+            else:
+                text = f"{name}: {value.decode('ascii')}"
+            append(text if len(text) <= WIDTH else _fold(text))
     return "\n".join(lines) + "\n\n"
 
 
