@@ -58,6 +58,9 @@ def directory_config(base: Path, work: Path, name: str) -> tuple[Config, Slapd]:
     return config, managed_slapd(config)
 
 
+CPU: dict[str, float] = {}  # CPU seconds (user + system) by step: the cost, whatever else runs on the machine
+
+
 def export(config: Path, target: Path) -> tuple[float, float, dict[str, object]]:
     """(seconds, peak RSS in MB, report) of `annuaire ldap export --ldif -o FILE` as a process of its own."""
     started = time.monotonic()
@@ -65,16 +68,17 @@ def export(config: Path, target: Path) -> tuple[float, float, dict[str, object]]
                             stdout=subprocess.PIPE)
     assert proc.stdout is not None
     out = proc.stdout.read()
-    rss = _reap(proc, "export")
+    rss = _reap(proc, "export", "export")
     return time.monotonic() - started, rss, json.loads(out)
 
 
-def _reap(proc: subprocess.Popen[bytes], what: str) -> float:
-    """Wait for ``proc``; its own peak RSS in MB."""
+def _reap(proc: subprocess.Popen[bytes], what: str, step: str) -> float:
+    """Wait for ``proc``; its CPU time added to ``CPU[step]``; its own peak RSS in MB."""
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed ({proc.returncode})")
+    CPU[step] = CPU.get(step, 0.0) + usage.ru_utime + usage.ru_stime
     return usage.ru_maxrss / 1024
 
 
@@ -86,11 +90,13 @@ def _slapadd(slapd: Slapd, source: Path | None) -> subprocess.Popen[bytes]:
                             stderr=subprocess.PIPE, cwd=slapd.config.directory)
 
 
-def _own_and_start(slapd: Slapd, proc: subprocess.Popen[bytes]) -> None:
+def _own_and_start(slapd: Slapd, proc: subprocess.Popen[bytes], step: str) -> None:
     assert proc.stderr is not None
     errors = proc.stderr.read()
-    if proc.wait() != 0:
-        raise RuntimeError(f"slapadd: {errors[-1000:].decode(errors='replace')}")
+    try:
+        _reap(proc, "slapadd", step)
+    except RuntimeError:
+        raise RuntimeError(f"slapadd: {errors[-1000:].decode(errors='replace')}") from None
     user = unprivileged_user()
     if user:  # slapadd ran as root: its files go to the user slapd runs as
         subprocess.run(["chown", "-R", f"{user}:{user}", str(slapd.config.directory / "data")], check=True)
@@ -100,7 +106,7 @@ def _own_and_start(slapd: Slapd, proc: subprocess.Popen[bytes]) -> None:
 def load_file(slapd: Slapd, ldif: Path) -> float:
     """slapadd -q of the file, ownership to slapd's user, slapd started (seconds, until it listens)."""
     started = time.monotonic()
-    _own_and_start(slapd, _slapadd(slapd, ldif))
+    _own_and_start(slapd, _slapadd(slapd, ldif), "slapadd")
     return time.monotonic() - started
 
 
@@ -112,24 +118,35 @@ def load_piped(config: Config, slapd: Slapd) -> tuple[float, float]:
                             stdout=load.stdin, stderr=subprocess.DEVNULL)
     assert load.stdin is not None
     load.stdin.close()  # the export's copy is the only writer left: slapadd sees the end when it exits
-    rss = _reap(proc, "export | slapadd")
-    _own_and_start(slapd, load)
+    rss = _reap(proc, "export | slapadd", "piped")
+    _own_and_start(slapd, load, "piped")
     return time.monotonic() - started, rss
 
 
+def _slapd_cpu(slapd: Slapd) -> float:
+    """CPU seconds slapd has used so far (/proc: utime + stime)."""
+    assert slapd.process is not None
+    fields = Path(f"/proc/{slapd.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ldapadd(slapd: Slapd, ldif: Path, work: Path) -> float:
-    """ldapadd -f of the same file into a fresh running slapd, as its rootdn (the database is empty)."""
+    """ldapadd -f of the same file into a fresh running slapd, as its rootdn (the database is empty); its CPU
+    and slapd's while it runs go to ``CPU["ldapadd"]``."""
     slapd.start()
     secret = work / "rootpw"
     secret.touch(mode=0o600)
     secret.write_text(slapd.config.root_password)
+    before = _slapd_cpu(slapd)
     started = time.monotonic()
-    result = subprocess.run(["ldapadd", "-x", "-H", slapd.config.url, "-D", slapd.config.root_dn, "-y", str(secret),
-                             "-f", str(ldif)], capture_output=True, text=True)
+    proc = subprocess.Popen(["ldapadd", "-x", "-H", slapd.config.url, "-D", slapd.config.root_dn, "-y", str(secret),
+                             "-f", str(ldif)], stdout=subprocess.DEVNULL)
+    try:
+        _reap(proc, "ldapadd", "ldapadd")
+    finally:
+        secret.unlink()
     seconds = time.monotonic() - started
-    secret.unlink()
-    if result.returncode != 0:
-        raise RuntimeError(f"ldapadd: {result.stderr[-1000:]}")
+    CPU["ldapadd"] += _slapd_cpu(slapd) - before
     return seconds
 
 
@@ -163,6 +180,9 @@ def run(base: Path, work: Path) -> dict[str, object]:
             "slapadd_s": round(slapadd_s, 2), "sequential_s": round(sequential, 2), "piped_s": round(piped_s, 2),
             "ldapadd_s": round(ldapadd_s, 2), "ratio": round(ldapadd_s / piped_s, 2),
             "ratio_sequential": round(ldapadd_s / sequential, 2),
+            "cpu_export_s": round(CPU["export"], 2), "cpu_slapadd_s": round(CPU["slapadd"], 2),
+            "cpu_piped_s": round(CPU["piped"], 2), "cpu_ldapadd_s": round(CPU["ldapadd"], 2),
+            "cpu_ratio": round(CPU["ldapadd"] / CPU["piped"], 2),
             "verify_drift": verify.drift.total(), "takeover_writes": takeover.writes(),
             "takeover_entries_read": takeover.entries_read}
 
@@ -193,6 +213,8 @@ def main() -> int:
     print(f"| `annuaire ldap export --ldif --mark-synced \\| slapadd -q` + ownership + start | {f['piped_s']} s | "
           f"{f['ratio']}× `ldapadd` |")
     print(f"| `ldapadd -f FILE` into a running slapd (rootdn) | {f['ldapadd_s']} s | 1.00× |")
+    print(f"| CPU (user + system): export {f['cpu_export_s']} s, slapadd {f['cpu_slapadd_s']} s; piped "
+          f"{f['cpu_piped_s']} s; ldapadd + slapd {f['cpu_ldapadd_s']} s | ratio {f['cpu_ratio']}× in CPU |")
     print(f"| after the piped load: verify drift {f['verify_drift']}, full pass writes {f['takeover_writes']} "
           f"({f['takeover_entries_read']:,} entries read) | | |")
     print(json.dumps({"bench": "ldif", "tiny": args.tiny, **figures}))

@@ -209,6 +209,7 @@ def test_bench_ldif_tiny() -> None:
     assert figures["bench"] == "ldif" and figures["tiny"] is True
     assert figures["entries"] > 20 and figures["certificates"] > 20
     assert figures["export_s"] > 0 and figures["ldapadd_s"] > 0 and figures["ratio"] > 0
+    assert figures["cpu_export_s"] > 0 and figures["cpu_ratio"] > 0
     assert figures["verify_drift"] == 0 and figures["takeover_writes"] == 0
 
 
