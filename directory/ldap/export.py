@@ -101,11 +101,10 @@ class LdifExport:
             ordered = sorted(nodes.values(), key=lambda e: len(dn.parse(e.dn)))
             report.intermediate = len(ordered)
             emit(_adds(ordered, {}))
-        for entries in self._entries(now):
-            ids = [cid for e in entries for cid in e.certificates.values()]
-            emit(_adds(entries, self.registry.certificate_ders(ids)))
+        for entries, ders in self._entries(now):
+            emit(_adds(entries, ders))
             report.end_entities += len(entries)
-            report.certificates += len(ids)
+            report.certificates += len(ders)
             if progress is not None:
                 progress(report.entries)
         report.seconds = time.monotonic() - started
@@ -118,7 +117,7 @@ class LdifExport:
         self.registry.state_set({"layout": self.layout.digest, "expired_checked": str(report.at),
                                  "last_export": json.dumps(report.as_dict())})
 
-    def _pages(self, now: int) -> Iterator[list[Row]]:
+    def _pages(self, now: int) -> Iterator[list[tuple[str, str, str, int, str, int, bytes]]]:
         after: tuple[str, int] | None = None
         while True:
             page = self.registry.ldap_published_page(self.layout.digest, now, after, PAGE)
@@ -127,20 +126,25 @@ class LdifExport:
             yield page
             after = (page[-1][0], page[-1][3])
 
-    def _entries(self, now: int) -> Iterator[list[DesiredEntry]]:
-        """The end entities, a page at a time; an entry whose rows straddle two pages waits for the next."""
+    def _entries(self, now: int) -> Iterator[tuple[list[DesiredEntry], dict[int, bytes]]]:
+        """The end entities a page at a time, with their certificates' bytes by id; an entry whose rows
+        straddle two pages waits for the next."""
         group: list[Row] = []
+        ders: dict[int, bytes] = {}
         for page in self._pages(now):
             done: list[DesiredEntry] = []
             for row in page:
                 if group and row[0] != group[0][0]:
                     done.append(entry_from_rows(group))
                     group = []
-                group.append(row)
+                group.append(row[:6])  # type: ignore[arg-type]
+                ders[row[3]] = bytes(row[6])
             if done:
-                yield done
+                kept = {r[3]: ders.pop(r[3]) for r in group}  # the unfinished entry's, for the next page
+                yield done, ders
+                ders = kept
         if group:
-            yield [entry_from_rows(group)]
+            yield [entry_from_rows(group)], ders
 
 
 def _adds(entries: list[DesiredEntry], ders: dict[int, bytes]) -> list[Add]:
