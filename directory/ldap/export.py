@@ -6,7 +6,7 @@ There is no second projection: the entries come from what a full pass uses (``De
 certificate's stored projection for the layout, the CA entries with the published CRLs, ``containers``,
 ``skeleton``), and each becomes the very ``Add`` the sync would send (``diff.plan(want, None)`` then
 ``writer.operations``), written as an LDIF record (``ldif``). Memory is bounded whatever the registry's
-size: the entries' rows are read in pages ordered by entry, their certificates fetched page by page.
+size: the entries' rows, with their certificates' bytes, are read in pages ordered by entry.
 
 Order: the suffix, the branches (and the service's bind entry, when asked), the CA entries, the
 intermediate entries (parents first), then every end entity. slapadd adds the operational attributes
