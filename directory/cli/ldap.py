@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 from directory.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, config_of
 from directory.cli.progress import ProgressBar
 from directory.refusal import Refused
-from directory.wording import plural
+from directory.wording import noun, plural
 
 
 def cmd_ldap_sync(args: argparse.Namespace) -> int:
@@ -122,9 +122,10 @@ def cmd_ldap_export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), indent=1))
     else:
-        print(f"ldap export: {plural(report.entries, 'entry')} ({report.end_entities:,} holders and servers with "
-              f"{plural(report.certificates, 'certificate')}, {report.ca_entries} CA, {report.intermediate} "
-              f"intermediate), {report.bytes / 1e6:.1f} MB{' to ' + args.output if args.output else ''}; "
+        print(f"ldap export: {report.entries:,} {noun(report.entries, 'entry')} ({report.end_entities:,} holders "
+              f"and servers with {report.certificates:,} {noun(report.certificates, 'certificate')}, "
+              f"{report.ca_entries} CA, {report.intermediate} intermediate), {report.bytes / 1e6:.1f} MB"
+              f"{' to ' + args.output if args.output else ''}; "
               f"{plural(report.unpublishable, 'certificate')} no DN template fits; "
               + ("registry marked as synced up to this export" if report.marked else "registry left as it was")
               + f" ({report.seconds:.2f} s)", file=sys.stderr if not args.output else sys.stdout)
