@@ -1,7 +1,8 @@
 """Bulk directory load: `annuaire ldap export --ldif` + `slapadd -q` against `ldapadd` of the same LDIF.
 
 Full size: the 200,000-certificate registry of bench/ldap.py (bench/out/ldap-run: generated and imported
-once; 100,000 entries). ``--tiny``: an init-demo of 60 certificates in a temporary folder (make test).
+once, ~13 min here, then reused; ``BENCH_LDAP_CERTIFICATES`` sets another size; 100,000 entries).
+``--tiny``: an init-demo of 60 certificates in a temporary folder (make test).
 Same run, same slapd configuration (deploy/slapd/provider.conf, as the managed slapd writes it), each
 database fresh, each step timed until slapd listens on the loaded database:
 1. the export to a file, as its own process: time, peak RSS (the file feeds steps 2 and 4);
