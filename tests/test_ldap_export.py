@@ -189,7 +189,8 @@ def test_export_to_standard_output_and_refusals(ldap_env: LdapEnv, tmp_path: Pat
 @pytest.mark.parametrize("value", [b"", b"plain", b" space", b":colon", b"<lt", b"trail ", b"\xc3\x89lodie",
                                    b"line\nbreak", b"nul\x00", b"cr\r", b"a" * 200, bytes(range(256))])
 def test_ldif_values_round_trip(value: bytes) -> None:
-    text = ldif.record("cn=x,o=sante,c=fr", {"description": [value]})
+    text = ldif.record("cn=x,o=sante,c=fr", {"description": [value]}).decode("ascii")
+    assert text.endswith("\n\n") and not text.endswith("\n\n\n")
     assert all(len(row) <= ldif.WIDTH for row in text.splitlines())
     unfolded = re.sub(r"\n ", "", text)
     row = unfolded.splitlines()[1]

@@ -82,7 +82,7 @@ class LdifExport:
         report.unpublishable = self.registry.ldap_unplaced(self.layout.digest, now)
 
         def emit(adds: list[Add]) -> None:
-            text = "".join(ldif.record(a.dn, a.attributes) for a in adds).encode("ascii")
+            text = b"".join([ldif.record(a.dn, a.attributes) for a in adds])
             out.write(text)
             report.bytes += len(text)
             report.entries += len(adds)

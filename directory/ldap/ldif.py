@@ -26,33 +26,35 @@ def safe(value: bytes) -> bool:
     return value[0] not in _UNSAFE_FIRST and value[-1] != 0x20 and _UNSAFE.search(value) is None
 
 
-def line(name: str, value: bytes) -> str:
+def line(name: str, value: bytes) -> bytes:
     """``name: value`` or ``name:: base64``, folded at ``WIDTH`` characters."""
     if safe(value):
-        text = f"{name}: {value.decode('ascii')}"
+        text = b"%s: %s" % (name.encode("ascii"), value)
     else:
-        text = f"{name}:: {binascii.b2a_base64(value, newline=False).decode('ascii')}"
+        text = b"%s:: %s" % (name.encode("ascii"), binascii.b2a_base64(value, newline=False))
     return text if len(text) <= WIDTH else _fold(text)
 
 
-def _fold(text: str) -> str:
+def _fold(text: bytes) -> bytes:
     step = WIDTH - 1
-    return "\n ".join([text[:WIDTH], *(text[i:i + step] for i in range(WIDTH, len(text), step))])
+    return b"\n ".join([text[:WIDTH], *(text[i:i + step] for i in range(WIDTH, len(text), step))])
 
 
-def record(dn: str, attributes: Mapping[str, Sequence[bytes]]) -> str:
+def record(dn: str, attributes: Mapping[str, Sequence[bytes]]) -> bytes:
     """One entry: its DN, then every value of every attribute in order, then the blank line that ends it.
-    (``line`` inlined: a large export writes millions of values.)"""
+    Bytes throughout (values are never decoded; ``line`` inlined): a large export writes millions."""
     lines = [line("dn", dn.encode())]
     append, b64, unsafe, first = lines.append, binascii.b2a_base64, _UNSAFE.search, _UNSAFE_FIRST
     for name, values in attributes.items():
+        plain, coded = name.encode("ascii") + b": ", name.encode("ascii") + b":: "
         for value in values:
             if value and (value[0] in first or value[-1] == 0x20 or unsafe(value) is not None):
-                text = f"{name}:: {b64(value, newline=False).decode('ascii')}"
+                text = coded + b64(value, newline=False)
             else:
-                text = f"{name}: {value.decode('ascii')}"
+                text = plain + value
             append(text if len(text) <= WIDTH else _fold(text))
-    return "\n".join(lines) + "\n\n"
+    append(b"\n")
+    return b"\n".join(lines)
 
 
 def comment(text: str) -> str:
