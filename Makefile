@@ -45,6 +45,7 @@ bench: bench-packages deps
 	$(BIN)/python -m bench.ocsp_nonce
 	$(BIN)/python -m bench.ocsp_workers
 	$(BIN)/python -m bench.ldap
+	$(BIN)/python -m bench.ldif
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.fuzz
 	$(BIN)/python -m bench.soak

@@ -1,18 +1,20 @@
 """Directory commands: ``ldap sync`` (incremental or ``--full``), ``ldap verify``, ``ldap worker``,
-``ldap bootstrap`` (an operator's own slapd readied once)."""
+``ldap bootstrap`` (an operator's own slapd readied once), ``ldap export --ldif`` (a bulk load's file)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
-from directory.cli.common import EXIT_OK, EXIT_REFUSED, config_of
+from directory.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, config_of
 from directory.cli.progress import ProgressBar
 from directory.refusal import Refused
-from directory.wording import plural
+from directory.wording import noun, plural
 
 
 def cmd_ldap_sync(args: argparse.Namespace) -> int:
@@ -76,6 +78,82 @@ def cmd_ldap_bootstrap(args: argparse.Namespace) -> int:
               + (f", password of {config.ldap.bind_dn} set" if report.password_set else "")
               + f"; {config.ldap.bind_dn} binds")
     return EXIT_OK
+
+
+def cmd_ldap_export(args: argparse.Namespace) -> int:
+    """The directory as LDIF for ``slapadd -q``, to standard output or atomically into ``--output``."""
+    import sys
+
+    from directory.ldap.export import LdifExport
+    from directory.ldap.skeleton import service_entry
+    from directory.ldap.slapd import SlapdError, hash_password
+    from directory.ldap.sync import SyncBusy, sync_lock
+    from directory.runtime import open_config_registry
+
+    if args.json and not args.output:
+        print("annuaire: --json needs --output FILE (the LDIF goes to standard output)", file=sys.stderr)
+        return EXIT_USAGE
+    config = config_of(args)
+    if config.ldap is None:
+        raise Refused(f"{config.path} has no [ldap] section")
+    bind_entry = None
+    if args.bind_entry:
+        try:
+            bind_entry = service_entry(config.ldap.bind_dn, hash_password(config.ldap.read_password()))
+        except (SlapdError, OSError) as exc:
+            raise Refused(f"the service's bind entry: {exc}") from None
+    registry = open_config_registry(config)
+    bar = ProgressBar("ldap export", unit="entries")
+    try:
+        with sync_lock(config, wait=False), _target(args.output) as out:
+            export = LdifExport(config, registry)
+            report = export.write(out, suffix=not args.without_suffix, bind_entry=bind_entry,
+                                  progress=lambda n: bar.status(f"{n:,} entries"))
+            out.flush()
+        if args.mark_synced:
+            export.mark(report)
+    except SyncBusy as exc:
+        raise Refused(f"{exc}: stop it first (a bulk load replaces the directory)") from None
+    except OSError as exc:
+        raise Refused(f"cannot write {args.output or 'standard output'}: {exc.strerror or exc}") from None
+    finally:
+        bar.finish()
+        registry.close()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=1))
+    else:
+        print(f"ldap export: {report.entries:,} {noun(report.entries, 'entry')} ({report.end_entities:,} holders "
+              f"and servers with {report.certificates:,} {noun(report.certificates, 'certificate')}, "
+              f"{report.ca_entries} CA, {report.intermediate} intermediate), {report.bytes / 1e6:.1f} MB"
+              f"{' to ' + args.output if args.output else ''}; "
+              f"{plural(report.unpublishable, 'certificate')} no DN template fits; "
+              + ("registry marked as synced up to this export" if report.marked else "registry left as it was")
+              + f" ({report.seconds:.2f} s)", file=sys.stderr if not args.output else sys.stdout)
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _target(path: str | None) -> Iterator[BinaryIO]:
+    """Standard output, or a temporary file beside ``path`` renamed over it once complete (a failed or
+    interrupted export leaves the previous file, never half of one)."""
+    import sys
+    import tempfile
+
+    if not path:
+        yield sys.stdout.buffer
+        return
+    target = os.path.abspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=".ldap-export-", suffix=".tmp", dir=os.path.dirname(target))
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _admin_password(args: argparse.Namespace) -> str:
@@ -147,7 +225,7 @@ def _ldap_pass(args: argparse.Namespace, mode: str) -> int:
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    """The parsers of ldap sync, ldap verify, ldap worker and ldap bootstrap."""
+    """The parsers of ldap sync, ldap verify, ldap worker, ldap bootstrap and ldap export."""
     ldap = sub.add_parser("ldap", help="directory operations").add_subparsers(dest="ldap_command", required=True)
     p = ldap.add_parser("sync", parents=[common], help="bring the directory in line with the registry")
     p.add_argument("--full", action="store_true",
@@ -168,3 +246,17 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     secret.add_argument("--admin-password-env", metavar="VAR", help="environment variable holding it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ldap_bootstrap)
+    p = ldap.add_parser("export", parents=[common],
+                        help="write the whole directory as LDIF, for slapadd -q into an empty directory")
+    p.add_argument("--ldif", action="store_true", required=True, help="LDIF (RFC 2849): the one format")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="write FILE (replaced once complete) instead of standard output")
+    p.add_argument("--mark-synced", action="store_true",
+                   help="record the export as what the directory holds: its outbox rows settled, the layout "
+                        "marked synced (the bulk load; never while a live directory is to receive those rows)")
+    p.add_argument("--without-suffix", action="store_true",
+                   help="leave the suffix entry out (loaded from deploy/slapd/seed.ldif)")
+    p.add_argument("--bind-entry", action="store_true",
+                   help="include the service's bind entry ([ldap] bind_dn, its password hashed by slappasswd)")
+    p.add_argument("--json", action="store_true", help="the summary as JSON (with --output)")
+    p.set_defaults(func=cmd_ldap_export)

@@ -38,7 +38,8 @@ class DesiredState:
 
     # -- projection ----------------------------------------------------------------------------------
     def project_all(self, store: bool) -> dict[int, Projection]:
-        """Project every certificate not yet projected for this layout; kept in memory when not stored."""
+        """Project every certificate not yet projected for this layout; returned (kept in memory) only when
+        not stored."""
         return self._project(self.registry.ldap_unprojected(self.layout.digest), store)
 
     def project_some(self, certificate_ids: list[int]) -> None:
@@ -62,7 +63,8 @@ class DesiredState:
                     self.unplaced.add(cid)
                 row = (cid, p.dn_key, p.dn, json.dumps(p.attributes)) if p else (cid, None, None, None)
                 rows.append(row)
-                out[cid] = row[1:]
+                if not store:  # stored: read back from the registry (a large registry stays out of memory)
+                    out[cid] = row[1:]
             if store:
                 self.registry.ldap_project(self.layout.digest, rows)
         return out
@@ -99,26 +101,26 @@ class DesiredState:
 
     # -- CA entries ----------------------------------------------------------------------------------
     def ca_entries(self) -> dict[str, DesiredEntry]:
+        """Every configured issuer's entry (one registry query: it scans the certificates for CA ones)."""
         out = {}
-        for name, *_ in self.registry.issuer_certificates():
-            entry = self.ca_entry(name)
+        for issuer in self.registry.issuer_certificates():
+            entry = self._ca_entry(*issuer)
             if entry is not None:
                 out[dn.key(entry.dn)] = entry
         return out
 
     def ca_entry(self, issuer: str) -> DesiredEntry | None:
-        for name, certificate, is_arl in self.registry.issuer_certificates():
-            if name != issuer:
-                continue
-            try:
-                settings = self.config.issuer(name)
-            except KeyError:
-                return None  # not configured (any more): no entry (a full pass removes the old one)
-            directory = crl_dir(self.config)
-            crl = _read(directory / full_crl_name(name))
-            delta = _read(directory / delta_crl_name(name)) if settings.crl.delta else None
-            return ca_entry(self.layout, name, certificate, crl, is_arl, delta)
-        return None
+        return next((self._ca_entry(*i) for i in self.registry.issuer_certificates() if i[0] == issuer), None)
+
+    def _ca_entry(self, name: str, certificate: bytes, is_arl: bool) -> DesiredEntry | None:
+        try:
+            settings = self.config.issuer(name)
+        except KeyError:
+            return None  # not configured (any more): no entry (a full pass removes the old one)
+        directory = crl_dir(self.config)
+        crl = _read(directory / full_crl_name(name))
+        delta = _read(directory / delta_crl_name(name)) if settings.crl.delta else None
+        return ca_entry(self.layout, name, certificate, crl, is_arl, delta)
 
 
 def entry_from_rows(rows: list[Row]) -> DesiredEntry:

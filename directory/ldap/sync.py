@@ -84,6 +84,22 @@ def client_for(config: Config, window: int = 8) -> LdapClient:
                       tls_context=context, start_tls=ldap.start_tls)
 
 
+@contextlib.contextmanager
+def sync_lock(config: Config, wait: bool = True) -> Iterator[None]:
+    """The file lock that keeps passes (and ``ldap export``) of every process on this machine apart."""
+    path = config.data_dir / "ldap-sync.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise SyncBusy("another LDAP sync is running") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class DirectorySync:
     """One engine per process; its passes run one at a time (a file lock also keeps processes apart)."""
 
@@ -108,18 +124,8 @@ class DirectorySync:
             raise SyncCancelled("stopping")
 
     # -- locking -------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self, wait: bool) -> Iterator[None]:
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.lock_path.open("a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                raise SyncBusy("another LDAP sync is running") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def _locked(self, wait: bool) -> contextlib.AbstractContextManager[None]:
+        return sync_lock(self.config, wait)
 
     # -- passes --------------------------------------------------------------------------------------
     def full(self, dry_run: bool = False, wait: bool = True,

@@ -32,6 +32,7 @@ from directory.ldap.client import (
     OpResult,
 )
 from directory.ldap.diff import Plan, removal
+from directory.ldap.projection import CERTIFICATE_ATTRIBUTE
 
 log = logging.getLogger(__name__)
 RACE_CODES = {ALREADY_EXISTS, NO_SUCH_OBJECT, ATTRIBUTE_OR_VALUE_EXISTS, NO_SUCH_ATTRIBUTE}
@@ -107,23 +108,7 @@ class PlanWriter:
     def _operations(self, plans: list[Plan]) -> list[Operation]:
         """Each plan's write (its removals already done); certificate bytes fetched for the whole chunk."""
         wanted = [cid for p in plans for cid in p.add_certificates]
-        ders = self.certificate_ders(wanted) if wanted else {}
-        ops: list[Operation] = []
-        for p in plans:
-            certs = [ders[cid] for cid in p.add_certificates if cid in ders]
-            if p.kind == "delete":
-                ops.append(Delete(p.dn))
-            elif p.kind == "add":
-                attrs = dict(p.attributes)
-                if certs:
-                    attrs["userCertificate;binary"] = certs
-                ops.append(Add(p.dn, attrs))
-            else:
-                changes = list(p.changes)
-                if certs:
-                    changes.append((ber.MOD_ADD, "userCertificate;binary", tuple(certs)))
-                ops.append(Modify(p.dn, tuple(changes)))
-        return ops
+        return operations(plans, self.certificate_ders(wanted) if wanted else {})
 
     @staticmethod
     def _reject(p: Plan, result: OpResult, tally: Tally, what: str) -> None:
@@ -134,6 +119,27 @@ class PlanWriter:
             key = p.dn.lower()
         tally.rejected.append({"dn": p.dn, "key": key, "operation": what, "code": result.code,
                                "message": result.message, "text": result.text()})
+
+
+def operations(plans: Sequence[Plan], ders: dict[int, bytes]) -> list[Operation]:
+    """The write of each plan, with the bytes of the certificates it adds (``ders``, by id). Also what
+    ``ldap export`` turns into LDIF records: the bulk load holds exactly what the sync would add."""
+    ops: list[Operation] = []
+    for p in plans:
+        certs = [ders[cid] for cid in p.add_certificates if cid in ders]
+        if p.kind == "delete":
+            ops.append(Delete(p.dn))
+        elif p.kind == "add":
+            attrs = dict(p.attributes)
+            if certs:
+                attrs[CERTIFICATE_ATTRIBUTE] = certs
+            ops.append(Add(p.dn, attrs))
+        else:
+            changes = list(p.changes)
+            if certs:
+                changes.append((ber.MOD_ADD, CERTIFICATE_ATTRIBUTE, tuple(certs)))
+            ops.append(Modify(p.dn, tuple(changes)))
+    return ops
 
 
 def _count(p: Plan, tally: Tally) -> None:

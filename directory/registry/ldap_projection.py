@@ -75,6 +75,21 @@ class LdapProjection(RegistryCore):
             yield from self._conn().execute(sql + f" AND p.dn_key IN ({','.join('?' * len(chunk))})",
                                             (layout, now, *chunk))
 
+    def ldap_published_page(self, layout: str, now: int, after: tuple[str, int] | None, limit: int,
+                            ) -> list[tuple[str, str, str, int, str, int, bytes]]:
+        """``ldap_published`` in pages ordered by entry (dn_key, then certificate id), from just after
+        ``after``, each row with the certificate's bytes last: an export streams the whole directory in
+        bounded memory on either backend (PostgreSQL's cursors would hold every row at once)."""
+        sql = ("SELECT p.dn_key, p.dn, p.attributes, c.id, c.sha256, COALESCE(c.not_before, 0), c.der "
+               "FROM ldap_projection p JOIN certificates c ON c.id = p.certificate_id "
+               "WHERE p.layout = ? AND p.dn_key IS NOT NULL AND c.status = 'good' AND c.der IS NOT NULL "
+               "AND (c.not_after IS NULL OR c.not_after > ?)")
+        args: tuple[object, ...] = (layout, now)
+        if after is not None:
+            sql += " AND p.dn_key >= ? AND (p.dn_key > ? OR p.certificate_id > ?)"
+            args += (after[0], after[0], after[1])
+        return self._conn().execute(sql + " ORDER BY p.dn_key, p.certificate_id LIMIT ?", (*args, limit)).fetchall()
+
     def ldap_projected_dns(self, layout: str, dn_keys: Sequence[str]) -> list[tuple[str, str]]:
         """(dn_key, dn) as projected, for entries that may have to be removed."""
         out: list[tuple[str, str]] = []

@@ -1,0 +1,153 @@
+"""``annuaire ldap export --ldif``: the whole directory as the sync would write it, for ``slapadd -q``.
+
+The initial load of a large registry into an empty directory, OpenLDAP's own bulk path (an offline
+``slapadd`` skips the protocol, the per-operation transactions and the index updates one entry at a time).
+There is no second projection: the entries come from what a full pass uses (``DesiredState``: each
+certificate's stored projection for the layout, the CA entries with the published CRLs, ``containers``,
+``skeleton``), and each becomes the very ``Add`` the sync would send (``diff.plan(want, None)`` then
+``writer.operations``), written as an LDIF record (``ldif``). Memory is bounded whatever the registry's
+size: the entries' rows, with their certificates' bytes, are read in pages ordered by entry.
+
+Order: the suffix, the branches (and the service's bind entry, when asked), the CA entries, the
+intermediate entries (parents first), then every end entity. slapadd adds the operational attributes
+itself (entryUUID, entryCSN, creatorsName, createTimestamp, ...; -q included), so none are written: the
+same file also loads with ``ldapadd``.
+
+``mark`` records the export as what the directory holds (the bulk-load procedure, deploy/README.md): the
+outbox rows it covers are settled and the layout marked as synced, so the next incremental pass starts
+from the export; the worker's start-up full pass then reads every entry and finds nothing to write.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import BinaryIO
+
+from directory.config import Config
+from directory.ldap import containers, dn, ldif, skeleton
+from directory.ldap.client import Add
+from directory.ldap.desired import DesiredState, Row, entry_from_rows
+from directory.ldap.diff import plan
+from directory.ldap.projection import DesiredEntry, Layout
+from directory.ldap.writer import operations
+from directory.registry.store import Registry
+from directory.version import version
+
+PAGE = 2000  # registry rows per page (and entries per write)
+
+
+@dataclass
+class ExportReport:
+    layout: str = ""
+    at: int = 0  # the registry's state exported: good and unexpired at this time
+    outbox_top: int = 0  # the outbox rows the export covers (ids up to this one)
+    entries: int = 0
+    end_entities: int = 0
+    certificates: int = 0
+    ca_entries: int = 0
+    intermediate: int = 0
+    unpublishable: int = 0  # certificates no DN template places (not in the export, as not in the sync)
+    bytes: int = 0
+    marked: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
+
+
+class LdifExport:
+    """One export of the registry's directory for ``config``'s layout."""
+
+    def __init__(self, config: Config, registry: Registry, clock: Callable[[], float] = time.time) -> None:
+        if config.ldap is None:
+            raise ValueError("no [ldap] section in the configuration")
+        self.config = config
+        self.registry = registry
+        self.clock = clock
+        self.layout = Layout.from_config(config.ldap)
+        self.desired = DesiredState(config, registry, self.layout)
+
+    def write(self, out: BinaryIO, suffix: bool = True, bind_entry: Add | None = None,
+              progress: Callable[[int], None] | None = None) -> ExportReport:
+        """Write every entry to ``out``. ``suffix``: False when the suffix entry is loaded otherwise
+        (deploy/slapd/seed.ldif); ``bind_entry``: the service's own entry, written after the branches."""
+        started = time.monotonic()
+        now = int(self.clock())
+        report = ExportReport(layout=self.layout.digest, at=now)
+        _, report.outbox_top, _ = self.registry.ldap_outbox_stats()  # before reading: later rows stay due
+        self.desired.project_all(store=True)  # as a full pass: certificates the layout has not placed yet
+        report.unpublishable = self.registry.ldap_unplaced(self.layout.digest, now)
+
+        def emit(adds: list[Add]) -> None:
+            text = b"".join([ldif.record(a.dn, a.attributes) for a in adds])
+            out.write(text)
+            report.bytes += len(text)
+            report.entries += len(adds)
+
+        header = ldif.comment(f"annuaire {version()} ldap export: layout {report.layout}, registry state at "
+                              f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))}, outbox up to "
+                              f"{report.outbox_top}\nfor slapadd -q into an empty database "
+                              "(deploy/README.md, bulk directory load)")
+        out.write(header.encode("ascii", "replace"))
+        emit(skeleton.skeleton(self.layout)[0 if suffix else 1:] + ([bind_entry] if bind_entry else []))
+        cas = list(self.desired.ca_entries().values())
+        report.ca_entries = len(cas)
+        emit(_adds(cas, {}))
+        if self.layout.has_containers:  # a first pass over the DNs only: nodes come before their entries
+            nodes = containers.above(self.layout, (row[1] for page in self._pages(now) for row in page))
+            ordered = sorted(nodes.values(), key=lambda e: len(dn.parse(e.dn)))
+            report.intermediate = len(ordered)
+            emit(_adds(ordered, {}))
+        for entries, ders in self._entries(now):
+            emit(_adds(entries, ders))
+            report.end_entities += len(entries)
+            report.certificates += len(ders)
+            if progress is not None:
+                progress(report.entries)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def mark(self, report: ExportReport) -> None:
+        """Record the export as the directory's state (it was, or is about to be, loaded as is)."""
+        self.registry.ldap_outbox_settle(self.layout.digest, report.at, up_to=report.outbox_top)
+        report.marked = True
+        self.registry.state_set({"layout": self.layout.digest, "expired_checked": str(report.at),
+                                 "last_export": json.dumps(report.as_dict())})
+
+    def _pages(self, now: int) -> Iterator[list[tuple[str, str, str, int, str, int, bytes]]]:
+        after: tuple[str, int] | None = None
+        while True:
+            page = self.registry.ldap_published_page(self.layout.digest, now, after, PAGE)
+            if not page:
+                return
+            yield page
+            after = (page[-1][0], page[-1][3])
+
+    def _entries(self, now: int) -> Iterator[tuple[list[DesiredEntry], dict[int, bytes]]]:
+        """The end entities a page at a time, with their certificates' bytes by id; an entry whose rows
+        straddle two pages waits for the next."""
+        group: list[Row] = []
+        ders: dict[int, bytes] = {}
+        for page in self._pages(now):
+            done: list[DesiredEntry] = []
+            for row in page:
+                if group and row[0] != group[0][0]:
+                    done.append(entry_from_rows(group))
+                    group = []
+                group.append(row[:6])  # type: ignore[arg-type]
+                ders[row[3]] = bytes(row[6])
+            if done:
+                kept = {r[3]: ders.pop(r[3]) for r in group}  # the unfinished entry's, for the next page
+                yield done, ders
+                ders = kept
+        if group:
+            yield [entry_from_rows(group)], ders
+
+
+def _adds(entries: list[DesiredEntry], ders: dict[int, bytes]) -> list[Add]:
+    """The adds the sync would send for ``entries`` into an empty directory."""
+    plans = [p for e in entries if (p := plan(e, None)) is not None]
+    return [op for op in operations(plans, ders) if isinstance(op, Add)]
