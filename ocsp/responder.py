@@ -19,6 +19,7 @@ cache holds one answer per certificate of the registry, whatever the traffic.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from directory import cert_id
 from directory.config import Config, IssuerConfig
 from directory.der import DIGESTS
 from directory.hsm.signer import HsmError, HsmSigner, KeySigner
+from directory.httpdate import http_date
 from directory.registry import Registry
 from directory.revocation import REASON_CODES
 from ocsp import response as resp
@@ -43,18 +45,37 @@ PRESIGN_HASH = "sha1"  # what RFC 5019 clients use in CertIDs
 # LRU links, tuples, serial int (up to 20 octets). tests/test_ocsp_caches.py measures them as upper bounds.
 REQUEST_ENTRY_OVERHEAD = 400
 ANSWER_ENTRY_OVERHEAD = 560
+# Answers ready to send (``Outcome``: the whole response, its GET headers) for the CertIDs asked about lately,
+# so the answer path builds nothing: bounded, charged their body plus this (objects, header strings).
+READY_CACHE = 16 * 1024 * 1024
+READY_ENTRY_OVERHEAD = 2048
+CONTENT_TYPE = "application/ocsp-response"
 
 
 @dataclass
 class OcspStats:
-    by_status: dict[str, int] = field(default_factory=dict)
-    by_path: dict[str, int] = field(default_factory=dict)
+    answered: dict[tuple[str, str], int] = field(default_factory=dict)  # (status, path) -> answers
     shed: int = 0
     presigned: int = 0
 
     def count(self, status: str, path: str) -> None:
-        self.by_status[status] = self.by_status.get(status, 0) + 1
-        self.by_path[path] = self.by_path.get(path, 0) + 1
+        """One dictionary update per answer; the totals by status and by path are summed when scraped."""
+        key = (status, path)
+        self.answered[key] = self.answered.get(key, 0) + 1
+
+    @property
+    def by_status(self) -> dict[str, int]:
+        return self._sum(0)
+
+    @property
+    def by_path(self) -> dict[str, int]:
+        return self._sum(1)
+
+    def _sum(self, index: int) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for key, n in list(self.answered.items()):
+            out[key[index]] = out.get(key[index], 0) + n
+        return out
 
 
 class IssuerResponder:
@@ -91,9 +112,13 @@ class IssuerResponder:
 
 
 class Outcome:
-    """What to send back: the DER, the status for metrics, and caching information for GET."""
+    """What to send back: the DER, the status for metrics, and caching information for GET.
 
-    __slots__ = ("body", "etag", "next_update", "path", "status", "this_update")
+    A pre-signed answer's Outcome is built once and sent many times (``OcspResponder.answer_for``): its RFC 5019
+    GET headers are made at the first GET, and only ``max-age`` again when the second changes.
+    """
+
+    __slots__ = ("_get_headers", "_headers_at", "body", "etag", "next_update", "path", "status", "this_update")
 
     def __init__(self, body: bytes, status: str, path: str, this_update: int | None = None,
                  next_update: int | None = None, signature_tail: bytes = b"") -> None:
@@ -102,6 +127,21 @@ class Outcome:
         # The signed part ends with the signature: its last bytes name this exact response (same bytes
         # only for the same signed content), without hashing the whole answer on every request.
         self.etag = f'"{signature_tail.hex()}"' if signature_tail else ""
+        self._headers_at = -1
+        self._get_headers: dict[str, str] = {}
+
+    def get_headers(self, now: int) -> dict[str, str]:
+        """The headers of a GET answer at ``now`` (whole seconds); the caller copies them (aiohttp does)."""
+        if now != self._headers_at:
+            assert self.this_update is not None and self.next_update is not None
+            headers = self._get_headers or {
+                "Content-Type": CONTENT_TYPE, "Last-Modified": http_date(self.this_update),
+                "Expires": http_date(self.next_update),
+                "ETag": self.etag or '"' + hashlib.blake2b(self.body, digest_size=12).hexdigest() + '"'}
+            self._get_headers = {**headers, "Cache-Control": f"max-age={max(0, self.next_update - now)}, public, "
+                                                             "no-transform, must-revalidate"}
+            self._headers_at = now
+        return self._get_headers
 
 
 def error_outcome(code: int, path: str = "error") -> Outcome:
@@ -126,6 +166,8 @@ class OcspResponder:
         # how a cacheable request arrived (POST body, GET path) -> (issuer, hash algorithm, serial)
         self.requests: ByteLru[bytes | str, tuple[IssuerResponder, str, int]] = ByteLru(
             config.http.ocsp_request_cache, REQUEST_ENTRY_OVERHEAD)
+        self.ready: ByteLru[tuple[str, str, int], Outcome] = ByteLru(READY_CACHE, READY_ENTRY_OVERHEAD)
+        self._dropped = 0  # moves whenever an answer is dropped or replaced (see answer_for)
         self._pending_store: list[tuple[str, str, str, int, int, bytes]] = []
         self._lock = threading.Lock()
         self.stats = OcspStats()
@@ -140,7 +182,7 @@ class OcspResponder:
         """
         known = self.requests.get(received)
         if known is not None:
-            hit = self._presigned(*known)
+            hit = self.answer_for(*known)
             if hit is not None:
                 return hit
         try:
@@ -156,7 +198,7 @@ class OcspResponder:
         if len(request.cert_ids) == 1 and (request.nonce is None or issuer.settings.nonce == "ignore"):
             cid = request.cert_ids[0]
             self.requests.put(received, (issuer, cid.hash_name, cid.serial), len(received))
-            hit = self._presigned(issuer, cid.hash_name, cid.serial)
+            hit = self.answer_for(issuer, cid.hash_name, cid.serial)
             if hit is not None:
                 return hit
         return request
@@ -166,14 +208,26 @@ class OcspResponder:
             return self.cache[(issuer, PRESIGN_HASH)].get(serial)
         return self.answers.get((issuer, hash_name, serial))
 
-    def _presigned(self, issuer: IssuerResponder, hash_name: str, serial: int) -> Outcome | None:
-        """The cached answer for one CertID, while it has more than a minute of validity left."""
-        hit = self._cached(issuer.name, hash_name, serial)
-        if hit is None or hit[2] <= self.clock() + 60:
+    def answer_for(self, issuer: IssuerResponder, hash_name: str, serial: int) -> Outcome | None:
+        """The answer held for one canonical CertID, ready to send, while it has more than a minute of validity
+        left: the answer path's one look-up (whatever store holds the signed answers behind it)."""
+        key = (issuer.name, hash_name, serial)
+        ready = self.ready.get(key)
+        if ready is None:
+            dropped = self._dropped
+            hit = self._cached(issuer.name, hash_name, serial)
+            if hit is None:
+                return None
+            signed, this_update, next_update = hit
+            ready = Outcome(resp.assemble(signed, issuer.certs), "successful", "presigned", this_update,
+                            next_update, signed[-16:])
+            self.ready.put(key, ready, len(ready.body))
+            if self._dropped != dropped:  # dropped or replaced (another thread) while this one was built
+                self.ready.pop(key)
+        assert ready.next_update is not None
+        if ready.next_update <= self.clock() + 60:
             return None
-        signed, this_update, next_update = hit
-        return Outcome(resp.assemble(signed, issuer.certs), "successful", "presigned", this_update, next_update,
-                       signed[-16:])
+        return ready
 
     def answer_live(self, request: Request) -> Outcome:
         """The slow path, run on an HSM worker thread: registry lookup, signature, maybe cache."""
@@ -263,12 +317,17 @@ class OcspResponder:
         self.cache[(issuer, PRESIGN_HASH)].pop(serial, None)
         for h in DIGESTS:
             self.answers.pop((issuer, h, serial))
+        self._dropped += 1  # after the stores, before the ready answers: see answer_for
+        for h in DIGESTS:
+            self.ready.pop((issuer, h, serial))
 
     def _keep(self, issuer: str, hash_name: str, serial: int, entry: tuple[bytes, int, int]) -> None:
         if hash_name == PRESIGN_HASH:
             self.cache[(issuer, PRESIGN_HASH)][serial] = entry
         else:
             self.answers.put((issuer, hash_name, serial), entry, len(entry[0]))
+        self._dropped += 1  # the ready answer it replaces goes (see answer_for)
+        self.ready.pop((issuer, hash_name, serial))
 
     def presign(self, issuer: str, serial_hex: str, hash_name: str = PRESIGN_HASH) -> bool:
         """Sign (blocking, HSM thread) the single-CertID response of one certificate and cache it."""

@@ -18,9 +18,12 @@ class HttpConfig:
     # bytes; LRU caches that OCSP traffic fills (request bytes -> parsed CertID; live answers other than SHA-1)
     ocsp_request_cache: int = 16 * 1024 * 1024
     ocsp_answer_cache: int = 32 * 1024 * 1024
+    # the event loop serving: "auto" (uvloop when installed, else asyncio's own), "uvloop" (required), "asyncio"
+    event_loop: str = "auto"
 
 
 OCSP_CACHES = ("ocsp_request_cache", "ocsp_answer_cache")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 def http_section(s: Section) -> HttpConfig:
@@ -41,5 +44,8 @@ def http_section(s: Section) -> HttpConfig:
                 raise s.error(key, str(exc)) from None
             if caches[key] > 1 << 36:
                 raise s.error(key, "must be at most 64GiB")
+    event_loop = s.get("event_loop", str, HttpConfig.event_loop)
+    if event_loop not in EVENT_LOOPS:
+        raise s.error("event_loop", f"must be one of {', '.join(EVENT_LOOPS)}")
     return HttpConfig(host, port, base_url, max_connections, seconds(s, "idle_timeout", HttpConfig.idle_timeout),
-                      seconds(s, "request_timeout", HttpConfig.request_timeout), **caches)
+                      seconds(s, "request_timeout", HttpConfig.request_timeout), **caches, event_loop=event_loop)

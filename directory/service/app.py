@@ -28,6 +28,7 @@ from directory.hsm.signer import HsmError, HsmSigner, HsmUnavailable, KeyUnusabl
 from directory.ops.metrics import Metrics, exposition
 from directory.registry import Registry, RegistryError
 from directory.runtime import inspect_hsm, open_config_registry, open_hsm
+from directory.service.eventloop import loop_factory
 from directory.service.limits import Budget, DescriptorBudgetError
 from directory.service.limits import plan as plan_descriptors
 from directory.service.listener import ConnectionGate, listen, request_deadline
@@ -231,7 +232,10 @@ async def run_service(service: Service, stop: asyncio.Event) -> None:
 def serve(config: Config, components: list[Component] | None = None) -> int:
     """Run until SIGTERM/SIGINT; return the process exit code."""
 
+    loop_name, factory = loop_factory(config.http.event_loop)
+
     async def main() -> None:
+        log.info("event loop: %s", loop_name)
         service = build_service(config, components)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -239,5 +243,6 @@ def serve(config: Config, components: list[Component] | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         await run_service(service, stop)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
     return 0
