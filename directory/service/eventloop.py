@@ -21,6 +21,7 @@ def loop_factory(choice: str) -> tuple[str, LoopFactory | None]:
         import uvloop
     except ImportError as exc:
         if choice == "uvloop":
-            raise EventLoopUnavailable(f"[http] event_loop = \"uvloop\" but uvloop cannot be imported: {exc}") from None
+            raise EventLoopUnavailable(f"uvloop cannot be imported ({exc}): install it, "
+                                       'or event_loop = "auto"') from None
         return "asyncio", None
     return "uvloop", uvloop.new_event_loop
