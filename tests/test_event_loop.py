@@ -28,6 +28,14 @@ async def _loop_type() -> str:
     return type(asyncio.get_running_loop()).__module__
 
 
+def test_a_tls_listener_keeps_asyncio() -> None:
+    """uvloop loses TLS handshakes started by the gate (directory/service/eventloop.py): not with a TLS listener."""
+    assert loop_factory("auto", tls_listener=True) == ("asyncio", None)
+    assert loop_factory("asyncio", tls_listener=True) == ("asyncio", None)
+    with pytest.raises(EventLoopUnavailable, match="TLS listener"):
+        loop_factory("uvloop", tls_listener=True)
+
+
 def test_without_uvloop_auto_falls_back_and_uvloop_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError
     assert loop_factory("auto") == ("asyncio", None)

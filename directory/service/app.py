@@ -145,7 +145,7 @@ async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
             exc.headers["X-Request-ID"] = rid
             raise
         except ConnectionError:
-            if gated is not None and (cut := request_cut_off(request)) is not None:
+            if gated is not None and (cut := request_cut_off(gated)) is not None:
                 return cut
             raise
         response.headers["X-Request-ID"] = rid
@@ -258,7 +258,7 @@ def serve(config: Config, components: list[Component] | None = None) -> int:
     """Run until SIGTERM/SIGINT; return the process exit code."""
 
     try:
-        loop_name, factory = loop_factory(config.http.event_loop)
+        loop_name, factory = loop_factory(config.http.event_loop, config.admin is not None and config.admin.tls)
     except EventLoopUnavailable as exc:
         raise ConfigError(config.path, "http.event_loop", str(exc)) from None
 

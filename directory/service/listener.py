@@ -228,10 +228,11 @@ def request_begins(request: web.Request) -> _Gated | None:
     return gated
 
 
-def request_cut_off(request: web.Request) -> web.Response | None:
+def request_cut_off(gated: _Gated) -> web.Response | None:
     """After a ConnectionError in the handler: a 408 when the request was cut off mid-body (deadline, or the
-    client), for aiohttp's bookkeeping (nobody is there to read it); None to raise the error on."""
-    transport = request.transport
+    client), for aiohttp's bookkeeping (nobody is there to read it); None to raise the error on. The gate's
+    transport, not the request's: aiohttp forgets the latter once the connection is lost."""
+    transport = gated.transport
     return web.Response(status=408) if transport is not None and transport.is_closing() else None
 
 
@@ -243,7 +244,7 @@ async def request_deadline(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ConnectionError:
-        if gated is not None and (cut := request_cut_off(request)) is not None:
+        if gated is not None and (cut := request_cut_off(gated)) is not None:
             return cut
         raise
     finally:
