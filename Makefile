@@ -11,13 +11,14 @@ ADMIN_PORT ?= 8443
 # Debian packages by use. A production host gets only the runtime ones (`make deps`; see deploy/README.md):
 # slapd (the managed slapd, or a provider on the same host), ldap-utils and opensc (pkcs11-tool) and
 # openssl for the operator's checks. SoftHSM2 is the demo's and the tests' HSM, never production's;
-# gnutls-bin (ocsptool) and chromium drive tests, wrk the benchmarks (and their tiny runs in the tests).
+# gnutls-bin (ocsptool) and chromium drive tests, wrk the benchmarks; golang-cfssl (cfssl ocspserve) is the
+# OCSP benchmark's peer. The tests run every benchmark at its tiny size, so they need wrk and cfssl too.
 DEB_PACKAGES := slapd ldap-utils opensc openssl
 DEMO_DEB_PACKAGES := softhsm2
 # tpm2-pkcs11 over a software TPM (swtpm, tpm2-abrmd on a private D-Bus): the second PKCS#11 module of the tests
 TPM2_DEB_PACKAGES := libtpm2-pkcs11-1 libtpm2-pkcs11-tools libtss2-tcti-tabrmd0 swtpm tpm2-abrmd tpm2-tools dbus
-TEST_DEB_PACKAGES := $(DEMO_DEB_PACKAGES) gnutls-bin chromium chromium-driver wrk $(TPM2_DEB_PACKAGES)
-BENCH_DEB_PACKAGES := $(DEMO_DEB_PACKAGES) wrk $(TPM2_DEB_PACKAGES)
+TEST_DEB_PACKAGES := $(DEMO_DEB_PACKAGES) gnutls-bin chromium chromium-driver wrk golang-cfssl $(TPM2_DEB_PACKAGES)
+BENCH_DEB_PACKAGES := $(DEMO_DEB_PACKAGES) wrk golang-cfssl $(TPM2_DEB_PACKAGES)
 STAMP := $(VENV)/.installed
 
 # The Python packages, pinned with their hashes (pip-compile of pyproject.toml; `make lock` regenerates them):
@@ -44,6 +45,7 @@ bench: bench-packages deps
 	$(BIN)/python -m bench.ocsp
 	$(BIN)/python -m bench.ocsp_nonce
 	$(BIN)/python -m bench.ocsp_workers
+	$(BIN)/python -m bench.ocsp_answer
 	$(BIN)/python -m bench.ldap
 	$(BIN)/python -m bench.ldif
 	$(BIN)/python -m bench.scale

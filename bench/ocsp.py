@@ -8,6 +8,10 @@ Same machine, same run, load from `wrk` in a second process (2 threads, 16 conne
 - the nonce path (a different nonce on every request: signed live) vs the raw HSM signature rate;
 - p99 latency at 80% of the pre-signed saturation (wrk's per-connection delay);
 - resident memory of the service holding 1,000,000 pre-signed responses.
+
+The pre-signed answer path side by side with a bare aiohttp handler and ``cfssl ocspserve`` on the very same
+response bytes (POST and GET, asyncio's loop and uvloop) is ``bench.ocsp_answer`` (``make bench`` runs it
+next); ``--tiny [--json]`` (``make test``) runs that comparison at its tiny size.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from bench import ocsp_answer
 from bench.common import OUT, demo
 
 N_CERTS = int(os.environ.get("BENCH_OCSP_CERTS", "100000"))
@@ -204,6 +209,8 @@ def rss_with(certs: int) -> float:
 
 
 def main() -> int:
+    if "--tiny" in sys.argv[1:]:
+        return ocsp_answer.main(sys.argv[1:])
     demo_dir = demo("ocsp-rsa", "rsa", N_CERTS)
     results: dict[str, dict[str, float]] = {}
     ours_paths = request_paths(demo_dir, "/ocsp/", False, SAMPLE)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -18,9 +17,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from directory.hsm.signer import HsmError
-from directory.httpdate import http_date
 from ocsp import response as resp
 from ocsp.live import LiveLane
+from ocsp.lookup import CONTENT_TYPE
 from ocsp.metrics import OcspMetrics
 from ocsp.request import Request
 from ocsp.responder import PRESIGN_HASH, OcspResponder, Outcome, error_outcome
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_BODY = 10 * 1024
-CONTENT_TYPE = "application/ocsp-response"
+UNCACHED_HEADERS = {"Content-Type": CONTENT_TYPE, "Cache-Control": "no-cache, no-store"}  # POST, errors, nonces
 CHANGE_POLL = 0.2  # seconds between looks at the registry's change log
 
 
@@ -108,9 +107,11 @@ class OcspComponent:
         router.add_get("/ocsp", self._get_empty)
 
     async def _post(self, request: web.Request) -> web.Response:
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
-        body = await self._read_limited(request)
+        length = request.content_length
+        if length is not None and length > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=length)
+        # a declared length (checked above) is all the parser delivers; a chunked body is counted as it comes
+        body = await request.read() if length is not None else await self._read_limited(request)
         if request.content_type != "application/ocsp-request":
             return self._send(error_outcome(resp.MALFORMED_REQUEST), get=False)
         return self._send(await self._answer(body), get=False)
@@ -146,7 +147,7 @@ class OcspComponent:
             log.exception("OCSP request failed unexpectedly")
             outcome = error_outcome(resp.INTERNAL_ERROR)
         self.responder.stats.count(outcome.status, outcome.path)
-        self.metrics.latency.labels(outcome.path).observe(time.perf_counter() - started)
+        self.metrics.latency.observe(outcome.path, time.perf_counter() - started)
         return outcome
 
     async def _live(self, received: bytes | str, request: Request) -> Outcome:
@@ -165,16 +166,11 @@ class OcspComponent:
             return error_outcome(resp.INTERNAL_ERROR)
 
     def _send(self, outcome: Outcome, get: bool) -> web.Response:
-        headers = {"Content-Type": CONTENT_TYPE}
         if get and outcome.next_update is not None and outcome.this_update is not None:
-            max_age = max(0, int(outcome.next_update - self.clock()))
-            headers["Cache-Control"] = f"max-age={max_age}, public, no-transform, must-revalidate"
-            headers["Last-Modified"] = http_date(outcome.this_update)
-            headers["Expires"] = http_date(outcome.next_update)
-            headers["ETag"] = outcome.etag or '"' + hashlib.blake2b(outcome.body, digest_size=12).hexdigest() + '"'
+            headers = outcome.get_headers(int(self.clock()))
         else:
-            headers["Cache-Control"] = "no-cache, no-store"
-        return web.Response(body=outcome.body, headers=headers)
+            headers = UNCACHED_HEADERS
+        return web.Response(body=outcome.body, headers=headers)  # copied into the response's own headers
 
     # -- freshness ---------------------------------------------------------------------------------
     def _on_change(self, issuer: str, serial_hex: str, what: str) -> None:

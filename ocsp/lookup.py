@@ -8,6 +8,7 @@ certificates its answers carry) comes from the configuration's certificates alon
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from directory import cert_id
 from directory.config import Config, IssuerConfig
 from directory.der import DIGESTS
+from directory.httpdate import http_date
 from ocsp import response as resp
 from ocsp.lru import ByteLru
 from ocsp.request import CertId, Malformed, Request, decode_get_path, parse_request
@@ -25,10 +27,12 @@ PRESIGN_HASH = "sha1"  # what RFC 5019 clients use in CertIDs
 # Bytes charged per request-cache entry besides its key: dict slot, LRU links, tuple, serial int (up to 20
 # octets). tests/test_ocsp_caches.py measures it as an upper bound.
 REQUEST_ENTRY_OVERHEAD = 400
-# Answers ready to send (``Outcome``) for the CertIDs asked about lately, each checked against the store at
-# every look-up (its signature tail), so a dropped or re-signed answer is never served from here.
+# Answers ready to send (``Outcome``: the whole response, its GET headers once asked) for the CertIDs asked
+# about lately, each checked against the store at every look-up (its signature tail), so a dropped or
+# re-signed answer is never served from here. Charged their body plus this (objects, header strings).
 READY_CACHE = 16 * 1024 * 1024
-READY_ENTRY_OVERHEAD = 1024
+READY_ENTRY_OVERHEAD = 2048
+CONTENT_TYPE = "application/ocsp-response"
 
 
 class IssuerIdentity:
@@ -62,9 +66,14 @@ class IssuerIdentity:
 
 
 class Outcome:
-    """What to send back: the DER, the status for metrics, and caching information for GET."""
+    """What to send back: the DER, the status for metrics, and caching information for GET.
 
-    __slots__ = ("body", "etag", "next_update", "path", "status", "this_update")
+    A pre-signed answer's Outcome is built once and sent many times (``AnswerLookup.answer_for`` keeps it
+    ready): its RFC 5019 GET headers are made at the first GET, and only ``max-age`` again when the second
+    changes.
+    """
+
+    __slots__ = ("_get_headers", "_headers_at", "body", "etag", "next_update", "path", "status", "this_update")
 
     def __init__(self, body: bytes, status: str, path: str, this_update: int | None = None,
                  next_update: int | None = None, signature_tail: bytes = b"") -> None:
@@ -73,6 +82,21 @@ class Outcome:
         # The signed part ends with the signature: its last bytes name this exact response (same bytes
         # only for the same signed content), without hashing the whole answer on every request.
         self.etag = f'"{signature_tail.hex()}"' if signature_tail else ""
+        self._headers_at = -1
+        self._get_headers: dict[str, str] = {}
+
+    def get_headers(self, now: int) -> dict[str, str]:
+        """The headers of a GET answer at ``now`` (whole seconds); the caller copies them (aiohttp does)."""
+        if now != self._headers_at:
+            assert self.this_update is not None and self.next_update is not None
+            headers = self._get_headers or {
+                "Content-Type": CONTENT_TYPE, "Last-Modified": http_date(self.this_update),
+                "Expires": http_date(self.next_update),
+                "ETag": self.etag or '"' + hashlib.blake2b(self.body, digest_size=12).hexdigest() + '"'}
+            self._get_headers = {**headers, "Cache-Control": f"max-age={max(0, self.next_update - now)}, public, "
+                                                             "no-transform, must-revalidate"}
+            self._headers_at = now
+        return self._get_headers
 
 
 def error_outcome(code: int, path: str = "error") -> Outcome:

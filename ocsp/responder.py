@@ -54,14 +54,28 @@ STATUS_ENTRY_OVERHEAD = 560  # 453 measured (tests/test_ocsp_live.py)
 
 @dataclass
 class OcspStats:
-    by_status: dict[str, int] = field(default_factory=dict)
-    by_path: dict[str, int] = field(default_factory=dict)
+    answered: dict[tuple[str, str], int] = field(default_factory=dict)  # (status, path) -> answers
     shed: int = 0
     presigned: int = 0
 
     def count(self, status: str, path: str) -> None:
-        self.by_status[status] = self.by_status.get(status, 0) + 1
-        self.by_path[path] = self.by_path.get(path, 0) + 1
+        """One dictionary update per answer; the totals by status and by path are summed when scraped."""
+        key = (status, path)
+        self.answered[key] = self.answered.get(key, 0) + 1
+
+    @property
+    def by_status(self) -> dict[str, int]:
+        return self._sum(0)
+
+    @property
+    def by_path(self) -> dict[str, int]:
+        return self._sum(1)
+
+    def _sum(self, index: int) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for key, n in list(self.answered.items()):
+            out[key[index]] = out.get(key[index], 0) + n
+        return out
 
 
 class LiveSlots:
@@ -232,6 +246,7 @@ class OcspResponder(AnswerLookup):
         self.store.pop(issuer, serial)
         for h in DIGESTS:
             self.answers.pop((issuer, h, serial))
+        self.ready.pop(key)  # this process's ready copy (a look-up checks it against the store anyway)
 
     def _keep(self, issuer: str, hash_name: str, serial: int, entry: tuple[bytes, int, int]) -> None:
         if hash_name == PRESIGN_HASH:

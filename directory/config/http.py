@@ -21,6 +21,8 @@ class HttpConfig:
     ocsp_answer_cache: int = 32 * 1024 * 1024
     # serving processes sharing the public port (SO_REUSEPORT); 1: one process does everything, as before
     workers: int = 1
+    # the event loop serving: "auto" (uvloop when installed, else asyncio's own), "uvloop" (required), "asyncio"
+    event_loop: str = "auto"
 
 
 def default_workers() -> int:
@@ -29,6 +31,7 @@ def default_workers() -> int:
 
 
 OCSP_CACHES = ("ocsp_request_cache", "ocsp_answer_cache")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 def http_section(s: Section) -> HttpConfig:
@@ -52,5 +55,9 @@ def http_section(s: Section) -> HttpConfig:
     workers = s.get("workers", int, default_workers())
     if not 1 <= workers <= 256:
         raise s.error("workers", "must be between 1 and 256")
+    event_loop = s.get("event_loop", str, HttpConfig.event_loop)
+    if event_loop not in EVENT_LOOPS:
+        raise s.error("event_loop", f"must be one of {', '.join(EVENT_LOOPS)}")
     return HttpConfig(host, port, base_url, max_connections, seconds(s, "idle_timeout", HttpConfig.idle_timeout),
-                      seconds(s, "request_timeout", HttpConfig.request_timeout), workers=workers, **caches)
+                      seconds(s, "request_timeout", HttpConfig.request_timeout), workers=workers,
+                      event_loop=event_loop, **caches)

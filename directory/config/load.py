@@ -87,7 +87,8 @@ def load_config(path: str | Path) -> Config:
     hsm = hsm_section(Section(file, "hsm", top.table_of("hsm"), {
         "module", "token_label", "pin_env", "pin_file", "max_concurrent", "softhsm2_conf", "serialize"}))
     http = http_section(Section(file, "http", top.table_of("http"), {
-        "listen", "base_url", "max_connections", "idle_timeout", "request_timeout", "workers", *OCSP_CACHES}))
+        "listen", "base_url", "max_connections", "idle_timeout", "request_timeout", "workers", "event_loop",
+        *OCSP_CACHES}))
     registry = Section(file, "registry", top.table_of("registry"), {"url", "password_file"})
     registry_url = registry.get("url", str, f"sqlite:///{data_dir / 'registry.sqlite3'}")
     registry_password_file = readable_file(registry, "password_file")

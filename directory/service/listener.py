@@ -29,7 +29,7 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -71,6 +71,9 @@ class _Gated(asyncio.Protocol):
         self.admitted = False
         self.started = False  # inner.connection_made was called (after the TLS handshake, with TLS)
         self.transport: asyncio.Transport | None = None
+        # the current request's deadline (loop time; None between requests) and the one timer that checks it:
+        # a request only moves ``deadline_at``, the timer (at most one, re-set when it fires early) does the rest
+        self.deadline_at: float | None = None
         self.deadline: asyncio.TimerHandle | None = None
         self.in_handler = False
         self.closer: asyncio.TimerHandle | None = None
@@ -80,7 +83,8 @@ class _Gated(asyncio.Protocol):
 
     # -- admission --------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # a stream transport (asyncio's, or uvloop's, which does not subclass asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         gate = self.gate
         if gate.open >= gate.cap:
@@ -127,16 +131,31 @@ class _Gated(asyncio.Protocol):
 
     # -- the deadline -----------------------------------------------------------------------------
     def arm(self) -> None:
-        if self.deadline is None:
-            self.deadline = asyncio.get_running_loop().call_later(self.gate.request_timeout, self._expire)
+        if self.deadline_at is None:
+            loop = asyncio.get_running_loop()
+            self.deadline_at = loop.time() + self.gate.request_timeout
+            if self.deadline is None:
+                self.deadline = loop.call_at(self.deadline_at, self._expire)
 
     def disarm(self) -> None:
+        """No deadline now; a timer still set wakes once, finds none, and goes (no timer made per request)."""
+        self.deadline_at = None
+
+    def _stop_timer(self) -> None:
+        self.deadline_at = None
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
 
     def _expire(self) -> None:
         self.deadline = None
+        if self.deadline_at is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self.deadline_at > loop.time():  # a later request's deadline: wake again then
+            self.deadline = loop.call_at(self.deadline_at, self._expire)
+            return
+        self.deadline_at = None
         self.gate.timed_out += 1
         log.debug("%s listener: request not received within %.0f s, connection closed", self.gate.name,
                   self.gate.request_timeout)
@@ -180,7 +199,7 @@ class _Gated(asyncio.Protocol):
 
     def _release(self) -> None:
         """Give the connection's slot back (once, whichever of the TLS failure or the loss comes first)."""
-        self.disarm()
+        self._stop_timer()
         if self.admitted:
             self.admitted = False
             self.gate.open -= 1
@@ -194,26 +213,43 @@ class _Gated(asyncio.Protocol):
             self.closer.cancel()
             self.closer = None
             self.gate.lingering -= 1
-        self.disarm()
+        self._stop_timer()
+
+
+def request_begins(request: web.Request) -> _Gated | None:
+    """Tell the gate where a request's body ends; the deadline covers everything up to there. Returns the gate's
+    protocol to hand to ``request_ends`` (None off a gated listener)."""
+    transport = request.transport
+    gated = transport.get_protocol() if transport is not None else None
+    if not isinstance(gated, _Gated):
+        return None
+    gated.arm()  # a pipelined request parsed while the previous one was handled starts its clock now
+    request.content.on_eof(gated.body_complete)
+    return gated
+
+
+def request_cut_off(gated: _Gated) -> web.Response | None:
+    """After a ConnectionError in the handler: a 408 when the request was cut off mid-body (deadline, or the
+    client), for aiohttp's bookkeeping (nobody is there to read it); None to raise the error on. The gate's
+    transport, not the request's: aiohttp forgets the latter once the connection is lost."""
+    transport = gated.transport
+    return web.Response(status=408) if transport is not None and transport.is_closing() else None
 
 
 @web.middleware
 async def request_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tell the gate where a request's body ends; the deadline covers everything up to there."""
-    transport = request.transport
-    gated = transport.get_protocol() if transport is not None else None
-    if not isinstance(gated, _Gated):
-        return await handler(request)
-    gated.arm()  # a pipelined request parsed while the previous one was handled starts its clock now
-    request.content.on_eof(gated.body_complete)
+    """``request_begins`` and ``request_cut_off`` around the handler (the public listener does the same in
+    its one middleware, ``app.front``)."""
+    gated = request_begins(request)
     try:
         return await handler(request)
     except ConnectionError:
-        if transport is not None and transport.is_closing():  # cut off mid-body (deadline, or the client)
-            return web.Response(status=408)  # for aiohttp's bookkeeping: nobody is there to read it
+        if gated is not None and (cut := request_cut_off(gated)) is not None:
+            return cut
         raise
     finally:
-        gated.in_handler = False
+        if gated is not None:
+            gated.in_handler = False
 
 
 async def listen(runner: web.AppRunner, host: str, port: int, gate: ConnectionGate,

@@ -36,8 +36,9 @@ from aiohttp.typedefs import Handler
 
 from directory import logs
 from directory.config import load_config
+from directory.service.eventloop import loop_factory
 from directory.service.limits import plan as plan_descriptors
-from directory.service.listener import ConnectionGate, listen, request_deadline
+from directory.service.listener import ConnectionGate, listen
 from ocsp import response as resp
 from ocsp.http import OcspComponent
 from ocsp.lookup import AnswerLookup, Outcome, error_outcome, identities
@@ -113,6 +114,9 @@ def make_proxy(session: aiohttp.ClientSession) -> Handler:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         if request.remote:
             headers["X-Forwarded-For"] = request.remote
+        rid = logs.request_id.get()
+        if rid is not None:  # this request's id (app.fronted): the main process logs it and echoes it
+            headers["X-Request-ID"] = rid
         body = request.content if request.body_exists else None
         try:
             async with await _upstream(session, request.method, request.raw_path, headers, body) as up:
@@ -155,31 +159,14 @@ class Reporter:
 
     def line(self, ack: int = 0) -> str:
         stats = self.ocsp.responder.stats  # type: ignore[union-attr]
-        latency: dict[str, dict[str, float]] = {}
-        for family in self.ocsp.metrics.latency.collect():
-            for sample in family.samples:
-                path = sample.labels["path"]
-                if sample.name.endswith("_bucket"):
-                    latency.setdefault(path, {})[sample.labels["le"]] = sample.value
-                elif sample.name.endswith("_sum"):
-                    latency.setdefault(path, {})["sum"] = sample.value
+        latency = self.ocsp.metrics.latency.cumulative()  # type: ignore[union-attr]
         gate = self.gate
         return json.dumps({"ack": ack, "by_status": stats.by_status, "by_path": stats.by_path, "latency": latency,
                            "open": gate.open, "refused": gate.refused, "timed_out": gate.timed_out})
 
 
-def ids_unless_proxied(request_ids: object) -> object:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.match_info.route.name == "proxy":
-            return await handler(request)  # the main process gives (or echoes) the request id
-        return await request_ids(request, handler)  # type: ignore[operator]
-
-    return middleware
-
-
 async def run(args: argparse.Namespace) -> None:
-    from directory.service.app import request_ids  # the same middleware as the main process's
+    from directory.service.app import fronted  # the same request handling as the main process's
 
     if hashlib.sha256(Path(args.config).read_bytes()).hexdigest() != args.config_sha256:
         log.error("serving process %d: %s changed since `annuaire serve` started: not serving it beside the "
@@ -201,12 +188,14 @@ async def run(args: argparse.Namespace) -> None:
         connector=aiohttp.UnixConnector(str(sockets / "live.sock"), limit=UPSTREAM_CONNECTIONS,
                                         keepalive_timeout=UPSTREAM_KEEPALIVE), timeout=timeout)
     ocsp = WorkerOcsp(lookup, live_session)
-    app = web.Application(client_max_size=64 * 1024, middlewares=[request_deadline, ids_unless_proxied(request_ids)])
+    app = web.Application(client_max_size=64 * 1024)  # no middlewares: see app.fronted
     ocsp.mount(app.router)
     app.router.add_route("*", "/{tail:.*}", make_proxy(app_session), name="proxy")
     gate = ConnectionGate(budget.public_cap, http.request_timeout)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=http.idle_timeout)
     await runner.setup()
+    assert runner.server is not None
+    runner.server.request_handler = fronted(runner.server.request_handler)  # type: ignore[arg-type]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -250,11 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sockets", required=True, help="the main process's private socket directory")
     parser.add_argument("--store", required=True, help="the shared answers (LMDB file)")
     parser.add_argument("--config-sha256", required=True, help="the configuration the main process runs with")
+    parser.add_argument("--event-loop", default="asyncio", help="[http] event_loop (no TLS listener here)")
     args = parser.parse_args(argv)
     logs.setup(os.environ.get("ANNUAIRE_LOG_LEVEL", "INFO"), os.environ.get("ANNUAIRE_LOG_FORMAT"))
     started = time.monotonic()
     try:
-        asyncio.run(run(args))
+        with asyncio.Runner(loop_factory=loop_factory(args.event_loop)[1]) as runner:
+            runner.run(run(args))
     except BrokenPipeError:  # the main process is gone: nothing to report to
         return 0
     log.debug("serving process %d stopped after %.0f s", args.index, time.monotonic() - started)

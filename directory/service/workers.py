@@ -188,7 +188,7 @@ class WorkerPool:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "directory.service.worker", "--config", str(config.path), "--index", str(index),
             "--workers", str(len(self.slots)), "--sockets", str(self.sockets), "--store", str(store_path(config)),
-            "--config-sha256", self.config_digest,
+            "--config-sha256", self.config_digest, "--event-loop", config.http.event_loop,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
 
     async def _follow(self, slot: Slot, process: asyncio.subprocess.Process) -> None:
