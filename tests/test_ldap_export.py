@@ -7,8 +7,10 @@ import base64
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -184,6 +186,20 @@ def test_export_to_standard_output_and_refusals(ldap_env: LdapEnv, tmp_path: Pat
     assert missing.returncode == 1 and "cannot write" in missing.stderr
     assert json.loads(missing.stdout)["ok"] is False
     assert previous.read_text() == "previous\n"
+    # a target that is not a regular file (a named pipe into slapadd, /dev/null) is written to, never replaced:
+    # renaming over /dev/null once left the host with a private regular file in its place
+    fifo = tmp_path / "to-slapadd"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    piped = run_cli("ldap", "export", "--ldif", "-c", str(env.path), "-o", str(fifo))
+    reader.join(30)
+    assert piped.returncode == 0, piped.stderr
+    entries = received[0].decode()
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert entries[entries.index("\ndn: "):] == result.stdout[result.stdout.index("\ndn: "):]  # header: its time
+    assert not list(tmp_path.glob(".ldap-export-*"))
 
 
 @pytest.mark.parametrize("value", [b"", b"plain", b" space", b":colon", b"<lt", b"trail ", b"\xc3\x89lodie",

@@ -135,7 +135,10 @@ def cmd_ldap_export(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _target(path: str | None) -> Iterator[BinaryIO]:
     """Standard output, or a temporary file beside ``path`` renamed over it once complete (a failed or
-    interrupted export leaves the previous file, never half of one)."""
+    interrupted export leaves the previous file, never half of one). A ``path`` that exists and is not a
+    regular file (``/dev/null``, a named pipe into ``slapadd``, a terminal) is written to as it is: renaming
+    over it would put a private regular file in the place of a device the whole host relies on."""
+    import stat
     import sys
     import tempfile
 
@@ -143,6 +146,14 @@ def _target(path: str | None) -> Iterator[BinaryIO]:
         yield sys.stdout.buffer
         return
     target = os.path.abspath(path)
+    try:
+        special = not stat.S_ISREG(os.stat(target).st_mode)
+    except FileNotFoundError:
+        special = False
+    if special:
+        with open(target, "wb", buffering=1 << 20) as stream:
+            yield stream
+        return
     fd, tmp = tempfile.mkstemp(prefix=".ldap-export-", suffix=".tmp", dir=os.path.dirname(target))
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as handle:
