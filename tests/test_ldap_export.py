@@ -199,7 +199,7 @@ def test_export_to_standard_output_and_refusals(ldap_env: LdapEnv, tmp_path: Pat
     entries = received[0].decode()
     assert stat.S_ISFIFO(fifo.stat().st_mode)
     assert entries[entries.index("\ndn: "):] == result.stdout[result.stdout.index("\ndn: "):]  # header: its time
-    assert not list(tmp_path.glob(".ldap-export-*"))
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("value", [b"", b"plain", b" space", b":colon", b"<lt", b"trail ", b"\xc3\x89lodie",

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
-from directory.cli.common import EXIT_OK, EXIT_REFUSED, read_registry
+from directory.cli.common import EXIT_OK, EXIT_REFUSED, output_file, read_registry
 from directory.refusal import Refused
 from directory.wording import plural
 
@@ -45,17 +43,10 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
     registry = read_registry(args)
     try:
+        with output_file(args.output, text=True) as out:
+            n = export_lines(registry.iter_audit(args.after), out)
         if args.output and args.output != "-":
-            target = Path(args.output)
-            tmp = target.with_name(f".{target.name}.tmp")
-            with open(tmp, "w", encoding="utf-8") as out:
-                n = export_lines(registry.iter_audit(args.after), out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-            print(f"{n} audit records written to {target}", file=sys.stderr)
-        else:
-            export_lines(registry.iter_audit(args.after), sys.stdout)
+            print(f"{n} audit records written to {args.output}", file=sys.stderr)
     finally:
         registry.close()
     return EXIT_OK

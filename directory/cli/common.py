@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import stat
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from directory import serials
 from directory.config import Config, ConfigError, load_config
@@ -96,3 +101,36 @@ def read_registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def user() -> str:
     return os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
+
+
+@contextlib.contextmanager
+def output_file(path: str | None, text: bool = False) -> Iterator[IO[Any]]:
+    """Where a command writes its output: standard output (no ``path``, or ``-``), or a temporary file beside
+    ``path`` renamed over it once complete (a failed or interrupted command leaves the previous file, never half
+    of one). A ``path`` that exists and is not a regular file (``/dev/null``, a named pipe into ``slapadd``, a
+    terminal) is written to as it is: renaming over it would put a private regular file in the place of a
+    device the whole host relies on."""
+    mode = "w" if text else "wb"
+    if not path or path == "-":
+        yield sys.stdout if text else sys.stdout.buffer
+        return
+    target = os.path.abspath(path)
+    try:
+        special = not stat.S_ISREG(os.stat(target).st_mode)
+    except FileNotFoundError:
+        special = False
+    if special:
+        with open(target, mode, buffering=1 << 20, encoding="utf-8" if text else None) as stream:
+            yield stream
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target))
+    try:
+        with os.fdopen(fd, mode, buffering=1 << 20, encoding="utf-8" if text else None) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

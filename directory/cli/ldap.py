@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
-from directory.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, config_of
+from directory.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, config_of, output_file
 from directory.cli.progress import ProgressBar
 from directory.refusal import Refused
 from directory.wording import noun, plural
@@ -105,7 +103,7 @@ def cmd_ldap_export(args: argparse.Namespace) -> int:
     registry = open_config_registry(config)
     bar = ProgressBar("ldap export", unit="entries")
     try:
-        with sync_lock(config, wait=False), _target(args.output) as out:
+        with sync_lock(config, wait=False), output_file(args.output) as out:
             export = LdifExport(config, registry)
             report = export.write(out, suffix=not args.without_suffix, bind_entry=bind_entry,
                                   progress=lambda n: bar.status(f"{n:,} entries"))
@@ -130,41 +128,6 @@ def cmd_ldap_export(args: argparse.Namespace) -> int:
               + ("registry marked as synced up to this export" if report.marked else "registry left as it was")
               + f" ({report.seconds:.2f} s)", file=sys.stderr if not args.output else sys.stdout)
     return EXIT_OK
-
-
-@contextlib.contextmanager
-def _target(path: str | None) -> Iterator[BinaryIO]:
-    """Standard output, or a temporary file beside ``path`` renamed over it once complete (a failed or
-    interrupted export leaves the previous file, never half of one). A ``path`` that exists and is not a
-    regular file (``/dev/null``, a named pipe into ``slapadd``, a terminal) is written to as it is: renaming
-    over it would put a private regular file in the place of a device the whole host relies on."""
-    import stat
-    import sys
-    import tempfile
-
-    if not path:
-        yield sys.stdout.buffer
-        return
-    target = os.path.abspath(path)
-    try:
-        special = not stat.S_ISREG(os.stat(target).st_mode)
-    except FileNotFoundError:
-        special = False
-    if special:
-        with open(target, "wb", buffering=1 << 20) as stream:
-            yield stream
-        return
-    fd, tmp = tempfile.mkstemp(prefix=".ldap-export-", suffix=".tmp", dir=os.path.dirname(target))
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _admin_password(args: argparse.Namespace) -> str:
