@@ -20,6 +20,7 @@ from the export; the worker's start-up full pass then reads every entry and find
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -78,6 +79,16 @@ class LdifExport:
               progress: Callable[[int], None] | None = None) -> ExportReport:
         """Write every entry to ``out``. ``suffix``: False when the suffix entry is loaded otherwise
         (deploy/slapd/seed.ldif); ``bind_entry``: the service's own entry, written after the branches."""
+        collecting = gc.isenabled()
+        gc.disable()  # a page's objects form no cycles: counting frees them, a collector would re-scan them
+        try:
+            return self._write(out, suffix, bind_entry, progress)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _write(self, out: BinaryIO, suffix: bool, bind_entry: Add | None,
+               progress: Callable[[int], None] | None) -> ExportReport:
         started = time.monotonic()
         now = int(self.clock())
         report = ExportReport(layout=self.layout.digest, at=now)
@@ -85,10 +96,10 @@ class LdifExport:
         self.desired.project_all(store=True)  # as a full pass: certificates the layout has not placed yet
         report.unpublishable = self.registry.ldap_unplaced(self.layout.digest, now)
 
-        def emit(text: bytes, entries: int) -> None:
-            out.write(text)
-            report.bytes += len(text)
-            report.entries += entries
+        def emit(records: list[bytes]) -> None:
+            out.writelines(records)  # into the writer's buffer: no page-sized join
+            report.bytes += sum(map(len, records))
+            report.entries += len(records)
 
         header = ldif.comment(f"annuaire {version()} ldap export: layout {report.layout}, registry state at "
                               f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))}, outbox up to "
@@ -96,18 +107,18 @@ class LdifExport:
                               "(deploy/README.md, bulk directory load)")
         out.write(header.encode("ascii", "replace"))
         first = skeleton.skeleton(self.layout)[0 if suffix else 1:] + ([bind_entry] if bind_entry else [])
-        emit(b"".join([ldif.record(a.dn, a.attributes) for a in first]), len(first))
+        emit([ldif.record(a.dn, a.attributes) for a in first])
         cas = list(self.desired.ca_entries().values())
         report.ca_entries = len(cas)
-        emit(_records(cas, {}), len(cas))
+        emit(_records(cas, {}))
         if self.layout.has_containers:  # a first pass over the DNs only: nodes come before their entries
             nodes = containers.above(self.layout, (row[1] for page in self._pages(now) for row in page))
             ordered = sorted(nodes.values(), key=lambda e: len(dn.parse(e.dn)))
             report.intermediate = len(ordered)
-            emit(_records(ordered, {}), len(ordered))
+            emit(_records(ordered, {}))
         for rows in self._entries(now):
             groups = [list(group) for _, group in groupby(rows, _KEY)]
-            emit(_records(_desired(groups), {row[3]: row[6] for row in rows}), len(groups))
+            emit(_records(_desired(groups), {row[3]: row[6] for row in rows}))
             report.end_entities += len(groups)
             report.certificates += len(rows)
             if progress is not None:
@@ -157,9 +168,10 @@ def _desired(groups: list[list[PublishedRow]]) -> list[DesiredEntry]:
     return [entry_from_rows(group, first) for group, first in zip(groups, decoded, strict=True)]
 
 
-def _records(entries: list[DesiredEntry], ders: dict[int, bytes]) -> bytes:
-    """The LDIF of the adds the sync would send for ``entries`` into an empty directory: ``plan(e, None)``
-    then ``operations`` (the same ``add_attributes`` and ``add_values``), without their objects."""
+def _records(entries: list[DesiredEntry], ders: dict[int, bytes]) -> list[bytes]:
+    """The LDIF records of the adds the sync would send for ``entries`` into an empty directory:
+    ``plan(e, None)`` then ``operations`` (the same ``add_attributes`` and ``add_values``), without their
+    objects."""
     record = ldif.record
-    return b"".join([record(e.dn, add_values(add_attributes(e), [ders[c] for c in e.certificates.values()
-                                                                  if c in ders])) for e in entries])
+    return [record(e.dn, add_values(add_attributes(e), [ders[c] for c in e.certificates.values() if c in ders]))
+            for e in entries]
