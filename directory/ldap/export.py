@@ -4,9 +4,14 @@ The initial load of a large registry into an empty directory, OpenLDAP's own bul
 ``slapadd`` skips the protocol, the per-operation transactions and the index updates one entry at a time).
 There is no second projection: the entries come from what a full pass uses (``DesiredState``: each
 certificate's stored projection for the layout, the CA entries with the published CRLs, ``containers``,
-``skeleton``), and each becomes the very ``Add`` the sync would send (``diff.plan(want, None)`` then
-``writer.operations``), written as an LDIF record (``ldif``). Memory is bounded whatever the registry's
-size: the entries' rows, with their certificates' bytes, are read in pages ordered by entry.
+``skeleton``), and each is written as the very ``Add`` the sync would send, through the functions
+``diff.plan(want, None)`` and ``writer.operations`` build it with (``add_attributes``, ``add_values``),
+as an LDIF record (``ldif``). Memory is bounded whatever the registry's size: the entries' rows, with their
+certificates' bytes, are read in pages ordered by entry.
+
+Cost (200,000 certificates, 325 MB): the export must stay well below slapadd's own CPU time, or it, not
+slapadd, sets the pace of ``export | slapadd -q``. Hence no per-entry ``Plan``/``Add`` objects, one JSON
+document per page, records handed to the writer's buffer, and the cyclic collector paused (bench/ldif.py).
 
 Order: the suffix, the branches (and the service's bind entry, when asked), the CA entries, the
 intermediate entries (parents first), then every end entity. slapadd adds the operational attributes
