@@ -170,7 +170,9 @@ def _desired(groups: list[list[PublishedRow]]) -> list[DesiredEntry]:
     decoded = json.loads("[" + ",".join(firsts) + "]")
     if len(decoded) != len(groups):  # not one object each: decoded one by one (the faulty one raises)
         decoded = [json.loads(text) for text in firsts]
-    return [entry_from_rows(group, first) for group, first in zip(groups, decoded, strict=True)]
+    # a PublishedRow is a Row with the bytes last: entry_from_rows reads the first six fields only
+    return [entry_from_rows(group, first)  # type: ignore[arg-type]
+            for group, first in zip(groups, decoded, strict=True)]
 
 
 def _records(entries: list[DesiredEntry], ders: dict[int, bytes]) -> list[bytes]:
