@@ -217,6 +217,31 @@ def test_ldif_values_round_trip(value: bytes) -> None:
         assert row == "description: " + value.decode() and ldif.safe(value)
 
 
+def _folded_by_slicing(text: bytes) -> bytes:
+    """The plain definition of folding (RFC 2849): the first WIDTH bytes, then WIDTH - 1 a line."""
+    step = ldif.WIDTH - 1
+    return b"\n ".join([text[:ldif.WIDTH], *(text[i:i + step] for i in range(ldif.WIDTH, len(text), step))])
+
+
+def test_ldif_folds_of_every_length_match_slicing() -> None:
+    """The cached struct cuts give the same lines as slicing, at every length around the line boundaries and
+    beyond the cached range (a CRL), for text and base64 values, and the record unfolds to the values."""
+    values = [bytes([0x41 + n % 26]) * n for n in range(0, 400)] + [os.urandom(n) for n in (1, 57, 58, 1040)]
+    values += [b"z" * ((1 << 16) + 3), os.urandom(70_000)]
+    for value in values:
+        text = ldif.record("cn=x", {"userCertificate;binary": [value], "description": [value]})
+        rows = text.decode("ascii").split("\n")
+        assert all(len(row) <= ldif.WIDTH for row in rows)
+        expected = [ldif.line("dn", b"cn=x")]
+        for name in ("userCertificate;binary", "description"):
+            if ldif.safe(value):
+                line = name.encode() + b": " + value
+            else:
+                line = name.encode() + b":: " + base64.b64encode(value)
+            expected.append(line if len(line) <= ldif.WIDTH else _folded_by_slicing(line))
+        assert text == b"\n".join([*expected, b"\n"])
+
+
 def test_bench_ldif_tiny() -> None:
     """bench/ldif.py at its tiny size (benchmarks cannot rot): its JSON line, and the load checked."""
     result = subprocess.run([sys.executable, "-m", "bench.ldif", "--tiny"], capture_output=True, text=True,

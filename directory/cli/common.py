@@ -112,7 +112,12 @@ def output_file(path: str | None, text: bool = False) -> Iterator[IO[Any]]:
     device the whole host relies on."""
     mode = "w" if text else "wb"
     if not path or path == "-":
-        yield sys.stdout if text else sys.stdout.buffer
+        if text:
+            yield sys.stdout
+            return
+        sys.stdout.flush()
+        with open(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False) as handle:  # a pipe to slapadd:
+            yield handle  # fewer, larger writes
         return
     target = os.path.abspath(path)
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from directory.config import Config
@@ -123,10 +123,11 @@ class DesiredState:
         return ca_entry(self.layout, name, certificate, crl, is_arl, delta)
 
 
-def entry_from_rows(rows: list[Row]) -> DesiredEntry:
+def entry_from_rows(rows: Sequence[Row], first: dict[str, list[str]] | None = None) -> DesiredEntry:
     """One entry from its certificates' rows: their attributes merged (newest certificate first when they
-    disagree: a new name, a new mail), every certificate a value."""
-    entry = DesiredEntry(rows[0][1], json.loads(rows[0][2]))
+    disagree: a new name, a new mail), every certificate a value. ``first``: the first row's attributes
+    already decoded (``ldap export`` decodes a page's at once), a fresh object the entry takes over."""
+    entry = DesiredEntry(rows[0][1], json.loads(rows[0][2]) if first is None else first)
     if len(rows) > 1 and any(r[2] != rows[0][2] for r in rows):
         entry.attributes = {}
         for attrs in dict.fromkeys(r[2] for r in sorted(rows, key=lambda r: -r[5])):

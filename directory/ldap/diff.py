@@ -81,6 +81,16 @@ def _unchanged(desired: DesiredEntry, actual: Entry) -> bool:
     return all(digest(v) in desired.certificates for v in certificates)
 
 
+def add_attributes(desired: DesiredEntry) -> dict[str, list[bytes]]:
+    """What an add of ``desired`` writes besides its certificates (a fresh dict; ``ldap export`` writes the
+    same as LDIF): every non-empty text attribute, encoded, then the binary ones."""
+    encode = str.encode
+    attrs = {name: list(map(encode, values)) for name, values in desired.attributes.items() if values}
+    for name, values in desired.binary.items():
+        attrs[name] = list(values)
+    return attrs
+
+
 def plan(desired: DesiredEntry | None, actual: Entry | None) -> Plan | None:
     """The writes that make ``actual`` into ``desired`` (None: nothing to do)."""
     if desired is None:
@@ -89,9 +99,8 @@ def plan(desired: DesiredEntry | None, actual: Entry | None) -> Plan | None:
         certificates = next((v for n, v in actual.attributes.items() if base_name(n) == "usercertificate"), [])
         return Plan(actual.dn, "delete", removals=tuple(certificates), drift=Drift(entries_extra=1))
     if actual is None:
-        attrs = {name: [v.encode() for v in values] for name, values in desired.attributes.items() if values}
-        attrs.update({name: list(values) for name, values in desired.binary.items()})
-        return Plan(desired.dn, "add", add_certificates=list(desired.certificates.values()), attributes=attrs,
+        return Plan(desired.dn, "add", add_certificates=list(desired.certificates.values()),
+                    attributes=add_attributes(desired),
                     drift=Drift(entries_missing=1, certificates_missing=len(desired.certificates)))
     if _unchanged(desired, actual):
         return None

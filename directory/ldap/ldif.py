@@ -6,17 +6,25 @@ tools follow: a reader may strip it). Anything else (a name such as "Élodie", a
 base64 (``name:: …``). Lines longer than 76 characters are folded: the rest continues on lines that
 start with one space. No ``version:`` line: slapadd 2.5 reads the blank line after it as an entry
 without a DN.
+
+An export writes millions of values, most of them certificates folded into some twenty lines each: a
+line of a length seen before is cut by one ``struct`` unpack (its pattern built once), not slice by slice.
 """
 
 from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Mapping, Sequence
+import struct
+from collections.abc import Callable, Mapping, Sequence
 
 WIDTH = 76
 _UNSAFE = re.compile(rb"[\x00\n\r\x80-\xff]")
 _UNSAFE_FIRST = frozenset(b" :<")
+_CUTS: dict[int, Callable[[bytes], tuple[bytes, ...]]] = {}  # line length -> its folding cut
+_CUTS_MAX = 4096  # lengths remembered (certificates come in a few dozen)
+_CUT_LONGEST = 1 << 16  # longer lines (CRLs, large certificates) are cut by slicing
+_PREFIXES: dict[str, tuple[bytes, bytes]] = {}  # attribute name -> (b"name: ", b"name:: ")
 
 
 def safe(value: bytes) -> bool:
@@ -36,17 +44,39 @@ def line(name: str, value: bytes) -> bytes:
 
 
 def _fold(text: bytes) -> bytes:
+    """``text`` (longer than ``WIDTH``) as its first ``WIDTH`` bytes, then continuation lines."""
+    cut = _CUTS.get(len(text))
+    if cut is None:
+        cut = _cut(len(text))
+    return b"\n ".join(cut(text))
+
+
+def _cut(length: int) -> Callable[[bytes], tuple[bytes, ...]]:
     step = WIDTH - 1
-    return b"\n ".join([text[:WIDTH], *(text[i:i + step] for i in range(WIDTH, len(text), step))])
+    if length > _CUT_LONGEST:
+        return lambda text: (text[:WIDTH], *(text[i:i + step] for i in range(WIDTH, len(text), step)))
+    full, rest = divmod(length - WIDTH, step)
+    cut = struct.Struct(f"<{WIDTH}s" + f"{step}s" * full + (f"{rest}s" if rest else "")).unpack
+    if len(_CUTS) < _CUTS_MAX:
+        _CUTS[length] = cut
+    return cut
+
+
+def _prefixes(name: str) -> tuple[bytes, bytes]:
+    raw = name.encode("ascii")
+    prefixes = (raw + b": ", raw + b":: ")
+    if len(_PREFIXES) < 1024:
+        _PREFIXES[name] = prefixes
+    return prefixes
 
 
 def record(dn: str, attributes: Mapping[str, Sequence[bytes]]) -> bytes:
     """One entry: its DN, then every value of every attribute in order, then the blank line that ends it.
-    Bytes throughout (values are never decoded; ``line`` inlined): a large export writes millions."""
+    Bytes throughout (values are never decoded; ``line`` inlined, names' prefixes kept)."""
     lines = [line("dn", dn.encode())]
-    append, b64, unsafe, first = lines.append, binascii.b2a_base64, _UNSAFE.search, _UNSAFE_FIRST
+    append, b64, unsafe, first, known = lines.append, binascii.b2a_base64, _UNSAFE.search, _UNSAFE_FIRST, _PREFIXES
     for name, values in attributes.items():
-        plain, coded = name.encode("ascii") + b": ", name.encode("ascii") + b":: "
+        plain, coded = known.get(name) or _prefixes(name)
         for value in values:
             if value and (value[0] in first or value[-1] == 0x20 or unsafe(value) is not None):
                 text = coded + b64(value, newline=False)

@@ -130,16 +130,20 @@ def operations(plans: Sequence[Plan], ders: dict[int, bytes]) -> list[Operation]
         if p.kind == "delete":
             ops.append(Delete(p.dn))
         elif p.kind == "add":
-            attrs = dict(p.attributes)
-            if certs:
-                attrs[CERTIFICATE_ATTRIBUTE] = certs
-            ops.append(Add(p.dn, attrs))
+            ops.append(Add(p.dn, add_values(dict(p.attributes), certs)))
         else:
             changes = list(p.changes)
             if certs:
                 changes.append((ber.MOD_ADD, CERTIFICATE_ATTRIBUTE, tuple(certs)))
             ops.append(Modify(p.dn, tuple(changes)))
     return ops
+
+
+def add_values(attributes: dict[str, list[bytes]], certificates: list[bytes]) -> dict[str, list[bytes]]:
+    """An add's attributes (``attributes``, taken over) with the certificates' bytes last, if any."""
+    if certificates:
+        attributes[CERTIFICATE_ATTRIBUTE] = certificates
+    return attributes
 
 
 def _count(p: Plan, tally: Tally) -> None:
