@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.x509 import ocsp
 
-from bench.common import OUT, arguments, demo, report, tiny_demo
+from bench.common import OUT, TINY_CERTS, arguments, demo, report
 from bench.ocsp import free_port, wait_http
 from directory.hsm.signer import HsmSettings, HsmSigner
 
@@ -232,7 +232,8 @@ def presigned(demo_dir: Path) -> int:
 
 
 def bench_key(kind: str, args: argparse.Namespace) -> dict[str, object]:
-    demo_dir = tiny_demo(kind) if args.tiny else demo(f"nonce-{kind}", kind, args.certs)
+    # tiny: a demo of its own, not the one the other tiny runs share (they revoke its certificates as they go)
+    demo_dir = demo(f"tiny-nonce-{kind}", kind, TINY_CERTS) if args.tiny else demo(f"nonce-{kind}", kind, args.certs)
     config, port = serve_config(demo_dir)
     threads = int(setting(config, "max_concurrent", "2"))
     templates = requests(demo_dir, 20)
