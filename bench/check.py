@@ -30,8 +30,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench.common import OUT, TINY_CERTS, arguments, config_with_data_dir, demo, tiny_demo, wait_presigned
-from bench.ocsp import free_port, wait_http
+from bench.common import (
+    OUT,
+    TINY_CERTS,
+    arguments,
+    config_with_data_dir,
+    demo,
+    free_port,
+    tiny_demo,
+    wait_http,
+    wait_presigned,
+)
 from directory import der
 from directory.check.checker import PublicationChecker
 from directory.check.crl_probe import CrlProbe

@@ -38,8 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import directory
-from bench.common import OUT, config_with_data_dir, demo
-from bench.ocsp import free_port
+from bench.common import OUT, config_with_data_dir, demo, free_port
 from directory import der
 
 REVOKED_AT = 1_790_000_000  # 2026-09-21

@@ -22,8 +22,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from bench.common import arguments, demo, report, tiny_demo
-from bench.ocsp import free_port, wait_http
+from bench.common import arguments, demo, free_port, report, tiny_demo, wait_http
 from directory.config import load_config
 from directory.runtime import open_config_registry, open_hsm
 from ocsp.request import Malformed, decode_get_path, parse_request

@@ -22,7 +22,6 @@ import os
 import random
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from bench import ocsp_answer
-from bench.common import OUT, demo
+from bench.common import OUT, demo, free_port, wait_http
 
 N_CERTS = int(os.environ.get("BENCH_OCSP_CERTS", "100000"))
 RSS_CERTS = int(os.environ.get("BENCH_OCSP_RSS_CERTS", "1000000"))  # 0: skip the memory run
@@ -65,23 +64,6 @@ app = web.Application()
 app.router.add_get("/{tail:.*}", handler)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except Exception:
-            time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def wrk(base: str, paths: Path, close: bool = False, delay_ms: float = 0) -> dict[str, float]:

@@ -39,7 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from bench.common import OUT, demo
+from bench.common import OUT, demo, free_port, wait_http
 
 ISSUER = "ac-personnes"
 # wrk: requests built once per thread (POST bodies from hex lines, or GET paths), one drawn at random each time
@@ -82,23 +82,6 @@ else:
     event_loop = asyncio.new_event_loop()
 web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=event_loop)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except Exception:
-            time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def _status(body: bytes) -> str:
@@ -199,12 +182,14 @@ def successful(body: bytes) -> bool:
     return ocsp.load_der_ocsp_response(body).response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
 
 
-def start_ours(demo_dir: Path, loop: str) -> tuple[subprocess.Popen[bytes], str]:
-    """The service on a free port with ``[http] event_loop = loop``; waits until every answer is pre-signed."""
+def start_ours(demo_dir: Path, loop: str, workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+    """The service on a free port with ``[http] event_loop = loop`` and ``workers`` serving processes (1: the
+    answer path of one process, as the bare handler's); waits until every answer is pre-signed."""
     port = free_port()
     # the public listener only: no admin listener, no LDAP (fixed ports other runs may hold; nothing to time)
     text = re.sub(r"(?m)^\[(ldap|admin)\]\n(?:(?!\[).*\n)*", "", (demo_dir / "annuaire.toml").read_text())
-    text = re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"\nevent_loop = "{loop}"', text, count=1)
+    http = f'listen = "127.0.0.1:{port}"\nevent_loop = "{loop}"\nworkers = {workers}'
+    text = re.sub(r'listen = "127.0.0.1:\d+"', http, text, count=1)
     # answers signed by the CA key itself (no delegated responder certificate in them): cfssl 1.2.0's Go x509
     # cannot parse the demo responder certificate (its policy OID 2.25.<UUID> has arcs beyond Go's int) and
     # then drops every response, answering "unauthorized" to everything
@@ -252,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_OCSP_ANSWER_ROUNDS", "3")))
     parser.add_argument("--loops", default="asyncio,uvloop", help="event loops of our service and the bare handler")
     parser.add_argument("--json", action="store_true", help="stdout: the JSON line only (the table on stderr)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="our serving processes (default 1: one process against the one-process bare handler)")
     args = parser.parse_args(argv)
     if args.tiny:
         args.certs, args.duration, args.rounds = 8, "1s", 1
@@ -265,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     answers = 0
     try:
         for loop in loops:  # every server up at once: the rounds below interleave them all
-            answers = _side(loop, args.certs, targets, procs)
+            answers = _side(loop, args.certs, targets, procs, args.workers)
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
         for _ in range(args.rounds):
             for name, (url, lines, method) in targets.items():
@@ -282,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _side(loop: str, certs: int, targets: dict[str, tuple[str, Path, str]],
-          procs: list[subprocess.Popen[bytes]]) -> int:
+          procs: list[subprocess.Popen[bytes]], workers: int = 1) -> int:
     """Our service on ``loop`` (a demo of its own), the bare handler on the same loop, cfssl with the bytes ours
     answered: started (into ``procs``), checked, and their wrk targets added. Returns the number of answers."""
     sys.stdout.flush()
@@ -296,7 +283,7 @@ def _side(loop: str, certs: int, targets: dict[str, tuple[str, Path, str]],
     requests = requests_for(demo_dir)
     work = OUT / f"ocsp-answer-{certs}-{loop}"
     work.mkdir(parents=True, exist_ok=True)
-    ours, base = start_ours(demo_dir, loop)
+    ours, base = start_ours(demo_dir, loop, workers)
     procs.append(ours)
     answers: dict[bytes, bytes] = {}
     for der in requests:  # what our service answers is what the others serve
@@ -364,7 +351,8 @@ def report(results: dict[str, dict[str, float]], loops: list[str], answers: int,
                                                        / results[f"ours asyncio {method}"]["rps"])
     for name, value in ratios.items():
         print(f"- {name}: {value:.2f}", file=table)
-    print(json.dumps({"bench": "ocsp_answer", "loops": loops, "answers": answers, "duration": args.duration,
+    print(json.dumps({"bench": "ocsp_answer", "workers": args.workers, "loops": loops, "answers": answers,
+                      "duration": args.duration,
                       "rounds": args.rounds,
                       "cfssl_get": any(name.startswith("cfssl") and name.endswith("GET") for name in results),
                       "rps": {name: round(r["rps"]) for name, r in results.items()},

@@ -44,8 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.x509 import ocsp
 
-from bench.common import OUT, TINY_CERTS, arguments, demo, report
-from bench.ocsp import free_port, wait_http
+from bench.common import OUT, TINY_CERTS, arguments, demo, free_port, report, wait_http
 from directory.hsm.signer import HsmSettings, HsmSigner
 
 PLACEHOLDER = b"\xa5NONCE-PLACEHOL\xa5"  # 16 octets, replaced in every request by a fresh nonce

@@ -41,7 +41,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from bench.common import OUT, demo
+from bench.common import OUT, demo, free_port
 
 LUA = """
 local bodies, paths = {}, {}
@@ -59,14 +59,6 @@ request = function()
   return wrk.format("GET", paths[math.random(#paths)])
 end
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def configured(demo_dir: Path, workers: int) -> tuple[Path, str]:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import psycopg
 
-from bench.common import OUT, arguments, demo, report, tiny_demo, wait_presigned
-from bench.ocsp import free_port, request_paths, wait_http
+from bench.common import OUT, arguments, demo, free_port, report, tiny_demo, wait_http, wait_presigned
+from bench.ocsp import request_paths
 
 N_CERTS = int(os.environ.get("BENCH_SCALE_CERTS", "10000"))
 DURATION = os.environ.get("BENCH_SCALE_DURATION", "10s")

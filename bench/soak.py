@@ -24,8 +24,8 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.common import TINY_CERTS, arguments, demo, tiny_demo, wait_presigned
-from bench.ocsp import free_port, request_lines, wait_http
+from bench.common import TINY_CERTS, arguments, demo, free_port, tiny_demo, wait_http, wait_presigned
+from bench.ocsp import request_lines
 
 MIX = (("ocsp", 0.80), ("crl", 0.15), ("revoke", 0.05))
 EXPECTED = {"ocsp": {200}, "crl": {200}, "revoke": {200, 201}}
