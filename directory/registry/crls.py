@@ -132,17 +132,9 @@ class Crls(AuditTrail, LdapOutbox):
         issuer_id = self._issuer_id(issuer)
         now = int(self.clock())
         with self._write() as tx:
-            row = tx.execute("SELECT last_number FROM crl_scopes WHERE issuer_id = ? AND scope = ?",
-                             (issuer_id, scope)).fetchone()
-            number = (row[0] if row else 0) + 1
-            if row:
-                tx.execute("UPDATE crl_scopes SET last_number = ? WHERE issuer_id = ? AND scope = ?",
-                           (number, issuer_id, scope))
-            else:
-                tx.execute("INSERT INTO crl_scopes (issuer_id, scope, last_number) VALUES (?, ?, ?)",
-                           (issuer_id, scope, number))
-            if scope == "main":
-                tx.execute("UPDATE issuers SET last_crl_number = ? WHERE id = ?", (number, issuer_id))
+            last = _last_number(tx, issuer_id, scope)
+            number = (last or 0) + 1
+            _set_last_number(tx, issuer_id, scope, number, known=last is not None)
             tx.execute("INSERT INTO crls (issuer_id, scope, kind, number, base_number, this_update, next_update, "
                        "state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'building', ?)",
                        (issuer_id, scope, kind, number, base_number, this_update, next_update, now))
@@ -190,20 +182,11 @@ class Crls(AuditTrail, LdapOutbox):
         issuer_id = self._issuer_id(issuer)
         keep = data if self.keeps_crl_bytes else None
         with self._write() as tx:
-            row = tx.execute("SELECT last_number FROM crl_scopes WHERE issuer_id = ? AND scope = ?",
-                             (issuer_id, scope)).fetchone()
-            last = row[0] if row else 0
-            if number <= last:
-                raise CrlNumberRefused(f"{issuer}: CRL number {number} is not greater than {last}, the last number "
-                                       "of its sequence (CRL numbers only go up)", conflict=True)
-            if row:
-                tx.execute("UPDATE crl_scopes SET last_number = ? WHERE issuer_id = ? AND scope = ?",
-                           (number, issuer_id, scope))
-            else:
-                tx.execute("INSERT INTO crl_scopes (issuer_id, scope, last_number) VALUES (?, ?, ?)",
-                           (issuer_id, scope, number))
-            if scope == "main":
-                tx.execute("UPDATE issuers SET last_crl_number = ? WHERE id = ?", (number, issuer_id))
+            last = _last_number(tx, issuer_id, scope)
+            if number <= (last or 0):
+                raise CrlNumberRefused(f"{issuer}: CRL number {number} is not greater than {last or 0}, the last "
+                                       "number of its sequence (CRL numbers only go up)", conflict=True)
+            _set_last_number(tx, issuer_id, scope, number, known=last is not None)
             tx.execute("INSERT INTO crls (issuer_id, scope, kind, number, base_number, this_update, next_update, "
                        "state, change_seq, entries, size, sha256, der, created_at) "
                        "VALUES (?, ?, ?, ?, NULL, ?, ?, 'published', 0, ?, ?, ?, ?, ?)",
@@ -267,3 +250,23 @@ class Crls(AuditTrail, LdapOutbox):
             yield CrlSnapshot(conn, issuer_id)
         finally:
             conn.execute("COMMIT")
+
+
+def _last_number(tx: Any, issuer_id: int, scope: str) -> int | None:
+    """The last number a scope handed out (built, burnt or published), None before its first CRL."""
+    row = tx.execute("SELECT last_number FROM crl_scopes WHERE issuer_id = ? AND scope = ?",
+                     (issuer_id, scope)).fetchone()
+    return row[0] if row else None
+
+
+def _set_last_number(tx: Any, issuer_id: int, scope: str, number: int, known: bool) -> None:
+    """Record ``number`` as the scope's last (the caller checked it goes up); the main scope's also on the
+    issuer's row."""
+    if known:
+        tx.execute("UPDATE crl_scopes SET last_number = ? WHERE issuer_id = ? AND scope = ?",
+                   (number, issuer_id, scope))
+    else:
+        tx.execute("INSERT INTO crl_scopes (issuer_id, scope, last_number) VALUES (?, ?, ?)",
+                   (issuer_id, scope, number))
+    if scope == "main":
+        tx.execute("UPDATE issuers SET last_crl_number = ? WHERE id = ?", (number, issuer_id))
