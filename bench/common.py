@@ -105,3 +105,44 @@ def wait_http(url: str, timeout: float = 600) -> None:
         except Exception:
             time.sleep(0.3)
     raise RuntimeError(f"{url} did not answer")
+
+
+def fill_presigned(demo_dir: Path, count: int) -> int:
+    """At least ``count`` certificates of ac-personnes with a persisted answer each (signed by the configured
+    responder's key id, so that the service reloads them); returns how many answers the registry holds."""
+    import sqlite3
+
+    from cryptography import x509
+
+    from directory import cert_id
+    from ocsp import response as resp
+
+    db = sqlite3.connect(demo_dir / "data" / "registry.sqlite3")
+    have = db.execute("SELECT COUNT(*) FROM ocsp_responses").fetchone()[0]
+    if have >= count:
+        db.close()
+        return have
+    issuer_id, issuer_der = db.execute("SELECT id, certificate_der FROM issuers WHERE name = 'ac-personnes'").fetchone()
+    issuer = x509.load_der_x509_certificate(issuer_der)
+    responder = x509.load_pem_x509_certificate((demo_dir / "ca" / "ocsp-ac-personnes.pem").read_bytes())
+    key_hash = cert_id.key_hash(responder, "sha1")
+    prefix = cert_id.prefix("sha1", *cert_id.issuer_hashes(issuer, "sha1"))
+    now = int(time.time())
+    algorithm = bytes.fromhex("300d06092a864886f70d01010b0500")
+
+    def body(serial: int) -> bytes:
+        single = resp.single_response(resp.SingleStatus(cert_id.encode(prefix, serial), "good"), now, now + 4 * 86400)
+        return resp.signed_part(resp.response_data(key_hash, now, [single], None, False), algorithm, bytes(256))
+
+    for start in range(0, count, 100_000):
+        rows = range(start, min(count, start + 100_000))
+        db.executemany("INSERT OR IGNORE INTO certificates (issuer_id, serial_hex, status, imported_at, updated_at,"
+                       " serial_low, der) VALUES (?, ?, 'good', ?, ?, ?, x'00')",
+                       [(issuer_id, format(0x10000000 + i, "x"), now - 10, now - 10, i) for i in rows])
+        db.executemany("INSERT OR REPLACE INTO ocsp_responses VALUES (?, ?, 'sha1', ?, ?, ?)",
+                       [(issuer_id, format(0x10000000 + i, "x"), now, now + 4 * 86400, body(0x10000000 + i))
+                        for i in rows])
+        db.commit()
+    have = db.execute("SELECT COUNT(*) FROM ocsp_responses").fetchone()[0]
+    db.close()
+    return have

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from bench import ocsp_answer
-from bench.common import OUT, demo, free_port, wait_http
+from bench.common import OUT, demo, fill_presigned, free_port, wait_http
 
 N_CERTS = int(os.environ.get("BENCH_OCSP_CERTS", "100000"))
 RSS_CERTS = int(os.environ.get("BENCH_OCSP_RSS_CERTS", "1000000"))  # 0: skip the memory run
@@ -142,38 +142,7 @@ def openssl_index(demo_dir: Path) -> Path:
 def rss_with(certs: int) -> float:
     """Peak RSS (MB) of the service once it holds ``certs`` pre-signed responses loaded from the registry."""
     directory = demo("ocsp-rss", "rsa", 0)
-    db_path = directory / "data" / "registry.sqlite3"
-    db = sqlite3.connect(db_path)
-    have = db.execute("SELECT COUNT(*) FROM ocsp_responses").fetchone()[0]
-    if have < certs:
-        # realistic answers: canonical CertID (the responder loads no other), RSA-2048-sized signature
-        from directory import cert_id
-        from ocsp import response as resp
-
-        issuer_id, issuer_der = db.execute("SELECT id, certificate_der FROM issuers WHERE name = 'ac-personnes'"
-                                           ).fetchone()
-        prefix = cert_id.prefix("sha1", *cert_id.issuer_hashes(x509.load_der_x509_certificate(issuer_der), "sha1"))
-        # the configured responder's key id: the service reloads no answer signed by another key
-        key_hash = cert_id.key_hash(x509.load_pem_x509_certificate(
-            (directory / "ca" / "ocsp-ac-personnes.pem").read_bytes()), "sha1")
-        now = int(time.time())
-        algorithm = bytes.fromhex("300d06092a864886f70d01010b0500")
-
-        def body(serial: int) -> bytes:
-            single = resp.single_response(resp.SingleStatus(cert_id.encode(prefix, serial), "good"), now,
-                                          now + 4 * 86400)
-            return resp.signed_part(resp.response_data(key_hash, now, [single], None, False), algorithm, bytes(256))
-
-        for start in range(0, certs, 100_000):
-            rows = range(start, min(certs, start + 100_000))
-            db.executemany("INSERT OR IGNORE INTO certificates (issuer_id, serial_hex, status, imported_at, updated_at,"
-                           " serial_low, der) VALUES (?, ?, 'good', ?, ?, ?, x'00')",
-                           [(issuer_id, format(0x10000000 + i, "x"), now - 10, now - 10, i) for i in rows])
-            db.executemany("INSERT OR REPLACE INTO ocsp_responses VALUES (?, ?, 'sha1', ?, ?, ?)",
-                           [(issuer_id, format(0x10000000 + i, "x"), now, now + 4 * 86400, body(0x10000000 + i))
-                            for i in rows])
-            db.commit()
-    db.close()
+    fill_presigned(directory, certs)  # realistic answers: canonical CertID, RSA-2048-sized signature
     port = free_port()
     config = directory / "annuaire.toml"
     text = re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text())
