@@ -18,10 +18,11 @@ from aiohttp import web
 
 from directory.hsm.signer import HsmError
 from ocsp import response as resp
+from ocsp.direct import DirectAnswers
 from ocsp.live import LiveLane
-from ocsp.lookup import CONTENT_TYPE
+from ocsp.lookup import UNCACHED_HEADERS
 from ocsp.metrics import OcspMetrics
-from ocsp.request import Request
+from ocsp.request import MAX_BODY, Request
 from ocsp.responder import PRESIGN_HASH, OcspResponder, Outcome, error_outcome
 from ocsp.store import MemoryStore, PresignedStore
 from ocsp.visibility import VisibilityLedger
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
     from directory.service.app import Service
 
 log = logging.getLogger(__name__)
-MAX_BODY = 10 * 1024
-UNCACHED_HEADERS = {"Content-Type": CONTENT_TYPE, "Cache-Control": "no-cache, no-store"}  # POST, errors, nonces
 CHANGE_POLL = 0.2  # seconds between looks at the registry's change log
 
 
@@ -66,6 +65,8 @@ class OcspComponent:
         loaded = await loop.run_in_executor(None, self.responder.load_persisted)
         log.info("OCSP: %d pre-signed responses loaded from the registry", loaded)
         self.mount(service.app.router)
+        # the public listener answers held answers itself, before aiohttp (ocsp/direct.py)
+        service.connections.direct = DirectAnswers(self, self.clock).answer
         service.registry.add_listener(self._on_change)
         self._tasks = [asyncio.create_task(self._poll_changes()), asyncio.create_task(self._presign_loop())]
         service.add_job(self._flush, "interval", seconds=2, id="ocsp-flush")

@@ -33,6 +33,7 @@ REQUEST_ENTRY_OVERHEAD = 400
 READY_CACHE = 16 * 1024 * 1024
 READY_ENTRY_OVERHEAD = 2048
 CONTENT_TYPE = "application/ocsp-response"
+UNCACHED_HEADERS = {"Content-Type": CONTENT_TYPE, "Cache-Control": "no-cache, no-store"}  # POST, errors, nonces
 
 
 class IssuerIdentity:
@@ -73,7 +74,8 @@ class Outcome:
     changes.
     """
 
-    __slots__ = ("_get_headers", "_headers_at", "body", "etag", "next_update", "path", "status", "this_update")
+    __slots__ = ("_get_headers", "_headers_at", "_wire_get", "_wire_get_at", "_wire_plain", "body", "etag",
+                 "next_update", "path", "status", "this_update")
 
     def __init__(self, body: bytes, status: str, path: str, this_update: int | None = None,
                  next_update: int | None = None, signature_tail: bytes = b"") -> None:
@@ -84,6 +86,8 @@ class Outcome:
         self.etag = f'"{signature_tail.hex()}"' if signature_tail else ""
         self._headers_at = -1
         self._get_headers: dict[str, str] = {}
+        self._wire_get_at = -1
+        self._wire_get = self._wire_plain = b""
 
     def get_headers(self, now: int) -> dict[str, str]:
         """The headers of a GET answer at ``now`` (whole seconds); the caller copies them (aiohttp does)."""
@@ -97,6 +101,26 @@ class Outcome:
                                                              "no-transform, must-revalidate"}
             self._headers_at = now
         return self._get_headers
+
+    def wire_head(self, now: int, get: bool) -> bytes:
+        """The status line and the headers ``get_headers`` (GET) or ``UNCACHED_HEADERS`` give, as aiohttp writes
+        them: for ``ocsp.direct``, which writes the response itself."""
+        if get and self.next_update is not None and self.this_update is not None:
+            if now != self._wire_get_at:
+                self._wire_get = _wire(self.get_headers(now))
+                self._wire_get_at = now
+            return self._wire_get
+        if not self._wire_plain:
+            self._wire_plain = _wire(UNCACHED_HEADERS)
+        return self._wire_plain
+
+    @property
+    def wire_length(self) -> bytes:
+        return b"Content-Length: %d\r\n" % len(self.body)
+
+
+def _wire(headers: dict[str, str]) -> bytes:
+    return ("HTTP/1.1 200 OK\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers.items())).encode()
 
 
 def error_outcome(code: int, path: str = "error") -> Outcome:

@@ -18,6 +18,7 @@ from directory.der import DIGESTS
 from directory.der_reader import BIT_STRING, SEQUENCE, SET, DerError, Reader
 
 MAX_NONCE = 32
+MAX_BODY = 10 * 1024  # a POST request's body: larger ones get 413 unread
 MAX_SERIAL_OCTETS = 20  # RFC 5280 §4.1.2.2; the registry takes no longer serial either
 # CertID hash algorithms we answer for (``der.DIGESTS``), by OID contents octets (what the reader gives)
 _DIGEST_BY_OID = {d.oid: d for d in DIGESTS.values()}

@@ -206,7 +206,7 @@ def build_service(config: Config, components: list[Component] | None = None) -> 
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
-    gate = ConnectionGate(budget.public_cap, config.http.request_timeout)
+    gate = ConnectionGate(budget.public_cap, config.http.request_timeout, idle_timeout=config.http.idle_timeout)
     service = Service(config, hsm, registry, app, AsyncIOScheduler(timezone="UTC"), gate,
                       list(components or []), descriptors=budget)
     hsm.on_signature = service.metrics.hsm_sign.observe
@@ -271,6 +271,7 @@ async def run_service(service: Service, stop: asyncio.Event) -> None:
             await pool.stop_workers()  # they hand requests to this process: they stop first
         if listener is not None:
             listener.close()
+        service.connections.close_held()
         await runner.cleanup()
         if service.scheduler.running:
             service.scheduler.shutdown(wait=False)

@@ -13,6 +13,12 @@ connection forever. Here each listener has:
   aborted. The ``request_deadline`` middleware marks where a request's body ends (and the handler,
   whose time is not the client's, begins).
 
+A plain listener may also answer requests itself before aiohttp sees them (``ConnectionGate.direct``: the
+OCSP answers held, ``ocsp/direct.py``). Such a connection is the gate's own until a read holds anything that
+is not answered there: from that byte on, the connection is aiohttp's for good (its parser then starts at a
+request boundary, and the answers keep their order). While the gate holds it, the gate closes it when idle
+for ``idle_timeout``, as aiohttp would.
+
 TLS is started by the gate itself (``loop.start_tls``) after the connection is admitted, so connections
 stuck in a handshake count against the cap too.
 
@@ -28,7 +34,8 @@ import asyncio
 import logging
 import socket
 import ssl
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from aiohttp import web
@@ -51,10 +58,21 @@ class ConnectionGate:
     request_timeout: float = 10.0
     tls: ssl.SSLContext | None = None
     name: str = "public"
+    idle_timeout: float = 15.0  # a connection answered by ``direct`` alone, closed when idle this long
+    # answers the whole requests at the start of a read, returns the bytes they took (plain listeners only)
+    direct: Callable[[bytes, asyncio.Transport], int] | None = None
     open: int = 0
     refused: int = 0
     lingering: int = 0
     timed_out: int = 0
+    held: set[_Gated] = field(default_factory=set)  # connections ``direct`` answers: aiohttp does not know them
+
+    def close_held(self) -> None:
+        """At shutdown, after the listener stopped accepting: what aiohttp's cleanup does for its connections
+        (none of these is in the middle of a request: ``direct`` answers whole requests at once)."""
+        for gated in list(self.held):
+            if gated.transport is not None:
+                gated.transport.close()
 
     @property
     def descriptors(self) -> int:
@@ -80,6 +98,9 @@ class _Gated(asyncio.Protocol):
         # TLS: application bytes can arrive with the handshake's last flight, before start_tls returns
         self.early: list[bytes] = []
         self.early_eof = False
+        self.direct: Callable[[bytes, asyncio.Transport], int] | None = None  # until aiohttp takes over
+        self.idle = False  # the deadline set is the idle one of a connection ``direct`` answers
+        self.write_paused = False
 
     # -- admission --------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -101,8 +122,13 @@ class _Gated(asyncio.Protocol):
         self.admitted = True
         gate.open += 1
         if gate.tls is None:
-            self.started = True
-            self.inner.connection_made(transport)
+            if gate.direct is not None:
+                self.direct = gate.direct
+                gate.held.add(self)
+                self._idle()
+            else:
+                self.started = True
+                self.inner.connection_made(transport)
         else:
             self.arm()
             asyncio.get_running_loop().create_task(self._start_tls(transport, gate.tls))
@@ -137,6 +163,14 @@ class _Gated(asyncio.Protocol):
             if self.deadline is None:
                 self.deadline = loop.call_at(self.deadline_at, self._expire)
 
+    def _idle(self) -> None:
+        """A connection ``direct`` answers, between two reads: closed after ``idle_timeout`` of silence."""
+        loop = asyncio.get_running_loop()
+        self.idle = True
+        self.deadline_at = loop.time() + self.gate.idle_timeout
+        if self.deadline is None:
+            self.deadline = loop.call_at(self.deadline_at, self._expire)
+
     def disarm(self) -> None:
         """No deadline now; a timer still set wakes once, finds none, and goes (no timer made per request)."""
         self.deadline_at = None
@@ -156,6 +190,10 @@ class _Gated(asyncio.Protocol):
             self.deadline = loop.call_at(self.deadline_at, self._expire)
             return
         self.deadline_at = None
+        if self.idle:  # kept alive and unused: closed as aiohttp closes its idle connections
+            if self.transport is not None:
+                self.transport.close()
+            return
         self.gate.timed_out += 1
         log.debug("%s listener: request not received within %.0f s, connection closed", self.gate.name,
                   self.gate.request_timeout)
@@ -169,6 +207,14 @@ class _Gated(asyncio.Protocol):
 
     # -- forwarding -------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self.direct is not None:
+            used = self.direct(data, cast(asyncio.Transport, self.transport))
+            if used == len(data):
+                self._idle()
+                return
+            self._hand_over()
+            if used:
+                data = data[used:]
         if not self.started:
             if self.admitted:
                 self.early.append(data)
@@ -179,8 +225,20 @@ class _Gated(asyncio.Protocol):
             self.arm()  # the first byte of a request starts its clock; later bytes do not move it
         self.inner.data_received(data)
 
+    def _hand_over(self) -> None:
+        """From now on aiohttp has the connection (``direct`` took whole requests only: its parser starts at a
+        request's first byte); the request's own deadline replaces the idle one."""
+        self.direct = None
+        self.gate.held.discard(self)
+        self.idle = False
+        self._stop_timer()  # set for the idle deadline, maybe later than the request's
+        self.started = True
+        self.inner.connection_made(self.transport)
+        if self.write_paused:
+            self.inner.pause_writing()
+
     def eof_received(self) -> bool | None:
-        if not self.admitted:
+        if not self.admitted or self.direct is not None:  # refused, or every request answered: nothing pending
             if self.transport is not None:
                 self.transport.close()
             return None
@@ -190,10 +248,12 @@ class _Gated(asyncio.Protocol):
         return self.inner.eof_received()
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         if self.started:
             self.inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         if self.started:
             self.inner.resume_writing()
 
@@ -205,6 +265,8 @@ class _Gated(asyncio.Protocol):
             self.gate.open -= 1
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.direct is not None:
+            self.gate.held.discard(self)
         if self.admitted:
             self._release()
             if self.started:

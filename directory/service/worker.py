@@ -40,6 +40,7 @@ from directory.service.eventloop import loop_factory
 from directory.service.limits import plan as plan_descriptors
 from directory.service.listener import ConnectionGate, listen
 from ocsp import response as resp
+from ocsp.direct import DirectAnswers
 from ocsp.http import OcspComponent
 from ocsp.lookup import AnswerLookup, Outcome, error_outcome, identities
 from ocsp.metrics import OcspMetrics
@@ -191,7 +192,8 @@ async def run(args: argparse.Namespace) -> None:
     app = web.Application(client_max_size=64 * 1024)  # no middlewares: see app.fronted
     ocsp.mount(app.router)
     app.router.add_route("*", "/{tail:.*}", make_proxy(app_session), name="proxy")
-    gate = ConnectionGate(budget.public_cap, http.request_timeout)
+    gate = ConnectionGate(budget.public_cap, http.request_timeout, idle_timeout=http.idle_timeout,
+                          direct=DirectAnswers(ocsp).answer)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=http.idle_timeout)
     await runner.setup()
     assert runner.server is not None
@@ -224,6 +226,7 @@ async def run(args: argparse.Namespace) -> None:
                 await asyncio.wait_for(stop.wait(), REPORT_EVERY)
     finally:
         listener.close()
+        gate.close_held()
         await runner.cleanup()
         print(reporter.line(), flush=True)
         await app_session.close()

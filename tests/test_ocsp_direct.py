@@ -1,0 +1,321 @@
+"""OCSP requests answered from the connection's bytes before aiohttp (``ocsp/direct.py``).
+
+The parser takes a strict subset of HTTP/1.1 and leaves everything else to aiohttp; against the real service
+(plain sockets, one and two serving processes) the answers are aiohttp's own, header for header, in order
+when pipelined with requests aiohttp answers; smuggling attempts, clients that do not read, idle connections
+and ``Connection: close`` are handled as aiohttp handles them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import socket
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+from ocsp.direct import MAX_HEAD, WRITE_LIMIT, DirectAnswers, parse
+from ocsp.lookup import Outcome
+from tests.served import http, serve
+
+BODY = b"0" * 10
+POST = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\nContent-Length: 10\r\n\r\n" + BODY
+
+
+def _post(*fields: bytes, body: bytes = BODY, line: bytes = b"POST /ocsp HTTP/1.1") -> bytes:
+    return line + b"\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n" + body
+
+
+OK_FIELDS = (b"Content-Type: application/ocsp-request", b"Content-Length: 10")
+
+
+def test_the_subset_taken() -> None:
+    assert parse(POST, 0) == (len(POST), BODY, False, "", False)
+    taken = _post(b"Host: ocsp.example", b"content-type:application/OCSP-request", b"CONTENT-LENGTH:  10 ",
+                  b"Connection: keep-alive", b"User-Agent: x y", b"X-Request-ID: abc-1", line=b"POST /ocsp/ HTTP/1.1")
+    assert parse(taken, 0) == (len(taken), BODY, False, "abc-1", False)
+    assert parse(_post(*OK_FIELDS, b"Connection: close"), 0)[4] is True  # type: ignore[index]
+    get = b"GET /ocsp/MEIw%2B%2FA%3D HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert parse(get, 0) == (len(get), "/MEIw%2B%2FA%3D", True, "", False)
+    two = POST + get  # pipelined: each from where the previous ended
+    assert parse(two, 0)[0] == len(POST) and parse(two, len(POST)) == (len(two), "/MEIw%2B%2FA%3D", True, "", False)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("raw", [
+    POST.replace(b"HTTP/1.1", b"HTTP/1.0"),  # other keep-alive rules: aiohttp's
+    POST.replace(b"POST", b"post"),
+    POST.replace(b"POST /ocsp", b"POST http://x/ocsp"),  # absolute form
+    POST.replace(b"POST /ocsp", b"POST /ocsp?x=1"),
+    POST.replace(b"POST /ocsp", b"POST  /ocsp"),
+    POST.replace(b"POST /ocsp", b"PUT /ocsp"),
+    _post(b"Content-Type: application/ocsp-request"),  # no length
+    _post(*OK_FIELDS, b"Content-Length: 10"),  # twice
+    _post(*OK_FIELDS, b"Transfer-Encoding: chunked"),  # CL.TE
+    _post(b"Content-Type: application/ocsp-request", b"Content-Length: +10"),
+    _post(b"Content-Type: application/ocsp-request", b"Content-Length: 1 0"),
+    _post(b"Content-Type: application/ocsp-request", b"Content-Length: 0x0a"),
+    _post(b"Content-Type: application/ocsp-request", b"Content-Length: 10240000"),  # past MAX_BODY
+    _post(*OK_FIELDS, b"Expect: 100-continue"),
+    _post(*OK_FIELDS, b"Upgrade: h2c"),
+    _post(*OK_FIELDS, b"Content-Encoding: gzip"),  # aiohttp would inflate the body
+    _post(*OK_FIELDS, b"Connection: keep-alive, Upgrade"),
+    _post(*OK_FIELDS, b"Connection: close", b"Connection: keep-alive"),
+    _post(b"Content-Type: text/plain", b"Content-Length: 10"),  # aiohttp's handler says malformedRequest
+    _post(*OK_FIELDS, b"Content-Type: application/ocsp-request"),
+    _post(*OK_FIELDS, b"X-Request-ID: a", b"X-Request-ID: b"),
+    _post(*OK_FIELDS, b"X-Folded: a", b" b"),  # obs-fold
+    _post(*OK_FIELDS, b"X-Bad : a"),  # space before the colon
+    _post(*OK_FIELDS, b"X-Bad: a\nb"),  # a bare LF inside a line
+    _post(*OK_FIELDS, b"X-Bad: a\rb"),
+    _post(*OK_FIELDS, b"X-Bad: a\x00b"),
+    _post(*OK_FIELDS, b"X-Bad: caf\xc3\xa9"),
+    _post(*OK_FIELDS, body=BODY[:9]),  # the body not all there yet
+    POST[:40],  # the head not all there yet
+    _post(*OK_FIELDS, b"X-Long: " + b"a" * MAX_HEAD),
+    _post(*OK_FIELDS, *[b"X-%d: y" % n for n in range(40)]),
+    b"\r\n" + POST,  # a leading empty line
+    b"GET /ocsp HTTP/1.1\r\n\r\n",  # the empty GET: its own route
+    b"GET /ocsp/MEIw HTTP/1.1\r\nContent-Length: 4\r\n\r\nMEIw",  # a GET with a body
+    b"GET /ocsp/ME Iw HTTP/1.1\r\n\r\n",
+    b"GET /ocsp/ME\"Iw HTTP/1.1\r\n\r\n",
+    b"GET /ocsp/MEIw#x HTTP/1.1\r\n\r\n",
+    b"HEAD /ocsp/MEIw HTTP/1.1\r\n\r\n",
+    b"GET /ocsp/MEIw HTTP/1.1\n\n",  # LF-only line ends
+])
+def test_anything_else_is_left_to_aiohttp(raw: bytes) -> None:
+    assert parse(raw, 0) is None
+
+
+class _Transport:
+    def __init__(self, buffered: int = 0) -> None:
+        self.written: list[bytes] = []
+        self.buffered = buffered
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+        self.buffered += len(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Component:
+    """What DirectAnswers reads of the OCSP component: ``responder.from_cache``, its counts, the latency."""
+
+    def __init__(self, held: dict[bytes | str, Outcome]) -> None:
+        self.counted: list[tuple[str, str]] = []
+        self.responder = self
+        self.metrics = self
+        self.latency = self
+        self.stats = self
+        self.held = held
+
+    def from_cache(self, received: bytes | str) -> object:
+        return self.held.get(received, "a request to sign")
+
+    def count(self, status: str, path: str) -> None:
+        self.counted.append((status, path))
+
+    def observe(self, path: str, seconds: float) -> None:
+        pass
+
+
+def test_answers_stop_at_what_needs_signing_and_at_the_write_limit() -> None:
+    outcome = Outcome(b"DER", "successful", "presigned", 1_700_000_000, 1_900_000_000, b"\x01\x02")
+    component = _Component({BODY: outcome})
+    direct = DirectAnswers(component, clock=lambda: 1_800_000_000.5)  # type: ignore[arg-type]
+    other = _post(*OK_FIELDS, body=b"1" * 10)
+    transport = _Transport()
+    assert direct.answer(POST + POST + other + POST, transport) == 2 * len(POST)  # the third is aiohttp's
+    assert len(transport.written) == 2 and component.counted == [("successful", "presigned")] * 2
+    answer = transport.written[0]
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\nContent-Type: application/ocsp-response\r\n"
+                             b"Cache-Control: no-cache, no-store\r\nX-Request-ID: ")
+    assert b"\r\nContent-Length: 3\r\nDate: Fri, 15 Jan 2027 08:00:00 GMT\r\nServer: " in answer
+    assert answer.endswith(b"\r\n\r\nDER")
+    # a client that does not read: nothing more is written once WRITE_LIMIT bytes wait
+    full = _Transport(buffered=WRITE_LIMIT + 1)
+    assert direct.answer(POST, full) == 0 and not full.written
+    # Connection: close: answered, closed, what follows dropped
+    closing = _Transport()
+    data = _post(*OK_FIELDS, b"Connection: close") + POST
+    assert direct.answer(data, closing) == len(data) and closing.closed and len(closing.written) == 1
+    assert b"\r\nConnection: close\r\n\r\nDER" in closing.written[0]
+
+
+# -- against the service ---------------------------------------------------------------------------------------
+
+def _requests(demo: Path, nonce: bool = False) -> list[bytes]:
+    d = demo.parent
+    manifest = json.loads((d / "certs" / "manifest.json").read_text())
+    issuer = x509.load_pem_x509_certificate((d / "ca" / "ac-personnes.pem").read_bytes())
+    out = []
+    for entry in [m for m in manifest if m["issuer"] == "ac-personnes" and m["status"] == "good"][:3]:
+        cert = x509.load_pem_x509_certificate((d / "certs" / entry["file"]).read_bytes())
+        builder = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1())
+        if nonce:
+            builder = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
+        out.append(builder.build().public_bytes(serialization.Encoding.DER))
+    return out
+
+
+def _wire_post(der: bytes, *extra: bytes) -> bytes:
+    return _post(b"Host: x", b"Content-Type: application/ocsp-request", b"Content-Length: %d" % len(der), *extra,
+                 body=der)
+
+
+def _wire_get(der: bytes) -> bytes:
+    return b"GET /ocsp/%s HTTP/1.1\r\nHost: x\r\n\r\n" % urllib.parse.quote(base64.b64encode(der)).encode()
+
+
+class _Reader:
+    """HTTP/1.1 responses read off a socket, one at a time (Content-Length framing)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.buffer = sock, b""
+
+    def response(self) -> tuple[bytes, list[tuple[str, str]], bytes]:
+        while b"\r\n\r\n" not in self.buffer:
+            self._more()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        fields = [(n, v.strip()) for n, v in (line.split(":", 1) for line in lines[1:])]
+        size = int(dict((n.lower(), v) for n, v in fields)["content-length"])
+        while len(self.buffer) < size:
+            self._more()
+        body, self.buffer = self.buffer[:size], self.buffer[size:]
+        return lines[0].encode(), fields, body
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(65536)
+        assert chunk, "connection closed early"
+        self.buffer += chunk
+
+
+def _connect(base: str) -> socket.socket:
+    host, port = base.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def _presigned_count(base: str) -> float:
+    metrics = http(base + "/metrics")[2].decode()
+    found = re.search(r'^annuaire_ocsp_responses_by_path_total\{path="presigned"\} (\S+)$', metrics, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def _until_held(base: str, der: bytes) -> None:
+    """Wait until the answer to ``der`` is pre-signed (the direct path's case) and its request known."""
+    deadline = time.monotonic() + 30
+    while True:
+        before = _presigned_count(base)
+        http(base + "/ocsp", "POST", der, {"Content-Type": "application/ocsp-request"})
+        if _presigned_count(base) > before:
+            return
+        assert time.monotonic() < deadline, "no pre-signed answer"
+        time.sleep(0.3)
+
+
+def _shape(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Header names in order, and their values but those that differ per answer (max-age counts down)."""
+    return [(n, "" if n in ("Date", "X-Request-ID") else re.sub(r"max-age=\d+", "max-age=N", v)) for n, v in fields]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_same_answers_as_aiohttp_in_order_and_bounded(demo: Path, workers: int) -> None:
+    demo.write_text(demo.read_text().replace("[http]\n", f"[http]\nworkers = {workers}\nidle_timeout = 2\n", 1))
+    requests = _requests(demo)
+    nonced = _requests(demo, nonce=True)[0]
+    with serve(demo) as served:
+        base = served.base
+        for der in requests:
+            _until_held(base, der)
+        for wire in (_wire_post(requests[0]), _wire_get(requests[0])):
+            # answered directly (whole in one write), then by aiohttp (the body held back a moment)
+            with _connect(base) as direct_sock, _connect(base) as split_sock:
+                direct_sock.sendall(wire)
+                direct = _Reader(direct_sock).response()
+                split_sock.sendall(wire[:-3])
+                time.sleep(0.2)
+                split_sock.sendall(wire[-3:])
+                via_aiohttp = _Reader(split_sock).response()
+            assert direct[0] == via_aiohttp[0] == b"HTTP/1.1 200 OK"
+            assert _shape(direct[1]) == _shape(via_aiohttp[1]), (direct[1], via_aiohttp[1])
+            assert direct[2] == via_aiohttp[2]
+            assert ocsp.load_der_ocsp_response(direct[2]).certificate_status == ocsp.OCSPCertStatus.GOOD
+
+        # pipelined in one write: held, signed live (a nonce), held by GET, held: four answers, in order
+        with _connect(base) as sock:
+            sock.sendall(_wire_post(requests[0]) + _wire_post(nonced) + _wire_get(requests[1])
+                         + _wire_post(requests[2], b"X-Request-ID: mine-7"))
+            reader = _Reader(sock)
+            answers = [reader.response() for _ in range(4)]
+        parsed = [ocsp.load_der_ocsp_response(body) for _, _, body in answers]
+        serials = [ocsp.load_der_ocsp_request(der).serial_number for der in
+                   (requests[0], nonced, requests[1], requests[2])]
+        assert [p.serial_number for p in parsed] == serials
+        nonce = parsed[1].extensions.get_extension_for_class(x509.OCSPNonce).value.nonce
+        asked = ocsp.load_der_ocsp_request(nonced).extensions.get_extension_for_class(x509.OCSPNonce)
+        assert nonce == asked.value.nonce
+        assert dict(answers[3][1])["X-Request-ID"] == "mine-7"
+
+        # smuggling: a request whose framing aiohttp reads otherwise is never answered from its inner bytes
+        inner = _wire_post(requests[1])
+        for framing in (b"Content-Length: %d\r\nTransfer-Encoding: chunked" % len(inner),
+                        b"Content-Length: %d\r\nContent-Length: %d" % (len(inner), len(inner))):
+            with _connect(base) as sock:
+                sock.sendall(b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\n"
+                             + framing + b"\r\n\r\n" + inner)
+                status, _, body = _Reader(sock).response()
+            assert re.match(rb"HTTP/1\.[01] 400 ", status), (framing, status, body)
+
+        # Connection: close: answered, then closed
+        with _connect(base) as sock:
+            sock.sendall(_wire_post(requests[0], b"Connection: close") + _wire_post(requests[1]))
+            reader = _Reader(sock)
+            _, fields, _ = reader.response()
+            assert ("Connection", "close") in fields
+            sock.settimeout(5)
+            assert sock.recv(65536) == b"" and reader.buffer == b""
+
+        # a client pipelining thousands of requests without reading: answered in order once it reads, and the
+        # service's queued bytes stay bounded meanwhile (the direct path stops at WRITE_LIMIT, aiohttp waits)
+        many = 3000
+        wires = [_wire_get(requests[n % 3]) for n in range(many)]
+        with _connect(base) as sock:
+            sender = threading.Thread(target=sock.sendall, args=(b"".join(wires),), daemon=True)
+            sender.start()
+            time.sleep(1.0)
+            reader = _Reader(sock)
+            got = [ocsp.load_der_ocsp_response(reader.response()[2]).serial_number for _ in range(many)]
+            sender.join(10)
+        serial_of = [ocsp.load_der_ocsp_request(der).serial_number for der in requests]
+        assert got == [serial_of[n % 3] for n in range(many)]
+
+        # idle: a connection answered directly is closed after idle_timeout (2 s here)
+        with _connect(base) as sock:
+            sock.sendall(_wire_get(requests[0]))
+            _Reader(sock).response()
+            started = time.monotonic()
+            sock.settimeout(6)
+            assert sock.recv(1) == b""
+            assert 1.5 < time.monotonic() - started < 4.5
+        assert http(base + "/readyz")[0] == 200
+        kept = _connect(base)  # answered directly and kept alive when the service stops
+        kept.sendall(_wire_get(requests[0]))
+        _Reader(kept).response()
+    with kept:  # closed by the stop, as aiohttp closes its own kept-alive connections
+        kept.settimeout(5)
+        assert kept.recv(1) == b""
