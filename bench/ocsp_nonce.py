@@ -85,11 +85,14 @@ end
 """
 
 
-def serve_config(demo_dir: Path) -> tuple[Path, int]:
-    """The demo's config on free ports (HTTP, managed slapd, admin), so parallel runs do not collide."""
+def serve_config(demo_dir: Path, workers: int | None = None) -> tuple[Path, int]:
+    """The demo's config on free ports (HTTP, managed slapd, admin), so parallel runs do not collide;
+    ``workers``: ``[http] workers`` (None: the service's default, one per core)."""
     config = demo_dir / "annuaire.toml"
     port, ldap_port, admin_port = free_port(), free_port(), free_port()
-    text = re.sub(r'listen = "127\.0\.0\.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text(), count=1)
+    text = re.sub(r"(?m)^workers = \d+\n", "", config.read_text())
+    listen = f'listen = "127.0.0.1:{port}"' + (f"\nworkers = {workers}" if workers else "")
+    text = re.sub(r'listen = "127\.0\.0\.1:\d+"', listen, text, count=1)
     text = re.sub(r'base_url = "http://127\.0\.0\.1:\d+"', f'base_url = "http://127.0.0.1:{port}"', text)
     text = re.sub(r'(\[admin\]\nlisten = )"127\.0\.0\.1:\d+"', rf'\1"127.0.0.1:{admin_port}"', text)
     config.write_text(re.sub(r'"ldap://127\.0\.0\.1:\d+"', f'"ldap://127.0.0.1:{ldap_port}"', text))
@@ -194,9 +197,20 @@ class Raw:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (its threads included)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of the service: its main process and its serving processes (``[http]
+    workers``, children that live as long as it does: the kernel adds their time to the parent's only once
+    they are waited for), threads included."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def children_cpu() -> float:
@@ -233,7 +247,7 @@ def presigned(demo_dir: Path) -> int:
 def bench_key(kind: str, args: argparse.Namespace) -> dict[str, object]:
     # tiny: a demo of its own, not the one the other tiny runs share (they revoke its certificates as they go)
     demo_dir = demo(f"tiny-nonce-{kind}", kind, TINY_CERTS) if args.tiny else demo(f"nonce-{kind}", kind, args.certs)
-    config, port = serve_config(demo_dir)
+    config, port = serve_config(demo_dir, args.workers)
     threads = int(setting(config, "max_concurrent", "2"))
     templates = requests(demo_dir, 20)
     lines = OUT / f"nonce-templates-{kind}.txt"
@@ -266,7 +280,8 @@ def bench_key(kind: str, args: argparse.Namespace) -> dict[str, object]:
         service.wait(timeout=60)
     raw, nonce = statistics.median(raws), statistics.median(nonces)
     per_sig, per_answer = statistics.median(cpu_sig), statistics.median(cpu_service) + statistics.median(cpu_wrk)
-    return {"key": "RSA-2048" if kind == "rsa" else "P-256", "threads": threads, "rounds": args.rounds,
+    return {"key": "RSA-2048" if kind == "rsa" else "P-256", "threads": threads,
+            "workers": args.workers or os.cpu_count(), "rounds": args.rounds,
             "duration_s": args.duration, "connections": args.connections, "raw_sig_per_s": round(raw, 1),
             "nonce_answers_per_s": round(nonce, 1), "ratio": round(nonce / raw, 3),
             "cpu_ratio": round(per_sig / per_answer, 3), "not_successful": bad,
@@ -283,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per raw and per nonce run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--certs", type=int, default=40, help="end entities of the demo built for the bench")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="[http] workers of the service (default: its own, one serving process per core)")
     args = parser.parse_args(argv)
     if args.tiny:  # 1 round of 1 s, on the demos every tiny run shares
         args.rounds, args.duration = 1, 1.0

@@ -39,6 +39,7 @@ from directory.config import load_config
 from directory.service.eventloop import loop_factory
 from directory.service.limits import plan as plan_descriptors
 from directory.service.listener import ConnectionGate, listen
+from directory.service.livewire import LiveClient
 from ocsp import response as resp
 from ocsp.direct import DirectAnswers
 from ocsp.http import OcspComponent
@@ -69,7 +70,7 @@ class WorkerLookup(AnswerLookup):
 class WorkerOcsp(OcspComponent):
     """The main process's OCSP handlers; what they cannot answer from the store is signed by the main process."""
 
-    def __init__(self, lookup: WorkerLookup, live: aiohttp.ClientSession) -> None:
+    def __init__(self, lookup: WorkerLookup, live: LiveClient) -> None:
         super().__init__()
         self.responder = lookup  # type: ignore[assignment]
         self.metrics = OcspMetrics(lookup)  # type: ignore[arg-type]
@@ -78,34 +79,13 @@ class WorkerOcsp(OcspComponent):
     async def _live(self, received: bytes | str, request: Request) -> Outcome:
         kind, data = ("get", received.encode("utf-8", "surrogateescape")) if isinstance(received, str) \
             else ("post", received)
-        for attempt in (1, 2):  # once more when a kept-alive connection was closed under it
+        for attempt in (1, 2):  # once more when the connection was lost under it (the main process restarted it)
             try:
-                async with self.upstream.post("http://annuaire/live", data=data,
-                                              headers={"X-Ocsp-Kind": kind}) as up:
-                    if up.status != 200:
-                        raise aiohttp.ClientError(f"HTTP {up.status}")
-                    payload = await up.read()
-                break
-            except aiohttp.ServerDisconnectedError:
-                if attempt == 1:
-                    continue
-                log.warning("OCSP: the main process could not sign a live answer: disconnected")
-                return error_outcome(resp.TRY_LATER, "error")
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                log.warning("OCSP: the main process could not sign a live answer: %s", exc)
-                return error_outcome(resp.TRY_LATER, "error")
-        head, _, body = payload.partition(b"\n")
-        meta = json.loads(head)
-        outcome = Outcome(body, meta["status"], meta["path"], meta["this_update"], meta["next_update"])
-        outcome.etag = meta["etag"]
-        return outcome
-
-
-def live_payload(outcome: Outcome) -> bytes:
-    """The main process's reply to ``WorkerOcsp._live``: one JSON line of metadata, then the DER."""
-    meta = {"status": outcome.status, "path": outcome.path, "this_update": outcome.this_update,
-            "next_update": outcome.next_update, "etag": outcome.etag}
-    return json.dumps(meta).encode() + b"\n" + outcome.body
+                return await self.upstream.ask(kind, data)
+            except ConnectionError as exc:
+                if attempt == 2:
+                    log.warning("OCSP: the main process could not sign a live answer: %s", exc)
+        return error_outcome(resp.TRY_LATER, "error")
 
 
 def make_proxy(session: aiohttp.ClientSession) -> Handler:
@@ -185,10 +165,8 @@ async def run(args: argparse.Namespace) -> None:
         connector=aiohttp.UnixConnector(str(sockets / "app.sock"), limit=UPSTREAM_CONNECTIONS,
                                         keepalive_timeout=UPSTREAM_KEEPALIVE), timeout=timeout,
         auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"))
-    live_session = aiohttp.ClientSession(
-        connector=aiohttp.UnixConnector(str(sockets / "live.sock"), limit=UPSTREAM_CONNECTIONS,
-                                        keepalive_timeout=UPSTREAM_KEEPALIVE), timeout=timeout)
-    ocsp = WorkerOcsp(lookup, live_session)
+    live = LiveClient(str(sockets / "live.sock"))
+    ocsp = WorkerOcsp(lookup, live)
     app = web.Application(client_max_size=64 * 1024)  # no middlewares: see app.fronted
     ocsp.mount(app.router)
     app.router.add_route("*", "/{tail:.*}", make_proxy(app_session), name="proxy")
@@ -230,7 +208,7 @@ async def run(args: argparse.Namespace) -> None:
         await runner.cleanup()
         print(reporter.line(), flush=True)
         await app_session.close()
-        await live_session.close()
+        live.close()
         store.close()
 
 

@@ -5,7 +5,8 @@ builds, OCSP pre-signing and change following, the LDAP sync, the admin listener
 It no longer listens on the public port: N serving processes (``directory/service/worker.py``) do, side by
 side (SO_REUSEPORT), and answer pre-signed OCSP requests from the store the pre-signer writes
 (``ocsp.store.LmdbStore``: one memory-mapped file, not a copy per process). What they cannot answer comes
-back here over two unix sockets in a private directory: ``live.sock`` (OCSP requests to sign: nonces,
+back here over two unix sockets in a private directory: ``live.sock`` (OCSP requests to sign, framed by
+``directory/service/livewire.py``: nonces,
 misses; answered by ``OcspComponent.answer_uncounted``) and ``app.sock`` (the service's own application:
 CRLs, the page, /metrics, /readyz...).
 
@@ -35,13 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 import directory
 from directory.config import Config
-from directory.service.listener import ConnectionGate, listen_unix
+from directory.service.listener import ConnectionGate
+from directory.service.livewire import LiveServer
+from ocsp import response as resp
 from ocsp.http import OcspComponent
+from ocsp.lookup import Outcome, error_outcome
 from ocsp.store import LmdbStore
 
 if TYPE_CHECKING:
@@ -90,7 +93,6 @@ class WorkerPool:
         self._asked = 0
         self._tasks: list[asyncio.Task[None]] = []
         self.sockets: Path | None = None
-        self._live_runner: web.AppRunner | None = None
         self._live_server: asyncio.AbstractServer | None = None
 
     @property
@@ -108,11 +110,8 @@ class WorkerPool:
         n = len(self.slots)
         self.internal = ConnectionGate(2 * n * INTERNAL_CAP_PER_WORKER, service.config.http.request_timeout,
                                        name="internal")
-        live = web.Application(client_max_size=64 * 1024)
-        live.router.add_post("/live", self._live)
-        self._live_runner = web.AppRunner(live, access_log=None)
-        await self._live_runner.setup()
-        self._live_server = await listen_unix(self._live_runner, str(self.sockets / "live.sock"), self.internal)
+        self._live_server = await asyncio.get_running_loop().create_unix_server(
+            lambda: LiveServer(self._live), str(self.sockets / "live.sock"))
         service.readiness_checks["workers"] = self._problem
         service.readiness_warnings["workers"] = self._warning
         if self.ocsp is not None and getattr(self.ocsp, "metrics", None) is not None:
@@ -127,8 +126,6 @@ class WorkerPool:
         await self.stop_workers()
         if self._live_server is not None:
             self._live_server.close()
-        if self._live_runner is not None:
-            await self._live_runner.cleanup()
         if self.sockets is not None:
             shutil.rmtree(self.sockets, ignore_errors=True)
 
@@ -260,15 +257,11 @@ class WorkerPool:
                 task.cancel()
 
     # -- what the main process answers for them ----------------------------------------------------
-    async def _live(self, request: web.Request) -> web.Response:
-        from directory.service.worker import live_payload
-
-        data = await request.read()
-        received: bytes | str = data.decode("utf-8", "surrogateescape") \
-            if request.headers.get("X-Ocsp-Kind") == "get" else data
+    async def _live(self, received: bytes | str) -> Outcome:
+        """A serving process's request to sign (``livewire``)."""
         if self.ocsp is None or self.ocsp.responder is None:
-            return web.Response(status=503)
-        return web.Response(body=live_payload(await self.ocsp.answer_uncounted(received)))
+            return error_outcome(resp.TRY_LATER, "error")
+        return await self.ocsp.answer_uncounted(received)
 
     # -- readiness and metrics -------------------------------------------------------------------------
     def serving(self) -> int:
