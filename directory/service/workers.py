@@ -5,10 +5,9 @@ builds, OCSP pre-signing and change following, the LDAP sync, the admin listener
 It no longer listens on the public port: N serving processes (``directory/service/worker.py``) do, side by
 side (SO_REUSEPORT), and answer pre-signed OCSP requests from the store the pre-signer writes
 (``ocsp.store.LmdbStore``: one memory-mapped file, not a copy per process). What they cannot answer comes
-back here over two unix sockets in a private directory: ``live.sock`` (OCSP requests to sign, framed by
-``directory/service/livewire.py``: nonces,
-misses; answered by ``OcspComponent.answer_uncounted``) and ``app.sock`` (the service's own application:
-CRLs, the page, /metrics, /readyz...).
+back here over two unix sockets in a private directory: ``live.sock`` (OCSP requests to sign: nonces,
+misses; framed by ``directory/service/livewire.py``, answered by ``OcspComponent.answer_uncounted``) and
+``app.sock`` (the service's own application: CRLs, the page, /metrics, /readyz...).
 
 Serving processes are new interpreters (``python -m``), never forks of this one: PKCS#11 is not safe across
 fork after C_Initialize. One that exits or falls silent (no report for ``SILENCE`` seconds: a stuck event
