@@ -35,7 +35,7 @@ def _post(*fields: bytes, body: bytes = BODY, line: bytes = b"POST /ocsp HTTP/1.
     return line + b"\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n" + body
 
 
-OK_FIELDS = (b"Content-Type: application/ocsp-request", b"Content-Length: 10")
+OK_FIELDS = (b"Host: x", b"Content-Type: application/ocsp-request", b"Content-Length: 10")
 
 
 def test_the_subset_taken() -> None:
@@ -57,21 +57,27 @@ def test_the_subset_taken() -> None:
     POST.replace(b"POST /ocsp", b"POST /ocsp?x=1"),
     POST.replace(b"POST /ocsp", b"POST  /ocsp"),
     POST.replace(b"POST /ocsp", b"PUT /ocsp"),
-    _post(b"Content-Type: application/ocsp-request"),  # no length
+    _post(b"Host: x", b"Content-Type: application/ocsp-request"),  # no length
     _post(*OK_FIELDS, b"Content-Length: 10"),  # twice
     _post(*OK_FIELDS, b"Transfer-Encoding: chunked"),  # CL.TE
-    _post(b"Content-Type: application/ocsp-request", b"Content-Length: +10"),
-    _post(b"Content-Type: application/ocsp-request", b"Content-Length: 1 0"),
-    _post(b"Content-Type: application/ocsp-request", b"Content-Length: 0x0a"),
-    _post(b"Content-Type: application/ocsp-request", b"Content-Length: 10240000"),  # past MAX_BODY
+    _post(b"Host: x", b"Content-Type: application/ocsp-request", b"Content-Length: +10"),
+    _post(b"Host: x", b"Content-Type: application/ocsp-request", b"Content-Length: 1 0"),
+    _post(b"Host: x", b"Content-Type: application/ocsp-request", b"Content-Length: 0x0a"),
+    _post(b"Host: x", b"Content-Type: application/ocsp-request", b"Content-Length: 10240000"),  # past MAX_BODY
     _post(*OK_FIELDS, b"Expect: 100-continue"),
     _post(*OK_FIELDS, b"Upgrade: h2c"),
     _post(*OK_FIELDS, b"Content-Encoding: gzip"),  # aiohttp would inflate the body
     _post(*OK_FIELDS, b"Connection: keep-alive, Upgrade"),
     _post(*OK_FIELDS, b"Connection: close", b"Connection: keep-alive"),
-    _post(b"Content-Type: text/plain", b"Content-Length: 10"),  # aiohttp's handler says malformedRequest
+    _post(b"Host: x", b"Content-Type: text/plain", b"Content-Length: 10"),  # aiohttp's handler says malformedRequest
     _post(*OK_FIELDS, b"Content-Type: application/ocsp-request"),
     _post(*OK_FIELDS, b"X-Request-ID: a", b"X-Request-ID: b"),
+    _post(*OK_FIELDS, b"X-Request-ID:", b"X-Request-ID: b"),  # aiohttp's path takes the first (empty) one
+    _post(*OK_FIELDS[1:]),  # no Host: aiohttp's 400 (RFC 9112 3.2)
+    _post(*OK_FIELDS, b"Host: y"),  # a second Host: aiohttp's 400
+    _post(*OK_FIELDS, b"User-Agent: a", b"user-agent: b"),  # aiohttp refuses a second of its singletons
+    _post(*OK_FIELDS, b"Proxy-Connection: close"),  # llhttp reads it as Connection: close
+    _post(*OK_FIELDS, b"Sec-WebSocket-Key1: x"),  # aiohttp's 400
     _post(*OK_FIELDS, b"X-Folded: a", b" b"),  # obs-fold
     _post(*OK_FIELDS, b"X-Bad : a"),  # space before the colon
     _post(*OK_FIELDS, b"X-Bad: a\nb"),  # a bare LF inside a line
@@ -84,6 +90,7 @@ def test_the_subset_taken() -> None:
     _post(*OK_FIELDS, *[b"X-%d: y" % n for n in range(40)]),
     b"\r\n" + POST,  # a leading empty line
     b"GET /ocsp HTTP/1.1\r\n\r\n",  # the empty GET: its own route
+    b"GET /ocsp/MEIw HTTP/1.1\r\nX-Request-ID: a\r\n\r\n",  # no Host
     b"GET /ocsp/MEIw HTTP/1.1\r\nContent-Length: 4\r\n\r\nMEIw",  # a GET with a body
     b"GET /ocsp/ME Iw HTTP/1.1\r\n\r\n",
     b"GET /ocsp/ME\"Iw HTTP/1.1\r\n\r\n",
@@ -93,6 +100,14 @@ def test_the_subset_taken() -> None:
 ])
 def test_anything_else_is_left_to_aiohttp(raw: bytes) -> None:
     assert parse(raw, 0) is None
+
+
+def test_a_second_field_aiohttp_refuses_is_left_to_aiohttp() -> None:
+    from aiohttp.http_parser import SINGLETON_HEADERS
+
+    for name in SINGLETON_HEADERS:
+        field = f"{name}: 10".encode()
+        assert parse(_post(*OK_FIELDS, field, field), 0) is None, name
 
 
 class _Transport:
@@ -280,6 +295,11 @@ def test_same_answers_as_aiohttp_in_order_and_bounded(demo: Path, workers: int) 
                              + framing + b"\r\n\r\n" + inner)
                 status, _, body = _Reader(sock).response()
             assert re.match(rb"HTTP/1\.[01] 400 ", status), (framing, status, body)
+        # what aiohttp refuses is refused, not answered from the cache: an HTTP/1.1 request without Host
+        with _connect(base) as sock:
+            sock.sendall(_wire_get(requests[0]).replace(b"Host: x\r\n", b""))
+            status, _, body = _Reader(sock).response()
+        assert re.match(rb"HTTP/1\.[01] 400 ", status) and b"Host" in body, (status, body)
 
         # Connection: close: answered, then closed
         with _connect(base) as sock:
