@@ -8,6 +8,7 @@ and ``Connection: close`` are handled as aiohttp handles them.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -19,10 +20,12 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from directory.service.listener import ConnectionGate, listen
 from ocsp.direct import MAX_HEAD, WRITE_LIMIT, DirectAnswers, parse
 from ocsp.lookup import Outcome
 from tests.served import http, serve
@@ -169,6 +172,31 @@ def test_answers_stop_at_what_needs_signing_and_at_the_write_limit() -> None:
     data = _post(*OK_FIELDS, b"Connection: close") + POST
     assert direct.answer(data, closing) == len(data) and closing.closed and len(closing.written) == 1
     assert b"\r\nConnection: close\r\n\r\nDER" in closing.written[0]
+
+
+async def test_an_idle_client_that_does_not_read_is_cut_off() -> None:
+    """A connection the gate answers is closed when idle; one whose answers are still unsent then (the client
+    does not read) is aborted: a graceful close would wait for it forever, holding its slot."""
+    big = Outcome(b"x" * (8 * 1024 * 1024), "successful", "presigned")  # more than the socket buffers take
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    gate = ConnectionGate(4, 5.0, idle_timeout=0.3, direct=DirectAnswers(_Component({BODY: big})).answer)  # type: ignore[arg-type]
+    server = await listen(runner, "127.0.0.1", 0, gate)
+    loop = asyncio.get_running_loop()
+    try:
+        for request in (POST, POST.replace(b"Host: x", b"Host: x\r\nConnection: close")):
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, server.sockets[0].getsockname())
+                await loop.sock_sendall(sock, request)
+                deadline = loop.time() + 3
+                while gate.open and loop.time() < deadline:
+                    await asyncio.sleep(0.05)
+                assert gate.open == 0 and not gate.held, request
+    finally:
+        server.close()
+        await runner.cleanup()
 
 
 # -- against the service ---------------------------------------------------------------------------------------

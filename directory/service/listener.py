@@ -192,7 +192,12 @@ class _Gated(asyncio.Protocol):
         self.deadline_at = None
         if self.idle:  # kept alive and unused: closed as aiohttp closes its idle connections
             if self.transport is not None:
-                self.transport.close()
+                # answers still unsent after idle_timeout of silence: a client that does not read, which a
+                # graceful close would wait for forever (its slot with it)
+                if self.transport.get_write_buffer_size():
+                    self.transport.abort()
+                else:
+                    self.transport.close()
             return
         self.gate.timed_out += 1
         log.debug("%s listener: request not received within %.0f s, connection closed", self.gate.name,
