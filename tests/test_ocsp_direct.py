@@ -199,6 +199,59 @@ async def test_an_idle_client_that_does_not_read_is_cut_off() -> None:
         await runner.cleanup()
 
 
+async def test_a_client_that_reads_nothing_is_cut_off_but_a_slow_reader_is_not() -> None:
+    """Past WRITE_LIMIT the direct path leaves a connection to aiohttp's flow control, whose handler waits in
+    ``drain()`` for as long as the client does not read: the gate aborts a connection of which the client takes
+    nothing for ``request_timeout`` while writing is paused, and keeps one that reads, however slowly."""
+    from directory.service.app import fronted
+
+    big = b"x" * (16 * 1024 * 1024)  # more than the socket buffers take
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=big)
+
+    app = web.Application()
+    app.router.add_get("/big", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    assert runner.server is not None
+    runner.server.request_handler = fronted(runner.server.request_handler)  # type: ignore[arg-type]
+    gate = ConnectionGate(4, 0.5)
+    server = await listen(runner, "127.0.0.1", 0, gate)
+    loop = asyncio.get_running_loop()
+
+    async def client(reads: bool) -> int:
+        with socket.socket() as sock:
+            if not reads:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, server.sockets[0].getsockname())
+            await loop.sock_sendall(sock, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            got, deadline = 0, loop.time() + 8
+            while loop.time() < deadline:
+                await asyncio.sleep(0.01 if reads else 0.1)
+                if not gate.open:
+                    return got
+                if reads:
+                    try:
+                        chunk = sock.recv(131072)  # 13 MB/s at most: the answer takes more than 0.5 s
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        return got
+                    got += len(chunk)
+                    if got > len(big):
+                        return got
+            return -1
+
+    try:
+        assert await client(reads=False) == 0  # aborted, not left open
+        assert await client(reads=True) > len(big)  # read whole
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
 # -- against the service ---------------------------------------------------------------------------------------
 
 def _requests(demo: Path, nonce: bool = False) -> list[bytes]:
