@@ -113,6 +113,61 @@ def test_a_second_field_aiohttp_refuses_is_left_to_aiohttp() -> None:
         assert parse(_post(*OK_FIELDS, field, field), 0) is None, name
 
 
+_SEEDS = (POST, _post(*OK_FIELDS, b"User-Agent: u", b"X-Request-ID: z", line=b"POST /ocsp/ HTTP/1.1"),
+          b"GET /ocsp/MEIw%2B HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n", b"")
+_PIECES = (b"\r\n", b"\r", b"\n", b" ", b"\t", b":", b"\x00", b"\x7f", b"\x80", b"0", b"a", b"%", b"/", b"?", b"#",
+           b",", b";", b'"', b"@", b"\x0b", b"..", b"%zz", b"HTTP/1.0", b"GET ", b"POST ", b"/ocsp", b"Host: x\r\n",
+           b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\r\n", b"Connection: close\r\n",
+           b"Proxy-Connection: close\r\n", b"Upgrade: websocket\r\n", b"Connection: Upgrade\r\n",
+           b"Content-Encoding: gzip\r\n", b"Expect: 100-continue\r\n", b"Sec-WebSocket-Key1: x\r\n",
+           b"X-Request-ID: \r\n", b"User-Agent: v\r\n")
+
+
+def test_what_is_taken_aiohttp_frames_the_same_way() -> None:
+    """A differential fuzz: whatever parse() takes of mutated requests, aiohttp's own parser (llhttp) reads
+    as the same requests (method, target, body, keep-alive), refusing none of them."""
+    import random
+    from unittest import mock
+
+    from aiohttp.http_parser import HttpRequestParser
+
+    loop = asyncio.new_event_loop()
+    rng = random.Random(15)
+    taken = 0
+    try:
+        for _ in range(4000):
+            data = bytearray(rng.choice(_SEEDS[:3]) + rng.choice(_SEEDS))
+            for _ in range(rng.randint(1, 3)):
+                at = rng.randint(0, len(data))
+                if rng.random() < 0.5:
+                    data[at:at] = rng.choice(_PIECES)
+                else:
+                    del data[at:at + rng.randint(1, 3)]
+            requests, pos = [], 0
+            while (found := parse(bytes(data), pos)) is not None:
+                requests.append(found)
+                pos = found[0]
+                if found[4]:  # Connection: close: what follows is not read
+                    break
+            if not requests:
+                continue
+            taken += len(requests)
+            parser = HttpRequestParser(mock.Mock(), loop, 2**16, max_line_size=8190, max_field_size=8190)
+            messages = parser.feed_data(bytes(data[:pos]))[0]
+            assert len(messages) == len(requests), bytes(data)
+            for (_, received, get, _, close), (message, payload) in zip(requests, messages, strict=True):
+                assert (message.method, message.version, message.should_close) == (
+                    "GET" if get else "POST", (1, 1), close), bytes(data)
+                if get:
+                    assert message.path == "/ocsp" + received, bytes(data)
+                else:
+                    body = b"".join(getattr(payload, "_buffer", ()))  # none: aiohttp's EmptyStreamReader
+                    assert body == received and payload.is_eof(), bytes(data)
+    finally:
+        loop.close()
+    assert taken > 500, taken  # the mutations leave enough taken to mean something
+
+
 class _Transport:
     def __init__(self, buffered: int = 0) -> None:
         self.written: list[bytes] = []
