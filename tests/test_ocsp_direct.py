@@ -302,6 +302,9 @@ async def test_a_client_that_reads_nothing_is_cut_off_but_a_slow_reader_is_not()
     try:
         assert await client(reads=False) == 0  # aborted, not left open
         assert await client(reads=True) > len(big)  # read whole
+        gate.cut_stalled_readers = False  # the internal listener: its clients are the serving processes
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client(reads=False), 2)
     finally:
         server.close()
         await runner.cleanup()

@@ -14,7 +14,9 @@ connection forever. Here each listener has:
   whose time is not the client's, begins);
 - a bound on clients that do not read: once more is unsent than the transport's high-water mark (writing
   paused), a connection of which the client then takes nothing for ``request_timeout`` is aborted. aiohttp
-  would wait for it forever, its handler in ``drain()`` (pipelined requests get there at once).
+  would wait for it forever, its handler in ``drain()`` (pipelined requests get there at once). Not on the
+  internal listener (``cut_stalled_readers``): a serving process reads from it only as fast as its own
+  client reads, in 64 KiB steps.
 
 A plain listener may also answer requests itself before aiohttp sees them (``ConnectionGate.direct``: the
 OCSP answers held, ``ocsp/direct.py``). Such a connection is the gate's own until a read holds anything that
@@ -64,6 +66,9 @@ class ConnectionGate:
     idle_timeout: float = 15.0  # a connection answered by ``direct`` alone, closed when idle this long
     # answers the whole requests at the start of a read, returns the bytes they took (plain listeners only)
     direct: Callable[[bytes, asyncio.Transport], int] | None = None
+    # abort a client that reads nothing of what waits for it (writing paused) for ``request_timeout``; off for
+    # the internal listener, whose clients, the serving processes, stop reading while their own client is slow
+    cut_stalled_readers: bool = True
     open: int = 0
     refused: int = 0
     lingering: int = 0
@@ -258,7 +263,7 @@ class _Gated(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        if self.stall is None and self.transport is not None:
+        if self.stall is None and self.transport is not None and self.gate.cut_stalled_readers:
             self._watch_writes(self.transport.get_write_buffer_size())
         if self.started:
             self.inner.pause_writing()

@@ -107,7 +107,7 @@ class WorkerPool:
         self.sockets = Path(tempfile.mkdtemp(prefix="annuaire-", dir=runtime))  # 0700: this user only
         n = len(self.slots)
         self.internal = ConnectionGate(2 * n * INTERNAL_CAP_PER_WORKER, service.config.http.request_timeout,
-                                       name="internal")
+                                       name="internal", cut_stalled_readers=False)
         live = web.Application(client_max_size=64 * 1024)
         live.router.add_post("/live", self._live)
         self._live_runner = web.AppRunner(live, access_log=None)
