@@ -7,14 +7,15 @@ answered here, from the very look-up the aiohttp handlers use (``from_cache``), 
 
 Only a strict subset of HTTP/1.1 is taken, every byte of it checked: ``POST /ocsp`` (or ``/ocsp/``) with one
 ``Content-Length`` and ``Content-Type: application/ocsp-request``, or ``GET /ocsp/{base64}``; CRLF line ends;
-header names as tokens and values of visible ASCII; no ``Transfer-Encoding``, ``Content-Encoding`` (aiohttp
-would inflate the body), ``Expect``, ``Upgrade``, nor a
-``Connection`` other than ``keep-alive`` or ``close`` (then answered and closed, what follows unread); the whole
-request, body included, within the bytes received. A
-request so spelled means the same to any HTTP/1.1 parser, so none can read it otherwise (no smuggling
-through the difference). Anything else, and any request whose answer is not held (it needs the HSM), is left
-to aiohttp from that request on: the caller then hands the rest of the connection to aiohttp for good, so
-its parser starts at a request boundary and the answers keep their order.
+header names as tokens and values of visible ASCII; one ``Host``; no second of a field aiohttp takes once
+(its parser's 400); no ``Transfer-Encoding``, ``Content-Encoding`` (aiohttp would inflate the body),
+``Expect``, ``Upgrade``, ``Proxy-Connection`` (llhttp's ``Connection``), nor a ``Connection`` other than
+``keep-alive`` or ``close`` (then answered and closed, what follows unread); the whole request, body included,
+within the bytes received. A request so spelled means the same to any HTTP/1.1 parser, so none can read it
+otherwise (no smuggling through the difference), and aiohttp would answer it, not refuse it. Anything else,
+and any request whose answer is not held (it needs the HSM), is left to aiohttp from that request on: the
+caller then hands the rest of the connection to aiohttp for good, so its parser starts at a request boundary
+and the answers keep their order.
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ MAX_FIELDS = 32
 WRITE_LIMIT = 64 * 1024  # answers queued unread by the client: past this, aiohttp's flow control takes over
 _FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?[ \t]*")
 _GET_TARGET = re.compile(rb"/ocsp/[A-Za-z0-9+/=%._~-]*")
-# framing or body semantics aiohttp handles (chunks, 100-continue, protocol switch, decompressed bodies)
-_REFUSED_FIELDS = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"content-encoding"})
+# framing or body semantics aiohttp handles (chunks, 100-continue, protocol switch, decompressed bodies; llhttp
+# reads Proxy-Connection as Connection), what it refuses (400: the old WebSocket handshake), and the fields of
+# which its parser refuses a second (SINGLETON_HEADERS) that no OCSP client sends even once
+_REFUSED_FIELDS = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"content-encoding", b"proxy-connection",
+                             b"sec-websocket-key1", b"content-location", b"content-range", b"etag", b"max-forwards",
+                             b"server"})
 _SERVER = f"Server: {SERVER_SOFTWARE}\r\n".encode()
 _KEEP, _CLOSE = b"\r\n", b"Connection: close\r\n\r\n"
 
@@ -115,14 +120,19 @@ def parse(data: bytes, pos: int) -> tuple[int, bytes | str, bool, str, bool] | N
         return None
     length: int | None = None
     content_type: bytes | None = None
-    given_id = ""
+    given_id: str | None = None
     close: bool | None = None
+    host = agent = False
     for field in lines[1:]:
         match = _FIELD.fullmatch(field)
         if match is None:
             return None
         name, value = match.group(1).lower(), match.group(2) or b""
-        if name == b"content-length":
+        if name == b"host":  # one, as aiohttp wants (RFC 9112 section 3.2: else a 400)
+            if host:
+                return None
+            host = True
+        elif name == b"content-length":
             if length is not None or not value.isdigit() or len(value) > 6:
                 return None
             length = int(value)
@@ -130,23 +140,29 @@ def parse(data: bytes, pos: int) -> tuple[int, bytes | str, bool, str, bool] | N
             if content_type is not None:
                 return None
             content_type = value.lower()
+        elif name == b"user-agent":  # a second one: aiohttp's 400
+            if agent:
+                return None
+            agent = True
         elif name == b"connection":
             value = value.lower()
             if close is not None or value not in (b"keep-alive", b"close"):
                 return None
             close = value == b"close"
         elif name == b"x-request-id":
-            if given_id:
+            if given_id is not None:  # aiohttp's path would take the first
                 return None
             given_id = value.decode("ascii")
         elif name in _REFUSED_FIELDS:
             return None
+    if not host:
+        return None
     body_at = head_end + 4
     if get:
-        return (body_at, line[9:-9].decode("ascii"), True, given_id, bool(close)) if not length else None
+        return (body_at, line[9:-9].decode("ascii"), True, given_id or "", bool(close)) if not length else None
     if length is None or length > MAX_BODY or content_type != b"application/ocsp-request":
         return None
     end = body_at + length
     if end > len(data):
         return None
-    return end, data[body_at:end], False, given_id, bool(close)
+    return end, data[body_at:end], False, given_id or "", bool(close)

@@ -8,6 +8,7 @@ and ``Connection: close`` are handled as aiohttp handles them.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -19,10 +20,12 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from directory.service.listener import ConnectionGate, listen
 from ocsp.direct import MAX_HEAD, WRITE_LIMIT, DirectAnswers, parse
 from ocsp.lookup import Outcome
 from tests.served import http, serve
@@ -35,7 +38,7 @@ def _post(*fields: bytes, body: bytes = BODY, line: bytes = b"POST /ocsp HTTP/1.
     return line + b"\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n" + body
 
 
-OK_FIELDS = (b"Content-Type: application/ocsp-request", b"Content-Length: 10")
+OK_FIELDS = (b"Host: x", b"Content-Type: application/ocsp-request", b"Content-Length: 10")
 
 
 def test_the_subset_taken() -> None:
@@ -57,21 +60,27 @@ def test_the_subset_taken() -> None:
     POST.replace(b"POST /ocsp", b"POST /ocsp?x=1"),
     POST.replace(b"POST /ocsp", b"POST  /ocsp"),
     POST.replace(b"POST /ocsp", b"PUT /ocsp"),
-    _post(b"Content-Type: application/ocsp-request"),  # no length
+    _post(b"Host: x", b"Content-Type: application/ocsp-request"),  # no length
     _post(*OK_FIELDS, b"Content-Length: 10"),  # twice
     _post(*OK_FIELDS, b"Transfer-Encoding: chunked"),  # CL.TE
-    _post(b"Content-Type: application/ocsp-request", b"Content-Length: +10"),
-    _post(b"Content-Type: application/ocsp-request", b"Content-Length: 1 0"),
-    _post(b"Content-Type: application/ocsp-request", b"Content-Length: 0x0a"),
-    _post(b"Content-Type: application/ocsp-request", b"Content-Length: 10240000"),  # past MAX_BODY
+    _post(b"Host: x", b"Content-Type: application/ocsp-request", b"Content-Length: +10"),
+    _post(b"Host: x", b"Content-Type: application/ocsp-request", b"Content-Length: 1 0"),
+    _post(b"Host: x", b"Content-Type: application/ocsp-request", b"Content-Length: 0x0a"),
+    _post(b"Host: x", b"Content-Type: application/ocsp-request", b"Content-Length: 10240000"),  # past MAX_BODY
     _post(*OK_FIELDS, b"Expect: 100-continue"),
     _post(*OK_FIELDS, b"Upgrade: h2c"),
     _post(*OK_FIELDS, b"Content-Encoding: gzip"),  # aiohttp would inflate the body
     _post(*OK_FIELDS, b"Connection: keep-alive, Upgrade"),
     _post(*OK_FIELDS, b"Connection: close", b"Connection: keep-alive"),
-    _post(b"Content-Type: text/plain", b"Content-Length: 10"),  # aiohttp's handler says malformedRequest
+    _post(b"Host: x", b"Content-Type: text/plain", b"Content-Length: 10"),  # aiohttp's handler says malformedRequest
     _post(*OK_FIELDS, b"Content-Type: application/ocsp-request"),
     _post(*OK_FIELDS, b"X-Request-ID: a", b"X-Request-ID: b"),
+    _post(*OK_FIELDS, b"X-Request-ID:", b"X-Request-ID: b"),  # aiohttp's path takes the first (empty) one
+    _post(*OK_FIELDS[1:]),  # no Host: aiohttp's 400 (RFC 9112 3.2)
+    _post(*OK_FIELDS, b"Host: y"),  # a second Host: aiohttp's 400
+    _post(*OK_FIELDS, b"User-Agent: a", b"user-agent: b"),  # aiohttp refuses a second of its singletons
+    _post(*OK_FIELDS, b"Proxy-Connection: close"),  # llhttp reads it as Connection: close
+    _post(*OK_FIELDS, b"Sec-WebSocket-Key1: x"),  # aiohttp's 400
     _post(*OK_FIELDS, b"X-Folded: a", b" b"),  # obs-fold
     _post(*OK_FIELDS, b"X-Bad : a"),  # space before the colon
     _post(*OK_FIELDS, b"X-Bad: a\nb"),  # a bare LF inside a line
@@ -84,6 +93,7 @@ def test_the_subset_taken() -> None:
     _post(*OK_FIELDS, *[b"X-%d: y" % n for n in range(40)]),
     b"\r\n" + POST,  # a leading empty line
     b"GET /ocsp HTTP/1.1\r\n\r\n",  # the empty GET: its own route
+    b"GET /ocsp/MEIw HTTP/1.1\r\nX-Request-ID: a\r\n\r\n",  # no Host
     b"GET /ocsp/MEIw HTTP/1.1\r\nContent-Length: 4\r\n\r\nMEIw",  # a GET with a body
     b"GET /ocsp/ME Iw HTTP/1.1\r\n\r\n",
     b"GET /ocsp/ME\"Iw HTTP/1.1\r\n\r\n",
@@ -93,6 +103,69 @@ def test_the_subset_taken() -> None:
 ])
 def test_anything_else_is_left_to_aiohttp(raw: bytes) -> None:
     assert parse(raw, 0) is None
+
+
+def test_a_second_field_aiohttp_refuses_is_left_to_aiohttp() -> None:
+    from aiohttp.http_parser import SINGLETON_HEADERS
+
+    for name in SINGLETON_HEADERS:
+        field = f"{name}: 10".encode()
+        assert parse(_post(*OK_FIELDS, field, field), 0) is None, name
+
+
+_SEEDS = (POST, _post(*OK_FIELDS, b"User-Agent: u", b"X-Request-ID: z", line=b"POST /ocsp/ HTTP/1.1"),
+          b"GET /ocsp/MEIw%2B HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n", b"")
+_PIECES = (b"\r\n", b"\r", b"\n", b" ", b"\t", b":", b"\x00", b"\x7f", b"\x80", b"0", b"a", b"%", b"/", b"?", b"#",
+           b",", b";", b'"', b"@", b"\x0b", b"..", b"%zz", b"HTTP/1.0", b"GET ", b"POST ", b"/ocsp", b"Host: x\r\n",
+           b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\r\n", b"Connection: close\r\n",
+           b"Proxy-Connection: close\r\n", b"Upgrade: websocket\r\n", b"Connection: Upgrade\r\n",
+           b"Content-Encoding: gzip\r\n", b"Expect: 100-continue\r\n", b"Sec-WebSocket-Key1: x\r\n",
+           b"X-Request-ID: \r\n", b"User-Agent: v\r\n")
+
+
+def test_what_is_taken_aiohttp_frames_the_same_way() -> None:
+    """A differential fuzz: whatever parse() takes of mutated requests, aiohttp's own parser (llhttp) reads
+    as the same requests (method, target, body, keep-alive), refusing none of them."""
+    import random
+    from unittest import mock
+
+    from aiohttp.http_parser import HttpRequestParser
+
+    loop = asyncio.new_event_loop()
+    rng = random.Random(15)
+    taken = 0
+    try:
+        for _ in range(4000):
+            data = bytearray(rng.choice(_SEEDS[:3]) + rng.choice(_SEEDS))
+            for _ in range(rng.randint(1, 3)):
+                at = rng.randint(0, len(data))
+                if rng.random() < 0.5:
+                    data[at:at] = rng.choice(_PIECES)
+                else:
+                    del data[at:at + rng.randint(1, 3)]
+            requests, pos = [], 0
+            while (found := parse(bytes(data), pos)) is not None:
+                requests.append(found)
+                pos = found[0]
+                if found[4]:  # Connection: close: what follows is not read
+                    break
+            if not requests:
+                continue
+            taken += len(requests)
+            parser = HttpRequestParser(mock.Mock(), loop, 2**16, max_line_size=8190, max_field_size=8190)
+            messages = parser.feed_data(bytes(data[:pos]))[0]
+            assert len(messages) == len(requests), bytes(data)
+            for (_, received, get, _, close), (message, payload) in zip(requests, messages, strict=True):
+                assert (message.method, message.version, message.should_close) == (
+                    "GET" if get else "POST", (1, 1), close), bytes(data)
+                if get:
+                    assert message.path == "/ocsp" + received, bytes(data)
+                else:
+                    body = b"".join(getattr(payload, "_buffer", ()))  # none: aiohttp's EmptyStreamReader
+                    assert body == received and payload.is_eof(), bytes(data)
+    finally:
+        loop.close()
+    assert taken > 500, taken  # the mutations leave enough taken to mean something
 
 
 class _Transport:
@@ -154,6 +227,87 @@ def test_answers_stop_at_what_needs_signing_and_at_the_write_limit() -> None:
     data = _post(*OK_FIELDS, b"Connection: close") + POST
     assert direct.answer(data, closing) == len(data) and closing.closed and len(closing.written) == 1
     assert b"\r\nConnection: close\r\n\r\nDER" in closing.written[0]
+
+
+async def test_an_idle_client_that_does_not_read_is_cut_off() -> None:
+    """A connection the gate answers is closed when idle; one whose answers are still unsent then (the client
+    does not read) is aborted: a graceful close would wait for it forever, holding its slot."""
+    big = Outcome(b"x" * (8 * 1024 * 1024), "successful", "presigned")  # more than the socket buffers take
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    gate = ConnectionGate(4, 5.0, idle_timeout=0.3, direct=DirectAnswers(_Component({BODY: big})).answer)  # type: ignore[arg-type]
+    server = await listen(runner, "127.0.0.1", 0, gate)
+    loop = asyncio.get_running_loop()
+    try:
+        for request in (POST, POST.replace(b"Host: x", b"Host: x\r\nConnection: close")):
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, server.sockets[0].getsockname())
+                await loop.sock_sendall(sock, request)
+                deadline = loop.time() + 3
+                while gate.open and loop.time() < deadline:
+                    await asyncio.sleep(0.05)
+                assert gate.open == 0 and not gate.held, request
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
+async def test_a_client_that_reads_nothing_is_cut_off_but_a_slow_reader_is_not() -> None:
+    """Past WRITE_LIMIT the direct path leaves a connection to aiohttp's flow control, whose handler waits in
+    ``drain()`` for as long as the client does not read: the gate aborts a connection of which the client takes
+    nothing for ``request_timeout`` while writing is paused, and keeps one that reads, however slowly."""
+    from directory.service.app import fronted
+
+    big = b"x" * (16 * 1024 * 1024)  # more than the socket buffers take
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=big)
+
+    app = web.Application()
+    app.router.add_get("/big", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    assert runner.server is not None
+    runner.server.request_handler = fronted(runner.server.request_handler)  # type: ignore[arg-type]
+    gate = ConnectionGate(4, 0.5)
+    server = await listen(runner, "127.0.0.1", 0, gate)
+    loop = asyncio.get_running_loop()
+
+    async def client(reads: bool) -> int:
+        with socket.socket() as sock:
+            if not reads:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, server.sockets[0].getsockname())
+            await loop.sock_sendall(sock, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            got, deadline = 0, loop.time() + 8
+            while loop.time() < deadline:
+                await asyncio.sleep(0.01 if reads else 0.1)
+                if not gate.open:
+                    return got
+                if reads:
+                    try:
+                        chunk = sock.recv(131072)  # 13 MB/s at most: the answer takes more than 0.5 s
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        return got
+                    got += len(chunk)
+                    if got > len(big):
+                        return got
+            return -1
+
+    try:
+        assert await client(reads=False) == 0  # aborted, not left open
+        assert await client(reads=True) > len(big)  # read whole
+        gate.cut_stalled_readers = False  # the internal listener: its clients are the serving processes
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client(reads=False), 2)
+    finally:
+        server.close()
+        await runner.cleanup()
 
 
 # -- against the service ---------------------------------------------------------------------------------------
@@ -280,6 +434,11 @@ def test_same_answers_as_aiohttp_in_order_and_bounded(demo: Path, workers: int) 
                              + framing + b"\r\n\r\n" + inner)
                 status, _, body = _Reader(sock).response()
             assert re.match(rb"HTTP/1\.[01] 400 ", status), (framing, status, body)
+        # what aiohttp refuses is refused, not answered from the cache: an HTTP/1.1 request without Host
+        with _connect(base) as sock:
+            sock.sendall(_wire_get(requests[0]).replace(b"Host: x\r\n", b""))
+            status, _, body = _Reader(sock).response()
+        assert re.match(rb"HTTP/1\.[01] 400 ", status) and b"Host" in body, (status, body)
 
         # Connection: close: answered, then closed
         with _connect(base) as sock:

@@ -11,7 +11,12 @@ connection forever. Here each listener has:
 - a deadline per request, from its first byte (from the TCP connection on a TLS listener: the handshake
   counts) to the last byte of its body; bytes arriving do not extend it. Past it the connection is
   aborted. The ``request_deadline`` middleware marks where a request's body ends (and the handler,
-  whose time is not the client's, begins).
+  whose time is not the client's, begins);
+- a bound on clients that do not read: once more is unsent than the transport's high-water mark (writing
+  paused), a connection of which the client then takes nothing for ``request_timeout`` is aborted. aiohttp
+  would wait for it forever, its handler in ``drain()`` (pipelined requests get there at once). Not on the
+  internal listener (``cut_stalled_readers``): a serving process reads from it only as fast as its own
+  client reads, in 64 KiB steps.
 
 A plain listener may also answer requests itself before aiohttp sees them (``ConnectionGate.direct``: the
 OCSP answers held, ``ocsp/direct.py``). Such a connection is the gate's own until a read holds anything that
@@ -61,6 +66,9 @@ class ConnectionGate:
     idle_timeout: float = 15.0  # a connection answered by ``direct`` alone, closed when idle this long
     # answers the whole requests at the start of a read, returns the bytes they took (plain listeners only)
     direct: Callable[[bytes, asyncio.Transport], int] | None = None
+    # abort a client that reads nothing of what waits for it (writing paused) for ``request_timeout``; off for
+    # the internal listener, whose clients, the serving processes, stop reading while their own client is slow
+    cut_stalled_readers: bool = True
     open: int = 0
     refused: int = 0
     lingering: int = 0
@@ -95,6 +103,7 @@ class _Gated(asyncio.Protocol):
         self.deadline: asyncio.TimerHandle | None = None
         self.in_handler = False
         self.closer: asyncio.TimerHandle | None = None
+        self.stall: asyncio.TimerHandle | None = None  # set while writing is paused: the client must take some
         # TLS: application bytes can arrive with the handshake's last flight, before start_tls returns
         self.early: list[bytes] = []
         self.early_eof = False
@@ -192,7 +201,12 @@ class _Gated(asyncio.Protocol):
         self.deadline_at = None
         if self.idle:  # kept alive and unused: closed as aiohttp closes its idle connections
             if self.transport is not None:
-                self.transport.close()
+                # answers still unsent after idle_timeout of silence: a client that does not read, which a
+                # graceful close would wait for forever (its slot with it)
+                if self.transport.get_write_buffer_size():
+                    self.transport.abort()
+                else:
+                    self.transport.close()
             return
         self.gate.timed_out += 1
         log.debug("%s listener: request not received within %.0f s, connection closed", self.gate.name,
@@ -249,13 +263,36 @@ class _Gated(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.stall is None and self.transport is not None and self.gate.cut_stalled_readers:
+            self._watch_writes(self.transport.get_write_buffer_size())
         if self.started:
             self.inner.pause_writing()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
         if self.started:
             self.inner.resume_writing()
+
+    def _watch_writes(self, unsent: int) -> None:
+        self.stall = asyncio.get_running_loop().call_later(self.gate.request_timeout, self._writes_stalled, unsent)
+
+    def _writes_stalled(self, unsent: int) -> None:
+        """Writing still paused ``request_timeout`` after ``unsent`` bytes waited: aborted if the client took
+        none of them (a slow reader that takes some is watched again)."""
+        self.stall = None
+        transport = self.transport
+        if not self.write_paused or transport is None:
+            return
+        now = transport.get_write_buffer_size()
+        if now < unsent:
+            self._watch_writes(now)
+            return
+        log.debug("%s listener: client read nothing for %.0f s, connection aborted", self.gate.name,
+                  self.gate.request_timeout)
+        transport.abort()
 
     def _release(self) -> None:
         """Give the connection's slot back (once, whichever of the TLS failure or the loss comes first)."""
@@ -276,6 +313,9 @@ class _Gated(asyncio.Protocol):
             self.closer = None
             self.gate.lingering -= 1
         self._stop_timer()
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
 
 
 def request_begins(request: web.Request) -> _Gated | None:

@@ -108,7 +108,7 @@ class WorkerPool:
         self.sockets = Path(tempfile.mkdtemp(prefix="annuaire-", dir=runtime))  # 0700: this user only
         n = len(self.slots)
         self.internal = ConnectionGate(2 * n * INTERNAL_CAP_PER_WORKER, service.config.http.request_timeout,
-                                       name="internal")
+                                       name="internal", cut_stalled_readers=False)
         self._live_server = await asyncio.get_running_loop().create_unix_server(
             lambda: LiveServer(self._live), str(self.sockets / "live.sock"))
         service.readiness_checks["workers"] = self._problem
