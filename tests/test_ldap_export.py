@@ -260,6 +260,7 @@ def test_bench_ldif_tiny() -> None:
     assert figures["entries"] > 20 and figures["certificates"] > 20
     assert figures["export_s"] > 0 and figures["ldapadd_s"] > 0 and figures["ratio"] > 0
     assert figures["cpu_export_s"] > 0 and figures["cpu_ratio"] > 0
+    assert 0 < figures["piped_loaded_s"] <= figures["piped_s"] and len(figures["load_average"]) == 2
     assert figures["verify_drift"] == 0 and figures["takeover_writes"] == 0
 
 
