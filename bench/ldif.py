@@ -6,8 +6,8 @@ once, ~13 min here, then reused; ``BENCH_LDAP_CERTIFICATES`` sets another size; 
 Same run, same slapd configuration (deploy/slapd/provider.conf, as the managed slapd writes it), each
 database fresh, each step timed until slapd listens on the loaded database:
 1. the export to a file, as its own process: time, peak RSS (the file feeds steps 2 and 4);
-2. ``slapadd -q -l FILE``, ownership to slapd's user, slapd started: "export, then slapadd";
-3. the documented path, ``annuaire ldap export --ldif --mark-synced | slapadd -q``, ownership, start: the
+2. ``slapadd -q -w -l FILE``, ownership to slapd's user, slapd started: "export, then slapadd";
+3. the documented path, ``annuaire ldap export --ldif --mark-synced | slapadd -q -w``, ownership, start: the
    export and slapadd run at once (two cores); the headline ratio;
 4. ``ldapadd -f FILE`` into another fresh, running slapd (as its rootdn: the database is empty);
 5. checks on step 3's directory: verify finds no drift, then a full pass (the service's first) writes nothing.
@@ -85,9 +85,11 @@ def _reap(proc: subprocess.Popen[bytes], what: str, step: str) -> float:
 
 
 def _slapadd(slapd: Slapd, source: Path | None) -> subprocess.Popen[bytes]:
-    """slapadd -q into the stopped, empty database, from a file or (None) from its standard input."""
+    """slapadd -q -w (as deploy/README.md's bulk load: -w writes the suffix's contextCSN) into the stopped,
+    empty database, from a file or (None) from its standard input."""
     slapd.write_config()
-    return subprocess.Popen(["slapadd", "-q", "-f", slapd.conf_file.name, *(["-l", str(source)] if source else [])],
+    source_args = ["-l", str(source)] if source else []
+    return subprocess.Popen(["slapadd", "-q", "-w", "-f", slapd.conf_file.name, *source_args],
                             stdin=subprocess.PIPE if source is None else subprocess.DEVNULL,
                             stderr=subprocess.PIPE, cwd=slapd.config.directory)
 
@@ -110,14 +112,14 @@ def _own_and_start(slapd: Slapd, proc: subprocess.Popen[bytes], step: str, start
 
 
 def load_file(slapd: Slapd, ldif: Path) -> float:
-    """slapadd -q of the file, ownership to slapd's user, slapd started (seconds, until it listens)."""
+    """slapadd -q -w of the file, ownership to slapd's user, slapd started (seconds, until it listens)."""
     started = time.monotonic()
     _own_and_start(slapd, _slapadd(slapd, ldif), "slapadd", started)
     return time.monotonic() - started
 
 
 def load_piped(config: Config, slapd: Slapd) -> tuple[float, float]:
-    """`annuaire ldap export --ldif --mark-synced | slapadd -q`, ownership, start: (seconds, export's RSS)."""
+    """`annuaire ldap export --ldif --mark-synced | slapadd -q -w`, ownership, start: (seconds, export's RSS)."""
     started = time.monotonic()
     load = _slapadd(slapd, None)
     proc = subprocess.Popen([*ANNUAIRE, "ldap", "export", "--ldif", "--mark-synced", "-c", str(config.path)],
@@ -222,9 +224,9 @@ def main() -> int:
     f = figures
     print(f"| `annuaire ldap export --ldif -o FILE` ({f['entries']:,} entries, {f['certificates']:,} certificates, "
           f"{f['ldif_mb']} MB) | {f['export_s']} s | peak RSS {f['export_rss_mb']} MB |")
-    print(f"| `slapadd -q -l FILE` + ownership + slapd start | {f['slapadd_s']} s | |")
+    print(f"| `slapadd -q -w -l FILE` + ownership + slapd start | {f['slapadd_s']} s | |")
     print(f"| export, then slapadd | {f['sequential_s']} s | {f['ratio_sequential']}× `ldapadd` |")
-    print(f"| `annuaire ldap export --ldif --mark-synced \\| slapadd -q` + ownership + start | {f['piped_s']} s | "
+    print(f"| `annuaire ldap export --ldif --mark-synced \\| slapadd -q -w` + ownership + start | {f['piped_s']} s | "
           f"{f['ratio']}× `ldapadd` |")
     print(f"| (slapadd done: from the file {f['slapadd_loaded_s']} s, piped {f['piped_loaded_s']} s; the rest is "
           f"ownership and slapd's start) | | |")
