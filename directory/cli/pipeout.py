@@ -31,8 +31,9 @@ PIPE_MAX = Path("/proc/sys/fs/pipe-max-size")
 
 
 def grow_pipe(fd: int) -> int:
-    """Grow ``fd``'s pipe to the largest size allowed without privileges; its size (0: not a pipe)."""
-    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+    """Grow ``fd``'s pipe to the largest size allowed without privileges; its size (0: not a pipe, or not
+    Linux, where pipes have no settable size)."""
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode) or not hasattr(fcntl, "F_SETPIPE_SZ"):
         return 0
     try:
         wanted = int(PIPE_MAX.read_text())
