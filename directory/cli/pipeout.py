@@ -1,12 +1,12 @@
 """A binary output written behind by a thread of its own: a producer ahead of a slower reader through a pipe.
 
 Why: ``annuaire ldap export --ldif | slapadd -q`` on two cores. A pipe holds 64 KiB; a process that writes
-it directly takes turns with its reader instead of running beside it: each blocking write returns only once
-the reader has drained the pipe down to its last bytes, and the reader then waits, the pipe empty, while the
-writer makes the next chunk (measured: the pair used one core between them, wall time = the sum of their CPU
-times, bench/RESULTS.md). Here the writes go into a bounded queue (``depth`` chunks, 8 MiB) that
-a thread drains with ``os.write`` (the GIL released while the kernel waits for the reader), and the pipe is
-grown to the size an unprivileged process may give it (``/proc/sys/fs/pipe-max-size``, 1 MiB by default:
+it directly, in larger chunks, takes turns with its reader instead of running beside it: each blocking write
+returns only once the reader has drained the pipe down to its last bytes, and the reader then waits, the pipe
+empty, while the writer makes the next chunk (measured: the pair used one core between them, wall time = the
+sum of their CPU times, bench/RESULTS.md). Here the writes go into a bounded queue (``depth`` chunks, 8 MiB)
+that a thread drains with ``os.write`` (the GIL released while the kernel waits for the reader), and the pipe
+is grown to the size an unprivileged process may give it (``/proc/sys/fs/pipe-max-size``, 1 MiB by default:
 the reader keeps that much to work on while the thread waits for the GIL to write the next chunk).
 
 Failures are the caller's as before: a write error (EPIPE when the reader died) is raised by the next
@@ -51,7 +51,7 @@ class WrittenBehind(io.RawIOBase):
         super().__init__()
         self._fd = fd
         self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
-        self._error: OSError | None = None
+        self._error: Exception | None = None
         self._thread = threading.Thread(target=self._drain, name="output", daemon=True)
         self._thread.start()
 
@@ -73,8 +73,8 @@ class WrittenBehind(io.RawIOBase):
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(self._fd, view):]
-            except OSError as exc:
-                self._error = exc
+            except Exception as exc:  # kept for the producer; the thread goes on emptying the queue, so a
+                self._error = exc  # producer blocked on a full one is never left waiting
 
     def close(self) -> None:
         """Wait until every queued byte is written; raise the first write error."""
