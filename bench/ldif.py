@@ -6,13 +6,14 @@ once, ~13 min here, then reused; ``BENCH_LDAP_CERTIFICATES`` sets another size; 
 Same run, same slapd configuration (deploy/slapd/provider.conf, as the managed slapd writes it), each
 database fresh, each step timed until slapd listens on the loaded database:
 1. the export to a file, as its own process: time, peak RSS (the file feeds steps 2 and 4);
-2. ``slapadd -q -l FILE``, ownership to slapd's user, slapd started: "export, then slapadd";
-3. the documented path, ``annuaire ldap export --ldif --mark-synced | slapadd -q``, ownership, start: the
+2. ``slapadd -q -w -l FILE``, ownership to slapd's user, slapd started: "export, then slapadd";
+3. the documented path, ``annuaire ldap export --ldif --mark-synced | slapadd -q -w``, ownership, start: the
    export and slapadd run at once (two cores); the headline ratio;
 4. ``ldapadd -f FILE`` into another fresh, running slapd (as its rootdn: the database is empty);
 5. checks on step 3's directory: verify finds no drift, then a full pass (the service's first) writes nothing.
 Prints a markdown table, then one JSON line (ratio = ldapadd / piped load; ratio_sequential = ldapadd /
-(export + slapadd)).
+(export + slapadd); ``*_loaded_s``: until slapadd exits, before ownership and start; the 1-minute load
+average before and after, the machine being shared).
 """
 
 from __future__ import annotations
@@ -84,20 +85,26 @@ def _reap(proc: subprocess.Popen[bytes], what: str, step: str) -> float:
 
 
 def _slapadd(slapd: Slapd, source: Path | None) -> subprocess.Popen[bytes]:
-    """slapadd -q into the stopped, empty database, from a file or (None) from its standard input."""
+    """slapadd -q -w (as deploy/README.md's bulk load: -w writes the suffix's contextCSN) into the stopped,
+    empty database, from a file or (None) from its standard input."""
     slapd.write_config()
-    return subprocess.Popen(["slapadd", "-q", "-f", slapd.conf_file.name, *(["-l", str(source)] if source else [])],
+    source_args = ["-l", str(source)] if source else []
+    return subprocess.Popen(["slapadd", "-q", "-w", "-f", slapd.conf_file.name, *source_args],
                             stdin=subprocess.PIPE if source is None else subprocess.DEVNULL,
                             stderr=subprocess.PIPE, cwd=slapd.config.directory)
 
 
-def _own_and_start(slapd: Slapd, proc: subprocess.Popen[bytes], step: str) -> None:
+LOADED: dict[str, float] = {}  # seconds from a step's start until slapadd exits (before ownership and start)
+
+
+def _own_and_start(slapd: Slapd, proc: subprocess.Popen[bytes], step: str, started: float) -> None:
     assert proc.stderr is not None
     errors = proc.stderr.read()
     try:
         _reap(proc, "slapadd", step)
     except RuntimeError:
         raise RuntimeError(f"slapadd: {errors[-1000:].decode(errors='replace')}") from None
+    LOADED[step] = time.monotonic() - started
     user = unprivileged_user()
     if user:  # slapadd ran as root: its files go to the user slapd runs as
         subprocess.run(["chown", "-R", f"{user}:{user}", str(slapd.config.directory / "data")], check=True)
@@ -105,14 +112,14 @@ def _own_and_start(slapd: Slapd, proc: subprocess.Popen[bytes], step: str) -> No
 
 
 def load_file(slapd: Slapd, ldif: Path) -> float:
-    """slapadd -q of the file, ownership to slapd's user, slapd started (seconds, until it listens)."""
+    """slapadd -q -w of the file, ownership to slapd's user, slapd started (seconds, until it listens)."""
     started = time.monotonic()
-    _own_and_start(slapd, _slapadd(slapd, ldif), "slapadd")
+    _own_and_start(slapd, _slapadd(slapd, ldif), "slapadd", started)
     return time.monotonic() - started
 
 
 def load_piped(config: Config, slapd: Slapd) -> tuple[float, float]:
-    """`annuaire ldap export --ldif --mark-synced | slapadd -q`, ownership, start: (seconds, export's RSS)."""
+    """`annuaire ldap export --ldif --mark-synced | slapadd -q -w`, ownership, start: (seconds, export's RSS)."""
     started = time.monotonic()
     load = _slapadd(slapd, None)
     proc = subprocess.Popen([*ANNUAIRE, "ldap", "export", "--ldif", "--mark-synced", "-c", str(config.path)],
@@ -120,7 +127,7 @@ def load_piped(config: Config, slapd: Slapd) -> tuple[float, float]:
     assert load.stdin is not None
     load.stdin.close()  # the export's copy is the only writer left: slapadd sees the end when it exits
     rss = _reap(proc, "export | slapadd", "piped")
-    _own_and_start(slapd, load, "piped")
+    _own_and_start(slapd, load, "piped", started)
     return time.monotonic() - started, rss
 
 
@@ -151,7 +158,13 @@ def ldapadd(slapd: Slapd, ldif: Path, work: Path) -> float:
     return seconds
 
 
+def _load_average() -> float:
+    """The machine's 1-minute load average (the runs share its two cores with whatever else runs)."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 def run(base: Path, work: Path) -> dict[str, object]:
+    load_before = _load_average()
     ldif = work / "export.ldif"
     _, from_file = directory_config(base, work, "from-file")
     piped_config, piped = directory_config(base, work, "piped")
@@ -179,13 +192,15 @@ def run(base: Path, work: Path) -> dict[str, object]:
             "ldif_mb": round(int(report["bytes"]) / 1e6, 1),  # type: ignore[call-overload]
             "export_s": round(export_s, 2), "export_rss_mb": round(max(export_rss, piped_rss)),
             "slapadd_s": round(slapadd_s, 2), "sequential_s": round(sequential, 2), "piped_s": round(piped_s, 2),
+            "slapadd_loaded_s": round(LOADED["slapadd"], 2), "piped_loaded_s": round(LOADED["piped"], 2),
             "ldapadd_s": round(ldapadd_s, 2), "ratio": round(ldapadd_s / piped_s, 2),
             "ratio_sequential": round(ldapadd_s / sequential, 2),
             "cpu_export_s": round(CPU["export"], 2), "cpu_slapadd_s": round(CPU["slapadd"], 2),
             "cpu_piped_s": round(CPU["piped"], 2), "cpu_ldapadd_s": round(CPU["ldapadd"], 2),
             "cpu_ratio": round(CPU["ldapadd"] / CPU["piped"], 2),
             "verify_drift": verify.drift.total(), "takeover_writes": takeover.writes(),
-            "takeover_entries_read": takeover.entries_read}
+            "takeover_entries_read": takeover.entries_read,
+            "load_average": [load_before, _load_average()]}
 
 
 def main() -> int:
@@ -209,15 +224,18 @@ def main() -> int:
     f = figures
     print(f"| `annuaire ldap export --ldif -o FILE` ({f['entries']:,} entries, {f['certificates']:,} certificates, "
           f"{f['ldif_mb']} MB) | {f['export_s']} s | peak RSS {f['export_rss_mb']} MB |")
-    print(f"| `slapadd -q -l FILE` + ownership + slapd start | {f['slapadd_s']} s | |")
+    print(f"| `slapadd -q -w -l FILE` + ownership + slapd start | {f['slapadd_s']} s | |")
     print(f"| export, then slapadd | {f['sequential_s']} s | {f['ratio_sequential']}× `ldapadd` |")
-    print(f"| `annuaire ldap export --ldif --mark-synced \\| slapadd -q` + ownership + start | {f['piped_s']} s | "
+    print(f"| `annuaire ldap export --ldif --mark-synced \\| slapadd -q -w` + ownership + start | {f['piped_s']} s | "
           f"{f['ratio']}× `ldapadd` |")
+    print(f"| (slapadd done: from the file {f['slapadd_loaded_s']} s, piped {f['piped_loaded_s']} s; the rest is "
+          f"ownership and slapd's start) | | |")
     print(f"| `ldapadd -f FILE` into a running slapd (rootdn) | {f['ldapadd_s']} s | 1.00× |")
     print(f"| CPU (user + system): export {f['cpu_export_s']} s, slapadd {f['cpu_slapadd_s']} s; piped "
           f"{f['cpu_piped_s']} s; ldapadd + slapd {f['cpu_ldapadd_s']} s | ratio {f['cpu_ratio']}× in CPU |")
     print(f"| after the piped load: verify drift {f['verify_drift']}, full pass writes {f['takeover_writes']} "
           f"({f['takeover_entries_read']:,} entries read) | | |")
+    print(f"| load average (1 min) before and after: {f['load_average']} | | |")
     print(json.dumps({"bench": "ldif", "tiny": args.tiny, **figures}))
     return 0
 

@@ -24,7 +24,7 @@ from directory.ldap.managed import ensure_skeleton, managed_slapd
 from directory.ldap.slapd import Slapd, unprivileged_user
 from directory.ldap.sync import DirectorySync
 from directory.runtime import known_issuers
-from tests.conftest import ROOT, free_port, run_cli
+from tests.conftest import ANNUAIRE, ROOT, free_port, run_cli
 from tests.ldap_env import SUFFIX, LdapEnv, issue, search
 
 # names that need base64 in LDIF (RFC 2849: a leading space, ':' or '<', a trailing space, non-ASCII),
@@ -159,6 +159,14 @@ def test_export_to_standard_output_and_refusals(ldap_env: LdapEnv, tmp_path: Pat
     assert result.stdout.startswith("# annuaire") and "dn: ou=Personnes,o=sante,c=fr" in result.stdout
     assert "ldap export:" in result.stderr and "registry left as it was" in result.stderr
     assert env.registry.state_get("layout") in (None, "")  # not marked without --mark-synced
+    # the reader gone (slapadd failed): the export fails, and marks nothing
+    read, write = os.pipe()
+    os.close(read)
+    broken = subprocess.run([*ANNUAIRE, "ldap", "export", "--ldif", "--mark-synced", "-c", str(env.path)],
+                            stdout=write, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    os.close(write)
+    assert broken.returncode == 1 and "cannot write standard output" in broken.stderr, broken.stderr
+    assert env.registry.state_get("layout") in (None, "")
     assert "\ndn: o=sante,c=fr\n" in result.stdout and "userPassword" not in result.stdout
     # after deploy/slapd/seed.ldif (the suffix), or into a directory without the service's bind entry
     seeded = run_cli("ldap", "export", "--ldif", "--without-suffix", "--bind-entry", "-c", str(env.path))
@@ -252,6 +260,7 @@ def test_bench_ldif_tiny() -> None:
     assert figures["entries"] > 20 and figures["certificates"] > 20
     assert figures["export_s"] > 0 and figures["ldapadd_s"] > 0 and figures["ratio"] > 0
     assert figures["cpu_export_s"] > 0 and figures["cpu_ratio"] > 0
+    assert 0 < figures["piped_loaded_s"] <= figures["piped_s"] and len(figures["load_average"]) == 2
     assert figures["verify_drift"] == 0 and figures["takeover_writes"] == 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from directory import serials
+from directory.cli.pipeout import written_behind
 from directory.config import Config, ConfigError, load_config
 from directory.inputs import InputError, parse_time
 from directory.refusal import Refused
@@ -116,16 +117,27 @@ def output_file(path: str | None, text: bool = False) -> Iterator[IO[Any]]:
             yield sys.stdout
             return
         sys.stdout.flush()
-        with open(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False) as handle:  # a pipe to slapadd:
-            yield handle  # fewer, larger writes
+        with written_behind(sys.stdout.fileno()) as handle:  # a pipe to slapadd: each at its own pace
+            yield handle
+        null = os.open(os.devnull, os.O_WRONLY)  # complete: the reader sees the end now, not at our exit
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
         return
     target = os.path.abspath(path)
     try:
         special = not stat.S_ISREG(os.stat(target).st_mode)
     except FileNotFoundError:
         special = False
+    if special and not text:  # a named pipe into slapadd, a device
+        fd = os.open(target, os.O_WRONLY)
+        try:
+            with written_behind(fd) as stream:
+                yield stream
+        finally:
+            os.close(fd)
+        return
     if special:
-        with open(target, mode, buffering=1 << 20, encoding="utf-8" if text else None) as stream:
+        with open(target, mode, buffering=1 << 20, encoding="utf-8") as stream:
             yield stream
         return
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=os.path.dirname(target))

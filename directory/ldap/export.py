@@ -28,7 +28,7 @@ from __future__ import annotations
 import gc
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import groupby
 from operator import itemgetter
@@ -101,10 +101,14 @@ class LdifExport:
         self.desired.project_all(store=True)  # as a full pass: certificates the layout has not placed yet
         report.unpublishable = self.registry.ldap_unplaced(self.layout.digest, now)
 
-        def emit(records: list[bytes]) -> None:
-            out.writelines(records)  # into the writer's buffer: no page-sized join
-            report.bytes += sum(map(len, records))
-            report.entries += len(records)
+        def emit(records: Iterable[bytes]) -> None:
+            write, size, count = out.write, 0, 0
+            for record in records:  # each into the writer's buffer as made: the output flows, page or not
+                write(record)
+                size += len(record)
+                count += 1
+            report.bytes += size
+            report.entries += count
 
         header = ldif.comment(f"annuaire {version()} ldap export: layout {report.layout}, registry state at "
                               f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))}, outbox up to "
@@ -175,10 +179,10 @@ def _desired(groups: list[list[PublishedRow]]) -> list[DesiredEntry]:
             for group, first in zip(groups, decoded, strict=True)]
 
 
-def _records(entries: list[DesiredEntry], ders: dict[int, bytes]) -> list[bytes]:
+def _records(entries: list[DesiredEntry], ders: dict[int, bytes]) -> Iterator[bytes]:
     """The LDIF records of the adds the sync would send for ``entries`` into an empty directory:
     ``plan(e, None)`` then ``operations`` (the same ``add_attributes`` and ``add_values``), without their
-    objects."""
+    objects; one at a time (a page's records made at once would leave the reader waiting meanwhile)."""
     record = ldif.record
-    return [record(e.dn, add_values(add_attributes(e), [ders[c] for c in e.certificates.values() if c in ders]))
-            for e in entries]
+    return (record(e.dn, add_values(add_attributes(e), [ders[c] for c in e.certificates.values() if c in ders]))
+            for e in entries)
