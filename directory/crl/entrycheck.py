@@ -222,9 +222,10 @@ class RunCheck:
         self._runs: list[bytes] = []
         self._seen: dict[bytes, tuple[int, int]] = {}  # extension list -> (run, offset of the first serial)
 
-    def add(self, run: bytes, expected: int) -> None:
-        """Walk and parse ``run`` (unless its bytes were before); ``expected``: the registry's count of it."""
-        key = hashlib.sha256(run).digest()
+    def add(self, run: bytes, expected: int, key: bytes | None = None) -> None:
+        """Walk and parse ``run`` (unless its bytes were before); ``expected``: the registry's count of it;
+        ``key``: its SHA-256, when the caller hashed it already."""
+        key = key or hashlib.sha256(run).digest()
         found = self.cache.results.get(key)
         if found is None:
             found = _walk(run, 0, len(run), self.cache.templates)
