@@ -29,7 +29,7 @@ import mmap
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,12 +306,13 @@ class CrlPublisher:
     def _self_check(self, target: Target, record: CrlRecord, path: Path, tbs: _Tbs) -> str:
         """Read the file back as a relying party would and refuse it unless everything holds: ``cryptography``
         parses it without its entries (``Layout.skeleton``; a full CRL's were checked as read, a delta's are
-        here); the SHA-256 passes run on other threads meanwhile (without the GIL)."""
+        here); the SHA-256 passes read it again on other threads meanwhile (without the GIL, a block at a time:
+        the file is mapped for the rest, and only the pages parsed are ever in memory)."""
         entries = tbs.entries
-        with open(path, "rb") as fh:  # mapped, not copied (unmapped when the last view of it goes)
+        with open(path, "rb") as fh:  # unmapped when the last view of it goes
             data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         with ThreadPoolExecutor(2, thread_name_prefix="crl-check") as hashing:
-            file_sha256 = hashing.submit(hashlib.sha256, data)
+            file_sha256 = hashing.submit(_sha256_of, _blocks(path, 0, len(data)))
             try:
                 shape = layout(data)
                 crl = x509.load_der_x509_crl(shape.skeleton(data))
@@ -322,7 +323,7 @@ class CrlPublisher:
             tail = self.signer.algorithm_identifier_der + der.tlv(0x03, b"\x00" + crl.signature)
             if shape.tbs_end - shape.tbs != tbs.size or data[shape.tbs_end:] != tail:
                 raise CrlBuildError("the file is not laid out as built (TBS, algorithm, signature)")
-            digest = hashing.submit(self.signer.algorithm.digest, memoryview(data)[shape.tbs:shape.tbs_end])
+            digest = hashing.submit(self.signer.algorithm.digest, _blocks(path, shape.tbs, shape.tbs_end))
             if crl.signature_algorithm_oid.dotted_string != self.signer.algorithm_identifier["algorithm"].dotted:
                 raise CrlBuildError("signature algorithm differs from the signer's")
             if crl.issuer.public_bytes() != self._issuer_name:
@@ -358,7 +359,7 @@ class CrlPublisher:
                 raise CrlBuildError("nextUpdate is not in the future")
             if int(crl.last_update_utc.timestamp()) > now + 1:
                 raise CrlBuildError("thisUpdate is in the future")
-            return file_sha256.result().hexdigest()
+            return file_sha256.result().hex()
 
     def _walk_cache(self, filename: str) -> WalkCache:
         """The entry walks of the previous build of ``filename`` (from this process, else from disk)."""
@@ -392,6 +393,27 @@ class CrlPublisher:
 
 def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
+
+
+def _sha256_of(blocks: Iterator[memoryview]) -> bytes:
+    hasher = hashlib.sha256()
+    for block in blocks:
+        hasher.update(block)
+    return hasher.digest()
+
+
+def _blocks(path: Path, start: int, end: int, size: int = 1 << 20) -> Iterator[memoryview]:
+    """Bytes ``start`` to ``end`` of the file at ``path``, read into one buffer a block at a time (each block
+    is to be used before the next is asked for)."""
+    buffer = memoryview(bytearray(size))
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(start)
+        while start < end:
+            got = fh.readinto(buffer[:min(size, end - start)])
+            if not got:
+                raise CrlBuildError("the file is shorter than it was written")
+            yield buffer[:got]
+            start += got
 
 
 def pem_crl(data: bytes) -> bytes:
