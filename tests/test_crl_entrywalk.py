@@ -78,3 +78,18 @@ def test_a_run_that_is_not_whole_entries_is_refused() -> None:
     with pytest.raises(entrywalk.WalkProblem):
         entrywalk.walk(run + overrun, 0, len(run) + len(overrun), templates)
     assert entrywalk.walk(run, 0, 0, templates) == {}
+
+
+def test_a_run_of_one_shape_is_checked_whole_and_any_odd_entry_sends_it_to_the_walk() -> None:
+    uniform = [der.revoked_entry(0x10000000 + n, AT, 4) for n in range(500)]
+    odd_reason = der.revoked_entry(0x10000000 + 250, AT, 1)  # same length, another extension list
+    odd_serial = der.revoked_entry(2**142 + 3, AT, None)  # same length: an 18-octet serial, no extensions
+    assert len(odd_reason) == len(odd_serial) == len(uniform[0])
+    templates = entrywalk.Templates()
+    _check([b"".join(uniform)], templates)
+    assert len(entrywalk.walk(b"".join(uniform), 0, len(b"".join(uniform)), templates)) == 1
+    for odd in (odd_reason, odd_serial):
+        for at in (0, 250, 499):
+            entries = [*uniform[:at], odd, *uniform[at + 1:]]
+            _check([b"".join(entries)], entrywalk.Templates())
+            _check([b"".join(entries)], templates)

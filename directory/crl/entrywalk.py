@@ -9,9 +9,10 @@ entry). Each shape's branch ends in an empty group: after a match, the groups th
 hence the extension lists, met (with where one of their entries ends).
 
 A template fixes every length of its entry, so a match is the run's own DER tiling: the entries ``cryptography``
-parses, each extension list exactly the bytes it reads. An entry of a shape not met yet stops the match; it and
-the next few are walked in Python (their shapes learnt, at most ``MAX_SHAPES``: each distinct invalidity date
-is a shape of its own) and the match resumes.
+parses, each extension list exactly the bytes it reads. An entry of a shape not met yet stops the match; it
+and the next few are walked in Python (their shapes learnt, at most ``MAX_SHAPES``: each distinct invalidity
+date is a shape of its own) and the match resumes. A run of one shape only (sequential serials, one reason)
+is recognised faster still, a column of bytes at a time (``_one_shape``: ~0.013 µs an entry).
 """
 
 from __future__ import annotations
@@ -100,6 +101,25 @@ def _compile(shapes: Iterable[Shape]) -> _Matcher:
     return _Matcher(regex, tuple(by_group))
 
 
+def _one_shape(buf: bytes, i: int, end: int, shape: Shape) -> bool:
+    """True when ``buf[i:end]`` is entries of ``shape`` only (a run of one serial length and one extension
+    list: sequential serials, one reason), checked a column at a time in C: every literal byte of the
+    template at its offset in every entry, the extension list's last bytes first (a reason code differs
+    there). Every length byte being one of them, the entries are the run's DER tiling, as with the regex."""
+    size = 2 + shape[0]
+    count, rest = divmod(end - i, size)
+    if rest or count < 2:
+        return False
+    offset, literals = 0, []
+    for token in _tokens(shape):
+        if token >= _ANY:
+            offset += token - _ANY
+        else:
+            literals.append((offset, token))
+            offset += 1
+    return all(buf[i + at:end:size] == bytes((value,)) * count for at, value in reversed(literals))
+
+
 def shape_at(buf: bytes, i: int) -> Shape | None:
     """The shape of the entry at ``i`` when every length in it is short (every entry this service writes)."""
     length, serial = buf[i + 1], buf[i + 3]
@@ -165,6 +185,8 @@ def walk(buf: bytes, i: int, end: int, templates: Templates) -> dict[bytes, int]
     seen: dict[bytes, int] = {}
     stretch = 0
     try:
+        if i < end and (first := shape_at(buf, i)) is not None and _one_shape(buf, i, end, first):
+            return {first[4]: i + 2} if first[4] else {}
         while i < end:
             matcher = templates.matcher()
             if matcher is None or stretch:  # while no template is known, the first entries are all noted
