@@ -117,7 +117,7 @@ def test_a_rebuild_walks_only_the_segments_that_changed(monkeypatch: pytest.Monk
     segments = [b"".join(der.revoked_entry(s * 1000 + n, at, 1 + n % 2) for n in range(100)) for s in range(3)]
     walked: list[int] = []
     real = entrycheck._walk
-    monkeypatch.setattr(entrycheck, "_walk", lambda crl, i, end: walked.append(end - i) or real(crl, i, end))
+    monkeypatch.setattr(entrycheck, "_walk", lambda crl, i, end, t: walked.append(end - i) or real(crl, i, end, t))
     cache = entrycheck.WalkCache()
     lengths = [len(s) for s in segments]
     assert entrycheck.check_entry_extensions(crl_of(segments), lengths, cache) == 300
@@ -204,7 +204,7 @@ def test_a_build_in_a_new_process_walks_only_the_runs_that_changed(demo: Path,
     hsm = open_hsm(config)
     walked: list[int] = []
     real = entrycheck._walk
-    monkeypatch.setattr(entrycheck, "_walk", lambda crl, i, end: walked.append(end - i) or real(crl, i, end))
+    monkeypatch.setattr(entrycheck, "_walk", lambda crl, i, end, t: walked.append(end - i) or real(crl, i, end, t))
 
     def build() -> int:
         walked.clear()

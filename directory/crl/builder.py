@@ -7,8 +7,9 @@ The flow for one CRL, Boulder-style (each step with a clear failure story):
    registry, no per-entry Python object); each chunk is walked and parsed by ``cryptography`` with every
    entry extension (``entrycheck``; a chunk an earlier build checked, same SHA-256, is not again, even
    across processes) while the next is read; the TBS is those chunks between its head and extensions,
-   hashed as it is; only the digest goes to the HSM;
-3. write the signed CRL to a temporary file in one pass and fsync it;
+   hashed as it is (and written to a temporary file meanwhile, ``crlfile``); only the digest goes to the HSM;
+3. the outer header and the signature written around it; the fsync runs while step 4 reads the file back,
+   and is waited for before step 5;
 4. self-check: the file read back, parsed by ``cryptography`` (without its entries, checked in step 2:
    its TBS hashed again must be the digest signed), the signature verified under the CA certificate,
    issuer, number, entry count, times; a CRL that fails is never published (logged, counted, 'failed');
@@ -24,12 +25,12 @@ import dataclasses
 import hashlib
 import itertools
 import logging
-import os
+import mmap
 import queue
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +39,7 @@ from cryptography import x509
 
 from directory import der
 from directory.config import Config, IssuerConfig
+from directory.crl.crlfile import CrlFile
 from directory.crl.entrycheck import RunCheck, WalkCache, check_entry_extensions, layout
 from directory.crl.install import CrlFolder
 from directory.hsm.signer import HsmSigner, KeySigner, SignatureCheckFailed
@@ -84,7 +86,7 @@ class PublishedCrl:
 
 @dataclass(frozen=True)
 class _Tbs:
-    digest: bytes
+    digest: bytes  # of the TBS, for the HSM (b"" until hashed)
     entries: int
     size: int
     change_seq: int
@@ -192,13 +194,17 @@ class CrlPublisher:
         try:
             stage("reading", "reading entries")
             tbs = self._tbs(target, record, base)
-            stage("signing", f"signing ({tbs.entries} entries)")
-            # the TBS again for a token that only signs with a hashing mechanism (it then reads it all)
-            signature = self.signer.sign_digest(tbs.digest, source=lambda: iter(tbs.pieces))
-            stage("writing", "writing")
-            size = self._write(tbs, signature, crl_tmp)
-            stage("checking", f"checking ({size} bytes)")
-            sha256 = self._self_check(target, record, crl_tmp, tbs)
+            # the TBS written to the file (on a thread) while it is hashed here, without the GIL both
+            with CrlFile(crl_tmp, tbs.pieces, tbs.size, len(self.signer.algorithm_identifier_der) + 3 + 72) as out:
+                tbs = dataclasses.replace(tbs, digest=self._digest(tbs.pieces))
+                stage("signing", f"signing ({tbs.entries} entries)")
+                # the TBS again for a token that only signs with a hashing mechanism (it then reads it all)
+                signature = self.signer.sign_digest(tbs.digest, source=lambda: iter(tbs.pieces))
+                stage("writing", "writing")
+                size = out.finish(self.signer.algorithm_identifier_der + der.tlv(0x03, b"\x00" + signature))
+                stage("checking", f"checking ({size} bytes)")
+                sha256 = self._self_check(target, record, crl_tmp, tbs)
+                out.synced()  # fsynced while checked: on disk before it is installed
             stage("installing", "installing")
             published = self._install(target, record, crl_tmp, tbs, size, sha256, started)
             times.append(("", time.monotonic()))
@@ -232,9 +238,8 @@ class CrlPublisher:
         return der.tlv(0xA0, der.sequence(*exts))
 
     def _tbs(self, target: Target, record: CrlRecord, base: CrlRecord | None) -> _Tbs:
-        """The TBSCertList as pieces (head, the registry's entry chunks as they are, extensions) and its digest."""
+        """The TBSCertList as pieces (head, the registry's entry chunks as they are, extensions); no digest yet."""
         cutoff = None if self.settings.keep_expired else record.this_update
-        hasher = self.signer.algorithm.new_hash()
         checked = None
         with self.registry.crl_snapshot(self.issuer.name) as snap:
             if target.kind == "delta":
@@ -251,24 +256,30 @@ class CrlPublisher:
         exts = self._extensions(target, record, base)
         body_len = len(head) + len(revoked_header) + entries_len + len(exts)
         pieces = [der.header(0x30, body_len) + head + revoked_header, *chunks, exts]
-        for piece in pieces:
-            hasher.update(piece)  # large pieces: hashed without the GIL
         size = sum(map(len, pieces))
         expected = len(der.header(0x30, body_len)) + body_len
         if size != expected:
             raise CrlBuildError(f"registry changed the entries under the snapshot ({size} != {expected} bytes)")
         segments = tuple(map(len, chunks)) if target.kind == "full" else ()
-        return _Tbs(hasher.digest(), entries, size, change_seq, segments, pieces, checked)
+        return _Tbs(b"", entries, size, change_seq, segments, pieces, checked)
+
+    def _digest(self, pieces: list[bytes]) -> bytes:
+        hasher = self.signer.algorithm.new_hash()
+        for piece in pieces:
+            hasher.update(piece)  # large pieces: hashed without the GIL
+        return hasher.digest()
 
     def _read_checked(self, snap: CrlSnapshot, cutoff: int | None, target: Target) -> tuple[int, list[bytes], int]:
         """(count, chunks, entries checked): each chunk walked and parsed (``RunCheck``) while the registry,
-        on another thread and without the GIL, reads the next one."""
-        runs: queue.SimpleQueue[tuple[int, bytes] | BaseException | None] = queue.SimpleQueue()
+        on another thread and without the GIL, reads the next one, and a third thread hashes each for the
+        walk cache (off the checking thread, the longest of the three when nothing was checked before)."""
+        runs: queue.SimpleQueue[tuple[int, bytes, Future[bytes]] | BaseException | None] = queue.SimpleQueue()
+        hashing = ThreadPoolExecutor(1, thread_name_prefix="crl-hash")
 
         def read() -> None:
             try:
-                for run in snap.full_entry_runs(cutoff, target.partition):
-                    runs.put(run)
+                for count, blob in snap.full_entry_runs(cutoff, target.partition):
+                    runs.put((count, blob, hashing.submit(_sha256, blob)))
                 runs.put(None)
             except BaseException as exc:  # handed to the building thread, raised there
                 runs.put(exc)
@@ -281,38 +292,27 @@ class CrlPublisher:
             while (item := runs.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                count, blob = item
+                count, blob, key = item
                 entries += count
                 chunks.append(blob)
-                check.add(blob, count)
+                check.add(blob, count, key.result())
             return entries, chunks, check.finish()
         except (ValueError, IndexError) as exc:
             raise CrlBuildError(f"an entry does not parse: {exc}") from None
         finally:
             reader.join()  # the snapshot's connection is used by one thread at a time
-
-    def _write(self, tbs: _Tbs, signature: bytes, path: Path) -> int:
-        """The signed CRL in ``path``, written in one pass and fsynced; the TBS pieces are let go."""
-        tail = self.signer.algorithm_identifier_der + der.tlv(0x03, b"\x00" + signature)
-        header = der.header(0x30, tbs.size + len(tail))
-        with open(path, "wb") as out:
-            out.write(header)
-            for piece in tbs.pieces:
-                out.write(piece)
-            out.write(tail)
-            out.flush()
-            os.fsync(out.fileno())
-        tbs.pieces.clear()  # the self-check reads the file back: never two copies in memory
-        return len(header) + tbs.size + len(tail)
+            hashing.shutdown()
 
     def _self_check(self, target: Target, record: CrlRecord, path: Path, tbs: _Tbs) -> str:
         """Read the file back as a relying party would and refuse it unless everything holds: ``cryptography``
         parses it without its entries (``Layout.skeleton``; a full CRL's were checked as read, a delta's are
-        here); the SHA-256 passes run on other threads meanwhile (without the GIL)."""
+        here); the SHA-256 passes read it again on other threads meanwhile (without the GIL, a block at a time:
+        the file is mapped for the rest, and only the pages parsed are ever in memory)."""
         entries = tbs.entries
-        data = path.read_bytes()
+        with open(path, "rb") as fh:  # unmapped when the last view of it goes
+            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         with ThreadPoolExecutor(2, thread_name_prefix="crl-check") as hashing:
-            file_sha256 = hashing.submit(hashlib.sha256, data)
+            file_sha256 = hashing.submit(_sha256_of, _blocks(path, 0, len(data)))
             try:
                 shape = layout(data)
                 crl = x509.load_der_x509_crl(shape.skeleton(data))
@@ -323,7 +323,7 @@ class CrlPublisher:
             tail = self.signer.algorithm_identifier_der + der.tlv(0x03, b"\x00" + crl.signature)
             if shape.tbs_end - shape.tbs != tbs.size or data[shape.tbs_end:] != tail:
                 raise CrlBuildError("the file is not laid out as built (TBS, algorithm, signature)")
-            digest = hashing.submit(self.signer.algorithm.digest, memoryview(data)[shape.tbs:shape.tbs_end])
+            digest = hashing.submit(self.signer.algorithm.digest, _blocks(path, shape.tbs, shape.tbs_end))
             if crl.signature_algorithm_oid.dotted_string != self.signer.algorithm_identifier["algorithm"].dotted:
                 raise CrlBuildError("signature algorithm differs from the signer's")
             if crl.issuer.public_bytes() != self._issuer_name:
@@ -359,7 +359,7 @@ class CrlPublisher:
                 raise CrlBuildError("nextUpdate is not in the future")
             if int(crl.last_update_utc.timestamp()) > now + 1:
                 raise CrlBuildError("thisUpdate is in the future")
-            return file_sha256.result().hexdigest()
+            return file_sha256.result().hex()
 
     def _walk_cache(self, filename: str) -> WalkCache:
         """The entry walks of the previous build of ``filename`` (from this process, else from disk)."""
@@ -389,6 +389,31 @@ class CrlPublisher:
         if self.on_published is not None:
             self.on_published(published)
         return published
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _sha256_of(blocks: Iterator[memoryview]) -> bytes:
+    hasher = hashlib.sha256()
+    for block in blocks:
+        hasher.update(block)
+    return hasher.digest()
+
+
+def _blocks(path: Path, start: int, end: int, size: int = 1 << 20) -> Iterator[memoryview]:
+    """Bytes ``start`` to ``end`` of the file at ``path``, read into one buffer a block at a time (each block
+    is to be used before the next is asked for)."""
+    buffer = memoryview(bytearray(size))
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(start)
+        while start < end:
+            got = fh.readinto(buffer[:min(size, end - start)])
+            if not got:
+                raise CrlBuildError("the file is shorter than it was written")
+            yield buffer[:got]
+            start += got
 
 
 def pem_crl(data: bytes) -> bytes:

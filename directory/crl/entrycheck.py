@@ -4,17 +4,17 @@
 each extension's OID, criticality and OCTET STRING), but an extension's *value* (a reasonCode ENUMERATED,
 an invalidityDate GeneralizedTime) only when asked, and asking costs ~2 µs an entry in Python objects:
 2 s at a million entries, more than the whole build. Identical bytes parse identically, so the entries'
-extension lists are walked here (one pass over the DER), and each *distinct* list is parsed by
-``cryptography``, once, in a CRL of its own. A million entries have a few dozen distinct lists (a reason
-code each, invalidity dates where operators gave one).
+extension lists are walked (``entrywalk``: runs of entries of known shapes matched by ``re``, in C), and
+each *distinct* list is parsed by ``cryptography``, once, in a CRL of its own. A million entries have a few
+dozen distinct lists (a reason code each, invalidity dates where operators gave one).
 
 The entries themselves are parsed by ``cryptography`` run by run (the builder's segments, each in a probe
 CRL of its own), and the rest of the CRL in a copy without them (``Layout.skeleton``): a SEQUENCE OF is
 valid DER when its header is and each element is, so this is the parse of the whole file (the builder
 checks each run as it comes from the registry, ``RunCheck``, then shows by SHA-256 that the file's TBS is
-made of those very bytes). A run of entries
-whose bytes were walked and parsed before (same SHA-256) is not again (``WalkCache``): inside the service,
-and across processes through a small file beside the CRL, a rebuild parses only the runs that changed.
+made of those very bytes); the number of entries is ``cryptography``'s count. A run of entries whose bytes
+were walked and parsed before (same SHA-256) is not again (``WalkCache``): inside the service, and across
+processes through a small file beside the CRL, a rebuild parses only the runs that changed.
 
 Every extension must also be one we write (reasonCode, invalidityDate), never critical.
 """
@@ -34,6 +34,7 @@ from cryptography import x509
 from cryptography.x509.oid import CRLEntryExtensionOID
 
 from directory import der
+from directory.crl.entrywalk import Templates, WalkProblem, walk
 
 ENTRY_EXTENSIONS = {CRLEntryExtensionOID.CRL_REASON, CRLEntryExtensionOID.INVALIDITY_DATE}
 _EARLIEST = datetime(1950, 1, 1, tzinfo=UTC)
@@ -108,8 +109,8 @@ def revoked_region(crl: bytes) -> tuple[int, int]:
     return shape.entries, shape.entries_end
 
 
-def _parse_run(run: memoryview, expected: int) -> None:
-    """``cryptography`` parses a run of whole entries (in a probe CRL around it: one copy) and counts them."""
+def _parse_run(run: memoryview) -> int:
+    """``cryptography`` parses a run of whole entries (in a probe CRL around it: one copy); their number."""
     when = der.time(int(_EARLIEST.timestamp()) + 86400)
     head = b"\x02\x01\x01" + _ALGORITHM + der.sequence() + when
     inner = der.header(0x30, len(run))
@@ -118,38 +119,19 @@ def _parse_run(run: memoryview, expected: int) -> None:
     tail = _ALGORITHM + der.tlv(0x03, b"\x00")
     probe = b"".join((der.header(0x30, len(tbs) + body + len(tail)), tbs, head, inner, run, tail))
     try:
-        found = len(x509.load_der_x509_crl(probe))
+        return len(x509.load_der_x509_crl(probe))
     except ValueError as exc:
         raise EntryProblem(f"entries do not parse: {exc}") from None
-    if found != expected:
-        raise EntryProblem(f"{found} entries parsed where {expected} were walked")
 
 
-def _walk(crl: bytes, i: int, end: int) -> tuple[int, dict[bytes, int]]:
-    """(entries in crl[i:end], {extension list DER: offset of the first entry carrying it}).
-
-    The hot loop of a cold build (a few hundred ns an entry): as few operations per entry as Python allows."""
-    seen: dict[bytes, int] = {}
-    first_at = seen.setdefault
-    count = 0
-    while i < end:
-        length = crl[i + 1]
-        if length < 0x80:
-            body = i + 2
-            nxt = body + length
-        else:
-            _, body, nxt = _tlv(crl, i)
-        j = body + 4 + crl[body + 1]  # past the serial (at most 21 octets: a short length) and a tag
-        j += crl[j - 1]  # past revocationDate
-        if j < nxt:
-            first_at(crl[j:nxt], body)
-        elif j > nxt:
-            raise EntryProblem(f"entry {count} overruns its own length")
-        count += 1
-        i = nxt
-    if i != end:
-        raise EntryProblem("the last entry overruns the list")
-    return count, seen
+def _walk(crl: bytes, i: int, end: int, templates: Templates) -> tuple[int, dict[bytes, int]]:
+    """(entries in crl[i:end], {extension list DER: offset of an entry's serial carrying it}): the run walked
+    (``entrywalk``: it follows the DER lengths, so its entries are the very ones parsed) and parsed."""
+    try:
+        seen = walk(crl, i, end, templates)
+    except WalkProblem as exc:
+        raise EntryProblem(str(exc)) from None
+    return (_parse_run(memoryview(crl)[i:end]) if end > i else 0), seen
 
 
 class WalkCache:
@@ -166,6 +148,7 @@ class WalkCache:
 
     def __init__(self) -> None:
         self.results: dict[bytes, tuple[int, dict[bytes, int]]] = {}
+        self.templates = Templates()  # the entry shapes met (not saved: learnt again from the first run walked)
 
     def save(self, path: Path) -> None:
         """Write the results to ``path`` atomically (no fsync: losing it costs one walk)."""
@@ -196,6 +179,7 @@ def distinct_extensions(crl: bytes, segments: Sequence[int] = (),
     ``segments``: lengths of consecutive runs of whole entries covering the list (the builder's chunks);
     with a ``cache``, a run whose bytes were walked by the previous call is not walked again. Every run
     walked is also parsed by ``cryptography`` (``_parse_run``)."""
+    templates = cache.templates if cache is not None else Templates()
     start, end = revoked_region(crl)
     if sum(segments) != end - start:
         segments = (end - start,)
@@ -206,9 +190,7 @@ def distinct_extensions(crl: bytes, segments: Sequence[int] = (),
         key = hashlib.sha256(view[start:start + length]).digest() if cache is not None else b""
         found = cache.results.get(key) if cache is not None else None
         if found is None:
-            n, blocks = _walk(crl, start, start + length)
-            if length:
-                _parse_run(view[start:start + length], n)
+            n, blocks = _walk(crl, start, start + length, templates)
             found = (n, {block: at - start for block, at in blocks.items()})
         results[key] = found
         count += found[0]
@@ -240,13 +222,13 @@ class RunCheck:
         self._runs: list[bytes] = []
         self._seen: dict[bytes, tuple[int, int]] = {}  # extension list -> (run, offset of the first serial)
 
-    def add(self, run: bytes, expected: int) -> None:
-        """Walk and parse ``run`` (unless its bytes were before); ``expected``: the registry's count of it."""
-        key = hashlib.sha256(run).digest()
+    def add(self, run: bytes, expected: int, key: bytes | None = None) -> None:
+        """Walk and parse ``run`` (unless its bytes were before); ``expected``: the registry's count of it;
+        ``key``: its SHA-256, when the caller hashed it already."""
+        key = key or hashlib.sha256(run).digest()
         found = self.cache.results.get(key)
         if found is None:
-            found = _walk(run, 0, len(run))
-            _parse_run(memoryview(run), found[0])
+            found = _walk(run, 0, len(run), self.cache.templates)
         if found[0] != expected:
             raise EntryProblem(f"{found[0]} entries in a run the registry counts {expected}")
         self._results[key] = found
