@@ -75,7 +75,7 @@ class Outcome:
     """
 
     __slots__ = ("_get_headers", "_headers_at", "_wire_get", "_wire_get_at", "_wire_plain", "body", "etag",
-                 "next_update", "path", "status", "this_update")
+                 "next_update", "path", "status", "this_update", "wire_length")
 
     def __init__(self, body: bytes, status: str, path: str, this_update: int | None = None,
                  next_update: int | None = None, signature_tail: bytes = b"") -> None:
@@ -88,6 +88,7 @@ class Outcome:
         self._get_headers: dict[str, str] = {}
         self._wire_get_at = -1
         self._wire_get = self._wire_plain = b""
+        self.wire_length = b"Content-Length: %d\r\n" % len(body)  # its header line, as aiohttp writes it
 
     def get_headers(self, now: int) -> dict[str, str]:
         """The headers of a GET answer at ``now`` (whole seconds); the caller copies them (aiohttp does)."""
@@ -113,10 +114,6 @@ class Outcome:
         if not self._wire_plain:
             self._wire_plain = _wire(UNCACHED_HEADERS)
         return self._wire_plain
-
-    @property
-    def wire_length(self) -> bytes:
-        return b"Content-Length: %d\r\n" % len(self.body)
 
 
 def _wire(headers: dict[str, str]) -> bytes:

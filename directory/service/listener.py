@@ -116,6 +116,7 @@ class _Gated(asyncio.Protocol):
         # a stream transport (asyncio's, or uvloop's, which does not subclass asyncio.Transport)
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        self.loop = asyncio.get_running_loop()
         gate = self.gate
         if gate.open >= gate.cap:
             gate.refused += 1
@@ -174,7 +175,7 @@ class _Gated(asyncio.Protocol):
 
     def _idle(self) -> None:
         """A connection ``direct`` answers, between two reads: closed after ``idle_timeout`` of silence."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self.idle = True
         self.deadline_at = loop.time() + self.gate.idle_timeout
         if self.deadline is None:
