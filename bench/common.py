@@ -90,6 +90,23 @@ def report(summary: dict[str, object], args: argparse.Namespace, lines: list[str
     print(json.dumps(summary), flush=True)
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of process ``pid`` and of its children still running (the service's
+    serving processes: the kernel adds a child's time to its parent's only once it is waited for), threads
+    included."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

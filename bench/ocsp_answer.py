@@ -39,7 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from bench.common import OUT, demo, free_port, wait_http
+from bench.common import OUT, demo, free_port, tree_cpu_seconds, wait_http
 
 ISSUER = "ac-personnes"
 # wrk: requests built once per thread (POST bodies from hex lines, or GET paths), one drawn at random each time
@@ -136,21 +136,26 @@ def _wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def wrk(url: str, lines: Path, method: str, duration: str) -> dict[str, float]:
-    """One wrk run: ``method`` requests drawn at random from ``lines`` (POST bodies in hex, or GET paths)."""
+def wrk(url: str, lines: Path, method: str, duration: str, pid: int | None = None) -> dict[str, float]:
+    """One wrk run: ``method`` requests drawn at random from ``lines`` (POST bodies in hex, or GET paths); with
+    ``pid``, also the CPU time that server (its process and children) spent per answer, in µs."""
     script = OUT / "ocsp-answer.lua"
     script.write_text(LUA)
     env = {**os.environ, "LINES": str(lines), "METHOD": method, "TARGET": urllib.parse.urlsplit(url).path or "/"}
     base = url.split("/", 3)
+    cpu = tree_cpu_seconds(pid) if pid is not None else 0.0
     out = subprocess.run(["wrk", "-t2", "-c16", f"-d{duration}", "-s", str(script), "/".join(base[:3])], env=env,
                          capture_output=True, text=True, timeout=300).stdout
+    cpu = tree_cpu_seconds(pid) - cpu if pid is not None else 0.0
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if rate is None:
         raise RuntimeError(f"wrk against {url} printed no rate:\n{out[-2000:]}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    total = re.search(r"(\d+) requests in", out)
     result = {"rps": float(rate.group(1)), "non2xx": float(errors.group(1)) if errors else 0.0,
-              "socket_errors": float(sum(int(x) for x in sock.groups())) if sock else 0.0}
+              "socket_errors": float(sum(int(x) for x in sock.groups())) if sock else 0.0,
+              "cpu_us": 1e6 * cpu / max(1, int(total.group(1))) if total else 0.0}
     print(f"{method} {url}: {result}", file=sys.stderr)
     return result
 
@@ -247,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{tool} is missing: `make bench-packages` installs it")
     loops = [name for name in args.loops.split(",") if name != "uvloop" or _has_uvloop()]
     results: dict[str, dict[str, float]] = {}
-    targets: dict[str, tuple[str, Path, str]] = {}
+    targets: dict[str, tuple[str, Path, str, int]] = {}
     procs: list[subprocess.Popen[bytes]] = []
     answers = 0
     try:
@@ -255,10 +260,11 @@ def main(argv: list[str] | None = None) -> int:
             answers = _side(loop, args.certs, targets, procs, args.workers)
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
         for _ in range(args.rounds):
-            for name, (url, lines, method) in targets.items():
-                runs[name].append(wrk(url, lines, method, args.duration))
+            for name, (url, lines, method, pid) in targets.items():
+                runs[name].append(wrk(url, lines, method, args.duration, pid))
         for name, rows in runs.items():
             results[name] = {"rps": statistics.median(r["rps"] for r in rows),
+                             "cpu_us": statistics.median(r["cpu_us"] for r in rows),
                              "non2xx": sum(r["non2xx"] for r in rows),
                              "socket_errors": sum(r["socket_errors"] for r in rows)}
     finally:
@@ -268,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _side(loop: str, certs: int, targets: dict[str, tuple[str, Path, str]],
+def _side(loop: str, certs: int, targets: dict[str, tuple[str, Path, str, int]],
           procs: list[subprocess.Popen[bytes]], workers: int = 1) -> int:
     """Our service on ``loop`` (a demo of its own), the bare handler on the same loop, cfssl with the bytes ours
     answered: started (into ``procs``), checked, and their wrk targets added. Returns the number of answers."""
@@ -297,7 +303,8 @@ def _side(loop: str, certs: int, targets: dict[str, tuple[str, Path, str]],
     table = work / "answers.json"
     table.write_text(json.dumps({der.hex(): body.hex() for der, body in answers.items()}))
     bare_port = free_port()
-    procs.append(subprocess.Popen([sys.executable, "-c", BARE, str(bare_port), str(table), loop]))
+    bare_proc = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port), str(table), loop])
+    procs.append(bare_proc)
     bare = f"http://127.0.0.1:{bare_port}"
     sample = requests[0]
     wait_http(bare + "/ocsp/" + _b64(sample))
@@ -305,15 +312,15 @@ def _side(loop: str, certs: int, targets: dict[str, tuple[str, Path, str]],
         raise RuntimeError("the bare handler does not return our bytes")
     if get(base + "/ocsp/" + _b64(sample)) != answers[sample]:
         raise RuntimeError("our GET differs from our POST")
-    targets.update({f"ours {loop} POST": (base + "/ocsp", posts, "POST"),
-                    f"ours {loop} GET": (base + "/ocsp/", gets, "GET"),
-                    f"bare aiohttp {loop} POST": (bare + "/ocsp", posts, "POST"),
-                    f"bare aiohttp {loop} GET": (bare + "/ocsp/", gets, "GET")})
+    targets.update({f"ours {loop} POST": (base + "/ocsp", posts, "POST", ours.pid),
+                    f"ours {loop} GET": (base + "/ocsp/", gets, "GET", ours.pid),
+                    f"bare aiohttp {loop} POST": (bare + "/ocsp", posts, "POST", bare_proc.pid),
+                    f"bare aiohttp {loop} GET": (bare + "/ocsp/", gets, "GET", bare_proc.pid)})
     cfssl, cfssl_url, cfssl_get = start_cfssl(work, answers, sample)
     procs.append(cfssl)
-    targets[f"cfssl ({loop} side) POST"] = (cfssl_url + "/", posts, "POST")
+    targets[f"cfssl ({loop} side) POST"] = (cfssl_url + "/", posts, "POST", cfssl.pid)
     if cfssl_get:
-        targets[f"cfssl ({loop} side) GET"] = (cfssl_url + "/", gets, "GET")
+        targets[f"cfssl ({loop} side) GET"] = (cfssl_url + "/", gets, "GET", cfssl.pid)
     return len(answers)
 
 
@@ -333,10 +340,11 @@ def report(results: dict[str, dict[str, float]], loops: list[str], answers: int,
     table = sys.stderr if args.json else sys.stdout
     print(f"{answers} pre-signed answers of {ISSUER}, wrk -t2 -c16 -d{args.duration} keep-alive, "
           f"median of {args.rounds} interleaved rounds", file=table)
-    print("| run | req/s | non-2xx | socket errors |", file=table)
-    print("|---|---|---|---|", file=table)
+    print("| run | req/s | server CPU µs per answer | non-2xx | socket errors |", file=table)
+    print("|---|---|---|---|---|", file=table)
     for name, r in results.items():
-        print(f"| {name} | {r['rps']:,.0f} | {r['non2xx']:.0f} | {r['socket_errors']:.0f} |", file=table)
+        print(f"| {name} | {r['rps']:,.0f} | {r['cpu_us']:.1f} | {r['non2xx']:.0f} | {r['socket_errors']:.0f} |",
+              file=table)
     ratios: dict[str, float] = {}
     for loop in loops:
         for method in ("POST", "GET"):
@@ -345,6 +353,9 @@ def report(results: dict[str, dict[str, float]], loops: list[str], answers: int,
             peer = results.get(f"cfssl ({loop} side) {method}")
             if peer is not None:
                 ratios[f"ours/cfssl {loop} {method}"] = ours / peer["rps"]
+                ours_cpu = results[f"ours {loop} {method}"]["cpu_us"]
+                if ours_cpu:  # CPU per answer, the peer's over ours: what load on a shared machine distorts least
+                    ratios[f"CPU cfssl/ours {loop} {method}"] = peer["cpu_us"] / ours_cpu
     if len(loops) == 2:
         for method in ("POST", "GET"):
             ratios[f"ours uvloop/asyncio {method}"] = (results[f"ours uvloop {method}"]["rps"]
@@ -356,6 +367,7 @@ def report(results: dict[str, dict[str, float]], loops: list[str], answers: int,
                       "rounds": args.rounds,
                       "cfssl_get": any(name.startswith("cfssl") and name.endswith("GET") for name in results),
                       "rps": {name: round(r["rps"]) for name, r in results.items()},
+                      "cpu_us": {name: round(r["cpu_us"], 1) for name, r in results.items()},
                       "errors": sum(r["non2xx"] + r["socket_errors"] for r in results.values()),
                       "ratios": {name: round(value, 3) for name, value in ratios.items()}}))
 

@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.x509 import ocsp
 
-from bench.common import OUT, TINY_CERTS, arguments, demo, free_port, report, wait_http
+from bench.common import OUT, TINY_CERTS, arguments, demo, free_port, report, tree_cpu_seconds, wait_http
 from directory.hsm.signer import HsmSettings, HsmSigner
 
 PLACEHOLDER = b"\xa5NONCE-PLACEHOL\xa5"  # 16 octets, replaced in every request by a fresh nonce
@@ -196,23 +196,6 @@ class Raw:
         self.hsm.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time so far of the service: its main process and its serving processes (``[http]
-    workers``, children that live as long as it does: the kernel adds their time to the parent's only once
-    they are waited for), threads included."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry.name) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -223,11 +206,11 @@ def nonce_rate(base: str, templates: Path, duration: float, connections: int,
     """(answers/s, answers that were not ``successful``, service CPU s per answer, wrk CPU s per answer)."""
     script = OUT / "ocsp_nonce.lua"
     script.write_text(LUA)
-    service_cpu, wrk_cpu = cpu_seconds(pid), children_cpu()
+    service_cpu, wrk_cpu = tree_cpu_seconds(pid), children_cpu()
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(duration))}s", "-s", str(script), base],
                          env={**os.environ, "TEMPLATES": str(templates)}, capture_output=True, text=True,
                          timeout=duration + 120)
-    service_cpu, wrk_cpu = cpu_seconds(pid) - service_cpu, children_cpu() - wrk_cpu
+    service_cpu, wrk_cpu = tree_cpu_seconds(pid) - service_cpu, children_cpu() - wrk_cpu
     total = re.search(r"(\d+) requests in", out.stdout)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
     bad = re.search(r"NOT-SUCCESSFUL (\d+)", out.stdout)
