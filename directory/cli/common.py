@@ -110,7 +110,11 @@ def output_file(path: str | None, text: bool = False) -> Iterator[IO[Any]]:
     ``path`` renamed over it once complete (a failed or interrupted command leaves the previous file, never half
     of one). A ``path`` that exists and is not a regular file (``/dev/null``, a named pipe into ``slapadd``, a
     terminal) is written to as it is: renaming over it would put a private regular file in the place of a
-    device the whole host relies on."""
+    device the whole host relies on.
+
+    Standard output, as bytes, is written by a thread (``pipeout``) and, once complete, pointed at
+    ``/dev/null`` so a reader (slapadd) sees its end at once: whatever the command prints afterwards goes to
+    standard error (``ldap export`` does), or nowhere."""
     mode = "w" if text else "wb"
     if not path or path == "-":
         if text:

@@ -89,7 +89,9 @@ class ConnectionGate:
 
 
 class _Gated(asyncio.Protocol):
-    """Forwards to aiohttp's protocol; turns connections away past the cap; enforces the deadline."""
+    """Forwards to aiohttp's protocol, or answers whole requests itself first (``gate.direct``); turns connections
+    away past the cap; enforces the request deadline, the idle one while it answers, and cuts off clients that
+    read nothing of what waits for them."""
 
     def __init__(self, inner: Any, gate: ConnectionGate) -> None:
         self.inner = inner
@@ -110,6 +112,7 @@ class _Gated(asyncio.Protocol):
         self.direct: Callable[[bytes, asyncio.Transport], int] | None = None  # until aiohttp takes over
         self.idle = False  # the deadline set is the idle one of a connection ``direct`` answers
         self.write_paused = False
+        self.loop: asyncio.AbstractEventLoop | None = None  # set once connected: ``_idle`` runs once per read
 
     # -- admission --------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -176,6 +179,7 @@ class _Gated(asyncio.Protocol):
     def _idle(self) -> None:
         """A connection ``direct`` answers, between two reads: closed after ``idle_timeout`` of silence."""
         loop = self.loop
+        assert loop is not None
         self.idle = True
         self.deadline_at = loop.time() + self.gate.idle_timeout
         if self.deadline is None:
@@ -271,6 +275,7 @@ class _Gated(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.loop: asyncio.AbstractEventLoop | None = None  # set once connected: ``_idle`` runs once per read
         if self.stall is not None:
             self.stall.cancel()
             self.stall = None

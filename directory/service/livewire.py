@@ -21,7 +21,8 @@ import logging
 import struct
 from collections.abc import Awaitable, Callable
 
-from ocsp.lookup import Outcome
+from ocsp import response as resp
+from ocsp.lookup import Outcome, error_outcome
 
 log = logging.getLogger(__name__)
 _ASK = struct.Struct(">IIB")
@@ -46,14 +47,35 @@ def outcome_of(payload: bytes) -> Outcome:
     return outcome
 
 
+def take_frames(buffer: bytearray, header: struct.Struct) -> list[tuple[tuple[int, ...], bytes]] | None:
+    """The whole frames at the start of ``buffer`` (removed from it): (header fields, payload) each, the payload
+    length being the header's second field; None when one announces more than ``MAX_FRAME`` (the peer is
+    broken: its connection is dropped)."""
+    frames = []
+    at = 0
+    while len(buffer) - at >= header.size:
+        fields = header.unpack_from(buffer, at)
+        if fields[1] > MAX_FRAME:
+            return None
+        end = at + header.size + fields[1]
+        if len(buffer) < end:
+            break
+        frames.append((fields, bytes(buffer[at + header.size:end])))
+        at = end
+    del buffer[:at]
+    return frames
+
+
 class LiveServer(asyncio.Protocol):
     """The main process's side of one connection: each request answered by ``answer`` as soon as it is
-    signed (answers may leave in another order than the requests came: each carries its number)."""
+    signed (answers may leave in another order than the requests came: each carries its number). A request
+    whose answer fails gets ``internalError``, the others are not touched; what is still being signed when the
+    connection goes is cancelled (nobody would read it)."""
 
     def __init__(self, answer: Callable[[bytes | str], Awaitable[Outcome]]) -> None:
         self.answer = answer
         self.buffer = bytearray()
-        self.in_flight = 0
+        self.tasks: set[asyncio.Future[Outcome]] = set()
         self.paused = False
         self.transport: asyncio.Transport | None = None
 
@@ -62,48 +84,44 @@ class LiveServer(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        buffer = self.buffer
-        at = 0
-        while len(buffer) - at >= _ASK.size:
-            number, size, kind = _ASK.unpack_from(buffer, at)
-            if size > MAX_FRAME or kind >= len(KINDS):
-                log.warning("serving process sent a malformed live request: connection dropped")
-                assert self.transport is not None
-                self.transport.abort()
-                return
-            end = at + _ASK.size + size
-            if len(buffer) < end:
-                break
-            payload = bytes(buffer[at + _ASK.size:end])
-            at = end
+        frames = take_frames(self.buffer, _ASK)
+        if frames is None or any(kind >= len(KINDS) for (_, _, kind), _ in frames):
+            log.warning("serving process sent a malformed live request: connection dropped")
+            assert self.transport is not None
+            self.transport.abort()
+            return
+        for (number, _, kind), payload in frames:
             received: bytes | str = payload.decode("utf-8", "surrogateescape") if kind == 1 else payload
-            self.in_flight += 1
             task = asyncio.ensure_future(self.answer(received))
+            self.tasks.add(task)
             task.add_done_callback(lambda done, n=number: self._send(n, done))
-        del buffer[:at]
-        if self.in_flight >= MAX_IN_FLIGHT and not self.paused and self.transport is not None:
+        if len(self.tasks) >= MAX_IN_FLIGHT and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
 
     def _send(self, number: int, done: asyncio.Future[Outcome]) -> None:
-        self.in_flight -= 1
-        if self.transport is None or self.transport.is_closing():
-            return
-        if done.cancelled():
+        self.tasks.discard(done)
+        if self.transport is None or self.transport.is_closing() or done.cancelled():
             return
         exc = done.exception()
         if exc is not None:  # answer_uncounted answers internalError itself: this is not expected
             log.error("live OCSP answer failed: %r", exc)
-            self.transport.abort()
-            return
-        payload = live_payload(done.result())
+            payload = live_payload(error_outcome(resp.INTERNAL_ERROR))
+        else:
+            payload = live_payload(done.result())
+            if len(payload) > MAX_FRAME:  # the serving process would drop the connection, every request with it
+                log.error("live OCSP answer of %d bytes not sent (more than %d)", len(payload), MAX_FRAME)
+                payload = live_payload(error_outcome(resp.INTERNAL_ERROR))
         self.transport.write(_ANSWER.pack(number, len(payload)) + payload)
-        if self.paused and self.in_flight < MAX_IN_FLIGHT // 2:
+        if self.paused and len(self.tasks) < MAX_IN_FLIGHT // 2:
             self.paused = False
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        for task in self.tasks:
+            task.cancel()
+        self.tasks.clear()
 
 
 class LiveClient:
@@ -117,7 +135,9 @@ class LiveClient:
         self._number = 0
 
     async def ask(self, kind: str, data: bytes) -> Outcome:
-        """The main process's answer; ConnectionError when it cannot be had (the caller answers tryLater)."""
+        """The main process's answer. ConnectionError: the connection could not be had or was lost (worth one
+        more try, on a new one); TimeoutError: no answer in time (the signer is stuck or overloaded: the caller
+        answers tryLater rather than ask again)."""
         protocol = self._protocol
         if protocol is None or protocol.lost:
             protocol = await self._connect()
@@ -128,7 +148,7 @@ class LiveClient:
         try:
             payload = await asyncio.wait_for(waiter, self.timeout)
         except TimeoutError:
-            raise ConnectionError(f"no answer within {self.timeout:.0f} s") from None
+            raise TimeoutError(f"no answer within {self.timeout:.0f} s") from None
         finally:
             protocol.waiting.pop(number, None)
         return outcome_of(payload)
@@ -162,21 +182,14 @@ class _ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        buffer = self.buffer
-        at = 0
-        while len(buffer) - at >= _ANSWER.size:
-            number, size = _ANSWER.unpack_from(buffer, at)
-            if size > MAX_FRAME:
-                self.transport.abort()
-                return
-            end = at + _ANSWER.size + size
-            if len(buffer) < end:
-                break
+        frames = take_frames(self.buffer, _ANSWER)
+        if frames is None:
+            self.transport.abort()
+            return
+        for (number, _), payload in frames:
             waiter = self.waiting.pop(number, None)
             if waiter is not None and not waiter.done():
-                waiter.set_result(bytes(buffer[at + _ANSWER.size:end]))
-            at = end
-        del buffer[:at]
+                waiter.set_result(payload)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

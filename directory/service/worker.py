@@ -54,7 +54,7 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
                         "transfer-encoding", "upgrade", "host", "x-forwarded-for"})
 # idle connections to the main process are given up before its own idle timeout can close one being reused
 UPSTREAM_KEEPALIVE = 4.0
-UPSTREAM_CONNECTIONS = 64  # per serving process and socket: connections held open to the main process
+UPSTREAM_CONNECTIONS = 64  # per serving process: connections held open to the main process's application
 REPORT_EVERY = 1.0
 CONFIG_CHANGED = 78  # EX_CONFIG
 
@@ -79,12 +79,15 @@ class WorkerOcsp(OcspComponent):
     async def _live(self, received: bytes | str, request: Request) -> Outcome:
         kind, data = ("get", received.encode("utf-8", "surrogateescape")) if isinstance(received, str) \
             else ("post", received)
-        for attempt in (1, 2):  # once more when the connection was lost under it (the main process restarted it)
+        for attempt in (1, 2):  # once more, on a new connection, when the one it went out on was lost
             try:
                 return await self.upstream.ask(kind, data)
             except ConnectionError as exc:
                 if attempt == 2:
                     log.warning("OCSP: the main process could not sign a live answer: %s", exc)
+            except TimeoutError as exc:  # not asked again: the signer is busy enough
+                log.warning("OCSP: the main process could not sign a live answer: %s", exc)
+                break
         return error_outcome(resp.TRY_LATER, "error")
 
 

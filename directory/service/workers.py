@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SILENCE = 15.0  # seconds without a report before a serving process is taken as stuck and killed
 STOP_GRACE = 10.0  # seconds a serving process has to finish its requests on shutdown
-INTERNAL_CAP_PER_WORKER = 256  # connections a serving process may hold to each of the main process's sockets
+INTERNAL_CAP_PER_WORKER = 256  # connections a serving process may hold to the main process's application
 
 
 def store_path(config: Config) -> Path:
@@ -107,7 +107,8 @@ class WorkerPool:
         runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
         self.sockets = Path(tempfile.mkdtemp(prefix="annuaire-", dir=runtime))  # 0700: this user only
         n = len(self.slots)
-        self.internal = ConnectionGate(2 * n * INTERNAL_CAP_PER_WORKER, service.config.http.request_timeout,
+        # app.sock's gate (live.sock: one framed connection per serving process, livewire)
+        self.internal = ConnectionGate(n * INTERNAL_CAP_PER_WORKER, service.config.http.request_timeout,
                                        name="internal", cut_stalled_readers=False)
         self._live_server = await asyncio.get_running_loop().create_unix_server(
             lambda: LiveServer(self._live), str(self.sockets / "live.sock"))
