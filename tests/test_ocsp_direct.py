@@ -249,6 +249,7 @@ async def test_an_idle_client_that_does_not_read_is_cut_off() -> None:
                 while gate.open and loop.time() < deadline:
                     await asyncio.sleep(0.05)
                 assert gate.open == 0 and not gate.held, request
+        assert gate.stalled >= 1  # counted (annuaire_http_stalled_readers_total): the kept-alive one at least
     finally:
         server.close()
         await runner.cleanup()
@@ -302,6 +303,7 @@ async def test_a_client_that_reads_nothing_is_cut_off_but_a_slow_reader_is_not()
     try:
         assert await client(reads=False) == 0  # aborted, not left open
         assert await client(reads=True) > len(big)  # read whole
+        assert gate.stalled == 1
         gate.cut_stalled_readers = False  # the internal listener: its clients are the serving processes
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(client(reads=False), 2)
@@ -472,6 +474,9 @@ def test_same_answers_as_aiohttp_in_order_and_bounded(demo: Path, workers: int) 
             assert sock.recv(1) == b""
             assert 1.5 < time.monotonic() - started < 4.5
         assert http(base + "/readyz")[0] == 200
+        # every process's count of clients cut off for reading nothing is in /metrics (none here: they all read)
+        metrics = http(base + "/metrics")[2].decode()
+        assert 'annuaire_http_stalled_readers_total{listener="public"} 0.0' in metrics
         kept = _connect(base)  # answered directly and kept alive when the service stops
         kept.sendall(_wire_get(requests[0]))
         _Reader(kept).response()

@@ -106,9 +106,14 @@ class ServiceCollector:
         gates = [gate] + ([self.service.admin_connections] if self.service.admin_connections is not None else [])
         timeouts = CounterMetricFamily("annuaire_http_request_timeouts", "Connections aborted because a request "
                                        "did not arrive whole within request_timeout", labels=["listener"])
+        stalled = CounterMetricFamily("annuaire_http_stalled_readers", "Connections aborted because the client read "
+                                      "nothing of the answers waiting for it (for request_timeout, or idle_timeout)",
+                                      labels=["listener"])
         for g in gates:
             timeouts.add_metric([g.name], g.timed_out)
+            stalled.add_metric([g.name], g.stalled)
         yield timeouts
+        yield stalled
         admin = self.service.admin_connections
         if admin is not None:
             open_admin = GaugeMetricFamily("annuaire_admin_connections_open", "Open connections on the admin listener")

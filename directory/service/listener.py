@@ -73,6 +73,7 @@ class ConnectionGate:
     refused: int = 0
     lingering: int = 0
     timed_out: int = 0
+    stalled: int = 0  # connections aborted because the client read nothing of its answers
     held: set[_Gated] = field(default_factory=set)  # connections ``direct`` answers: aiohttp does not know them
 
     def close_held(self) -> None:
@@ -209,6 +210,7 @@ class _Gated(asyncio.Protocol):
                 # answers still unsent after idle_timeout of silence: a client that does not read, which a
                 # graceful close would wait for forever (its slot with it)
                 if self.transport.get_write_buffer_size():
+                    self.gate.stalled += 1
                     self.transport.abort()
                 else:
                     self.transport.close()
@@ -298,6 +300,7 @@ class _Gated(asyncio.Protocol):
             return
         log.debug("%s listener: client read nothing for %.0f s, connection aborted", self.gate.name,
                   self.gate.request_timeout)
+        self.gate.stalled += 1
         transport.abort()
 
     def _release(self) -> None:

@@ -146,7 +146,8 @@ class Reporter:
         latency = self.ocsp.metrics.latency.cumulative()  # type: ignore[union-attr]
         gate = self.gate
         return json.dumps({"ack": ack, "by_status": stats.by_status, "by_path": stats.by_path, "latency": latency,
-                           "open": gate.open, "refused": gate.refused, "timed_out": gate.timed_out})
+                           "open": gate.open, "refused": gate.refused, "timed_out": gate.timed_out,
+                           "stalled": gate.stalled})
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -232,6 +232,7 @@ class WorkerPool:
         gate = self.service.connections
         gate.open = int(sum(s.counts.get("open", 0) for s in self.slots))
         gate.refused, gate.timed_out = int(totals.get("refused", 0)), int(totals.get("timed_out", 0))
+        gate.stalled = int(totals.get("stalled", 0))
 
     async def refresh(self, timeout: float = 1.0) -> None:
         """Ask every serving process for its counts now and wait for them (a /metrics scrape tells what
