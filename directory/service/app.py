@@ -31,7 +31,7 @@ from directory.runtime import inspect_hsm, open_config_registry, open_hsm
 from directory.service.eventloop import EventLoopUnavailable, loop_factory
 from directory.service.limits import Budget, DescriptorBudgetError
 from directory.service.limits import plan as plan_descriptors
-from directory.service.listener import ConnectionGate, listen, listen_unix, port_free, request_begins, request_cut_off
+from directory.service.listener import ConnectionGate, listen, listen_unix, port_free, request_deadline
 from directory.service.systemd import Notifications
 from directory.service.workers import WorkerPool, with_workers
 
@@ -137,30 +137,15 @@ RequestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def fronted(handle: RequestHandler) -> RequestHandler:
     """The public listener's request handler: ``request_deadline`` and ``request_ids`` around the application's
-    own (``Server.request_handler``), not as middlewares. Any middleware makes aiohttp wrap every handler in
-    layers of its own: measured, they cost a pre-signed OCSP answer ~8 µs of its ~60 (bench/ocsp_answer.py).
-    Routing errors (404, 405) pass through here too."""
+    own (``Server.request_handler``), called as functions rather than registered as middlewares: any middleware
+    makes aiohttp wrap every handler in layers of its own (measured: ~8 µs of a ~60 µs answer,
+    bench/ocsp_answer.py). Routing errors (404, 405) pass through here too."""
+
+    async def identified(request: web.Request) -> web.StreamResponse:
+        return await request_ids(request, handle)
 
     async def serve_request(request: web.Request) -> web.StreamResponse:
-        gated = request_begins(request)
-        rid = logs.take_request_id(request.headers.get("X-Request-ID", ""))
-        token = logs.request_id.set(rid)
-        try:
-            try:
-                response = await handle(request)
-            except web.HTTPException as exc:
-                exc.headers["X-Request-ID"] = rid
-                raise
-            except ConnectionError:
-                if gated is not None and (cut := request_cut_off(gated)) is not None:
-                    return cut
-                raise
-            response.headers["X-Request-ID"] = rid
-            return response
-        finally:
-            logs.request_id.reset(token)
-            if gated is not None:
-                gated.in_handler = False
+        return await request_deadline(request, identified)
 
     return serve_request
 

@@ -327,40 +327,26 @@ class _Gated(asyncio.Protocol):
             self.stall = None
 
 
-def request_begins(request: web.Request) -> _Gated | None:
-    """Tell the gate where a request's body ends; the deadline covers everything up to there. Returns the gate's
-    protocol to hand to ``request_ends`` (None off a gated listener)."""
+@web.middleware
+async def request_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tell the gate where a request's body ends; the deadline covers everything up to there (the admin
+    listener's middleware; the public listener calls it from ``app.fronted``)."""
     transport = request.transport
     gated = transport.get_protocol() if transport is not None else None
     if not isinstance(gated, _Gated):
-        return None
+        return await handler(request)
     gated.arm()  # a pipelined request parsed while the previous one was handled starts its clock now
     request.content.on_eof(gated.body_complete)
-    return gated
-
-
-def request_cut_off(gated: _Gated) -> web.Response | None:
-    """After a ConnectionError in the handler: a 408 when the request was cut off mid-body (deadline, or the
-    client), for aiohttp's bookkeeping (nobody is there to read it); None to raise the error on. The gate's
-    transport, not the request's: aiohttp forgets the latter once the connection is lost."""
-    transport = gated.transport
-    return web.Response(status=408) if transport is not None and transport.is_closing() else None
-
-
-@web.middleware
-async def request_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """``request_begins`` and ``request_cut_off`` around the handler (the public listener does the same in
-    its one middleware, ``app.front``)."""
-    gated = request_begins(request)
     try:
         return await handler(request)
     except ConnectionError:
-        if gated is not None and (cut := request_cut_off(gated)) is not None:
-            return cut
+        # cut off mid-body (deadline, or the client): a 408 for aiohttp's bookkeeping, nobody is there to read
+        # it. The gate's transport, not the request's: aiohttp forgets the latter once the connection is lost.
+        if gated.transport is not None and gated.transport.is_closing():
+            return web.Response(status=408)
         raise
     finally:
-        if gated is not None:
-            gated.in_handler = False
+        gated.in_handler = False
 
 
 async def listen(runner: web.AppRunner, host: str, port: int, gate: ConnectionGate,
