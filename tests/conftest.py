@@ -7,7 +7,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,3 +79,45 @@ def private_config(tmp_path: Path, demo_token: Path) -> Path:
     path = tmp_path / "annuaire.toml"
     path.write_text(text)
     return path
+
+
+class Clock:
+    """A clock the test moves by hand (``clock.now += seconds``), for code that takes ``clock=``."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else float(start)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class SigningResponder:
+    config: Any
+    clock: Clock
+    responder: Any  # ocsp.responder.OcspResponder
+    cert: Any  # the demo's delegated OCSP responder certificate, the one certificate the registry holds
+
+
+@pytest.fixture()
+def signing_responder(private_config: Path) -> Iterator[SigningResponder]:
+    """An ``OcspResponder`` of the demo's token over a private registry holding one certificate of ac-personnes
+    (its delegated responder's), on a ``Clock`` the test moves; HSM and registry closed afterwards."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from directory.config import load_config
+    from directory.ingest.importer import Importer
+    from directory.runtime import known_issuers, open_config_registry, open_hsm
+    from ocsp.responder import OcspResponder
+
+    config = load_config(private_config)
+    clock = Clock()
+    registry = open_config_registry(config)
+    cert = config.issuer("ac-personnes").ocsp.signer_certificate
+    Importer(registry, known_issuers(config)).import_der(cert.public_bytes(Encoding.DER))
+    hsm = open_hsm(config)
+    try:
+        yield SigningResponder(config, clock, OcspResponder(config, hsm, registry, clock), cert)
+    finally:
+        hsm.close()
+        registry.close()

@@ -16,7 +16,7 @@ from directory.config import load_config
 from directory.crl.builder import CrlPublisher
 from directory.crl.service import CrlComponent, publishers_for
 from directory.runtime import open_config_registry, open_hsm
-from tests.conftest import run_cli
+from tests.conftest import Clock, run_cli
 from tests.served import http, serve
 
 
@@ -92,14 +92,6 @@ def test_revocation_reaches_the_served_crl_within_the_delay(service: tuple[str, 
             break
         assert time.monotonic() - started < 5 + 5, "revocation not in the served CRL within on_revocation_delay"
         time.sleep(0.2)
-
-
-class Clock:
-    def __init__(self, start: float) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_idle_issuer_is_renewed_before_next_update(private_config: Path) -> None:

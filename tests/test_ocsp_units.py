@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import subprocess
-import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -13,10 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from directory.config import load_config
-from directory.runtime import open_config_registry, open_hsm
 from ocsp.request import Malformed, decode_get_path, parse_request
-from ocsp.responder import OcspResponder
+from tests.conftest import SigningResponder
 
 
 def _der(demo: Path, name: str = "ac-personnes") -> bytes:
@@ -65,43 +62,24 @@ def test_signed_requests_are_accepted(demo_token: Path, tmp_path: Path) -> None:
     assert len(request.cert_ids) == 1 and request.nonce is not None  # openssl adds a nonce by default
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_presigned_responses_are_renewed_at_half_validity(private_config: Path) -> None:
-    config = load_config(private_config)
-    clock = Clock()
-    registry = open_config_registry(config)
-    ocsp_cert = config.issuer("ac-personnes").ocsp.signer_certificate  # type: ignore[union-attr]
-    from directory.ingest.importer import Importer
-    from directory.runtime import known_issuers
-
-    Importer(registry, known_issuers(config)).import_der(ocsp_cert.public_bytes(serialization.Encoding.DER))
-    hsm = open_hsm(config)
-    try:
-        responder = OcspResponder(config, hsm, registry, clock)
-        serial_hex = format(ocsp_cert.serial_number, "x")
-        assert responder.missing("ac-personnes") == [serial_hex]
-        assert responder.presign("ac-personnes", serial_hex)
-        responder.flush()
-        first = responder.presigned_window("ac-personnes", ocsp_cert.serial_number)
-        validity = config.issuer("ac-personnes").ocsp.validity  # type: ignore[union-attr]
-        assert responder.due_for_refresh("ac-personnes") == []
-        clock.now += validity // 2 + 5
-        assert responder.due_for_refresh("ac-personnes") == [(serial_hex, "sha1")]
-        assert responder.presign("ac-personnes", serial_hex)
-        responder.flush()
-        second = responder.presigned_window("ac-personnes", ocsp_cert.serial_number)
-        assert first is not None and second is not None
-        assert second[0] > first[0] and second[1] > first[1]
-        assert responder.due_for_refresh("ac-personnes") == []
-        # a change invalidates first; a signature that started before it is not cached
-        responder.invalidate("ac-personnes", serial_hex)
-        assert responder.presigned_window("ac-personnes", ocsp_cert.serial_number) is None
-    finally:
-        hsm.close()
+def test_presigned_responses_are_renewed_at_half_validity(signing_responder: SigningResponder) -> None:
+    config, clock, responder = signing_responder.config, signing_responder.clock, signing_responder.responder
+    ocsp_cert = signing_responder.cert
+    serial_hex = format(ocsp_cert.serial_number, "x")
+    assert responder.missing("ac-personnes") == [serial_hex]
+    assert responder.presign("ac-personnes", serial_hex)
+    responder.flush()
+    first = responder.presigned_window("ac-personnes", ocsp_cert.serial_number)
+    validity = config.issuer("ac-personnes").ocsp.validity  # type: ignore[union-attr]
+    assert responder.due_for_refresh("ac-personnes") == []
+    clock.now += validity // 2 + 5
+    assert responder.due_for_refresh("ac-personnes") == [(serial_hex, "sha1")]
+    assert responder.presign("ac-personnes", serial_hex)
+    responder.flush()
+    second = responder.presigned_window("ac-personnes", ocsp_cert.serial_number)
+    assert first is not None and second is not None
+    assert second[0] > first[0] and second[1] > first[1]
+    assert responder.due_for_refresh("ac-personnes") == []
+    # a change invalidates first; a signature that started before it is not cached
+    responder.invalidate("ac-personnes", serial_hex)
+    assert responder.presigned_window("ac-personnes", ocsp_cert.serial_number) is None

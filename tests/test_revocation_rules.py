@@ -11,16 +11,9 @@ from directory.certinfo import CertificateInfo
 from directory.registry import Registry, UnknownCertificate
 from directory.registry.audit import audit_hash
 from directory.revocation import RevocationRefused, RevocationState, parse_reason
+from tests.conftest import Clock
 
 NOW = 1_900_000_000
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = float(NOW)
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _info(serial: int, not_before: int = NOW - 86400 * 30, not_after: int = NOW + 86400 * 365) -> CertificateInfo:
@@ -31,7 +24,7 @@ def _info(serial: int, not_before: int = NOW - 86400 * 30, not_after: int = NOW 
 
 @pytest.fixture()
 def registry(registry_location: str) -> Iterator[Registry]:
-    reg = Registry(registry_location, clock=Clock())
+    reg = Registry(registry_location, clock=Clock(NOW))
     reg.ensure_issuer("ca", b"subject", b"cert")
     reg.import_certificates("ca", [_info(n) for n in range(1, 10)])
     yield reg
@@ -90,7 +83,7 @@ def test_times_are_checked(registry: Registry) -> None:
 
 
 def test_revoking_an_expired_certificate_is_allowed(registry_location: str) -> None:
-    reg = Registry(registry_location, clock=Clock())
+    reg = Registry(registry_location, clock=Clock(NOW))
     reg.ensure_issuer("ca", b"s", b"c")
     reg.import_certificates("ca", [_info(42, NOW - 86400 * 800, NOW - 86400 * 10)])
     assert reg.revoke("ca", "2a", "cessationOfOperation").record.status == "revoked"
