@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 import signal
 import sqlite3
@@ -36,7 +35,7 @@ from bench.common import (
     arguments,
     config_with_data_dir,
     demo,
-    free_port,
+    on_free_ports,
     tiny_demo,
     wait_http,
     wait_presigned,
@@ -143,17 +142,13 @@ def own_instance(duration: float, rate: float, interval: float, certificates: in
     """A demo of ``certificates`` served by its own instance (the service and the checker: two processes)."""
     directory = tiny_demo("rsa") if tiny else demo(f"check-{certificates}", "rsa", certificates)
     config = directory / "annuaire.toml"
-    port, admin_port, ldap_port = free_port(), free_port(), free_port()
-    text = re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text(), count=1)
-    text = re.sub(r'(\[admin\]\nlisten = )"127\.0\.0\.1:\d+"', rf'\1"127.0.0.1:{admin_port}"', text)
-    text = re.sub(r'"ldap://127\.0\.0\.1:\d+"', f'"ldap://127.0.0.1:{ldap_port}"', text)
+    text, base, _ = on_free_ports(config.read_text())
     if "[check]" not in text:  # the instance's own checker stays off: the one measured runs here
         text += "\n[check]\nenabled = false\n"
     config.write_text(text)
     proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        base = f"http://127.0.0.1:{port}"
         wait_http(base + "/readyz")
         if tiny:
             wait_presigned(base, 0.9 * TINY_CERTS, poll=0.2, timeout=120)

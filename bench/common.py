@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
 OUT = Path(os.environ.get("BENCH_OUT") or Path(__file__).resolve().parent / "out")
 TINY_CERTS = 60  # end-entity certificates of the demos --tiny runs share
@@ -111,6 +112,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Moved(NamedTuple):
+    """A configuration moved to free ports, and the base URLs of its public and admin listeners."""
+
+    text: str
+    base: str
+    admin: str
+
+
+def on_free_ports(text: str, http_extra: str = "") -> Moved:
+    """A demo configuration moved to free loopback ports: the public listener (``base_url`` follows it, and
+    ``http_extra`` lines are added under it), the admin listener and the LDAP URL, where the text has them, so
+    that runs side by side, or a slapd left over, never meet."""
+    port, admin_port = free_port(), free_port()
+    listen = f'listen = "127.0.0.1:{port}"' + (f"\n{http_extra}" if http_extra else "")
+    text = re.sub(r'listen = "127\.0\.0\.1:\d+"', listen, text, count=1)
+    text = re.sub(r'base_url = "http://127\.0\.0\.1:\d+"', f'base_url = "http://127.0.0.1:{port}"', text)
+    text = re.sub(r'(\[admin\]\nlisten = )"127\.0\.0\.1:\d+"', rf'\1"127.0.0.1:{admin_port}"', text)
+    text = re.sub(r'"ldap://127\.0\.0\.1:\d+"', f'"ldap://127.0.0.1:{free_port()}"', text)
+    return Moved(text, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}")
 
 
 def wait_http(url: str, timeout: float = 600) -> None:

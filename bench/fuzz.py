@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from bench.common import arguments, demo, free_port, report, tiny_demo, wait_http
+from bench.common import arguments, demo, on_free_ports, report, tiny_demo, wait_http
 from directory.config import load_config
 from directory.runtime import open_config_registry, open_hsm
 from ocsp.request import Malformed, decode_get_path, parse_request
@@ -84,12 +83,10 @@ def in_process(config_path: Path, total: int = TOTAL) -> dict[str, int]:
 
 
 def over_http(config_path: Path, sample: int = HTTP_SAMPLE) -> dict[str, int]:
-    port = free_port()
-    text = re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"', config_path.read_text(), count=1)
+    text, base, _ = on_free_ports(config_path.read_text())
     config_path.write_text(text)
     proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(config_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
     statuses: dict[str, int] = {}
     try:
         wait_http(base + "/readyz")

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from bench import ocsp_answer
-from bench.common import OUT, demo, fill_presigned, free_port, wait_http
+from bench.common import OUT, demo, fill_presigned, free_port, on_free_ports, wait_http
 
 N_CERTS = int(os.environ.get("BENCH_OCSP_CERTS", "100000"))
 RSS_CERTS = int(os.environ.get("BENCH_OCSP_RSS_CERTS", "1000000"))  # 0: skip the memory run
@@ -143,14 +143,13 @@ def rss_with(certs: int) -> float:
     """Peak RSS (MB) of the service once it holds ``certs`` pre-signed responses loaded from the registry."""
     directory = demo("ocsp-rss", "rsa", 0)
     fill_presigned(directory, certs)  # realistic answers: canonical CertID, RSA-2048-sized signature
-    port = free_port()
     config = directory / "annuaire.toml"
-    text = re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text())
-    config.write_text(re.sub(r'base_url = "http://127.0.0.1:\d+"', f'base_url = "http://127.0.0.1:{port}"', text))
+    text, base, _ = on_free_ports(config.read_text())
+    config.write_text(text)
     proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_http(f"http://127.0.0.1:{port}/readyz")
+        wait_http(base + "/readyz")
         time.sleep(5)
         status = Path(f"/proc/{proc.pid}/status").read_text()
         return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
@@ -168,14 +167,12 @@ def main() -> int:
     nonce_paths = request_paths(demo_dir, "/ocsp/", True, SAMPLE)
     openssl_paths = request_paths(demo_dir, "/", False, SAMPLE)
 
-    port = free_port()
     config = demo_dir / "annuaire.toml"
-    text = re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text())
+    text, base, _ = on_free_ports(config.read_text())
     config.write_text(text)
     service = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(config)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        base = f"http://127.0.0.1:{port}"
         wait_http(base + "/readyz")
         db = sqlite3.connect(demo_dir / "data" / "registry.sqlite3")
         while db.execute("SELECT COUNT(*) FROM ocsp_responses").fetchone()[0] < N_CERTS:

@@ -40,7 +40,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from bench.common import OUT, demo, fill_presigned, free_port
+from bench.common import OUT, demo, fill_presigned, on_free_ports
 
 LUA = """
 local bodies, paths = {}, {}
@@ -62,15 +62,10 @@ end
 
 def configured(demo_dir: Path, workers: int) -> tuple[Path, str]:
     """A copy of the demo's configuration on free ports with ``workers``; (path, base URL)."""
-    port, ldap_port, admin_port = free_port(), free_port(), free_port()
-    text = (demo_dir / "annuaire.toml").read_text()
-    text = re.sub(r'listen = "127\.0\.0\.1:\d+"\nbase_url = "http://127\.0\.0\.1:\d+"',
-                  f'listen = "127.0.0.1:{port}"\nbase_url = "http://127.0.0.1:{port}"\nworkers = {workers}', text)
-    text = re.sub(r'(\[admin\]\nlisten = )"127\.0\.0\.1:\d+"', rf'\1"127.0.0.1:{admin_port}"', text)
-    text = re.sub(r'"ldap://127\.0\.0\.1:\d+"', f'"ldap://127.0.0.1:{ldap_port}"', text)
+    text, base, _ = on_free_ports((demo_dir / "annuaire.toml").read_text(), f"workers = {workers}")
     path = demo_dir / f"annuaire-workers{workers}.toml"
     path.write_text(text)
-    return path, f"http://127.0.0.1:{port}"
+    return path, base
 
 
 def metric(base: str, prefix: str) -> float:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.common import TINY_CERTS, arguments, demo, free_port, tiny_demo, wait_http, wait_presigned
+from bench.common import TINY_CERTS, arguments, demo, on_free_ports, tiny_demo, wait_http, wait_presigned
 from bench.ocsp import request_lines
 
 MIX = (("ocsp", 0.80), ("crl", 0.15), ("revoke", 0.05))
@@ -139,14 +139,11 @@ def own_instance(duration: float, tiny: bool = False) -> dict[str, object]:
     processes)."""
     directory = tiny_demo("rsa") if tiny else demo("soak", "rsa", SIZE)
     config = directory / "annuaire.toml"
-    port, admin_port, ldap_port = free_port(), free_port(), free_port()
-    text = re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text(), count=1)
-    text = re.sub(r'(\[admin\]\nlisten = )"127\.0\.0\.1:\d+"', rf'\1"127.0.0.1:{admin_port}"', text)
-    config.write_text(re.sub(r'"ldap://127\.0\.0\.1:\d+"', f'"ldap://127.0.0.1:{ldap_port}"', text))
+    text, base, admin = on_free_ports(config.read_text())
+    config.write_text(text)
     proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        base = f"http://127.0.0.1:{port}"
         wait_http(base + "/readyz")
         if tiny:
             wait_presigned(base, 0.9 * TINY_CERTS, poll=0.2, timeout=120)
@@ -154,7 +151,7 @@ def own_instance(duration: float, tiny: bool = False) -> dict[str, object]:
             time.sleep(60)  # pre-signing of 20,000 responses settles (persisted after the first run)
         token_file = directory / "secrets" / "admin-token"
         load = subprocess.run([sys.executable, "-m", "bench.soak", "--base", base, "--admin",
-                               f"http://127.0.0.1:{admin_port}", "--token-file", str(token_file),
+                               admin, "--token-file", str(token_file),
                                "--demo", str(directory), "--pid", str(proc.pid), "--duration", str(duration),
                                "--json"], capture_output=True, text=True)
         return json.loads(load.stdout)
