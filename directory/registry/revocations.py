@@ -50,6 +50,10 @@ def _state_json(record: CertificateRecord | None) -> str | None:
                        "invalidity_date": record.invalidity_date}, sort_keys=True)
 
 
+def _unknown(issuer: str, serial_hex: str) -> UnknownCertificate:
+    return UnknownCertificate(f"issuer {issuer} has no certificate with serial 0x{serial_hex}")
+
+
 class Revocations(Certificates):
     """The status writes: revoke, release a hold."""
 
@@ -65,7 +69,7 @@ class Revocations(Certificates):
                 if not force:
                     # no hint here: only the caller knows whether the input could have meant another
                     # serial (the CLI suggests --force only when it could not)
-                    raise UnknownCertificate(f"issuer {issuer} has no certificate with serial 0x{serial_hex}")
+                    raise _unknown(issuer, serial_hex)
                 decision = decide_revoke(RevocationState("good"), reason, at, invalidity_date, now, None)
                 tx.execute("INSERT INTO certificates (issuer_id, serial_hex, status, forced, imported_at, updated_at, "
                            "serial_low) VALUES (?, ?, 'good', 1, ?, ?, ?)",
@@ -90,7 +94,7 @@ class Revocations(Certificates):
         with self._write() as tx:
             current = self._get_tx(tx, issuer_id, serial_hex)
             if current is None:
-                raise UnknownCertificate(f"issuer {issuer} has no certificate with serial 0x{serial_hex}")
+                raise _unknown(issuer, serial_hex)
             decision = decide_release(current.state)
             if decision.action == "noop":
                 return ChangeOutcome(False, decision.message, current)
@@ -109,7 +113,7 @@ class Revocations(Certificates):
         with self._write() as tx:
             current = self._get_tx(tx, issuer_id, serial_hex)
             if current is None:
-                raise UnknownCertificate(f"issuer {issuer} has no certificate with serial 0x{serial_hex}")
+                raise _unknown(issuer, serial_hex)
             last = tx.execute("SELECT MAX(s.at) FROM status_changes s JOIN certificates c ON c.id = s.certificate_id "
                               "WHERE c.issuer_id = ? AND c.serial_hex = ?", (issuer_id, serial_hex)).fetchone()[0]
             order = file_state_order(current.state, last, given)
