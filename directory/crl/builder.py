@@ -10,9 +10,10 @@ The flow for one CRL, Boulder-style (each step with a clear failure story):
    hashed as it is (and written to a temporary file meanwhile, ``crlfile``); only the digest goes to the HSM;
 3. the outer header and the signature written around it; the fsync runs while step 4 reads the file back,
    and is waited for before step 5;
-4. self-check: the file read back, parsed by ``cryptography`` (without its entries, checked in step 2:
-   its TBS hashed again must be the digest signed), the signature verified under the CA certificate,
-   issuer, number, entry count, times; a CRL that fails is never published (logged, counted, 'failed');
+4. self-check (``selfcheck``): the file read back, parsed by ``cryptography`` (without its entries, checked
+   in step 2: its TBS hashed again must be the digest signed), the signature verified under the CA
+   certificate, issuer, number, entry count, times; a CRL that fails is never published (logged, counted,
+   'failed');
 5. under a per-issuer file lock, refuse to go backwards (a newer CRL already published), then rename
    into place atomically, keep it in the archive, and record it as 'published'.
 """
@@ -25,11 +26,10 @@ import dataclasses
 import hashlib
 import itertools
 import logging
-import mmap
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +40,10 @@ from cryptography import x509
 from directory import der
 from directory.config import Config, IssuerConfig
 from directory.crl.crlfile import CrlFile
-from directory.crl.entrycheck import RunCheck, WalkCache, check_entry_extensions, layout
+from directory.crl.entrycheck import RunCheck, WalkCache
 from directory.crl.install import CrlFolder
-from directory.hsm.signer import HsmSigner, KeySigner, SignatureCheckFailed
+from directory.crl.selfcheck import Built, CrlBuildError, self_check
+from directory.hsm.signer import HsmSigner, KeySigner
 from directory.publication import Target, crl_dir, crl_url, delta_target, full_crl_name, targets_of
 from directory.registry import Registry
 from directory.registry.store import CrlRecord
@@ -65,10 +66,6 @@ def publishers_for(config: Config, hsm: HsmSigner, registry: Registry, clock: Ca
         out[issuer.name] = CrlPublisher(issuer, signer, registry, crl_dir(config), config.http.base_url, clock,
                                         on_published)
     return out
-
-
-class CrlBuildError(RuntimeError):
-    """A CRL failed its self-check or could not be written; the previous CRL stays published."""
 
 
 @dataclass(frozen=True)
@@ -304,62 +301,11 @@ class CrlPublisher:
             hashing.shutdown()
 
     def _self_check(self, target: Target, record: CrlRecord, path: Path, tbs: _Tbs) -> str:
-        """Read the file back as a relying party would and refuse it unless everything holds: ``cryptography``
-        parses it without its entries (``Layout.skeleton``; a full CRL's were checked as read, a delta's are
-        here); the SHA-256 passes read it again on other threads meanwhile (without the GIL, a block at a time:
-        the file is mapped for the rest, and only the pages parsed are ever in memory)."""
-        entries = tbs.entries
-        with open(path, "rb") as fh:  # unmapped when the last view of it goes
-            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        with ThreadPoolExecutor(2, thread_name_prefix="crl-check") as hashing:
-            file_sha256 = hashing.submit(_sha256_of, _blocks(path, 0, len(data)))
-            try:
-                shape = layout(data)
-                crl = x509.load_der_x509_crl(shape.skeleton(data))
-            except ValueError as exc:
-                raise CrlBuildError(f"does not parse back: {exc}") from None
-            # The signature, checked over the TBS bytes exactly as they are in the file (hashed again from what
-            # was read, not reusing the build's digest) with the CA certificate's public key.
-            tail = self.signer.algorithm_identifier_der + der.tlv(0x03, b"\x00" + crl.signature)
-            if shape.tbs_end - shape.tbs != tbs.size or data[shape.tbs_end:] != tail:
-                raise CrlBuildError("the file is not laid out as built (TBS, algorithm, signature)")
-            digest = hashing.submit(self.signer.algorithm.digest, _blocks(path, shape.tbs, shape.tbs_end))
-            if crl.signature_algorithm_oid.dotted_string != self.signer.algorithm_identifier["algorithm"].dotted:
-                raise CrlBuildError("signature algorithm differs from the signer's")
-            if crl.issuer.public_bytes() != self._issuer_name:
-                raise CrlBuildError("issuer does not match the CA certificate's subject")
-            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-            if number != record.number:
-                raise CrlBuildError(f"cRLNumber {number} is not the allocated {record.number}")
-            previous = self.registry.crl_latest(self.issuer.name, target.scope, target.kind)
-            if previous is not None and number <= previous.number:
-                raise CrlBuildError(f"cRLNumber {number} is not greater than the published {previous.number}")
-            if tbs.checked is not None:  # checked as read, and the TBS is shown below to be those very bytes
-                walked = tbs.checked
-                if shape.entries_end - shape.entries != sum(tbs.segments):
-                    raise CrlBuildError("the entries in the file are not the ones read")
-            else:
-                try:  # every entry parsed, and its extensions, as a relying party's parser reads them
-                    walked = check_entry_extensions(data, tbs.segments, self._walk_cache(target.filename))
-                except (ValueError, IndexError) as exc:
-                    raise CrlBuildError(f"an entry does not parse back: {exc}") from None
-            if walked != entries:
-                raise CrlBuildError(f"{walked} entries in the file, the registry has {entries}")
-            with contextlib.suppress(OSError):  # for the next build, in whatever process (a cache: best effort)
-                self._walks[target.filename].save(self.dir / f".{target.filename}.walk")
-            if digest.result() != tbs.digest:  # SHA-256: the file's TBS is byte for byte the one built and signed
-                raise CrlBuildError("the TBS in the file is not the one signed")
-            try:
-                self.signer.verify_digest(crl.signature, digest.result())
-            except SignatureCheckFailed:
-                raise CrlBuildError("signature does not verify under the CA certificate") from None
-            now = int(self.clock())
-            next_update = crl.next_update_utc
-            if next_update is None or int(next_update.timestamp()) <= now:
-                raise CrlBuildError("nextUpdate is not in the future")
-            if int(crl.last_update_utc.timestamp()) > now + 1:
-                raise CrlBuildError("thisUpdate is in the future")
-            return file_sha256.result().hex()
+        """The file read back and checked against what was built (``selfcheck``); its SHA-256."""
+        previous = self.registry.crl_latest(self.issuer.name, target.scope, target.kind)
+        built = Built(record.number, tbs.entries, tbs.size, tbs.digest, tbs.segments, tbs.checked)
+        return self_check(path, built, self.signer, self._issuer_name, previous.number if previous else None,
+                          self._walk_cache(target.filename), self.dir / f".{target.filename}.walk", self.clock)
 
     def _walk_cache(self, filename: str) -> WalkCache:
         """The entry walks of the previous build of ``filename`` (from this process, else from disk)."""
@@ -393,27 +339,6 @@ class CrlPublisher:
 
 def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
-
-
-def _sha256_of(blocks: Iterator[memoryview]) -> bytes:
-    hasher = hashlib.sha256()
-    for block in blocks:
-        hasher.update(block)
-    return hasher.digest()
-
-
-def _blocks(path: Path, start: int, end: int, size: int = 1 << 20) -> Iterator[memoryview]:
-    """Bytes ``start`` to ``end`` of the file at ``path``, read into one buffer a block at a time (each block
-    is to be used before the next is asked for)."""
-    buffer = memoryview(bytearray(size))
-    with open(path, "rb", buffering=0) as fh:
-        fh.seek(start)
-        while start < end:
-            got = fh.readinto(buffer[:min(size, end - start)])
-            if not got:
-                raise CrlBuildError("the file is shorter than it was written")
-            yield buffer[:got]
-            start += got
 
 
 def pem_crl(data: bytes) -> bytes:
