@@ -161,6 +161,14 @@ class CrlPublisher:
     def publish(self, target: Target, rebase: bool = False) -> PublishedCrl:
         """Build, sign, check and install one CRL (a delta against ``delta_base(rebase)``)."""
         started = time.monotonic()
+        login = ThreadPoolExecutor(1, thread_name_prefix="crl-hsm")  # the HSM's login while the entries are read
+        try:
+            ready = login.submit(self.signer.prepare)
+            return self._publish(target, rebase, started, ready)
+        finally:
+            login.shutdown()
+
+    def _publish(self, target: Target, rebase: bool, started: float, ready: Future[None]) -> PublishedCrl:
         now = int(self.clock())
         validity = self.settings.delta_validity if target.kind == "delta" else self.settings.validity
         base: CrlRecord | None = None
@@ -195,6 +203,7 @@ class CrlPublisher:
             with CrlFile(crl_tmp, tbs.pieces, tbs.size, len(self.signer.algorithm_identifier_der) + 3 + 72) as out:
                 tbs = dataclasses.replace(tbs, digest=self._digest(tbs.pieces))
                 stage("signing", f"signing ({tbs.entries} entries)")
+                ready.result()  # the signer prepared (its error, if any, is the one signing would raise)
                 # the TBS again for a token that only signs with a hashing mechanism (it then reads it all)
                 signature = self.signer.sign_digest(tbs.digest, source=lambda: iter(tbs.pieces))
                 stage("writing", "writing")
