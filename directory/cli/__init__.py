@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from directory import logs
 
     logs.setup(args.log_level, args.log_format)
-    from directory.hsm.signer import HsmError
+    from directory.hsm.errors import HsmError  # (not .signer: python-pkcs11 only once the HSM is opened)
     from directory.registry import NotRegistered, RegistryError
 
     try:

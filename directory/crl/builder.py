@@ -43,29 +43,50 @@ from directory.crl.crlfile import CrlFile
 from directory.crl.entrycheck import RunCheck, WalkCache
 from directory.crl.install import CrlFolder
 from directory.crl.selfcheck import Built, CrlBuildError, self_check
-from directory.hsm.signer import HsmSigner, KeySigner
 from directory.publication import Target, crl_dir, crl_url, delta_target, full_crl_name, targets_of
 from directory.registry import Registry
 from directory.registry.store import CrlRecord
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the PKCS#11 stack is imported by whoever opens the HSM (``crl build``: while it reads)
+    from directory.hsm.keys import KeySigner
+    from directory.hsm.signer import HsmSigner
     from directory.registry.crls import CrlSnapshot
 
 log = logging.getLogger(__name__)
 
 
-def publishers_for(config: Config, hsm: HsmSigner, registry: Registry, clock: Callable[[], float] = time.time,
+def publishers_for(config: Config, hsm: HsmSigner | Future[HsmSigner], registry: Registry,
+                   clock: Callable[[], float] = time.time,
                    on_published: Callable[[PublishedCrl], None] | None = None) -> dict[str, CrlPublisher]:
     """One publisher per configured issuer whose key is here, signing with it (offline issuers have none:
-    their CRL is published, ``directory.crl.publish``)."""
+    their CRL is published, ``directory.crl.publish``). ``hsm`` may still be opening (``crl build`` reads
+    its first entries meanwhile): each key is then made when a build first needs it, its errors raised there."""
     out = {}
     for issuer in config.issuers:
         if issuer.key_label is None:
             continue
-        signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm)
+        if isinstance(hsm, Future):
+            signer: KeySigner | Future[KeySigner] = _key_when_open(hsm, issuer)
+        else:
+            signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm)
         out[issuer.name] = CrlPublisher(issuer, signer, registry, crl_dir(config), config.http.base_url, clock,
                                         on_published)
     return out
+
+
+def _key_when_open(hsm: Future[HsmSigner], issuer: IssuerConfig) -> Future[KeySigner]:
+    """The issuer's key signer once ``hsm`` is open (or the error that opening it, or the key, raised)."""
+    key: Future[KeySigner] = Future()
+
+    def opened(done: Future[HsmSigner]) -> None:
+        try:
+            assert issuer.key_label is not None
+            key.set_result(done.result().key(issuer.key_label, issuer.certificate, issuer.signature_algorithm))
+        except BaseException as exc:  # handed to whoever waits for the key
+            key.set_exception(exc)
+
+    hsm.add_done_callback(opened)
+    return key
 
 
 @dataclass(frozen=True)
@@ -101,12 +122,12 @@ class CrlStats:
 class CrlPublisher:
     """All CRLs of one issuer."""
 
-    def __init__(self, issuer: IssuerConfig, signer: KeySigner, registry: Registry, crl_dir: Path,
+    def __init__(self, issuer: IssuerConfig, signer: KeySigner | Future[KeySigner], registry: Registry, crl_dir: Path,
                  base_url: str, clock: Callable[[], float] = time.time,
                  on_published: Callable[[PublishedCrl], None] | None = None) -> None:
         self.issuer = issuer
         self.settings = issuer.crl
-        self.signer = signer
+        self._signer = signer
         self.registry = registry
         self.dir = crl_dir
         self.base_url = base_url.rstrip("/")
@@ -125,6 +146,12 @@ class CrlPublisher:
             self._key_id = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
         except x509.ExtensionNotFound:
             self._key_id = x509.SubjectKeyIdentifier.from_public_key(self._public_key).digest  # type: ignore[arg-type]
+
+    @property
+    def signer(self) -> KeySigner:
+        """The issuer's key (waited for when the HSM is still opening: first needed once the entries are read)."""
+        signer = self._signer
+        return signer.result() if isinstance(signer, Future) else signer
 
     # -- targets (``publication``) -------------------------------------------------------------
     def url(self, filename: str) -> str:
@@ -163,7 +190,7 @@ class CrlPublisher:
         started = time.monotonic()
         login = ThreadPoolExecutor(1, thread_name_prefix="crl-hsm")  # the HSM's login while the entries are read
         try:
-            ready = login.submit(self.signer.prepare)
+            ready = login.submit(lambda: self.signer.prepare())
             return self._publish(target, rebase, started, ready)
         finally:
             login.shutdown()

@@ -24,12 +24,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
 from directory import der
 from directory.crl.entrycheck import WalkCache, check_entry_extensions, layout
-from directory.hsm.signer import KeySigner, SignatureCheckFailed
+from directory.hsm.errors import SignatureCheckFailed
+
+if TYPE_CHECKING:
+    from directory.hsm.keys import KeySigner
 
 
 class CrlBuildError(RuntimeError):
