@@ -7,9 +7,11 @@ The flow for one CRL, Boulder-style (each step with a clear failure story):
    registry, no per-entry Python object); each chunk is walked and parsed by ``cryptography`` with every
    entry extension (``entrycheck``; a chunk an earlier build checked, same SHA-256, is not again, even
    across processes) while the next is read; the TBS is those chunks between its head and extensions,
-   hashed as it is (and written to a temporary file meanwhile, ``crlfile``); only the digest goes to the HSM;
-3. the outer header and the signature written around it; the fsync runs while step 4 reads the file back,
-   and is waited for before step 5;
+   hashed on another thread from the moment the last chunk is read (its lengths then known) while that chunk
+   is checked, and written to a temporary file meanwhile (``crlfile``); only the digest goes to the HSM,
+   whose session and login were prepared during the read;
+3. the outer header and the signature written around it (the TBS was fsynced as soon as written); the last
+   fsync runs while step 4 reads the file back, and is waited for before step 5;
 4. self-check (``selfcheck``): the file read back, parsed by ``cryptography`` (without its entries, checked
    in step 2: its TBS hashed again must be the digest signed), the signature verified under the CA
    certificate, issuer, number, entry count, times; a CRL that fails is never published (logged, counted,
@@ -111,6 +113,7 @@ class _Tbs:
     segments: tuple[int, ...] = ()  # lengths of the runs of whole entries written (for the entry walk)
     pieces: list[bytes] = dataclasses.field(default_factory=list)  # the TBS, in order (emptied once written)
     checked: int | None = None  # entries walked and parsed while read (full CRLs: ``RunCheck``)
+    hashing: Future[bytes] | None = None  # the digest, being computed since the last chunk was read (full CRLs)
 
 
 @dataclass
@@ -226,9 +229,11 @@ class CrlPublisher:
         try:
             stage("reading", "reading entries")
             tbs = self._tbs(target, record, base)
-            # the TBS written to the file (on a thread) while it is hashed here, without the GIL both
+            # the TBS written to the file (on a thread) while it is hashed (a full CRL's on the hashing thread
+            # since its last chunk was read, a delta's here), without the GIL both
             with CrlFile(crl_tmp, tbs.pieces, tbs.size, len(self.signer.algorithm_identifier_der) + 3 + 72) as out:
-                tbs = dataclasses.replace(tbs, digest=self._digest(tbs.pieces))
+                digest = tbs.hashing.result() if tbs.hashing is not None else self._digest(tbs.pieces)
+                tbs = dataclasses.replace(tbs, digest=digest)
                 stage("signing", f"signing ({tbs.entries} entries)")
                 ready.result()  # the signer prepared (its error, if any, is the one signing would raise)
                 # the TBS again for a token that only signs with a hashing mechanism (it then reads it all)
@@ -271,30 +276,35 @@ class CrlPublisher:
         return der.tlv(0xA0, der.sequence(*exts))
 
     def _tbs(self, target: Target, record: CrlRecord, base: CrlRecord | None) -> _Tbs:
-        """The TBSCertList as pieces (head, the registry's entry chunks as they are, extensions); no digest yet."""
+        """The TBSCertList as pieces (head, the registry's entry chunks as they are, extensions); a full CRL's
+        digest under way (``_read_checked``), a delta's not yet."""
         cutoff = None if self.settings.keep_expired else record.this_update
-        checked = None
+        exts = self._extensions(target, record, base)
+
+        def frame(chunks: list[bytes], entries: int) -> list[bytes]:
+            """The TBS around the entries: its header, head and the entries' header, the chunks, the extensions."""
+            entries_len = sum(map(len, chunks))
+            head = (b"\x02\x01\x01" + self.signer.algorithm_identifier_der + self._issuer_name
+                    + der.time(record.this_update) + der.time(record.next_update))
+            revoked_header = der.header(0x30, entries_len) if entries else b""  # never an empty SEQUENCE
+            body_len = len(head) + len(revoked_header) + entries_len + len(exts)
+            pieces = [der.header(0x30, body_len) + head + revoked_header, *chunks, exts]
+            size, expected = sum(map(len, pieces)), len(der.header(0x30, body_len)) + body_len
+            if size != expected:
+                raise CrlBuildError(f"registry changed the entries under the snapshot ({size} != {expected} bytes)")
+            return pieces
+
+        checked, hashing = None, None
         with self.registry.crl_snapshot(self.issuer.name) as snap:
             if target.kind == "delta":
                 assert base is not None
                 chunks = snap.delta_entries(base.change_seq, record.this_update)
-                entries = len(chunks)
+                entries, pieces = len(chunks), frame(chunks, len(chunks))
             else:
-                entries, chunks, checked = self._read_checked(snap, cutoff, target)
+                entries, pieces, checked, hashing = self._read_checked(snap, cutoff, target, frame)
             change_seq = snap.change_seq
-        entries_len = sum(map(len, chunks))
-        head = (b"\x02\x01\x01" + self.signer.algorithm_identifier_der + self._issuer_name
-                + der.time(record.this_update) + der.time(record.next_update))
-        revoked_header = der.header(0x30, entries_len) if entries else b""  # never an empty SEQUENCE
-        exts = self._extensions(target, record, base)
-        body_len = len(head) + len(revoked_header) + entries_len + len(exts)
-        pieces = [der.header(0x30, body_len) + head + revoked_header, *chunks, exts]
-        size = sum(map(len, pieces))
-        expected = len(der.header(0x30, body_len)) + body_len
-        if size != expected:
-            raise CrlBuildError(f"registry changed the entries under the snapshot ({size} != {expected} bytes)")
-        segments = tuple(map(len, chunks)) if target.kind == "full" else ()
-        return _Tbs(b"", entries, size, change_seq, segments, pieces, checked)
+        segments = tuple(map(len, pieces[1:-1])) if target.kind == "full" else ()
+        return _Tbs(b"", entries, sum(map(len, pieces)), change_seq, segments, pieces, checked, hashing)
 
     def _digest(self, pieces: list[bytes]) -> bytes:
         hasher = self.signer.algorithm.new_hash()
@@ -302,17 +312,27 @@ class CrlPublisher:
             hasher.update(piece)  # large pieces: hashed without the GIL
         return hasher.digest()
 
-    def _read_checked(self, snap: CrlSnapshot, cutoff: int | None, target: Target) -> tuple[int, list[bytes], int]:
-        """(count, chunks, entries checked): each chunk walked and parsed (``RunCheck``) while the registry,
-        on another thread and without the GIL, reads the next one, and a third thread hashes each for the
-        walk cache (off the checking thread, the longest of the three when nothing was checked before)."""
+    def _read_checked(self, snap: CrlSnapshot, cutoff: int | None, target: Target,
+                      frame: Callable[[list[bytes], int], list[bytes]]
+                      ) -> tuple[int, list[bytes], int, Future[bytes]]:
+        """(count, the TBS's pieces, entries checked, its digest under way): each chunk walked and parsed
+        (``RunCheck``) while the registry, on another thread and without the GIL, reads the next one, and a
+        third thread hashes each for the walk cache (off the checking thread, the longest of the three when
+        nothing was checked before), then, once the last chunk is read (the TBS's lengths known: ``frame``),
+        the whole TBS for the signature while the checking thread still has that chunk to check."""
         runs: queue.SimpleQueue[tuple[int, bytes, Future[bytes]] | BaseException | None] = queue.SimpleQueue()
         hashing = ThreadPoolExecutor(1, thread_name_prefix="crl-hash")
+        framed: list[tuple[list[bytes], Future[bytes]]] = []  # set by the reader before its last put
 
         def read() -> None:
             try:
-                for count, blob in snap.full_entry_runs(cutoff, target.partition):
-                    runs.put((count, blob, hashing.submit(_sha256, blob)))
+                chunks, count = [], 0
+                for n, blob in snap.full_entry_runs(cutoff, target.partition):
+                    chunks.append(blob)
+                    count += n
+                    runs.put((n, blob, hashing.submit(_sha256, blob)))
+                pieces = frame(chunks, count)
+                framed.append((pieces, hashing.submit(self._digest, pieces)))
                 runs.put(None)
             except BaseException as exc:  # handed to the building thread, raised there
                 runs.put(exc)
@@ -320,21 +340,21 @@ class CrlPublisher:
         reader = threading.Thread(target=read, name="crl-read", daemon=True)
         reader.start()
         check = RunCheck(self._walk_cache(target.filename))
-        entries, chunks = 0, []
+        entries = 0
         try:
             while (item := runs.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
                 count, blob, key = item
                 entries += count
-                chunks.append(blob)
                 check.add(blob, count, key.result())
-            return entries, chunks, check.finish()
+            (pieces, digest), = framed
+            return entries, pieces, check.finish(), digest
         except (ValueError, IndexError) as exc:
             raise CrlBuildError(f"an entry does not parse: {exc}") from None
         finally:
             reader.join()  # the snapshot's connection is used by one thread at a time
-            hashing.shutdown()
+            hashing.shutdown(wait=False)  # the digest goes on: the file is written meanwhile
 
     def _self_check(self, target: Target, record: CrlRecord, path: Path, tbs: _Tbs) -> str:
         """The file read back and checked against what was built (``selfcheck``); its SHA-256."""
