@@ -14,7 +14,6 @@ import os
 import re
 import sys
 import time
-import uuid
 from typing import Any
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -23,7 +22,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _id_prefix() -> str:
-    return uuid.uuid4().hex[:16]
+    return os.urandom(8).hex()  # (not uuid: it imports platform, start-up time of every command)
 
 
 class _RequestIds:

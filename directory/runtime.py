@@ -9,11 +9,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from directory.certinfo import CertificateInfo
 from directory.config import Config
-from directory.hsm.capabilities import TokenReport
-from directory.hsm.signer import HsmSettings, HsmSigner, KeySigner
+from directory.hsm.settings import HsmSettings
 from directory.registry import Registry, open_registry
 
-if TYPE_CHECKING:  # the importer (and its archive readers) only when importing: not on `crl build`'s start-up
+if TYPE_CHECKING:  # the importer (and its archive readers) only when importing, the PKCS#11 stack only when
+    # opened (`crl build` reads its first entries meanwhile, ``open_hsm``): not on `crl build`'s start-up
+    from directory.hsm.capabilities import TokenReport
+    from directory.hsm.signer import HsmSigner, KeySigner
     from directory.ingest.importer import Importer, KnownIssuer
 
 log = logging.getLogger(__name__)
@@ -27,8 +29,11 @@ def hsm_settings(config: Config) -> HsmSettings:
                        serialize=h.serialize, pin_source=h.pin_source, pin_rereadable=h.pin_env is None)
 
 
-def open_hsm(config: Config) -> HsmSigner:
-    return HsmSigner(hsm_settings(config))
+def open_hsm(config: Config, settings: HsmSettings | None = None) -> HsmSigner:
+    """The signer (python-pkcs11 imported, the module initialised; no session yet: the first use logs in)."""
+    from directory.hsm.signer import HsmSigner
+
+    return HsmSigner(settings or hsm_settings(config))
 
 
 def configured_keys(config: Config, hsm: HsmSigner) -> list[KeySigner]:

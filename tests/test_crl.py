@@ -269,3 +269,52 @@ def test_a_registry_restored_from_an_old_backup_never_reuses_a_published_number(
     numbers = [c["number"] for c in json.loads(result.stdout)]
     assert min(numbers) > seen, (numbers, seen)
     assert "registry was behind it" in result.stderr
+
+
+def test_a_build_reads_while_the_hsm_opens_and_fails_cleanly_when_it_cannot(demo: Path) -> None:
+    """`crl build` opens the HSM on a thread while the first build reads its entries: the key is waited for
+    once they are read (same CRL, verified), and an HSM that could not be opened fails the build like a
+    signing failure (nothing published, the number recorded 'failed'), its error named."""
+    import threading
+    from concurrent.futures import Future
+
+    from directory.config.load import load_config
+    from directory.crl.builder import CrlBuildError, publishers_for
+    from directory.hsm.errors import HsmUnavailable
+    from directory.runtime import open_config_registry, open_hsm
+
+    config = load_config(demo)
+    registry = open_config_registry(config)
+    crl_file = config.data_dir / "crl" / "ac-personnes.crl"
+    try:
+        opening: Future = Future()
+        publisher = publishers_for(config, opening, registry)["ac-personnes"]
+        threading.Timer(0.3, lambda: opening.set_result(open_hsm(config))).start()  # opened late
+        crl = publisher.publish(publisher.full_targets()[0])
+        assert crl.entries == len(x509.load_der_x509_crl(crl.path.read_bytes()))
+        opening.result().close()
+        before = crl_file.read_bytes()
+        failing: Future = Future()
+        failing.set_exception(HsmUnavailable("token 'demo' not found"))
+        publisher = publishers_for(config, failing, registry)["ac-personnes"]
+        with pytest.raises(CrlBuildError, match="token 'demo' not found"):
+            publisher.publish(publisher.full_targets()[0])
+        assert crl_file.read_bytes() == before
+        assert registry.crl_latest("ac-personnes", "main", "full").number == crl.record.number
+    finally:
+        registry.close()
+
+
+def test_crl_build_with_a_module_that_is_not_pkcs11_publishes_nothing(demo: Path) -> None:
+    """The module is loaded on the opening thread while the build reads: its failure fails the build (the
+    number burnt, as when signing fails) and the command; the CRL served stays."""
+    _build(demo, "--issuer", "ac-personnes")
+    crl_file = demo.parent / "data" / "crl" / "ac-personnes.crl"
+    before = crl_file.read_bytes()
+    text = demo.read_text()
+    module = next(line for line in text.splitlines() if line.startswith("module = "))
+    demo.write_text(text.replace(module, 'module = "/usr/lib/x86_64-linux-gnu/libz.so.1"'))
+    result = run_cli("crl", "build", "--config", str(demo), "--issuer", "ac-personnes")
+    assert result.returncode == 1
+    assert "not published" in result.stderr and "C_GetFunctionList" in result.stderr, result.stderr
+    assert crl_file.read_bytes() == before

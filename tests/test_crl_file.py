@@ -36,3 +36,26 @@ def test_synced_before_finish_is_an_error_and_close_is_idempotent(tmp_path: Path
             out.synced()
         out.close()
     out.close()
+
+
+def test_a_failed_early_fsync_is_not_hidden_by_the_last_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TBS is fsynced as soon as it is written, the whole file again at the end: after a failed fsync a
+    later one can succeed with the data lost, so the first failure is the one raised."""
+    import errno
+    import os
+
+    calls: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "I/O error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with CrlFile(tmp_path / ".z.tmp", [b"\x01" * 1000], 1000, 20) as out:
+        out.finish(b"\x02" * 20)
+        with pytest.raises(OSError, match="I/O error"):
+            out.synced()
+    assert len(calls) == 2

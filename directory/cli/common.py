@@ -7,13 +7,11 @@ import contextlib
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from directory import serials
-from directory.cli.pipeout import written_behind
 from directory.config import Config, ConfigError, load_config
 from directory.inputs import InputError, parse_time
 from directory.refusal import Refused
@@ -115,6 +113,10 @@ def output_file(path: str | None, text: bool = False) -> Iterator[IO[Any]]:
     Standard output, as bytes, is written by a thread (``pipeout``) and, once complete, pointed at
     ``/dev/null`` so a reader (slapadd) sees its end at once: whatever the command prints afterwards goes to
     standard error (``ldap export`` does), or nowhere."""
+    import tempfile  # here: only the commands writing a file need them, not `crl build`'s start-up
+
+    from directory.cli.pipeout import written_behind
+
     mode = "w" if text else "wb"
     if not path or path == "-":
         if text:

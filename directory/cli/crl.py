@@ -17,15 +17,22 @@ from directory.wording import plural
 
 
 def cmd_crl_build(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     from directory.crl.builder import CrlBuildError, publishers_for
-    from directory.runtime import open_config_registry, open_hsm
+    from directory.runtime import hsm_settings, open_config_registry, open_hsm
 
     config = config_of(args)
     names = [i.name for i in config.issuers]
     if args.issuer and args.issuer not in names:
         raise Refused(f"unknown issuer {args.issuer!r} (configured: {', '.join(names)})")
     registry = open_config_registry(config)
-    hsm = open_hsm(config)
+    # The PKCS#11 stack imported and the module initialised on a thread: the first build reads its entries
+    # meanwhile (SQLite, without the GIL), and waits for its key only once they are read and checked.
+    settings = hsm_settings(config)  # the PIN read here: its errors are the configuration's, as before
+    opening = ThreadPoolExecutor(1, thread_name_prefix="hsm-open")
+    hsm = opening.submit(open_hsm, config, settings)
+    opening.shutdown(wait=False)
     failed = 0
     results = []
     bar = ProgressBar("crl")
@@ -47,9 +54,11 @@ def cmd_crl_build(args: argparse.Namespace) -> int:
                 failed += 1
                 bar.finish()
                 print(f"annuaire: CRL of {name} not published: {exc}", file=sys.stderr)
+        hsm.result()  # an HSM that could not be opened is an error even when no build needed it
     finally:
         bar.finish()
-        hsm.close()
+        if hsm.exception() is None:
+            hsm.result().close()
     if args.json:
         print(json.dumps(results, indent=1))
     else:

@@ -7,12 +7,15 @@ The flow for one CRL, Boulder-style (each step with a clear failure story):
    registry, no per-entry Python object); each chunk is walked and parsed by ``cryptography`` with every
    entry extension (``entrycheck``; a chunk an earlier build checked, same SHA-256, is not again, even
    across processes) while the next is read; the TBS is those chunks between its head and extensions,
-   hashed as it is (and written to a temporary file meanwhile, ``crlfile``); only the digest goes to the HSM;
-3. the outer header and the signature written around it; the fsync runs while step 4 reads the file back,
-   and is waited for before step 5;
-4. self-check: the file read back, parsed by ``cryptography`` (without its entries, checked in step 2:
-   its TBS hashed again must be the digest signed), the signature verified under the CA certificate,
-   issuer, number, entry count, times; a CRL that fails is never published (logged, counted, 'failed');
+   hashed on another thread from the moment the last chunk is read (its lengths then known) while that chunk
+   is checked, and written to a temporary file meanwhile (``crlfile``); only the digest goes to the HSM,
+   whose session and login were prepared during the read;
+3. the outer header and the signature written around it (the TBS was fsynced as soon as written); the last
+   fsync runs while step 4 reads the file back, and is waited for before step 5;
+4. self-check (``selfcheck``): the file read back, parsed by ``cryptography`` (without its entries, checked
+   in step 2: its TBS hashed again must be the digest signed), the signature verified under the CA
+   certificate, issuer, number, entry count, times; a CRL that fails is never published (logged, counted,
+   'failed');
 5. under a per-issuer file lock, refuse to go backwards (a newer CRL already published), then rename
    into place atomically, keep it in the archive, and record it as 'published'.
 """
@@ -25,11 +28,10 @@ import dataclasses
 import hashlib
 import itertools
 import logging
-import mmap
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,35 +42,53 @@ from cryptography import x509
 from directory import der
 from directory.config import Config, IssuerConfig
 from directory.crl.crlfile import CrlFile
-from directory.crl.entrycheck import RunCheck, WalkCache, check_entry_extensions, layout
+from directory.crl.entrycheck import RunCheck, WalkCache
 from directory.crl.install import CrlFolder
-from directory.hsm.signer import HsmSigner, KeySigner, SignatureCheckFailed
+from directory.crl.selfcheck import Built, CrlBuildError, self_check
 from directory.publication import Target, crl_dir, crl_url, delta_target, full_crl_name, targets_of
 from directory.registry import Registry
 from directory.registry.store import CrlRecord
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the PKCS#11 stack is imported by whoever opens the HSM (``crl build``: while it reads)
+    from directory.hsm.keys import KeySigner
+    from directory.hsm.signer import HsmSigner
     from directory.registry.crls import CrlSnapshot
 
 log = logging.getLogger(__name__)
 
 
-def publishers_for(config: Config, hsm: HsmSigner, registry: Registry, clock: Callable[[], float] = time.time,
+def publishers_for(config: Config, hsm: HsmSigner | Future[HsmSigner], registry: Registry,
+                   clock: Callable[[], float] = time.time,
                    on_published: Callable[[PublishedCrl], None] | None = None) -> dict[str, CrlPublisher]:
     """One publisher per configured issuer whose key is here, signing with it (offline issuers have none:
-    their CRL is published, ``directory.crl.publish``)."""
+    their CRL is published, ``directory.crl.publish``). ``hsm`` may still be opening (``crl build`` reads
+    its first entries meanwhile): each key is then made when a build first needs it, its errors raised there."""
     out = {}
     for issuer in config.issuers:
         if issuer.key_label is None:
             continue
-        signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm)
+        if isinstance(hsm, Future):
+            signer: KeySigner | Future[KeySigner] = _key_when_open(hsm, issuer)
+        else:
+            signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm)
         out[issuer.name] = CrlPublisher(issuer, signer, registry, crl_dir(config), config.http.base_url, clock,
                                         on_published)
     return out
 
 
-class CrlBuildError(RuntimeError):
-    """A CRL failed its self-check or could not be written; the previous CRL stays published."""
+def _key_when_open(hsm: Future[HsmSigner], issuer: IssuerConfig) -> Future[KeySigner]:
+    """The issuer's key signer once ``hsm`` is open (or the error that opening it, or the key, raised)."""
+    key: Future[KeySigner] = Future()
+
+    def opened(done: Future[HsmSigner]) -> None:
+        try:
+            assert issuer.key_label is not None
+            key.set_result(done.result().key(issuer.key_label, issuer.certificate, issuer.signature_algorithm))
+        except BaseException as exc:  # handed to whoever waits for the key
+            key.set_exception(exc)
+
+    hsm.add_done_callback(opened)
+    return key
 
 
 @dataclass(frozen=True)
@@ -93,6 +113,7 @@ class _Tbs:
     segments: tuple[int, ...] = ()  # lengths of the runs of whole entries written (for the entry walk)
     pieces: list[bytes] = dataclasses.field(default_factory=list)  # the TBS, in order (emptied once written)
     checked: int | None = None  # entries walked and parsed while read (full CRLs: ``RunCheck``)
+    hashing: Future[bytes] | None = None  # the digest, being computed since the last chunk was read (full CRLs)
 
 
 @dataclass
@@ -104,12 +125,12 @@ class CrlStats:
 class CrlPublisher:
     """All CRLs of one issuer."""
 
-    def __init__(self, issuer: IssuerConfig, signer: KeySigner, registry: Registry, crl_dir: Path,
+    def __init__(self, issuer: IssuerConfig, signer: KeySigner | Future[KeySigner], registry: Registry, crl_dir: Path,
                  base_url: str, clock: Callable[[], float] = time.time,
                  on_published: Callable[[PublishedCrl], None] | None = None) -> None:
         self.issuer = issuer
         self.settings = issuer.crl
-        self.signer = signer
+        self._signer = signer
         self.registry = registry
         self.dir = crl_dir
         self.base_url = base_url.rstrip("/")
@@ -128,6 +149,12 @@ class CrlPublisher:
             self._key_id = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
         except x509.ExtensionNotFound:
             self._key_id = x509.SubjectKeyIdentifier.from_public_key(self._public_key).digest  # type: ignore[arg-type]
+
+    @property
+    def signer(self) -> KeySigner:
+        """The issuer's key (waited for when the HSM is still opening: first needed once the entries are read)."""
+        signer = self._signer
+        return signer.result() if isinstance(signer, Future) else signer
 
     # -- targets (``publication``) -------------------------------------------------------------
     def url(self, filename: str) -> str:
@@ -164,6 +191,14 @@ class CrlPublisher:
     def publish(self, target: Target, rebase: bool = False) -> PublishedCrl:
         """Build, sign, check and install one CRL (a delta against ``delta_base(rebase)``)."""
         started = time.monotonic()
+        login = ThreadPoolExecutor(1, thread_name_prefix="crl-hsm")  # the HSM's login while the entries are read
+        try:
+            ready = login.submit(lambda: self.signer.prepare())
+            return self._publish(target, rebase, started, ready)
+        finally:
+            login.shutdown()
+
+    def _publish(self, target: Target, rebase: bool, started: float, ready: Future[None]) -> PublishedCrl:
         now = int(self.clock())
         validity = self.settings.delta_validity if target.kind == "delta" else self.settings.validity
         base: CrlRecord | None = None
@@ -194,10 +229,13 @@ class CrlPublisher:
         try:
             stage("reading", "reading entries")
             tbs = self._tbs(target, record, base)
-            # the TBS written to the file (on a thread) while it is hashed here, without the GIL both
+            # the TBS written to the file (on a thread) while it is hashed (a full CRL's on the hashing thread
+            # since its last chunk was read, a delta's here), without the GIL both
             with CrlFile(crl_tmp, tbs.pieces, tbs.size, len(self.signer.algorithm_identifier_der) + 3 + 72) as out:
-                tbs = dataclasses.replace(tbs, digest=self._digest(tbs.pieces))
+                digest = tbs.hashing.result() if tbs.hashing is not None else self._digest(tbs.pieces)
+                tbs = dataclasses.replace(tbs, digest=digest)
                 stage("signing", f"signing ({tbs.entries} entries)")
+                ready.result()  # the signer prepared (its error, if any, is the one signing would raise)
                 # the TBS again for a token that only signs with a hashing mechanism (it then reads it all)
                 signature = self.signer.sign_digest(tbs.digest, source=lambda: iter(tbs.pieces))
                 stage("writing", "writing")
@@ -238,30 +276,35 @@ class CrlPublisher:
         return der.tlv(0xA0, der.sequence(*exts))
 
     def _tbs(self, target: Target, record: CrlRecord, base: CrlRecord | None) -> _Tbs:
-        """The TBSCertList as pieces (head, the registry's entry chunks as they are, extensions); no digest yet."""
+        """The TBSCertList as pieces (head, the registry's entry chunks as they are, extensions); a full CRL's
+        digest under way (``_read_checked``), a delta's not yet."""
         cutoff = None if self.settings.keep_expired else record.this_update
-        checked = None
+        exts = self._extensions(target, record, base)
+
+        def frame(chunks: list[bytes], entries: int) -> list[bytes]:
+            """The TBS around the entries: its header, head and the entries' header, the chunks, the extensions."""
+            entries_len = sum(map(len, chunks))
+            head = (b"\x02\x01\x01" + self.signer.algorithm_identifier_der + self._issuer_name
+                    + der.time(record.this_update) + der.time(record.next_update))
+            revoked_header = der.header(0x30, entries_len) if entries else b""  # never an empty SEQUENCE
+            body_len = len(head) + len(revoked_header) + entries_len + len(exts)
+            pieces = [der.header(0x30, body_len) + head + revoked_header, *chunks, exts]
+            size, expected = sum(map(len, pieces)), len(der.header(0x30, body_len)) + body_len
+            if size != expected:
+                raise CrlBuildError(f"registry changed the entries under the snapshot ({size} != {expected} bytes)")
+            return pieces
+
+        checked, hashing = None, None
         with self.registry.crl_snapshot(self.issuer.name) as snap:
             if target.kind == "delta":
                 assert base is not None
                 chunks = snap.delta_entries(base.change_seq, record.this_update)
-                entries = len(chunks)
+                entries, pieces = len(chunks), frame(chunks, len(chunks))
             else:
-                entries, chunks, checked = self._read_checked(snap, cutoff, target)
+                entries, pieces, checked, hashing = self._read_checked(snap, cutoff, target, frame)
             change_seq = snap.change_seq
-        entries_len = sum(map(len, chunks))
-        head = (b"\x02\x01\x01" + self.signer.algorithm_identifier_der + self._issuer_name
-                + der.time(record.this_update) + der.time(record.next_update))
-        revoked_header = der.header(0x30, entries_len) if entries else b""  # never an empty SEQUENCE
-        exts = self._extensions(target, record, base)
-        body_len = len(head) + len(revoked_header) + entries_len + len(exts)
-        pieces = [der.header(0x30, body_len) + head + revoked_header, *chunks, exts]
-        size = sum(map(len, pieces))
-        expected = len(der.header(0x30, body_len)) + body_len
-        if size != expected:
-            raise CrlBuildError(f"registry changed the entries under the snapshot ({size} != {expected} bytes)")
-        segments = tuple(map(len, chunks)) if target.kind == "full" else ()
-        return _Tbs(b"", entries, size, change_seq, segments, pieces, checked)
+        segments = tuple(map(len, pieces[1:-1])) if target.kind == "full" else ()
+        return _Tbs(b"", entries, sum(map(len, pieces)), change_seq, segments, pieces, checked, hashing)
 
     def _digest(self, pieces: list[bytes]) -> bytes:
         hasher = self.signer.algorithm.new_hash()
@@ -269,17 +312,27 @@ class CrlPublisher:
             hasher.update(piece)  # large pieces: hashed without the GIL
         return hasher.digest()
 
-    def _read_checked(self, snap: CrlSnapshot, cutoff: int | None, target: Target) -> tuple[int, list[bytes], int]:
-        """(count, chunks, entries checked): each chunk walked and parsed (``RunCheck``) while the registry,
-        on another thread and without the GIL, reads the next one, and a third thread hashes each for the
-        walk cache (off the checking thread, the longest of the three when nothing was checked before)."""
+    def _read_checked(self, snap: CrlSnapshot, cutoff: int | None, target: Target,
+                      frame: Callable[[list[bytes], int], list[bytes]]
+                      ) -> tuple[int, list[bytes], int, Future[bytes]]:
+        """(count, the TBS's pieces, entries checked, its digest under way): each chunk walked and parsed
+        (``RunCheck``) while the registry, on another thread and without the GIL, reads the next one, and a
+        third thread hashes each for the walk cache (off the checking thread, the longest of the three when
+        nothing was checked before), then, once the last chunk is read (the TBS's lengths known: ``frame``),
+        the whole TBS for the signature while the checking thread still has that chunk to check."""
         runs: queue.SimpleQueue[tuple[int, bytes, Future[bytes]] | BaseException | None] = queue.SimpleQueue()
         hashing = ThreadPoolExecutor(1, thread_name_prefix="crl-hash")
+        framed: list[tuple[list[bytes], Future[bytes]]] = []  # set by the reader before its last put
 
         def read() -> None:
             try:
-                for count, blob in snap.full_entry_runs(cutoff, target.partition):
-                    runs.put((count, blob, hashing.submit(_sha256, blob)))
+                chunks, count = [], 0
+                for n, blob in snap.full_entry_runs(cutoff, target.partition):
+                    chunks.append(blob)
+                    count += n
+                    runs.put((n, blob, hashing.submit(_sha256, blob)))
+                pieces = frame(chunks, count)
+                framed.append((pieces, hashing.submit(self._digest, pieces)))
                 runs.put(None)
             except BaseException as exc:  # handed to the building thread, raised there
                 runs.put(exc)
@@ -287,79 +340,28 @@ class CrlPublisher:
         reader = threading.Thread(target=read, name="crl-read", daemon=True)
         reader.start()
         check = RunCheck(self._walk_cache(target.filename))
-        entries, chunks = 0, []
+        entries = 0
         try:
             while (item := runs.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
                 count, blob, key = item
                 entries += count
-                chunks.append(blob)
                 check.add(blob, count, key.result())
-            return entries, chunks, check.finish()
+            (pieces, digest), = framed
+            return entries, pieces, check.finish(), digest
         except (ValueError, IndexError) as exc:
             raise CrlBuildError(f"an entry does not parse: {exc}") from None
         finally:
             reader.join()  # the snapshot's connection is used by one thread at a time
-            hashing.shutdown()
+            hashing.shutdown(wait=False)  # the digest goes on: the file is written meanwhile
 
     def _self_check(self, target: Target, record: CrlRecord, path: Path, tbs: _Tbs) -> str:
-        """Read the file back as a relying party would and refuse it unless everything holds: ``cryptography``
-        parses it without its entries (``Layout.skeleton``; a full CRL's were checked as read, a delta's are
-        here); the SHA-256 passes read it again on other threads meanwhile (without the GIL, a block at a time:
-        the file is mapped for the rest, and only the pages parsed are ever in memory)."""
-        entries = tbs.entries
-        with open(path, "rb") as fh:  # unmapped when the last view of it goes
-            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        with ThreadPoolExecutor(2, thread_name_prefix="crl-check") as hashing:
-            file_sha256 = hashing.submit(_sha256_of, _blocks(path, 0, len(data)))
-            try:
-                shape = layout(data)
-                crl = x509.load_der_x509_crl(shape.skeleton(data))
-            except ValueError as exc:
-                raise CrlBuildError(f"does not parse back: {exc}") from None
-            # The signature, checked over the TBS bytes exactly as they are in the file (hashed again from what
-            # was read, not reusing the build's digest) with the CA certificate's public key.
-            tail = self.signer.algorithm_identifier_der + der.tlv(0x03, b"\x00" + crl.signature)
-            if shape.tbs_end - shape.tbs != tbs.size or data[shape.tbs_end:] != tail:
-                raise CrlBuildError("the file is not laid out as built (TBS, algorithm, signature)")
-            digest = hashing.submit(self.signer.algorithm.digest, _blocks(path, shape.tbs, shape.tbs_end))
-            if crl.signature_algorithm_oid.dotted_string != self.signer.algorithm_identifier["algorithm"].dotted:
-                raise CrlBuildError("signature algorithm differs from the signer's")
-            if crl.issuer.public_bytes() != self._issuer_name:
-                raise CrlBuildError("issuer does not match the CA certificate's subject")
-            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-            if number != record.number:
-                raise CrlBuildError(f"cRLNumber {number} is not the allocated {record.number}")
-            previous = self.registry.crl_latest(self.issuer.name, target.scope, target.kind)
-            if previous is not None and number <= previous.number:
-                raise CrlBuildError(f"cRLNumber {number} is not greater than the published {previous.number}")
-            if tbs.checked is not None:  # checked as read, and the TBS is shown below to be those very bytes
-                walked = tbs.checked
-                if shape.entries_end - shape.entries != sum(tbs.segments):
-                    raise CrlBuildError("the entries in the file are not the ones read")
-            else:
-                try:  # every entry parsed, and its extensions, as a relying party's parser reads them
-                    walked = check_entry_extensions(data, tbs.segments, self._walk_cache(target.filename))
-                except (ValueError, IndexError) as exc:
-                    raise CrlBuildError(f"an entry does not parse back: {exc}") from None
-            if walked != entries:
-                raise CrlBuildError(f"{walked} entries in the file, the registry has {entries}")
-            with contextlib.suppress(OSError):  # for the next build, in whatever process (a cache: best effort)
-                self._walks[target.filename].save(self.dir / f".{target.filename}.walk")
-            if digest.result() != tbs.digest:  # SHA-256: the file's TBS is byte for byte the one built and signed
-                raise CrlBuildError("the TBS in the file is not the one signed")
-            try:
-                self.signer.verify_digest(crl.signature, digest.result())
-            except SignatureCheckFailed:
-                raise CrlBuildError("signature does not verify under the CA certificate") from None
-            now = int(self.clock())
-            next_update = crl.next_update_utc
-            if next_update is None or int(next_update.timestamp()) <= now:
-                raise CrlBuildError("nextUpdate is not in the future")
-            if int(crl.last_update_utc.timestamp()) > now + 1:
-                raise CrlBuildError("thisUpdate is in the future")
-            return file_sha256.result().hex()
+        """The file read back and checked against what was built (``selfcheck``); its SHA-256."""
+        previous = self.registry.crl_latest(self.issuer.name, target.scope, target.kind)
+        built = Built(record.number, tbs.entries, tbs.size, tbs.digest, tbs.segments, tbs.checked)
+        return self_check(path, built, self.signer, self._issuer_name, previous.number if previous else None,
+                          self._walk_cache(target.filename), self.dir / f".{target.filename}.walk", self.clock)
 
     def _walk_cache(self, filename: str) -> WalkCache:
         """The entry walks of the previous build of ``filename`` (from this process, else from disk)."""
@@ -393,27 +395,6 @@ class CrlPublisher:
 
 def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
-
-
-def _sha256_of(blocks: Iterator[memoryview]) -> bytes:
-    hasher = hashlib.sha256()
-    for block in blocks:
-        hasher.update(block)
-    return hasher.digest()
-
-
-def _blocks(path: Path, start: int, end: int, size: int = 1 << 20) -> Iterator[memoryview]:
-    """Bytes ``start`` to ``end`` of the file at ``path``, read into one buffer a block at a time (each block
-    is to be used before the next is asked for)."""
-    buffer = memoryview(bytearray(size))
-    with open(path, "rb", buffering=0) as fh:
-        fh.seek(start)
-        while start < end:
-            got = fh.readinto(buffer[:min(size, end - start)])
-            if not got:
-                raise CrlBuildError("the file is shorter than it was written")
-            yield buffer[:got]
-            start += got
 
 
 def pem_crl(data: bytes) -> bytes:

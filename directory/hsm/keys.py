@@ -95,6 +95,12 @@ class KeySigner:
     def description(self) -> str:
         return f"{self.kind.upper()}-{self.bits}"
 
+    def prepare(self) -> None:
+        """Now, what the first signature would do first: a session opened and logged in, the key found, its
+        mechanism chosen (remembered: later calls cost nothing). A caller with other work before its first
+        signature runs this beside that work; its errors are the ones signing would raise."""
+        self.hsm.plan(self.label, self.algorithm)
+
     def sign_digest(self, digest: bytes, source: ChunkSource | None = None) -> bytes:
         """Sign a digest made with ``self.algorithm.hash``; returns the X.509 signature value.
 
