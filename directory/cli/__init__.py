@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)
     # At exit the interpreter's collections would walk every object of every module loaded (a tenth of a
     # second after `crl build` on a busy machine), only to free memory the system takes back anyway.
+    atexit.unregister(gc.freeze)  # once per process, however many times main() runs in it (tests)
     atexit.register(gc.freeze)
     parser = build_parser()
     args = parser.parse_args(argv)
