@@ -66,7 +66,7 @@ class OcspComponent:
         log.info("OCSP: %d pre-signed responses loaded from the registry", loaded)
         self.mount(service.app.router)
         # the public listener answers held answers itself, before aiohttp (ocsp/direct.py)
-        service.connections.direct = DirectAnswers(self, self.clock).answer
+        service.connections.direct = DirectAnswers(self, self.clock)
         service.registry.add_listener(self._on_change)
         self._tasks = [asyncio.create_task(self._poll_changes()), asyncio.create_task(self._presign_loop())]
         service.add_job(self._flush, "interval", seconds=2, id="ocsp-flush")
@@ -154,6 +154,10 @@ class OcspComponent:
     async def _live(self, received: bytes | str, request: Request) -> Outcome:
         """A request without a held answer: signed here (a serving process hands it to the main process)."""
         return await self.live.answer(request)
+
+    def live_future(self, received: bytes | str, request: Request) -> asyncio.Future[Outcome]:
+        """``_live`` for the direct path (``ocsp.direct``), as a future: here the signing lane's own, no task."""
+        return self.live.submit(request)
 
     async def answer_uncounted(self, received: bytes | str) -> Outcome:
         """What a serving process asks for a request it holds no answer for (``[http] workers``): the answer,
