@@ -159,16 +159,22 @@ class OcspComponent:
         """``_live`` for the direct path (``ocsp.direct``), as a future: here the signing lane's own, no task."""
         return self.live.submit(request)
 
-    async def answer_uncounted(self, received: bytes | str) -> Outcome:
-        """What a serving process asks for a request it holds no answer for (``[http] workers``): the answer,
-        counted by the process that sends it, not here."""
+    def answer_future(self, received: bytes | str | Request) -> asyncio.Future[Outcome]:
+        """What a serving process asks for a request it holds no answer for (``[http] workers``; usually the
+        values of a request it parsed, ``livewire``): the answer, counted by the process that sends it, not
+        here. A future, the signing lane's own when it is signed (no task per answer); never an exception."""
         assert self.responder is not None
         try:
-            first = self.responder.from_cache(received)
-            return first if isinstance(first, Outcome) else await self._live(received, first)
+            first = self.responder.from_request(received) if isinstance(received, Request) \
+                else self.responder.from_cache(received)
         except Exception:
             log.exception("OCSP request failed unexpectedly")
-            return error_outcome(resp.INTERNAL_ERROR)
+            first = error_outcome(resp.INTERNAL_ERROR)
+        if isinstance(first, Request):
+            return self.live.submit(first)
+        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        done.set_result(first)
+        return done
 
     def _send(self, outcome: Outcome, get: bool) -> web.Response:
         if get and outcome.next_update is not None and outcome.this_update is not None:

@@ -159,6 +159,11 @@ class AnswerLookup:
             request = parse_request(der, 100)
         except Malformed:
             return error_outcome(resp.MALFORMED_REQUEST, "error")
+        return self.from_request(request, received)
+
+    def from_request(self, request: Request, received: bytes | str | None = None) -> Outcome | Request:
+        """``from_cache`` for a request parsed already (a serving process's, ``livewire``): the answer held,
+        an error, or the request to sign; ``received``: the bytes it arrived as, remembered when cacheable."""
         issuer = self._issuer_of(request)
         if issuer is None:
             return error_outcome(resp.UNAUTHORIZED, "error")
@@ -166,7 +171,8 @@ class AnswerLookup:
             return error_outcome(resp.MALFORMED_REQUEST, "error")
         if len(request.cert_ids) == 1 and (request.nonce is None or issuer.settings.nonce == "ignore"):
             cid = request.cert_ids[0]
-            self.requests.put(received, (issuer, cid.hash_name, cid.serial), len(received))
+            if received is not None:
+                self.requests.put(received, (issuer, cid.hash_name, cid.serial), len(received))
             hit = self.answer_for(issuer, cid.hash_name, cid.serial)
             if hit is not None:
                 return hit

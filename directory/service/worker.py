@@ -77,11 +77,9 @@ class WorkerOcsp(OcspComponent):
         self.upstream = live
 
     async def _live(self, received: bytes | str, request: Request) -> Outcome:
-        kind, data = ("get", received.encode("utf-8", "surrogateescape")) if isinstance(received, str) \
-            else ("post", received)
         for attempt in (1, 2):  # once more, on a new connection, when the one it went out on was lost
             try:
-                return await self.upstream.ask(kind, data)
+                return await self.upstream.ask("request", request)  # its values: not parsed again there
             except ConnectionError as exc:
                 if attempt == 2:
                     log.warning("OCSP: the main process could not sign a live answer: %s", exc)
