@@ -15,7 +15,9 @@ second strict parse cost the signer's process ~15 µs per answer, JSON metadata 
 checked on arrival as the parser checks them (sizes, hash algorithm, serial, nonce). Both sides bound what
 they accept (``MAX_FRAME``) and drop the connection on anything else; the socket's directory is the service
 user's alone (``WorkerPool``). A serving process waits ``timeout`` at most for an answer: one timer per
-connection looks at what waits, not one per request.
+connection looks at what waits, not one per request. Frames made in one turn of the event loop leave in one
+write (``_Outbox``): the answers one wake-up of the signing lane hands over, the requests of the clients one
+poll of the sockets found (a send and a wake-up of the other side each, not one per frame).
 """
 
 from __future__ import annotations
@@ -122,6 +124,26 @@ def take_frames(buffer: bytearray, header: struct.Struct) -> list[tuple[tuple[in
     return frames
 
 
+class _Outbox:
+    """Frames for one transport, written together at the end of the event loop's current turn."""
+
+    __slots__ = ("frames", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.frames: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        if not self.frames:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.frames.append(frame)
+
+    def _flush(self) -> None:
+        frames, self.frames = self.frames, []
+        if not self.transport.is_closing():
+            self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+
 class LiveServer(asyncio.Protocol):
     """The main process's side of one connection: each request answered by ``answer`` as soon as it is
     signed (answers may leave in another order than the requests came: each carries its number). A request
@@ -134,9 +156,11 @@ class LiveServer(asyncio.Protocol):
         self.tasks: set[asyncio.Future[Outcome]] = set()
         self.paused = False
         self.transport: asyncio.Transport | None = None
+        self.outbox: _Outbox | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.outbox = _Outbox(transport)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -179,7 +203,8 @@ class LiveServer(asyncio.Protocol):
             if len(payload) > MAX_FRAME:  # the serving process would drop the connection, every request with it
                 log.error("live OCSP answer of %d bytes not sent (more than %d)", len(payload), MAX_FRAME)
                 payload = live_payload(error_outcome(resp.INTERNAL_ERROR))
-        self.transport.write(_ANSWER.pack(number, len(payload)) + payload)
+        assert self.outbox is not None
+        self.outbox.send(_ANSWER.pack(number, len(payload)) + payload)
         if self.paused and len(self.tasks) < MAX_IN_FLIGHT // 2:
             self.paused = False
             self.transport.resume_reading()
@@ -213,7 +238,7 @@ class LiveClient:
         waiter = loop.create_future()
         protocol.wait(number, waiter, loop.time() + self.timeout)
         payload = pack_request(data) if isinstance(data, Request) else data
-        protocol.transport.write(_ASK.pack(number, len(payload), KINDS.index(kind)) + payload)
+        protocol.outbox.send(_ASK.pack(number, len(payload), KINDS.index(kind)) + payload)
         try:
             answer = await waiter
         except TimeoutError:
@@ -246,6 +271,7 @@ class _ClientProtocol(asyncio.Protocol):
         self.deadlines: dict[int, float] = {}
         self.lost = False
         self.transport: asyncio.Transport
+        self.outbox: _Outbox
         self._sweep: asyncio.TimerHandle | None = None
 
     def wait(self, number: int, waiter: asyncio.Future[bytes], deadline: float) -> None:
@@ -275,6 +301,7 @@ class _ClientProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.outbox = _Outbox(transport)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
