@@ -159,6 +159,8 @@ class DirectAnswers:
         responder = component.responder
         assert responder is not None
         transport, queue = answers.transport, answers.queue
+        if answers.closing:  # closed once its answers are written (shutdown, end of input): nothing more is read
+            return size
         while pos < size:
             if len(queue) >= MAX_PENDING or transport.get_write_buffer_size() > WRITE_LIMIT:
                 return pos

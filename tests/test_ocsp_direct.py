@@ -445,6 +445,7 @@ async def test_shutdown_waits_for_answers_being_signed_then_gives_up() -> None:
             await _until(lambda: gate.open == 3)
             server.close()
             gate.close_held()
+            await loop.sock_sendall(signing, _wire(_body(b"too late")))  # not taken: the service is stopping
             assert await asyncio.wait_for(loop.sock_recv(idle, 10), 3) == b""
             idle.close()
             waiting = asyncio.ensure_future(gate.wait_held(1.0))
@@ -452,6 +453,7 @@ async def test_shutdown_waits_for_answers_being_signed_then_gives_up() -> None:
             component.sign(_body(b"slow"))
             assert (await _answers(signing, 1))[0][2] == b"L" + _body(b"slow")
             assert await asyncio.wait_for(loop.sock_recv(signing, 10), 3) == b""
+            assert _body(b"too late") not in component.signing
             await waiting
             try:
                 end = await asyncio.wait_for(loop.sock_recv(stuck, 10), 3)
