@@ -197,6 +197,9 @@ class DirectAnswers:
             outcome = future.result()
         except asyncio.CancelledError:  # the service is stopping
             outcome = error_outcome(resp.TRY_LATER, "error")
+        except (ConnectionError, TimeoutError) as exc:  # a serving process's signer unreachable or too busy
+            log.warning("OCSP: the main process could not sign a live answer: %s", exc or type(exc).__name__)
+            outcome = error_outcome(resp.TRY_LATER, "error")
         except Exception:  # never a 500: an internalError response, logged (as OcspComponent._answer)
             log.exception("OCSP request failed unexpectedly")
             outcome = error_outcome(resp.INTERNAL_ERROR)

@@ -149,3 +149,30 @@ async def test_a_parsed_request_is_answered_and_a_bad_one_is_internal_error(tmp_
     finally:
         client.close()
         server.close()
+
+
+async def test_submit_needs_an_open_connection_and_fails_as_ask_does(tmp_path: Path) -> None:
+    """``submit`` (the direct path's, no task) answers on the connection already open, and its future fails with
+    TimeoutError when no answer comes in time, ConnectionError when the connection is lost."""
+    path = str(tmp_path / "live.sock")
+    server = await asyncio.get_running_loop().create_unix_server(lambda: LiveServer(_answer), path)
+    client = LiveClient(path, timeout=0.2)
+    try:
+        assert client.submit("post", b"x") is None  # nothing open yet: ``ask`` opens it
+        assert (await client.ask("post", b"first")).body == b"answer to first"
+        asked = client.submit("request", Request((_CID,), None))
+        assert asked is not None and (await asked).status == "successful"
+        stuck = client.submit("post", b"never answered")
+        assert stuck is not None
+        with pytest.raises(TimeoutError):
+            await stuck
+        assert client._protocol is not None and not client._protocol.waiting  # nothing kept for it
+        lost = client.submit("post", b"never answered")
+        assert lost is not None
+        await asyncio.sleep(0.05)
+        client._protocol.transport.abort()
+        with pytest.raises(ConnectionError):
+            await lost
+    finally:
+        client.close()
+        server.close()

@@ -373,7 +373,8 @@ async def test_live_answers_in_flight_are_bounded_and_what_follows_waits_for_the
 
 async def test_a_client_gone_while_signing_and_failed_signatures() -> None:
     """A client that leaves while its answers are signed: they are cancelled, nothing is written, its slot is
-    given back. A signature that fails is internalError for that request alone, a cancelled one tryLater;
+    given back. A signature that fails is internalError for that request alone, a cancelled one or one whose
+    signer could not be reached (a serving process's) tryLater;
     end of input and ``Connection: close`` close the connection once the answers in flight are written."""
     component = _Signing({})
     runner, gate, server = await _gated(component)
@@ -398,17 +399,20 @@ async def test_a_client_gone_while_signing_and_failed_signatures() -> None:
 
         sock = await _client(server)
         with sock:
-            await loop.sock_sendall(sock, _wire(_body(b"bad")) + _wire(_body(b"cut")) + _wire(_body(b"ok")))
-            await _until(lambda: len(component.signing) == 3)
+            await loop.sock_sendall(sock, _wire(_body(b"bad")) + _wire(_body(b"cut")) + _wire(_body(b"lost"))
+                                    + _wire(_body(b"ok")))
+            await _until(lambda: len(component.signing) == 4)
             component.signing.pop(_body(b"bad")).set_exception(RuntimeError("boom"))
             component.signing.pop(_body(b"cut")).cancel()
+            component.signing.pop(_body(b"lost")).set_exception(ConnectionError("the main process went away"))
             sock.shutdown(socket.SHUT_WR)  # end of input with an answer still in flight
             await asyncio.sleep(0.05)
             component.sign(_body(b"ok"))
-            answers = await _answers(sock, 3)
-            assert [ocsp.load_der_ocsp_response(a[2]).response_status for a in answers[:2]] == [
-                ocsp.OCSPResponseStatus.INTERNAL_ERROR, ocsp.OCSPResponseStatus.TRY_LATER]
-            assert answers[2][2] == b"L" + _body(b"ok")
+            answers = await _answers(sock, 4)
+            assert [ocsp.load_der_ocsp_response(a[2]).response_status for a in answers[:3]] == [
+                ocsp.OCSPResponseStatus.INTERNAL_ERROR, ocsp.OCSPResponseStatus.TRY_LATER,
+                ocsp.OCSPResponseStatus.TRY_LATER]
+            assert answers[3][2] == b"L" + _body(b"ok")
             assert await asyncio.wait_for(loop.sock_recv(sock, 10), 3) == b""  # then closed
         assert ("internalError", "error") in component.counted and ("tryLater", "error") in component.counted
 

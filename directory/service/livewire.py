@@ -233,19 +233,27 @@ class LiveClient:
         protocol = self._protocol
         if protocol is None or protocol.lost:
             protocol = await self._connect()
+        try:
+            return await self._send(protocol, kind, data)
+        except TimeoutError:
+            raise TimeoutError(f"no answer within {self.timeout:.0f} s") from None
+
+    def submit(self, kind: str, data: bytes | Request) -> asyncio.Future[Outcome] | None:
+        """``ask`` without a coroutine (no task per request), on the connection already open; None when there is
+        none (``ask`` opens one). The future fails with ConnectionError or TimeoutError as ``ask`` does."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            return None
+        return self._send(protocol, kind, data)
+
+    def _send(self, protocol: _ClientProtocol, kind: str, data: bytes | Request) -> asyncio.Future[Outcome]:
         self._number = number = (self._number + 1) & 0xFFFFFFFF
         loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
+        waiter: asyncio.Future[Outcome] = loop.create_future()
         protocol.wait(number, waiter, loop.time() + self.timeout)
         payload = pack_request(data) if isinstance(data, Request) else data
         protocol.outbox.send(_ASK.pack(number, len(payload), KINDS.index(kind)) + payload)
-        try:
-            answer = await waiter
-        except TimeoutError:
-            raise TimeoutError(f"no answer within {self.timeout:.0f} s") from None
-        finally:
-            protocol.waiting.pop(number, None)
-        return outcome_of(answer)
+        return waiter
 
     async def _connect(self) -> _ClientProtocol:
         if self._connecting is None:
@@ -267,14 +275,14 @@ class LiveClient:
 class _ClientProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.buffer = bytearray()
-        self.waiting: dict[int, asyncio.Future[bytes]] = {}
+        self.waiting: dict[int, asyncio.Future[Outcome]] = {}
         self.deadlines: dict[int, float] = {}
         self.lost = False
         self.transport: asyncio.Transport
         self.outbox: _Outbox
         self._sweep: asyncio.TimerHandle | None = None
 
-    def wait(self, number: int, waiter: asyncio.Future[bytes], deadline: float) -> None:
+    def wait(self, number: int, waiter: asyncio.Future[Outcome], deadline: float) -> None:
         """``waiter`` gets the answer numbered ``number``, or TimeoutError once ``deadline`` (loop time) passes:
         a timer a second (or sooner for short deadlines) looks at every waiter, none is made per request."""
         self.waiting[number] = waiter
@@ -289,10 +297,12 @@ class _ClientProtocol(asyncio.Protocol):
         now, soonest = loop.time(), None
         for number, deadline in list(self.deadlines.items()):
             waiter = self.waiting.get(number)
-            if waiter is None or waiter.done():
+            if waiter is None or waiter.done():  # answered, or cancelled by its caller
                 del self.deadlines[number]
+                self.waiting.pop(number, None)
             elif deadline <= now:
                 del self.deadlines[number]
+                del self.waiting[number]
                 waiter.set_exception(TimeoutError())
             else:
                 soonest = deadline if soonest is None else min(soonest, deadline)
@@ -314,7 +324,10 @@ class _ClientProtocol(asyncio.Protocol):
             waiter = self.waiting.pop(number, None)
             deadlines.pop(number, None)
             if waiter is not None and not waiter.done():
-                waiter.set_result(payload)
+                try:
+                    waiter.set_result(outcome_of(payload))
+                except (struct.error, UnicodeDecodeError) as exc:  # the main process's bug: this answer alone
+                    waiter.set_exception(ValueError(f"answer {number} does not unpack: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

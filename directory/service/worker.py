@@ -89,7 +89,10 @@ class WorkerOcsp(OcspComponent):
         return error_outcome(resp.TRY_LATER, "error")
 
     def live_future(self, received: bytes | str, request: Request) -> asyncio.Future[Outcome]:
-        return asyncio.ensure_future(self._live(received, request))
+        """The direct path's: on the connection to the main process already open, the answer's own future
+        (no task; a lost connection or no answer in time is tryLater, ``DirectAnswers.finish``); else ``_live``."""
+        asked = self.upstream.submit("request", request)
+        return asked if asked is not None else asyncio.ensure_future(self._live(received, request))
 
 
 def make_proxy(session: aiohttp.ClientSession) -> Handler:
