@@ -12,14 +12,25 @@ header names as tokens and values of visible ASCII; one ``Host``; no second of a
 ``Expect``, ``Upgrade``, ``Proxy-Connection`` (llhttp's ``Connection``), nor a ``Connection`` other than
 ``keep-alive`` or ``close`` (then answered and closed, what follows unread); the whole request, body included,
 within the bytes received. A request so spelled means the same to any HTTP/1.1 parser, so none can read it
-otherwise (no smuggling through the difference), and aiohttp would answer it, not refuse it. Anything else,
-and any request whose answer is not held (it needs the HSM), is left to aiohttp from that request on: the
-caller then hands the rest of the connection to aiohttp for good, so its parser starts at a request boundary
-and the answers keep their order.
+otherwise (no smuggling through the difference), and aiohttp would answer it, not refuse it. Anything else is
+left to aiohttp from that request on: the caller then hands the rest of the connection to aiohttp for good,
+so its parser starts at a request boundary and the answers keep their order.
+
+A request in that subset whose answer is not held (a nonce, a miss: it needs the HSM) is signed live from
+here too, without aiohttp (issue 15 §3: aiohttp's request and response and a second parse of the request cost
+a sixth of an RSA signature's CPU). Its answer is a future (``OcspComponent.live_future``); the connection's
+answers then wait in request order (``Answers``): one ready behind one being signed is written once the
+earlier one is. At most ``MAX_PENDING`` answers of a connection are in flight; past that, and whenever
+something not taken here follows answers in flight, the rest of the read waits (the caller pauses reading)
+until every answer is written, and only then goes on, here or to aiohttp. A connection lost meanwhile cancels
+what it still waits for; ``Connection: close`` or end of input closes it once its answers are written.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -29,7 +40,8 @@ from aiohttp.http import SERVER_SOFTWARE
 
 from directory import logs
 from directory.httpdate import http_date
-from ocsp.lookup import Outcome
+from ocsp import response as resp
+from ocsp.lookup import Outcome, error_outcome
 from ocsp.request import MAX_BODY
 
 if TYPE_CHECKING:
@@ -37,6 +49,7 @@ if TYPE_CHECKING:
 
 MAX_HEAD = 8190  # request line and header fields, as aiohttp's own line limit: longer ones are aiohttp's
 MAX_FIELDS = 32
+MAX_PENDING = 16  # answers of one connection in flight (being signed, or ready behind one that is)
 WRITE_LIMIT = 64 * 1024  # answers queued unread by the client: past this, aiohttp's flow control takes over
 _FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?[ \t]*")
 _GET_TARGET = re.compile(rb"/ocsp/[A-Za-z0-9+/=%._~-]*")
@@ -48,6 +61,7 @@ _REFUSED_FIELDS = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"cont
                              b"server"})
 _SERVER = f"Server: {SERVER_SOFTWARE}\r\n".encode()
 _KEEP, _CLOSE = b"\r\n", b"Connection: close\r\n\r\n"
+log = logging.getLogger(__name__)
 
 
 class Writer(Protocol):
@@ -56,9 +70,78 @@ class Writer(Protocol):
     def close(self) -> None: ...
 
 
+class _Entry:
+    """One request's answer in a connection's queue: ``outcome`` once known, ``future`` while being signed."""
+
+    __slots__ = ("close", "future", "get", "outcome", "request_id", "started")
+
+    def __init__(self, outcome: Outcome | None, future: asyncio.Future[Outcome] | None, get: bool,
+                 request_id: str, close: bool, started: float) -> None:
+        self.outcome, self.future, self.get = outcome, future, get
+        self.request_id, self.close, self.started = request_id, close, started
+
+
+class Answers:
+    """One connection's answers in the order of its requests (made by ``DirectAnswers.connection``).
+
+    ``drained`` is called each time the last answer in flight has been written (the gate then takes up what
+    it held back); ``pending`` says whether any is in flight."""
+
+    __slots__ = ("_direct", "closing", "drained", "gone", "queue", "transport")
+
+    def __init__(self, direct: DirectAnswers, transport: Writer, drained: Callable[[], None]) -> None:
+        self._direct = direct
+        self.transport = transport
+        self.drained = drained
+        self.queue: collections.deque[_Entry] = collections.deque()
+        self.closing = False  # Connection: close, end of input or shutdown: closed once the queue is written
+        self.gone = False
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.queue)
+
+    def close_when_written(self) -> None:
+        """Close the connection once every answer in flight is written (at once when none is)."""
+        self.closing = True
+        if not self.queue:
+            self.transport.close()
+
+    def abandon(self) -> None:
+        """The connection is lost: nobody reads what is still being signed."""
+        self.gone = True
+        queue, self.queue = self.queue, collections.deque()
+        for entry in queue:
+            if entry.future is not None:
+                entry.future.cancel()
+
+    def _signed(self, future: asyncio.Future[Outcome]) -> None:
+        """A live answer is known: write every answer now first in line."""
+        if self.gone:
+            return
+        direct, queue = self._direct, self.queue
+        if not queue or queue[0].future is not future:
+            return  # behind one still being signed (or written already, with the one before it)
+        while queue:
+            entry = queue[0]
+            if entry.future is not None:
+                if not entry.future.done():
+                    return
+                entry.outcome = direct.finish(entry.future, entry.started)
+                entry.future = None
+            queue.popleft()
+            assert entry.outcome is not None
+            self.transport.write(direct.response(entry.outcome, entry.get, entry.request_id, entry.close))
+        if self.closing:
+            self.transport.close()
+        else:
+            self.drained()
+
+
 class DirectAnswers:
-    """``answer(data, transport)``: answers the whole requests at the start of ``data`` that are held, and
-    returns how many bytes they took (``len(data)``: all; less: aiohttp takes the rest)."""
+    """``answer(data, answers)``: answers the whole requests at the start of ``data`` in the subset, held or
+    signed live, and returns how many bytes they took (``len(data)``: all; less: what follows is not taken
+    now, see the module's docstring)."""
 
     def __init__(self, component: OcspComponent, clock: Callable[[], float] = time.time) -> None:
         self.component = component
@@ -66,12 +149,20 @@ class DirectAnswers:
         self._date_at = -1
         self._date = b""
 
-    def answer(self, data: bytes, transport: Writer) -> int:
+    def connection(self, transport: Writer, drained: Callable[[], None]) -> Answers:
+        """The answer queue of a new connection."""
+        return Answers(self, transport, drained)
+
+    def answer(self, data: bytes, answers: Answers) -> int:
         pos, size = 0, len(data)
-        responder = self.component.responder
+        component = self.component
+        responder = component.responder
         assert responder is not None
+        transport, queue = answers.transport, answers.queue
+        if answers.closing:  # closed once its answers are written (shutdown, end of input): nothing more is read
+            return size
         while pos < size:
-            if transport.get_write_buffer_size() > WRITE_LIMIT:
+            if len(queue) >= MAX_PENDING or transport.get_write_buffer_size() > WRITE_LIMIT:
                 return pos
             parsed = parse(data, pos)
             if parsed is None:
@@ -82,18 +173,43 @@ class DirectAnswers:
                 outcome = responder.from_cache(received)
             except Exception:  # aiohttp's handler answers it again, and logs what went wrong
                 return pos
-            if not isinstance(outcome, Outcome):  # to be signed: the handler's (asynchronous) path
-                return pos
-            responder.stats.count(outcome.status, outcome.path)
-            self.component.metrics.latency.observe(outcome.path, time.perf_counter() - started)
-            transport.write(self._response(outcome, get, logs.take_request_id(given_id), close))
+            if isinstance(outcome, Outcome):
+                responder.stats.count(outcome.status, outcome.path)
+                component.metrics.latency.observe(outcome.path, time.perf_counter() - started)
+                request_id = logs.take_request_id(given_id)
+                if queue:  # behind an answer being signed
+                    queue.append(_Entry(outcome, None, get, request_id, close, started))
+                else:
+                    transport.write(self.response(outcome, get, request_id, close))
+            else:  # to be signed: in flight until its future is done
+                future = component.live_future(received, outcome)
+                queue.append(_Entry(None, future, get, logs.take_request_id(given_id), close, started))
+                future.add_done_callback(answers._signed)
             if close:  # what follows is not read (as aiohttp does)
-                transport.close()
+                answers.close_when_written()
                 return size
             pos = end
         return pos
 
-    def _response(self, outcome: Outcome, get: bool, request_id: str, close: bool) -> bytes:
+    def finish(self, future: asyncio.Future[Outcome], started: float) -> Outcome:
+        """A live answer's outcome, counted as the aiohttp handler counts it (never an exception)."""
+        try:
+            outcome = future.result()
+        except asyncio.CancelledError:  # the service is stopping
+            outcome = error_outcome(resp.TRY_LATER, "error")
+        except (ConnectionError, TimeoutError) as exc:  # a serving process's signer unreachable or too busy
+            log.warning("OCSP: the main process could not sign a live answer: %s", exc or type(exc).__name__)
+            outcome = error_outcome(resp.TRY_LATER, "error")
+        except Exception:  # never a 500: an internalError response, logged (as OcspComponent._answer)
+            log.exception("OCSP request failed unexpectedly")
+            outcome = error_outcome(resp.INTERNAL_ERROR)
+        responder = self.component.responder
+        assert responder is not None
+        responder.stats.count(outcome.status, outcome.path)
+        self.component.metrics.latency.observe(outcome.path, time.perf_counter() - started)
+        return outcome
+
+    def response(self, outcome: Outcome, get: bool, request_id: str, close: bool) -> bytes:
         now = int(self.clock())
         if now != self._date_at:
             self._date, self._date_at = f"Date: {http_date(now)}\r\n".encode(), now

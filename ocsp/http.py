@@ -66,7 +66,7 @@ class OcspComponent:
         log.info("OCSP: %d pre-signed responses loaded from the registry", loaded)
         self.mount(service.app.router)
         # the public listener answers held answers itself, before aiohttp (ocsp/direct.py)
-        service.connections.direct = DirectAnswers(self, self.clock).answer
+        service.connections.direct = DirectAnswers(self, self.clock)
         service.registry.add_listener(self._on_change)
         self._tasks = [asyncio.create_task(self._poll_changes()), asyncio.create_task(self._presign_loop())]
         service.add_job(self._flush, "interval", seconds=2, id="ocsp-flush")
@@ -155,16 +155,26 @@ class OcspComponent:
         """A request without a held answer: signed here (a serving process hands it to the main process)."""
         return await self.live.answer(request)
 
-    async def answer_uncounted(self, received: bytes | str) -> Outcome:
-        """What a serving process asks for a request it holds no answer for (``[http] workers``): the answer,
-        counted by the process that sends it, not here."""
+    def live_future(self, received: bytes | str, request: Request) -> asyncio.Future[Outcome]:
+        """``_live`` for the direct path (``ocsp.direct``), as a future: here the signing lane's own, no task."""
+        return self.live.submit(request)
+
+    def answer_future(self, received: bytes | str | Request) -> asyncio.Future[Outcome]:
+        """What a serving process asks for a request it holds no answer for (``[http] workers``; usually the
+        values of a request it parsed, ``livewire``): the answer, counted by the process that sends it, not
+        here. A future, the signing lane's own when it is signed (no task per answer); never an exception."""
         assert self.responder is not None
         try:
-            first = self.responder.from_cache(received)
-            return first if isinstance(first, Outcome) else await self._live(received, first)
+            first = self.responder.from_request(received) if isinstance(received, Request) \
+                else self.responder.from_cache(received)
         except Exception:
             log.exception("OCSP request failed unexpectedly")
-            return error_outcome(resp.INTERNAL_ERROR)
+            first = error_outcome(resp.INTERNAL_ERROR)
+        if isinstance(first, Request):
+            return self.live.submit(first)
+        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        done.set_result(first)
+        return done
 
     def _send(self, outcome: Outcome, get: bool) -> web.Response:
         if get and outcome.next_update is not None and outcome.this_update is not None:

@@ -44,10 +44,16 @@ class LiveLane:
 
     async def answer(self, request: Request) -> Outcome:
         """The live answer to ``request`` (signed on a signing thread)."""
+        return await self.submit(request)
+
+    def submit(self, request: Request) -> asyncio.Future[Outcome]:
+        """The future of the live answer to ``request``: what ``answer`` awaits, for a caller that needs no
+        coroutine (``ocsp.direct`` chains a callback to it: no task per answer). Cancelling it forgets the
+        answer, not the signature (the signing thread may have begun)."""
         assert self._loop is not None, "LiveLane.start() first"
         future: asyncio.Future[Outcome] = self._loop.create_future()
         self._jobs.put((request, future))
-        return await future
+        return future
 
     def stop(self) -> None:
         """Let the threads finish what they hold and end (waits for them)."""

@@ -74,7 +74,7 @@ class Outcome:
     changes.
     """
 
-    __slots__ = ("_get_headers", "_headers_at", "_wire_get", "_wire_get_at", "_wire_plain", "body", "etag",
+    __slots__ = ("_get_headers", "_headers_at", "_wire_get", "_wire_get_at", "body", "etag",
                  "next_update", "path", "status", "this_update", "wire_length")
 
     def __init__(self, body: bytes, status: str, path: str, this_update: int | None = None,
@@ -87,7 +87,7 @@ class Outcome:
         self._headers_at = -1
         self._get_headers: dict[str, str] = {}
         self._wire_get_at = -1
-        self._wire_get = self._wire_plain = b""
+        self._wire_get = b""
         self.wire_length = b"Content-Length: %d\r\n" % len(body)  # its header line, as aiohttp writes it
 
     def get_headers(self, now: int) -> dict[str, str]:
@@ -111,13 +111,14 @@ class Outcome:
                 self._wire_get = _wire(self.get_headers(now))
                 self._wire_get_at = now
             return self._wire_get
-        if not self._wire_plain:
-            self._wire_plain = _wire(UNCACHED_HEADERS)
-        return self._wire_plain
+        return _WIRE_UNCACHED  # the same for every answer (a live answer's Outcome is used once)
 
 
 def _wire(headers: dict[str, str]) -> bytes:
     return ("HTTP/1.1 200 OK\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers.items())).encode()
+
+
+_WIRE_UNCACHED = _wire(UNCACHED_HEADERS)
 
 
 def error_outcome(code: int, path: str = "error") -> Outcome:
@@ -159,6 +160,11 @@ class AnswerLookup:
             request = parse_request(der, 100)
         except Malformed:
             return error_outcome(resp.MALFORMED_REQUEST, "error")
+        return self.from_request(request, received)
+
+    def from_request(self, request: Request, received: bytes | str | None = None) -> Outcome | Request:
+        """``from_cache`` for a request parsed already (a serving process's, ``livewire``): the answer held,
+        an error, or the request to sign; ``received``: the bytes it arrived as, remembered when cacheable."""
         issuer = self._issuer_of(request)
         if issuer is None:
             return error_outcome(resp.UNAUTHORIZED, "error")
@@ -166,7 +172,8 @@ class AnswerLookup:
             return error_outcome(resp.MALFORMED_REQUEST, "error")
         if len(request.cert_ids) == 1 and (request.nonce is None or issuer.settings.nonce == "ignore"):
             cid = request.cert_ids[0]
-            self.requests.put(received, (issuer, cid.hash_name, cid.serial), len(received))
+            if received is not None:
+                self.requests.put(received, (issuer, cid.hash_name, cid.serial), len(received))
             hit = self.answer_for(issuer, cid.hash_name, cid.serial)
             if hit is not None:
                 return hit

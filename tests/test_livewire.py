@@ -14,13 +14,24 @@ from pathlib import Path
 
 import pytest
 
-from directory.service.livewire import MAX_FRAME, LiveClient, LiveServer
+from directory.service.livewire import (
+    MAX_FRAME,
+    LiveClient,
+    LiveServer,
+    live_payload,
+    outcome_of,
+    pack_request,
+    unpack_request,
+)
 from ocsp.lookup import Outcome
+from ocsp.request import CertId, Request
 
 _delays = random.Random(15)
 
 
-async def _answer(received: bytes | str) -> Outcome:
+async def _answer(received: bytes | str | Request) -> Outcome:
+    if isinstance(received, Request):
+        return Outcome(repr(received).encode(), "successful", "live", 1, None, b"\x02")
     body = received.encode() if isinstance(received, str) else received
     if body == b"never answered":
         await asyncio.Event().wait()
@@ -92,4 +103,76 @@ async def test_no_main_process_is_a_connection_error_and_no_answer_a_timeout(tmp
         await asyncio.sleep(0.1)
         assert not servers[0].tasks  # what was being signed for a connection gone is cancelled
     finally:
+        server.close()
+
+
+_CID = CertId("sha1", b"n" * 20, b"k" * 20, 0x1234)
+
+
+def test_parsed_requests_and_answers_cross_as_they_were() -> None:
+    for request in (Request((_CID,), None), Request((_CID,), b"\x00" * 32),
+                    Request((CertId("sha512", b"N" * 64, b"K" * 64, 0), CertId("sha256", b"n" * 32, b"k" * 32,
+                                                                             2 ** 160 - 1)), b"x")):
+        assert unpack_request(pack_request(request)) == request
+    for outcome in (Outcome(b"DER", "successful", "live", 5, 6, b"\xab"), Outcome(b"", "tryLater", "shed")):
+        back = outcome_of(live_payload(outcome))
+        assert (back.body, back.status, back.path, back.this_update, back.next_update, back.etag) == (
+            outcome.body, outcome.status, outcome.path, outcome.this_update, outcome.next_update, outcome.etag)
+
+
+@pytest.mark.parametrize("packed", [
+    b"", b"\x00", b"\x21" + b"n" * 33 + b"\x01",  # a nonce past MAX_NONCE
+    b"\x00\x00",  # no CertID
+    b"\x00\x65",  # more than 100
+    b"\x00\x01\x09" + b"h" * 40 + b"\x01\x01",  # an unknown hash algorithm
+    b"\x00\x01\x00" + b"h" * 40 + b"\x00",  # an empty serial
+    b"\x00\x01\x00" + b"h" * 40 + b"\x16" + b"\xff" * 22,  # a serial past 20 octets
+    b"\x00\x01\x00" + b"h" * 39 + b"\x01\x01",  # hashes cut short
+    b"\x00\x01\x00" + b"h" * 40 + b"\x01\x01\x00",  # a byte too many
+    b"\x05abc",  # a nonce cut short
+])
+def test_a_parsed_request_that_does_not_unpack_is_refused(packed: bytes) -> None:
+    with pytest.raises(ValueError):
+        unpack_request(packed)
+
+
+async def test_a_parsed_request_is_answered_and_a_bad_one_is_internal_error(tmp_path: Path) -> None:
+    path = str(tmp_path / "live.sock")
+    server = await asyncio.get_running_loop().create_unix_server(lambda: LiveServer(_answer), path)
+    client = LiveClient(path, timeout=5)
+    try:
+        request = Request((_CID,), b"nonce")
+        answer = await client.ask("request", request)
+        assert answer.body == repr(request).encode() and answer.next_update is None and answer.etag == '"02"'
+        assert (await client.ask("request", b"\x00\x00")).status == "internalError"  # and the connection stays
+        assert (await client.ask("post", b"after")).body == b"answer to after"
+    finally:
+        client.close()
+        server.close()
+
+
+async def test_submit_needs_an_open_connection_and_fails_as_ask_does(tmp_path: Path) -> None:
+    """``submit`` (the direct path's, no task) answers on the connection already open, and its future fails with
+    TimeoutError when no answer comes in time, ConnectionError when the connection is lost."""
+    path = str(tmp_path / "live.sock")
+    server = await asyncio.get_running_loop().create_unix_server(lambda: LiveServer(_answer), path)
+    client = LiveClient(path, timeout=0.2)
+    try:
+        assert client.submit("post", b"x") is None  # nothing open yet: ``ask`` opens it
+        assert (await client.ask("post", b"first")).body == b"answer to first"
+        asked = client.submit("request", Request((_CID,), None))
+        assert asked is not None and (await asked).status == "successful"
+        stuck = client.submit("post", b"never answered")
+        assert stuck is not None
+        with pytest.raises(TimeoutError):
+            await stuck
+        assert client._protocol is not None and not client._protocol.waiting  # nothing kept for it
+        lost = client.submit("post", b"never answered")
+        assert lost is not None
+        await asyncio.sleep(0.05)
+        client._protocol.transport.abort()
+        with pytest.raises(ConnectionError):
+            await lost
+    finally:
+        client.close()
         server.close()

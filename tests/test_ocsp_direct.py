@@ -14,9 +14,11 @@ import json
 import os
 import re
 import socket
+import struct
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from directory.service.listener import ConnectionGate, listen
-from ocsp.direct import MAX_HEAD, WRITE_LIMIT, DirectAnswers, parse
+from ocsp.direct import MAX_HEAD, MAX_PENDING, WRITE_LIMIT, DirectAnswers, parse
 from ocsp.lookup import Outcome
 from tests.served import http, serve
 
@@ -206,13 +208,14 @@ class _Component:
         pass
 
 
-def test_answers_stop_at_what_needs_signing_and_at_the_write_limit() -> None:
+def test_answers_stop_at_what_aiohttp_takes_and_at_the_write_limit() -> None:
     outcome = Outcome(b"DER", "successful", "presigned", 1_700_000_000, 1_900_000_000, b"\x01\x02")
     component = _Component({BODY: outcome})
     direct = DirectAnswers(component, clock=lambda: 1_800_000_000.5)  # type: ignore[arg-type]
-    other = _post(*OK_FIELDS, body=b"1" * 10)
+    other = POST.replace(b"Host: x", b"Host: x\r\nExpect: 100-continue")
     transport = _Transport()
-    assert direct.answer(POST + POST + other + POST, transport) == 2 * len(POST)  # the third is aiohttp's
+    answers = direct.connection(transport, lambda: None)
+    assert direct.answer(POST + POST + other + POST, answers) == 2 * len(POST)  # the third is aiohttp's
     assert len(transport.written) == 2 and component.counted == [("successful", "presigned")] * 2
     answer = transport.written[0]
     assert answer.startswith(b"HTTP/1.1 200 OK\r\nContent-Type: application/ocsp-response\r\n"
@@ -221,12 +224,278 @@ def test_answers_stop_at_what_needs_signing_and_at_the_write_limit() -> None:
     assert answer.endswith(b"\r\n\r\nDER")
     # a client that does not read: nothing more is written once WRITE_LIMIT bytes wait
     full = _Transport(buffered=WRITE_LIMIT + 1)
-    assert direct.answer(POST, full) == 0 and not full.written
+    assert direct.answer(POST, direct.connection(full, lambda: None)) == 0 and not full.written
     # Connection: close: answered, closed, what follows dropped
     closing = _Transport()
     data = _post(*OK_FIELDS, b"Connection: close") + POST
-    assert direct.answer(data, closing) == len(data) and closing.closed and len(closing.written) == 1
+    assert direct.answer(data, direct.connection(closing, lambda: None)) == len(data)
+    assert closing.closed and len(closing.written) == 1
     assert b"\r\nConnection: close\r\n\r\nDER" in closing.written[0]
+
+
+class _Signing(_Component):
+    """``_Component`` whose requests to sign are futures the test completes (``live_future``), by body."""
+
+    def __init__(self, held: dict[bytes | str, Outcome]) -> None:
+        super().__init__(held)
+        self.signing: dict[bytes | str, asyncio.Future[Outcome]] = {}
+        self.most = 0  # most futures in flight at once
+
+    def live_future(self, received: bytes | str, request: object) -> asyncio.Future[Outcome]:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.signing[received] = future
+        self.most = max(self.most, sum(not f.done() for f in self.signing.values()))
+        return future
+
+    def sign(self, received: bytes | str, body: bytes = b"") -> None:
+        self.signing.pop(received).set_result(Outcome(body or b"L" + received, "successful", "live", 1, 2, b"\x09"))
+
+
+def _body(tag: bytes) -> bytes:
+    return tag.ljust(10, b".")
+
+
+def _wire(body: bytes, *extra: bytes) -> bytes:
+    return _post(*OK_FIELDS, *extra, body=body)
+
+
+async def _gated(component: _Component, gate_kwargs: dict[str, object] | None = None,
+                 routes: bool = False) -> tuple[web.AppRunner, ConnectionGate, asyncio.AbstractServer]:
+    app = web.Application()
+    if routes:
+        async def hello(request: web.Request) -> web.Response:
+            return web.Response(body=b"hello")
+        app.router.add_get("/hello", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    gate = ConnectionGate(8, 5.0, direct=DirectAnswers(component), **(gate_kwargs or {}))  # type: ignore[arg-type]
+    return runner, gate, await listen(runner, "127.0.0.1", 0, gate)
+
+
+async def _answers(sock: socket.socket, count: int, timeout: float = 5.0) -> list[tuple[bytes, dict[str, str], bytes]]:
+    """``count`` responses read off a non-blocking socket (Content-Length framing)."""
+    loop = asyncio.get_running_loop()
+    buffer, out = b"", []
+    deadline = loop.time() + timeout
+    while len(out) < count:
+        while b"\r\n\r\n" in buffer:
+            head, rest = buffer.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            fields = {n: v.strip() for n, v in (line.split(":", 1) for line in lines[1:])}
+            size = int(fields["Content-Length"])
+            if len(rest) < size:
+                break
+            out.append((lines[0].encode(), fields, rest[:size]))
+            buffer = rest[size:]
+        if len(out) >= count:
+            break
+        assert loop.time() < deadline, (out, buffer)
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), max(0.01, deadline - loop.time()))
+        assert chunk, f"closed after {len(out)} answers"
+        buffer += chunk
+    return out
+
+
+async def _client(server: asyncio.AbstractServer) -> socket.socket:
+    sock = socket.socket()
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, server.sockets[0].getsockname())
+    return sock
+
+
+async def _until(condition: Callable[[], object], timeout: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never met"
+        await asyncio.sleep(0.01)
+
+
+async def test_live_answers_keep_the_order_of_pipelined_requests() -> None:
+    """Held, signed, held, signed, held in one write: the held ones wait for the signed ones before them, and
+    signatures finishing out of order change nothing; the answers carry their own request ids."""
+    held = Outcome(b"HELD", "successful", "presigned", 1_700_000_000, 1_900_000_000, b"\x01")
+    component = _Signing({_body(b"h"): held})
+    runner, _, server = await _gated(component)
+    try:
+        sock = await _client(server)
+        with sock:
+            wires = [_wire(_body(b"h"), b"X-Request-ID: r1"), _wire(_body(b"s1"), b"X-Request-ID: r2"),
+                     _wire(_body(b"h"), b"X-Request-ID: r3"), _wire(_body(b"s2"), b"X-Request-ID: r4"),
+                     _wire(_body(b"h"), b"X-Request-ID: r5")]
+            await asyncio.get_running_loop().sock_sendall(sock, b"".join(wires))
+            assert [a[2] for a in await _answers(sock, 1)] == [b"HELD"]  # nothing before it: at once
+            await _until(lambda: len(component.signing) == 2)
+            component.sign(_body(b"s2"))  # the later signature first: nothing may leave yet
+            await asyncio.sleep(0.1)
+            component.sign(_body(b"s1"))
+            answers = await _answers(sock, 4)
+        assert [a[2] for a in answers] == [b"L" + _body(b"s1"), b"HELD", b"L" + _body(b"s2"), b"HELD"]
+        assert [a[1]["X-Request-ID"] for a in answers] == ["r2", "r3", "r4", "r5"]
+        assert [a[1]["Cache-Control"] for a in answers] == ["no-cache, no-store"] * 4
+        assert sorted(component.counted) == [("successful", "live")] * 2 + [("successful", "presigned")] * 3
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
+async def test_live_answers_in_flight_are_bounded_and_what_follows_waits_for_them() -> None:
+    """Past MAX_PENDING answers in flight on a connection, the rest of the read waits (reading paused) and is
+    taken up once they are written; a request aiohttp must answer after answers in flight gets its answer
+    after theirs, from aiohttp (the connection handed over at that request's first byte)."""
+    component = _Signing({})
+    runner, _, server = await _gated(component, routes=True)
+    try:
+        sock = await _client(server)
+        with sock:
+            count = MAX_PENDING * 2 + 3
+            bodies = [_body(b"s%d" % n) for n in range(count)]
+            await asyncio.get_running_loop().sock_sendall(
+                sock, b"".join(_wire(b) for b in bodies) + b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+                + _wire(_body(b"after")))
+            signed = 0
+            while signed < count:
+                await _until(lambda: component.signing)
+                assert len(component.signing) <= MAX_PENDING
+                await asyncio.sleep(0.02)  # room for more to arrive, were they not bounded
+                for received in list(component.signing):
+                    component.sign(received)
+                    signed += 1
+            answers = await _answers(sock, count + 2)
+            assert component.most == MAX_PENDING
+            assert [a[2] for a in answers[:count]] == [b"L" + b for b in bodies]
+            assert answers[count][2] == b"hello" and "X-Request-ID" not in answers[count][1]  # aiohttp's
+            # the connection is aiohttp's now: the last request reached its (empty) application, not ``direct``
+            assert answers[count + 1][0] == b"HTTP/1.1 404 Not Found" and not component.signing
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
+async def test_a_client_gone_while_signing_and_failed_signatures() -> None:
+    """A client that leaves while its answers are signed: they are cancelled, nothing is written, its slot is
+    given back. A signature that fails is internalError for that request alone, a cancelled one or one whose
+    signer could not be reached (a serving process's) tryLater;
+    end of input and ``Connection: close`` close the connection once the answers in flight are written."""
+    component = _Signing({})
+    runner, gate, server = await _gated(component)
+    loop = asyncio.get_running_loop()
+    try:
+        sock = await _client(server)  # reset: the connection is lost at once
+        await loop.sock_sendall(sock, _wire(_body(b"gone1")) + _wire(_body(b"gone2")))
+        await _until(lambda: len(component.signing) == 2)
+        futures = list(component.signing.values())
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        await _until(lambda: gate.open == 0 and not gate.held)
+        assert all(f.cancelled() for f in futures)
+        component.signing.clear()
+        sock = await _client(server)  # closed: only an end of input, seen as a half-close until written to
+        await loop.sock_sendall(sock, _wire(_body(b"gone3")))
+        await _until(lambda: component.signing)
+        sock.close()
+        await asyncio.sleep(0.1)
+        component.sign(_body(b"gone3"))
+        await _until(lambda: gate.open == 0 and not gate.held)
+
+        sock = await _client(server)
+        with sock:
+            await loop.sock_sendall(sock, _wire(_body(b"bad")) + _wire(_body(b"cut")) + _wire(_body(b"lost"))
+                                    + _wire(_body(b"ok")))
+            await _until(lambda: len(component.signing) == 4)
+            component.signing.pop(_body(b"bad")).set_exception(RuntimeError("boom"))
+            component.signing.pop(_body(b"cut")).cancel()
+            component.signing.pop(_body(b"lost")).set_exception(ConnectionError("the main process went away"))
+            sock.shutdown(socket.SHUT_WR)  # end of input with an answer still in flight
+            await asyncio.sleep(0.05)
+            component.sign(_body(b"ok"))
+            answers = await _answers(sock, 4)
+            assert [ocsp.load_der_ocsp_response(a[2]).response_status for a in answers[:3]] == [
+                ocsp.OCSPResponseStatus.INTERNAL_ERROR, ocsp.OCSPResponseStatus.TRY_LATER,
+                ocsp.OCSPResponseStatus.TRY_LATER]
+            assert answers[3][2] == b"L" + _body(b"ok")
+            assert await asyncio.wait_for(loop.sock_recv(sock, 10), 3) == b""  # then closed
+        assert ("internalError", "error") in component.counted and ("tryLater", "error") in component.counted
+
+        sock = await _client(server)
+        with sock:
+            await loop.sock_sendall(sock, _wire(_body(b"last"), b"Connection: close") + _wire(_body(b"never")))
+            await _until(lambda: component.signing)
+            component.sign(_body(b"last"))
+            answers = await _answers(sock, 1)
+            assert answers[0][1]["Connection"] == "close" and list(component.signing) == []
+            assert await asyncio.wait_for(loop.sock_recv(sock, 10), 3) == b""
+        await _until(lambda: gate.open == 0)
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
+async def test_shutdown_waits_for_answers_being_signed_then_gives_up() -> None:
+    """At shutdown an idle held connection is closed at once; one with an answer being signed gets it, then is
+    closed; one whose signature never comes is aborted after the grace period. Nor is a connection with
+    answers in flight closed as idle meanwhile."""
+    component = _Signing({})
+    runner, gate, server = await _gated(component, {"idle_timeout": 0.2})
+    loop = asyncio.get_running_loop()
+    try:
+        signing, stuck = await _client(server), await _client(server)
+        with signing, stuck:
+            await loop.sock_sendall(signing, _wire(_body(b"slow")))
+            await loop.sock_sendall(stuck, _wire(_body(b"stuck")))
+            await _until(lambda: len(component.signing) == 2)
+            await asyncio.sleep(0.5)  # past idle_timeout: not closed, answers are in flight
+            assert gate.open == 2
+            idle = await _client(server)
+            await _until(lambda: gate.open == 3)
+            server.close()
+            gate.close_held()
+            await loop.sock_sendall(signing, _wire(_body(b"too late")))  # not taken: the service is stopping
+            assert await asyncio.wait_for(loop.sock_recv(idle, 10), 3) == b""
+            idle.close()
+            waiting = asyncio.ensure_future(gate.wait_held(1.0))
+            await asyncio.sleep(0.1)
+            component.sign(_body(b"slow"))
+            assert (await _answers(signing, 1))[0][2] == b"L" + _body(b"slow")
+            assert await asyncio.wait_for(loop.sock_recv(signing, 10), 3) == b""
+            assert _body(b"too late") not in component.signing
+            await waiting
+            try:
+                end = await asyncio.wait_for(loop.sock_recv(stuck, 10), 3)
+            except ConnectionResetError:  # aborted (what it reads first depends on timing)
+                end = b""
+            assert end == b"" and component.signing[_body(b"stuck")].cancelled()  # given up
+            await _until(lambda: gate.open == 0 and not gate.held)
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
+async def test_writing_paused_then_resumed_leaves_the_connection_answering() -> None:
+    """The transport's flow control pausing and resuming writes on a held connection changes nothing of how
+    its next reads are answered (resume_writing once lost the gate's loop, and the next read failed)."""
+    from directory.service.listener import _Gated
+
+    held = Outcome(b"HELD", "successful", "presigned", 1_700_000_000, 1_900_000_000, b"\x01")
+
+    class Transport(_Transport):
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def pause_reading(self) -> None: ...
+
+        def resume_reading(self) -> None: ...
+
+    gate = ConnectionGate(4, 5.0, direct=DirectAnswers(_Component({BODY: held})))  # type: ignore[arg-type]
+    gated = _Gated(object(), gate)
+    transport = Transport()
+    gated.connection_made(transport)  # type: ignore[arg-type]
+    gated.data_received(POST)
+    gated.pause_writing()
+    gated.resume_writing()
+    gated.data_received(POST)
+    assert len(transport.written) == 2 and not transport.closed
+    gated.connection_lost(None)
+    assert gate.open == 0 and not gate.held
 
 
 async def test_an_idle_client_that_does_not_read_is_cut_off() -> None:
@@ -235,7 +504,7 @@ async def test_an_idle_client_that_does_not_read_is_cut_off() -> None:
     big = Outcome(b"x" * (8 * 1024 * 1024), "successful", "presigned")  # more than the socket buffers take
     runner = web.AppRunner(web.Application())
     await runner.setup()
-    gate = ConnectionGate(4, 5.0, idle_timeout=0.3, direct=DirectAnswers(_Component({BODY: big})).answer)  # type: ignore[arg-type]
+    gate = ConnectionGate(4, 5.0, idle_timeout=0.3, direct=DirectAnswers(_Component({BODY: big})))  # type: ignore[arg-type]
     server = await listen(runner, "127.0.0.1", 0, gate)
     loop = asyncio.get_running_loop()
     try:
@@ -411,6 +680,21 @@ def test_same_answers_as_aiohttp_in_order_and_bounded(demo: Path, workers: int) 
             assert _shape(direct[1]) == _shape(via_aiohttp[1]), (direct[1], via_aiohttp[1])
             assert direct[2] == via_aiohttp[2]
             assert ocsp.load_der_ocsp_response(direct[2]).certificate_status == ocsp.OCSPCertStatus.GOOD
+        for wire in (_wire_post(nonced), _wire_get(nonced)):  # signed live: from the gate, and by aiohttp
+            with _connect(base) as direct_sock, _connect(base) as split_sock:
+                direct_sock.sendall(wire)
+                direct = _Reader(direct_sock).response()
+                split_sock.sendall(wire[:-3])
+                time.sleep(0.2)
+                split_sock.sendall(wire[-3:])
+                via_aiohttp = _Reader(split_sock).response()
+            assert direct[0] == via_aiohttp[0] == b"HTTP/1.1 200 OK"
+            assert _shape(direct[1]) == _shape(via_aiohttp[1]), (direct[1], via_aiohttp[1])
+            asked = ocsp.load_der_ocsp_request(nonced).extensions.get_extension_for_class(x509.OCSPNonce).value
+            for _, _, body in (direct, via_aiohttp):
+                parsed = ocsp.load_der_ocsp_response(body)
+                assert parsed.certificate_status == ocsp.OCSPCertStatus.GOOD
+                assert parsed.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == asked.nonce
 
         # pipelined in one write: held, signed live (a nonce), held by GET, held: four answers, in order
         with _connect(base) as sock:

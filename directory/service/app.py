@@ -31,7 +31,7 @@ from directory.runtime import inspect_hsm, open_config_registry, open_hsm
 from directory.service.eventloop import EventLoopUnavailable, loop_factory
 from directory.service.limits import Budget, DescriptorBudgetError
 from directory.service.limits import plan as plan_descriptors
-from directory.service.listener import ConnectionGate, listen, listen_unix, port_free, request_deadline
+from directory.service.listener import HELD_GRACE, ConnectionGate, listen, listen_unix, port_free, request_deadline
 from directory.service.systemd import Notifications
 from directory.service.workers import WorkerPool, with_workers
 
@@ -257,6 +257,7 @@ async def run_service(service: Service, stop: asyncio.Event) -> None:
         if listener is not None:
             listener.close()
         service.connections.close_held()
+        await service.connections.wait_held(HELD_GRACE)  # answers being signed on held connections
         await runner.cleanup()
         if service.scheduler.running:
             service.scheduler.shutdown(wait=False)

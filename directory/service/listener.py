@@ -18,11 +18,13 @@ connection forever. Here each listener has:
   internal listener (``cut_stalled_readers``): a serving process reads from it only as fast as its own
   client reads, in 64 KiB steps.
 
-A plain listener may also answer requests itself before aiohttp sees them (``ConnectionGate.direct``: the
-OCSP answers held, ``ocsp/direct.py``). Such a connection is the gate's own until a read holds anything that
-is not answered there: from that byte on, the connection is aiohttp's for good (its parser then starts at a
-request boundary, and the answers keep their order). While the gate holds it, the gate closes it when idle
-for ``idle_timeout``, as aiohttp would.
+A plain listener may also answer requests itself before aiohttp sees them (``ConnectionGate.direct``: OCSP
+requests, held answers and live ones, ``ocsp/direct.py``). Such a connection is the gate's own until a read
+holds anything that is not answered there: from that byte on, the connection is aiohttp's for good (its
+parser then starts at a request boundary, and the answers keep their order). While answers are being signed
+the rest of the read waits, reading paused, until they are all written; only then is it answered here or
+handed over. While the gate holds a connection, it closes it when idle for ``idle_timeout`` (never while
+answers are in flight), as aiohttp would, and at shutdown once its answers in flight are written.
 
 TLS is started by the gate itself (``loop.start_tls``) after the connection is admitted, so connections
 stuck in a handshake count against the cap too.
@@ -41,10 +43,13 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+if TYPE_CHECKING:
+    from ocsp.direct import Answers, DirectAnswers
 
 log = logging.getLogger(__name__)
 REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
@@ -53,6 +58,7 @@ EARLY_LIMIT = 1 << 20  # bytes held between a TLS handshake's end and aiohttp ta
 LINGER = 32  # refused connections kept open (1 s) so the client reads its 503; beyond that, closed at once
 ACCEPT_BURST = 32  # connections asyncio may accept in one go, before the gate sees them
 LISTEN_QUEUE = 1024  # the kernel's queue of connections not yet accepted (no descriptor of ours)
+HELD_GRACE = 5.0  # seconds at shutdown for the answers being signed on connections ``direct`` holds
 
 
 @dataclass
@@ -65,7 +71,7 @@ class ConnectionGate:
     name: str = "public"
     idle_timeout: float = 15.0  # a connection answered by ``direct`` alone, closed when idle this long
     # answers the whole requests at the start of a read, returns the bytes they took (plain listeners only)
-    direct: Callable[[bytes, asyncio.Transport], int] | None = None
+    direct: DirectAnswers | None = None
     # abort a client that reads nothing of what waits for it (writing paused) for ``request_timeout``; off for
     # the internal listener, whose clients, the serving processes, stop reading while their own client is slow
     cut_stalled_readers: bool = True
@@ -78,10 +84,20 @@ class ConnectionGate:
 
     def close_held(self) -> None:
         """At shutdown, after the listener stopped accepting: what aiohttp's cleanup does for its connections
-        (none of these is in the middle of a request: ``direct`` answers whole requests at once)."""
+        (none of these is in the middle of receiving a request: ``direct`` takes whole requests only); one
+        with answers being signed is closed once they are written (``wait_held``)."""
+        for gated in list(self.held):
+            if gated.answers is not None and gated.transport is not None:
+                gated.answers.close_when_written()
+
+    async def wait_held(self, timeout: float) -> None:
+        """Until every connection ``close_held`` left to finish its answers is closed; aborted past ``timeout``."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.held and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
         for gated in list(self.held):
             if gated.transport is not None:
-                gated.transport.close()
+                gated.transport.abort()
 
     @property
     def descriptors(self) -> int:
@@ -110,7 +126,10 @@ class _Gated(asyncio.Protocol):
         # TLS: application bytes can arrive with the handshake's last flight, before start_tls returns
         self.early: list[bytes] = []
         self.early_eof = False
-        self.direct: Callable[[bytes, asyncio.Transport], int] | None = None  # until aiohttp takes over
+        self.direct: Callable[[bytes, Answers], int] | None = None  # until aiohttp takes over
+        self.answers: Answers | None = None  # this connection's answers from ``direct``, in request order
+        self.waiting: bytes | None = None  # read while answers are in flight, not taken yet (reading paused)
+        self.eof = False  # end of input seen while answers were in flight
         self.idle = False  # the deadline set is the idle one of a connection ``direct`` answers
         self.write_paused = False
         self.loop: asyncio.AbstractEventLoop | None = None  # set once connected: ``_idle`` runs once per read
@@ -137,7 +156,8 @@ class _Gated(asyncio.Protocol):
         gate.open += 1
         if gate.tls is None:
             if gate.direct is not None:
-                self.direct = gate.direct
+                self.direct = gate.direct.answer
+                self.answers = gate.direct.connection(transport, self._drained)
                 gate.held.add(self)
                 self._idle()
             else:
@@ -206,6 +226,8 @@ class _Gated(asyncio.Protocol):
             return
         self.deadline_at = None
         if self.idle:  # kept alive and unused: closed as aiohttp closes its idle connections
+            if self.answers is not None and self.answers.pending:
+                return  # not idle: set again once its answers are written (``_drained``)
             if self.transport is not None:
                 # answers still unsent after idle_timeout of silence: a client that does not read, which a
                 # graceful close would wait for forever (its slot with it)
@@ -229,9 +251,20 @@ class _Gated(asyncio.Protocol):
     # -- forwarding -------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         if self.direct is not None:
-            used = self.direct(data, cast(asyncio.Transport, self.transport))
+            answers = self.answers
+            assert answers is not None
+            if self.waiting is not None:  # reading is paused: at most what was already on its way
+                self.waiting += data
+                return
+            used = self.direct(data, answers)
             if used == len(data):
-                self._idle()
+                if not answers.pending:
+                    self._idle()
+                return
+            if answers.pending:  # the rest waits for the answers in flight (order), or for room among them
+                self.waiting = data[used:]
+                if self.transport is not None:
+                    self.transport.pause_reading()
                 return
             self._hand_over()
             if used:
@@ -246,6 +279,21 @@ class _Gated(asyncio.Protocol):
             self.arm()  # the first byte of a request starts its clock; later bytes do not move it
         self.inner.data_received(data)
 
+    def _drained(self) -> None:
+        """Every answer in flight is written: what waited is taken up (here, or by aiohttp), else idle again."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            self.data_received(waiting)
+            if self.waiting is None:  # all taken, or aiohttp's now
+                self.transport.resume_reading()
+        elif self.direct is not None:
+            self._idle()
+        if self.eof and self.waiting is None:
+            self.eof = False
+            self.eof_received()
+
     def _hand_over(self) -> None:
         """From now on aiohttp has the connection (``direct`` took whole requests only: its parser starts at a
         request's first byte); the request's own deadline replaces the idle one."""
@@ -259,7 +307,13 @@ class _Gated(asyncio.Protocol):
             self.inner.pause_writing()
 
     def eof_received(self) -> bool | None:
-        if not self.admitted or self.direct is not None:  # refused, or every request answered: nothing pending
+        if self.waiting is not None:  # taken up once the answers in flight are written (``_drained``)
+            self.eof = True
+            return True
+        if self.answers is not None and self.direct is not None:  # closed once its answers are written
+            self.answers.close_when_written()
+            return True
+        if not self.admitted or self.direct is not None:  # refused: nothing pending
             if self.transport is not None:
                 self.transport.close()
             return None
@@ -277,7 +331,6 @@ class _Gated(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self.loop: asyncio.AbstractEventLoop | None = None  # set once connected: ``_idle`` runs once per read
         if self.stall is not None:
             self.stall.cancel()
             self.stall = None
@@ -313,6 +366,9 @@ class _Gated(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.direct is not None:
             self.gate.held.discard(self)
+        if self.answers is not None:
+            self.answers.abandon()
+        self.waiting = None
         if self.admitted:
             self._release()
             if self.started:

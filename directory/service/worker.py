@@ -38,7 +38,7 @@ from directory import logs
 from directory.config import load_config
 from directory.service.eventloop import loop_factory
 from directory.service.limits import plan as plan_descriptors
-from directory.service.listener import ConnectionGate, listen
+from directory.service.listener import HELD_GRACE, ConnectionGate, listen
 from directory.service.livewire import LiveClient
 from ocsp import response as resp
 from ocsp.direct import DirectAnswers
@@ -77,11 +77,9 @@ class WorkerOcsp(OcspComponent):
         self.upstream = live
 
     async def _live(self, received: bytes | str, request: Request) -> Outcome:
-        kind, data = ("get", received.encode("utf-8", "surrogateescape")) if isinstance(received, str) \
-            else ("post", received)
         for attempt in (1, 2):  # once more, on a new connection, when the one it went out on was lost
             try:
-                return await self.upstream.ask(kind, data)
+                return await self.upstream.ask("request", request)  # its values: not parsed again there
             except ConnectionError as exc:
                 if attempt == 2:
                     log.warning("OCSP: the main process could not sign a live answer: %s", exc)
@@ -89,6 +87,12 @@ class WorkerOcsp(OcspComponent):
                 log.warning("OCSP: the main process could not sign a live answer: %s", exc)
                 break
         return error_outcome(resp.TRY_LATER, "error")
+
+    def live_future(self, received: bytes | str, request: Request) -> asyncio.Future[Outcome]:
+        """The direct path's: on the connection to the main process already open, the answer's own future
+        (no task; a lost connection or no answer in time is tryLater, ``DirectAnswers.finish``); else ``_live``."""
+        asked = self.upstream.submit("request", request)
+        return asked if asked is not None else asyncio.ensure_future(self._live(received, request))
 
 
 def make_proxy(session: aiohttp.ClientSession) -> Handler:
@@ -175,7 +179,7 @@ async def run(args: argparse.Namespace) -> None:
     ocsp.mount(app.router)
     app.router.add_route("*", "/{tail:.*}", make_proxy(app_session), name="proxy")
     gate = ConnectionGate(budget.public_cap, http.request_timeout, idle_timeout=http.idle_timeout,
-                          direct=DirectAnswers(ocsp).answer)
+                          direct=DirectAnswers(ocsp))
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=http.idle_timeout)
     await runner.setup()
     assert runner.server is not None
@@ -209,6 +213,7 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         listener.close()
         gate.close_held()
+        await gate.wait_held(HELD_GRACE)
         await runner.cleanup()
         print(reporter.line(), flush=True)
         await app_session.close()

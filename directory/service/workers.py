@@ -6,7 +6,7 @@ It no longer listens on the public port: N serving processes (``directory/servic
 side (SO_REUSEPORT), and answer pre-signed OCSP requests from the store the pre-signer writes
 (``ocsp.store.LmdbStore``: one memory-mapped file, not a copy per process). What they cannot answer comes
 back here over two unix sockets in a private directory: ``live.sock`` (OCSP requests to sign: nonces,
-misses; framed by ``directory/service/livewire.py``, answered by ``OcspComponent.answer_uncounted``) and
+misses; framed by ``directory/service/livewire.py``, answered by ``OcspComponent.answer_future``) and
 ``app.sock`` (the service's own application: CRLs, the page, /metrics, /readyz...).
 
 Serving processes are new interpreters (``python -m``), never forks of this one: PKCS#11 is not safe across
@@ -44,6 +44,7 @@ from directory.service.livewire import LiveServer
 from ocsp import response as resp
 from ocsp.http import OcspComponent
 from ocsp.lookup import Outcome, error_outcome
+from ocsp.request import Request
 from ocsp.store import LmdbStore
 
 if TYPE_CHECKING:
@@ -258,11 +259,13 @@ class WorkerPool:
                 task.cancel()
 
     # -- what the main process answers for them ----------------------------------------------------
-    async def _live(self, received: bytes | str) -> Outcome:
+    def _live(self, received: bytes | str | Request) -> asyncio.Future[Outcome]:
         """A serving process's request to sign (``livewire``)."""
         if self.ocsp is None or self.ocsp.responder is None:
-            return error_outcome(resp.TRY_LATER, "error")
-        return await self.ocsp.answer_uncounted(received)
+            busy: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            busy.set_result(error_outcome(resp.TRY_LATER, "error"))
+            return busy
+        return self.ocsp.answer_future(received)
 
     # -- readiness and metrics -------------------------------------------------------------------------
     def serving(self) -> int:
