@@ -35,7 +35,7 @@ run: demo
 	$(BIN)/annuaire --log-format human serve --config $(DEMO_DIR)/annuaire.toml
 
 test: test-packages deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 bench: bench-packages deps
 	$(BIN)/python -m bench.hsm
