@@ -470,6 +470,51 @@ async def test_shutdown_waits_for_answers_being_signed_then_gives_up() -> None:
         await runner.cleanup()
 
 
+async def test_aiohttp_flow_control_holds_after_a_handover_that_waited() -> None:
+    """Requests that waited behind an answer being signed, handed to aiohttp once it is written: when they are
+    more than aiohttp queues (a handler still busy), aiohttp pauses reading, and the gate must not undo that
+    pause (it once resumed reading after the handover: aiohttp, counting on its pause, then buffered whatever
+    the client sent, without bound)."""
+    component = _Signing({})
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(body=b"slow")
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(body=b"hello")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/hello", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    gate = ConnectionGate(8, 5.0, direct=DirectAnswers(component))  # type: ignore[arg-type]
+    server = await listen(runner, "127.0.0.1", 0, gate)
+    loop = asyncio.get_running_loop()
+    try:
+        sock = await _client(server)
+        with sock:
+            pipelined = 40
+            await loop.sock_sendall(sock, _wire(_body(b"s")) + b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+                                    + b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n" * pipelined)
+            await _until(lambda: component.signing)
+            gated = next(iter(gate.held))
+            assert gated.waiting is not None and gated.transport is not None
+            component.sign(_body(b"s"))
+            assert (await _answers(sock, 1))[0][2] == b"L" + _body(b"s")
+            await _until(lambda: gated.direct is None)  # aiohttp's now, its queue full behind /slow
+            await asyncio.sleep(0.1)
+            assert not gated.transport.is_reading()  # aiohttp's pause (its queue is full) stands
+            release.set()
+            answers = await _answers(sock, 1 + pipelined)
+            assert [a[2] for a in answers] == [b"slow"] + [b"hello"] * pipelined
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
 async def test_writing_paused_then_resumed_leaves_the_connection_answering() -> None:
     """The transport's flow control pausing and resuming writes on a held connection changes nothing of how
     its next reads are answered (resume_writing once lost the gate's loop, and the next read failed)."""

@@ -280,14 +280,18 @@ class _Gated(asyncio.Protocol):
         self.inner.data_received(data)
 
     def _drained(self) -> None:
-        """Every answer in flight is written: what waited is taken up (here, or by aiohttp), else idle again."""
+        """Every answer in flight is written: what waited is taken up (here, or by aiohttp), else idle again.
+
+        Reading resumes before what waited is taken up, not after: taking it up may pause reading again, ours
+        (more answers in flight) or aiohttp's own flow control (pipelined requests past its queue, a body its
+        handler does not read yet). Resumed after, that pause was undone while aiohttp still counted on it,
+        and its parser kept buffering whatever the client sent, without bound."""
         if self.transport is None or self.transport.is_closing():
             return
         waiting, self.waiting = self.waiting, None
         if waiting is not None:
+            self.transport.resume_reading()  # nothing is read before this callback returns
             self.data_received(waiting)
-            if self.waiting is None:  # all taken, or aiohttp's now
-                self.transport.resume_reading()
         elif self.direct is not None:
             self._idle()
         if self.eof and self.waiting is None:
