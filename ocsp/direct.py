@@ -23,7 +23,10 @@ answers then wait in request order (``Answers``): one ready behind one being sig
 earlier one is. At most ``MAX_PENDING`` answers of a connection are in flight; past that, and whenever
 something not taken here follows answers in flight, the rest of the read waits (the caller pauses reading)
 until every answer is written, and only then goes on, here or to aiohttp. A connection lost meanwhile cancels
-what it still waits for; ``Connection: close`` or end of input closes it once its answers are written.
+what it still waits for; ``Connection: close`` or end of input closes it once its answers are written. An
+answer not signed within the request deadline (``ConnectionGate.request_timeout``) is cancelled and answered
+``tryLater`` in its turn: a stuck or swamped signer must not hold the connection, its slot and the answers
+behind it forever (one timer per connection looks at the oldest answer being signed, none per request).
 """
 
 from __future__ import annotations
@@ -87,12 +90,15 @@ class Answers:
     ``drained`` is called each time the last answer in flight has been written (the gate then takes up what
     it held back); ``pending`` says whether any is in flight."""
 
-    __slots__ = ("_direct", "closing", "drained", "gone", "queue", "transport")
+    __slots__ = ("_direct", "closing", "drained", "gone", "queue", "timeout", "timer", "transport")
 
-    def __init__(self, direct: DirectAnswers, transport: Writer, drained: Callable[[], None]) -> None:
+    def __init__(self, direct: DirectAnswers, transport: Writer, drained: Callable[[], None],
+                 timeout: float) -> None:
         self._direct = direct
         self.transport = transport
         self.drained = drained
+        self.timeout = timeout  # seconds an answer may be signed for, from its request's arrival
+        self.timer: asyncio.TimerHandle | None = None  # set while answers are being signed (``watch``)
         self.queue: collections.deque[_Entry] = collections.deque()
         self.closing = False  # Connection: close, end of input or shutdown: closed once the queue is written
         self.gone = False
@@ -107,9 +113,41 @@ class Answers:
         if not self.queue:
             self.transport.close()
 
+    def watch(self) -> None:
+        """An answer is being signed: one timer (the connection's) will look at it once it is due."""
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.timeout, self._overdue)
+
+    def _overdue(self) -> None:
+        """Answers still being signed ``timeout`` after their request came are cancelled: ``tryLater`` in their
+        turn (``DirectAnswers.finish``); a signing thread not yet at one skips it (``ocsp.live``). The timer is
+        set again for the next one due (requests are queued in the order they came: the first still being
+        signed is the next due)."""
+        self.timer = None
+        if self.gone:
+            return
+        now, late, due = time.perf_counter(), 0, None
+        for entry in self.queue:
+            future = entry.future
+            if future is None or future.done():
+                continue
+            left = entry.started + self.timeout - now
+            if left > 0:
+                due = left
+                break
+            future.cancel()  # its callback (``_signed``) writes it when first in line
+            late += 1
+        if late:
+            log.warning("OCSP: %d live answer(s) not signed within %.0f s: tryLater", late, self.timeout)
+        if due is not None:
+            self.timer = asyncio.get_running_loop().call_later(due, self._overdue)
+
     def abandon(self) -> None:
         """The connection is lost: nobody reads what is still being signed."""
         self.gone = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         queue, self.queue = self.queue, collections.deque()
         for entry in queue:
             if entry.future is not None:
@@ -149,9 +187,10 @@ class DirectAnswers:
         self._date_at = -1
         self._date = b""
 
-    def connection(self, transport: Writer, drained: Callable[[], None]) -> Answers:
-        """The answer queue of a new connection."""
-        return Answers(self, transport, drained)
+    def connection(self, transport: Writer, drained: Callable[[], None], timeout: float = 10.0) -> Answers:
+        """The answer queue of a new connection; ``timeout``: how long an answer may take to sign (the gate's
+        request deadline)."""
+        return Answers(self, transport, drained, timeout)
 
     def answer(self, data: bytes, answers: Answers) -> int:
         pos, size = 0, len(data)
@@ -185,6 +224,7 @@ class DirectAnswers:
                 future = component.live_future(received, outcome)
                 queue.append(_Entry(None, future, get, logs.take_request_id(given_id), close, started))
                 future.add_done_callback(answers._signed)
+                answers.watch()
             if close:  # what follows is not read (as aiohttp does)
                 answers.close_when_written()
                 return size
@@ -195,7 +235,7 @@ class DirectAnswers:
         """A live answer's outcome, counted as the aiohttp handler counts it (never an exception)."""
         try:
             outcome = future.result()
-        except asyncio.CancelledError:  # the service is stopping
+        except asyncio.CancelledError:  # not signed within the request deadline (``Answers._overdue``), or stopping
             outcome = error_outcome(resp.TRY_LATER, "error")
         except (ConnectionError, TimeoutError) as exc:  # a serving process's signer unreachable or too busy
             log.warning("OCSP: the main process could not sign a live answer: %s", exc or type(exc).__name__)

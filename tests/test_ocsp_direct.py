@@ -470,6 +470,43 @@ async def test_shutdown_waits_for_answers_being_signed_then_gives_up() -> None:
         await runner.cleanup()
 
 
+async def test_an_answer_not_signed_within_the_request_deadline_is_try_later() -> None:
+    """A signer that never answers (stuck HSM, swamped lane) must not hold a connection forever: past the
+    request deadline the answer is tryLater, in its turn (what is held behind it follows), its signature is
+    cancelled, and the connection goes on answering and is closed when idle as any other."""
+    held = Outcome(b"HELD", "successful", "presigned", 1_700_000_000, 1_900_000_000, b"\x01")
+    component = _Signing({_body(b"h"): held})
+    runner, gate, server = await _gated(component, {"idle_timeout": 1.0})
+    gate.request_timeout = 0.3
+    loop = asyncio.get_running_loop()
+    try:
+        sock = await _client(server)
+        with sock:
+            started = loop.time()
+            await loop.sock_sendall(sock, _wire(_body(b"stuck"), b"X-Request-ID: r1") + _wire(_body(b"h")))
+            await _until(lambda: component.signing)
+            stuck = component.signing[_body(b"stuck")]
+            await asyncio.sleep(0.1)
+            await loop.sock_sendall(sock, _wire(_body(b"later")))  # its own deadline, 0.1 s after the first's
+            await _until(lambda: len(component.signing) == 2)
+            answers = await _answers(sock, 2)
+            assert 0.29 < loop.time() - started < 2.0
+            assert ocsp.load_der_ocsp_response(answers[0][2]).response_status == ocsp.OCSPResponseStatus.TRY_LATER
+            assert answers[0][1]["X-Request-ID"] == "r1" and answers[1][2] == b"HELD"
+            assert stuck.cancelled() and ("tryLater", "error") in component.counted
+            later = await _answers(sock, 1)  # the second, on its own deadline
+            assert ocsp.load_der_ocsp_response(later[0][2]).response_status == ocsp.OCSPResponseStatus.TRY_LATER
+            await loop.sock_sendall(sock, _wire(_body(b"signed")))
+            await _until(lambda: _body(b"signed") in component.signing)
+            component.sign(_body(b"signed"))
+            assert (await _answers(sock, 1))[0][2] == b"L" + _body(b"signed")  # still answering
+            assert await asyncio.wait_for(loop.sock_recv(sock, 10), 3) == b""  # then closed when idle
+        await _until(lambda: gate.open == 0 and not gate.held)
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
 async def test_aiohttp_flow_control_holds_after_a_handover_that_waited() -> None:
     """Requests that waited behind an answer being signed, handed to aiohttp once it is written: when they are
     more than aiohttp queues (a handler still busy), aiohttp pauses reading, and the gate must not undo that

@@ -157,7 +157,7 @@ class _Gated(asyncio.Protocol):
         if gate.tls is None:
             if gate.direct is not None:
                 self.direct = gate.direct.answer
-                self.answers = gate.direct.connection(transport, self._drained)
+                self.answers = gate.direct.connection(transport, self._drained, gate.request_timeout)
                 gate.held.add(self)
                 self._idle()
             else:
