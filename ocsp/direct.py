@@ -71,6 +71,7 @@ class Writer(Protocol):
     def write(self, data: bytes) -> None: ...
     def get_write_buffer_size(self) -> int: ...
     def close(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 class _Entry:
@@ -154,26 +155,34 @@ class Answers:
                 entry.future.cancel()
 
     def _signed(self, future: asyncio.Future[Outcome]) -> None:
-        """A live answer is known: write every answer now first in line."""
+        """A live answer is known: write every answer now first in line.
+
+        A done-callback: asyncio logs what escapes it and goes on, and the connection, its reading paused and
+        no timer set, would then wait forever. Anything failing here (writing, or taking up what waited:
+        ``drained``) aborts the connection instead, as a failure in ``data_received`` does."""
         if self.gone:
             return
         direct, queue = self._direct, self.queue
         if not queue or queue[0].future is not future:
             return  # behind one still being signed (or written already, with the one before it)
-        while queue:
-            entry = queue[0]
-            if entry.future is not None:
-                if not entry.future.done():
-                    return
-                entry.outcome = direct.finish(entry.future, entry.started)
-                entry.future = None
-            queue.popleft()
-            assert entry.outcome is not None
-            self.transport.write(direct.response(entry.outcome, entry.get, entry.request_id, entry.close))
-        if self.closing:
-            self.transport.close()
-        else:
-            self.drained()
+        try:
+            while queue:
+                entry = queue[0]
+                if entry.future is not None:
+                    if not entry.future.done():
+                        return
+                    entry.outcome = direct.finish(entry.future, entry.started)
+                    entry.future = None
+                queue.popleft()
+                assert entry.outcome is not None
+                self.transport.write(direct.response(entry.outcome, entry.get, entry.request_id, entry.close))
+            if self.closing:
+                self.transport.close()
+            else:
+                self.drained()
+        except Exception:
+            log.exception("OCSP: answering after a live answer failed: connection aborted")
+            self.transport.abort()
 
 
 class DirectAnswers:

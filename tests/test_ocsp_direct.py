@@ -186,6 +186,9 @@ class _Transport:
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.closed = True
+
 
 class _Component:
     """What DirectAnswers reads of the OCSP component: ``responder.from_cache``, its counts, the latency."""
@@ -502,6 +505,42 @@ async def test_an_answer_not_signed_within_the_request_deadline_is_try_later() -
             assert (await _answers(sock, 1))[0][2] == b"L" + _body(b"signed")  # still answering
             assert await asyncio.wait_for(loop.sock_recv(sock, 10), 3) == b""  # then closed when idle
         await _until(lambda: gate.open == 0 and not gate.held)
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
+async def test_a_failure_while_taking_up_what_waited_aborts_the_connection() -> None:
+    """Answers are written, and what waited behind them taken up, from a done-callback, whose exceptions
+    asyncio only logs: a failure there aborts the connection. It once left it open for good: here a signer
+    handing back what is not an answer (a bug) left that answer first in line, in flight forever (never
+    idle, never past its deadline: its future is done); the signer refusing the next request leaves what
+    waited taken and nothing to take it up."""
+
+    class Failing(_Signing):
+        def live_future(self, received: bytes | str, request: object) -> asyncio.Future[Outcome]:
+            if received == _body(b"boom"):
+                raise RuntimeError("a bug in the signer")
+            return super().live_future(received, request)
+
+    component = Failing({})
+    runner, gate, server = await _gated(component, {"idle_timeout": 0.2})
+    loop = asyncio.get_running_loop()
+    try:
+        sock = await _client(server)
+        with sock:
+            await loop.sock_sendall(sock, _wire(_body(b"bad")))
+            await _until(lambda: component.signing)
+            component.signing.pop(_body(b"bad")).set_result(None)  # type: ignore[arg-type]
+            await _until(lambda: gate.open == 0 and not gate.held)  # aborted
+        sock = await _client(server)
+        with sock:
+            bodies = [_body(b"s%d" % n) for n in range(MAX_PENDING)]
+            await loop.sock_sendall(sock, b"".join(_wire(b) for b in bodies) + _wire(_body(b"boom")))
+            await _until(lambda: len(component.signing) == MAX_PENDING)
+            for body in bodies:
+                component.sign(body)
+            await _until(lambda: gate.open == 0 and not gate.held)  # aborted (its answers may be lost with it)
     finally:
         server.close()
         await runner.cleanup()
