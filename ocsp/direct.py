@@ -127,7 +127,7 @@ class Answers:
         self.timer = None
         if self.gone:
             return
-        now, late, due = time.perf_counter(), 0, None
+        now, late, due = time.perf_counter(), [], None
         for entry in self.queue:
             future = entry.future
             if future is None or future.done():
@@ -137,9 +137,10 @@ class Answers:
                 due = left
                 break
             future.cancel()  # its callback (``_signed``) writes it when first in line
-            late += 1
+            late.append(entry.request_id)
         if late:
-            log.warning("OCSP: %d live answer(s) not signed within %.0f s: tryLater", late, self.timeout)
+            log.warning("OCSP: live answer(s) not signed within %.0f s, tryLater: request id(s) %s", self.timeout,
+                        " ".join(late))
         if due is not None:
             self.timer = asyncio.get_running_loop().call_later(due, self._overdue)
 
@@ -171,7 +172,7 @@ class Answers:
                 if entry.future is not None:
                     if not entry.future.done():
                         return
-                    entry.outcome = direct.finish(entry.future, entry.started)
+                    entry.outcome = direct.finish(entry.future, entry.started, entry.request_id)
                     entry.future = None
                 queue.popleft()
                 assert entry.outcome is not None
@@ -240,17 +241,20 @@ class DirectAnswers:
             pos = end
         return pos
 
-    def finish(self, future: asyncio.Future[Outcome], started: float) -> Outcome:
-        """A live answer's outcome, counted as the aiohttp handler counts it (never an exception)."""
+    def finish(self, future: asyncio.Future[Outcome], started: float, request_id: str) -> Outcome:
+        """A live answer's outcome, counted as the aiohttp handler counts it (never an exception); what is
+        logged carries the request's id, as the aiohttp path's logs do (``logs.request_id``)."""
+        ids = {"request_id": request_id}
         try:
             outcome = future.result()
         except asyncio.CancelledError:  # not signed within the request deadline (``Answers._overdue``), or stopping
             outcome = error_outcome(resp.TRY_LATER, "error")
         except (ConnectionError, TimeoutError) as exc:  # a serving process's signer unreachable or too busy
-            log.warning("OCSP: the main process could not sign a live answer: %s", exc or type(exc).__name__)
+            log.warning("OCSP: the main process could not sign a live answer: %s", exc or type(exc).__name__,
+                        extra=ids)
             outcome = error_outcome(resp.TRY_LATER, "error")
         except Exception:  # never a 500: an internalError response, logged (as OcspComponent._answer)
-            log.exception("OCSP request failed unexpectedly")
+            log.exception("OCSP request failed unexpectedly", extra=ids)
             outcome = error_outcome(resp.INTERNAL_ERROR)
         responder = self.component.responder
         assert responder is not None

@@ -473,10 +473,12 @@ async def test_shutdown_waits_for_answers_being_signed_then_gives_up() -> None:
         await runner.cleanup()
 
 
-async def test_an_answer_not_signed_within_the_request_deadline_is_try_later() -> None:
+async def test_an_answer_not_signed_within_the_request_deadline_is_try_later(
+        caplog: pytest.LogCaptureFixture) -> None:
     """A signer that never answers (stuck HSM, swamped lane) must not hold a connection forever: past the
     request deadline the answer is tryLater, in its turn (what is held behind it follows), its signature is
-    cancelled, and the connection goes on answering and is closed when idle as any other."""
+    cancelled, and the connection goes on answering and is closed when idle as any other. What is logged
+    names the request ids."""
     held = Outcome(b"HELD", "successful", "presigned", 1_700_000_000, 1_900_000_000, b"\x01")
     component = _Signing({_body(b"h"): held})
     runner, gate, server = await _gated(component, {"idle_timeout": 1.0})
@@ -497,12 +499,16 @@ async def test_an_answer_not_signed_within_the_request_deadline_is_try_later() -
             assert ocsp.load_der_ocsp_response(answers[0][2]).response_status == ocsp.OCSPResponseStatus.TRY_LATER
             assert answers[0][1]["X-Request-ID"] == "r1" and answers[1][2] == b"HELD"
             assert stuck.cancelled() and ("tryLater", "error") in component.counted
+            assert any("not signed within" in r.getMessage() and "r1" in r.getMessage() for r in caplog.records)
             later = await _answers(sock, 1)  # the second, on its own deadline
             assert ocsp.load_der_ocsp_response(later[0][2]).response_status == ocsp.OCSPResponseStatus.TRY_LATER
-            await loop.sock_sendall(sock, _wire(_body(b"signed")))
+            await loop.sock_sendall(sock, _wire(_body(b"failed"), b"X-Request-ID: r9") + _wire(_body(b"signed")))
             await _until(lambda: _body(b"signed") in component.signing)
+            component.signing.pop(_body(b"failed")).set_exception(RuntimeError("boom"))
             component.sign(_body(b"signed"))
-            assert (await _answers(sock, 1))[0][2] == b"L" + _body(b"signed")  # still answering
+            answers = await _answers(sock, 2)
+            assert answers[1][2] == b"L" + _body(b"signed")  # still answering
+            assert [getattr(r, "request_id", None) for r in caplog.records if r.exc_info] == ["r9"]
             assert await asyncio.wait_for(loop.sock_recv(sock, 10), 3) == b""  # then closed when idle
         await _until(lambda: gate.open == 0 and not gate.held)
     finally:
