@@ -516,6 +516,39 @@ async def test_an_answer_not_signed_within_the_request_deadline_is_try_later(
         await runner.cleanup()
 
 
+async def test_a_client_that_reads_nothing_of_answers_written_after_it_closed_is_cut_off() -> None:
+    """A client sends a request to sign and ends its input (or asks Connection: close), then reads nothing:
+    the answer, written once signed, waits unsent behind the connection's graceful close. The idle timer,
+    which went by while the answer was signed, must still be there to abort it (it once was not re-set on
+    that path: the connection and its slot were held for good)."""
+    component = _Signing({})
+    runner, gate, server = await _gated(component, {"idle_timeout": 0.3})
+    loop = asyncio.get_running_loop()
+    try:
+        for ending in (b"", b"Connection: close"):
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, server.sockets[0].getsockname())
+                await loop.sock_sendall(sock, _wire(_body(b"s"), *([ending] if ending else [])))
+                if not ending:
+                    sock.shutdown(socket.SHUT_WR)
+                await _until(lambda: component.signing)
+                gated = next(iter(gate.held))
+                assert gated.transport is not None  # socket buffers as small as on a network path (not loopback's)
+                gated.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                await asyncio.sleep(0.5)  # past idle_timeout while the answer is being signed
+                component.sign(_body(b"s"), b"x" * 40_000)  # more than the socket buffers take, less than
+                await asyncio.sleep(0)                       # the transport's high-water mark
+                assert gated.transport is not None and 0 < gated.transport.get_write_buffer_size() < 65536
+                stalled = gate.stalled
+                await _until(lambda: gate.open == 0 and not gate.held)
+                assert gate.stalled == stalled + 1
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
 async def test_a_failure_while_taking_up_what_waited_aborts_the_connection() -> None:
     """Answers are written, and what waited behind them taken up, from a done-callback, whose exceptions
     asyncio only logs: a failure there aborts the connection. It once left it open for good: here a signer

@@ -227,7 +227,11 @@ class _Gated(asyncio.Protocol):
         self.deadline_at = None
         if self.idle:  # kept alive and unused: closed as aiohttp closes its idle connections
             if self.answers is not None and self.answers.pending:
-                return  # not idle: set again once its answers are written (``_drained``)
+                # not idle: looked at again later. Not left to ``_drained`` alone: a connection closing once its
+                # answers are written (end of input, Connection: close) is closed without it, and a client
+                # that reads nothing would then hold it, its close waiting on unsent bytes, for good
+                self._idle()
+                return
             if self.transport is not None:
                 # answers still unsent after idle_timeout of silence: a client that does not read, which a
                 # graceful close would wait for forever (its slot with it)
