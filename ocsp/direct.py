@@ -23,7 +23,10 @@ answers then wait in request order (``Answers``): one ready behind one being sig
 earlier one is. At most ``MAX_PENDING`` answers of a connection are in flight; past that, and whenever
 something not taken here follows answers in flight, the rest of the read waits (the caller pauses reading)
 until every answer is written, and only then goes on, here or to aiohttp. A connection lost meanwhile cancels
-what it still waits for; ``Connection: close`` or end of input closes it once its answers are written.
+what it still waits for; ``Connection: close`` or end of input closes it once its answers are written. An
+answer not signed within the request deadline (``ConnectionGate.request_timeout``) is cancelled and answered
+``tryLater`` in its turn: a stuck or swamped signer must not hold the connection, its slot and the answers
+behind it forever (one timer per connection looks at the oldest answer being signed, none per request).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ class Writer(Protocol):
     def write(self, data: bytes) -> None: ...
     def get_write_buffer_size(self) -> int: ...
     def close(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 class _Entry:
@@ -87,12 +91,15 @@ class Answers:
     ``drained`` is called each time the last answer in flight has been written (the gate then takes up what
     it held back); ``pending`` says whether any is in flight."""
 
-    __slots__ = ("_direct", "closing", "drained", "gone", "queue", "transport")
+    __slots__ = ("_direct", "closing", "drained", "gone", "queue", "timeout", "timer", "transport")
 
-    def __init__(self, direct: DirectAnswers, transport: Writer, drained: Callable[[], None]) -> None:
+    def __init__(self, direct: DirectAnswers, transport: Writer, drained: Callable[[], None],
+                 timeout: float) -> None:
         self._direct = direct
         self.transport = transport
         self.drained = drained
+        self.timeout = timeout  # seconds an answer may be signed for, from its request's arrival
+        self.timer: asyncio.TimerHandle | None = None  # set while answers are being signed (``watch``)
         self.queue: collections.deque[_Entry] = collections.deque()
         self.closing = False  # Connection: close, end of input or shutdown: closed once the queue is written
         self.gone = False
@@ -107,35 +114,76 @@ class Answers:
         if not self.queue:
             self.transport.close()
 
+    def watch(self) -> None:
+        """An answer is being signed: one timer (the connection's) will look at it once it is due."""
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.timeout, self._overdue)
+
+    def _overdue(self) -> None:
+        """Answers still being signed ``timeout`` after their request came are cancelled: ``tryLater`` in their
+        turn (``DirectAnswers.finish``); a signing thread not yet at one skips it (``ocsp.live``). The timer is
+        set again for the next one due (requests are queued in the order they came: the first still being
+        signed is the next due)."""
+        self.timer = None
+        if self.gone:
+            return
+        now, late, due = time.perf_counter(), [], None
+        for entry in self.queue:
+            future = entry.future
+            if future is None or future.done():
+                continue
+            left = entry.started + self.timeout - now
+            if left > 0:
+                due = left
+                break
+            future.cancel()  # its callback (``_signed``) writes it when first in line
+            late.append(entry.request_id)
+        if late:
+            log.warning("OCSP: live answer(s) not signed within %.0f s, tryLater: request id(s) %s", self.timeout,
+                        " ".join(late))
+        if due is not None:
+            self.timer = asyncio.get_running_loop().call_later(due, self._overdue)
+
     def abandon(self) -> None:
         """The connection is lost: nobody reads what is still being signed."""
         self.gone = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         queue, self.queue = self.queue, collections.deque()
         for entry in queue:
             if entry.future is not None:
                 entry.future.cancel()
 
     def _signed(self, future: asyncio.Future[Outcome]) -> None:
-        """A live answer is known: write every answer now first in line."""
+        """A live answer is known: write every answer now first in line.
+
+        A done-callback: asyncio logs what escapes it and goes on, and the connection, its reading paused and
+        no timer set, would then wait forever. Anything failing here (writing, or taking up what waited:
+        ``drained``) aborts the connection instead, as a failure in ``data_received`` does."""
         if self.gone:
             return
         direct, queue = self._direct, self.queue
         if not queue or queue[0].future is not future:
             return  # behind one still being signed (or written already, with the one before it)
-        while queue:
-            entry = queue[0]
-            if entry.future is not None:
-                if not entry.future.done():
-                    return
-                entry.outcome = direct.finish(entry.future, entry.started)
-                entry.future = None
-            queue.popleft()
-            assert entry.outcome is not None
-            self.transport.write(direct.response(entry.outcome, entry.get, entry.request_id, entry.close))
-        if self.closing:
-            self.transport.close()
-        else:
-            self.drained()
+        try:
+            while queue:
+                entry = queue[0]
+                if entry.future is not None:
+                    if not entry.future.done():
+                        return
+                    entry.outcome = direct.finish(entry.future, entry.started, entry.request_id)
+                    entry.future = None
+                queue.popleft()
+                assert entry.outcome is not None
+                self.transport.write(direct.response(entry.outcome, entry.get, entry.request_id, entry.close))
+            if self.closing:
+                self.transport.close()
+            else:
+                self.drained()
+        except Exception:
+            log.exception("OCSP: answering after a live answer failed: connection aborted")
+            self.transport.abort()
 
 
 class DirectAnswers:
@@ -149,9 +197,10 @@ class DirectAnswers:
         self._date_at = -1
         self._date = b""
 
-    def connection(self, transport: Writer, drained: Callable[[], None]) -> Answers:
-        """The answer queue of a new connection."""
-        return Answers(self, transport, drained)
+    def connection(self, transport: Writer, drained: Callable[[], None], timeout: float = 10.0) -> Answers:
+        """The answer queue of a new connection; ``timeout``: how long an answer may take to sign (the gate's
+        request deadline)."""
+        return Answers(self, transport, drained, timeout)
 
     def answer(self, data: bytes, answers: Answers) -> int:
         pos, size = 0, len(data)
@@ -185,23 +234,27 @@ class DirectAnswers:
                 future = component.live_future(received, outcome)
                 queue.append(_Entry(None, future, get, logs.take_request_id(given_id), close, started))
                 future.add_done_callback(answers._signed)
+                answers.watch()
             if close:  # what follows is not read (as aiohttp does)
                 answers.close_when_written()
                 return size
             pos = end
         return pos
 
-    def finish(self, future: asyncio.Future[Outcome], started: float) -> Outcome:
-        """A live answer's outcome, counted as the aiohttp handler counts it (never an exception)."""
+    def finish(self, future: asyncio.Future[Outcome], started: float, request_id: str) -> Outcome:
+        """A live answer's outcome, counted as the aiohttp handler counts it (never an exception); what is
+        logged carries the request's id, as the aiohttp path's logs do (``logs.request_id``)."""
+        ids = {"request_id": request_id}
         try:
             outcome = future.result()
-        except asyncio.CancelledError:  # the service is stopping
+        except asyncio.CancelledError:  # not signed within the request deadline (``Answers._overdue``), or stopping
             outcome = error_outcome(resp.TRY_LATER, "error")
         except (ConnectionError, TimeoutError) as exc:  # a serving process's signer unreachable or too busy
-            log.warning("OCSP: the main process could not sign a live answer: %s", exc or type(exc).__name__)
+            log.warning("OCSP: the main process could not sign a live answer: %s", exc or type(exc).__name__,
+                        extra=ids)
             outcome = error_outcome(resp.TRY_LATER, "error")
         except Exception:  # never a 500: an internalError response, logged (as OcspComponent._answer)
-            log.exception("OCSP request failed unexpectedly")
+            log.exception("OCSP request failed unexpectedly", extra=ids)
             outcome = error_outcome(resp.INTERNAL_ERROR)
         responder = self.component.responder
         assert responder is not None

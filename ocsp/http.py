@@ -51,11 +51,13 @@ class OcspComponent:
         self._updates_executor = ThreadPoolExecutor(2, thread_name_prefix="ocsp-updates")
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self.live_timeout = 10.0  # seconds a live answer may take to sign: [http] request_timeout (``start``)
 
     async def start(self, service: Service) -> None:
         self.service = service
         self.responder = OcspResponder(service.config, service.hsm, service.registry, self.clock, self.store)
         self.live = LiveLane(self.responder.answer_live, service.hsm.sessions)  # one thread per HSM session
+        self.live_timeout = service.config.http.request_timeout
         self.live.start(asyncio.get_running_loop())
         self.metrics = OcspMetrics(self.responder)
         service.metrics.register(self.metrics.collect)
@@ -152,8 +154,16 @@ class OcspComponent:
         return outcome
 
     async def _live(self, received: bytes | str, request: Request) -> Outcome:
-        """A request without a held answer: signed here (a serving process hands it to the main process)."""
-        return await self.live.answer(request)
+        """A request without a held answer: signed here (a serving process hands it to the main process).
+        Not signed within ``live_timeout`` (a stuck HSM, a swamped lane): tryLater, as on the direct path
+        (``ocsp.direct.Answers``), rather than a handler, its connection and its slot held for good; the
+        signature is given up (cancelled: a signing thread not yet at it skips it)."""
+        try:
+            async with asyncio.timeout(self.live_timeout):
+                return await self.live.answer(request)
+        except TimeoutError:
+            log.warning("OCSP: live answer not signed within %.0f s: tryLater", self.live_timeout)
+            return error_outcome(resp.TRY_LATER, "error")
 
     def live_future(self, received: bytes | str, request: Request) -> asyncio.Future[Outcome]:
         """``_live`` for the direct path (``ocsp.direct``), as a future: here the signing lane's own, no task."""

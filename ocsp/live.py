@@ -5,7 +5,9 @@ path (``loop.run_in_executor``) pays per answer a ``concurrent.futures.Future`` 
 and a write to the event loop's self-pipe. Here the event loop puts ``(request, future)`` on a C queue;
 one thread per HSM session takes them in turn (no wake-up while the queue is not empty) and appends what
 it answered to a list; the loop is woken once for all the answers that piled up meanwhile (under load,
-one wake-up serves several answers).
+one wake-up serves several answers). A request whose future was cancelled before a thread took it is
+skipped: the queue is not bounded by the slots (taken by the threads), and requests given up (a client gone,
+``ocsp.direct``'s request deadline) would otherwise each still cost a signature, ahead of the living ones.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class LiveLane:
     def submit(self, request: Request) -> asyncio.Future[Outcome]:
         """The future of the live answer to ``request``: what ``answer`` awaits, for a caller that needs no
         coroutine (``ocsp.direct`` chains a callback to it: no task per answer). Cancelling it forgets the
-        answer, not the signature (the signing thread may have begun)."""
+        answer, and the signature unless a signing thread has begun it."""
         assert self._loop is not None, "LiveLane.start() first"
         future: asyncio.Future[Outcome] = self._loop.create_future()
         self._jobs.put((request, future))
@@ -70,6 +72,8 @@ class LiveLane:
             if job is _STOP:
                 return
             request, future = job
+            if future.cancelled():  # given up (client gone, request deadline past): no signature for nobody
+                continue
             try:
                 done.append((future, answer(request), None))
             except BaseException as exc:  # handed to the awaiting coroutine, which decides

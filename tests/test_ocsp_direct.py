@@ -186,6 +186,9 @@ class _Transport:
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.closed = True
+
 
 class _Component:
     """What DirectAnswers reads of the OCSP component: ``responder.from_cache``, its counts, the latency."""
@@ -465,6 +468,163 @@ async def test_shutdown_waits_for_answers_being_signed_then_gives_up() -> None:
                 end = b""
             assert end == b"" and component.signing[_body(b"stuck")].cancelled()  # given up
             await _until(lambda: gate.open == 0 and not gate.held)
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
+async def test_an_answer_not_signed_within_the_request_deadline_is_try_later(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A signer that never answers (stuck HSM, swamped lane) must not hold a connection forever: past the
+    request deadline the answer is tryLater, in its turn (what is held behind it follows), its signature is
+    cancelled, and the connection goes on answering and is closed when idle as any other. What is logged
+    names the request ids."""
+    held = Outcome(b"HELD", "successful", "presigned", 1_700_000_000, 1_900_000_000, b"\x01")
+    component = _Signing({_body(b"h"): held})
+    runner, gate, server = await _gated(component, {"idle_timeout": 1.0})
+    gate.request_timeout = 0.3
+    loop = asyncio.get_running_loop()
+    try:
+        sock = await _client(server)
+        with sock:
+            started = loop.time()
+            await loop.sock_sendall(sock, _wire(_body(b"stuck"), b"X-Request-ID: r1") + _wire(_body(b"h")))
+            await _until(lambda: component.signing)
+            stuck = component.signing[_body(b"stuck")]
+            await asyncio.sleep(0.1)
+            await loop.sock_sendall(sock, _wire(_body(b"later")))  # its own deadline, 0.1 s after the first's
+            await _until(lambda: len(component.signing) == 2)
+            answers = await _answers(sock, 2)
+            assert 0.29 < loop.time() - started < 2.0
+            assert ocsp.load_der_ocsp_response(answers[0][2]).response_status == ocsp.OCSPResponseStatus.TRY_LATER
+            assert answers[0][1]["X-Request-ID"] == "r1" and answers[1][2] == b"HELD"
+            assert stuck.cancelled() and ("tryLater", "error") in component.counted
+            assert any("not signed within" in r.getMessage() and "r1" in r.getMessage() for r in caplog.records)
+            later = await _answers(sock, 1)  # the second, on its own deadline
+            assert ocsp.load_der_ocsp_response(later[0][2]).response_status == ocsp.OCSPResponseStatus.TRY_LATER
+            await loop.sock_sendall(sock, _wire(_body(b"failed"), b"X-Request-ID: r9") + _wire(_body(b"signed")))
+            await _until(lambda: _body(b"signed") in component.signing)
+            component.signing.pop(_body(b"failed")).set_exception(RuntimeError("boom"))
+            component.sign(_body(b"signed"))
+            answers = await _answers(sock, 2)
+            assert answers[1][2] == b"L" + _body(b"signed")  # still answering
+            assert [getattr(r, "request_id", None) for r in caplog.records if r.exc_info] == ["r9"]
+            assert await asyncio.wait_for(loop.sock_recv(sock, 10), 3) == b""  # then closed when idle
+        await _until(lambda: gate.open == 0 and not gate.held)
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
+async def test_a_client_that_reads_nothing_of_answers_written_after_it_closed_is_cut_off() -> None:
+    """A client sends a request to sign and ends its input (or asks Connection: close), then reads nothing:
+    the answer, written once signed, waits unsent behind the connection's graceful close. The idle timer,
+    which went by while the answer was signed, must still be there to abort it (it once was not re-set on
+    that path: the connection and its slot were held for good)."""
+    component = _Signing({})
+    runner, gate, server = await _gated(component, {"idle_timeout": 0.3})
+    loop = asyncio.get_running_loop()
+    try:
+        for ending in (b"", b"Connection: close"):
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, server.sockets[0].getsockname())
+                await loop.sock_sendall(sock, _wire(_body(b"s"), *([ending] if ending else [])))
+                if not ending:
+                    sock.shutdown(socket.SHUT_WR)
+                await _until(lambda: component.signing)
+                gated = next(iter(gate.held))
+                assert gated.transport is not None  # socket buffers as small as on a network path (not loopback's)
+                gated.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                await asyncio.sleep(0.5)  # past idle_timeout while the answer is being signed
+                component.sign(_body(b"s"), b"x" * 40_000)  # more than the socket buffers take, less than
+                await asyncio.sleep(0)                       # the transport's high-water mark
+                assert gated.transport is not None and 0 < gated.transport.get_write_buffer_size() < 65536
+                stalled = gate.stalled
+                await _until(lambda: gate.open == 0 and not gate.held)
+                assert gate.stalled == stalled + 1
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
+async def test_a_failure_while_taking_up_what_waited_aborts_the_connection() -> None:
+    """Answers are written, and what waited behind them taken up, from a done-callback, whose exceptions
+    asyncio only logs: a failure there aborts the connection. It once left it open for good: here a signer
+    handing back what is not an answer (a bug) left that answer first in line, in flight forever (never
+    idle, never past its deadline: its future is done); the signer refusing the next request leaves what
+    waited taken and nothing to take it up."""
+
+    class Failing(_Signing):
+        def live_future(self, received: bytes | str, request: object) -> asyncio.Future[Outcome]:
+            if received == _body(b"boom"):
+                raise RuntimeError("a bug in the signer")
+            return super().live_future(received, request)
+
+    component = Failing({})
+    runner, gate, server = await _gated(component, {"idle_timeout": 0.2})
+    loop = asyncio.get_running_loop()
+    try:
+        sock = await _client(server)
+        with sock:
+            await loop.sock_sendall(sock, _wire(_body(b"bad")))
+            await _until(lambda: component.signing)
+            component.signing.pop(_body(b"bad")).set_result(None)  # type: ignore[arg-type]
+            await _until(lambda: gate.open == 0 and not gate.held)  # aborted
+        sock = await _client(server)
+        with sock:
+            bodies = [_body(b"s%d" % n) for n in range(MAX_PENDING)]
+            await loop.sock_sendall(sock, b"".join(_wire(b) for b in bodies) + _wire(_body(b"boom")))
+            await _until(lambda: len(component.signing) == MAX_PENDING)
+            for body in bodies:
+                component.sign(body)
+            await _until(lambda: gate.open == 0 and not gate.held)  # aborted (its answers may be lost with it)
+    finally:
+        server.close()
+        await runner.cleanup()
+
+
+async def test_aiohttp_flow_control_holds_after_a_handover_that_waited() -> None:
+    """Requests that waited behind an answer being signed, handed to aiohttp once it is written: when they are
+    more than aiohttp queues (a handler still busy), aiohttp pauses reading, and the gate must not undo that
+    pause (it once resumed reading after the handover: aiohttp, counting on its pause, then buffered whatever
+    the client sent, without bound)."""
+    component = _Signing({})
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(body=b"slow")
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(body=b"hello")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/hello", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    gate = ConnectionGate(8, 5.0, direct=DirectAnswers(component))  # type: ignore[arg-type]
+    server = await listen(runner, "127.0.0.1", 0, gate)
+    loop = asyncio.get_running_loop()
+    try:
+        sock = await _client(server)
+        with sock:
+            pipelined = 40
+            await loop.sock_sendall(sock, _wire(_body(b"s")) + b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+                                    + b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n" * pipelined)
+            await _until(lambda: component.signing)
+            gated = next(iter(gate.held))
+            assert gated.waiting is not None and gated.transport is not None
+            component.sign(_body(b"s"))
+            assert (await _answers(sock, 1))[0][2] == b"L" + _body(b"s")
+            await _until(lambda: gated.direct is None)  # aiohttp's now, its queue full behind /slow
+            await asyncio.sleep(0.1)
+            assert not gated.transport.is_reading()  # aiohttp's pause (its queue is full) stands
+            release.set()
+            answers = await _answers(sock, 1 + pipelined)
+            assert [a[2] for a in answers] == [b"slow"] + [b"hello"] * pipelined
     finally:
         server.close()
         await runner.cleanup()

@@ -74,6 +74,70 @@ def test_a_requester_that_gave_up_does_not_disturb_the_others() -> None:
     asyncio.run(main())
 
 
+def test_requests_given_up_before_a_thread_takes_them_are_not_signed() -> None:
+    """The queue is not bounded by the slots: requests cancelled while waiting (a client gone, the direct
+    path's request deadline) are skipped by the threads, not signed for nobody ahead of the others."""
+    signed: list[int] = []
+    busy = threading.Event()
+
+    def answer(request: Request) -> Outcome:
+        serial = request.cert_ids[0].serial
+        signed.append(serial)
+        if serial == 0:
+            busy.wait(5)
+        return Outcome(b"%d" % serial, "successful", "live")
+
+    async def main() -> None:
+        lane = LiveLane(answer, 1)
+        lane.start(asyncio.get_running_loop())
+        try:
+            first = lane.submit(_request(0))
+            given_up = [lane.submit(_request(n)) for n in range(1, 50)]
+            kept = lane.submit(_request(50))
+            for future in given_up:
+                future.cancel()
+            busy.set()
+            assert (await first).body == b"0" and (await kept).body == b"50"
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, lane.stop)
+
+    asyncio.run(main())
+    assert signed == [0, 50]
+
+
+def test_a_live_answer_through_aiohttp_not_signed_in_time_is_try_later() -> None:
+    """The aiohttp path's live answer (``OcspComponent._live``) waits ``live_timeout`` at most ([http]
+    request_timeout), as the direct path's: then tryLater, and the signature given up is not made later."""
+    from ocsp.http import OcspComponent
+
+    signed: list[int] = []
+    release = threading.Event()
+
+    def answer(request: Request) -> Outcome:
+        signed.append(request.cert_ids[0].serial)
+        release.wait(5)
+        return Outcome(b"signed", "successful", "live")
+
+    async def main() -> None:
+        component = OcspComponent()
+        component.live = LiveLane(answer, 1)
+        component.live.start(asyncio.get_running_loop())
+        component.live_timeout = 0.2
+        try:
+            stuck = asyncio.ensure_future(component._live(b"", _request(1)))  # holds the only thread
+            while not signed:
+                await asyncio.sleep(0.01)
+            behind = await component._live(b"", _request(2))
+            assert behind.status == "tryLater" and (await stuck).status == "tryLater"
+            release.set()
+            assert (await component._live(b"", _request(3))).status == "successful"
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, component.live.stop)
+
+    asyncio.run(main())
+    assert signed == [1, 3]
+
+
 def test_nonce_answers_follow_status_changes_made_by_another_process(demo: Path) -> None:
     """Statuses read for live answers are remembered until the change log says otherwise: a revocation and a
     released hold, made by the command line (another process), show in nonce answers within a second."""

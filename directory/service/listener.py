@@ -157,7 +157,7 @@ class _Gated(asyncio.Protocol):
         if gate.tls is None:
             if gate.direct is not None:
                 self.direct = gate.direct.answer
-                self.answers = gate.direct.connection(transport, self._drained)
+                self.answers = gate.direct.connection(transport, self._drained, gate.request_timeout)
                 gate.held.add(self)
                 self._idle()
             else:
@@ -227,7 +227,11 @@ class _Gated(asyncio.Protocol):
         self.deadline_at = None
         if self.idle:  # kept alive and unused: closed as aiohttp closes its idle connections
             if self.answers is not None and self.answers.pending:
-                return  # not idle: set again once its answers are written (``_drained``)
+                # not idle: looked at again later. Not left to ``_drained`` alone: a connection closing once its
+                # answers are written (end of input, Connection: close) is closed without it, and a client
+                # that reads nothing would then hold it, its close waiting on unsent bytes, for good
+                self._idle()
+                return
             if self.transport is not None:
                 # answers still unsent after idle_timeout of silence: a client that does not read, which a
                 # graceful close would wait for forever (its slot with it)
@@ -280,14 +284,18 @@ class _Gated(asyncio.Protocol):
         self.inner.data_received(data)
 
     def _drained(self) -> None:
-        """Every answer in flight is written: what waited is taken up (here, or by aiohttp), else idle again."""
+        """Every answer in flight is written: what waited is taken up (here, or by aiohttp), else idle again.
+
+        Reading resumes before what waited is taken up, not after: taking it up may pause reading again, ours
+        (more answers in flight) or aiohttp's own flow control (pipelined requests past its queue, a body its
+        handler does not read yet). Resumed after, that pause was undone while aiohttp still counted on it,
+        and its parser kept buffering whatever the client sent, without bound."""
         if self.transport is None or self.transport.is_closing():
             return
         waiting, self.waiting = self.waiting, None
         if waiting is not None:
+            self.transport.resume_reading()  # nothing is read before this callback returns
             self.data_received(waiting)
-            if self.waiting is None:  # all taken, or aiohttp's now
-                self.transport.resume_reading()
         elif self.direct is not None:
             self._idle()
         if self.eof and self.waiting is None:

@@ -173,7 +173,7 @@ async def run(args: argparse.Namespace) -> None:
         connector=aiohttp.UnixConnector(str(sockets / "app.sock"), limit=UPSTREAM_CONNECTIONS,
                                         keepalive_timeout=UPSTREAM_KEEPALIVE), timeout=timeout,
         auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"))
-    live = LiveClient(str(sockets / "live.sock"))
+    live = LiveClient(str(sockets / "live.sock"), http.request_timeout)  # then tryLater, as in the main process
     ocsp = WorkerOcsp(lookup, live)
     app = web.Application(client_max_size=64 * 1024)  # no middlewares: see app.fronted
     ocsp.mount(app.router)
