@@ -818,6 +818,24 @@ def _shape(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(n, "" if n in ("Date", "X-Request-ID") else re.sub(r"max-age=\d+", "max-age=N", v)) for n, v in fields]
 
 
+_Answer = tuple[bytes, list[tuple[str, str]], bytes]  # status line, headers, body (``_Reader.response``)
+
+
+def _both_ways(base: str, wire: bytes) -> tuple[_Answer, _Answer]:
+    """``wire`` answered by the gate (sent whole in one write) and by aiohttp (its last bytes held back a
+    moment, so the gate hands the connection over): both answers, checked to be 200s with the same headers."""
+    with _connect(base) as direct_sock, _connect(base) as split_sock:
+        direct_sock.sendall(wire)
+        direct = _Reader(direct_sock).response()
+        split_sock.sendall(wire[:-3])
+        time.sleep(0.2)
+        split_sock.sendall(wire[-3:])
+        via_aiohttp = _Reader(split_sock).response()
+    assert direct[0] == via_aiohttp[0] == b"HTTP/1.1 200 OK"
+    assert _shape(direct[1]) == _shape(via_aiohttp[1]), (direct[1], via_aiohttp[1])
+    return direct, via_aiohttp
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_same_answers_as_aiohttp_in_order_and_bounded(demo: Path, workers: int) -> None:
     demo.write_text(demo.read_text().replace("[http]\n", f"[http]\nworkers = {workers}\nidle_timeout = 2\n", 1))
@@ -829,27 +847,11 @@ def test_same_answers_as_aiohttp_in_order_and_bounded(demo: Path, workers: int) 
             _until_held(base, der)
         for wire in (_wire_post(requests[0]), _wire_get(requests[0])):
             # answered directly (whole in one write), then by aiohttp (the body held back a moment)
-            with _connect(base) as direct_sock, _connect(base) as split_sock:
-                direct_sock.sendall(wire)
-                direct = _Reader(direct_sock).response()
-                split_sock.sendall(wire[:-3])
-                time.sleep(0.2)
-                split_sock.sendall(wire[-3:])
-                via_aiohttp = _Reader(split_sock).response()
-            assert direct[0] == via_aiohttp[0] == b"HTTP/1.1 200 OK"
-            assert _shape(direct[1]) == _shape(via_aiohttp[1]), (direct[1], via_aiohttp[1])
+            direct, via_aiohttp = _both_ways(base, wire)
             assert direct[2] == via_aiohttp[2]
             assert ocsp.load_der_ocsp_response(direct[2]).certificate_status == ocsp.OCSPCertStatus.GOOD
         for wire in (_wire_post(nonced), _wire_get(nonced)):  # signed live: from the gate, and by aiohttp
-            with _connect(base) as direct_sock, _connect(base) as split_sock:
-                direct_sock.sendall(wire)
-                direct = _Reader(direct_sock).response()
-                split_sock.sendall(wire[:-3])
-                time.sleep(0.2)
-                split_sock.sendall(wire[-3:])
-                via_aiohttp = _Reader(split_sock).response()
-            assert direct[0] == via_aiohttp[0] == b"HTTP/1.1 200 OK"
-            assert _shape(direct[1]) == _shape(via_aiohttp[1]), (direct[1], via_aiohttp[1])
+            direct, via_aiohttp = _both_ways(base, wire)
             asked = ocsp.load_der_ocsp_request(nonced).extensions.get_extension_for_class(x509.OCSPNonce).value
             for _, _, body in (direct, via_aiohttp):
                 parsed = ocsp.load_der_ocsp_response(body)
