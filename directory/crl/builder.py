@@ -22,7 +22,6 @@ The flow for one CRL, Boulder-style (each step with a clear failure story):
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -395,11 +394,3 @@ class CrlPublisher:
 
 def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
-
-
-def pem_crl(data: bytes) -> bytes:
-    """PEM form of a DER CRL (served on demand; the build only writes DER)."""
-    body = base64.b64encode(data)
-    lines = b"\n".join([body[i:i + 64] for i in range(0, len(body), 64)])
-    return b"-----BEGIN X509 CRL-----\n" + lines + b"\n-----END X509 CRL-----\n"
-

@@ -9,6 +9,7 @@ used as a path.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 import re
@@ -22,7 +23,6 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from directory.crl.builder import pem_crl
 from directory.crl.files import read_regular
 from directory.httpdate import http_date, parse_http_date
 
@@ -30,6 +30,13 @@ CRL_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}\.(crl|pem)$")
 CERT_NAME = re.compile(r"^([a-z0-9][a-z0-9-]{0,62})\.crt$")
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII | re.IGNORECASE)
 _BEYOND = 10**18  # any position with more digits than this is past the end of anything we serve
+
+
+def pem_crl(data: bytes) -> bytes:
+    """PEM form of a DER CRL (served on demand; the build only writes DER)."""
+    body = base64.b64encode(data)
+    lines = b"\n".join([body[i:i + 64] for i in range(0, len(body), 64)])
+    return b"-----BEGIN X509 CRL-----\n" + lines + b"\n-----END X509 CRL-----\n"
 
 
 @dataclass(frozen=True)
