@@ -31,7 +31,8 @@ from directory.runtime import inspect_hsm, open_config_registry, open_hsm
 from directory.service.eventloop import EventLoopUnavailable, loop_factory
 from directory.service.limits import Budget, DescriptorBudgetError
 from directory.service.limits import plan as plan_descriptors
-from directory.service.listener import HELD_GRACE, ConnectionGate, listen, listen_unix, port_free, request_deadline
+from directory.service.listener import HELD_GRACE, ConnectionGate, request_deadline
+from directory.service.sockets import listen, listen_unix, port_free
 from directory.service.systemd import Notifications
 from directory.service.workers import WorkerPool, with_workers
 

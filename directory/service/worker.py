@@ -38,8 +38,9 @@ from directory import logs
 from directory.config import load_config
 from directory.service.eventloop import loop_factory
 from directory.service.limits import plan as plan_descriptors
-from directory.service.listener import HELD_GRACE, ConnectionGate, listen
+from directory.service.listener import HELD_GRACE, ConnectionGate
 from directory.service.livewire import LiveClient
+from directory.service.sockets import listen
 from ocsp import response as resp
 from ocsp.direct import DirectAnswers
 from ocsp.http import OcspComponent
