@@ -245,7 +245,7 @@ async def run_service(service: Service, stop: asyncio.Event) -> None:
         else:
             port_free(http.host, http.port)  # another instance would share the port silently (SO_REUSEPORT)
             listener = await listen_unix(runner, pool.app_socket, pool.internal)
-            await pool.launch()
+            await pool.launch(runner.server)
         log.info("listening on http://%s:%d (public base URL %s)%s", http.host, http.port, http.base_url,
                  f", {len(pool.slots)} serving processes" if pool is not None else "")
         systemd.announce_ready(service.readiness)

@@ -45,6 +45,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 if TYPE_CHECKING:
+    from directory.service.handover import Passer
     from ocsp.direct import Answers, DirectAnswers
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,15 @@ class ConnectionGate:
     # abort a client that reads nothing of what waits for it (writing paused) for ``request_timeout``; off for
     # the internal listener, whose clients, the serving processes, stop reading while their own client is slow
     cut_stalled_readers: bool = True
+    # a serving process's: a connection about to need a live answer is offered to the main process
+    # (``directory/service/handover.py``)
+    handover: Passer | None = None
     open: int = 0
     refused: int = 0
     lingering: int = 0
     timed_out: int = 0
     stalled: int = 0  # connections aborted because the client read nothing of its answers
+    handed_over: int = 0  # connections the main process took (``handover``)
     held: set[_Gated] = field(default_factory=set)  # connections ``direct`` answers: aiohttp does not know them
 
     def close_held(self) -> None:
@@ -104,7 +109,7 @@ class _Gated(asyncio.Protocol):
     away past the cap; enforces the request deadline, the idle one while it answers, and cuts off clients that
     read nothing of what waits for them."""
 
-    def __init__(self, inner: Any, gate: ConnectionGate) -> None:
+    def __init__(self, inner: Any, gate: ConnectionGate, carried: bytes = b"") -> None:
         self.inner = inner
         self.gate = gate
         self.admitted = False
@@ -127,6 +132,11 @@ class _Gated(asyncio.Protocol):
         self.idle = False  # the deadline set is the idle one of a connection ``direct`` answers
         self.write_paused = False
         self.loop: asyncio.AbstractEventLoop | None = None  # set once connected: ``_idle`` runs once per read
+        # a connection handed over by a serving process: what it read and did not answer, taken before anything
+        # read here (``directory/service/handover.py``); ``passing``: what this process carries while it offers
+        # the connection to the main process (reading paused), until the answer (``handed``)
+        self.carried: bytes | None = carried or None
+        self.passing: bytes | None = None
 
     # -- admission --------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -152,8 +162,12 @@ class _Gated(asyncio.Protocol):
             if gate.direct is not None:
                 self.direct = gate.direct.answer
                 self.answers = gate.direct.connection(transport, self._drained, gate.request_timeout)
+                self.answers.hand_over = gate.handover is not None
                 gate.held.add(self)
                 self._idle()
+                carried, self.carried = self.carried, None
+                if carried:
+                    self.data_received(carried)
             else:
                 self.started = True
                 self.inner.connection_made(transport)
@@ -264,6 +278,10 @@ class _Gated(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.pause_reading()
                 return
+            if answers.live_next:  # a live answer next, nothing in flight: offered to the main process, once
+                answers.live_next = answers.hand_over = False
+                self._pass(data[used:])
+                return
             self._hand_over()
             if used:
                 data = data[used:]
@@ -296,6 +314,35 @@ class _Gated(asyncio.Protocol):
             self.eof = False
             self.eof_received()
 
+    def _pass(self, rest: bytes) -> None:
+        """Offer the connection and ``rest`` (its requests from a live one on) to the main process; reading
+        paused, no timer, until it answers (``handed``). Not sent: answered here."""
+        handover, transport = self.gate.handover, self.transport
+        assert handover is not None and transport is not None
+        transport.pause_reading()  # before the offer: not a byte more is read here once it is sent
+        if not handover.offer(self, rest):
+            transport.resume_reading()
+            self.data_received(rest)
+            return
+        self.passing = rest
+        self._stop_timer()
+
+    def handed(self, taken: bool) -> None:
+        """The main process's answer to ``_pass``: taken, this process's descriptor is closed (a close, not a
+        shutdown: the client's connection is the main process's now); refused, answered here."""
+        rest, self.passing = self.passing, None
+        transport = self.transport
+        if rest is None or transport is None or transport.is_closing():
+            return
+        if taken:
+            self.gate.handed_over += 1
+            self.gate.held.discard(self)
+            self.direct = None
+            transport.close()  # nothing unsent (``ocsp.direct``: offered only then), nothing read since
+            return
+        transport.resume_reading()  # as ``_drained``: before taking up what waited
+        self.data_received(rest)
+
     def _hand_over(self) -> None:
         """From now on aiohttp has the connection (``direct`` took whole requests only: its parser starts at a
         request's first byte); the request's own deadline replaces the idle one."""
@@ -309,6 +356,8 @@ class _Gated(asyncio.Protocol):
             self.inner.pause_writing()
 
     def eof_received(self) -> bool | None:
+        if self.passing is not None:  # not read while offered; an end of input seen anyway waits with it
+            return True
         if self.waiting is not None:  # taken up once the answers in flight are written (``_drained``)
             self.eof = True
             return True
