@@ -6,22 +6,39 @@ from __future__ import annotations
 
 import array
 import asyncio
+import datetime
 import os
 import re
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 
-from directory.service.handover import Adopter
+from directory.service.handover import Adopter, Passer
 from directory.service.listener import ConnectionGate
 from tests.served import http, serve
-from tests.test_ocsp_direct import _connect, _Reader, _requests, _shape, _until_held, _wire_get, _wire_post
+from tests.test_ocsp_direct import (
+    _body,
+    _client,
+    _connect,
+    _gated,
+    _Reader,
+    _requests,
+    _shape,
+    _Signing,
+    _until,
+    _until_held,
+    _wire,
+    _wire_get,
+    _wire_post,
+)
 from tests.test_workers import _workers
 
 
@@ -233,3 +250,56 @@ async def test_only_one_connected_stream_socket_is_adopted(tmp_path: Path) -> No
             s.close()
         os.close(read_end)
         os.close(write_end)
+
+
+async def test_a_tls_connection_is_never_offered(tmp_path: Path) -> None:
+    """TLS connections have no direct path: a nonce request on one is aiohttp's, never handed over."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                       serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    component = _Signing({})
+    taken: list[tuple[socket.socket, bytes]] = []
+
+    def adopt(sock: socket.socket, carried: bytes) -> asyncio.Future[object]:
+        taken.append((sock, carried))
+        return asyncio.ensure_future(asyncio.sleep(0))
+
+    adopter = Adopter(str(tmp_path / "h.sock"), ConnectionGate(cap=8), adopt)
+    adopter.start()
+    passer = Passer(str(tmp_path / "h.sock"))
+    runner, gate, server = await _gated(component, {"tls": server_context, "handover": passer})
+    plain_runner, plain_gate, plain_server = await _gated(component, {"handover": passer})
+    try:
+        # the same request on a plain listener is offered, and taken (carried along)
+        plain = await _client(plain_server)
+        await asyncio.get_running_loop().sock_sendall(plain, _wire(_body(b"nonce")))
+        await _until(lambda: plain_gate.handed_over == 1)
+        assert adopter.adopted == 1 and taken[0][1] == _wire(_body(b"nonce")) and not component.signing
+        taken[0][0].close()
+        plain.close()
+        client_context = ssl.create_default_context()
+        client_context.check_hostname = False
+        client_context.verify_mode = ssl.CERT_NONE
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2], ssl=client_context)
+        writer.write(_wire(_body(b"nonce")))
+        status = await asyncio.wait_for(reader.readline(), 5)
+        assert status.startswith(b"HTTP/1.1 404"), status  # aiohttp's: no OCSP route in this application
+        assert adopter.adopted == 1 and adopter.refused == 0 and not passer.waiting and not component.signing
+        assert gate.handed_over == 0
+        writer.close()
+    finally:
+        server.close()
+        plain_server.close()
+        await runner.cleanup()
+        await plain_runner.cleanup()
+        passer.close()
+        adopter.close()
