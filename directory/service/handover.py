@@ -66,7 +66,7 @@ class Passer:
     def offer(self, gated: _Gated, carried: bytes) -> bool:
         """Send ``gated``'s connection and ``carried``; False when it could not be sent (then it stays here)."""
         transport = gated.transport
-        if len(carried) > MAX_CARRIED or transport is None:
+        if len(carried) > MAX_CARRIED or transport is None or transport.is_closing():
             return False
         own = transport.get_extra_info("socket")
         sock = self.sock or self._connect()
@@ -117,7 +117,7 @@ class Passer:
             number, taken = _REPLY.unpack(reply)
             waiting = self.waiting.pop(number, None)
             if waiting is not None:
-                waiting[0].handed(bool(taken))
+                _answer(waiting[0], bool(taken))
 
     def _expire(self) -> None:
         """No answer within ``timeout``: the descriptor is closed here (taken: nobody else could answer it)."""
@@ -127,7 +127,7 @@ class Passer:
             if deadline <= now:
                 del self.waiting[number]
                 log.warning("connection hand-over: no answer from the main process within %.0f s", self.timeout)
-                gated.handed(True)
+                _answer(gated, True)
             else:
                 soonest = deadline if soonest is None else min(soonest, deadline)
         if soonest is not None:
@@ -142,7 +142,7 @@ class Passer:
             self.sock = None
         waiting, self.waiting = self.waiting, {}
         for gated, _ in waiting.values():
-            gated.handed(False)
+            _answer(gated, False)
 
     def close(self) -> None:
         if self._sweep is not None:
@@ -181,7 +181,11 @@ class Adopter:
         except (BlockingIOError, InterruptedError):
             return
         # the directory is this user's alone; checked again on the peer itself
-        uid = struct.unpack("3i", peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+        try:
+            uid = struct.unpack("3i", peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                      struct.calcsize("3i")))[1]
+        except OSError:
+            uid = -1
         if uid != os.getuid():
             log.warning("connection hand-over: peer of uid %d refused", uid)
             peer.close()
@@ -263,6 +267,17 @@ class Adopter:
             self.sock = None
         for peer in list(self.peers.values()):
             self._drop(peer)
+
+
+def _answer(gated: _Gated, taken: bool) -> None:
+    """``gated.handed``; what fails in it (taking up the carried bytes here) aborts that connection alone, as
+    a failure in ``data_received`` would."""
+    try:
+        gated.handed(taken)
+    except Exception:
+        log.exception("connection hand-over: answering the connection failed: aborted")
+        if gated.transport is not None:
+            gated.transport.abort()
 
 
 def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
