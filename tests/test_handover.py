@@ -25,6 +25,7 @@ from directory.service.handover import Adopter, Passer
 from directory.service.listener import ConnectionGate
 from tests.served import http, serve
 from tests.test_ocsp_direct import (
+    _answers,
     _body,
     _client,
     _connect,
@@ -303,3 +304,26 @@ async def test_a_tls_connection_is_never_offered(tmp_path: Path) -> None:
         await plain_runner.cleanup()
         passer.close()
         adopter.close()
+
+
+async def test_a_connection_not_sent_stays_and_is_answered_here(tmp_path: Path) -> None:
+    """No main process listening (restarting, stopping): the offer is not sent, the request is signed here (what
+    ``live_future`` does in a serving process: livewire) and answered, and the next live one is too."""
+    component = _Signing({})
+    passer = Passer(str(tmp_path / "nobody.sock"))
+    runner, gate, server = await _gated(component, {"handover": passer})
+    try:
+        sock = await _client(server)
+        loop = asyncio.get_running_loop()
+        for tag in (b"one", b"two"):
+            await loop.sock_sendall(sock, _wire(_body(tag)))
+            await _until(lambda tag=tag: _body(tag) in component.signing)  # type: ignore[misc]
+            component.sign(_body(tag))
+            (status, _, body), = await _answers(sock, 1)
+            assert status == b"HTTP/1.1 200 OK" and body == b"L" + _body(tag)
+        assert gate.handed_over == 0 and gate.open == 1
+        sock.close()
+    finally:
+        server.close()
+        await runner.cleanup()
+        passer.close()

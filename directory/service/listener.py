@@ -165,12 +165,12 @@ class _Gated(asyncio.Protocol):
                 self.answers.hand_over = gate.handover is not None
                 gate.held.add(self)
                 self._idle()
-                carried, self.carried = self.carried, None
-                if carried:
-                    self.data_received(carried)
             else:
                 self.started = True
                 self.inner.connection_made(transport)
+            carried, self.carried = self.carried, None
+            if carried:  # before anything read here
+                self.data_received(carried)
         else:
             self.arm()
             asyncio.get_running_loop().create_task(self._start_tls(transport, gate.tls))
