@@ -27,6 +27,10 @@ what it still waits for; ``Connection: close`` or end of input closes it once it
 answer not signed within the request deadline (``ConnectionGate.request_timeout``) is cancelled and answered
 ``tryLater`` in its turn: a stuck or swamped signer must not hold the connection, its slot and the answers
 behind it forever (one timer per connection looks at the oldest answer being signed, none per request).
+
+In a serving process (``[http] workers``) a live answer is signed by the main process: there, with
+``Answers.hand_over``, the first one with nothing in flight before it stops the read (``live_next``) so that
+the caller can hand the connection itself to the main process (``directory/service/handover.py``).
 """
 
 from __future__ import annotations
@@ -91,7 +95,8 @@ class Answers:
     ``drained`` is called each time the last answer in flight has been written (the gate then takes up what
     it held back); ``pending`` says whether any is in flight."""
 
-    __slots__ = ("_direct", "closing", "drained", "gone", "queue", "timeout", "timer", "transport")
+    __slots__ = ("_direct", "closing", "drained", "gone", "hand_over", "live_next", "queue", "timeout", "timer",
+                 "transport")
 
     def __init__(self, direct: DirectAnswers, transport: Writer, drained: Callable[[], None],
                  timeout: float) -> None:
@@ -103,6 +108,10 @@ class Answers:
         self.queue: collections.deque[_Entry] = collections.deque()
         self.closing = False  # Connection: close, end of input or shutdown: closed once the queue is written
         self.gone = False
+        # stop before a live answer when nothing is in flight (``live_next`` then says so): the caller may hand
+        # the connection to the process that signs (``directory/service/handover.py``) rather than ask it
+        self.hand_over = False
+        self.live_next = False
 
     @property
     def pending(self) -> bool:
@@ -230,6 +239,9 @@ class DirectAnswers:
                     queue.append(_Entry(outcome, None, get, request_id, close, started))
                 else:
                     transport.write(self.response(outcome, get, request_id, close))
+            elif answers.hand_over and not queue and not transport.get_write_buffer_size():
+                answers.live_next = True  # to be signed: the caller hands the connection over from here, or not
+                return pos
             else:  # to be signed: in flight until its future is done
                 future = component.live_future(received, outcome)
                 queue.append(_Entry(None, future, get, logs.take_request_id(given_id), close, started))

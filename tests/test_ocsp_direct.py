@@ -27,7 +27,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from directory.service.listener import ConnectionGate, listen
+from directory.service.listener import ConnectionGate
+from directory.service.sockets import listen
 from ocsp.direct import MAX_HEAD, MAX_PENDING, WRITE_LIMIT, DirectAnswers, parse
 from ocsp.lookup import Outcome
 from tests.served import http, serve

@@ -34,7 +34,8 @@ from directory.registry import NotRegistered, RegistryError, UnknownCertificate,
 from directory.registry.store import CertificateRecord
 from directory.runtime import importer_for
 from directory.service.app import request_ids
-from directory.service.listener import ConnectionGate, listen, request_deadline
+from directory.service.listener import ConnectionGate, request_deadline
+from directory.service.sockets import listen
 from ocsp.http import OcspComponent
 
 if TYPE_CHECKING:

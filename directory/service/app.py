@@ -31,7 +31,8 @@ from directory.runtime import inspect_hsm, open_config_registry, open_hsm
 from directory.service.eventloop import EventLoopUnavailable, loop_factory
 from directory.service.limits import Budget, DescriptorBudgetError
 from directory.service.limits import plan as plan_descriptors
-from directory.service.listener import HELD_GRACE, ConnectionGate, listen, listen_unix, port_free, request_deadline
+from directory.service.listener import HELD_GRACE, ConnectionGate, request_deadline
+from directory.service.sockets import listen, listen_unix, port_free
 from directory.service.systemd import Notifications
 from directory.service.workers import WorkerPool, with_workers
 
@@ -244,7 +245,7 @@ async def run_service(service: Service, stop: asyncio.Event) -> None:
         else:
             port_free(http.host, http.port)  # another instance would share the port silently (SO_REUSEPORT)
             listener = await listen_unix(runner, pool.app_socket, pool.internal)
-            await pool.launch()
+            await pool.launch(runner.server)
         log.info("listening on http://%s:%d (public base URL %s)%s", http.host, http.port, http.base_url,
                  f", {len(pool.slots)} serving processes" if pool is not None else "")
         systemd.announce_ready(service.readiness)

@@ -16,7 +16,8 @@ import logging
 import resource
 from dataclasses import dataclass
 
-from directory.service.listener import ACCEPT_BURST, LINGER
+from directory.service.listener import LINGER
+from directory.service.sockets import ACCEPT_BURST
 
 log = logging.getLogger(__name__)
 RESERVE = 256  # descriptors kept for everything but client connections

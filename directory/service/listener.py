@@ -29,17 +29,13 @@ answers are in flight), as aiohttp would, and at shutdown once its answers in fl
 TLS is started by the gate itself (``loop.start_tls``) after the connection is admitted, so connections
 stuck in a handshake count against the cap too.
 
-asyncio accepts up to its ``backlog`` argument of connections per readiness event and hands each to a task
-before any protocol sees it: with the usual 1024 a flood could take 1024 descriptors in one go, past any
-budget. The listening socket is therefore handed to asyncio with ``ACCEPT_BURST`` (what one event may
-accept, counted in the descriptor budget) and then given its real kernel queue (``LISTEN_QUEUE``).
+The listening sockets themselves are set up in ``directory/service/sockets.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +45,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 if TYPE_CHECKING:
+    from directory.service.handover import Passer
     from ocsp.direct import Answers, DirectAnswers
 
 log = logging.getLogger(__name__)
@@ -56,8 +53,6 @@ REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-Afte
            b"Connection: close\r\n\r\n")
 EARLY_LIMIT = 1 << 20  # bytes held between a TLS handshake's end and aiohttp taking the connection
 LINGER = 32  # refused connections kept open (1 s) so the client reads its 503; beyond that, closed at once
-ACCEPT_BURST = 32  # connections asyncio may accept in one go, before the gate sees them
-LISTEN_QUEUE = 1024  # the kernel's queue of connections not yet accepted (no descriptor of ours)
 HELD_GRACE = 5.0  # seconds at shutdown for the answers being signed on connections ``direct`` holds
 
 
@@ -75,11 +70,15 @@ class ConnectionGate:
     # abort a client that reads nothing of what waits for it (writing paused) for ``request_timeout``; off for
     # the internal listener, whose clients, the serving processes, stop reading while their own client is slow
     cut_stalled_readers: bool = True
+    # a serving process's: a connection about to need a live answer is offered to the main process
+    # (``directory/service/handover.py``)
+    handover: Passer | None = None
     open: int = 0
     refused: int = 0
     lingering: int = 0
     timed_out: int = 0
     stalled: int = 0  # connections aborted because the client read nothing of its answers
+    handed_over: int = 0  # connections the main process took (``handover``)
     held: set[_Gated] = field(default_factory=set)  # connections ``direct`` answers: aiohttp does not know them
 
     def close_held(self) -> None:
@@ -110,7 +109,7 @@ class _Gated(asyncio.Protocol):
     away past the cap; enforces the request deadline, the idle one while it answers, and cuts off clients that
     read nothing of what waits for them."""
 
-    def __init__(self, inner: Any, gate: ConnectionGate) -> None:
+    def __init__(self, inner: Any, gate: ConnectionGate, carried: bytes = b"") -> None:
         self.inner = inner
         self.gate = gate
         self.admitted = False
@@ -133,6 +132,11 @@ class _Gated(asyncio.Protocol):
         self.idle = False  # the deadline set is the idle one of a connection ``direct`` answers
         self.write_paused = False
         self.loop: asyncio.AbstractEventLoop | None = None  # set once connected: ``_idle`` runs once per read
+        # a connection handed over by a serving process: what it read and did not answer, taken before anything
+        # read here (``directory/service/handover.py``); ``passing``: what this process carries while it offers
+        # the connection to the main process (reading paused), until the answer (``handed``)
+        self.carried: bytes | None = carried or None
+        self.passing: bytes | None = None
 
     # -- admission --------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -158,11 +162,15 @@ class _Gated(asyncio.Protocol):
             if gate.direct is not None:
                 self.direct = gate.direct.answer
                 self.answers = gate.direct.connection(transport, self._drained, gate.request_timeout)
+                self.answers.hand_over = gate.handover is not None
                 gate.held.add(self)
                 self._idle()
             else:
                 self.started = True
                 self.inner.connection_made(transport)
+            carried, self.carried = self.carried, None
+            if carried:  # before anything read here
+                self.data_received(carried)
         else:
             self.arm()
             asyncio.get_running_loop().create_task(self._start_tls(transport, gate.tls))
@@ -270,6 +278,10 @@ class _Gated(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.pause_reading()
                 return
+            if answers.live_next:  # a live answer next, nothing in flight: offered to the main process, once
+                answers.live_next = answers.hand_over = False
+                self._pass(data[used:])
+                return
             self._hand_over()
             if used:
                 data = data[used:]
@@ -302,6 +314,35 @@ class _Gated(asyncio.Protocol):
             self.eof = False
             self.eof_received()
 
+    def _pass(self, rest: bytes) -> None:
+        """Offer the connection and ``rest`` (its requests from a live one on) to the main process; reading
+        paused, no timer, until it answers (``handed``). Not sent: answered here."""
+        handover, transport = self.gate.handover, self.transport
+        assert handover is not None and transport is not None
+        transport.pause_reading()  # before the offer: not a byte more is read here once it is sent
+        if not handover.offer(self, rest):
+            transport.resume_reading()
+            self.data_received(rest)
+            return
+        self.passing = rest
+        self._stop_timer()
+
+    def handed(self, taken: bool) -> None:
+        """The main process's answer to ``_pass``: taken, this process's descriptor is closed (a close, not a
+        shutdown: the client's connection is the main process's now); refused, answered here."""
+        rest, self.passing = self.passing, None
+        transport = self.transport
+        if rest is None or transport is None or transport.is_closing():
+            return
+        if taken:
+            self.gate.handed_over += 1
+            self.gate.held.discard(self)
+            self.direct = None
+            transport.close()  # nothing unsent (``ocsp.direct``: offered only then), nothing read since
+            return
+        transport.resume_reading()  # as ``_drained``: before taking up what waited
+        self.data_received(rest)
+
     def _hand_over(self) -> None:
         """From now on aiohttp has the connection (``direct`` took whole requests only: its parser starts at a
         request's first byte); the request's own deadline replaces the idle one."""
@@ -315,6 +356,8 @@ class _Gated(asyncio.Protocol):
             self.inner.pause_writing()
 
     def eof_received(self) -> bool | None:
+        if self.passing is not None:  # not read while offered; an end of input seen anyway waits with it
+            return True
         if self.waiting is not None:  # taken up once the answers in flight are written (``_drained``)
             self.eof = True
             return True
@@ -411,47 +454,3 @@ async def request_deadline(request: web.Request, handler: Handler) -> web.Stream
         raise
     finally:
         gated.in_handler = False
-
-
-async def listen(runner: web.AppRunner, host: str, port: int, gate: ConnectionGate,
-                 reuse_port: bool = False) -> asyncio.AbstractServer:
-    """Serve ``runner`` (already set up) on ``host:port`` behind ``gate`` (TLS when ``gate.tls``); close the
-    returned server before ``runner.cleanup()``. ``reuse_port``: the serving processes of ``[http] workers``
-    each listen on the same port (SO_REUSEPORT: the kernel spreads new connections over them)."""
-    server = runner.server
-    assert server is not None, "runner.setup() first"
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        listener = await loop.create_server(lambda: _Gated(server(), gate), sock=sock, backlog=ACCEPT_BURST)
-    except BaseException:
-        sock.close()
-        raise
-    sock.listen(LISTEN_QUEUE)  # the same socket: a longer kernel queue, asyncio's burst unchanged
-    return listener
-
-
-def port_free(host: str, port: int) -> None:
-    """Raise OSError when something already listens on ``host:port``: the serving processes bind it with
-    SO_REUSEPORT, which another instance of the service (same user) would silently share; a bind without
-    it fails against any listener, as a single process's bind does."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-
-
-async def listen_unix(runner: web.AppRunner, path: str, gate: ConnectionGate) -> asyncio.AbstractServer:
-    """Serve ``runner`` on a unix socket behind ``gate``: the main process's side of ``[http] workers``
-    (requests the serving processes hand over); the socket's directory keeps other users out."""
-    server = runner.server
-    assert server is not None, "runner.setup() first"
-    return await asyncio.get_running_loop().create_unix_server(lambda: _Gated(server(), gate), path,
-                                                               backlog=LISTEN_QUEUE)

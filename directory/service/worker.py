@@ -5,7 +5,9 @@ It listens on the public port beside its siblings (SO_REUSEPORT) and answers OCS
 held in the shared store (``ocsp.store.LmdbReader``), with the same handlers as the main process
 (``ocsp.http.OcspComponent``). Everything else goes to the main process over unix sockets: OCSP requests
 without a held answer (nonces, several CertIDs, other hash algorithms, misses) to be signed there, and every
-other URL (CRLs, the page, /metrics, /readyz, ...) to the main process's own application. It never opens the
+other URL (CRLs, the page, /metrics, /readyz, ...) to the main process's own application. A connection whose
+next request needs a live answer is handed to the main process itself, when it takes it
+(``directory/service/handover.py``): its live answers then cost no hop each. It never opens the
 HSM nor the registry: nothing here is forked from a process that called C_Initialize (it is a new
 interpreter), and there is one signer and one writer.
 
@@ -37,9 +39,11 @@ from aiohttp.typedefs import Handler
 from directory import logs
 from directory.config import load_config
 from directory.service.eventloop import loop_factory
+from directory.service.handover import Passer
 from directory.service.limits import plan as plan_descriptors
-from directory.service.listener import HELD_GRACE, ConnectionGate, listen
+from directory.service.listener import HELD_GRACE, ConnectionGate
 from directory.service.livewire import LiveClient
+from directory.service.sockets import listen
 from ocsp import response as resp
 from ocsp.direct import DirectAnswers
 from ocsp.http import OcspComponent
@@ -151,7 +155,7 @@ class Reporter:
         gate = self.gate
         return json.dumps({"ack": ack, "by_status": stats.by_status, "by_path": stats.by_path, "latency": latency,
                            "open": gate.open, "refused": gate.refused, "timed_out": gate.timed_out,
-                           "stalled": gate.stalled})
+                           "stalled": gate.stalled, "handed_over": gate.handed_over})
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -178,8 +182,10 @@ async def run(args: argparse.Namespace) -> None:
     app = web.Application(client_max_size=64 * 1024)  # no middlewares: see app.fronted
     ocsp.mount(app.router)
     app.router.add_route("*", "/{tail:.*}", make_proxy(app_session), name="proxy")
+    # a connection about to need a live answer goes to the main process itself (``handover``), not each answer
+    handover = Passer(str(sockets / "handover.sock"), http.request_timeout)
     gate = ConnectionGate(budget.public_cap, http.request_timeout, idle_timeout=http.idle_timeout,
-                          direct=DirectAnswers(ocsp))
+                          direct=DirectAnswers(ocsp), handover=handover)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=http.idle_timeout)
     await runner.setup()
     assert runner.server is not None
@@ -218,6 +224,7 @@ async def run(args: argparse.Namespace) -> None:
         print(reporter.line(), flush=True)
         await app_session.close()
         live.close()
+        handover.close()
         store.close()
 
 

@@ -7,7 +7,9 @@ side (SO_REUSEPORT), and answer pre-signed OCSP requests from the store the pre-
 (``ocsp.store.LmdbStore``: one memory-mapped file, not a copy per process). What they cannot answer comes
 back here over two unix sockets in a private directory: ``live.sock`` (OCSP requests to sign: nonces,
 misses; framed by ``directory/service/livewire.py``, answered by ``OcspComponent.answer_future``) and
-``app.sock`` (the service's own application: CRLs, the page, /metrics, /readyz...).
+``app.sock`` (the service's own application: CRLs, the page, /metrics, /readyz...). A client connection
+about to need a live answer comes itself, over ``handover.sock`` (``directory/service/handover.py``): this
+process then serves it (``adopted``, its own gate and cap), and its live answers no longer cross ``live.sock``.
 
 Serving processes are new interpreters (``python -m``), never forks of this one: PKCS#11 is not safe across
 fork after C_Initialize. One that exits or falls silent (no report for ``SILENCE`` seconds: a stuck event
@@ -27,10 +29,11 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +42,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 import directory
 from directory.config import Config
-from directory.service.listener import ConnectionGate
+from directory.service.handover import Adopter
+from directory.service.listener import HELD_GRACE, ConnectionGate, _Gated
 from directory.service.livewire import LiveServer
 from ocsp import response as resp
 from ocsp.http import OcspComponent
@@ -94,6 +98,8 @@ class WorkerPool:
         self._tasks: list[asyncio.Task[None]] = []
         self.sockets: Path | None = None
         self._live_server: asyncio.AbstractServer | None = None
+        self.adopted: ConnectionGate | None = None  # client connections handed over by the serving processes
+        self.adopter: Adopter | None = None
 
     @property
     def app_socket(self) -> str:
@@ -113,15 +119,45 @@ class WorkerPool:
                                        name="internal", cut_stalled_readers=False)
         self._live_server = await asyncio.get_running_loop().create_unix_server(
             lambda: LiveServer(self._live), str(self.sockets / "live.sock"))
+        # connections handed over: what this process's public listener would hold without serving processes
+        http = service.config.http
+        budget = service.descriptors
+        self.adopted = ConnectionGate(budget.public_cap if budget is not None else http.max_connections,
+                                      http.request_timeout, idle_timeout=http.idle_timeout,
+                                      direct=service.connections.direct)
         service.readiness_checks["workers"] = self._problem
         service.readiness_warnings["workers"] = self._warning
         if self.ocsp is not None and getattr(self.ocsp, "metrics", None) is not None:
             self.ocsp.metrics.elsewhere = self.ocsp_counts
         service.metrics.register(self.collect)
 
-    async def launch(self) -> None:
-        """Start the serving processes (the main process's application listens on ``app_socket`` by now)."""
+    async def launch(self, server: Callable[[], asyncio.Protocol]) -> None:
+        """Start the serving processes (the main process's application listens on ``app_socket`` by now);
+        ``server``: the application's protocol factory, for the connections handed over that leave the direct
+        path (``runner.server``)."""
+        assert self.sockets is not None and self.adopted is not None
+        if self.adopted.direct is not None:  # without OCSP nothing is handed over
+            self.adopter = Adopter(str(self.sockets / "handover.sock"), self.adopted, functools.partial(
+                self._adopt, server))
+            self.adopter.start()
         self._tasks = [asyncio.create_task(self._keep(slot), name=f"worker-{slot.index}") for slot in self.slots]
+
+    def _adopt(self, server: Callable[[], asyncio.Protocol], sock: socket.socket,
+               carried: bytes) -> asyncio.Future[object]:
+        """A connection a serving process handed over, served here from ``carried`` on (fed to its gate before
+        anything read here: ``_Gated.connection_made``)."""
+        assert self.adopted is not None
+        gate = self.adopted
+
+        async def adopt() -> object:
+            try:
+                return await asyncio.get_running_loop().connect_accepted_socket(
+                    lambda: _Gated(server(), gate, carried), sock)
+            except BaseException:
+                sock.close()
+                raise
+
+        return asyncio.ensure_future(adopt())
 
     async def stop(self) -> None:
         await self.stop_workers()
@@ -148,6 +184,11 @@ class WorkerPool:
                         slot.process.kill()
             if late:
                 await asyncio.wait(late, timeout=5)
+        if self.adopter is not None:  # no serving process left to hand any over
+            self.adopter.close()
+        if self.adopted is not None:  # as the public listener's own at shutdown (``run_service``)
+            self.adopted.close_held()
+            await self.adopted.wait_held(HELD_GRACE)
 
     # -- following one serving process -------------------------------------------------------------
     async def _keep(self, slot: Slot) -> None:
@@ -234,6 +275,11 @@ class WorkerPool:
         gate.open = int(sum(s.counts.get("open", 0) for s in self.slots))
         gate.refused, gate.timed_out = int(totals.get("refused", 0)), int(totals.get("timed_out", 0))
         gate.stalled = int(totals.get("stalled", 0))
+        adopted = self.adopted
+        if adopted is not None:  # this process's share: connections handed over
+            gate.open += adopted.open
+            gate.timed_out += adopted.timed_out
+            gate.stalled += adopted.stalled
 
     async def refresh(self, timeout: float = 1.0) -> None:
         """Ask every serving process for its counts now and wait for them (a /metrics scrape tells what
@@ -298,7 +344,14 @@ class WorkerPool:
         restarts = CounterMetricFamily("annuaire_http_worker_restarts", "Serving processes restarted after they "
                                        "exited or fell silent")
         restarts.add_metric([], self.restarts)
-        yield from (serving, restarts)
+        handed = CounterMetricFamily("annuaire_http_connections_handed_over", "Client connections a serving process "
+                                     "handed to the main process for their live OCSP answers")
+        handed.add_metric([], int(self.totals().get("handed_over", 0)))
+        refused = CounterMetricFamily("annuaire_http_connections_handover_refused", "Client connections the main "
+                                      "process did not take from a serving process (its cap reached): answered "
+                                      "there, over livewire")
+        refused.add_metric([], self.adopter.refused if self.adopter is not None else 0)
+        yield from (serving, restarts, handed, refused)
 
 
 def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,311 @@
+"""A client's connection handed by a serving process to the main process, for its live OCSP answers.
+
+With ``[http] workers`` a nonce (or a miss) is signed in the main process, the one with the HSM. Carried over
+``livewire`` each such answer costs a hop (a frame each way, both event loops woken: about 90 µs of CPU per
+answer on a 2-core machine, issue 15 §3). A connection that asks for one is likely to ask for more (an RFC
+5019 client with nonces, a load balancer's health checker): at its first, the serving process hands the
+connection itself to the main process (SCM_RIGHTS over a unix socket), which then answers everything on it,
+held answers too (it has the store), and the hop is paid once per connection instead of once per answer.
+
+The pass happens at a request boundary with nothing in flight (``ocsp.direct``: no answer queued, nothing
+unsent), only on the plain listener of a serving process. One message (SOCK_SEQPACKET: its bytes and its
+descriptor arrive together or not at all): ``>I`` (a number) + the bytes read and not answered (the live
+request, and whatever followed it in the same read: pipelined requests, part of one), with exactly one
+descriptor. The serving process stops reading the connection before it sends, and keeps its own descriptor
+until the main process answers ``>IB`` (the number, 1: taken, 0: refused):
+
+- taken: the serving process closes its descriptor (a close, never a shutdown: the client's connection stays
+  up, the main process's descriptor holds it) and counts it (``ConnectionGate.handed_over``); the main process
+  feeds the carried bytes to its own gate (``_Gated(carried=...)``) before anything read from the
+  socket, so nothing is lost or reordered. Its deadlines (idle, request, signing) start afresh there.
+- refused (the main process's cap of adopted connections reached, a descriptor it does not accept, the main
+  process gone): the serving process reads on and answers over ``livewire``, as before. It offers a
+  connection once: a refused one is not offered again.
+
+The main process takes one descriptor per message, of a connected stream socket (not a listening one) of
+the listener's families (AF_INET, AF_INET6), from a peer of its own user; anything else is closed and
+refused. The carried bytes are at most ``MAX_CARRIED`` (more: not offered) and go to that connection only.
+Adopted connections count against a cap of their own (``ConnectionGate.cap``, the main process's share of
+descriptors for the public listener, unused otherwise with serving processes): past it, refused. No answer
+within ``timeout``: the serving process closes its descriptor (the main process has it, or nobody will).
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from directory.service.listener import ConnectionGate, _Gated
+
+log = logging.getLogger(__name__)
+_OFFER = struct.Struct(">I")
+_REPLY = struct.Struct(">IB")
+MAX_CARRIED = 64 * 1024  # bytes carried with a connection (a request is at most ~18 KiB: head and body)
+_FD = array.array("i", [0]).itemsize
+FAMILIES = frozenset({socket.AF_INET, socket.AF_INET6})  # the public listener's (``directory/service/sockets.py``)
+
+
+class Passer:
+    """The serving process's side: one SOCK_SEQPACKET connection to ``path``, opened when first needed (and
+    again after a loss); ``offer`` sends a connection, its answer comes to ``_Gated.handed``."""
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        self.path, self.timeout = path, timeout
+        self.sock: socket.socket | None = None
+        self.waiting: dict[int, tuple[_Gated, float]] = {}
+        self._number = 0
+        self._sweep: asyncio.TimerHandle | None = None
+
+    def offer(self, gated: _Gated, carried: bytes) -> bool:
+        """Send ``gated``'s connection and ``carried``; False when it could not be sent (then it stays here)."""
+        transport = gated.transport
+        if len(carried) > MAX_CARRIED or transport is None or transport.is_closing():
+            return False
+        own = transport.get_extra_info("socket")
+        sock = self.sock or self._connect()
+        if sock is None or own is None:
+            return False
+        self._number = number = (self._number + 1) & 0xFFFFFFFF
+        try:
+            sock.sendmsg([_OFFER.pack(number), carried],
+                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [own.fileno()]))])
+        except BlockingIOError:  # the main process is behind on its messages: not now
+            return False
+        except OSError as exc:
+            log.warning("connection hand-over: %s: %s", self.path, exc)
+            self._lost()
+            return False
+        loop = asyncio.get_running_loop()
+        self.waiting[number] = (gated, loop.time() + self.timeout)
+        if self._sweep is None:
+            self._sweep = loop.call_later(self.timeout, self._expire)
+        return True
+
+    def _connect(self) -> socket.socket | None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        try:
+            sock.connect(self.path)
+        except OSError as exc:  # no main process listening (stopping, restarting), or its queue full
+            log.debug("connection hand-over: %s: %s", self.path, exc)
+            sock.close()
+            return None
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+        self.sock = sock
+        return sock
+
+    def _readable(self) -> None:
+        sock = self.sock
+        assert sock is not None
+        while True:
+            try:
+                reply = sock.recv(64)
+            except BlockingIOError:
+                return
+            except OSError:
+                reply = b""
+            if len(reply) != _REPLY.size:  # the main process is gone (or broken): what it did not answer stays
+                self._lost()
+                return
+            number, taken = _REPLY.unpack(reply)
+            waiting = self.waiting.pop(number, None)
+            if waiting is not None:
+                _answer(waiting[0], bool(taken))
+
+    def _expire(self) -> None:
+        """No answer within ``timeout``: the descriptor is closed here (taken: nobody else could answer it)."""
+        self._sweep = None
+        now, soonest = asyncio.get_running_loop().time(), None
+        for number, (gated, deadline) in list(self.waiting.items()):
+            if deadline <= now:
+                del self.waiting[number]
+                log.warning("connection hand-over: no answer from the main process within %.0f s", self.timeout)
+                _answer(gated, True)
+            else:
+                soonest = deadline if soonest is None else min(soonest, deadline)
+        if soonest is not None:
+            self._sweep = asyncio.get_running_loop().call_at(soonest, self._expire)
+
+    def _lost(self) -> None:
+        """The connection to the main process is gone: what it did not answer is refused (a main process that
+        exits closes the descriptors it took: a connection it adopted is gone with it either way)."""
+        if self.sock is not None:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        waiting, self.waiting = self.waiting, {}
+        for gated, _ in waiting.values():
+            _answer(gated, False)
+
+    def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        self._lost()
+
+
+class Adopter:
+    """The main process's side: listens on ``path``, and adopts what is offered into ``gate`` through
+    ``adopt(sock, carried)`` (a connection made ready by the caller: ``connect_accepted_socket`` with a
+    ``_Gated`` fed ``carried`` first)."""
+
+    def __init__(self, path: str, gate: ConnectionGate,
+                 adopt: Callable[[socket.socket, bytes], asyncio.Future[object]],
+                 families: frozenset[int] = FAMILIES) -> None:
+        self.path, self.gate, self.adopt, self.families = path, gate, adopt, families
+        self.adopting = 0  # taken, not yet connected (``gate.open`` counts them once they are)
+        self.adopted = 0
+        self.refused = 0
+        self.sock: socket.socket | None = None
+        self.peers: dict[int, socket.socket] = {}
+
+    def start(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        sock.bind(self.path)
+        sock.listen(64)
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
+        self.sock = sock
+
+    def _accept(self) -> None:
+        assert self.sock is not None
+        try:
+            peer, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        # the directory is this user's alone; checked again on the peer itself
+        try:
+            uid = struct.unpack("3i", peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                      struct.calcsize("3i")))[1]
+        except OSError:
+            uid = -1
+        if uid != os.getuid():
+            log.warning("connection hand-over: peer of uid %d refused", uid)
+            peer.close()
+            return
+        peer.setblocking(False)
+        self.peers[peer.fileno()] = peer
+        asyncio.get_running_loop().add_reader(peer.fileno(), self._readable, peer)
+
+    def _readable(self, peer: socket.socket) -> None:
+        while True:
+            try:
+                data, ancillary, flags, _ = peer.recvmsg(_OFFER.size + MAX_CARRIED + 1, socket.CMSG_SPACE(2 * _FD),
+                                                         socket.MSG_CMSG_CLOEXEC)
+            except BlockingIOError:
+                return
+            except OSError:
+                data, ancillary, flags = b"", [], 0
+            fds = _descriptors(ancillary)
+            if not data:  # the serving process is gone
+                for fd in fds:
+                    os.close(fd)
+                self._drop(peer)
+                return
+            self._offered(peer, data, fds, flags)
+
+    def _offered(self, peer: socket.socket, data: bytes, fds: list[int], flags: int) -> None:
+        if len(data) < _OFFER.size:
+            log.warning("connection hand-over: a message of %d bytes refused", len(data))
+            for fd in fds:
+                os.close(fd)
+            return
+        (number,) = _OFFER.unpack_from(data)
+        sock, problem = None, None
+        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            problem = "truncated"
+        elif len(fds) != 1:
+            problem = f"{len(fds)} descriptors"
+        else:
+            sock, problem = _stream(fds[0], self.families)
+            fds = []
+        for fd in fds:
+            os.close(fd)
+        if sock is None:
+            log.warning("connection hand-over refused: %s", problem)
+            self._reply(peer, number, False)
+            return
+        gate = self.gate
+        if self.sock is None or gate.open + self.adopting >= gate.cap:
+            self.refused += 1
+            sock.close()  # this process's descriptor only: the serving process keeps the connection
+            self._reply(peer, number, False)
+            return
+        self.adopting += 1
+        self.adopted += 1
+        self._reply(peer, number, True)
+        self.adopt(sock, data[_OFFER.size:]).add_done_callback(self._adopted)
+
+    def _adopted(self, done: asyncio.Future[object]) -> None:
+        self.adopting -= 1
+        if not done.cancelled() and done.exception() is not None:
+            log.error("connection hand-over: adopting failed: %r", done.exception())
+
+    def _reply(self, peer: socket.socket, number: int, taken: bool) -> None:
+        try:
+            peer.send(_REPLY.pack(number, taken))
+        except OSError as exc:  # a serving process not reading its answers: it gives up waiting (``Passer``)
+            log.warning("connection hand-over: answer not sent: %s", exc)
+
+    def _drop(self, peer: socket.socket) -> None:
+        if self.peers.pop(peer.fileno(), None) is not None:
+            asyncio.get_running_loop().remove_reader(peer.fileno())
+            peer.close()
+
+    def close(self) -> None:
+        """Stop adopting (shutdown): messages not read yet are refused by the close (their descriptors go)."""
+        if self.sock is not None:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        for peer in list(self.peers.values()):
+            self._drop(peer)
+
+
+def _answer(gated: _Gated, taken: bool) -> None:
+    """``gated.handed``; what fails in it (taking up the carried bytes here) aborts that connection alone, as
+    a failure in ``data_received`` would."""
+    try:
+        gated.handed(taken)
+    except Exception:
+        log.exception("connection hand-over: answering the connection failed: aborted")
+        if gated.transport is not None:
+            gated.transport.abort()
+
+
+def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """Every descriptor received (SCM_RIGHTS), whatever else came: each is either adopted or closed."""
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(array.array("i", payload[:len(payload) - len(payload) % _FD]))
+    return fds
+
+
+def _stream(fd: int, families: frozenset[int]) -> tuple[socket.socket | None, str]:
+    """``fd`` as a socket if it is a connected stream socket of ``families``; else closed, and why."""
+    try:
+        sock = socket.socket(fileno=fd)  # its family and type asked of the kernel (SO_DOMAIN, SO_TYPE)
+    except OSError as exc:
+        os.close(fd)
+        return None, f"not a socket ({exc.strerror})"
+    try:
+        if sock.type != socket.SOCK_STREAM or sock.family not in families:
+            problem = f"a socket of family {sock.family!r}, type {sock.type!r}"
+        elif sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            problem = "a listening socket"
+        else:
+            sock.getpeername()  # OSError (ENOTCONN) when not connected
+            sock.setblocking(False)
+            return sock, ""
+    except OSError as exc:
+        problem = f"not a connected socket ({exc.strerror})"
+    sock.close()
+    return None, problem
