@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pkcs11
 import pytest
@@ -140,6 +141,66 @@ def test_recovers_after_logout_underneath(hsm: HsmSigner, demo_token: Path) -> N
     signature = key.sign(b"after logout")
     assert hsm.stats.relogins > relogins
     cert.public_key().verify(signature, b"after logout", padding.PKCS1v15(), hashes.SHA256())  # type: ignore[call-arg]
+
+
+class _Spy:
+    """Counts the calls of a method it wraps (and may alter what it returns)."""
+
+    def __init__(self, fn: Any, alter: Any = None) -> None:
+        self.fn, self.alter, self.calls = fn, alter, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        out = self.fn(*args, **kwargs)
+        return self.alter(out) if self.alter is not None else out
+
+
+def test_the_direct_path_signs_alone_and_a_lost_session_falls_back_to_the_recovery(
+        hsm: HsmSigner, demo_token: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a session found the key, signatures skip the general path (``_with_session``); a session closed
+    underneath makes the direct attempt fail, and the same call recovers through the general path."""
+    cert = _cert(demo_token, "ac-personnes")
+    key = hsm.key("ac-personnes", cert)
+    key.sign(b"warm")
+    general = _Spy(hsm._with_session)
+    monkeypatch.setattr(hsm, "_with_session", general)
+    for i in range(5):
+        key.sign(b"direct %d" % i)
+    assert general.calls == 0
+    relogins, signatures = hsm.stats.relogins, hsm.stats.signatures
+    hsm._close_all_sessions_underneath()
+    signature = key.sign(b"after")
+    assert general.calls == 1 and hsm.stats.relogins > relogins and hsm.stats.signatures == signatures + 1
+    cert.public_key().verify(signature, b"after", padding.PKCS1v15(), hashes.SHA256())  # type: ignore[call-arg]
+    key.sign(b"direct again")
+    assert general.calls == 1
+
+
+def test_a_module_initialised_again_is_not_signed_through_with_old_handles(
+        hsm: HsmSigner, demo_token: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cert = _cert(demo_token, "ac-personnes")
+    key = hsm.key("ac-personnes", cert)
+    key.sign(b"warm")
+    direct = _Spy(hsm._module.raw.sign_into)
+    monkeypatch.setattr(hsm._module.raw, "sign_into", direct)
+    relogins = hsm.stats.relogins
+    assert hsm._module.reinitialize(force=True)
+    signature = key.sign(b"new generation")
+    assert hsm.stats.relogins == relogins + 1  # a new session, not the abandoned handle
+    cert.public_key().verify(signature, b"new generation", padding.PKCS1v15(), hashes.SHA256())  # type: ignore[call-arg]
+    assert direct.calls == 1  # the general path's one raw attempt, on the new session
+
+
+def test_a_bad_signature_from_the_direct_path_is_refused(hsm: HsmSigner, demo_token: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a faulty token returns (here one bit flipped) never leaves the signer, on the direct path too."""
+    key = hsm.key("ac-personnes", _cert(demo_token, "ac-personnes"))
+    key.sign(b"warm")
+    faulty = _Spy(hsm._module.raw.sign_into, lambda sig: bytes([sig[0] ^ 1]) + sig[1:])
+    monkeypatch.setattr(hsm._module.raw, "sign_into", faulty)
+    with pytest.raises(SignatureCheckFailed):
+        key.sign(b"faulty")
+    assert faulty.calls == 1
 
 
 _SCRIPT_PRELUDE = """

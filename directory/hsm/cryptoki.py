@@ -10,6 +10,8 @@
 - ``C_SignInit`` + ``C_Sign`` for a mechanism without parameters, into a buffer sized beforehand: two calls
   that release the GIL where python-pkcs11 makes three (it asks the length first), without its per-call
   objects; on the live OCSP path every signature pays them (see ``signer.py`` for the fallback on errors).
+  Their arguments are plain integers (addresses of a ``CK_MECHANISM`` made once per mechanism and of a
+  ``SignBuffer`` made once per session): no ctypes object is built per signature.
 """
 
 from __future__ import annotations
@@ -102,6 +104,19 @@ class _FunctionList(ctypes.Structure):
     _fields_ = (("version", _Version), *((name, ctypes.c_void_p) for name in _FUNCTIONS))
 
 
+class SignBuffer:
+    """Where ``C_Sign`` writes, made once per session: a session is used by one thread at a time."""
+
+    __slots__ = ("length", "length_address", "out", "out_address", "size")
+
+    def __init__(self, size: int = 512) -> None:  # RSA up to 4096 bits without growing
+        self.size = size
+        self.out = ctypes.create_string_buffer(size)
+        self.length = _CK_ULONG(size)
+        self.out_address = ctypes.addressof(self.out)
+        self.length_address = ctypes.addressof(self.length)
+
+
 @dataclass(frozen=True)
 class TokenInfo:
     """``CK_TOKEN_INFO``, the parts we use. Counts may be ``CK_UNAVAILABLE_INFORMATION`` or 0 (no limit)."""
@@ -154,9 +169,10 @@ class Cryptoki:
         self._logout = ctypes.CFUNCTYPE(_CK_RV, ulong)(table.C_Logout)
         self._get_attribute = ctypes.CFUNCTYPE(_CK_RV, ulong, ulong, ctypes.POINTER(_Attribute), ulong)(
             table.C_GetAttributeValue)
-        self._sign_init = ctypes.CFUNCTYPE(_CK_RV, ulong, ctypes.POINTER(_Mechanism), ulong)(table.C_SignInit)
-        self._sign = ctypes.CFUNCTYPE(_CK_RV, ulong, ctypes.c_char_p, ulong, ctypes.c_char_p, ctypes.POINTER(ulong))(
-            table.C_Sign)
+        # addresses as integers: the cheapest conversions ctypes makes (see ``sign_into``)
+        self._sign_init = ctypes.CFUNCTYPE(_CK_RV, ulong, vp, ulong)(table.C_SignInit)
+        self._sign = ctypes.CFUNCTYPE(_CK_RV, ulong, ctypes.c_char_p, ulong, vp, vp)(table.C_Sign)
+        self._mechanism_structs: dict[int, _Mechanism] = {}
 
     def initialize(self, os_locking: bool) -> int:
         """``C_Initialize`` with ``CKF_OS_LOCKING_OK`` (or ``NULL``); returns the CKR code, raises nothing."""
@@ -182,21 +198,29 @@ class Cryptoki:
         if rv != CKR_OK:
             raise CryptokiError("C_Logout", rv)
 
-    def sign(self, session_handle: int, key_handle: int, mechanism: int, data: bytes, size: int = 512) -> bytes:
-        """``C_SignInit`` (no parameters) then ``C_Sign`` into ``size`` bytes (grown once if the token asks)."""
-        mech = _Mechanism(mechanism, None, 0)
-        rv = self._sign_init(session_handle, ctypes.byref(mech), key_handle)
+    def mechanism_address(self, mechanism: int) -> int:
+        """The address of a ``CK_MECHANISM`` without parameters, made once and kept (only ever read)."""
+        struct = self._mechanism_structs.get(mechanism)
+        if struct is None:
+            struct = self._mechanism_structs.setdefault(mechanism, _Mechanism(mechanism, None, 0))
+        return ctypes.addressof(struct)
+
+    def sign_into(self, session_handle: int, key_handle: int, mechanism_address: int, data: bytes,
+                  buffer: SignBuffer) -> bytes:
+        """``C_SignInit`` (``mechanism_address``) then ``C_Sign`` into ``buffer`` (grown if the token asks)."""
+        rv = self._sign_init(session_handle, mechanism_address, key_handle)
         if rv != CKR_OK:
             raise CryptokiError("C_SignInit", rv)
-        length = _CK_ULONG(size)
-        out = ctypes.create_string_buffer(size)
-        rv = self._sign(session_handle, data, len(data), out, ctypes.byref(length))
+        length = buffer.length
+        length.value = buffer.size
+        rv = self._sign(session_handle, data, len(data), buffer.out_address, buffer.length_address)
         if rv == CKR_BUFFER_TOO_SMALL:  # the operation stays active; length now says what is needed
-            out = ctypes.create_string_buffer(length.value)
-            rv = self._sign(session_handle, data, len(data), out, ctypes.byref(length))
+            buffer = SignBuffer(length.value)
+            length = buffer.length
+            rv = self._sign(session_handle, data, len(data), buffer.out_address, buffer.length_address)
         if rv != CKR_OK:
             raise CryptokiError("C_Sign", rv)
-        return out.raw[: length.value]
+        return buffer.out.raw[: length.value]
 
     def close_all_sessions(self, slot_id: int) -> None:
         """Close every session on a slot (tests use it to pull sessions away under the signer)."""
