@@ -11,12 +11,14 @@
   that release the GIL where python-pkcs11 makes three (it asks the length first), without its per-call
   objects; on the live OCSP path every signature pays them (see ``signer.py`` for the fallback on errors).
   Their arguments are plain integers (addresses of a ``CK_MECHANISM`` made once per mechanism and of a
-  ``SignBuffer`` made once per session): no ctypes object is built per signature.
+  ``SignBuffer`` made once per session): no ctypes object is built per signature. Each of the two calls is
+  made with the GIL held while it stays quick (``Quick``): a GIL hand-off costs more than such a call.
 """
 
 from __future__ import annotations
 
 import ctypes
+import time
 from dataclasses import dataclass
 
 CKR_OK = 0x0
@@ -61,6 +63,10 @@ class _Version(ctypes.Structure):
     _fields_ = (("major", ctypes.c_ubyte), ("minor", ctypes.c_ubyte))
 
 
+class _Mechanism(ctypes.Structure):
+    _fields_ = (("mechanism", _CK_ULONG), ("pParameter", ctypes.c_void_p), ("ulParameterLen", _CK_ULONG))
+
+
 class _TokenInfo(ctypes.Structure):
     _fields_ = (
         ("label", ctypes.c_char * 32), ("manufacturerID", ctypes.c_char * 32), ("model", ctypes.c_char * 16),
@@ -76,10 +82,6 @@ class _TokenInfo(ctypes.Structure):
 
 class _MechanismInfo(ctypes.Structure):
     _fields_ = (("ulMinKeySize", _CK_ULONG), ("ulMaxKeySize", _CK_ULONG), ("flags", _CK_ULONG))
-
-
-class _Mechanism(ctypes.Structure):
-    _fields_ = (("mechanism", _CK_ULONG), ("pParameter", ctypes.c_void_p), ("ulParameterLen", _CK_ULONG))
 
 
 class _Attribute(ctypes.Structure):
@@ -102,6 +104,64 @@ _FUNCTIONS = (
 
 class _FunctionList(ctypes.Structure):
     _fields_ = (("version", _Version), *((name, ctypes.c_void_p) for name in _FUNCTIONS))
+
+
+QUICK_CALL = 250e-6  # seconds: a call at most this long is made with the GIL held
+_VERY_SLOW = 8 * QUICK_CALL  # one call this long is enough to stop holding the GIL for it
+_PROBE_FIRST, _PROBE_MAX = 1024, 1 << 20  # released calls before trying the GIL-held way again (doubling)
+
+
+class Quick:
+    """Whether one Cryptoki function, for one mechanism, is called with the GIL held: while it is quick.
+
+    ctypes releases the GIL around every foreign call. When other threads wait for it (the event loop, the
+    other signing threads), each release and re-acquisition is a hand-off between threads that costs tens of
+    µs of CPU (futex wake-ups, context switches): more than SoftHSM2's ``C_SignInit`` itself (about 50 µs), or
+    its ECDSA ``C_Sign``. Such a call is cheaper made with the GIL held, and holds the other threads up no
+    longer than ``QUICK_CALL``. Every call made that way is timed. Two slow ones in a row, or one slower
+    than ``_VERY_SLOW`` (an RSA ``C_Sign``, a network HSM, a TPM), send the next calls the GIL-releasing way;
+    a single slow one among quick ones is the host's doing (the thread was preempted), not the call's. After
+    1024 released calls one is tried held again (then after 2048, ... at most 2**20 while it stays slow): a
+    slow module holds the other threads up once per probe, rarely. Races between threads on these fields
+    cost at most one probe more or less.
+    """
+
+    __slots__ = ("held", "interval", "slow", "wait")
+
+    def __init__(self) -> None:
+        self.held = True  # the first calls are timed held: most calls are quick
+        self.slow = False  # the last GIL-held call took longer than QUICK_CALL
+        self.wait = 0
+        self.interval = _PROBE_FIRST
+
+    def took(self, seconds: float) -> None:
+        """After a GIL-held call of ``seconds``."""
+        if seconds <= QUICK_CALL:
+            self.slow, self.interval = False, _PROBE_FIRST
+            return
+        if self.slow or seconds > _VERY_SLOW:
+            self.held, self.wait = False, self.interval
+            self.interval = min(self.interval * 2, _PROBE_MAX)
+        self.slow = True  # a probe that is slow again goes back at once
+
+    def released(self) -> None:
+        """After a GIL-releasing call: count down to the next probe."""
+        self.wait -= 1
+        if self.wait <= 0:
+            self.held = True
+
+
+class SignMechanism:
+    """A ``CK_MECHANISM`` without parameters, made once (its address is passed to ``C_SignInit``), with how
+    its two calls are made (``Quick``)."""
+
+    __slots__ = ("address", "init", "sign", "struct")
+
+    def __init__(self, mechanism: int) -> None:
+        self.struct = _Mechanism(mechanism, None, 0)  # only ever read by the module
+        self.address = ctypes.addressof(self.struct)
+        self.init = Quick()
+        self.sign = Quick()
 
 
 class SignBuffer:
@@ -169,10 +229,14 @@ class Cryptoki:
         self._logout = ctypes.CFUNCTYPE(_CK_RV, ulong)(table.C_Logout)
         self._get_attribute = ctypes.CFUNCTYPE(_CK_RV, ulong, ulong, ctypes.POINTER(_Attribute), ulong)(
             table.C_GetAttributeValue)
-        # addresses as integers: the cheapest conversions ctypes makes (see ``sign_into``)
-        self._sign_init = ctypes.CFUNCTYPE(_CK_RV, ulong, vp, ulong)(table.C_SignInit)
-        self._sign = ctypes.CFUNCTYPE(_CK_RV, ulong, ctypes.c_char_p, ulong, vp, vp)(table.C_Sign)
-        self._mechanism_structs: dict[int, _Mechanism] = {}
+        # addresses as integers: the cheapest conversions ctypes makes (see ``sign_into``); each function
+        # twice: GIL released (CFUNCTYPE) and GIL held (PYFUNCTYPE), chosen per call (``Quick``)
+        sign_init, sign = (_CK_RV, ulong, vp, ulong), (_CK_RV, ulong, ctypes.c_char_p, ulong, vp, vp)
+        self._sign_init = ctypes.CFUNCTYPE(*sign_init)(table.C_SignInit)
+        self._sign_init_held = ctypes.PYFUNCTYPE(*sign_init)(table.C_SignInit)
+        self._sign = ctypes.CFUNCTYPE(*sign)(table.C_Sign)
+        self._sign_held = ctypes.PYFUNCTYPE(*sign)(table.C_Sign)
+        self._mechanisms: dict[int, SignMechanism] = {}
 
     def initialize(self, os_locking: bool) -> int:
         """``C_Initialize`` with ``CKF_OS_LOCKING_OK`` (or ``NULL``); returns the CKR code, raises nothing."""
@@ -198,22 +262,37 @@ class Cryptoki:
         if rv != CKR_OK:
             raise CryptokiError("C_Logout", rv)
 
-    def mechanism_address(self, mechanism: int) -> int:
-        """The address of a ``CK_MECHANISM`` without parameters, made once and kept (only ever read)."""
-        struct = self._mechanism_structs.get(mechanism)
-        if struct is None:
-            struct = self._mechanism_structs.setdefault(mechanism, _Mechanism(mechanism, None, 0))
-        return ctypes.addressof(struct)
+    def mechanism(self, mechanism: int) -> SignMechanism:
+        """The ``SignMechanism`` of a mechanism without parameters (one per mechanism, kept)."""
+        found = self._mechanisms.get(mechanism)
+        if found is None:
+            found = self._mechanisms.setdefault(mechanism, SignMechanism(mechanism))
+        return found
 
-    def sign_into(self, session_handle: int, key_handle: int, mechanism_address: int, data: bytes,
+    def sign_into(self, session_handle: int, key_handle: int, mechanism: SignMechanism, data: bytes,
                   buffer: SignBuffer) -> bytes:
-        """``C_SignInit`` (``mechanism_address``) then ``C_Sign`` into ``buffer`` (grown if the token asks)."""
-        rv = self._sign_init(session_handle, mechanism_address, key_handle)
+        """``C_SignInit`` then ``C_Sign`` into ``buffer`` (grown if the token asks), each with the GIL held
+        while it is quick (``Quick``)."""
+        quick = mechanism.init
+        if quick.held:
+            started = time.perf_counter()
+            rv = self._sign_init_held(session_handle, mechanism.address, key_handle)
+            quick.took(time.perf_counter() - started)
+        else:
+            rv = self._sign_init(session_handle, mechanism.address, key_handle)
+            quick.released()
         if rv != CKR_OK:
             raise CryptokiError("C_SignInit", rv)
         length = buffer.length
         length.value = buffer.size
-        rv = self._sign(session_handle, data, len(data), buffer.out_address, buffer.length_address)
+        quick = mechanism.sign
+        if quick.held:
+            started = time.perf_counter()
+            rv = self._sign_held(session_handle, data, len(data), buffer.out_address, buffer.length_address)
+            quick.took(time.perf_counter() - started)
+        else:
+            rv = self._sign(session_handle, data, len(data), buffer.out_address, buffer.length_address)
+            quick.released()
         if rv == CKR_BUFFER_TOO_SMALL:  # the operation stays active; length now says what is needed
             buffer = SignBuffer(length.value)
             length = buffer.length

@@ -30,7 +30,7 @@ from directory.hsm import capabilities, inventory
 from directory.hsm.algorithms import SignatureAlgorithm
 from directory.hsm.availability import Availability
 from directory.hsm.capabilities import KeyReport, Plan, TokenReport
-from directory.hsm.cryptoki import CryptokiError, MechanismInfo
+from directory.hsm.cryptoki import CryptokiError, MechanismInfo, SignMechanism
 from directory.hsm.errors import (
     HsmError,
     HsmUnavailable,
@@ -97,8 +97,8 @@ class HsmSigner:
         self._executor = ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="hsm")
         self._known_labels: set[str] = set()
         self._plans: dict[tuple[str, str], Plan] = {}
-        # (label, algorithm) whose plan is a raw mechanism without parameters -> its CK_MECHANISM's address
-        self._direct: dict[tuple[str, str], int] = {}
+        # (label, algorithm) whose plan is a raw mechanism without parameters -> its CK_MECHANISM
+        self._direct: dict[tuple[str, str], SignMechanism] = {}
         self._offered: tuple[int, dict[int, MechanismInfo]] | None = None
         self.stats = HsmStats()
         self.on_signature: Callable[[float], None] | None = None  # seconds per signature (metrics)
@@ -252,7 +252,7 @@ class HsmSigner:
         plan = self._with_session(action)
         self._plans[label, algorithm.name] = plan
         if not plan.token_hashes and capabilities.call_arguments(plan.mechanism, algorithm)[1] is None:
-            self._direct[label, algorithm.name] = self._module.raw.mechanism_address(plan.mechanism)
+            self._direct[label, algorithm.name] = self._module.raw.mechanism(plan.mechanism)
         return plan
 
     def inspect(self, keys: Iterable[KeySigner]) -> TokenReport:
@@ -294,7 +294,7 @@ class HsmSigner:
             if direct:  # two raw calls (``cryptoki.sign_into``); on any error python-pkcs11 makes them again
                 try:  # and raises its own exception, which the recovery below knows
                     return self._module.raw.sign_into(entry.handle, key.handle,
-                                                      self._module.raw.mechanism_address(plan.mechanism),
+                                                      self._module.raw.mechanism(plan.mechanism),
                                                       token_input, entry.buffer)  # type: ignore[arg-type]
                 except CryptokiError:
                     pass
@@ -322,8 +322,8 @@ class HsmSigner:
         serialising lock. Anything else, and any error, takes the general path (``_sign``) with the same
         permit: it signs again through python-pkcs11, whose exceptions drive the recovery.
         """
-        mechanism_address = self._direct.get((label, algorithm.name))
-        if mechanism_address is None:
+        mechanism = self._direct.get((label, algorithm.name))
+        if mechanism is None:
             plan = self.plan(label, algorithm)
             if plan.token_hashes:
                 raise KeyUnusable(f"key {label!r}: this module signs only with {plan.describe()}, not a digest")
@@ -336,7 +336,7 @@ class HsmSigner:
             module.lock.acquire_shared()
             try:
                 if entry.generation == module.generation and module.serial_reason is None:  # type: ignore[union-attr]
-                    signature = module.raw.sign_into(entry.handle, key.handle, mechanism_address,  # type: ignore[union-attr]
+                    signature = module.raw.sign_into(entry.handle, key.handle, mechanism,  # type: ignore[union-attr]
                                                      token_input, entry.buffer)  # type: ignore[union-attr]
                 else:
                     key = None
