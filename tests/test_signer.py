@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from directory.demo import issuance
 from directory.hsm.algorithms import SignatureAlgorithm
+from directory.hsm.cryptoki import CryptokiError
 from directory.hsm.signer import HsmSettings, HsmSigner, KeyNotFound, SignatureCheckFailed
 
 
@@ -201,6 +203,55 @@ def test_a_bad_signature_from_the_direct_path_is_refused(hsm: HsmSigner, demo_to
     with pytest.raises(SignatureCheckFailed):
         key.sign(b"faulty")
     assert faulty.calls == 1
+
+
+def test_an_unexpected_error_on_the_direct_path_gives_the_session_back(
+        hsm: HsmSigner, demo_token: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = hsm.key("ac-personnes", _cert(demo_token, "ac-personnes"))
+    key.sign(b"warm")
+
+    def broken(*args: Any) -> bytes:
+        raise MemoryError("no buffer")
+
+    monkeypatch.setattr(hsm._module.raw, "sign_into", broken)
+    with pytest.raises(MemoryError):
+        key.sign(b"broken")
+    monkeypatch.undo()
+    assert hsm._pool._lent == 0  # the permit is back: the pool has not shrunk by one
+    key.sign(b"after")
+
+
+def test_a_plan_forgotten_meanwhile_is_made_again_without_holding_a_second_session(
+        demo_token: Path) -> None:
+    """One session only (the pool of a serialised module): falling back from the direct path to a plan that
+    was dropped meanwhile (a refused mechanism) must not wait for a second permit while holding the first."""
+    hsm = HsmSigner(HsmSettings("/usr/lib/softhsm/libsofthsm2.so", "annuaire-demo",
+                                (demo_token / "hsm" / "pin").read_text().strip(), 1,
+                                softhsm2_conf=str(demo_token / "hsm" / "softhsm2.conf")))
+    try:
+        cert = _cert(demo_token, "ac-personnes")
+        key = hsm.key("ac-personnes", cert)
+        key.sign(b"warm")
+        hsm._plans.clear()  # as ``_sign`` does when the module refuses the mechanism, seen between two reads
+        sign_into = hsm._module.raw.sign_into
+        failures = [CryptokiError("C_SignInit", 0x5)]
+
+        def fail_once(*args: Any) -> bytes:  # the direct attempt fails: the fallback needs the plan
+            if failures:
+                raise failures.pop()
+            return sign_into(*args)
+
+        hsm._module.raw.sign_into = fail_once  # type: ignore[method-assign]
+        started = time.monotonic()
+        try:
+            signature = key.sign(b"planned again")
+        finally:
+            del hsm._module.raw.sign_into
+        assert time.monotonic() - started < 10  # not the pool's 60 s wait for a permit
+        cert.public_key().verify(signature, b"planned again", padding.PKCS1v15(), hashes.SHA256())  # type: ignore[call-arg]
+        assert hsm._pool._lent == 0
+    finally:
+        hsm.close()
 
 
 _SCRIPT_PRELUDE = """

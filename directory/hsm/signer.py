@@ -301,8 +301,8 @@ class HsmSigner:
             try:
                 return key.sign(data(), mechanism=mechanism, mechanism_param=param)
             except _MECHANISM_ERRORS as exc:
+                self._direct.pop((label, algorithm.name), None)  # first: ``sign_raw`` reads it first
                 self._plans.pop((label, algorithm.name), None)
-                self._direct.pop((label, algorithm.name), None)
                 raise KeyUnusable(f"key {label!r}: the module refused {plan.describe()} for {algorithm.name}: "
                                   f"{type(exc).__name__}") from None
 
@@ -342,19 +342,30 @@ class HsmSigner:
                     key = None
             except CryptokiError:
                 key = None
+            except BaseException:
+                self._give(entry)  # whatever else went wrong, the permit goes back
+                raise
             finally:
                 module.lock.release_shared()
         if key is None:
-            return self._sign(label, algorithm, self.plan(label, algorithm), lambda: token_input, token_input,
-                              entry, started)
-        if pool.give(entry) is not None:  # the pool shrank meanwhile
-            with module.calls():
-                self._close(entry)
+            plan = self._plans.get((label, algorithm.name))
+            if plan is None:  # refused meanwhile (``_sign``): plan again, without holding a permit
+                self._give(entry)
+                self._direct.pop((label, algorithm.name), None)
+                return self.sign_raw(label, algorithm, token_input)
+            return self._sign(label, algorithm, plan, lambda: token_input, token_input, entry, started)
+        self._give(entry)
         self.availability.up()
         self.stats.signatures += 1
         if self.on_signature is not None:
             self.on_signature(time.perf_counter() - started)
         return signature
+
+    def _give(self, entry: PooledSession | None) -> None:
+        """Give a permit back; close its session if the pool shrank meanwhile."""
+        if self._pool.give(entry) is not None:
+            with self._module.calls():
+                self._close(entry)
 
     def sign_data(self, label: str, algorithm: SignatureAlgorithm, source: ChunkSource) -> bytes:
         """Sign the bytes ``source`` gives with a mechanism that hashes in the token (streamed in parts)."""
