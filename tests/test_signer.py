@@ -254,6 +254,22 @@ def test_a_plan_forgotten_meanwhile_is_made_again_without_holding_a_second_sessi
         hsm.close()
 
 
+def test_a_key_planned_for_another_algorithm_after_its_session_was_lost_recovers(demo_token: Path) -> None:
+    """The session remembers the key (found for a first algorithm); reading its allowed mechanisms for a
+    second algorithm on a session closed underneath is a lost session, recovered, not "unavailable"."""
+    hsm = _signer(demo_token)
+    try:
+        cert = _cert(demo_token, "ac-personnes")
+        hsm.key("ac-personnes", cert).sign(b"sha-256")
+        hsm._close_all_sessions_underneath()
+        relogins = hsm.stats.relogins
+        signature = hsm.key("ac-personnes", cert, SignatureAlgorithm.parse("rsa-pkcs1-sha384")).sign(b"sha-384")
+        assert hsm.stats.relogins > relogins
+        cert.public_key().verify(signature, b"sha-384", padding.PKCS1v15(), hashes.SHA384())  # type: ignore[call-arg]
+    finally:
+        hsm.close()
+
+
 _SCRIPT_PRELUDE = """
 import os, sys, threading, time
 from pathlib import Path

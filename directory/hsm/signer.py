@@ -67,6 +67,12 @@ _MECHANISM_ERRORS: tuple[type[Exception], ...] = (
     p11e.MechanismInvalid, p11e.MechanismParamInvalid, p11e.KeyTypeInconsistent, p11e.FunctionNotSupported,
     p11e.KeySizeRange, p11e.DataLenRange,
 )
+# Raw return codes (``cryptoki``) that mean the same as python-pkcs11's exceptions above.
+_LOST: dict[int, type[Exception]] = {
+    0xB3: p11e.SessionHandleInvalid, 0xB0: p11e.SessionClosed, 0x101: p11e.UserNotLoggedIn,
+    0x82: p11e.ObjectHandleInvalid, 0x60: p11e.KeyHandleInvalid, 0x32: p11e.DeviceRemoved, 0x30: p11e.DeviceError,
+    0xE0: p11e.TokenNotPresent, 0x5: p11e.GeneralError,
+}
 _SESSION_WAIT = 60.0  # a caller waits this long at most for a free session
 _CAPABILITY_PROBE = b"annuaire: can this key sign as configured?"
 
@@ -245,6 +251,9 @@ class HsmSigner:
             try:
                 allowed = self._module.raw.allowed_mechanisms(entry.session.handle, key.handle)
             except CryptokiError as exc:
+                lost = _LOST.get(exc.rv)
+                if lost is not None:  # the session (or the token) went away: recovered as python-pkcs11's errors
+                    raise lost() from None
                 raise HsmUnavailable(f"cannot read key {label!r}: {exc}") from None
             facts = capabilities.key_facts(key, allowed)
             return capabilities.choose(label, algorithm, facts, self._mechanisms(entry))
