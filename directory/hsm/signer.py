@@ -341,21 +341,22 @@ class HsmSigner:
         pool, module = self._pool, self._module
         entry = pool.take(_SESSION_WAIT)
         key = entry.keys.get(label) if entry is not None else None
-        if key is not None:
-            module.lock.acquire_shared()
-            try:
-                if entry.generation == module.generation and module.serial_reason is None:  # type: ignore[union-attr]
-                    signature = module.raw.sign_into(entry.handle, key.handle, mechanism,  # type: ignore[union-attr]
-                                                     token_input, entry.buffer)  # type: ignore[union-attr]
-                else:
+        try:
+            if key is not None:
+                module.lock.acquire_shared()
+                try:
+                    if entry.generation == module.generation and module.serial_reason is None:  # type: ignore[union-attr]
+                        signature = module.raw.sign_into(entry.handle, key.handle, mechanism,  # type: ignore[union-attr]
+                                                         token_input, entry.buffer)  # type: ignore[union-attr]
+                    else:
+                        key = None
+                except CryptokiError:
                     key = None
-            except CryptokiError:
-                key = None
-            except BaseException:
-                self._give(entry)  # whatever else went wrong, the permit goes back
-                raise
-            finally:
-                module.lock.release_shared()
+                finally:
+                    module.lock.release_shared()
+        except BaseException:
+            self._give(entry)  # whatever else went wrong, the permit goes back (the module's lock released first)
+            raise
         if key is None:
             plan = self._plans.get((label, algorithm.name))
             if plan is None:  # refused meanwhile (``_sign``): plan again, without holding a permit
