@@ -352,6 +352,8 @@ def test_ecdsa_der_conversion_matches_asn1crypto() -> None:
     from directory.hsm.signer import ecdsa_der
 
     cases = [os.urandom(64) for _ in range(500)] + [os.urandom(96) for _ in range(200)]
-    cases += [b"\x00" * 10 + os.urandom(54), b"\x80" + os.urandom(63), b"\x00" * 64, b"\x01" + b"\x00" * 63]
+    cases += [os.urandom(132) for _ in range(200)]  # P-521: a sequence longer than 127 octets
+    cases += [b"\x00" * 10 + os.urandom(54), b"\x80" + os.urandom(63), b"\x00" * 64, b"\x01" + b"\x00" * 63,
+              b"\x00" * 31 + b"\x80" + b"\x00" * 31 + b"\x7f"]
     for raw in cases:
         assert ecdsa_der(raw) == algos.DSASignature.from_p1363(raw).dump()
