@@ -169,16 +169,19 @@ class OcspResponder(AnswerLookup):
             cacheable = single and echo is None
             gens = [self._generation.get((issuer.name, c.serial), 0) for c in request.cert_ids]
             try:
-                signed, this_update, next_update, known = self._sign(issuer, request.cert_ids, echo)
+                tbs, signature, this_update, next_update, known = self._sign_parts(issuer, request.cert_ids, echo)
             except HsmError as exc:
                 log.warning("OCSP live signing for %s unavailable: %s", issuer.name, exc)
                 return error_outcome(resp.TRY_LATER, "error")
+            algorithm = issuer.signer.algorithm_identifier_der
             # Answers about serials the registry does not know are never cached: an import (from any
             # process) must be answerable at once.
             if cacheable and known and gens[0] == self._generation.get((issuer.name, request.cert_ids[0].serial), 0):
-                self._remember(issuer, request.cert_ids[0], signed, this_update, next_update)
-            return Outcome(resp.assemble(signed, issuer.certs), "successful", "live", this_update,
-                           None if echo else next_update, signed[-16:])
+                self._remember(issuer, request.cert_ids[0], resp.signed_part(tbs, algorithm, signature), this_update,
+                               next_update)
+            # the signed part ends with the signature: its tail is the ETag, as for a held answer
+            return Outcome(resp.assemble_signed(tbs, algorithm, signature, issuer.certs), "successful", "live",
+                           this_update, None if echo else next_update, signature[-16:])
         finally:
             issuer.live_slots.give()
 
@@ -211,6 +214,12 @@ class OcspResponder(AnswerLookup):
     def _sign(self, issuer: IssuerResponder, cert_ids: tuple[CertId, ...],
               nonce: bytes | None) -> tuple[bytes, int, int, bool]:
         """(signed part, thisUpdate, nextUpdate, whether every serial is known to the registry)."""
+        tbs, signature, this_update, next_update, known = self._sign_parts(issuer, cert_ids, nonce)
+        return resp.signed_part(tbs, issuer.signer.algorithm_identifier_der, signature), this_update, next_update, known
+
+    def _sign_parts(self, issuer: IssuerResponder, cert_ids: tuple[CertId, ...],
+                    nonce: bytes | None) -> tuple[bytes, bytes, int, int, bool]:
+        """(ResponseData, its signature, thisUpdate, nextUpdate, whether every serial is known)."""
         now = int(self.clock())
         this_update, next_update = now, now + issuer.settings.validity
         singles, extended, known = [], False, True
@@ -222,9 +231,7 @@ class OcspResponder(AnswerLookup):
                 extended = extended or ext
             singles.append(resp.single_response(status, this_update, next_update))
         tbs = resp.response_data(issuer.responder_key_hash, now, singles, nonce, extended)
-        signature = issuer.signer.sign(tbs)
-        signed = resp.signed_part(tbs, issuer.signer.algorithm_identifier_der, signature)
-        return signed, this_update, next_update, known
+        return tbs, issuer.signer.sign(tbs), this_update, next_update, known
 
     def _remember(self, issuer: IssuerResponder, cid: CertId, signed: bytes, this_update: int,
                   next_update: int) -> None:

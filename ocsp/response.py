@@ -68,21 +68,30 @@ def single_response(item: SingleStatus, this_update: int, next_update: int) -> b
     return der.sequence(item.cert_id_der, cert_status, _time(this_update), _next_update(next_update))
 
 
+_EXTENDED_REVOKE = der.sequence(_ID_EXTENDED_REVOKE, der.octet_string(_NULL))
+
+
 def response_data(responder_key_hash: bytes, produced_at: int, singles: list[bytes],
                   nonce: bytes | None, extended_revoke: bool) -> bytes:
     """ResponseData with responderID byKey (SHA-1 of the responder's public key bits).
 
     The nonce extension is encoded here from the nonce's value (RFC 8954), not copied from the request.
+    Built with one join (headers computed from lengths): it is made for every live answer.
     """
-    exts = b""
-    if nonce is not None:
-        exts += der.sequence(_ID_NONCE, der.octet_string(der.octet_string(nonce)))
-    if extended_revoke:
-        exts += der.sequence(_ID_EXTENDED_REVOKE, der.octet_string(_NULL))
-    body = _responder_id(responder_key_hash) + _time(produced_at) + der.sequence(*singles)
-    if exts:
-        body += der.tlv(0xA1, der.sequence(exts))
-    return der.sequence(body)
+    responses = b"".join(singles)
+    parts = [_responder_id(responder_key_hash), _time(produced_at), b"\x30", length(len(responses)), responses]
+    if nonce is not None or extended_revoke:
+        exts = b""
+        if nonce is not None:
+            inner = b"\x04" + length(len(nonce))
+            outer = b"\x04" + length(len(inner) + len(nonce))
+            exts = b"".join((b"\x30", length(len(_ID_NONCE) + len(outer) + len(inner) + len(nonce)), _ID_NONCE,
+                             outer, inner, nonce))
+        if extended_revoke:
+            exts += _EXTENDED_REVOKE
+        sequence_header = b"\x30" + length(len(exts))
+        parts += (b"\xa1", length(len(sequence_header) + len(exts)), sequence_header, exts)
+    return b"".join((b"\x30", length(sum(map(len, parts))), *parts))
 
 
 def signed_part(tbs: bytes, algorithm_der: bytes, signature: bytes) -> bytes:
@@ -94,12 +103,9 @@ def certs_field(cert_ders: list[bytes]) -> bytes:
     return der.tlv(0xA0, der.sequence(*cert_ders)) if cert_ders else b""
 
 
-def assemble(signed: bytes, certs: bytes) -> bytes:
-    """OCSPResponse { successful, responseBytes { id-pkix-ocsp-basic, BasicOCSPResponse } }.
-
-    On the hot path of every pre-signed answer: a handful of length computations, no concatenated TLVs.
-    """
-    n = len(signed) + len(certs)
+def _envelope(n: int) -> bytes:
+    """OCSPResponse { successful, responseBytes { id-pkix-ocsp-basic, OCTET STRING { BasicOCSPResponse
+    header } } } for a BasicOCSPResponse body of ``n`` octets: everything before that body."""
     basic_header = b"\x30" + length(n)
     octet_len = len(basic_header) + n
     octet_header = b"\x04" + length(octet_len)
@@ -109,4 +115,20 @@ def assemble(signed: bytes, certs: bytes) -> bytes:
     tagged_header = b"\xa0" + length(tagged_len)
     total = 3 + len(tagged_header) + tagged_len
     return b"".join((b"\x30", length(total), b"\x0a\x01\x00", tagged_header, inner_header, _ID_PKIX_OCSP_BASIC,
-                     octet_header, basic_header, signed, certs))
+                     octet_header, basic_header))
+
+
+def assemble(signed: bytes, certs: bytes) -> bytes:
+    """OCSPResponse { successful, responseBytes { id-pkix-ocsp-basic, BasicOCSPResponse } }.
+
+    On the hot path of every pre-signed answer: a handful of length computations, no concatenated TLVs.
+    """
+    return b"".join((_envelope(len(signed) + len(certs)), signed, certs))
+
+
+def assemble_signed(tbs: bytes, algorithm_der: bytes, signature: bytes, certs: bytes) -> bytes:
+    """``assemble(signed_part(tbs, algorithm_der, signature), certs)``, each part copied once: a live answer
+    is assembled from its pieces (its signed part is made only when the answer is also cached)."""
+    bits_header = b"\x03" + length(len(signature) + 1) + b"\x00"
+    n = len(tbs) + len(algorithm_der) + len(bits_header) + len(signature) + len(certs)
+    return b"".join((_envelope(n), tbs, algorithm_der, bits_header, signature, certs))

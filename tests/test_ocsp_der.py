@@ -73,7 +73,11 @@ def _ours(values: dict) -> tuple[bytes, bytes]:
         encoded.append(resp.single_response(status, s["this"], s["next"]))
     tbs = resp.response_data(values["key_hash"], values["produced"], encoded, values["nonce"], values["extended"])
     signed = resp.signed_part(tbs, values["algorithm"], values["signature"])
-    return tbs, resp.assemble(signed, resp.certs_field(values["certs"]))
+    assembled = resp.assemble(signed, resp.certs_field(values["certs"]))
+    # a live answer's way, from the pieces: the same bytes
+    assert resp.assemble_signed(tbs, values["algorithm"], values["signature"],
+                                resp.certs_field(values["certs"])) == assembled
+    return tbs, assembled
 
 
 def _asn1crypto(values: dict) -> tuple[bytes, bytes]:

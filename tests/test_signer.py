@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+from typing import Any
 
 import pkcs11
 import pytest
@@ -16,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from directory.demo import issuance
 from directory.hsm.algorithms import SignatureAlgorithm
+from directory.hsm.cryptoki import CryptokiError
 from directory.hsm.signer import HsmSettings, HsmSigner, KeyNotFound, SignatureCheckFailed
 
 
@@ -142,6 +145,131 @@ def test_recovers_after_logout_underneath(hsm: HsmSigner, demo_token: Path) -> N
     cert.public_key().verify(signature, b"after logout", padding.PKCS1v15(), hashes.SHA256())  # type: ignore[call-arg]
 
 
+class _Spy:
+    """Counts the calls of a method it wraps (and may alter what it returns)."""
+
+    def __init__(self, fn: Any, alter: Any = None) -> None:
+        self.fn, self.alter, self.calls = fn, alter, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        out = self.fn(*args, **kwargs)
+        return self.alter(out) if self.alter is not None else out
+
+
+def test_the_direct_path_signs_alone_and_a_lost_session_falls_back_to_the_recovery(
+        hsm: HsmSigner, demo_token: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a session found the key, signatures skip the general path (``_with_session``); a session closed
+    underneath makes the direct attempt fail, and the same call recovers through the general path."""
+    cert = _cert(demo_token, "ac-personnes")
+    key = hsm.key("ac-personnes", cert)
+    key.sign(b"warm")
+    general = _Spy(hsm._with_session)
+    monkeypatch.setattr(hsm, "_with_session", general)
+    for i in range(5):
+        key.sign(b"direct %d" % i)
+    assert general.calls == 0
+    relogins, signatures = hsm.stats.relogins, hsm.stats.signatures
+    hsm._close_all_sessions_underneath()
+    signature = key.sign(b"after")
+    assert general.calls == 1 and hsm.stats.relogins > relogins and hsm.stats.signatures == signatures + 1
+    cert.public_key().verify(signature, b"after", padding.PKCS1v15(), hashes.SHA256())  # type: ignore[call-arg]
+    key.sign(b"direct again")
+    assert general.calls == 1
+
+
+def test_a_module_initialised_again_is_not_signed_through_with_old_handles(
+        hsm: HsmSigner, demo_token: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cert = _cert(demo_token, "ac-personnes")
+    key = hsm.key("ac-personnes", cert)
+    key.sign(b"warm")
+    direct = _Spy(hsm._module.raw.sign_into)
+    monkeypatch.setattr(hsm._module.raw, "sign_into", direct)
+    relogins = hsm.stats.relogins
+    assert hsm._module.reinitialize(force=True)
+    signature = key.sign(b"new generation")
+    assert hsm.stats.relogins == relogins + 1  # a new session, not the abandoned handle
+    cert.public_key().verify(signature, b"new generation", padding.PKCS1v15(), hashes.SHA256())  # type: ignore[call-arg]
+    assert direct.calls == 1  # the general path's one raw attempt, on the new session
+
+
+def test_a_bad_signature_from_the_direct_path_is_refused(hsm: HsmSigner, demo_token: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a faulty token returns (here one bit flipped) never leaves the signer, on the direct path too."""
+    key = hsm.key("ac-personnes", _cert(demo_token, "ac-personnes"))
+    key.sign(b"warm")
+    faulty = _Spy(hsm._module.raw.sign_into, lambda sig: bytes([sig[0] ^ 1]) + sig[1:])
+    monkeypatch.setattr(hsm._module.raw, "sign_into", faulty)
+    with pytest.raises(SignatureCheckFailed):
+        key.sign(b"faulty")
+    assert faulty.calls == 1
+
+
+def test_an_unexpected_error_on_the_direct_path_gives_the_session_back(
+        hsm: HsmSigner, demo_token: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = hsm.key("ac-personnes", _cert(demo_token, "ac-personnes"))
+    key.sign(b"warm")
+
+    def broken(*args: Any) -> bytes:
+        raise MemoryError("no buffer")
+
+    monkeypatch.setattr(hsm._module.raw, "sign_into", broken)
+    with pytest.raises(MemoryError):
+        key.sign(b"broken")
+    monkeypatch.undo()
+    assert hsm._pool._lent == 0  # the permit is back: the pool has not shrunk by one
+    key.sign(b"after")
+
+
+def test_a_plan_forgotten_meanwhile_is_made_again_without_holding_a_second_session(
+        demo_token: Path) -> None:
+    """One session only (the pool of a serialised module): falling back from the direct path to a plan that
+    was dropped meanwhile (a refused mechanism) must not wait for a second permit while holding the first."""
+    hsm = HsmSigner(HsmSettings("/usr/lib/softhsm/libsofthsm2.so", "annuaire-demo",
+                                (demo_token / "hsm" / "pin").read_text().strip(), 1,
+                                softhsm2_conf=str(demo_token / "hsm" / "softhsm2.conf")))
+    try:
+        cert = _cert(demo_token, "ac-personnes")
+        key = hsm.key("ac-personnes", cert)
+        key.sign(b"warm")
+        hsm._plans.clear()  # as ``_sign`` does when the module refuses the mechanism, seen between two reads
+        sign_into = hsm._module.raw.sign_into
+        failures = [CryptokiError("C_SignInit", 0x5)]
+
+        def fail_once(*args: Any) -> bytes:  # the direct attempt fails: the fallback needs the plan
+            if failures:
+                raise failures.pop()
+            return sign_into(*args)
+
+        hsm._module.raw.sign_into = fail_once  # type: ignore[method-assign]
+        started = time.monotonic()
+        try:
+            signature = key.sign(b"planned again")
+        finally:
+            del hsm._module.raw.sign_into
+        assert time.monotonic() - started < 10  # not the pool's 60 s wait for a permit
+        cert.public_key().verify(signature, b"planned again", padding.PKCS1v15(), hashes.SHA256())  # type: ignore[call-arg]
+        assert hsm._pool._lent == 0
+    finally:
+        hsm.close()
+
+
+def test_a_key_planned_for_another_algorithm_after_its_session_was_lost_recovers(demo_token: Path) -> None:
+    """The session remembers the key (found for a first algorithm); reading its allowed mechanisms for a
+    second algorithm on a session closed underneath is a lost session, recovered, not "unavailable"."""
+    hsm = _signer(demo_token)
+    try:
+        cert = _cert(demo_token, "ac-personnes")
+        hsm.key("ac-personnes", cert).sign(b"sha-256")
+        hsm._close_all_sessions_underneath()
+        relogins = hsm.stats.relogins
+        signature = hsm.key("ac-personnes", cert, SignatureAlgorithm.parse("rsa-pkcs1-sha384")).sign(b"sha-384")
+        assert hsm.stats.relogins > relogins
+        cert.public_key().verify(signature, b"sha-384", padding.PKCS1v15(), hashes.SHA384())  # type: ignore[call-arg]
+    finally:
+        hsm.close()
+
+
 _SCRIPT_PRELUDE = """
 import os, sys, threading, time
 from pathlib import Path
@@ -224,6 +352,8 @@ def test_ecdsa_der_conversion_matches_asn1crypto() -> None:
     from directory.hsm.signer import ecdsa_der
 
     cases = [os.urandom(64) for _ in range(500)] + [os.urandom(96) for _ in range(200)]
-    cases += [b"\x00" * 10 + os.urandom(54), b"\x80" + os.urandom(63), b"\x00" * 64, b"\x01" + b"\x00" * 63]
+    cases += [os.urandom(132) for _ in range(200)]  # P-521: a sequence longer than 127 octets
+    cases += [b"\x00" * 10 + os.urandom(54), b"\x80" + os.urandom(63), b"\x00" * 64, b"\x01" + b"\x00" * 63,
+              b"\x00" * 31 + b"\x80" + b"\x00" * 31 + b"\x7f"]
     for raw in cases:
         assert ecdsa_der(raw) == algos.DSASignature.from_p1363(raw).dump()

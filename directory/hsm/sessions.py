@@ -12,17 +12,23 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from directory.hsm.cryptoki import SignBuffer
 from directory.hsm.errors import HsmUnavailable
 
 
 @dataclass(eq=False)
 class PooledSession:
-    """A python-pkcs11 session (logged in), the slot it is on, and the keys found through it."""
+    """A python-pkcs11 session (logged in), the slot it is on, the keys found through it, and the buffer its
+    raw signatures are written to (``HsmSigner``'s direct path)."""
 
     generation: int
     session: Any
     slot_id: int
     keys: dict[str, Any] = field(default_factory=dict)
+    buffer: SignBuffer = field(default_factory=SignBuffer)
+
+    def __post_init__(self) -> None:
+        self.handle: int = self.session.handle  # read once: a Cython property otherwise
 
 
 class SessionPool:

@@ -30,7 +30,7 @@ from directory.hsm import capabilities, inventory
 from directory.hsm.algorithms import SignatureAlgorithm
 from directory.hsm.availability import Availability
 from directory.hsm.capabilities import KeyReport, Plan, TokenReport
-from directory.hsm.cryptoki import CryptokiError, MechanismInfo
+from directory.hsm.cryptoki import CryptokiError, MechanismInfo, SignMechanism
 from directory.hsm.errors import (
     HsmError,
     HsmUnavailable,
@@ -67,6 +67,12 @@ _MECHANISM_ERRORS: tuple[type[Exception], ...] = (
     p11e.MechanismInvalid, p11e.MechanismParamInvalid, p11e.KeyTypeInconsistent, p11e.FunctionNotSupported,
     p11e.KeySizeRange, p11e.DataLenRange,
 )
+# Raw return codes (``cryptoki``) that mean the same as python-pkcs11's exceptions above.
+_LOST: dict[int, type[Exception]] = {
+    0xB3: p11e.SessionHandleInvalid, 0xB0: p11e.SessionClosed, 0x101: p11e.UserNotLoggedIn,
+    0x82: p11e.ObjectHandleInvalid, 0x60: p11e.KeyHandleInvalid, 0x32: p11e.DeviceRemoved, 0x30: p11e.DeviceError,
+    0xE0: p11e.TokenNotPresent, 0x5: p11e.GeneralError,
+}
 _SESSION_WAIT = 60.0  # a caller waits this long at most for a free session
 _CAPABILITY_PROBE = b"annuaire: can this key sign as configured?"
 
@@ -97,6 +103,8 @@ class HsmSigner:
         self._executor = ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="hsm")
         self._known_labels: set[str] = set()
         self._plans: dict[tuple[str, str], Plan] = {}
+        # (label, algorithm) whose plan is a raw mechanism without parameters -> its CK_MECHANISM
+        self._direct: dict[tuple[str, str], SignMechanism] = {}
         self._offered: tuple[int, dict[int, MechanismInfo]] | None = None
         self.stats = HsmStats()
         self.on_signature: Callable[[float], None] | None = None  # seconds per signature (metrics)
@@ -169,11 +177,14 @@ class HsmSigner:
             self._known_labels.add(label)
         return key
 
-    def _with_session(self, action: Callable[[PooledSession], T]) -> T:
-        """Run ``action`` on a pooled session, recovering from lost sessions and tokens."""
+    def _with_session(self, action: Callable[[PooledSession], T], permit: PooledSession | bool | None = False) -> T:
+        """Run ``action`` on a pooled session, recovering from lost sessions and tokens.
+
+        ``permit``: a permit the caller took from the pool already (its session, or None), given back here.
+        """
         last: Exception | None = None
         module = self._module
-        entry = self._pool.take(_SESSION_WAIT)
+        entry = self._pool.take(_SESSION_WAIT) if permit is False else permit
         try:
             for attempt in range(3):
                 device = False
@@ -240,12 +251,17 @@ class HsmSigner:
             try:
                 allowed = self._module.raw.allowed_mechanisms(entry.session.handle, key.handle)
             except CryptokiError as exc:
+                lost = _LOST.get(exc.rv)
+                if lost is not None:  # the session (or the token) went away: recovered as python-pkcs11's errors
+                    raise lost() from None
                 raise HsmUnavailable(f"cannot read key {label!r}: {exc}") from None
             facts = capabilities.key_facts(key, allowed)
             return capabilities.choose(label, algorithm, facts, self._mechanisms(entry))
 
         plan = self._with_session(action)
         self._plans[label, algorithm.name] = plan
+        if not plan.token_hashes and capabilities.call_arguments(plan.mechanism, algorithm)[1] is None:
+            self._direct[label, algorithm.name] = self._module.raw.mechanism(plan.mechanism)
         return plan
 
     def inspect(self, keys: Iterable[KeySigner]) -> TokenReport:
@@ -277,37 +293,89 @@ class HsmSigner:
 
     # -- signing ---------------------------------------------------------------------------
     def _sign(self, label: str, algorithm: SignatureAlgorithm, plan: Plan, data: Callable[[], Any],
-              token_input: bytes | None = None) -> bytes:
+              token_input: bytes | None = None, permit: PooledSession | bool | None = False,
+              started: float | None = None) -> bytes:
         mechanism, param = capabilities.call_arguments(plan.mechanism, algorithm)
         direct = token_input is not None and param is None
 
         def action(entry: PooledSession) -> bytes:
             key = self._key(entry, label)
-            if direct:  # two raw calls (``cryptoki.sign``); on any error python-pkcs11 makes them again
+            if direct:  # two raw calls (``cryptoki.sign_into``); on any error python-pkcs11 makes them again
                 try:  # and raises its own exception, which the recovery below knows
-                    return self._module.raw.sign(entry.session.handle, key.handle, plan.mechanism, token_input)
+                    return self._module.raw.sign_into(entry.handle, key.handle,
+                                                      self._module.raw.mechanism(plan.mechanism),
+                                                      token_input, entry.buffer)  # type: ignore[arg-type]
                 except CryptokiError:
                     pass
             try:
                 return key.sign(data(), mechanism=mechanism, mechanism_param=param)
             except _MECHANISM_ERRORS as exc:
+                self._direct.pop((label, algorithm.name), None)  # first: ``sign_raw`` reads it first
                 self._plans.pop((label, algorithm.name), None)
                 raise KeyUnusable(f"key {label!r}: the module refused {plan.describe()} for {algorithm.name}: "
                                   f"{type(exc).__name__}") from None
 
-        started = time.perf_counter()
-        signature = self._with_session(action)
+        if started is None:
+            started = time.perf_counter()
+        signature = self._with_session(action, permit)
         self.stats.signatures += 1
         if self.on_signature is not None:
             self.on_signature(time.perf_counter() - started)
         return signature
 
     def sign_raw(self, label: str, algorithm: SignatureAlgorithm, token_input: bytes) -> bytes:
-        """Sign pre-hashed input (see ``algorithms.py``) with the key's raw mechanism."""
-        plan = self.plan(label, algorithm)
-        if plan.token_hashes:
-            raise KeyUnusable(f"key {label!r}: this module signs only with {plan.describe()}, not a digest")
-        return self._sign(label, algorithm, plan, lambda: token_input, token_input)
+        """Sign pre-hashed input (see ``algorithms.py``) with the key's raw mechanism.
+
+        The common case goes straight to the token: a raw mechanism without parameters (``_direct``), a
+        pooled session of the current module generation that found the key already, a module that needs no
+        serialising lock. Anything else, and any error, takes the general path (``_sign``) with the same
+        permit: it signs again through python-pkcs11, whose exceptions drive the recovery.
+        """
+        mechanism = self._direct.get((label, algorithm.name))
+        if mechanism is None:
+            plan = self.plan(label, algorithm)
+            if plan.token_hashes:
+                raise KeyUnusable(f"key {label!r}: this module signs only with {plan.describe()}, not a digest")
+            return self._sign(label, algorithm, plan, lambda: token_input, token_input)
+        started = time.perf_counter()
+        pool, module = self._pool, self._module
+        entry = pool.take(_SESSION_WAIT)
+        key = entry.keys.get(label) if entry is not None else None
+        try:
+            if key is not None:
+                module.lock.acquire_shared()
+                try:
+                    if entry.generation == module.generation and module.serial_reason is None:  # type: ignore[union-attr]
+                        signature = module.raw.sign_into(entry.handle, key.handle, mechanism,  # type: ignore[union-attr]
+                                                         token_input, entry.buffer)  # type: ignore[union-attr]
+                    else:
+                        key = None
+                except CryptokiError:
+                    key = None
+                finally:
+                    module.lock.release_shared()
+        except BaseException:
+            self._give(entry)  # whatever else went wrong, the permit goes back (the module's lock released first)
+            raise
+        if key is None:
+            plan = self._plans.get((label, algorithm.name))
+            if plan is None:  # refused meanwhile (``_sign``): plan again, without holding a permit
+                self._give(entry)
+                self._direct.pop((label, algorithm.name), None)
+                return self.sign_raw(label, algorithm, token_input)
+            return self._sign(label, algorithm, plan, lambda: token_input, token_input, entry, started)
+        self._give(entry)
+        self.availability.up()
+        self.stats.signatures += 1
+        if self.on_signature is not None:
+            self.on_signature(time.perf_counter() - started)
+        return signature
+
+    def _give(self, entry: PooledSession | None) -> None:
+        """Give a permit back; close its session if the pool shrank meanwhile."""
+        if self._pool.give(entry) is not None:
+            with self._module.calls():
+                self._close(entry)
 
     def sign_data(self, label: str, algorithm: SignatureAlgorithm, source: ChunkSource) -> bytes:
         """Sign the bytes ``source`` gives with a mechanism that hashes in the token (streamed in parts)."""
