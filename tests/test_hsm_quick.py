@@ -83,3 +83,36 @@ def test_a_slow_module_is_signed_with_the_gil_released(demo_token: Path, monkeyp
         assert not mechanism.init.held and not mechanism.sign.held
     finally:
         hsm.close()
+
+
+def test_only_an_in_process_software_module_is_called_with_the_gil_held(demo_token: Path) -> None:
+    """SoftHSM2 signs on this CPU: quick calls may keep the GIL. A network HSM, a TPM or a card may stall, and a
+    stall with the GIL held would stop every thread, the event loop serving held answers included."""
+    from directory.hsm.module import computes_in_process
+
+    assert computes_in_process("SoftHSM                         ")
+    for other in ("Thales", "Utimaco IS GmbH", "tpm2-software.github.io", "OpenSC Project", "", "softhsm"):
+        assert not computes_in_process(other)
+    hsm = _signer(demo_token)
+    try:
+        assert hsm._module.raw.held_calls  # this very module is SoftHSM2
+    finally:
+        hsm.close()
+
+
+def test_a_module_that_may_stall_is_never_called_with_the_gil_held(demo_token: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    hsm = _signer(demo_token)
+    try:
+        monkeypatch.setattr(hsm._module.raw, "held_calls", False)  # as for any module but SoftHSM2
+        key = hsm.key("ac-personnes", x509.load_pem_x509_certificate(
+            (demo_token / "ca" / "ac-personnes.pem").read_bytes()))
+        held: list[str] = []
+        for name in ("_sign_init_held", "_sign_held"):
+            fn = getattr(hsm._module.raw, name)
+            monkeypatch.setattr(hsm._module.raw, name, lambda *a, _fn=fn, _n=name: (held.append(_n), _fn(*a))[1])
+        for i in range(4):
+            key.sign(b"released %d" % i)  # verified: a bad signature would raise
+        assert held == []
+    finally:
+        hsm.close()

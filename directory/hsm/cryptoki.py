@@ -12,7 +12,9 @@
   objects; on the live OCSP path every signature pays them (see ``signer.py`` for the fallback on errors).
   Their arguments are plain integers (addresses of a ``CK_MECHANISM`` made once per mechanism and of a
   ``SignBuffer`` made once per session): no ctypes object is built per signature. Each of the two calls is
-  made with the GIL held while it stays quick (``Quick``): getting the GIL back can take longer than such a call.
+  made with the GIL held while it stays quick (``Quick``): getting the GIL back can take longer than such a call;
+  only into a module that computes in this process (SoftHSM2: ``Cryptoki.held_calls``), never one that may wait
+  on a network or a device.
 """
 
 from __future__ import annotations
@@ -238,6 +240,11 @@ class Cryptoki:
         self._sign = ctypes.CFUNCTYPE(*sign)(table.C_Sign)
         self._sign_held = ctypes.PYFUNCTYPE(*sign)(table.C_Sign)
         self._mechanisms: dict[int, SignMechanism] = {}
+        # Calls may be made with the GIL held (``Quick``) only into a module that computes in this process
+        # and waits on nothing outside it (``module.py`` says which): a network HSM or a TPM that stalls
+        # during a GIL-held call would stall every thread of the process, the event loop serving held
+        # answers included, for as long as the stall lasts.
+        self.held_calls = False
 
     def initialize(self, os_locking: bool) -> int:
         """``C_Initialize`` with ``CKF_OS_LOCKING_OK`` (or ``NULL``); returns the CKR code, raises nothing."""
@@ -274,8 +281,9 @@ class Cryptoki:
                   buffer: SignBuffer) -> bytes:
         """``C_SignInit`` then ``C_Sign`` into ``buffer`` (grown if the token asks), each with the GIL held
         while it is quick (``Quick``)."""
+        held_calls = self.held_calls
         quick = mechanism.init
-        if quick.held:
+        if held_calls and quick.held:
             started = time.perf_counter()
             rv = self._sign_init_held(session_handle, mechanism.address, key_handle)
             quick.took(time.perf_counter() - started)
@@ -287,7 +295,7 @@ class Cryptoki:
         length = buffer.length
         length.value = buffer.size
         quick = mechanism.sign
-        if quick.held:
+        if held_calls and quick.held:
             started = time.perf_counter()
             rv = self._sign_held(session_handle, data, len(data), buffer.out_address, buffer.length_address)
             quick.took(time.perf_counter() - started)

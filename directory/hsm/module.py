@@ -93,6 +93,16 @@ class _RWLock:
                 self._cond.notify_all()
 
 
+IN_PROCESS_MODULES = ("SoftHSM",)  # manufacturerID prefixes of modules that sign in this process, on the CPU
+
+
+def computes_in_process(manufacturer_id: str) -> bool:
+    """Whether a module's signing calls compute here and wait on nothing outside the process (no network, no
+    device): only then may ``cryptoki.Quick`` make them with the GIL held. An HSM over a network, a TPM, a
+    smart card may stall; their calls always release the GIL."""
+    return manufacturer_id.strip().startswith(IN_PROCESS_MODULES)
+
+
 class Module:
     """One loaded PKCS#11 library, shared by every signer of the process."""
 
@@ -111,6 +121,7 @@ class Module:
         self.lib = _InitialisedLib(path)
         # any later pkcs11.lib(path) in this process gets this object instead of calling C_Initialize(NULL)
         pkcs11._loaded.setdefault(path, self.lib)  # type: ignore[attr-defined]
+        self.raw.held_calls = computes_in_process(self.lib.manufacturer_id)
         # The library lives as long as the process: never finalised, never unloaded (and the destructor of a
         # subclass of python-pkcs11's cdef class fails when it runs during interpreter shutdown).
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(self.lib))
