@@ -4,7 +4,7 @@ The flow for one CRL, Boulder-style (each step with a clear failure story):
 1. allocate the next cRLNumber and record the CRL as 'building' (one registry transaction: a number is
    never reused, a failed build burns it);
 2. in one read snapshot, fetch the entries' stored DER in a few large chunks (concatenated inside the
-   registry, no per-entry Python object); each chunk is walked and parsed by ``cryptography`` with every
+   registry, no per-entry Python object: ``entryread``); each chunk is walked and parsed by ``cryptography`` with every
    entry extension (``entrycheck``; a chunk an earlier build checked, same SHA-256, is not again, even
    across processes) while the next is read; the TBS is those chunks between its head and extensions,
    hashed on another thread from the moment the last chunk is read (its lengths then known) while that chunk
@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import itertools
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,7 +38,8 @@ from cryptography import x509
 from directory import der
 from directory.config import Config, IssuerConfig
 from directory.crl.crlfile import CrlFile
-from directory.crl.entrycheck import RunCheck, WalkCache
+from directory.crl.entrycheck import WalkCache
+from directory.crl.entryread import RunReader, check_runs
 from directory.crl.install import CrlFolder
 from directory.crl.selfcheck import Built, CrlBuildError, self_check
 from directory.publication import Target, crl_dir, crl_url, delta_target, full_crl_name, targets_of
@@ -51,7 +49,6 @@ from directory.registry.store import CrlRecord
 if TYPE_CHECKING:  # the PKCS#11 stack is imported by whoever opens the HSM (``crl build``: while it reads)
     from directory.hsm.keys import KeySigner
     from directory.hsm.signer import HsmSigner
-    from directory.registry.crls import CrlSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +273,7 @@ class CrlPublisher:
 
     def _tbs(self, target: Target, record: CrlRecord, base: CrlRecord | None) -> _Tbs:
         """The TBSCertList as pieces (head, the registry's entry chunks as they are, extensions); a full CRL's
-        digest under way (``_read_checked``), a delta's not yet."""
+        entries checked and its digest under way (``entryread``), a delta's not yet."""
         cutoff = None if self.settings.keep_expired else record.this_update
         exts = self._extensions(target, record, base)
 
@@ -300,7 +297,10 @@ class CrlPublisher:
                 chunks = snap.delta_entries(base.change_seq, record.this_update)
                 entries, pieces = len(chunks), frame(chunks, len(chunks))
             else:
-                entries, pieces, checked, hashing = self._read_checked(snap, cutoff, target, frame)
+                reader = RunReader(lambda: snap.full_entry_runs(cutoff, target.partition), frame, self._digest)
+                entries, checked = check_runs(reader, self._walk_cache(target.filename))
+                assert reader.tbs is not None
+                pieces, hashing = reader.tbs
             change_seq = snap.change_seq
         segments = tuple(map(len, pieces[1:-1])) if target.kind == "full" else ()
         return _Tbs(b"", entries, sum(map(len, pieces)), change_seq, segments, pieces, checked, hashing)
@@ -310,50 +310,6 @@ class CrlPublisher:
         for piece in pieces:
             hasher.update(piece)  # large pieces: hashed without the GIL
         return hasher.digest()
-
-    def _read_checked(self, snap: CrlSnapshot, cutoff: int | None, target: Target,
-                      frame: Callable[[list[bytes], int], list[bytes]]
-                      ) -> tuple[int, list[bytes], int, Future[bytes]]:
-        """(count, the TBS's pieces, entries checked, its digest under way): each chunk walked and parsed
-        (``RunCheck``) while the registry, on another thread and without the GIL, reads the next one, and a
-        third thread hashes each for the walk cache (off the checking thread, the longest of the three when
-        nothing was checked before), then, once the last chunk is read (the TBS's lengths known: ``frame``),
-        the whole TBS for the signature while the checking thread still has that chunk to check."""
-        runs: queue.SimpleQueue[tuple[int, bytes, Future[bytes]] | BaseException | None] = queue.SimpleQueue()
-        hashing = ThreadPoolExecutor(1, thread_name_prefix="crl-hash")
-        framed: list[tuple[list[bytes], Future[bytes]]] = []  # set by the reader before its last put
-
-        def read() -> None:
-            try:
-                chunks, count = [], 0
-                for n, blob in snap.full_entry_runs(cutoff, target.partition):
-                    chunks.append(blob)
-                    count += n
-                    runs.put((n, blob, hashing.submit(_sha256, blob)))
-                pieces = frame(chunks, count)
-                framed.append((pieces, hashing.submit(self._digest, pieces)))
-                runs.put(None)
-            except BaseException as exc:  # handed to the building thread, raised there
-                runs.put(exc)
-
-        reader = threading.Thread(target=read, name="crl-read", daemon=True)
-        reader.start()
-        check = RunCheck(self._walk_cache(target.filename))
-        entries = 0
-        try:
-            while (item := runs.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                count, blob, key = item
-                entries += count
-                check.add(blob, count, key.result())
-            (pieces, digest), = framed
-            return entries, pieces, check.finish(), digest
-        except (ValueError, IndexError) as exc:
-            raise CrlBuildError(f"an entry does not parse: {exc}") from None
-        finally:
-            reader.join()  # the snapshot's connection is used by one thread at a time
-            hashing.shutdown(wait=False)  # the digest goes on: the file is written meanwhile
 
     def _self_check(self, target: Target, record: CrlRecord, path: Path, tbs: _Tbs) -> str:
         """The file read back and checked against what was built (``selfcheck``); its SHA-256."""
@@ -390,7 +346,3 @@ class CrlPublisher:
         if self.on_published is not None:
             self.on_published(published)
         return published
-
-
-def _sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
