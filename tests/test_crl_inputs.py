@@ -196,7 +196,7 @@ def test_a_build_in_a_new_process_walks_only_the_runs_that_changed(demo: Path,
     """The walk file beside the CRL: a fresh publisher (another process: `crl build`, a restarted service)
     re-walks nothing unchanged, one run after a revocation, everything when the file is damaged."""
     from directory.config.load import load_config
-    from directory.crl.builder import publishers_for
+    from directory.crl.builder import opened, publishers_for
     from directory.runtime import open_config_registry, open_hsm
 
     config = load_config(demo)
@@ -208,7 +208,7 @@ def test_a_build_in_a_new_process_walks_only_the_runs_that_changed(demo: Path,
 
     def build() -> int:
         walked.clear()
-        publisher = publishers_for(config, hsm, registry)["ac-personnes"]  # nothing in memory
+        publisher = publishers_for(config, opened(hsm), registry)["ac-personnes"]  # nothing in memory
         crl = publisher.publish(publisher.full_targets()[0])
         assert crl.entries == len(x509.load_der_x509_crl(crl.path.read_bytes()))
         return crl.entries

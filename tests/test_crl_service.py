@@ -13,7 +13,7 @@ from cryptography import x509
 
 from directory.certinfo import CertificateInfo
 from directory.config import load_config
-from directory.crl.builder import CrlPublisher
+from directory.crl.builder import CrlPublisher, opened
 from directory.crl.service import CrlComponent, publishers_for
 from directory.runtime import open_config_registry, open_hsm
 from tests.conftest import Clock, run_cli
@@ -104,7 +104,7 @@ def test_idle_issuer_is_renewed_before_next_update(private_config: Path) -> None
     try:
         component = CrlComponent(clock)
         component.registry = registry
-        component.publishers = publishers_for(config, hsm, registry, clock)
+        component.publishers = publishers_for(config, opened(hsm), registry, clock)
         publisher = component.publishers["ac-structures"]
         first = publisher.publish_all()[0]
         settings = publisher.settings
@@ -157,7 +157,7 @@ def test_expired_revoked_certificates(private_config: Path, keep_expired: bool) 
     registry.revoke("ac-personnes", format(1002, "x"), "superseded")
     hsm = open_hsm(config)
     try:
-        publisher: CrlPublisher = publishers_for(config, hsm, registry)["ac-personnes"]
+        publisher: CrlPublisher = publishers_for(config, opened(hsm), registry)["ac-personnes"]
         crl_path = publisher.publish(publisher.full_targets()[0]).path
     finally:
         hsm.close()

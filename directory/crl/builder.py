@@ -53,37 +53,37 @@ if TYPE_CHECKING:  # the PKCS#11 stack is imported by whoever opens the HSM (``c
 log = logging.getLogger(__name__)
 
 
-def publishers_for(config: Config, hsm: HsmSigner | Future[HsmSigner], registry: Registry,
+def publishers_for(config: Config, hsm: Future[HsmSigner], registry: Registry,
                    clock: Callable[[], float] = time.time,
                    on_published: Callable[[PublishedCrl], None] | None = None) -> dict[str, CrlPublisher]:
     """One publisher per configured issuer whose key is here, signing with it (offline issuers have none:
     their CRL is published, ``directory.crl.publish``). ``hsm`` may still be opening (``crl build`` reads
-    its first entries meanwhile): each key is then made when a build first needs it, its errors raised there."""
-    out = {}
-    for issuer in config.issuers:
-        if issuer.key_label is None:
-            continue
-        if isinstance(hsm, Future):
-            signer: KeySigner | Future[KeySigner] = _key_when_open(hsm, issuer)
-        else:
-            signer = hsm.key(issuer.key_label, issuer.certificate, issuer.signature_algorithm)
-        out[issuer.name] = CrlPublisher(issuer, signer, registry, crl_dir(config), config.http.base_url, clock,
-                                        on_published)
-    return out
+    its first entries meanwhile; an open one: ``opened``): each key is made once it is open, and waited for
+    when a build first needs it, its errors (or the opening's) raised there."""
+    return {issuer.name: CrlPublisher(issuer, _key_when_open(hsm, issuer), registry, crl_dir(config),
+                                      config.http.base_url, clock, on_published)
+            for issuer in config.issuers if issuer.key_label is not None}
+
+
+def opened(hsm: HsmSigner) -> Future[HsmSigner]:
+    """An HSM already open, as ``publishers_for`` takes it."""
+    done: Future[HsmSigner] = Future()
+    done.set_result(hsm)
+    return done
 
 
 def _key_when_open(hsm: Future[HsmSigner], issuer: IssuerConfig) -> Future[KeySigner]:
     """The issuer's key signer once ``hsm`` is open (or the error that opening it, or the key, raised)."""
     key: Future[KeySigner] = Future()
 
-    def opened(done: Future[HsmSigner]) -> None:
+    def made(done: Future[HsmSigner]) -> None:
         try:
             assert issuer.key_label is not None
             key.set_result(done.result().key(issuer.key_label, issuer.certificate, issuer.signature_algorithm))
         except BaseException as exc:  # handed to whoever waits for the key
             key.set_exception(exc)
 
-    hsm.add_done_callback(opened)
+    hsm.add_done_callback(made)  # at once when it is open already
     return key
 
 
@@ -121,7 +121,7 @@ class CrlStats:
 class CrlPublisher:
     """All CRLs of one issuer."""
 
-    def __init__(self, issuer: IssuerConfig, signer: KeySigner | Future[KeySigner], registry: Registry, crl_dir: Path,
+    def __init__(self, issuer: IssuerConfig, signer: Future[KeySigner], registry: Registry, crl_dir: Path,
                  base_url: str, clock: Callable[[], float] = time.time,
                  on_published: Callable[[PublishedCrl], None] | None = None) -> None:
         self.issuer = issuer
@@ -149,8 +149,7 @@ class CrlPublisher:
     @property
     def signer(self) -> KeySigner:
         """The issuer's key (waited for when the HSM is still opening: first needed once the entries are read)."""
-        signer = self._signer
-        return signer.result() if isinstance(signer, Future) else signer
+        return self._signer.result()
 
     # -- targets (``publication``) -------------------------------------------------------------
     def url(self, filename: str) -> str:

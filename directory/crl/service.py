@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, TypeVar
 from aiohttp import web
 from cryptography import x509
 
-from directory.crl.builder import CrlBuildError, CrlPublisher, PublishedCrl, publishers_for
+from directory.crl.builder import CrlBuildError, CrlPublisher, PublishedCrl, opened, publishers_for
 from directory.crl.files import read_regular
 from directory.crl.http import CERT_NAME, CRL_NAME, CrlFiles, ServedFile, ca_file, respond
 from directory.crl.metrics import CrlMetrics, offline_crl_problem
@@ -74,7 +74,7 @@ class CrlComponent:
         config = service.config
         self.service = service
         self.registry = service.registry
-        self.publishers = publishers_for(config, service.hsm, service.registry, self.clock)
+        self.publishers = publishers_for(config, opened(service.hsm), service.registry, self.clock)
         self._locks = {name: asyncio.Lock() for name in self.publishers}
         self.metrics = CrlMetrics(config.issuers, self.publishers, self.registry, self.clock)
         service.metrics.register(self.metrics.collect)
