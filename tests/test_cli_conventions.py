@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from directory.cli import common
+from directory.config import ConfigError
 from directory.wording import plural
 from tests.conftest import ROOT, run_cli
 
@@ -57,7 +58,7 @@ def test_where_the_configuration_is_looked_for(tmp_path: Path, monkeypatch: pyte
     args = argparse.Namespace(config=None)
     assert common.config_path(args) is None
     looked = r"file not found \(looked for ./annuaire.toml, .*/etc/annuaire.toml\); give --config"
-    with pytest.raises(common.ConfigError, match=looked):
+    with pytest.raises(ConfigError, match=looked):
         common.config_of(args)
     system.parent.mkdir()
     system.write_text("")

@@ -9,13 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from directory.config import Config, ConfigError
 from directory.wording import plural
+
+if TYPE_CHECKING:
+    from directory.config import Config
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
     from directory.check.checker import PublicationChecker
+    from directory.config import ConfigError
     from directory.runtime import open_config_registry
 
     if args.url is not None and not args.url.startswith(("http://", "https://")):

@@ -12,7 +12,6 @@ from typing import Any
 
 from directory.cli import audit, certificates, crl, demo, ldap, service
 from directory.cli.common import EXIT_REFUSED, EXIT_USAGE, searched
-from directory.config import ConfigError
 from directory.refusal import Refused
 
 DESCRIPTION = ("The annuaire command line: publication of a CA's certificates and revocations\n"
@@ -77,17 +76,29 @@ def main(argv: list[str] | None = None) -> int:
     from directory import logs
 
     logs.setup(args.log_level, args.log_format)
+    try:
+        return int(args.func(args))
+    except Exception as exc:
+        code = _expected(args, exc)
+        if code is None:
+            raise
+        return code
+
+
+def _expected(args: argparse.Namespace, exc: Exception) -> int | None:
+    """The exit code of a failure a command may meet (said why), None for any other (a bug: its traceback).
+    Their classes are imported only then: not on a command's start-up (`crl build` reads meanwhile)."""
+    from directory.config import ConfigError
     from directory.hsm.errors import HsmError  # (not .signer: python-pkcs11 only once the HSM is opened)
     from directory.registry import NotRegistered, RegistryError
 
-    try:
-        return int(args.func(args))
-    except ConfigError as exc:
+    if isinstance(exc, ConfigError):
         return _failed(args, EXIT_USAGE, "configuration", f"configuration error: {exc}", str(exc))
-    except (HsmError, RegistryError, NotRegistered) as exc:  # PinRefused included: named as the HSM's answer
+    if isinstance(exc, (HsmError, RegistryError, NotRegistered)):  # PinRefused included: named as the HSM's answer
         return _failed(args, EXIT_REFUSED, type(exc).__name__, f"{type(exc).__name__}: {exc}", str(exc))
-    except Refused as exc:
+    if isinstance(exc, Refused):
         return _failed(args, EXIT_REFUSED, "refused", f"refused: {exc}", str(exc))
+    return None
 
 
 def _failed(args: argparse.Namespace, code: int, kind: str, message: str, detail: str) -> int:

@@ -18,11 +18,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from directory.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, config_of
-from directory.config import Config, ConfigError
-from directory.config.certificates import Finding, certificate_findings
 from directory.wording import plural
 
 if TYPE_CHECKING:
+    from directory.config import Config
+    from directory.config.certificates import Finding
     from directory.hsm.capabilities import TokenReport
 
 # token flags that say the user PIN is close to being locked (CKF_USER_PIN_COUNT_LOW, _FINAL_TRY, _LOCKED)
@@ -31,6 +31,9 @@ _PIN_FLAGS = {0x10000: "the user PIN was refused recently (count low)", 0x20000:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from directory.config import ConfigError
+    from directory.config.certificates import certificate_findings
+
     try:
         config = config_of(args)
     except ConfigError as exc:  # exit 2, said on stderr; with --json also as JSON on stdout
@@ -68,6 +71,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def hsm_findings(config: Config) -> tuple[TokenReport | None, list[Finding]]:
     """Log into the token (read-only), find every configured key, sign and verify once with each."""
+    from directory.config.certificates import Finding
     from directory.hsm.signer import HsmUnavailable
     from directory.runtime import key_uses, open_hsm
 

@@ -9,12 +9,15 @@ import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from directory import serials
-from directory.config import Config, ConfigError, load_config
 from directory.inputs import InputError, parse_time
 from directory.refusal import Refused
+
+if TYPE_CHECKING:  # the configuration (and cryptography's x509 with it) once a command reads it: `crl build`
+    # reads its entries meanwhile
+    from directory.config import Config
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
@@ -38,6 +41,8 @@ def config_path(args: argparse.Namespace) -> Path | None:
 
 
 def config_of(args: argparse.Namespace) -> Config:
+    from directory.config import ConfigError, load_config
+
     path = config_path(args)
     if path is None:
         raise ConfigError(CONFIG_SEARCH[0], "-", f"file not found (looked for {searched()}); "
