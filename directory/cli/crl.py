@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from directory.cli.common import EXIT_OK, EXIT_REFUSED, config_of, config_path, user
 from directory.cli.progress import ProgressBar
@@ -15,8 +15,24 @@ from directory.inputs import format_time
 from directory.refusal import Refused
 from directory.wording import plural
 
+if TYPE_CHECKING:
+    from directory.crl import readahead
+
 
 def cmd_crl_build(args: argparse.Namespace) -> int:
+    from directory.crl import readahead
+
+    # The first full CRL's entries read from here on (SQLite, without the GIL), while this process imports
+    # and reads its configuration: the builder uses them only if they are what it would read (``readahead``).
+    ahead = None if args.delta else readahead.start(config_path(args), args.issuer)
+    try:
+        return _crl_build(args, ahead)
+    finally:
+        if ahead is not None:
+            ahead.close()  # unless a build took it (then closed already)
+
+
+def _crl_build(args: argparse.Namespace, ahead: readahead.ReadAhead | None) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from directory.crl.builder import CrlBuildError, publishers_for
@@ -41,6 +57,8 @@ def cmd_crl_build(args: argparse.Namespace) -> int:
             if args.issuer and name != args.issuer:
                 continue
             publisher.on_stage = bar.status
+            if ahead is not None and ahead.issuer == name:
+                publisher.read_ahead, ahead = ahead, None
             try:
                 if args.delta and not publisher.settings.delta:
                     continue

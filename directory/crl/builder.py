@@ -31,7 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from cryptography import x509
 
@@ -41,6 +41,7 @@ from directory.crl.crlfile import CrlFile
 from directory.crl.entrycheck import WalkCache
 from directory.crl.entryread import RunReader, check_runs
 from directory.crl.install import CrlFolder
+from directory.crl.readahead import ReadAhead, ReadAheadUnusable
 from directory.crl.selfcheck import Built, CrlBuildError, self_check
 from directory.publication import Target, crl_dir, crl_url, delta_target, full_crl_name, targets_of
 from directory.registry import Registry
@@ -112,6 +113,16 @@ class _Tbs:
     hashing: Future[bytes] | None = None  # the digest, being computed since the last chunk was read (full CRLs)
 
 
+class _ReadAhead(NamedTuple):
+    """A full CRL's entries read and checked before its number was allocated (in the same snapshot)."""
+
+    entries: int
+    checked: int
+    chunks: list[bytes]
+    change_seq: int
+    seconds: float
+
+
 @dataclass
 class CrlStats:
     published: int = 0
@@ -133,6 +144,7 @@ class CrlPublisher:
         self.clock = clock
         self.on_published = on_published
         self.on_stage: Callable[[str], None] | None = None  # "ac-x.crl number 12: signing" (CLI progress)
+        self.read_ahead: ReadAhead | None = None  # `crl build`: its first CRL's entries, being read already
         self.stats = CrlStats()
         self._walks: dict[str, WalkCache] = {}  # per CRL file: the entry walk of its previous build
         self.folder = CrlFolder(crl_dir, issuer.name, issuer.crl.archive)
@@ -194,7 +206,8 @@ class CrlPublisher:
             login.shutdown()
 
     def _publish(self, target: Target, rebase: bool, started: float, ready: Future[None]) -> PublishedCrl:
-        now = int(self.clock())
+        ahead = self._ahead_for(target)
+        now = ahead.now if ahead is not None else int(self.clock())
         validity = self.settings.delta_validity if target.kind == "delta" else self.settings.validity
         base: CrlRecord | None = None
         if target.kind == "delta":
@@ -210,11 +223,17 @@ class CrlPublisher:
                 log.info("%s: CRL numbers continue after %d ([issuers.crl] number_floor)", self.issuer.name,
                          self.settings.number_floor, extra={"issuer": self.issuer.name})
             self._floor_applied = True
-        record = self.registry.crl_allocate(self.issuer.name, target.scope, target.kind, now, now + validity,
-                                            base.number if base else None)
+        early = self._read_ahead(ahead, target, now, validity) if ahead is not None else None
+        if early is not None:
+            record, read = early
+            spent = [("reading ahead", read.seconds), ("numbering", time.monotonic() - started - read.seconds)]
+        else:
+            record, read = self.registry.crl_allocate(self.issuer.name, target.scope, target.kind, now,
+                                                      now + validity, base.number if base else None), None
+            spent = [("numbering", time.monotonic() - started)]
         crl_tmp = self.folder.temporary(target.filename, record.number)
 
-        times = [("numbering", time.monotonic() - started)]  # where a build's time goes (logged at DEBUG)
+        times = [("", time.monotonic())]  # where a build's time goes (logged at DEBUG)
 
         def stage(name: str, text: str) -> None:
             times.append((name, time.monotonic()))
@@ -223,7 +242,7 @@ class CrlPublisher:
 
         try:
             stage("reading", "reading entries")
-            tbs = self._tbs(target, record, base)
+            tbs = self._tbs(target, record, base, read)
             # the TBS written to the file (on a thread) while it is hashed (a full CRL's on the hashing thread
             # since its last chunk was read, a delta's here), without the GIL both
             with CrlFile(crl_tmp, tbs.pieces, tbs.size, len(self.signer.algorithm_identifier_der) + 3 + 72) as out:
@@ -241,8 +260,9 @@ class CrlPublisher:
             stage("installing", "installing")
             published = self._install(target, record, crl_tmp, tbs, size, sha256, started)
             times.append(("", time.monotonic()))
-            log.debug("%s number %d: numbering %.3f s, %s", target.filename, record.number, times[0][1], ", ".join(
-                f"{name} {end - at:.3f} s" for (name, at), (_, end) in itertools.pairwise(times[1:])))
+            log.debug("%s number %d: %s", target.filename, record.number, ", ".join(
+                [f"{name} {seconds:.3f} s" for name, seconds in spent]
+                + [f"{name} {end - at:.3f} s" for (name, at), (_, end) in itertools.pairwise(times[1:])]))
         except Exception as exc:
             self.stats.failed += 1
             log.error("CRL %s number %d not published: %s", target.filename, record.number, exc)
@@ -270,9 +290,50 @@ class CrlPublisher:
             exts.append(der.expired_certs_on_crl(not_before))
         return der.tlv(0xA0, der.sequence(*exts))
 
-    def _tbs(self, target: Target, record: CrlRecord, base: CrlRecord | None) -> _Tbs:
+    def _ahead_for(self, target: Target) -> ReadAhead | None:
+        """The entries read ahead (``readahead``) when they are what this build would read, else None (and
+        the read dropped: it is used by one build at most, the first)."""
+        ahead, self.read_ahead = self.read_ahead, None
+        if ahead is None or ahead.fits(self.registry.path, self.issuer.name, self.settings.keep_expired,
+                                       target.partition, target.kind):
+            return ahead
+        ahead.close()
+        return None
+
+    def _read_ahead(self, ahead: ReadAhead, target: Target, now: int,
+                    validity: int) -> tuple[CrlRecord, _ReadAhead] | None:
+        """The entries read ahead, checked, and the number allocated in their snapshot (one view: see
+        ``readahead``); None when they were out of date or the guess did not fit the registry (the build then
+        allocates and reads as usual). A read that fails fails the build before it has a number: nothing
+        is written."""
+        at = time.monotonic()
+        try:
+            if self.on_stage is not None:
+                self.on_stage(f"{target.filename}: reading entries")
+            try:
+                entries, checked = check_runs(ahead.reader, self._walk_cache(target.filename))
+            except ReadAheadUnusable as exc:
+                log.debug("%s: entries not read ahead (%s)", target.filename, exc)
+                return None
+            except Exception as exc:
+                self.stats.failed += 1
+                log.error("CRL %s not published (no number allocated): %s", target.filename, exc)
+                raise CrlBuildError(f"{target.filename}: reading the entries: {exc}") from exc
+            assert ahead.snapshot is not None
+            record = self.registry.crl_allocate_in(ahead.snapshot, self.issuer.name, target.kind, now, now + validity)
+            if record is None:
+                log.info("%s: the registry changed while its entries were read ahead; read again", target.filename,
+                         extra={"issuer": self.issuer.name})
+                return None
+            return record, _ReadAhead(entries, checked, ahead.reader.chunks, ahead.snapshot.change_seq,
+                                      time.monotonic() - at)
+        finally:
+            ahead.close()
+
+    def _tbs(self, target: Target, record: CrlRecord, base: CrlRecord | None, read: _ReadAhead | None = None) -> _Tbs:
         """The TBSCertList as pieces (head, the registry's entry chunks as they are, extensions); a full CRL's
-        entries checked and its digest under way (``entryread``), a delta's not yet."""
+        entries checked (``read``: ahead, in the snapshot its number was allocated in) and its digest under way
+        (``entryread``), a delta's not yet."""
         cutoff = None if self.settings.keep_expired else record.this_update
         exts = self._extensions(target, record, base)
 
@@ -289,7 +350,14 @@ class CrlPublisher:
                 raise CrlBuildError(f"registry changed the entries under the snapshot ({size} != {expected} bytes)")
             return pieces
 
-        checked, hashing = None, None
+        if read is not None:
+            pieces = frame(read.chunks, read.entries)
+            hashing = ThreadPoolExecutor(1, thread_name_prefix="crl-hash")
+            digest = hashing.submit(self._digest, pieces)  # the file written meanwhile (``_publish``)
+            hashing.shutdown(wait=False)
+            return _Tbs(b"", read.entries, sum(map(len, pieces)), read.change_seq, tuple(map(len, read.chunks)),
+                        pieces, read.checked, digest)
+        checked, hashing_tbs = None, None
         with self.registry.crl_snapshot(self.issuer.name) as snap:
             if target.kind == "delta":
                 assert base is not None
@@ -299,10 +367,10 @@ class CrlPublisher:
                 reader = RunReader(lambda: snap.full_entry_runs(cutoff, target.partition), frame, self._digest)
                 entries, checked = check_runs(reader, self._walk_cache(target.filename))
                 assert reader.tbs is not None
-                pieces, hashing = reader.tbs
+                pieces, hashing_tbs = reader.tbs
             change_seq = snap.change_seq
         segments = tuple(map(len, pieces[1:-1])) if target.kind == "full" else ()
-        return _Tbs(b"", entries, sum(map(len, pieces)), change_seq, segments, pieces, checked, hashing)
+        return _Tbs(b"", entries, sum(map(len, pieces)), change_seq, segments, pieces, checked, hashing_tbs)
 
     def _digest(self, pieces: list[bytes]) -> bytes:
         hasher = self.signer.algorithm.new_hash()

@@ -14,9 +14,10 @@ import queue
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
-from directory.crl.entrycheck import RunCheck, WalkCache
-from directory.crl.selfcheck import CrlBuildError
+if TYPE_CHECKING:  # cryptography's parsers only once the runs are checked: `crl build` starts reading before
+    from directory.crl.entrycheck import WalkCache
 
 Run = tuple[int, bytes, "Future[bytes]"]  # entries, their DER, its SHA-256 (being computed)
 
@@ -73,6 +74,9 @@ class RunReader:
 def check_runs(reader: RunReader, cache: WalkCache) -> tuple[int, int]:
     """(entries read, entries checked): each run walked and parsed as it comes (``RunCheck``); the reader
     joined whatever happens."""
+    from directory.crl.entrycheck import RunCheck
+    from directory.crl.selfcheck import CrlBuildError
+
     check = RunCheck(cache)
     entries = 0
     try:

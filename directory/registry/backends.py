@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from directory.config.load import POSTGRESQL_MISSING
+from directory.registry.snapshot import SQLITE_PRAGMAS
 
 Conn = Any  # a connection of the backend: ``execute(sql, params)``, ``executemany``
 WRITE_LOCK_KEY = 0x616E6E75  # "annu": the one advisory lock every write transaction takes first
@@ -69,9 +70,8 @@ class SqliteBackend:
     def connect(self) -> Any:
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=30000")
+        for pragma in SQLITE_PRAGMAS:
+            conn.execute(pragma)
         return conn
 
     def alive(self, conn: Any) -> bool:

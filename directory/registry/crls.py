@@ -1,4 +1,4 @@
-"""CRL numbering and records, and the consistent snapshot a CRL build reads its entries from.
+"""CRL numbering and records; the allocation of a number inside the snapshot a build read (``snapshot``).
 
 A number is allocated and recorded ``building`` in one transaction and never reused (a failed build
 burns it); with several nodes the published CRL's bytes are kept too, for the other nodes to copy.
@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from directory import der
 from directory.refusal import Refused
 from directory.registry.audit import AuditTrail
 from directory.registry.backends import Conn
 from directory.registry.ldap_outbox import LdapOutbox
+from directory.registry.snapshot import CrlSnapshot
 
 
 @dataclass(frozen=True)
@@ -41,83 +41,8 @@ class CrlRecord:
 class CrlNumberRefused(Refused):
     """A CRL handed in whose number does not go past the numbers already used for its sequence."""
 
-
-MIN_RANGE = 1 << 14  # certificate ids in one chunk of a CRL build, at least (a power of two)
 _CRL_COLUMNS = ("i.name, r.scope, r.kind, r.number, r.base_number, r.this_update, r.next_update, r.change_seq, "
                 "r.state, r.entries, r.size, r.sha256, r.error")
-
-
-class CrlSnapshot:
-    """A consistent read view of one issuer's revocations (one read transaction) for building CRLs."""
-
-    def __init__(self, conn: Conn, issuer_id: int) -> None:
-        self._conn = conn
-        self._issuer_id = issuer_id
-        row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM status_changes WHERE issuer_id = ?",
-                           (issuer_id,)).fetchone()
-        self.change_seq: int = int(row[0])
-
-    def full_entries(self, cutoff: int | None, partition: tuple[int, int] | None = None,
-                     chunks: int = 20) -> tuple[int, list[bytes]]:
-        """(count, DER chunks) of a complete CRL's entries (``full_entry_runs`` gathered)."""
-        total, out = 0, []
-        for count, blob in self.full_entry_runs(cutoff, partition, chunks):
-            total += count
-            out.append(blob)
-        return total, out
-
-    def full_entry_runs(self, cutoff: int | None, partition: tuple[int, int] | None = None,
-                        chunks: int = 20) -> Iterator[tuple[int, bytes]]:
-        """(count, DER) of each non-empty chunk of a complete CRL's entries, in order, concatenated inside SQLite.
-
-        The entries were encoded when each certificate was revoked; here they are only concatenated, in
-        at most about ``chunks`` ranges of certificate ids (bounded transient memory), with no per-entry
-        Python object at all: the cost that makes a million entries take well under a second.
-        The ranges are aligned on a power of two (at least ``MIN_RANGE`` ids) that only changes when the
-        span of ids doubles: a revocation changes the bytes of one chunk, and the self-check of the next
-        build recognises the others as already walked (``entrycheck.WalkCache``).
-        ``cutoff`` drops certificates that expired before it (unknown expiry is kept).
-        """
-        # one aggregate each: SQLite answers a lone MIN or MAX from the primary key, both together by a scan
-        low, high = self._conn.execute(
-            "SELECT (SELECT MIN(certificate_id) FROM crl_entries WHERE issuer_id = ?), "
-            "(SELECT MAX(certificate_id) FROM crl_entries WHERE issuer_id = ?)", (self._issuer_id,) * 2).fetchone()
-        if low is None:
-            return
-        sql = ("SELECT COUNT(*), CAST(group_concat(entry_der, '') AS BLOB) FROM crl_entries "
-               "WHERE issuer_id = ? AND certificate_id >= ? AND certificate_id < ?")
-        extra: list[Any] = []
-        if cutoff is not None:
-            sql += " AND (not_after IS NULL OR not_after >= ?)"
-            extra.append(cutoff)
-        if partition is not None:
-            sql += " AND serial_low % ? = ?"
-            extra.extend(partition)
-        span = MIN_RANGE
-        while (high - low) // span >= chunks:
-            span *= 2
-        for start in range(low - low % span, high + 1, span):
-            count, blob = self._conn.execute(sql, [self._issuer_id, start, start + span, *extra]).fetchone()
-            if count:
-                yield count, bytes(blob)
-
-    def delta_entries(self, since_seq: int, removal_time: int) -> list[bytes]:
-        """Entries changed after ``since_seq``: current entries, plus removeFromCRL for released holds."""
-        rows = self._conn.execute(
-            "SELECT c.id, c.serial_hex, c.status, e.entry_der FROM certificates c "
-            "LEFT JOIN crl_entries e ON e.issuer_id = c.issuer_id AND e.certificate_id = c.id "
-            "WHERE c.id IN (SELECT certificate_id FROM status_changes WHERE issuer_id = ? AND seq > ? AND seq <= ?) "
-            "ORDER BY c.id", (self._issuer_id, since_seq, self.change_seq)).fetchall()
-        out: list[bytes] = []
-        for cid, serial_hex, status, entry in rows:
-            if status != "good":
-                out.append(bytes(entry))
-                continue
-            was = self._conn.execute("SELECT status FROM status_changes WHERE certificate_id = ? AND seq <= ? "
-                                     "ORDER BY seq DESC LIMIT 1", (cid, since_seq)).fetchone()
-            if was is not None and was[0] == "on-hold":
-                out.append(der.revoked_entry(int(serial_hex, 16), removal_time, der.REMOVE_FROM_CRL))
-        return out
 
 
 class Crls(AuditTrail, LdapOutbox):
@@ -130,16 +55,42 @@ class Crls(AuditTrail, LdapOutbox):
         The number is never reused, even when the build then fails or the process dies: it is burnt.
         """
         issuer_id = self._issuer_id(issuer)
-        now = int(self.clock())
         with self._write() as tx:
-            last = _last_number(tx, issuer_id, scope)
-            number = (last or 0) + 1
-            _set_last_number(tx, issuer_id, scope, number, known=last is not None)
-            tx.execute("INSERT INTO crls (issuer_id, scope, kind, number, base_number, this_update, next_update, "
-                       "state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'building', ?)",
-                       (issuer_id, scope, kind, number, base_number, this_update, next_update, now))
+            number = self._allocate(tx, issuer_id, scope, kind, this_update, next_update, base_number)
         return CrlRecord(issuer, scope, kind, number, base_number, this_update, next_update, 0, "building",
                          None, None, None, None)
+
+    def crl_allocate_in(self, snapshot: CrlSnapshot, issuer: str, kind: str, this_update: int,
+                        next_update: int) -> CrlRecord | None:
+        """``crl_allocate`` of the main scope written in ``snapshot``'s own transaction (SQLite), which ends
+        with it: the number and the entries read are one view. None, and nothing written, when another
+        connection committed since the snapshot began (SQLite refuses to write on a stale read: its entries
+        may be out of date) or holds the write lock now: the caller allocates as usual and reads again."""
+        import sqlite3
+
+        if snapshot.issuer_id != self._issuer_id(issuer) or self.backend.name != "sqlite":
+            raise ValueError(f"not a snapshot of {issuer} in this SQLite registry")
+        conn = snapshot.conn
+        try:
+            number = self._allocate(conn, snapshot.issuer_id, "main", kind, this_update, next_update, None)
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
+            conn.execute("ROLLBACK")
+            return None
+        return CrlRecord(issuer, "main", kind, number, None, this_update, next_update, 0, "building",
+                         None, None, None, None)
+
+    def _allocate(self, tx: Conn, issuer_id: int, scope: str, kind: str, this_update: int, next_update: int,
+                  base_number: int | None) -> int:
+        last = _last_number(tx, issuer_id, scope)
+        number = (last or 0) + 1
+        _set_last_number(tx, issuer_id, scope, number, known=last is not None)
+        tx.execute("INSERT INTO crls (issuer_id, scope, kind, number, base_number, this_update, next_update, "
+                   "state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'building', ?)",
+                   (issuer_id, scope, kind, number, base_number, this_update, next_update, int(self.clock())))
+        return number
 
     def crl_raise_number(self, issuer: str, scope: str, at_least: int) -> bool:
         """Make the next number of ``scope`` greater than ``at_least``; True when it had to move."""

@@ -1,0 +1,124 @@
+"""`crl build`'s first CRL read while the command is still starting (imports, configuration, the HSM).
+
+A fresh process spends a tenth of a second importing and reading its configuration before it builds: the
+registry (SQLite, without the GIL) reads the first full CRL's entries meanwhile, on threads of their own
+(``entryread.RunReader``), in a read transaction of a connection of their own. Where to read is taken from
+the configuration file's text alone (``start``: the registry's path, the first issuer built and whether it
+keeps expired certificates): a guess, which the builder compares with what the validated configuration
+says before it uses anything read (``CrlPublisher``: same registry file, issuer, cut-off and target, else
+the read is dropped and the build reads as usual).
+
+The entries read and the CRL number are one view: the number is allocated in the read's own transaction
+(``Crls.crl_allocate_in``), which SQLite refuses when another connection committed anything since the read
+began; the build then allocates as usual and reads again (a revocation committed before the number is
+listed, never one committed after). Only the standard library and ``der`` are imported here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from directory.crl.entryread import RunReader
+from directory.registry.snapshot import SQLITE_PRAGMAS, CrlSnapshot
+
+
+class ReadAheadUnusable(Exception):
+    """The guess did not fit the registry (no such file, issuer or table yet): the build reads as usual."""
+
+
+class ReadAhead:
+    """The entries of ``issuer``'s full CRL (main scope) in ``path``'s registry, read from now on."""
+
+    def __init__(self, path: Path, issuer: str, keep_expired: bool, now: int | None = None) -> None:
+        self.path = path
+        self.issuer = issuer
+        self.keep_expired = keep_expired
+        self.now = int(time.time()) if now is None else now  # the CRL's thisUpdate (and cut-off)
+        self.snapshot: CrlSnapshot | None = None  # once its transaction began
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # the connection: opened on the reading thread, closed on another
+        self._closed = False
+        self.reader = RunReader(self._runs)
+
+    def _runs(self) -> Iterator[tuple[int, bytes]]:
+        try:
+            with self._lock:
+                if self._closed:
+                    raise ReadAheadUnusable("dropped before it began")
+                # mode=rw: never creates the file (the registry does, with its folder's permissions)
+                conn = self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True,
+                                                    isolation_level=None, timeout=30.0, check_same_thread=False)
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                raise ReadAheadUnusable("registry not in WAL mode yet")
+            for pragma in SQLITE_PRAGMAS:
+                conn.execute(pragma)
+            conn.execute("BEGIN")
+            row = conn.execute("SELECT id FROM issuers WHERE name = ?", (self.issuer,)).fetchone()
+            if row is None:
+                raise ReadAheadUnusable(f"issuer {self.issuer} not in the registry yet")
+            snapshot = self.snapshot = CrlSnapshot(conn, int(row[0]))
+        except sqlite3.Error as exc:  # the build's own opening says what is wrong, if anything is
+            raise ReadAheadUnusable(str(exc)) from None
+        try:
+            for run in snapshot.full_entry_runs(None if self.keep_expired else self.now):
+                if self._closed:  # dropped: not worth reading on
+                    raise ReadAheadUnusable("dropped")
+                yield run
+        except sqlite3.OperationalError as exc:
+            if str(exc).startswith("no such "):  # a registry before its migration (the build migrates it)
+                raise ReadAheadUnusable(str(exc)) from None
+            raise
+
+    def fits(self, registry_path: Path | None, issuer: str, keep_expired: bool, partition: object,
+             kind: str) -> bool:
+        """True when what was read is what the build of that target would read (then in this snapshot)."""
+        return (registry_path is not None and registry_path.resolve() == self.path.resolve()
+                and (issuer, keep_expired, partition, kind) == (self.issuer, self.keep_expired, None, "full"))
+
+    def close(self) -> None:
+        """The reading finished (waited for) and its transaction ended (rolled back unless committed)."""
+        with self._lock:
+            self._closed = True
+        self.reader.close()
+        if self._conn is not None:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            self._conn.close()
+            self._conn = None
+
+
+def start(config: Path | None, issuer: str | None) -> ReadAhead | None:
+    """The read of the first CRL that `crl build --config CONFIG [--issuer ISSUER]` builds, begun; None when
+    the file does not say plainly (a PostgreSQL registry, a credential path, a file that does not parse:
+    the configuration's validation says what is wrong, the build reads as usual)."""
+    import tomllib
+
+    if config is None:
+        return None
+    try:
+        file = config.resolve()
+        raw = tomllib.loads(file.read_text())
+        url = raw.get("registry", {}).get("url")
+        if url is None:
+            data_dir = raw.get("data_dir", "data")
+            if not isinstance(data_dir, str) or data_dir.startswith("credential:"):
+                return None
+            path = file.parent / data_dir / "registry.sqlite3"
+        elif isinstance(url, str) and url.startswith("sqlite:///"):
+            path = Path(url[len("sqlite:///"):])
+        else:
+            return None
+        found = [i for i in raw.get("issuers", []) if isinstance(i, dict) and i.get("key_label")
+                 and (issuer is None or i.get("name") == issuer)]
+        if not found or not isinstance(found[0].get("name"), str):
+            return None
+        keep_expired = found[0].get("crl", {}).get("keep_expired", False)
+        if not isinstance(keep_expired, bool):
+            return None
+        return ReadAhead(path, found[0]["name"], keep_expired)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None

@@ -1,0 +1,154 @@
+"""`crl build` reads its first CRL's entries while it starts (``crl.readahead``): only what the build would
+read is used, in one view with the CRL number, and a read that fails fails the build with nothing written."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from asn1crypto import crl as acrl
+
+from directory.config.load import load_config
+from directory.crl import readahead
+from directory.crl.builder import CrlBuildError, CrlPublisher, opened, publishers_for
+from directory.crl.readahead import ReadAhead
+from directory.registry.snapshot import CrlSnapshot
+from directory.runtime import open_config_registry, open_hsm
+from tests.conftest import run_cli
+
+ISSUER = "ac-personnes"
+
+
+def _good_serials(config: Path) -> list[str]:
+    manifest = json.loads((config.parent / "certs" / "manifest.json").read_text())
+    return [c["serial_hex"] for c in manifest if c["issuer"] == ISSUER and c["status"] == "good"]
+
+
+def _listed(path: Path) -> set[int]:
+    return {r["user_certificate"].native for r in acrl.CertificateList.load(path.read_bytes())
+            ["tbs_cert_list"]["revoked_certificates"]}
+
+
+@pytest.fixture()
+def parts(demo: Path) -> Iterator[tuple[Path, object, CrlPublisher]]:
+    """The demo's registry and ``ISSUER``'s publisher (the HSM open)."""
+    config = load_config(demo)
+    registry = open_config_registry(config)
+    hsm = open_hsm(config)
+    try:
+        yield demo, registry, publishers_for(config, opened(hsm), registry)[ISSUER]
+    finally:
+        hsm.close()
+        registry.close()
+
+
+def test_the_read_begins_before_the_heavy_imports() -> None:
+    """The command line and the read ahead import neither ``cryptography`` (nor python-pkcs11, asn1crypto)
+    nor the configuration nor the registry's store: those come while the entries are read."""
+    code = ("import sys, directory.cli, directory.crl.readahead; print(sorted(m for m in sys.modules if "
+            "m.split('.')[0] in ('cryptography', 'pkcs11', 'asn1crypto') "
+            "or m.startswith(('directory.config', 'directory.registry.store'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_start_reads_where_the_configuration_file_says(demo: Path, tmp_path: Path) -> None:
+    """The first issuer with a key (or --issuer's), its registry file, its keep_expired; None when the file
+    does not say plainly (PostgreSQL, an issuer without a key here, no file)."""
+    ahead = readahead.start(demo, None)
+    assert ahead is not None
+    try:
+        assert (ahead.path.resolve(), ahead.issuer, ahead.keep_expired) == (
+            (demo.parent / "data" / "registry.sqlite3").resolve(), ISSUER, False)
+    finally:
+        ahead.close()
+    other = readahead.start(demo, "ac-structures")
+    assert other is not None and other.issuer == "ac-structures"
+    other.close()
+    assert readahead.start(demo, "ac-racine") is None  # offline: no CRL built here
+    assert readahead.start(tmp_path / "missing.toml", None) is None
+    pg = tmp_path / "pg.toml"
+    pg.write_text(demo.read_text().replace("[hsm]", '[registry]\nurl = "postgresql://u@h/db"\n\n[hsm]', 1))
+    assert readahead.start(pg, None) is None
+
+
+def test_crl_build_uses_its_read_ahead_and_lists_the_same_entries(demo: Path, parts) -> None:
+    """`crl build` builds its first CRL from the entries read ahead (the debug timing says so); the entries
+    are byte for byte those of a build that reads after allocating its number."""
+    result = run_cli("--log-level", "DEBUG", "crl", "build", "--config", str(demo), "--issuer", ISSUER)
+    assert result.returncode == 0, result.stderr
+    assert "reading ahead" in result.stderr, result.stderr
+    crl_file = demo.parent / "data" / "crl" / f"{ISSUER}.crl"
+    ahead_entries = acrl.CertificateList.load(crl_file.read_bytes())["tbs_cert_list"]["revoked_certificates"].dump()
+    _, _, publisher = parts
+    publisher.publish(publisher.full_targets()[0])  # no read ahead
+    usual = acrl.CertificateList.load(crl_file.read_bytes())["tbs_cert_list"]["revoked_certificates"].dump()
+    assert ahead_entries == usual and len(ahead_entries) > 100
+
+
+def test_a_revocation_before_the_number_is_listed_one_after_is_not(parts, caplog: pytest.LogCaptureFixture) -> None:
+    """A revocation committed after the read began but before the number is allocated makes SQLite refuse
+    the allocation in the read's snapshot: the build reads again and lists it. One committed after the
+    number was allocated (while signing) is not listed by that CRL (its change sequence is before it)."""
+    demo, registry, publisher = parts
+    first, second = _good_serials(demo)[:2]
+    caplog.set_level(logging.DEBUG, logger="directory.crl.builder")
+
+    ahead = ReadAhead(registry.path, ISSUER, False)
+    ahead.reader.join()  # everything read, in a snapshot taken before the revocation
+    registry.revoke(ISSUER, first, "superseded")
+    publisher.read_ahead = ahead
+    crl = publisher.publish(publisher.full_targets()[0])
+    assert int(first, 16) in _listed(crl.path)
+    assert "read again" in caplog.text and "reading ahead" not in caplog.text
+
+    caplog.clear()
+    publisher.read_ahead = ReadAhead(registry.path, ISSUER, False)
+    publisher.on_stage = lambda text: registry.revoke(ISSUER, second, "superseded") if "signing" in text else None
+    crl = publisher.publish(publisher.full_targets()[0])
+    publisher.on_stage = None
+    assert "reading ahead" in caplog.text and "read again" not in caplog.text
+    assert int(second, 16) not in _listed(crl.path) and int(first, 16) in _listed(crl.path)
+    assert [c[2] for c in registry.changes_after(crl.record.change_seq)] == [second]  # for the next CRL
+    crl = publisher.publish(publisher.full_targets()[0])
+    assert int(second, 16) in _listed(crl.path)
+
+
+def test_a_read_ahead_that_fails_fails_the_build_and_writes_nothing(parts, monkeypatch: pytest.MonkeyPatch) -> None:
+    demo, registry, publisher = parts
+    crl_dir = demo.parent / "data" / "crl"
+    publisher.publish(publisher.full_targets()[0])
+    before = (crl_dir / f"{ISSUER}.crl").read_bytes()
+    files = sorted(p.name for p in crl_dir.iterdir())
+    number = registry.crl_last_number(ISSUER)
+    real = CrlSnapshot.full_entry_runs
+
+    def failing(self: CrlSnapshot, *args: object) -> Iterator[tuple[int, bytes]]:
+        yield next(iter(real(self, *args)))  # type: ignore[arg-type]
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(CrlSnapshot, "full_entry_runs", failing)
+    publisher.read_ahead = ReadAhead(registry.path, ISSUER, False)
+    with pytest.raises(CrlBuildError, match="reading the entries: disk I/O error"):
+        publisher.publish(publisher.full_targets()[0])
+    assert (crl_dir / f"{ISSUER}.crl").read_bytes() == before
+    assert sorted(p.name for p in crl_dir.iterdir()) == files
+    assert registry.crl_last_number(ISSUER) == number  # no number allocated, none burnt
+    assert publisher.stats.failed == 1
+
+
+def test_a_read_ahead_that_does_not_fit_is_dropped(parts, caplog: pytest.LogCaptureFixture) -> None:
+    """Read for another cut-off (keep_expired) or another issuer: not used, the build reads as usual."""
+    _, registry, publisher = parts
+    caplog.set_level(logging.DEBUG, logger="directory.crl.builder")
+    for ahead in (ReadAhead(registry.path, ISSUER, True), ReadAhead(registry.path, "ac-structures", False)):
+        publisher.read_ahead = ahead
+        crl = publisher.publish(publisher.full_targets()[0])
+        assert crl.entries == len(_listed(crl.path))
+    assert "reading ahead" not in caplog.text
