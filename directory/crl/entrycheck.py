@@ -25,10 +25,9 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from cryptography import x509
 from cryptography.x509.oid import CRLEntryExtensionOID
@@ -56,8 +55,7 @@ def _tlv(buf: bytes, i: int) -> tuple[int, int, int]:
     return buf[i], start, start + int.from_bytes(buf[i + 2:start], "big")
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     """Offsets of the parts of a DER CRL; every header minimal, every length exact."""
 
     tbs: int  # the TBSCertList's tag

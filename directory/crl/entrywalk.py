@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 Shape = tuple[int, int, int, int, bytes]  # entry length byte, serial length, time tag, time length, extensions
 MAX_SHAPES = 64  # beyond, entries of new shapes are walked in Python (a regex of bounded size)
@@ -33,8 +33,7 @@ class WalkProblem(ValueError):
     """The run is not a list of whole entries."""
 
 
-@dataclass(frozen=True)
-class _Matcher:
+class _Matcher(NamedTuple):
     regex: re.Pattern[bytes]
     shapes: tuple[Shape, ...]  # by group number - 1
 

@@ -22,9 +22,8 @@ import hashlib
 import mmap
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from cryptography import x509
 
@@ -40,8 +39,7 @@ class CrlBuildError(RuntimeError):
     """A CRL failed its self-check or could not be written; the previous CRL stays published."""
 
 
-@dataclass(frozen=True)
-class Built:
+class Built(NamedTuple):
     """What the build says the file holds (what the file is checked against)."""
 
     number: int  # the cRLNumber allocated
