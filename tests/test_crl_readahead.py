@@ -152,3 +152,18 @@ def test_a_read_ahead_that_does_not_fit_is_dropped(parts, caplog: pytest.LogCapt
         crl = publisher.publish(publisher.full_targets()[0])
         assert crl.entries == len(_listed(crl.path))
     assert "reading ahead" not in caplog.text
+
+
+def test_crl_build_in_process_leaves_the_collector_as_it_found_it(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`crl build` runs without the cyclic collector (a short command, its memory the CRL's bytes) and gives
+    it back: a caller in the same process (tests, a wrapper) keeps collecting."""
+    import gc
+
+    from directory.cli import main
+
+    assert gc.isenabled()
+    seen = []
+    real = CrlPublisher.publish_all
+    monkeypatch.setattr(CrlPublisher, "publish_all", lambda self, *a: seen.append(gc.isenabled()) or real(self, *a))
+    assert main(["crl", "build", "--config", str(demo), "--issuer", ISSUER]) == 0
+    assert seen == [False] and gc.isenabled()
