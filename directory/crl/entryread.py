@@ -27,9 +27,11 @@ class RunReader:
 
     def __init__(self, source: Callable[[], Iterable[tuple[int, bytes]]],
                  frame: Callable[[list[bytes], int], list[bytes]] | None = None,
-                 digest: Callable[[list[bytes]], bytes] | None = None) -> None:
+                 digest: Callable[[list[bytes]], bytes] | None = None, hash_here: bool = False) -> None:
         """``frame``: the TBS's pieces around the runs and their count, ``digest`` its hash (both once the last
-        run is read; ``tbs`` then holds them)."""
+        run is read; ``tbs`` then holds them). ``hash_here``: each run hashed on the reading thread itself (a
+        read ahead of its checker: one thread fewer to wake per run)."""
+        self._hash_here = hash_here
         self._source = source
         self._frame = frame
         self._digest = digest
@@ -46,7 +48,12 @@ class RunReader:
             for n, blob in self._source():
                 self.chunks.append(blob)
                 self.count += n
-                self._runs.put((n, blob, self.hashing.submit(_sha256, blob)))
+                if self._hash_here:
+                    key: Future[bytes] = Future()
+                    key.set_result(_sha256(blob))
+                else:
+                    key = self.hashing.submit(_sha256, blob)
+                self._runs.put((n, blob, key))
             if self._frame is not None and self._digest is not None:
                 pieces = self._frame(self.chunks, self.count)
                 self.tbs = pieces, self.hashing.submit(self._digest, pieces)

@@ -42,7 +42,7 @@ class ReadAhead:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # the connection: opened on the reading thread, closed on another
         self._closed = False
-        self.reader = RunReader(self._runs)
+        self.reader = RunReader(self._runs, hash_here=True)
 
     def _runs(self) -> Iterator[tuple[int, bytes]]:
         try:
