@@ -154,16 +154,20 @@ def test_a_read_ahead_that_does_not_fit_is_dropped(parts, caplog: pytest.LogCapt
     assert "reading ahead" not in caplog.text
 
 
-def test_crl_build_in_process_leaves_the_collector_as_it_found_it(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`crl build` runs without the cyclic collector (a short command, its memory the CRL's bytes) and gives
-    it back: a caller in the same process (tests, a wrapper) keeps collecting."""
+def test_crl_build_in_process_leaves_the_interpreter_as_found(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`crl build` runs without the cyclic collector (a short command, its memory the CRL's bytes) and with a
+    short GIL switch interval (its reading thread not paced by the imports), and gives both back: a caller in
+    the same process (tests, a wrapper) keeps collecting and switching as before."""
     import gc
 
     from directory.cli import main
 
     assert gc.isenabled()
+    interval = sys.getswitchinterval()
     seen = []
     real = CrlPublisher.publish_all
-    monkeypatch.setattr(CrlPublisher, "publish_all", lambda self, *a: seen.append(gc.isenabled()) or real(self, *a))
+    monkeypatch.setattr(CrlPublisher, "publish_all",
+                        lambda self, *a: seen.append((gc.isenabled(), sys.getswitchinterval())) or real(self, *a))
     assert main(["crl", "build", "--config", str(demo), "--issuer", ISSUER]) == 0
-    assert seen == [False] and gc.isenabled()
+    assert seen == [(False, pytest.approx(0.0005))]
+    assert gc.isenabled() and sys.getswitchinterval() == interval
