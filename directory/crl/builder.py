@@ -2,10 +2,11 @@
 
 The flow for one CRL, Boulder-style (each step with a clear failure story):
 1. allocate the next cRLNumber and record the CRL as 'building' (one registry transaction: a number is
-   never reused, a failed build burns it);
+   never reused, a failed build burns it); `crl build`'s first CRL is read first, while the command starts,
+   and its number allocated inside that read's transaction (``readahead``);
 2. in one read snapshot, fetch the entries' stored DER in a few large chunks (concatenated inside the
-   registry, no per-entry Python object: ``entryread``); each chunk is walked and parsed by ``cryptography`` with every
-   entry extension (``entrycheck``; a chunk an earlier build checked, same SHA-256, is not again, even
+   registry, no per-entry Python object: ``entryread``); each chunk is walked and parsed by ``cryptography``
+   with every entry extension (``entrycheck``; a chunk an earlier build checked, same SHA-256, is not again, even
    across processes) while the next is read; the TBS is those chunks between its head and extensions,
    hashed on another thread from the moment the last chunk is read (its lengths then known) while that chunk
    is checked, and written to a temporary file meanwhile (``crlfile``); only the digest goes to the HSM,
