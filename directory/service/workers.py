@@ -149,10 +149,17 @@ class WorkerPool:
         assert self.adopted is not None
         gate = self.adopted
 
+        def protocol() -> _Gated:
+            inner = server()
+            # the runner keeps its connections (the serving processes') idle for 60 s at least (run_service): a
+            # client's, once aiohttp's here, is closed after idle_timeout as a serving process would close it
+            if hasattr(inner, "_keepalive_timeout"):  # aiohttp's RequestHandler (no public setter)
+                inner._keepalive_timeout = gate.idle_timeout
+            return _Gated(inner, gate, carried)
+
         async def adopt() -> object:
             try:
-                return await asyncio.get_running_loop().connect_accepted_socket(
-                    lambda: _Gated(server(), gate, carried), sock)
+                return await asyncio.get_running_loop().connect_accepted_socket(protocol, sock)
             except BaseException:
                 sock.close()
                 raise
