@@ -3,12 +3,30 @@ what a client or the kernel can make of it. The real service and SoftHSM2, or re
 
 from __future__ import annotations
 
+import array
+import asyncio
+import socket
 import time
 from pathlib import Path
 
+import pytest
+
+from directory.service.handover import MAX_CARRIED, Passer
 from tests.served import serve
 from tests.test_handover import _check_signed, _holder
-from tests.test_ocsp_direct import _connect, _Reader, _requests, _wire_post
+from tests.test_ocsp_direct import (
+    _answers,
+    _body,
+    _client,
+    _connect,
+    _gated,
+    _Reader,
+    _requests,
+    _Signing,
+    _until,
+    _wire,
+    _wire_post,
+)
 from tests.test_workers import _workers
 
 
@@ -33,3 +51,75 @@ def test_an_adopted_connection_left_to_aiohttp_is_closed_after_idle_timeout(demo
             started = time.monotonic()
             assert sock.recv(1) == b""
             assert time.monotonic() - started < 5, "kept open past idle_timeout"
+
+
+async def _take(main: socket.socket) -> tuple[socket.socket, int, bytes]:
+    """As the main process: the next offer (its serving process's connection, its number, the bytes carried)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 3
+    while True:
+        try:
+            data, ancillary, _, _ = main.recvmsg(MAX_CARRIED + 8, socket.CMSG_SPACE(8))
+            break
+        except BlockingIOError:
+            assert loop.time() < deadline, "nothing offered"
+            await asyncio.sleep(0.01)
+    fds = array.array("i")
+    for _, _, payload in ancillary:
+        fds.frombytes(payload)
+    (fd,) = fds
+    return socket.socket(fileno=fd), int.from_bytes(data[:4], "big"), data[4:]
+
+
+@pytest.mark.parametrize("loss", ["a later offer not sent", "the main process's end closed"])
+async def test_an_offer_sent_is_never_taken_back(tmp_path: Path, loss: str) -> None:
+    """An offer is sent and the main process has the connection's descriptor, but its answer does not come: sending
+    a later offer fails (EMSGSIZE: a unix socket's send buffer smaller than what is carried, as with a low
+    net.core.wmem_default), or the main process's end of handover.sock is closed (a read error there). The main
+    process may serve that connection: the serving process must not take it back and serve it too (two answers
+    to one request on one connection: every later answer on it would be another request's)."""
+    component = _Signing({})
+    path = str(tmp_path / "handover.sock")
+    main = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    main.bind(path)
+    main.listen(4)
+    passer = Passer(path)
+    runner, gate, server = await _gated(component, {"handover": passer})
+    loop = asyncio.get_running_loop()
+    try:
+        first = await _client(server)
+        await loop.sock_sendall(first, _wire(_body(b"first")))
+        await _until(lambda: passer.waiting)
+        peer, _ = main.accept()
+        peer.setblocking(False)
+        adopted, number, carried = await _take(peer)  # taken, not answered yet
+        assert carried == _wire(_body(b"first"))
+        second = await _client(server)
+        if loss == "a later offer not sent":
+            assert passer.sock is not None
+            passer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            await loop.sock_sendall(second, _wire(_body(b"second")) + b"x" * 30000)
+            await _until(lambda: _body(b"second") in component.signing)  # not sent: answered here
+        else:
+            peer.close()
+            await _until(lambda: passer.sock is None)
+        await asyncio.sleep(0.2)
+        assert _body(b"first") not in component.signing, "taken back while the main process has it"
+        # the main process answers it, and it is the client's only answer
+        adopted.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmain")
+        (_, _, body), = await _answers(first, 1)
+        assert body == b"main"
+        if loss == "a later offer not sent":
+            peer.send(number.to_bytes(4, "big") + b"\1")  # taken, late: this process's descriptor is closed
+            peer.close()
+        await asyncio.sleep(0.1)
+        # the first connection closed here (counted once its answer said taken), the second one open
+        assert gate.open == 1 and gate.handed_over == (1 if loss == "a later offer not sent" else 0)
+        adopted.close()
+        first.close()
+        second.close()
+    finally:
+        server.close()
+        await runner.cleanup()
+        passer.close()
+        main.close()

@@ -327,15 +327,16 @@ class _Gated(asyncio.Protocol):
         self.passing = rest
         self._stop_timer()
 
-    def handed(self, taken: bool) -> None:
+    def handed(self, taken: bool | None) -> None:
         """The main process's answer to ``_pass``: taken, this process's descriptor is closed (a close, not a
-        shutdown: the client's connection is the main process's now); refused, answered here."""
+        shutdown: the client's connection is the main process's now); refused, answered here. None: not known
+        (no answer in time, the main process's socket lost), closed here uncounted: the main process may serve it."""
         rest, self.passing = self.passing, None
         transport = self.transport
         if rest is None or transport is None or transport.is_closing():
             return
-        if taken:
-            self.gate.handed_over += 1
+        if taken is not False:
+            self.gate.handed_over += taken is True
             self.gate.held.discard(self)
             self.direct = None
             transport.close()  # nothing unsent (``ocsp.direct``: offered only then), nothing read since
