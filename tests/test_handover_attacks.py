@@ -6,6 +6,7 @@ from __future__ import annotations
 import array
 import asyncio
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from directory.service.handover import MAX_CARRIED, Passer
 from tests.served import serve
-from tests.test_handover import _check_signed, _holder
+from tests.test_handover import _check_signed, _holder, _metric
 from tests.test_ocsp_direct import (
     _answers,
     _body,
@@ -24,6 +25,7 @@ from tests.test_ocsp_direct import (
     _requests,
     _Signing,
     _until,
+    _until_held,
     _wire,
     _wire_post,
 )
@@ -123,3 +125,70 @@ async def test_an_offer_sent_is_never_taken_back(tmp_path: Path, loss: str) -> N
         await runner.cleanup()
         passer.close()
         main.close()
+
+
+def test_a_handed_over_connection_keeps_its_close_and_a_client_gone_mid_handover_leaves_no_trace(demo: Path) -> None:
+    """``Connection: close`` on the request that is handed over, or the client's end of input right after it:
+    answered by the main process, then closed. A client that resets right after its nonce: nothing is left open
+    anywhere (the public ``open`` gauge back to 0, counting the main process's share)."""
+    demo.write_text(demo.read_text().replace("[http]\n", "[http]\nworkers = 2\n", 1))
+    with serve(demo) as served:
+        base = served.base
+        nonced = _requests(demo, nonce=True)
+        for how in ("close", "end of input"):
+            with _connect(base) as sock:
+                if how == "close":
+                    sock.sendall(_wire_post(nonced[0], b"Connection: close"))
+                else:
+                    sock.sendall(_wire_post(nonced[0]))
+                    sock.shutdown(socket.SHUT_WR)
+                reader = _Reader(sock)
+                _check_signed(reader.response()[2], nonced[0])
+                sock.settimeout(5)
+                assert sock.recv(1) == b"", how  # closed once answered (idle_timeout is 15 s)
+        for _ in range(5):
+            sock = _connect(base)
+            sock.sendall(_wire_post(nonced[1]))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # a reset, at once
+        deadline = time.monotonic() + 10
+        while True:
+            opened = _metric(base, "annuaire_http_connections_open")
+            if opened <= 1 or time.monotonic() > deadline:  # the scrape's own connection
+                break
+            time.sleep(0.2)
+        assert opened <= 1
+
+
+def _answered(base: str, request: bytes) -> socket.socket | None:
+    """A new connection that got a 200 for ``request`` (kept open), or None (turned away: 503, reset, closed)."""
+    sock = _connect(base)
+    try:
+        sock.sendall(request)
+        if _Reader(sock).response()[0] == b"HTTP/1.1 200 OK":
+            return sock
+    except (OSError, AssertionError):
+        pass
+    sock.close()
+    return None
+
+
+def test_handed_over_connections_stay_within_max_connections(demo: Path) -> None:
+    """``[http] max_connections`` bounds the connections open on the public port: shared out between the serving
+    processes, each turning away what is past its share. A connection handed to the main process frees its slot
+    in the serving process; the main process's own cap of adopted connections must come out of the same total,
+    or clients that each send a nonce and stay hold twice ``max_connections`` (descriptors, memory)."""
+    cap = 96
+    demo.write_text(demo.read_text().replace("[http]\n", f"[http]\nworkers = 2\nmax_connections = {cap}\n", 1))
+    held = _requests(demo)[0]
+    with serve(demo) as served:
+        base = served.base
+        _until_held(base, held)
+        nonced = _wire_post(_requests(demo, nonce=True)[0])
+        kept = [s for s in (_answered(base, nonced) for _ in range(cap)) if s is not None]
+        kept += [s for s in (_answered(base, _wire_post(held)) for _ in range(cap)) if s is not None]
+        try:
+            assert len(kept) <= cap, f"{len(kept)} connections open and answered, max_connections = {cap}"
+        finally:
+            for sock in kept:
+                sock.close()

@@ -43,6 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 import directory
 from directory.config import Config
 from directory.service.handover import Adopter
+from directory.service.limits import share
 from directory.service.listener import HELD_GRACE, ConnectionGate, _Gated
 from directory.service.livewire import LiveServer
 from ocsp import response as resp
@@ -119,10 +120,12 @@ class WorkerPool:
                                        name="internal", cut_stalled_readers=False)
         self._live_server = await asyncio.get_running_loop().create_unix_server(
             lambda: LiveServer(self._live), str(self.sockets / "live.sock"))
-        # connections handed over: what this process's public listener would hold without serving processes
+        # connections handed over: this process's share of max_connections, as each serving process has its own
+        # (what they hand over frees their slot: the total open on the public port stays within max_connections)
         http = service.config.http
         budget = service.descriptors
-        self.adopted = ConnectionGate(budget.public_cap if budget is not None else http.max_connections,
+        cap = share(http.max_connections, n)
+        self.adopted = ConnectionGate(min(budget.public_cap, cap) if budget is not None else cap,
                                       http.request_timeout, idle_timeout=http.idle_timeout,
                                       direct=service.connections.direct)
         service.readiness_checks["workers"] = self._problem
