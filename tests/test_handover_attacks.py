@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import array
 import asyncio
+import os
+import shutil
 import socket
 import struct
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from directory.service.handover import MAX_CARRIED, Passer
+from directory.service.handover import MAX_CARRIED, Adopter, Passer
+from directory.service.listener import ConnectionGate
 from tests.served import serve
 from tests.test_handover import _check_signed, _holder, _metric
 from tests.test_ocsp_direct import (
@@ -135,6 +139,11 @@ def test_a_handed_over_connection_keeps_its_close_and_a_client_gone_mid_handover
     with serve(demo) as served:
         base = served.base
         nonced = _requests(demo, nonce=True)
+        # handover.sock is reachable by the service's user alone: its directory is 0700
+        cmdline = Path(f"/proc/{_workers(served.proc.pid)[0]}/cmdline").read_bytes().split(b"\0")
+        sockets = Path(cmdline[cmdline.index(b"--sockets") + 1].decode())
+        assert (sockets / "handover.sock").is_socket()
+        assert sockets.stat().st_mode & 0o777 == 0o700 and sockets.stat().st_uid == os.getuid()
         for how in ("close", "end of input"):
             with _connect(base) as sock:
                 if how == "close":
@@ -192,3 +201,58 @@ def test_handed_over_connections_stay_within_max_connections(demo: Path) -> None
         finally:
             for sock in kept:
                 sock.close()
+
+
+async def test_a_peer_of_another_user_is_refused_whatever_the_permissions() -> None:
+    """Even with handover.sock's directory and the socket itself open to everyone, a process of another user that
+    connects is closed at once: nothing it sends is read, no descriptor it passes is adopted."""
+    taken: list[socket.socket] = []
+
+    def adopt(sock: socket.socket, carried: bytes) -> asyncio.Future[object]:
+        taken.append(sock)
+        return asyncio.ensure_future(asyncio.sleep(0))
+
+    where = Path(tempfile.mkdtemp())  # not under pytest's own directory: that one is 0700
+    where.chmod(0o777)
+    path = where / "handover.sock"
+    adopter = Adopter(str(path), ConnectionGate(cap=8), adopt)
+    adopter.start()
+    path.chmod(0o777)
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a process of user nobody, holding a connected TCP socket to pass
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgid(65534)
+            os.setuid(65534)
+            peer = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            peer.connect(str(path))
+            peer.settimeout(3)
+            try:
+                peer.sendmsg([b"\0\0\0\1carried"],
+                             [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [accepted.fileno()]))])
+                answer = peer.recv(16)
+            except OSError:
+                answer = b""
+            os.write(write_end, b"closed" if answer == b"" else answer)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        loop = asyncio.get_running_loop()
+        said = await loop.run_in_executor(None, os.read, read_end, 64)
+        _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
+        assert status == 0 and said == b"closed", said
+        await asyncio.sleep(0.1)
+        assert not taken and adopter.adopted == 0 and not adopter.peers
+    finally:
+        os.close(read_end)
+        adopter.close()
+        for s in (client, accepted, server):
+            s.close()
+        shutil.rmtree(where)
