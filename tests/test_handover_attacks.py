@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from directory.service.handover import MAX_CARRIED, Adopter, Passer
-from directory.service.listener import ConnectionGate
+from directory.service.listener import ConnectionGate, _Gated
+from ocsp.direct import DirectAnswers
 from tests.served import serve
 from tests.test_handover import _check_signed, _holder, _metric
 from tests.test_ocsp_direct import (
@@ -256,3 +258,69 @@ async def test_a_peer_of_another_user_is_refused_whatever_the_permissions() -> N
         for s in (client, accepted, server):
             s.close()
         shutil.rmtree(where)
+
+
+def _flood(sock: socket.socket, most: int, seconds: float) -> int:
+    """Bytes the kernel took from ``sock`` within ``seconds`` (at most ``most``), sent as fast as it takes them."""
+    sock.setblocking(False)
+    chunk, sent, deadline = b"X" * (1 << 20), 0, time.monotonic() + seconds
+    while sent < most and time.monotonic() < deadline:
+        try:
+            sent += sock.send(chunk)
+        except BlockingIOError:
+            time.sleep(0.005)
+    return sent
+
+
+@pytest.mark.parametrize("path", ["direct", "aiohttp"])
+def test_an_adopted_connection_stays_paused_on_uvloop(path: str) -> None:
+    """The main process adopts a connection with ``connect_accepted_socket``; the carried bytes may pause reading
+    at once: a live answer in flight with bytes behind it (the direct path), or more pipelined requests than
+    aiohttp queues. uvloop starts reading once ``connection_made`` returns, whatever was asked in it: the carried
+    bytes taken there, nothing held the client back and everything it sent was buffered in the main process
+    (the signer's), without bound (45 MB in 1.5 s here, quadratic copies with it)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        component = _Signing({})
+
+        async def slow(request: web.Request) -> web.Response:
+            await asyncio.sleep(5)
+            return web.Response()
+
+        app = web.Application()
+        app.router.add_get("/slow", slow)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        assert runner.server is not None
+        gate = ConnectionGate(8, 5.0, direct=DirectAnswers(component))
+        server = socket.create_server(("127.0.0.1", 0))
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        for sock in (client, accepted):  # small kernel buffers: what is taken past them is the process's
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        accepted.setblocking(False)
+        if path == "direct":  # a live request, and the first byte of what follows
+            carried = _wire(_body(b"nonce")) + b"X"
+        else:  # more pipelined requests than aiohttp queues (32), to a handler that takes its time
+            carried = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" * 40 + b"GET /slow HTTP/1.1\r\nX-Long: "
+        try:
+            _, gated = await loop.connect_accepted_socket(
+                lambda: _Gated(runner.server(), gate, carried), accepted)  # as WorkerPool._adopt
+            if path == "direct":
+                await _until(lambda: _body(b"nonce") in component.signing)
+            sent = await loop.run_in_executor(None, _flood, client, 256 << 20, 1.5)
+            assert sent <= 4 << 20, f"{sent} bytes taken from a client whose connection reads nothing more"
+            if path == "direct":
+                assert isinstance(gated, _Gated)
+                assert len(gated.waiting or b"") <= 1 << 20
+                component.sign(_body(b"nonce"))
+        finally:
+            client.close()
+            server.close()
+            await runner.cleanup()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())

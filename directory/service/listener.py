@@ -168,9 +168,8 @@ class _Gated(asyncio.Protocol):
             else:
                 self.started = True
                 self.inner.connection_made(transport)
-            carried, self.carried = self.carried, None
-            if carried:  # before anything read here
-                self.data_received(carried)
+            if self.carried is not None:  # before anything read here, once reading is on (``_take_carried``)
+                self.loop.call_soon(self._take_carried)
         else:
             self.arm()
             asyncio.get_running_loop().create_task(self._start_tls(transport, gate.tls))
@@ -196,6 +195,15 @@ class _Gated(asyncio.Protocol):
             self.data_received(data)
         if self.early_eof:
             self.inner.eof_received()
+
+    def _take_carried(self) -> None:
+        """What a serving process handed over with the connection, taken now that the transport reads, not in
+        ``connection_made``: uvloop starts reading once that returns, undoing any pause asked in it (ours, while a
+        live answer is signed, or aiohttp's past its queue), and everything the client then sent was buffered
+        here without bound. Bytes read before this runs wait behind these (``data_received``)."""
+        carried, self.carried = self.carried, None
+        if carried is not None and self.transport is not None and not self.transport.is_closing():
+            self.data_received(carried)
 
     # -- the deadline -----------------------------------------------------------------------------
     def arm(self) -> None:
@@ -262,6 +270,8 @@ class _Gated(asyncio.Protocol):
 
     # -- forwarding -------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self.carried is not None:  # read before the carried bytes were taken up: after them
+            data, self.carried = self.carried + data, None
         if self.direct is not None:
             answers = self.answers
             assert answers is not None
@@ -357,6 +367,8 @@ class _Gated(asyncio.Protocol):
             self.inner.pause_writing()
 
     def eof_received(self) -> bool | None:
+        if self.carried is not None:  # the carried bytes first
+            self._take_carried()
         if self.passing is not None:  # not read while offered; an end of input seen anyway waits with it
             return True
         if self.waiting is not None:  # taken up once the answers in flight are written (``_drained``)
