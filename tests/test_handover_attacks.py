@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -15,12 +16,13 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from cryptography.x509 import ocsp
 
 from directory.service.handover import MAX_CARRIED, Adopter, Passer
 from directory.service.listener import ConnectionGate, _Gated
 from ocsp.direct import DirectAnswers
 from tests.served import serve
-from tests.test_handover import _check_signed, _holder, _metric
+from tests.test_handover import _check_signed, _holder, _metric, _serial
 from tests.test_ocsp_direct import (
     _answers,
     _body,
@@ -33,6 +35,7 @@ from tests.test_ocsp_direct import (
     _until,
     _until_held,
     _wire,
+    _wire_get,
     _wire_post,
 )
 from tests.test_workers import _workers
@@ -324,3 +327,40 @@ def test_an_adopted_connection_stays_paused_on_uvloop(path: str) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+
+
+def test_a_get_nonce_with_head_and_post_behind_it_and_a_trickler_handed_over(demo: Path) -> None:
+    """A GET with a nonce hands the connection over with a HEAD and a POST pipelined behind it: three answers in
+    order (the HEAD's without a body). A client that then trickles a request one byte at a time is cut at
+    ``request_timeout`` from its first byte, in the main process too."""
+    demo.write_text(demo.read_text().replace("[http]\n", "[http]\nworkers = 2\nrequest_timeout = 2\n", 1))
+    held = _requests(demo)
+    with serve(demo) as served:
+        base, port, main = served.base, int(served.base.rsplit(":", 1)[1]), served.proc.pid
+        for der in held:
+            _until_held(base, der)
+        workers = _workers(main)
+        nonced = _requests(demo, nonce=True)
+        head = _wire_get(held[1]).replace(b"GET ", b"HEAD ", 1)
+        with _connect(base) as sock:
+            sock.sendall(_wire_get(nonced[0]) + head + _wire_post(held[2]))
+            reader = _Reader(sock)
+            _check_signed(reader.response()[2], nonced[0])
+            while b"\r\n\r\n" not in reader.buffer:
+                reader._more()
+            head_answer, reader.buffer = reader.buffer.split(b"\r\n\r\n", 1)
+            assert head_answer.startswith(b"HTTP/1.1 200 OK")
+            status, _, body = reader.response()
+            assert status == b"HTTP/1.1 200 OK" and _serial(body) == ocsp.load_der_ocsp_request(held[2]).serial_number
+            assert _holder([main, *workers], sock, port) == main
+            started = time.monotonic()
+            sock.settimeout(1)
+            with contextlib.suppress(OSError):  # cut: reset, or closed
+                for byte in _wire_post(held[0]):
+                    sock.send(bytes([byte]))
+                    time.sleep(0.3)
+                    assert time.monotonic() - started < 6, "still open past request_timeout"
+            sock.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1) == b""
+            assert time.monotonic() - started < 6
