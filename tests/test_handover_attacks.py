@@ -21,7 +21,7 @@ from cryptography.x509 import ocsp
 from directory.service.handover import MAX_CARRIED, Adopter, Passer
 from directory.service.listener import ConnectionGate, _Gated
 from ocsp.direct import DirectAnswers
-from tests.served import serve
+from tests.served import http, serve
 from tests.test_handover import _check_signed, _holder, _metric, _serial
 from tests.test_ocsp_direct import (
     _answers,
@@ -126,6 +126,7 @@ async def test_an_offer_sent_is_never_taken_back(tmp_path: Path, loss: str) -> N
         await asyncio.sleep(0.1)
         # the first connection closed here (counted once its answer said taken), the second one open
         assert gate.open == 1 and gate.handed_over == (1 if loss == "a later offer not sent" else 0)
+        assert gate.handover_unanswered == (0 if loss == "a later offer not sent" else 1)
         adopted.close()
         first.close()
         second.close()
@@ -172,6 +173,7 @@ def test_a_handed_over_connection_keeps_its_close_and_a_client_gone_mid_handover
                 break
             time.sleep(0.2)
         assert opened <= 1
+        assert "annuaire_http_connections_handover_unanswered_total 0.0" in http(base + "/metrics")[2].decode()
 
 
 def _answered(base: str, request: bytes) -> socket.socket | None:

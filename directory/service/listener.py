@@ -79,6 +79,8 @@ class ConnectionGate:
     timed_out: int = 0
     stalled: int = 0  # connections aborted because the client read nothing of its answers
     handed_over: int = 0  # connections the main process took (``handover``)
+    # offered, and closed here without the main process's answer (none in time, its socket lost): it may serve them
+    handover_unanswered: int = 0
     held: set[_Gated] = field(default_factory=set)  # connections ``direct`` answers: aiohttp does not know them
 
     def close_held(self) -> None:
@@ -346,7 +348,10 @@ class _Gated(asyncio.Protocol):
         if rest is None or transport is None or transport.is_closing():
             return
         if taken is not False:
-            self.gate.handed_over += taken is True
+            if taken:
+                self.gate.handed_over += 1
+            else:
+                self.gate.handover_unanswered += 1
             self.gate.held.discard(self)
             self.direct = None
             transport.close()  # nothing unsent (``ocsp.direct``: offered only then), nothing read since

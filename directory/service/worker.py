@@ -155,7 +155,8 @@ class Reporter:
         gate = self.gate
         return json.dumps({"ack": ack, "by_status": stats.by_status, "by_path": stats.by_path, "latency": latency,
                            "open": gate.open, "refused": gate.refused, "timed_out": gate.timed_out,
-                           "stalled": gate.stalled, "handed_over": gate.handed_over})
+                           "stalled": gate.stalled, "handed_over": gate.handed_over,
+                           "handover_unanswered": gate.handover_unanswered})
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -361,7 +361,11 @@ class WorkerPool:
                                       "process did not take from a serving process (its cap reached): answered "
                                       "there, over livewire")
         refused.add_metric([], self.adopter.refused if self.adopter is not None else 0)
-        yield from (serving, restarts, handed, refused)
+        unanswered = CounterMetricFamily("annuaire_http_connections_handover_unanswered", "Client connections a "
+                                         "serving process offered to the main process and closed without its "
+                                         "answer (none within request_timeout, or handover.sock lost)")
+        unanswered.add_metric([], int(self.totals().get("handover_unanswered", 0)))
+        yield from (serving, restarts, handed, refused, unanswered)
 
 
 def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
