@@ -366,3 +366,52 @@ def test_a_get_nonce_with_head_and_post_behind_it_and_a_trickler_handed_over(dem
             with contextlib.suppress(ConnectionResetError):
                 assert sock.recv(1) == b""
             assert time.monotonic() - started < 6
+
+
+async def test_a_serving_process_gone_right_after_its_offer_leaves_the_connection_to_the_main_process(
+        tmp_path: Path) -> None:
+    """A serving process that dies once its offer is sent (its descriptors closed, handover.sock with them): the
+    offer, in the main process's queue, holds the client's connection; the main process takes it and serves it,
+    and its answer to a peer that is gone costs nothing but a warning."""
+    component = _Signing({})
+    taken: list[tuple[socket.socket, bytes]] = []
+
+    def adopt(sock: socket.socket, carried: bytes) -> asyncio.Future[object]:
+        taken.append((sock, carried))
+        return asyncio.ensure_future(asyncio.sleep(0))
+
+    path = str(tmp_path / "handover.sock")
+    adopter = Adopter(path, ConnectionGate(cap=8), adopt)
+    adopter.start()
+    loop = asyncio.get_running_loop()
+    assert adopter.sock is not None
+    loop.remove_reader(adopter.sock.fileno())  # the main process busy: nothing accepted or read until later
+    passer = Passer(path)
+    runner, _, server = await _gated(component, {"handover": passer})
+    try:
+        client = await _client(server)
+        await loop.sock_sendall(client, _wire(_body(b"nonce")))
+        await _until(lambda: passer.waiting)  # sent, waiting in the main process's queue
+        (gated, _), = passer.waiting.values()
+        assert gated.transport is not None
+        gated.transport.abort()  # the serving process dies: its descriptors are closed
+        assert passer.sock is not None
+        loop.remove_reader(passer.sock.fileno())
+        passer.sock.close()
+        passer.sock, passer.waiting = None, {}
+        loop.add_reader(adopter.sock.fileno(), adopter._accept)  # the main process gets to it
+        await _until(lambda: taken)
+        (sock, carried), = taken
+        assert carried == _wire(_body(b"nonce"))
+        sock.setblocking(True)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmain")
+        (_, _, body), = await _answers(client, 1)
+        assert body == b"main" and not component.signing
+        await _until(lambda: not adopter.peers)
+        sock.close()
+        client.close()
+    finally:
+        server.close()
+        await runner.cleanup()
+        passer.close()
+        adopter.close()
