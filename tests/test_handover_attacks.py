@@ -415,3 +415,41 @@ async def test_a_serving_process_gone_right_after_its_offer_leaves_the_connectio
         await runner.cleanup()
         passer.close()
         adopter.close()
+
+
+async def test_a_connection_offered_when_its_serving_process_stops_is_still_answered(tmp_path: Path) -> None:
+    """A serving process told to stop (``close_held``) while one of its connections is offered to the main
+    process: that connection waits for the answer. Refused (the main process's share full), its request is
+    answered here and the connection closed then; closed at once, the request read and answered by nobody."""
+    component = _Signing({})
+    path = str(tmp_path / "handover.sock")
+    main = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    main.bind(path)
+    main.listen(4)
+    passer = Passer(path)
+    runner, gate, server = await _gated(component, {"handover": passer})
+    loop = asyncio.get_running_loop()
+    try:
+        client = await _client(server)
+        await loop.sock_sendall(client, _wire(_body(b"nonce")))
+        await _until(lambda: passer.waiting)
+        peer, _ = main.accept()
+        peer.setblocking(False)
+        offered, number, _ = await _take(peer)
+        gate.close_held()  # the serving process stops, its connection offered
+        await asyncio.sleep(0.05)
+        offered.close()  # refused: the main process closes its descriptor, and says so
+        peer.send(number.to_bytes(4, "big") + b"\0")
+        await _until(lambda: _body(b"nonce") in component.signing)
+        component.sign(_body(b"nonce"))
+        (status, _, body), = await _answers(client, 1)
+        assert status == b"HTTP/1.1 200 OK" and body == b"L" + _body(b"nonce")
+        assert await asyncio.wait_for(loop.sock_recv(client, 1), 3) == b""  # then closed, as stopping wants
+        await gate.wait_held(1.0)
+        peer.close()
+        client.close()
+    finally:
+        server.close()
+        await runner.cleanup()
+        passer.close()
+        main.close()

@@ -82,12 +82,18 @@ class ConnectionGate:
     # offered, and closed here without the main process's answer (none in time, its socket lost): it may serve them
     handover_unanswered: int = 0
     held: set[_Gated] = field(default_factory=set)  # connections ``direct`` answers: aiohttp does not know them
+    stopping: bool = False  # ``close_held`` was called
 
     def close_held(self) -> None:
         """At shutdown, after the listener stopped accepting: what aiohttp's cleanup does for its connections
         (none of these is in the middle of receiving a request: ``direct`` takes whole requests only); one
-        with answers being signed is closed once they are written (``wait_held``)."""
+        with answers being signed is closed once they are written (``wait_held``). One offered to the main
+        process waits for its answer (``_Gated.handed``): its request is read, and nobody else would answer it
+        if the main process refuses it."""
+        self.stopping = True
         for gated in list(self.held):
+            if gated.passing is not None:
+                continue
             if gated.answers is not None and gated.transport is not None:
                 gated.answers.close_when_written()
 
@@ -358,6 +364,8 @@ class _Gated(asyncio.Protocol):
             return
         transport.resume_reading()  # as ``_drained``: before taking up what waited
         self.data_received(rest)
+        if self.gate.stopping and self.direct is not None and self.answers is not None:  # as ``close_held``
+            self.answers.close_when_written()
 
     def _hand_over(self) -> None:
         """From now on aiohttp has the connection (``direct`` took whole requests only: its parser starts at a
