@@ -19,8 +19,9 @@ until the main process answers ``>IB`` (the number, 1: taken, 0: refused):
   feeds the carried bytes to its own gate (``_Gated(carried=...)``) before anything read from the
   socket, so nothing is lost or reordered. Its deadlines (idle, request, signing) start afresh there.
 - refused (the main process's cap of adopted connections reached, a descriptor it does not accept), or not
-  sent at all: the serving process reads on and answers over ``livewire``, as before. It offers a
-  connection once: a refused one is not offered again.
+  sent at all: the serving process reads on and answers over ``livewire``, as before (stopping, it closes the
+  connection once that is written: it waits for the main process's answer first). It offers a connection
+  once: a refused one is not offered again.
 - no answer (none within ``timeout``, or the socket to the main process lost with offers sent): closed here,
   never taken back, since the main process may have the descriptor and serve it (two processes answering one
   connection would give each answer to the wrong request).
