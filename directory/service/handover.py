@@ -242,7 +242,9 @@ class Adopter:
         for fd in fds:
             os.close(fd)
         if sock is None:
-            log.warning("connection hand-over refused: %s", problem)
+            # a client gone (reset) before this process looked at its connection: its doing, as often as it
+            # likes, not an anomaly of the hand-over (a warning each time would let any client write the log)
+            (log.debug if problem == GONE else log.warning)("connection hand-over refused: %s", problem)
             self._reply(peer, number, False)
             return
         gate = self.gate
@@ -302,6 +304,9 @@ def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
+GONE = "the client is gone (not connected)"
+
+
 def _stream(fd: int, families: frozenset[int]) -> tuple[socket.socket | None, str]:
     """``fd`` as a socket if it is a connected stream socket of ``families``; else closed, and why."""
     try:
@@ -319,6 +324,6 @@ def _stream(fd: int, families: frozenset[int]) -> tuple[socket.socket | None, st
             sock.setblocking(False)
             return sock, ""
     except OSError as exc:
-        problem = f"not a connected socket ({exc.strerror})"
+        problem = GONE if exc.errno == errno.ENOTCONN else f"not a connected socket ({exc.strerror})"
     sock.close()
     return None, problem
