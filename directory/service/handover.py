@@ -18,9 +18,13 @@ until the main process answers ``>IB`` (the number, 1: taken, 0: refused):
   up, the main process's descriptor holds it) and counts it (``ConnectionGate.handed_over``); the main process
   feeds the carried bytes to its own gate (``_Gated(carried=...)``) before anything read from the
   socket, so nothing is lost or reordered. Its deadlines (idle, request, signing) start afresh there.
-- refused (the main process's cap of adopted connections reached, a descriptor it does not accept, the main
-  process gone): the serving process reads on and answers over ``livewire``, as before. It offers a
-  connection once: a refused one is not offered again.
+- refused (the main process's cap of adopted connections reached, a descriptor it does not accept), or not
+  sent at all: the serving process reads on and answers over ``livewire``, as before (stopping, it closes the
+  connection once that is written: it waits for the main process's answer first). It offers a connection
+  once: a refused one is not offered again.
+- no answer (none within ``timeout``, or the socket to the main process lost with offers sent): closed here,
+  never taken back, since the main process may have the descriptor and serve it (two processes answering one
+  connection would give each answer to the wrong request).
 
 The main process takes one descriptor per message, of a connected stream socket (not a listening one) of
 the listener's families (AF_INET, AF_INET6), from a peer of its own user; anything else is closed and
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -50,6 +55,9 @@ _REPLY = struct.Struct(">IB")
 MAX_CARRIED = 64 * 1024  # bytes carried with a connection (a request is at most ~18 KiB: head and body)
 _FD = array.array("i", [0]).itemsize
 FAMILIES = frozenset({socket.AF_INET, socket.AF_INET6})  # the public listener's (``directory/service/sockets.py``)
+# sendmsg failures of one message (too big for the socket's send buffer, too many descriptors in flight for the
+# user, memory): that offer is not sent, the socket and the offers waiting on it are fine
+_NOT_SENT = frozenset({errno.EMSGSIZE, errno.ETOOMANYREFS, errno.ENOBUFS, errno.ENOMEM})
 
 
 class Passer:
@@ -80,7 +88,8 @@ class Passer:
             return False
         except OSError as exc:
             log.warning("connection hand-over: %s: %s", self.path, exc)
-            self._lost()
+            if exc.errno not in _NOT_SENT:
+                self._lost()
             return False
         loop = asyncio.get_running_loop()
         self.waiting[number] = (gated, loop.time() + self.timeout)
@@ -120,29 +129,33 @@ class Passer:
                 _answer(waiting[0], bool(taken))
 
     def _expire(self) -> None:
-        """No answer within ``timeout``: the descriptor is closed here (taken: nobody else could answer it)."""
+        """No answer within ``timeout``: the descriptor is closed here (the main process may have it: it may serve
+        it, this process must not)."""
         self._sweep = None
         now, soonest = asyncio.get_running_loop().time(), None
         for number, (gated, deadline) in list(self.waiting.items()):
             if deadline <= now:
                 del self.waiting[number]
                 log.warning("connection hand-over: no answer from the main process within %.0f s", self.timeout)
-                _answer(gated, True)
+                _answer(gated, None)
             else:
                 soonest = deadline if soonest is None else min(soonest, deadline)
         if soonest is not None:
             self._sweep = asyncio.get_running_loop().call_at(soonest, self._expire)
 
     def _lost(self) -> None:
-        """The connection to the main process is gone: what it did not answer is refused (a main process that
-        exits closes the descriptors it took: a connection it adopted is gone with it either way)."""
+        """The connection to the main process is gone: what it did not answer is closed here, never taken back.
+        The main process may have read those offers (their descriptors with them) and serve them, its end
+        closed on a read error, or its answers lost: served here too, a connection would get two answers to
+        one request, and each later answer would be another request's. A main process that exits closes the
+        descriptors it took: those connections are gone either way."""
         if self.sock is not None:
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
         waiting, self.waiting = self.waiting, {}
         for gated, _ in waiting.values():
-            _answer(gated, False)
+            _answer(gated, None)
 
     def close(self) -> None:
         if self._sweep is not None:
@@ -229,7 +242,9 @@ class Adopter:
         for fd in fds:
             os.close(fd)
         if sock is None:
-            log.warning("connection hand-over refused: %s", problem)
+            # a client gone (reset) before this process looked at its connection: its doing, as often as it
+            # likes, not an anomaly of the hand-over (a warning each time would let any client write the log)
+            (log.debug if problem == GONE else log.warning)("connection hand-over refused: %s", problem)
             self._reply(peer, number, False)
             return
         gate = self.gate
@@ -269,9 +284,9 @@ class Adopter:
             self._drop(peer)
 
 
-def _answer(gated: _Gated, taken: bool) -> None:
-    """``gated.handed``; what fails in it (taking up the carried bytes here) aborts that connection alone, as
-    a failure in ``data_received`` would."""
+def _answer(gated: _Gated, taken: bool | None) -> None:
+    """``gated.handed`` (``taken`` None: not known, closed here); what fails in it (taking up the carried bytes
+    here) aborts that connection alone, as a failure in ``data_received`` would."""
     try:
         gated.handed(taken)
     except Exception:
@@ -287,6 +302,9 @@ def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.extend(array.array("i", payload[:len(payload) - len(payload) % _FD]))
     return fds
+
+
+GONE = "the client is gone (not connected)"
 
 
 def _stream(fd: int, families: frozenset[int]) -> tuple[socket.socket | None, str]:
@@ -306,6 +324,6 @@ def _stream(fd: int, families: frozenset[int]) -> tuple[socket.socket | None, st
             sock.setblocking(False)
             return sock, ""
     except OSError as exc:
-        problem = f"not a connected socket ({exc.strerror})"
+        problem = GONE if exc.errno == errno.ENOTCONN else f"not a connected socket ({exc.strerror})"
     sock.close()
     return None, problem

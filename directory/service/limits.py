@@ -13,6 +13,7 @@ cap do not fit.
 from __future__ import annotations
 
 import logging
+import math
 import resource
 from dataclasses import dataclass
 
@@ -22,6 +23,13 @@ from directory.service.sockets import ACCEPT_BURST
 log = logging.getLogger(__name__)
 RESERVE = 256  # descriptors kept for everything but client connections
 MIN_PUBLIC = 16
+
+
+def share(max_connections: int, workers: int) -> int:
+    """One process's share of ``[http] max_connections`` with ``workers`` serving processes: each of them, and
+    the main process for the connections they hand over (``directory/service/handover.py``), so that what is
+    open on the public port stays within it (a handed-over connection frees its slot in its serving process)."""
+    return max(MIN_PUBLIC, math.ceil(max_connections / (workers + 1)))
 
 
 class DescriptorBudgetError(RuntimeError):

@@ -79,13 +79,21 @@ class ConnectionGate:
     timed_out: int = 0
     stalled: int = 0  # connections aborted because the client read nothing of its answers
     handed_over: int = 0  # connections the main process took (``handover``)
+    # offered, and closed here without the main process's answer (none in time, its socket lost): it may serve them
+    handover_unanswered: int = 0
     held: set[_Gated] = field(default_factory=set)  # connections ``direct`` answers: aiohttp does not know them
+    stopping: bool = False  # ``close_held`` was called
 
     def close_held(self) -> None:
         """At shutdown, after the listener stopped accepting: what aiohttp's cleanup does for its connections
         (none of these is in the middle of receiving a request: ``direct`` takes whole requests only); one
-        with answers being signed is closed once they are written (``wait_held``)."""
+        with answers being signed is closed once they are written (``wait_held``). One offered to the main
+        process waits for its answer (``_Gated.handed``): its request is read, and nobody else would answer it
+        if the main process refuses it."""
+        self.stopping = True
         for gated in list(self.held):
+            if gated.passing is not None:
+                continue
             if gated.answers is not None and gated.transport is not None:
                 gated.answers.close_when_written()
 
@@ -168,9 +176,8 @@ class _Gated(asyncio.Protocol):
             else:
                 self.started = True
                 self.inner.connection_made(transport)
-            carried, self.carried = self.carried, None
-            if carried:  # before anything read here
-                self.data_received(carried)
+            if self.carried is not None:  # before anything read here, once reading is on (``_take_carried``)
+                self.loop.call_soon(self._take_carried)
         else:
             self.arm()
             asyncio.get_running_loop().create_task(self._start_tls(transport, gate.tls))
@@ -196,6 +203,15 @@ class _Gated(asyncio.Protocol):
             self.data_received(data)
         if self.early_eof:
             self.inner.eof_received()
+
+    def _take_carried(self) -> None:
+        """What a serving process handed over with the connection, taken now that the transport reads, not in
+        ``connection_made``: uvloop starts reading once that returns, undoing any pause asked in it (ours, while a
+        live answer is signed, or aiohttp's past its queue), and everything the client then sent was buffered
+        here without bound. Bytes read before this runs wait behind these (``data_received``)."""
+        carried, self.carried = self.carried, None
+        if carried is not None and self.transport is not None and not self.transport.is_closing():
+            self.data_received(carried)
 
     # -- the deadline -----------------------------------------------------------------------------
     def arm(self) -> None:
@@ -262,6 +278,8 @@ class _Gated(asyncio.Protocol):
 
     # -- forwarding -------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self.carried is not None:  # read before the carried bytes were taken up: after them
+            data, self.carried = self.carried + data, None
         if self.direct is not None:
             answers = self.answers
             assert answers is not None
@@ -327,21 +345,27 @@ class _Gated(asyncio.Protocol):
         self.passing = rest
         self._stop_timer()
 
-    def handed(self, taken: bool) -> None:
+    def handed(self, taken: bool | None) -> None:
         """The main process's answer to ``_pass``: taken, this process's descriptor is closed (a close, not a
-        shutdown: the client's connection is the main process's now); refused, answered here."""
+        shutdown: the client's connection is the main process's now); refused, answered here. None: not known
+        (no answer in time, the main process's socket lost), closed here uncounted: the main process may serve it."""
         rest, self.passing = self.passing, None
         transport = self.transport
         if rest is None or transport is None or transport.is_closing():
             return
-        if taken:
-            self.gate.handed_over += 1
+        if taken is not False:
+            if taken:
+                self.gate.handed_over += 1
+            else:
+                self.gate.handover_unanswered += 1
             self.gate.held.discard(self)
             self.direct = None
             transport.close()  # nothing unsent (``ocsp.direct``: offered only then), nothing read since
             return
         transport.resume_reading()  # as ``_drained``: before taking up what waited
         self.data_received(rest)
+        if self.gate.stopping and self.direct is not None and self.answers is not None:  # as ``close_held``
+            self.answers.close_when_written()
 
     def _hand_over(self) -> None:
         """From now on aiohttp has the connection (``direct`` took whole requests only: its parser starts at a
@@ -356,6 +380,8 @@ class _Gated(asyncio.Protocol):
             self.inner.pause_writing()
 
     def eof_received(self) -> bool | None:
+        if self.carried is not None:  # the carried bytes first
+            self._take_carried()
         if self.passing is not None:  # not read while offered; an end of input seen anyway waits with it
             return True
         if self.waiting is not None:  # taken up once the answers in flight are written (``_drained``)

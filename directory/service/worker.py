@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -41,6 +40,7 @@ from directory.config import load_config
 from directory.service.eventloop import loop_factory
 from directory.service.handover import Passer
 from directory.service.limits import plan as plan_descriptors
+from directory.service.limits import share
 from directory.service.listener import HELD_GRACE, ConnectionGate
 from directory.service.livewire import LiveClient
 from directory.service.sockets import listen
@@ -155,7 +155,8 @@ class Reporter:
         gate = self.gate
         return json.dumps({"ack": ack, "by_status": stats.by_status, "by_path": stats.by_path, "latency": latency,
                            "open": gate.open, "refused": gate.refused, "timed_out": gate.timed_out,
-                           "stalled": gate.stalled, "handed_over": gate.handed_over})
+                           "stalled": gate.stalled, "handed_over": gate.handed_over,
+                           "handover_unanswered": gate.handover_unanswered})
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -167,7 +168,7 @@ async def run(args: argparse.Namespace) -> None:
         raise SystemExit(CONFIG_CHANGED)
     config = load_config(args.config)
     http = config.http
-    budget = plan_descriptors(max(16, math.ceil(http.max_connections / args.workers)), None)
+    budget = plan_descriptors(share(http.max_connections, args.workers), None)
     sockets = Path(args.sockets)
     idents = {i.name: i for i in identities(config)}
     store = LmdbReader(Path(args.store), {name: i.certs for name, i in idents.items()})

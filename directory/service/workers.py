@@ -43,6 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 import directory
 from directory.config import Config
 from directory.service.handover import Adopter
+from directory.service.limits import share
 from directory.service.listener import HELD_GRACE, ConnectionGate, _Gated
 from directory.service.livewire import LiveServer
 from ocsp import response as resp
@@ -119,10 +120,12 @@ class WorkerPool:
                                        name="internal", cut_stalled_readers=False)
         self._live_server = await asyncio.get_running_loop().create_unix_server(
             lambda: LiveServer(self._live), str(self.sockets / "live.sock"))
-        # connections handed over: what this process's public listener would hold without serving processes
+        # connections handed over: this process's share of max_connections, as each serving process has its own
+        # (what they hand over frees their slot: the total open on the public port stays within max_connections)
         http = service.config.http
         budget = service.descriptors
-        self.adopted = ConnectionGate(budget.public_cap if budget is not None else http.max_connections,
+        cap = share(http.max_connections, n)
+        self.adopted = ConnectionGate(min(budget.public_cap, cap) if budget is not None else cap,
                                       http.request_timeout, idle_timeout=http.idle_timeout,
                                       direct=service.connections.direct)
         service.readiness_checks["workers"] = self._problem
@@ -149,10 +152,17 @@ class WorkerPool:
         assert self.adopted is not None
         gate = self.adopted
 
+        def protocol() -> _Gated:
+            inner = server()
+            # the runner keeps its connections (the serving processes') idle for 60 s at least (run_service): a
+            # client's, once aiohttp's here, is closed after idle_timeout as a serving process would close it
+            if hasattr(inner, "_keepalive_timeout"):  # aiohttp's RequestHandler (no public setter)
+                inner._keepalive_timeout = gate.idle_timeout
+            return _Gated(inner, gate, carried)
+
         async def adopt() -> object:
             try:
-                return await asyncio.get_running_loop().connect_accepted_socket(
-                    lambda: _Gated(server(), gate, carried), sock)
+                return await asyncio.get_running_loop().connect_accepted_socket(protocol, sock)
             except BaseException:
                 sock.close()
                 raise
@@ -351,7 +361,11 @@ class WorkerPool:
                                       "process did not take from a serving process (its cap reached): answered "
                                       "there, over livewire")
         refused.add_metric([], self.adopter.refused if self.adopter is not None else 0)
-        yield from (serving, restarts, handed, refused)
+        unanswered = CounterMetricFamily("annuaire_http_connections_handover_unanswered", "Client connections a "
+                                         "serving process offered to the main process and closed without its "
+                                         "answer (none within request_timeout, or handover.sock lost)")
+        unanswered.add_metric([], int(self.totals().get("handover_unanswered", 0)))
+        yield from (serving, restarts, handed, refused, unanswered)
 
 
 def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
