@@ -1,0 +1,97 @@
+"""Review of the read ahead (issue 15): a revocation committed by another process at each point of the
+read ahead is listed by the CRL, or is after its number (then in its change sequence's future)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from directory.crl import readahead
+from directory.crl.readahead import ReadAhead
+from tests.conftest import run_cli
+from tests.test_crl_readahead import ISSUER, _good_serials, _listed, parts  # noqa: F401
+
+
+def _revoke_by_cli(demo: Path, serial: str) -> None:
+    run_cli("revoke", "--config", str(demo), "--issuer", ISSUER, "--serial", serial, "--reason", "superseded",
+            check=True)
+
+
+def _hooked(monkeypatch: pytest.MonkeyPatch, when: str, action) -> list[str]:
+    """The read ahead's connection runs ``action`` once, after its statement starting with ``when``."""
+    done: list[str] = []
+
+    class Hooked(sqlite3.Connection):
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:  # type: ignore[override]
+            cur = super().execute(sql, *args)
+            if not done and sql.startswith(when):
+                done.append(sql)
+                action()
+            return cur
+
+    monkeypatch.setattr(readahead.sqlite3, "connect", functools.partial(sqlite3.connect, factory=Hooked))
+    return done
+
+
+@pytest.mark.parametrize("when", ["BEGIN", "SELECT id FROM issuers", "SELECT COALESCE", "SELECT (SELECT MIN",
+                                  "SELECT COUNT"])
+def test_a_revocation_by_another_process_during_the_read_ahead_is_listed(parts, monkeypatch, when,  # noqa: F811
+                                                                        caplog) -> None:
+    demo, registry, publisher = parts
+    serial = _good_serials(demo)[0]
+    caplog.set_level(logging.DEBUG, logger="directory.crl.builder")
+    done = _hooked(monkeypatch, when, lambda: _revoke_by_cli(demo, serial))
+    publisher.read_ahead = ReadAhead(registry.path, ISSUER, False)
+    crl = publisher.publish(publisher.full_targets()[0])
+    assert done
+    assert int(serial, 16) in _listed(crl.path)
+    assert crl.entries == len(_listed(crl.path))
+    assert [c[2] for c in registry.changes_after(crl.record.change_seq)] == []
+    # before the first read (BEGIN): in the snapshot, used; after it: refused, read again
+    assert ("reading ahead" in caplog.text) == (when == "BEGIN"), caplog.text
+
+
+def test_a_symlinked_registry_still_sees_the_other_connections_commits(demo: Path, tmp_path: Path) -> None:
+    """The read ahead opens the resolved path, the registry the symlink: one database, one WAL."""
+    data = demo.parent / "data"
+    link = tmp_path / "link.sqlite3"
+    link.symlink_to(data / "registry.sqlite3")
+    text = demo.read_text().replace("[hsm]", f'[registry]\nurl = "sqlite:///{link}"\n\n[hsm]', 1)
+    demo.write_text(text)
+    ahead = readahead.start(demo, ISSUER)
+    assert ahead is not None and ahead.path == link
+    ahead.reader.join()
+    serial = _good_serials(demo)[0]
+    _revoke_by_cli(demo, serial)
+    result = run_cli("--log-level", "DEBUG", "crl", "build", "--config", str(demo), "--issuer", ISSUER)
+    assert result.returncode == 0, result.stderr
+    assert int(serial, 16) in _listed(data / "crl" / f"{ISSUER}.crl")
+    ahead.close()
+
+
+def test_the_read_ahead_leaves_no_thread_nor_transaction_when_the_command_fails(demo: Path, monkeypatch) -> None:
+    import gc
+    import sys
+
+    from directory.cli import main
+    from directory.crl import builder
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(builder, "publishers_for", boom)
+    opened: list[ReadAhead] = []
+    real_start = readahead.start
+    monkeypatch.setattr(readahead, "start", lambda *a: opened.append(real_start(*a)) or opened[-1])
+    interval = sys.getswitchinterval()
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["crl", "build", "--config", str(demo), "--issuer", ISSUER])
+    assert opened and opened[0] is not None and opened[0]._conn is None
+    assert gc.isenabled() and sys.getswitchinterval() == interval
+    assert not [t for t in threading.enumerate() if t.name == "crl-read"]
+
