@@ -95,3 +95,18 @@ def test_the_read_ahead_leaves_no_thread_nor_transaction_when_the_command_fails(
     assert gc.isenabled() and sys.getswitchinterval() == interval
     assert not [t for t in threading.enumerate() if t.name == "crl-read"]
 
+
+def test_a_crl_built_after_another_is_not_dated_before_it(parts) -> None:  # noqa: F811
+    """The read ahead refused (another CRL numbered meanwhile, by the service): the CRL built instead, numbered
+    after that one, is not dated before it (its thisUpdate is not the read ahead's, taken as the command started)."""
+    import time
+
+    _, registry, publisher = parts
+    ahead = ReadAhead(registry.path, ISSUER, False)
+    ahead.reader.join()
+    time.sleep(1.1)
+    other = publisher.publish(publisher.full_targets()[0])  # the service's CRL, one second later
+    publisher.read_ahead = ahead
+    crl = publisher.publish(publisher.full_targets()[0])
+    assert crl.record.number == other.record.number + 1
+    assert crl.this_update >= other.this_update

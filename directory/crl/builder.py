@@ -230,6 +230,8 @@ class CrlPublisher:
             record, read = early
             spent = [("reading ahead", read.seconds), ("numbering", time.monotonic() - started - read.seconds)]
         else:
+            if ahead is not None:  # not used: dated when numbered, as any build (not before a CRL numbered meanwhile)
+                now = int(self.clock())
             record, read = self.registry.crl_allocate(self.issuer.name, target.scope, target.kind, now,
                                                       now + validity, base.number if base else None), None
             spent = [("numbering", time.monotonic() - started)]

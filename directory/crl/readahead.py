@@ -37,7 +37,7 @@ class ReadAhead:
         self.path = path
         self.issuer = issuer
         self.keep_expired = keep_expired
-        self.now = int(time.time()) if now is None else now  # the CRL's thisUpdate (and cut-off)
+        self.now = int(time.time()) if now is None else now  # the CRL's thisUpdate and cut-off, when the read is used
         self.snapshot: CrlSnapshot | None = None  # once its transaction began
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # the connection: opened on the reading thread, closed on another
