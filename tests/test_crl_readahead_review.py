@@ -3,7 +3,6 @@ read ahead is listed by the CRL, or is after its number (then in its change sequ
 
 from __future__ import annotations
 
-import functools
 import logging
 import sqlite3
 import threading
@@ -34,7 +33,14 @@ def _hooked(monkeypatch: pytest.MonkeyPatch, when: str, action) -> list[str]:
                 action()
             return cur
 
-    monkeypatch.setattr(readahead.sqlite3, "connect", functools.partial(sqlite3.connect, factory=Hooked))
+    real = sqlite3.connect
+
+    def connect(database: str, *args: object, **kwargs: object) -> sqlite3.Connection:
+        if kwargs.get("uri"):  # the read ahead's (the registry's are not hooked)
+            kwargs["factory"] = Hooked
+        return real(database, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(readahead.sqlite3, "connect", connect)
     return done
 
 
@@ -110,3 +116,36 @@ def test_a_crl_built_after_another_is_not_dated_before_it(parts) -> None:  # noq
     crl = publisher.publish(publisher.full_targets()[0])
     assert crl.record.number == other.record.number + 1
     assert crl.this_update >= other.this_update
+
+
+@pytest.mark.parametrize("when", ["BEGIN", "SELECT COUNT"])
+def test_crl_build_of_every_issuer_with_partitions_and_deltas(demo: Path, monkeypatch, when) -> None:
+    """The whole command (two issuers, partitions, a delta): the read ahead serves the first full CRL only; a
+    revocation by another process during the read is on the full CRL and on its partition's; numbers go up."""
+    import json
+
+    from asn1crypto import crl as acrl
+
+    from directory.cli import main
+    from directory.publication import partition_key
+
+    demo.write_text(demo.read_text().replace("delta = true\n", "delta = true\npartitions = 2\n", 1))
+    serial = _good_serials(demo)[0]
+    done = _hooked(monkeypatch, when, lambda: _revoke_by_cli(demo, serial))
+    crl_dir = demo.parent / "data" / "crl"
+    part = partition_key(int(serial, 16)) % 2
+    assert main(["crl", "build", "--config", str(demo)]) == 0
+    assert len(done) == 1
+    assert int(serial, 16) in _listed(crl_dir / f"{ISSUER}.crl")
+    assert int(serial, 16) in _listed(crl_dir / f"{ISSUER}-p{part}.crl")
+    again = run_cli("crl", "build", "--config", str(demo), "--json", check=True)  # read ahead, nothing revoked
+    built = json.loads(again.stdout)
+    kinds = [(b["issuer"], b["kind"], b["file"].rsplit("/", 1)[1]) for b in built]
+    assert kinds == [(ISSUER, "full", f"{ISSUER}.crl"), (ISSUER, "full", f"{ISSUER}-p0.crl"),
+                     (ISSUER, "full", f"{ISSUER}-p1.crl"), (ISSUER, "delta", f"{ISSUER}-delta.crl"),
+                     ("ac-structures", "full", "ac-structures.crl")]
+    assert int(serial, 16) in _listed(crl_dir / f"{ISSUER}.crl")
+    full = acrl.CertificateList.load((crl_dir / f"{ISSUER}.crl").read_bytes())
+    delta = acrl.CertificateList.load((crl_dir / f"{ISSUER}-delta.crl").read_bytes())
+    assert full.crl_number_value.native < delta.crl_number_value.native
+    assert delta.delta_crl_indicator_value.native == full.crl_number_value.native
