@@ -149,3 +149,58 @@ def test_crl_build_of_every_issuer_with_partitions_and_deltas(demo: Path, monkey
     delta = acrl.CertificateList.load((crl_dir / f"{ISSUER}-delta.crl").read_bytes())
     assert full.crl_number_value.native < delta.crl_number_value.native
     assert delta.delta_crl_indicator_value.native == full.crl_number_value.native
+
+
+def test_expired_entries_are_cut_at_the_thisupdate_the_read_ahead_build_writes(parts) -> None:  # noqa: F811
+    """The read ahead's cut-off is the thisUpdate its CRL is given: a certificate expired a second before it
+    is dropped, one expiring at it is kept, as a build that reads after numbering at that instant does."""
+    import time
+
+    from asn1crypto import crl as acrl
+
+    _, registry, publisher = parts
+    at = int(time.time())
+    conn = sqlite3.connect(registry.path)
+    ids = [r[0] for r in conn.execute("SELECT certificate_id FROM crl_entries ORDER BY certificate_id LIMIT 2")]
+    with conn:
+        conn.execute("UPDATE crl_entries SET not_after = ? WHERE certificate_id = ?", (at - 1, ids[0]))
+        conn.execute("UPDATE crl_entries SET not_after = ? WHERE certificate_id = ?", (at, ids[1]))
+    conn.close()
+    publisher.read_ahead = ReadAhead(registry.path, ISSUER, False, now=at)
+    ahead = publisher.publish(publisher.full_targets()[0])
+    data = ahead.path.read_bytes()
+    publisher.clock = lambda: float(at)
+    usual = publisher.publish(publisher.full_targets()[0])
+    assert ahead.this_update == usual.this_update == at
+    assert ahead.entries == usual.entries == len(_listed(ahead.path))
+    entries = [acrl.CertificateList.load(d)["tbs_cert_list"]["revoked_certificates"].dump()
+               for d in (data, usual.path.read_bytes())]
+    assert entries[0] == entries[1]
+
+
+def test_a_held_write_lock_at_numbering_falls_back_without_waiting(parts) -> None:  # noqa: F811
+    """Another connection holds the write lock (a revocation under way) when the number would be allocated in
+    the read's snapshot: refused (SQLite runs no busy handler for a read transaction's upgrade), not an error:
+    the build numbers as usual once the lock is released."""
+    import time
+
+    _, registry, publisher = parts
+    ahead = ReadAhead(registry.path, ISSUER, False)
+    ahead.reader.join()
+    other = sqlite3.connect(registry.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE issuers SET name = name")
+
+    def release() -> None:
+        time.sleep(1.0)
+        other.execute("ROLLBACK")
+        other.close()
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    publisher.read_ahead = ahead
+    started = time.monotonic()
+    crl = publisher.publish(publisher.full_targets()[0])
+    thread.join()
+    assert 0.9 < time.monotonic() - started < 25
+    assert crl.record.number == registry.crl_last_number(ISSUER)
