@@ -204,3 +204,41 @@ def test_a_held_write_lock_at_numbering_falls_back_without_waiting(parts) -> Non
     thread.join()
     assert 0.9 < time.monotonic() - started < 25
     assert crl.record.number == registry.crl_last_number(ISSUER)
+
+
+def test_a_number_allocated_in_the_read_ahead_is_burnt_by_a_crash(demo: Path) -> None:
+    """The process dies once its number is allocated in the read ahead's transaction (while signing): the
+    number stays allocated ('building'), the next build takes the one after it."""
+    code = f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from directory.config.load import load_config
+from directory.crl.builder import opened, publishers_for
+from directory.crl.readahead import ReadAhead
+from directory.runtime import open_config_registry, open_hsm
+config = load_config({str(demo)!r})
+registry = open_config_registry(config)
+publisher = publishers_for(config, opened(open_hsm(config)), registry)[{ISSUER!r}]
+publisher.read_ahead = ReadAhead(registry.path, {ISSUER!r}, False)
+publisher.on_stage = lambda text: os._exit(9) if "signing" in text else None
+publisher.publish(publisher.full_targets()[0])
+"""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {"SOFTHSM2_CONF": str(demo.parent / "hsm" / "softhsm2.conf")}
+    run_cli("crl", "build", "--config", str(demo), "--issuer", ISSUER, check=True)
+    conn = sqlite3.connect(demo.parent / "data" / "registry.sqlite3")
+    before = conn.execute("SELECT last_crl_number FROM issuers WHERE name = ?", (ISSUER,)).fetchone()[0]
+    died = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+    assert died.returncode == 9, died.stderr
+    rows = conn.execute("SELECT number, state FROM crls c JOIN issuers i ON i.id = c.issuer_id WHERE i.name = ? "
+                        "AND scope = 'main' AND number > ? ORDER BY number", (ISSUER, before)).fetchall()
+    assert rows == [(before + 1, "building")]
+    result = run_cli("crl", "build", "--config", str(demo), "--issuer", ISSUER, "--json", check=True)
+    numbers = [b["number"] for b in json.loads(result.stdout) if b["kind"] == "full"]
+    assert numbers == [before + 2]
+    conn.close()
