@@ -62,24 +62,6 @@ def test_a_revocation_by_another_process_during_the_read_ahead_is_listed(parts, 
     assert ("reading ahead" in caplog.text) == (when == "BEGIN"), caplog.text
 
 
-def test_a_symlinked_registry_still_sees_the_other_connections_commits(demo: Path, tmp_path: Path) -> None:
-    """The read ahead opens the resolved path, the registry the symlink: one database, one WAL."""
-    data = demo.parent / "data"
-    link = tmp_path / "link.sqlite3"
-    link.symlink_to(data / "registry.sqlite3")
-    text = demo.read_text().replace("[hsm]", f'[registry]\nurl = "sqlite:///{link}"\n\n[hsm]', 1)
-    demo.write_text(text)
-    ahead = readahead.start(demo, ISSUER)
-    assert ahead is not None and ahead.path == link
-    ahead.reader.join()
-    serial = _good_serials(demo)[0]
-    _revoke_by_cli(demo, serial)
-    result = run_cli("--log-level", "DEBUG", "crl", "build", "--config", str(demo), "--issuer", ISSUER)
-    assert result.returncode == 0, result.stderr
-    assert int(serial, 16) in _listed(data / "crl" / f"{ISSUER}.crl")
-    ahead.close()
-
-
 def test_the_read_ahead_leaves_no_thread_nor_transaction_when_the_command_fails(demo: Path, monkeypatch) -> None:
     import gc
     import sys
@@ -258,3 +240,42 @@ def test_a_registry_not_in_wal_mode_is_not_read_ahead(demo: Path) -> None:
     # dropped, unless the registry's opening (WAL) came first, ~0.1 s after the read ahead began
     assert ("not in WAL mode" in result.stderr) != ("reading ahead" in result.stderr), result.stderr
     assert int(serial, 16) in _listed(demo.parent / "data" / "crl" / f"{ISSUER}.crl")
+
+
+@pytest.mark.parametrize("link_dir", [False, True])
+def test_a_symlinked_registry_is_one_database_for_the_read_ahead(demo: Path, tmp_path: Path, caplog,
+                                                                link_dir: bool) -> None:
+    """The read ahead opens the resolved path, the registry and `annuaire revoke` the symlink (to the file,
+    or to its folder): one database and one WAL, so a revocation through the symlink after the read began
+    makes the read ahead's numbering refused, and the CRL lists it."""
+    data = demo.parent / "data"
+    link = tmp_path / "link"
+    if link_dir:
+        link.symlink_to(data, target_is_directory=True)
+        url = link / "registry.sqlite3"
+    else:
+        link.symlink_to(data / "registry.sqlite3")
+        url = link
+    demo.write_text(demo.read_text().replace("[hsm]", f'[registry]\nurl = "sqlite:///{url}"\n\n[hsm]', 1))
+    from directory.config.load import load_config
+    from directory.crl.builder import opened, publishers_for
+    from directory.runtime import open_config_registry, open_hsm
+
+    config = load_config(demo)
+    registry = open_config_registry(config)
+    hsm = open_hsm(config)
+    caplog.set_level(logging.DEBUG, logger="directory.crl.builder")
+    try:
+        publisher = publishers_for(config, opened(hsm), registry)[ISSUER]
+        ahead = readahead.start(demo, ISSUER)
+        assert ahead is not None and ahead.path == url
+        ahead.reader.join()
+        serial = _good_serials(demo)[0]
+        _revoke_by_cli(demo, serial)
+        publisher.read_ahead = ahead
+        crl = publisher.publish(publisher.full_targets()[0])
+        assert int(serial, 16) in _listed(crl.path)
+        assert "read again" in caplog.text
+    finally:
+        hsm.close()
+        registry.close()
