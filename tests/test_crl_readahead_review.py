@@ -279,3 +279,20 @@ def test_a_symlinked_registry_is_one_database_for_the_read_ahead(demo: Path, tmp
     finally:
         hsm.close()
         registry.close()
+
+
+def test_two_read_aheads_of_one_snapshot_never_share_a_number(parts, caplog) -> None:  # noqa: F811
+    """Two `crl build` at once, both read ahead before either numbered: the second's numbering in its (now
+    stale) snapshot is refused, it numbers as usual after the first; numbers only go up."""
+    _, registry, publisher = parts
+    caplog.set_level(logging.DEBUG, logger="directory.crl.builder")
+    first, second = ReadAhead(registry.path, ISSUER, False), ReadAhead(registry.path, ISSUER, False)
+    first.reader.join()
+    second.reader.join()
+    publisher.read_ahead = first
+    one = publisher.publish(publisher.full_targets()[0])
+    assert "reading ahead" in caplog.text
+    publisher.read_ahead = second
+    two = publisher.publish(publisher.full_targets()[0])
+    assert "read again" in caplog.text
+    assert two.record.number == one.record.number + 1 == registry.crl_last_number(ISSUER)
