@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import subprocess
 import sys
@@ -171,3 +172,35 @@ def test_crl_build_in_process_leaves_the_interpreter_as_found(demo: Path, monkey
     assert main(["crl", "build", "--config", str(demo), "--issuer", ISSUER]) == 0
     assert seen == [(False, pytest.approx(0.0005))]
     assert gc.isenabled() and sys.getswitchinterval() == interval
+
+
+def test_a_registry_file_replaced_after_the_read_began_is_not_numbered_in(parts, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A backup moved into place while a build reads ahead: the read was of the old file, a number allocated
+    there would be lost to the file in place (whose next build would take it again). The read ahead knows the
+    file it read (device, inode) and the build reads again from the registry instead."""
+    _, registry, publisher = parts
+    copy = tmp_path / "registry.sqlite3"
+    with sqlite3.connect(registry.path) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    with sqlite3.connect(copy) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+    ahead = ReadAhead(copy, ISSUER, False)
+    list(ahead.reader.runs())  # read to the end, in the copy's snapshot
+    assert ahead.same_file(copy)
+    replacement = tmp_path / "replacement.sqlite3"
+    with sqlite3.connect(copy) as source, sqlite3.connect(replacement) as target:
+        source.backup(target)
+    os.replace(replacement, copy)
+    assert not ahead.same_file(copy)  # same path, another file
+    ahead.close()
+    # the build's side: a read ahead whose file is not the registry's now is not numbered in
+    caplog.set_level(logging.DEBUG, logger="directory.crl.builder")
+    number = registry.crl_last_number(ISSUER)
+    publisher.read_ahead = ReadAhead(registry.path, ISSUER, False)
+    monkeypatch.setattr(ReadAhead, "same_file", lambda self, path: False)
+    crl = publisher.publish(publisher.full_targets()[0])
+    assert "registry file was replaced" in caplog.text
+    assert crl.record.number == registry.crl_last_number(ISSUER) > number
+    assert crl.entries == len(_listed(crl.path))

@@ -324,6 +324,10 @@ class CrlPublisher:
                 log.error("CRL %s not published (no number allocated): %s", target.filename, exc)
                 raise CrlBuildError(f"{target.filename}: reading the entries: {exc}") from exc
             assert ahead.snapshot is not None
+            if self.registry.path is None or not ahead.same_file(self.registry.path):
+                log.warning("%s: the registry file was replaced while its entries were read ahead; read again",
+                            target.filename, extra={"issuer": self.issuer.name})
+                return None
             record = self.registry.crl_allocate_in(ahead.snapshot, self.issuer.name, target.kind, now, now + validity)
             if record is None:
                 log.info("%s: the registry changed while its entries were read ahead; read again", target.filename,

@@ -11,11 +11,14 @@ the read is dropped and the build reads as usual).
 The entries read and the CRL number are one view: the number is allocated in the read's own transaction
 (``Crls.crl_allocate_in``), which SQLite refuses when another connection committed anything since the read
 began; the build then allocates as usual and reads again (a revocation committed before the number is
-listed, never one committed after). Only the standard library and ``der`` are imported here.
+listed, never one committed after). The file read is known by device and inode: one replaced meanwhile
+(a backup moved into place) is not numbered in (``same_file``). Only the standard library and ``der`` are
+imported here.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -39,6 +42,7 @@ class ReadAhead:
         self.keep_expired = keep_expired
         self.now = int(time.time()) if now is None else now  # the CRL's thisUpdate and cut-off, when the read is used
         self.snapshot: CrlSnapshot | None = None  # once its transaction began
+        self.identity: tuple[int, int] | None = None  # (device, inode) of the file read, once opened
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # the connection: opened on the reading thread, closed on another
         self._closed = False
@@ -49,9 +53,13 @@ class ReadAhead:
             with self._lock:
                 if self._closed:
                     raise ReadAheadUnusable("dropped before it began")
+                before = _identity(self.path)
                 # mode=rw: never creates the file (the registry does, with its folder's permissions)
                 conn = self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True,
                                                     isolation_level=None, timeout=30.0, check_same_thread=False)
+                if before is None or _identity(self.path) != before:
+                    raise ReadAheadUnusable("the registry file was replaced while it was opened")
+                self.identity = before
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 raise ReadAheadUnusable("registry not in WAL mode yet")
             for pragma in SQLITE_PRAGMAS:
@@ -79,6 +87,12 @@ class ReadAhead:
         return (registry_path is not None and registry_path.resolve() == self.path.resolve()
                 and (issuer, keep_expired, partition, kind) == (self.issuer, self.keep_expired, None, "full"))
 
+    def same_file(self, path: Path) -> bool:
+        """Whether ``path`` is still the file that was read: not replaced since (a backup moved into place). A
+        number allocated in a replaced file would be lost to the file in place, whose next build could then
+        take it again."""
+        return self.identity is not None and _identity(path) == self.identity
+
     def close(self) -> None:
         """The reading finished (waited for) and its transaction ended (rolled back unless committed)."""
         with self._lock:
@@ -89,6 +103,14 @@ class ReadAhead:
                 self._conn.execute("ROLLBACK")
             self._conn.close()
             self._conn = None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def start(config: Path | None, issuer: str | None) -> ReadAhead | None:
