@@ -64,6 +64,19 @@ def test_an_adopted_connection_left_to_aiohttp_is_closed_after_idle_timeout(demo
             assert time.monotonic() - started < 5, "kept open past idle_timeout"
 
 
+async def _offering(tmp_path: Path, component: _Signing) -> tuple[socket.socket, Passer,
+                                                                   tuple[web.AppRunner, ConnectionGate,
+                                                                         asyncio.AbstractServer]]:
+    """A serving process's gate whose offers go to a bare ``handover.sock`` the test plays the main process on
+    (``_take``, then answering or not as the case needs)."""
+    path = str(tmp_path / "handover.sock")
+    main = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    main.bind(path)
+    main.listen(4)
+    passer = Passer(path)
+    return main, passer, await _gated(component, {"handover": passer})
+
+
 async def _take(main: socket.socket) -> tuple[socket.socket, int, bytes]:
     """As the main process: the next offer (its serving process's connection, its number, the bytes carried)."""
     loop = asyncio.get_running_loop()
@@ -90,12 +103,7 @@ async def test_an_offer_sent_is_never_taken_back(tmp_path: Path, loss: str) -> N
     process may serve that connection: the serving process must not take it back and serve it too (two answers
     to one request on one connection: every later answer on it would be another request's)."""
     component = _Signing({})
-    path = str(tmp_path / "handover.sock")
-    main = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    main.bind(path)
-    main.listen(4)
-    passer = Passer(path)
-    runner, gate, server = await _gated(component, {"handover": passer})
+    main, passer, (runner, gate, server) = await _offering(tmp_path, component)
     loop = asyncio.get_running_loop()
     try:
         first = await _client(server)
@@ -426,12 +434,7 @@ async def test_a_connection_offered_when_its_serving_process_stops_is_still_answ
     process: that connection waits for the answer. Refused (the main process's share full), its request is
     answered here and the connection closed then; closed at once, the request read and answered by nobody."""
     component = _Signing({})
-    path = str(tmp_path / "handover.sock")
-    main = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    main.bind(path)
-    main.listen(4)
-    passer = Passer(path)
-    runner, gate, server = await _gated(component, {"handover": passer})
+    main, passer, (runner, gate, server) = await _offering(tmp_path, component)
     loop = asyncio.get_running_loop()
     try:
         client = await _client(server)
