@@ -219,10 +219,7 @@ class HsmSigner:
                     except HsmUnavailable as exc:
                         last = exc
         finally:
-            dropped = self._pool.give(entry)
-            if dropped is not None:
-                with module.calls():
-                    self._close(dropped)
+            self._give(entry)
         if not isinstance(last, HsmUnavailable):
             last = HsmUnavailable(f"token {self.settings.token_label!r} unavailable: {_describe(last)}")
         self.availability.down(str(last))
@@ -318,9 +315,7 @@ class HsmSigner:
         if started is None:
             started = time.perf_counter()
         signature = self._with_session(action, permit)
-        self.stats.signatures += 1
-        if self.on_signature is not None:
-            self.on_signature(time.perf_counter() - started)
+        self._signed(started)
         return signature
 
     def sign_raw(self, label: str, algorithm: SignatureAlgorithm, token_input: bytes) -> bytes:
@@ -366,16 +361,21 @@ class HsmSigner:
             return self._sign(label, algorithm, plan, lambda: token_input, token_input, entry, started)
         self._give(entry)
         self.availability.up()
-        self.stats.signatures += 1
-        if self.on_signature is not None:
-            self.on_signature(time.perf_counter() - started)
+        self._signed(started)
         return signature
 
     def _give(self, entry: PooledSession | None) -> None:
         """Give a permit back; close its session if the pool shrank meanwhile."""
-        if self._pool.give(entry) is not None:
+        dropped = self._pool.give(entry)
+        if dropped is not None:
             with self._module.calls():
-                self._close(entry)
+                self._close(dropped)
+
+    def _signed(self, started: float) -> None:
+        """Count a signature made, and its time (metrics)."""
+        self.stats.signatures += 1
+        if self.on_signature is not None:
+            self.on_signature(time.perf_counter() - started)
 
     def sign_data(self, label: str, algorithm: SignatureAlgorithm, source: ChunkSource) -> bytes:
         """Sign the bytes ``source`` gives with a mechanism that hashes in the token (streamed in parts)."""
