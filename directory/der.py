@@ -78,6 +78,15 @@ def integer(value: int) -> bytes:
     return tlv(INTEGER, body)
 
 
+def unsigned_integer(octets: bytes) -> bytes:
+    """INTEGER for a big-endian unsigned value given as octets (ECDSA's r and s): leading zeros dropped, one
+    0x00 put back when the top bit is set; what ``integer`` gives for the same value, without an ``int``."""
+    octets = octets.lstrip(b"\x00") or b"\x00"
+    if octets[0] & 0x80:
+        octets = b"\x00" + octets
+    return bytes((INTEGER,)) + length(len(octets)) + octets
+
+
 def octet_string(body: bytes) -> bytes:
     return tlv(OCTET_STRING, body)
 

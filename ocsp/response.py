@@ -79,19 +79,13 @@ def response_data(responder_key_hash: bytes, produced_at: int, singles: list[byt
     Built with one join (headers computed from lengths): it is made for every live answer.
     """
     responses = b"".join(singles)
-    parts = [_responder_id(responder_key_hash), _time(produced_at), b"\x30", length(len(responses)), responses]
+    parts = [_responder_id(responder_key_hash), _time(produced_at), der.header(0x30, len(responses)), responses]
     if nonce is not None or extended_revoke:
-        exts = b""
-        if nonce is not None:
-            inner = b"\x04" + length(len(nonce))
-            outer = b"\x04" + length(len(inner) + len(nonce))
-            exts = b"".join((b"\x30", length(len(_ID_NONCE) + len(outer) + len(inner) + len(nonce)), _ID_NONCE,
-                             outer, inner, nonce))
+        exts = der.sequence(_ID_NONCE, der.octet_string(der.octet_string(nonce))) if nonce is not None else b""
         if extended_revoke:
             exts += _EXTENDED_REVOKE
-        sequence_header = b"\x30" + length(len(exts))
-        parts += (b"\xa1", length(len(sequence_header) + len(exts)), sequence_header, exts)
-    return b"".join((b"\x30", length(sum(map(len, parts))), *parts))
+        parts.append(der.tlv(0xA1, der.sequence(exts)))
+    return b"".join((der.header(0x30, sum(map(len, parts))), *parts))
 
 
 def signed_part(tbs: bytes, algorithm_der: bytes, signature: bytes) -> bytes:

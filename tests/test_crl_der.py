@@ -163,3 +163,10 @@ def test_generalized_time_has_four_digit_years() -> None:
     with pytest.raises(ValueError, match="before 1950"):
         der.time(_ts(1949, 12, 31, 23, 59, 59))
     assert der.time(_ts(1950, 1, 1)) == b"\x17\x0d500101000000Z"
+
+
+def test_unsigned_integer_from_octets_is_integer_of_their_value() -> None:
+    """``der.unsigned_integer`` (octets, ECDSA's r and s) and ``der.integer`` (an int) write one encoding."""
+    for octets in (b"", b"\x00", b"\x00\x00\x7f", b"\x80", b"\x00\x80", b"\xff" * 32, b"\x00" * 31 + b"\x01",
+                   b"\x01" + b"\x00" * 65):
+        assert der.unsigned_integer(octets) == der.integer(int.from_bytes(octets, "big")), octets

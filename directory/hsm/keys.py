@@ -188,13 +188,5 @@ def ecdsa_der(raw: bytes) -> bytes:
     """PKCS#11 raw r||s to DER Ecdsa-Sig-Value (the form X.509 and OCSP carry); on bytes, without integers
     (every ECDSA signature pays it: half the time of going through ``int``)."""
     half = len(raw) // 2
-    r, s = _der_unsigned(raw[:half]), _der_unsigned(raw[half:])
-    return b"".join((b"\x30", der.length(len(r) + len(s)), r, s))
-
-
-def _der_unsigned(octets: bytes) -> bytes:
-    """INTEGER for a big-endian unsigned value: leading zeros dropped, one 0x00 put back when the top bit is set."""
-    octets = octets.lstrip(b"\x00") or b"\x00"
-    if octets[0] & 0x80:
-        octets = b"\x00" + octets
-    return b"\x02" + der.length(len(octets)) + octets
+    r, s = der.unsigned_integer(raw[:half]), der.unsigned_integer(raw[half:])
+    return b"".join((der.header(0x30, len(r) + len(s)), r, s))
