@@ -13,6 +13,11 @@ alike. Before timing, one request per side is checked: a successful OCSP respons
 ``python -m bench.ocsp_answer``: 1,500 demo certificates (~1,050 answers of one issuer), 10 s × 3 rounds;
 ``--tiny``: a few certificates, 1 s, one round (``make test`` runs it so it cannot rot). The last line printed
 is the JSON of the figures and ratios (``--json``: the only line on stdout).
+
+``--pin``: the load generator gets a core of its own. wrk (one thread) runs on the first core the bench may use,
+every server on the second, so no side pays for wrk's CPU out of its own core. On a 2-core machine this is the
+one way to read a rate ratio between servers undistorted by the load generator; it compares one core each
+(cfssl's Go runtime sizes itself to its one allowed core; ours runs ``--workers`` processes on it).
 """
 
 from __future__ import annotations
@@ -101,7 +106,7 @@ def start_cfssl(work: Path, answers: dict[bytes, bytes], sample: bytes) -> tuple
     responses.write_text("".join(base64.b64encode(body).decode() + "\n" for body in answers.values()))
     port = free_port()
     log = (work / "cfssl.log").open("wb")
-    proc = subprocess.Popen(["cfssl", "ocspserve", "-address", "127.0.0.1", "-port", str(port), "-responses",
+    proc = subprocess.Popen([*PIN, "cfssl", "ocspserve", "-address", "127.0.0.1", "-port", str(port), "-responses",
                              str(responses), "-loglevel", "3"], stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -136,6 +141,18 @@ def _wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
+def pinned_cores() -> tuple[int, int]:
+    """(the load generator's core, the servers' core) for ``--pin``: the first two cores this process may use."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit("--pin needs two cores: one for wrk, one for the servers")
+    return cores[0], cores[1]
+
+
+PIN: list[str] = []  # the servers' command prefix: under --pin, taskset to their core
+WRK = ["wrk", "-t2"]  # under --pin: taskset to its own core, one thread
+
+
 def wrk(url: str, lines: Path, method: str, duration: str, pid: int | None = None) -> dict[str, float]:
     """One wrk run: ``method`` requests drawn at random from ``lines`` (POST bodies in hex, or GET paths); with
     ``pid``, also the CPU time that server (its process and children) spent per answer, in µs."""
@@ -144,8 +161,8 @@ def wrk(url: str, lines: Path, method: str, duration: str, pid: int | None = Non
     env = {**os.environ, "LINES": str(lines), "METHOD": method, "TARGET": urllib.parse.urlsplit(url).path or "/"}
     base = url.split("/", 3)
     cpu = tree_cpu_seconds(pid) if pid is not None else 0.0
-    out = subprocess.run(["wrk", "-t2", "-c16", f"-d{duration}", "-s", str(script), "/".join(base[:3])], env=env,
-                         capture_output=True, text=True, timeout=300).stdout
+    out = subprocess.run([*WRK, "-c16", f"-d{duration}", "-s", str(script),
+                          "/".join(base[:3])], env=env, capture_output=True, text=True, timeout=300).stdout
     cpu = tree_cpu_seconds(pid) - cpu if pid is not None else 0.0
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if rate is None:
@@ -204,7 +221,7 @@ def start_ours(demo_dir: Path, loop: str, workers: int = 1) -> tuple[subprocess.
     db = sqlite3.connect(demo_dir / "data" / "registry.sqlite3")
     db.execute("DELETE FROM ocsp_responses")  # signed by the demo's delegated responder: signed again by the CA
     db.commit()
-    proc = subprocess.Popen([sys.executable, "-m", "directory.cli", "serve", "--config", str(config)],
+    proc = subprocess.Popen([*PIN, sys.executable, "-m", "directory.cli", "serve", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -244,7 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="stdout: the JSON line only (the table on stderr)")
     parser.add_argument("--workers", type=int, default=1,
                         help="our serving processes (default 1: one process against the one-process bare handler)")
+    parser.add_argument("--pin", action="store_true",
+                        help="wrk (one thread) on one core, every server on another: rates undistorted by wrk")
     args = parser.parse_args(argv)
+    if args.pin:
+        load, servers = pinned_cores()
+        WRK[:], PIN[:] = ["taskset", "-c", str(load), "wrk", "-t1"], ["taskset", "-c", str(servers)]
     if args.tiny:
         args.certs, args.duration, args.rounds = 8, "1s", 1
     for tool in ("wrk", "cfssl"):
@@ -303,7 +325,7 @@ def _side(loop: str, certs: int, targets: dict[str, tuple[str, Path, str, int]],
     table = work / "answers.json"
     table.write_text(json.dumps({der.hex(): body.hex() for der, body in answers.items()}))
     bare_port = free_port()
-    bare_proc = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port), str(table), loop])
+    bare_proc = subprocess.Popen([*PIN, sys.executable, "-c", BARE, str(bare_port), str(table), loop])
     procs.append(bare_proc)
     bare = f"http://127.0.0.1:{bare_port}"
     sample = requests[0]
@@ -338,7 +360,8 @@ def _has_uvloop() -> bool:
 
 def report(results: dict[str, dict[str, float]], loops: list[str], answers: int, args: argparse.Namespace) -> None:
     table = sys.stderr if args.json else sys.stdout
-    print(f"{answers} pre-signed answers of {ISSUER}, wrk -t2 -c16 -d{args.duration} keep-alive, "
+    pinned = ", wrk on a core of its own, every server on the other" if args.pin else ""
+    print(f"{answers} pre-signed answers of {ISSUER}, wrk {WRK[-1]} -c16 -d{args.duration} keep-alive{pinned}, "
           f"median of {args.rounds} interleaved rounds", file=table)
     print("| run | req/s | server CPU µs per answer | non-2xx | socket errors |", file=table)
     print("|---|---|---|---|---|", file=table)
@@ -362,7 +385,8 @@ def report(results: dict[str, dict[str, float]], loops: list[str], answers: int,
                                                        / results[f"ours asyncio {method}"]["rps"])
     for name, value in ratios.items():
         print(f"- {name}: {value:.2f}", file=table)
-    print(json.dumps({"bench": "ocsp_answer", "workers": args.workers, "loops": loops, "answers": answers,
+    print(json.dumps({"bench": "ocsp_answer", "workers": args.workers, "pinned": args.pin, "loops": loops,
+                      "answers": answers,
                       "duration": args.duration,
                       "rounds": args.rounds,
                       "cfssl_get": any(name.startswith("cfssl") and name.endswith("GET") for name in results),
