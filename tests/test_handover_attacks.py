@@ -404,9 +404,9 @@ async def test_a_serving_process_gone_right_after_its_offer_leaves_the_connectio
         client = await _client(server)
         await loop.sock_sendall(client, _wire(_body(b"nonce")))
         await _until(lambda: passer.waiting)  # sent, waiting in the main process's queue
-        (gated, _), = passer.waiting.values()
-        assert gated.transport is not None
-        gated.transport.abort()  # the serving process dies: its descriptors are closed
+        (transit, _), = passer.waiting.values()
+        assert transit.gated.transport is not None
+        transit.gated.transport.abort()  # the serving process dies: its descriptors are closed
         assert passer.sock is not None
         loop.remove_reader(passer.sock.fileno())
         passer.sock.close()

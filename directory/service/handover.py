@@ -16,7 +16,7 @@ until the main process answers ``>IB`` (the number, 1: taken, 0: refused):
 
 - taken: the serving process closes its descriptor (a close, never a shutdown: the client's connection stays
   up, the main process's descriptor holds it) and counts it (``ConnectionGate.handed_over``); the main process
-  feeds the carried bytes to its own gate (``_Gated(carried=...)``) before anything read from the
+  feeds the carried bytes to its own gate (``_Gated(carried=...)``, ``transit.py``) before anything read from the
   socket, so nothing is lost or reordered. Its deadlines (idle, request, signing) start afresh there.
 - refused (the main process's cap of adopted connections reached, a descriptor it does not accept), or not
   sent at all: the serving process reads on and answers over ``livewire``, as before (stopping, it closes the
@@ -47,7 +47,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from directory.service.listener import ConnectionGate, _Gated
+    from directory.service.listener import ConnectionGate
+    from directory.service.transit import Transit
 
 log = logging.getLogger(__name__)
 _OFFER = struct.Struct(">I")
@@ -62,18 +63,18 @@ _NOT_SENT = frozenset({errno.EMSGSIZE, errno.ETOOMANYREFS, errno.ENOBUFS, errno.
 
 class Passer:
     """The serving process's side: one SOCK_SEQPACKET connection to ``path``, opened when first needed (and
-    again after a loss); ``offer`` sends a connection, its answer comes to ``_Gated.handed``."""
+    again after a loss); ``offer`` sends a connection, its answer comes to ``Transit.answered``."""
 
     def __init__(self, path: str, timeout: float = 10.0) -> None:
         self.path, self.timeout = path, timeout
         self.sock: socket.socket | None = None
-        self.waiting: dict[int, tuple[_Gated, float]] = {}
+        self.waiting: dict[int, tuple[Transit, float]] = {}
         self._number = 0
         self._sweep: asyncio.TimerHandle | None = None
 
-    def offer(self, gated: _Gated, carried: bytes) -> bool:
-        """Send ``gated``'s connection and ``carried``; False when it could not be sent (then it stays here)."""
-        transport = gated.transport
+    def offer(self, transit: Transit, carried: bytes) -> bool:
+        """Send ``transit``'s connection and ``carried``; False when it could not be sent (then it stays here)."""
+        transport = transit.gated.transport
         if len(carried) > MAX_CARRIED or transport is None or transport.is_closing():
             return False
         own = transport.get_extra_info("socket")
@@ -92,7 +93,7 @@ class Passer:
                 self._lost()
             return False
         loop = asyncio.get_running_loop()
-        self.waiting[number] = (gated, loop.time() + self.timeout)
+        self.waiting[number] = (transit, loop.time() + self.timeout)
         if self._sweep is None:
             self._sweep = loop.call_later(self.timeout, self._expire)
         return True
@@ -133,11 +134,11 @@ class Passer:
         it, this process must not)."""
         self._sweep = None
         now, soonest = asyncio.get_running_loop().time(), None
-        for number, (gated, deadline) in list(self.waiting.items()):
+        for number, (transit, deadline) in list(self.waiting.items()):
             if deadline <= now:
                 del self.waiting[number]
                 log.warning("connection hand-over: no answer from the main process within %.0f s", self.timeout)
-                _answer(gated, None)
+                _answer(transit, None)
             else:
                 soonest = deadline if soonest is None else min(soonest, deadline)
         if soonest is not None:
@@ -154,8 +155,8 @@ class Passer:
             self.sock.close()
             self.sock = None
         waiting, self.waiting = self.waiting, {}
-        for gated, _ in waiting.values():
-            _answer(gated, None)
+        for transit, _ in waiting.values():
+            _answer(transit, None)
 
     def close(self) -> None:
         if self._sweep is not None:
@@ -284,15 +285,16 @@ class Adopter:
             self._drop(peer)
 
 
-def _answer(gated: _Gated, taken: bool | None) -> None:
-    """``gated.handed`` (``taken`` None: not known, closed here); what fails in it (taking up the carried bytes
-    here) aborts that connection alone, as a failure in ``data_received`` would."""
+def _answer(transit: Transit, taken: bool | None) -> None:
+    """``transit.answered`` (``taken`` None: not known, closed here); what fails in it (taking up the carried
+    bytes here) aborts that connection alone, as a failure in ``data_received`` would."""
     try:
-        gated.handed(taken)
+        transit.answered(taken)
     except Exception:
         log.exception("connection hand-over: answering the connection failed: aborted")
-        if gated.transport is not None:
-            gated.transport.abort()
+        transport = transit.gated.transport
+        if transport is not None:
+            transport.abort()
 
 
 def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
