@@ -119,9 +119,10 @@ class _Gated(asyncio.Protocol):
     away past the cap; enforces the request deadline, the idle one while it answers, and cuts off clients that
     read nothing of what waits for them."""
 
-    def __init__(self, inner: Any, gate: ConnectionGate, carried: bytes = b"") -> None:
+    def __init__(self, inner: Any, gate: ConnectionGate, carried: bytes = b"", late: bool = False) -> None:
         self.inner = inner
         self.gate = gate
+        self.late = late  # a connection handed over too late to serve (``handover.Adopter``): refused as past the cap
         self.admitted = False
         self.started = False  # inner.connection_made was called (after the TLS handshake, with TLS)
         self.transport: asyncio.Transport | None = None
@@ -153,8 +154,8 @@ class _Gated(asyncio.Protocol):
         self.transport = transport
         self.loop = asyncio.get_running_loop()
         gate = self.gate
-        if gate.open >= gate.cap:
-            gate.refused += 1
+        if gate.open >= gate.cap or self.late:
+            gate.refused += not self.late
             if gate.tls is not None or gate.lingering >= LINGER:
                 transport.abort()
                 return

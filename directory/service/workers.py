@@ -141,7 +141,7 @@ class WorkerPool:
         assert self.sockets is not None and self.adopted is not None
         if self.adopted.direct is not None:  # without OCSP nothing is handed over
             self.adopter = Adopter(str(self.sockets / "handover.sock"), self.adopted, functools.partial(
-                self._adopt, server))
+                self._adopt, server), timeout=self.adopted.request_timeout)  # the serving processes' (``Passer``)
             self.adopter.start()
         self._tasks = [asyncio.create_task(self._keep(slot), name=f"worker-{slot.index}") for slot in self.slots]
 
@@ -365,7 +365,11 @@ class WorkerPool:
                                          "serving process offered to the main process and closed without its "
                                          "answer (none within request_timeout, or handover.sock lost)")
         unanswered.add_metric([], int(self.totals().get("handover_unanswered", 0)))
-        yield from (serving, restarts, handed, refused, unanswered)
+        late = CounterMetricFamily("annuaire_http_connections_handover_late", "Client connections the main process "
+                                   "read too late to hand back to their serving process (it gives them up after "
+                                   "request_timeout): answered 503 by the main process")
+        late.add_metric([], self.adopter.late if self.adopter is not None else 0)
+        yield from (serving, restarts, handed, refused, unanswered, late)
 
 
 def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,67 @@
+"""Deadlines across the processes of ``[http] workers``: a request a serving process gave up waiting for, in the
+main process, is answered (a 503, tryLater) or not worked on, never silently lost nor signed for nobody. The real
+service and SoftHSM2; the main process held back with SIGSTOP."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.served import serve
+from tests.test_handover import _check_signed, _holder, _metric
+from tests.test_ocsp_direct import _connect, _Reader, _requests, _wire_post
+from tests.test_workers import _workers
+
+UNANSWERED = "annuaire_http_connections_handover_unanswered_total"
+LATE = "annuaire_http_connections_handover_late_total"
+
+
+@contextlib.contextmanager
+def _stopped(pid: int) -> Iterator[None]:
+    """The main process frozen (busy, swapped out, stuck on a slow call) while the block runs."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_an_offer_read_after_its_deadline_is_answered_503_not_lost(demo: Path) -> None:
+    """The main process's share of connections full, then more than ``request_timeout`` behind: a serving process
+    offers a nonce connection, hears nothing, closes its descriptor (it must not take it back). The main process
+    then reads the offer. Refusing it as it refuses a timely one (closing its descriptor, the serving process
+    answering) would close the connection with the request unanswered: the client must get a 503 instead, and
+    both sides count it."""
+    timeout = 2
+    demo.write_text(demo.read_text().replace(
+        "[http]\n", f"[http]\nworkers = 2\nmax_connections = 48\nrequest_timeout = {timeout}\n", 1))
+    with serve(demo) as served:
+        base, port, main = served.base, int(served.base.rsplit(":", 1)[1]), served.proc.pid
+        workers = _workers(main)
+        kept: list[socket.socket] = []
+        try:
+            for _ in range(16):  # the main process's share: max(16, 48 / 3)
+                sock = _connect(base)
+                kept.append(sock)
+                nonced = _requests(demo, nonce=True)[0]
+                sock.sendall(_wire_post(nonced))
+                _check_signed(_Reader(sock).response()[2], nonced)
+                assert _holder([main, *workers], sock, port) == main
+            late = _connect(base)
+            with _stopped(main):
+                late.sendall(_wire_post(_requests(demo, nonce=True)[0]))
+                time.sleep(timeout + 1.5)  # the serving process gave up its offer
+            late.settimeout(10)
+            status, fields, _ = _Reader(late).response()
+            assert status == b"HTTP/1.1 503 Service Unavailable" and dict(fields)["Retry-After"] == "1"
+            assert late.recv(1) == b""
+            late.close()
+            assert _metric(base, UNANSWERED) == 1 and _metric(base, LATE) == 1
+        finally:
+            for sock in kept:
+                sock.close()
