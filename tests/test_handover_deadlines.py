@@ -12,13 +12,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from cryptography.x509 import ocsp
+
 from tests.served import serve
 from tests.test_handover import _check_signed, _holder, _metric
-from tests.test_ocsp_direct import _connect, _Reader, _requests, _wire_post
+from tests.test_ocsp_direct import _connect, _Reader, _requests, _until_held, _wire_post
 from tests.test_workers import _workers
 
 UNANSWERED = "annuaire_http_connections_handover_unanswered_total"
 LATE = "annuaire_http_connections_handover_late_total"
+EXPIRED = "annuaire_ocsp_live_expired_total"
+SIGNATURES = "annuaire_hsm_signatures_total"
 
 
 @contextlib.contextmanager
@@ -65,3 +69,49 @@ def test_an_offer_read_after_its_deadline_is_answered_503_not_lost(demo: Path) -
         finally:
             for sock in kept:
                 sock.close()
+
+
+def _post_http10(base: str, der: bytes) -> socket.socket:
+    """A nonce request the direct path does not take (HTTP/1.0): aiohttp's in its serving process, which asks the
+    main process to sign it over livewire (never handed over)."""
+    sock = _connect(base)
+    sock.sendall(b"POST /ocsp HTTP/1.0\r\nHost: annuaire\r\nContent-Type: application/ocsp-request\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(der) + der)
+    return sock
+
+
+def _status(sock: socket.socket) -> ocsp.OCSPResponseStatus:
+    data = b""
+    sock.settimeout(10)
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert head.split(b" ", 2)[1] == b"200", head
+    return ocsp.load_der_ocsp_response(body).response_status
+
+
+def test_live_requests_given_up_by_their_serving_process_are_not_signed(demo: Path) -> None:
+    """The main process more than ``request_timeout`` behind: its serving processes answer their clients tryLater
+    and forget the requests they sent over livewire. When it gets to them, it must not spend the HSM on answers
+    nobody waits for (a flood of nonces would otherwise cost a signature each, long after): none signed, each
+    counted."""
+    timeout, count = 2, 12
+    demo.write_text(demo.read_text().replace(
+        "[http]\n", f"[http]\nworkers = 2\nrequest_timeout = {timeout}\n", 1))
+    with serve(demo) as served:
+        base, main = served.base, served.proc.pid
+        for der in _requests(demo):
+            _until_held(base, der)
+        nonced = _requests(demo, nonce=True)[0]
+        assert _status(_post_http10(base, nonced)) == ocsp.OCSPResponseStatus.SUCCESSFUL  # livewire is up
+        signed = _metric(base, SIGNATURES)
+        with _stopped(main):
+            socks = [_post_http10(base, _requests(demo, nonce=True)[0]) for _ in range(count)]
+            time.sleep(timeout + 1)
+        assert [_status(s) for s in socks] == [ocsp.OCSPResponseStatus.TRY_LATER] * count
+        for sock in socks:
+            sock.close()
+        time.sleep(1)  # the main process reads what waited on livewire
+        assert _metric(base, SIGNATURES) == signed, "requests nobody waits for were signed"
+        assert _metric(base, EXPIRED) == count
+        assert _status(_post_http10(base, nonced)) == ocsp.OCSPResponseStatus.SUCCESSFUL
