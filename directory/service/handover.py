@@ -213,6 +213,12 @@ class Adopter:
             peer, _ = self.sock.accept()
         except (BlockingIOError, InterruptedError):
             return
+        except OSError as exc:  # out of descriptors (or memory): not every event-loop turn, as asyncio's servers
+            log.error("connection hand-over: %s: accept failed: %s", self.path, exc)
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self.sock.fileno())
+            loop.call_later(1.0, self._resume)
+            return
         # the directory is this user's alone; checked again on the peer itself
         try:
             uid = struct.unpack("3i", peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
@@ -226,6 +232,10 @@ class Adopter:
         peer.setblocking(False)
         self.peers[peer.fileno()] = peer
         asyncio.get_running_loop().add_reader(peer.fileno(), self._readable, peer)
+
+    def _resume(self) -> None:
+        if self.sock is not None:
+            asyncio.get_running_loop().add_reader(self.sock.fileno(), self._accept)
 
     def _readable(self, peer: socket.socket) -> None:
         while True:

@@ -43,7 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 import directory
 from directory.config import Config
 from directory.service.handover import Adopter
-from directory.service.limits import share
+from directory.service.limits import INTERNAL_CAP_PER_WORKER, share
 from directory.service.listener import HELD_GRACE, ConnectionGate, _Gated
 from directory.service.livewire import Backlog, LiveServer
 from ocsp import response as resp
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SILENCE = 15.0  # seconds without a report before a serving process is taken as stuck and killed
 STOP_GRACE = 10.0  # seconds a serving process has to finish its requests on shutdown
-INTERNAL_CAP_PER_WORKER = 256  # connections a serving process may hold to the main process's application
 
 
 def store_path(config: Config) -> Path:
