@@ -4,6 +4,7 @@ service and SoftHSM2; the main process held back with SIGSTOP."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -14,9 +15,24 @@ from pathlib import Path
 
 from cryptography.x509 import ocsp
 
+from directory.service.handover import Adopter, Passer
+from directory.service.listener import ConnectionGate
 from tests.served import serve
 from tests.test_handover import _check_signed, _holder, _metric
-from tests.test_ocsp_direct import _connect, _Reader, _requests, _until_held, _wire_post
+from tests.test_ocsp_direct import (
+    _answers,
+    _body,
+    _client,
+    _connect,
+    _gated,
+    _Reader,
+    _requests,
+    _Signing,
+    _until,
+    _until_held,
+    _wire,
+    _wire_post,
+)
 from tests.test_workers import _workers
 
 UNANSWERED = "annuaire_http_connections_handover_unanswered_total"
@@ -115,3 +131,46 @@ def test_live_requests_given_up_by_their_serving_process_are_not_signed(demo: Pa
         assert _metric(base, SIGNATURES) == signed, "requests nobody waits for were signed"
         assert _metric(base, EXPIRED) == count
         assert _status(_post_http10(base, nonced)) == ocsp.OCSPResponseStatus.SUCCESSFUL
+
+
+async def test_a_refusal_that_cannot_reach_its_serving_process_is_a_503(tmp_path: Path) -> None:
+    """The main process's share full, and its serving process gone right after its offer (its descriptors closed,
+    handover.sock with them): a refusal cannot be sent, so nobody would answer the request; refused all the same,
+    the connection was closed by both processes with its request unanswered. The main process keeps it and
+    answers 503 itself."""
+    component = _Signing({})
+
+    def adopt(sock: socket.socket, carried: bytes) -> asyncio.Future[object]:
+        raise AssertionError("adopted past the cap")
+
+    path = str(tmp_path / "handover.sock")
+    gate = ConnectionGate(cap=1)
+    gate.open = 1  # the main process's share full
+    adopter = Adopter(path, gate, adopt)
+    adopter.start()
+    loop = asyncio.get_running_loop()
+    assert adopter.sock is not None
+    loop.remove_reader(adopter.sock.fileno())  # busy: nothing accepted or read until later
+    passer = Passer(path)
+    runner, _, server = await _gated(component, {"handover": passer})
+    try:
+        client = await _client(server)
+        await loop.sock_sendall(client, _wire(_body(b"nonce")))
+        await _until(lambda: passer.waiting)
+        (transit, _), = passer.waiting.values()
+        assert transit.gated.transport is not None and passer.sock is not None
+        transit.gated.transport.abort()  # the serving process dies: its descriptors are closed
+        loop.remove_reader(passer.sock.fileno())
+        passer.sock.close()
+        passer.sock, passer.waiting = None, {}
+        loop.add_reader(adopter.sock.fileno(), adopter._accept)  # the main process gets to it
+        (status, fields, _), = await _answers(client, 1)
+        assert status == b"HTTP/1.1 503 Service Unavailable" and fields["Retry-After"] == "1"
+        assert await asyncio.wait_for(loop.sock_recv(client, 1), 3) == b""
+        assert adopter.late == 1 and adopter.refused == 0 and not component.signing
+        client.close()
+    finally:
+        server.close()
+        await runner.cleanup()
+        passer.close()
+        adopter.close()
