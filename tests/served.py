@@ -69,18 +69,21 @@ class Served:
         return self.output
 
 
-def _limit_descriptors(n: int) -> Callable[[], None]:
+def _limit_descriptors(n: int | tuple[int, int]) -> Callable[[], None]:
+    soft, hard = n if isinstance(n, tuple) else (n, n)
+
     def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
     return apply
 
 
 @contextmanager
 def serve(config: Path, ready: bool = True, env: dict[str, str] | None = None,
-          nofile: int | None = None) -> Iterator[Served]:
+          nofile: int | tuple[int, int] | None = None) -> Iterator[Served]:
     """Start the service on free ports (HTTP, and the managed slapd's); wait for /readyz (or /healthz).
-    ``env``: variables added to the service's environment; ``nofile``: its RLIMIT_NOFILE (soft and hard)."""
+    ``env``: variables added to the service's environment; ``nofile``: its RLIMIT_NOFILE (soft and hard, or
+    both as a pair)."""
     port, ldap_port, admin_port = free_port(), free_port(), free_port()
     text = re.sub(r'listen = "127\.0\.0\.1:\d+"', f'listen = "127.0.0.1:{port}"', config.read_text(), count=1)
     text = re.sub(r'(\[admin\]\nlisten = )"127\.0\.0\.1:\d+"', rf'\1"127.0.0.1:{admin_port}"', text)

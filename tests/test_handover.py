@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 
-from directory.service.handover import Adopter, Passer
+from directory.service.handover import _OFFER, Adopter, Passer
 from directory.service.listener import ConnectionGate
 from tests.served import http, serve
 from tests.test_ocsp_direct import (
@@ -192,7 +192,9 @@ def test_past_the_main_process_cap_a_connection_stays_with_its_serving_process(d
 # -- what the main process accepts ------------------------------------------------------------------------
 
 
-async def _offer(peer: socket.socket, fds: list[int], data: bytes = b"\0\0\0\7carried") -> bytes:
+async def _offer(peer: socket.socket, fds: list[int], data: bytes | None = None) -> bytes:
+    """As a serving process: offer ``fds`` (number 7, sent now, ``carried``); the main process's answer."""
+    data = _OFFER.pack(7, time.monotonic_ns()) + b"carried" if data is None else data
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
     peer.sendmsg([data], ancillary)
     loop = asyncio.get_running_loop()

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from cryptography.x509 import ocsp
 
-from directory.service.handover import MAX_CARRIED, Adopter, Passer
+from directory.service.handover import _OFFER, MAX_CARRIED, Adopter, Passer
 from directory.service.listener import ConnectionGate, _Gated
 from ocsp.direct import DirectAnswers
 from tests.served import http, serve
@@ -83,7 +83,7 @@ async def _take(main: socket.socket) -> tuple[socket.socket, int, bytes]:
     deadline = loop.time() + 3
     while True:
         try:
-            data, ancillary, _, _ = main.recvmsg(MAX_CARRIED + 8, socket.CMSG_SPACE(8))
+            data, ancillary, _, _ = main.recvmsg(MAX_CARRIED + _OFFER.size, socket.CMSG_SPACE(8))
             break
         except BlockingIOError:
             assert loop.time() < deadline, "nothing offered"
@@ -92,7 +92,7 @@ async def _take(main: socket.socket) -> tuple[socket.socket, int, bytes]:
     for _, _, payload in ancillary:
         fds.frombytes(payload)
     (fd,) = fds
-    return socket.socket(fileno=fd), int.from_bytes(data[:4], "big"), data[4:]
+    return socket.socket(fileno=fd), _OFFER.unpack_from(data)[0], data[_OFFER.size:]
 
 
 @pytest.mark.parametrize("loss", ["a later offer not sent", "the main process's end closed"])
@@ -252,7 +252,7 @@ async def test_a_peer_of_another_user_is_refused_whatever_the_permissions() -> N
             peer.connect(str(path))
             peer.settimeout(3)
             try:
-                peer.sendmsg([b"\0\0\0\1carried"],
+                peer.sendmsg([_OFFER.pack(1, time.monotonic_ns()) + b"carried"],
                              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [accepted.fileno()]))])
                 answer = peer.recv(16)
             except OSError:
@@ -404,9 +404,9 @@ async def test_a_serving_process_gone_right_after_its_offer_leaves_the_connectio
         client = await _client(server)
         await loop.sock_sendall(client, _wire(_body(b"nonce")))
         await _until(lambda: passer.waiting)  # sent, waiting in the main process's queue
-        (gated, _), = passer.waiting.values()
-        assert gated.transport is not None
-        gated.transport.abort()  # the serving process dies: its descriptors are closed
+        (transit, _), = passer.waiting.values()
+        assert transit.gated.transport is not None
+        transit.gated.transport.abort()  # the serving process dies: its descriptors are closed
         assert passer.sock is not None
         loop.remove_reader(passer.sock.fileno())
         passer.sock.close()

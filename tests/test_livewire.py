@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
+import time
 from pathlib import Path
 
 import pytest
 
 from directory.service.livewire import (
     MAX_FRAME,
+    Backlog,
     LiveClient,
     LiveServer,
     live_payload,
@@ -70,12 +72,12 @@ async def test_a_malformed_frame_drops_the_connection_and_the_next_request_recon
         assert protocol is not None
         waiting = asyncio.ensure_future(client.ask("post", b"never answered"))
         await asyncio.sleep(0)
-        protocol.transport.write(struct.pack(">IIB", 7, MAX_FRAME + 1, 0))  # oversized: dropped at once
+        protocol.transport.write(struct.pack(">IIBQ", 7, MAX_FRAME + 1, 0, 0))  # oversized: dropped at once
         with pytest.raises(ConnectionError):
             await waiting
         assert (await client.ask("get", b"again")).body == b"answer to again"
         assert client._protocol is not protocol
-        client._protocol.transport.write(struct.pack(">IIB", 8, 1, 9) + b"x")  # an unknown kind
+        client._protocol.transport.write(struct.pack(">IIBQ", 8, 1, 9, 0) + b"x")  # an unknown kind
         await asyncio.sleep(0.1)
         assert client._protocol.lost
     finally:
@@ -173,6 +175,47 @@ async def test_submit_needs_an_open_connection_and_fails_as_ask_does(tmp_path: P
         client._protocol.transport.abort()
         with pytest.raises(ConnectionError):
             await lost
+    finally:
+        client.close()
+        server.close()
+
+
+async def test_the_main_process_bounds_what_waits_to_be_signed_and_gives_up_at_the_deadline(tmp_path: Path) -> None:
+    """Past ``Backlog.cap`` requests waiting to be signed, tryLater at once (path ``shed``); one still waiting at its
+    deadline (``timeout`` after it was sent) is cancelled (a signing thread not at it yet skips it) and answered
+    tryLater; one already past it when read is never asked of the signer. Each counted."""
+    started: list[bytes] = []
+    release = asyncio.Event()
+
+    async def slow(received: bytes | str | Request) -> Outcome:
+        assert isinstance(received, bytes)
+        started.append(received)
+        await release.wait()
+        return Outcome(b"answer to " + received, "successful", "live", 1, 2, b"\x01")
+
+    path = str(tmp_path / "live.sock")
+    backlog = Backlog(cap=4, timeout=0.5)
+    server = await asyncio.get_running_loop().create_unix_server(lambda: LiveServer(slow, backlog), path)
+    client = LiveClient(path, timeout=5)  # the main process's answers, not this side's timeout
+    loop = asyncio.get_running_loop()
+    try:
+        asks = [asyncio.ensure_future(client.ask("post", b"r%d" % n)) for n in range(6)]
+        await asyncio.wait(asks[4:], timeout=0.3)
+        assert [(a.result().status, a.result().path) for a in asks[4:]] == [("tryLater", "shed")] * 2
+        assert backlog.full == 2 and backlog.waiting == 4 and not any(a.done() for a in asks[:4])
+        began = loop.time()
+        answers = await asyncio.gather(*asks[:4])
+        assert loop.time() - began < 1 and {(a.status, a.path) for a in answers} == {("tryLater", "error")}
+        assert backlog.expired == 4 and backlog.waiting == 0 and len(started) == 4
+        protocol = client._protocol
+        assert protocol is not None
+        waiter: asyncio.Future[Outcome] = loop.create_future()
+        protocol.wait(999, waiter, loop.time() + 5)
+        protocol.transport.write(struct.pack(">IIBQ", 999, 3, 0, time.monotonic_ns() - 10**10) + b"old")
+        assert (await waiter).status == "tryLater" and b"old" not in started and backlog.expired == 5
+        release.set()
+        assert (await client.ask("post", b"fresh")).body == b"answer to fresh"
+        assert backlog.waiting == 0
     finally:
         client.close()
         server.close()

@@ -29,7 +29,7 @@ from directory.ops.metrics import Metrics, exposition
 from directory.registry import Registry, RegistryError
 from directory.runtime import inspect_hsm, open_config_registry, open_hsm
 from directory.service.eventloop import EventLoopUnavailable, loop_factory
-from directory.service.limits import Budget, DescriptorBudgetError
+from directory.service.limits import Budget, DescriptorBudgetError, internal, share
 from directory.service.limits import plan as plan_descriptors
 from directory.service.listener import HELD_GRACE, ConnectionGate, request_deadline
 from directory.service.sockets import listen, listen_unix, port_free
@@ -180,9 +180,14 @@ async def _readyz(request: web.Request) -> web.Response:
 def build_service(config: Config, components: list[Component] | None = None) -> Service:
     """Share out file descriptors, open the HSM and the registry, assemble the application (nothing
     listens yet)."""
+    http = config.http
     try:
-        budget = plan_descriptors(config.http.max_connections,
-                                  config.admin.max_connections if config.admin is not None else None)
+        # with serving processes, this process's public connections are those they hand over: a share (never
+        # more than max_connections itself, which the share's floor may be)
+        public = min(http.max_connections, share(http.max_connections, http.workers)) if http.workers > 1 \
+            else http.max_connections
+        budget = plan_descriptors(public, config.admin.max_connections if config.admin is not None else None,
+                                  internal=internal(http.workers))
     except DescriptorBudgetError as exc:
         raise ConfigError(config.path, "http.max_connections", str(exc)) from None
     hsm = open_hsm(config)

@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any, cast
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from directory.service.transit import Transit
+
 if TYPE_CHECKING:
     from directory.service.handover import Passer
     from ocsp.direct import Answers, DirectAnswers
@@ -88,11 +90,11 @@ class ConnectionGate:
         """At shutdown, after the listener stopped accepting: what aiohttp's cleanup does for its connections
         (none of these is in the middle of receiving a request: ``direct`` takes whole requests only); one
         with answers being signed is closed once they are written (``wait_held``). One offered to the main
-        process waits for its answer (``_Gated.handed``): its request is read, and nobody else would answer it
+        process waits for its answer (``Transit.answered``): its request is read, and nobody else would answer it
         if the main process refuses it."""
         self.stopping = True
         for gated in list(self.held):
-            if gated.passing is not None:
+            if gated.transit is not None and gated.transit.passing is not None:
                 continue
             if gated.answers is not None and gated.transport is not None:
                 gated.answers.close_when_written()
@@ -117,9 +119,10 @@ class _Gated(asyncio.Protocol):
     away past the cap; enforces the request deadline, the idle one while it answers, and cuts off clients that
     read nothing of what waits for them."""
 
-    def __init__(self, inner: Any, gate: ConnectionGate, carried: bytes = b"") -> None:
+    def __init__(self, inner: Any, gate: ConnectionGate, carried: bytes = b"", late: bool = False) -> None:
         self.inner = inner
         self.gate = gate
+        self.late = late  # a connection handed over too late to serve (``handover.Adopter``): refused as past the cap
         self.admitted = False
         self.started = False  # inner.connection_made was called (after the TLS handshake, with TLS)
         self.transport: asyncio.Transport | None = None
@@ -140,11 +143,9 @@ class _Gated(asyncio.Protocol):
         self.idle = False  # the deadline set is the idle one of a connection ``direct`` answers
         self.write_paused = False
         self.loop: asyncio.AbstractEventLoop | None = None  # set once connected: ``_idle`` runs once per read
-        # a connection handed over by a serving process: what it read and did not answer, taken before anything
-        # read here (``directory/service/handover.py``); ``passing``: what this process carries while it offers
-        # the connection to the main process (reading paused), until the answer (``handed``)
-        self.carried: bytes | None = carried or None
-        self.passing: bytes | None = None
+        # a hand-over's bytes (``directory/service/transit.py``): carried in with a connection a serving process
+        # handed over, or out while this process offers it to the main process; None once none is in transit
+        self.transit: Transit | None = Transit(self, carried) if carried else None
 
     # -- admission --------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -153,8 +154,8 @@ class _Gated(asyncio.Protocol):
         self.transport = transport
         self.loop = asyncio.get_running_loop()
         gate = self.gate
-        if gate.open >= gate.cap:
-            gate.refused += 1
+        if gate.open >= gate.cap or self.late:
+            gate.refused += not self.late
             if gate.tls is not None or gate.lingering >= LINGER:
                 transport.abort()
                 return
@@ -176,8 +177,8 @@ class _Gated(asyncio.Protocol):
             else:
                 self.started = True
                 self.inner.connection_made(transport)
-            if self.carried is not None:  # before anything read here, once reading is on (``_take_carried``)
-                self.loop.call_soon(self._take_carried)
+            if self.transit is not None:  # before anything read here, once reading is on (``Transit.take``)
+                self.loop.call_soon(self.transit.take)
         else:
             self.arm()
             asyncio.get_running_loop().create_task(self._start_tls(transport, gate.tls))
@@ -203,15 +204,6 @@ class _Gated(asyncio.Protocol):
             self.data_received(data)
         if self.early_eof:
             self.inner.eof_received()
-
-    def _take_carried(self) -> None:
-        """What a serving process handed over with the connection, taken now that the transport reads, not in
-        ``connection_made``: uvloop starts reading once that returns, undoing any pause asked in it (ours, while a
-        live answer is signed, or aiohttp's past its queue), and everything the client then sent was buffered
-        here without bound. Bytes read before this runs wait behind these (``data_received``)."""
-        carried, self.carried = self.carried, None
-        if carried is not None and self.transport is not None and not self.transport.is_closing():
-            self.data_received(carried)
 
     # -- the deadline -----------------------------------------------------------------------------
     def arm(self) -> None:
@@ -278,8 +270,8 @@ class _Gated(asyncio.Protocol):
 
     # -- forwarding -------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self.carried is not None:  # read before the carried bytes were taken up: after them
-            data, self.carried = self.carried + data, None
+        if self.transit is not None:  # read before the carried bytes were taken up: after them
+            data = self.transit.before(data)
         if self.direct is not None:
             answers = self.answers
             assert answers is not None
@@ -298,7 +290,7 @@ class _Gated(asyncio.Protocol):
                 return
             if answers.live_next:  # a live answer next, nothing in flight: offered to the main process, once
                 answers.live_next = answers.hand_over = False
-                self._pass(data[used:])
+                Transit.offer(self, data[used:])
                 return
             self._hand_over()
             if used:
@@ -332,41 +324,6 @@ class _Gated(asyncio.Protocol):
             self.eof = False
             self.eof_received()
 
-    def _pass(self, rest: bytes) -> None:
-        """Offer the connection and ``rest`` (its requests from a live one on) to the main process; reading
-        paused, no timer, until it answers (``handed``). Not sent: answered here."""
-        handover, transport = self.gate.handover, self.transport
-        assert handover is not None and transport is not None
-        transport.pause_reading()  # before the offer: not a byte more is read here once it is sent
-        if not handover.offer(self, rest):
-            transport.resume_reading()
-            self.data_received(rest)
-            return
-        self.passing = rest
-        self._stop_timer()
-
-    def handed(self, taken: bool | None) -> None:
-        """The main process's answer to ``_pass``: taken, this process's descriptor is closed (a close, not a
-        shutdown: the client's connection is the main process's now); refused, answered here. None: not known
-        (no answer in time, the main process's socket lost), closed here uncounted: the main process may serve it."""
-        rest, self.passing = self.passing, None
-        transport = self.transport
-        if rest is None or transport is None or transport.is_closing():
-            return
-        if taken is not False:
-            if taken:
-                self.gate.handed_over += 1
-            else:
-                self.gate.handover_unanswered += 1
-            self.gate.held.discard(self)
-            self.direct = None
-            transport.close()  # nothing unsent (``ocsp.direct``: offered only then), nothing read since
-            return
-        transport.resume_reading()  # as ``_drained``: before taking up what waited
-        self.data_received(rest)
-        if self.gate.stopping and self.direct is not None and self.answers is not None:  # as ``close_held``
-            self.answers.close_when_written()
-
     def _hand_over(self) -> None:
         """From now on aiohttp has the connection (``direct`` took whole requests only: its parser starts at a
         request's first byte); the request's own deadline replaces the idle one."""
@@ -380,10 +337,12 @@ class _Gated(asyncio.Protocol):
             self.inner.pause_writing()
 
     def eof_received(self) -> bool | None:
-        if self.carried is not None:  # the carried bytes first
-            self._take_carried()
-        if self.passing is not None:  # not read while offered; an end of input seen anyway waits with it
-            return True
+        transit = self.transit
+        if transit is not None:
+            if transit.carried is not None:  # the carried bytes first
+                transit.take()
+            if transit.passing is not None:  # not read while offered; an end of input seen anyway waits with it
+                return True
         if self.waiting is not None:  # taken up once the answers in flight are written (``_drained``)
             self.eof = True
             return True

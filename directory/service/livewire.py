@@ -6,8 +6,9 @@ next to it. As HTTP (an aiohttp client in the serving process, an aiohttp applic
 hop cost about 0.4 ms of CPU per answer, two thirds of an RSA-2048 signature in SoftHSM2. Here it is one
 frame each way on a unix socket kept open, several requests in flight on it at once:
 
-- request: ``>IIB`` (request number, payload length, kind: 0 a POST body, 1 a GET path in UTF-8, 2 a request
-  the serving process parsed already, ``pack_request``) + payload;
+- request: ``>IIBQ`` (request number, payload length, kind: 0 a POST body, 1 a GET path in UTF-8, 2 a request
+  the serving process parsed already, ``pack_request``; when it was sent, CLOCK_MONOTONIC in ns: one clock for
+  every process of the host) + payload;
 - answer: ``>II`` (the request's number, payload length) + ``live_payload`` (fixed-size metadata, DER).
 
 A serving process sends what it parsed (kind 2: the values of the request, never its bytes; issue 15 §3: a
@@ -18,6 +19,16 @@ user's alone (``WorkerPool``). A serving process waits ``timeout`` at most for a
 connection looks at what waits, not one per request. Frames made in one turn of the event loop leave in one
 write (``_Outbox``): the answers one wake-up of the signing lane hands over, the requests of the clients one
 poll of the sockets found (a send and a wake-up of the other side each, not one per frame).
+
+The main process's side has deadlines and a bound of its own (``Backlog``, shared by every serving process's
+connection): a serving process gives a request up ``timeout`` after sending it (tryLater to its client), so
+the main process does not sign it past that either. A request already that old when read is answered tryLater
+at once; one still waiting to be signed then is cancelled (a signing thread not at it yet skips it,
+``ocsp.live``) and answered tryLater: a main process behind on its work does not spend the HSM on answers
+nobody waits for, which a flood of nonces would otherwise pile up. At most ``MAX_SIGNING`` requests wait to be
+signed at once, whatever the number of serving processes; past that, tryLater at once (path ``shed``), as the
+direct path's own connections are bounded (``ocsp.direct.MAX_PENDING`` each, within their cap) and given up at
+their deadline.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections.abc import Awaitable, Callable
 
 from directory.der import DIGESTS
@@ -33,10 +45,11 @@ from ocsp.lookup import Outcome, error_outcome
 from ocsp.request import MAX_NONCE, MAX_SERIAL_OCTETS, CertId, Request
 
 log = logging.getLogger(__name__)
-_ASK = struct.Struct(">IIB")
+_ASK = struct.Struct(">IIBQ")
 _ANSWER = struct.Struct(">II")
 MAX_FRAME = 64 * 1024  # a request is at most 10 KiB (MAX_BODY), an answer a few KiB
 MAX_IN_FLIGHT = 1024  # per connection, on the main process's side: past it, reading pauses
+MAX_SIGNING = 1024  # requests of every serving process waiting in the main process to be signed: past it, tryLater
 KINDS = ("post", "get", "request")
 MAX_CERT_IDS = 100  # what the serving processes' parser lets through (``from_cache``)
 _HASHES = tuple(DIGESTS)  # CertID hash algorithms by index
@@ -144,16 +157,34 @@ class _Outbox:
             self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
 
+class Backlog:
+    """The requests waiting in the main process to be signed, from every serving process: at most ``cap``, each
+    given up ``timeout`` after it was sent (the serving processes' ``LiveClient.timeout``), and what was turned
+    away so (``/metrics``)."""
+
+    def __init__(self, cap: int = MAX_SIGNING, timeout: float = 30.0) -> None:
+        self.cap, self.timeout_ns = cap, int(timeout * 1e9)
+        self.waiting = 0
+        self.expired = 0  # given up at their deadline: answered tryLater, not signed unless a thread had begun
+        self.full = 0  # answered tryLater at once: ``cap`` requests were waiting
+
+
 class LiveServer(asyncio.Protocol):
     """The main process's side of one connection: each request answered by ``answer`` as soon as it is
     signed (answers may leave in another order than the requests came: each carries its number). A request
     whose answer fails gets ``internalError``, the others are not touched; what is still being signed when the
-    connection goes is cancelled (nobody would read it)."""
+    connection goes is cancelled (nobody would read it), and so is what is still being signed at its deadline
+    (then answered tryLater, ``backlog``)."""
 
-    def __init__(self, answer: Callable[[bytes | str | Request], Awaitable[Outcome]]) -> None:
+    def __init__(self, answer: Callable[[bytes | str | Request], Awaitable[Outcome]],
+                 backlog: Backlog | None = None) -> None:
         self.answer = answer
+        self.backlog = backlog if backlog is not None else Backlog()
         self.buffer = bytearray()
         self.tasks: set[asyncio.Future[Outcome]] = set()
+        # those counted in ``backlog.waiting``, by number, with their deadline (CLOCK_MONOTONIC ns), oldest first
+        self.signing: dict[int, tuple[asyncio.Future[Outcome], int]] = {}
+        self._sweep: asyncio.TimerHandle | None = None
         self.paused = False
         self.transport: asyncio.Transport | None = None
         self.outbox: _Outbox | None = None
@@ -165,12 +196,22 @@ class LiveServer(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         frames = take_frames(self.buffer, _ASK)
-        if frames is None or any(kind >= len(KINDS) for (_, _, kind), _ in frames):
+        if frames is None or any(kind >= len(KINDS) for (_, _, kind, _), _ in frames):
             log.warning("serving process sent a malformed live request: connection dropped")
             assert self.transport is not None
             self.transport.abort()
             return
-        for (number, _, kind), payload in frames:
+        backlog, now = self.backlog, time.monotonic_ns()
+        for (number, _, kind, sent), payload in frames:
+            deadline = sent + backlog.timeout_ns
+            if deadline <= now:  # its serving process has given it up: nobody waits for a signature
+                backlog.expired += 1
+                self._refuse(number, "error")
+                continue
+            if backlog.waiting >= backlog.cap:
+                backlog.full += 1
+                self._refuse(number, "shed")
+                continue
             received: bytes | str | Request
             if kind == 2:
                 try:
@@ -185,14 +226,45 @@ class LiveServer(asyncio.Protocol):
                 received = payload.decode("utf-8", "surrogateescape") if kind == 1 else payload
             task = asyncio.ensure_future(self.answer(received))  # a future is taken as it is (no task)
             self.tasks.add(task)
+            if not task.done():  # to be signed: counted, and given up at its deadline
+                backlog.waiting += 1
+                self.signing[number] = (task, deadline)
+                if self._sweep is None:
+                    self._sweep = asyncio.get_running_loop().call_later((deadline - now) / 1e9, self._expire)
             task.add_done_callback(lambda done, n=number: self._send(n, done))
         if len(self.tasks) >= MAX_IN_FLIGHT and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
 
+    def _refuse(self, number: int, path: str) -> None:
+        """tryLater for request ``number``, not asked of the signer."""
+        assert self.outbox is not None
+        payload = live_payload(error_outcome(resp.TRY_LATER, path))
+        self.outbox.send(_ANSWER.pack(number, len(payload)) + payload)
+
+    def _expire(self) -> None:
+        """Cancel what is still being signed past its deadline (oldest first: requests come in the order they were
+        sent); its answer is tryLater (``_send``)."""
+        self._sweep = None
+        now = time.monotonic_ns()
+        late = []
+        for task, deadline in self.signing.values():
+            if deadline > now:
+                self._sweep = asyncio.get_running_loop().call_later((deadline - now) / 1e9, self._expire)
+                break
+            late.append(task)
+        for task in late:
+            task.cancel()
+
     def _send(self, number: int, done: asyncio.Future[Outcome]) -> None:
         self.tasks.discard(done)
-        if self.transport is None or self.transport.is_closing() or done.cancelled():
+        if self.signing.pop(number, None) is not None:
+            self.backlog.waiting -= 1
+        if self.transport is None or self.transport.is_closing():
+            return
+        if done.cancelled():  # at its deadline (``_expire``): a connection lost has no transport
+            self.backlog.expired += 1
+            self._refuse(number, "error")
             return
         exc = done.exception()
         if exc is not None:  # a failure of the signing itself (answer_future turns the others into answers)
@@ -211,6 +283,9 @@ class LiveServer(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for task in self.tasks:
             task.cancel()
         self.tasks.clear()
@@ -252,7 +327,7 @@ class LiveClient:
         waiter: asyncio.Future[Outcome] = loop.create_future()
         protocol.wait(number, waiter, loop.time() + self.timeout)
         payload = pack_request(data) if isinstance(data, Request) else data
-        protocol.outbox.send(_ASK.pack(number, len(payload), KINDS.index(kind)) + payload)
+        protocol.outbox.send(_ASK.pack(number, len(payload), KINDS.index(kind), time.monotonic_ns()) + payload)
         return waiter
 
     async def _connect(self) -> _ClientProtocol:

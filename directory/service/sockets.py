@@ -58,8 +58,17 @@ def port_free(host: str, port: int) -> None:
 
 async def listen_unix(runner: web.AppRunner, path: str, gate: ConnectionGate) -> asyncio.AbstractServer:
     """Serve ``runner`` on a unix socket behind ``gate``: the main process's side of ``[http] workers``
-    (requests the serving processes hand over); the socket's directory keeps other users out."""
+    (requests the serving processes hand over); the socket's directory keeps other users out. The same accept
+    burst as the public listener's (``limits.internal`` counts it), then the real kernel queue."""
     server = runner.server
     assert server is not None, "runner.setup() first"
-    return await asyncio.get_running_loop().create_unix_server(lambda: _Gated(server(), gate), path,
-                                                               backlog=LISTEN_QUEUE)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        listener = await asyncio.get_running_loop().create_unix_server(lambda: _Gated(server(), gate), sock=sock,
+                                                                       backlog=ACCEPT_BURST)
+    except BaseException:
+        sock.close()
+        raise
+    sock.listen(LISTEN_QUEUE)  # the same socket: a longer kernel queue, asyncio's burst unchanged
+    return listener

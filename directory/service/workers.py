@@ -43,9 +43,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 import directory
 from directory.config import Config
 from directory.service.handover import Adopter
-from directory.service.limits import share
+from directory.service.limits import INTERNAL_CAP_PER_WORKER, share
 from directory.service.listener import HELD_GRACE, ConnectionGate, _Gated
-from directory.service.livewire import LiveServer
+from directory.service.livewire import Backlog, LiveServer
 from ocsp import response as resp
 from ocsp.http import OcspComponent
 from ocsp.lookup import Outcome, error_outcome
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SILENCE = 15.0  # seconds without a report before a serving process is taken as stuck and killed
 STOP_GRACE = 10.0  # seconds a serving process has to finish its requests on shutdown
-INTERNAL_CAP_PER_WORKER = 256  # connections a serving process may hold to the main process's application
 
 
 def store_path(config: Config) -> Path:
@@ -101,6 +100,7 @@ class WorkerPool:
         self._live_server: asyncio.AbstractServer | None = None
         self.adopted: ConnectionGate | None = None  # client connections handed over by the serving processes
         self.adopter: Adopter | None = None
+        self.backlog = Backlog()
 
     @property
     def app_socket(self) -> str:
@@ -118,8 +118,10 @@ class WorkerPool:
         # app.sock's gate (live.sock: one framed connection per serving process, livewire)
         self.internal = ConnectionGate(n * INTERNAL_CAP_PER_WORKER, service.config.http.request_timeout,
                                        name="internal", cut_stalled_readers=False)
+        # what they ask to sign: bounded, and given up when they give it up (``LiveClient``: request_timeout)
+        self.backlog = Backlog(timeout=service.config.http.request_timeout)
         self._live_server = await asyncio.get_running_loop().create_unix_server(
-            lambda: LiveServer(self._live), str(self.sockets / "live.sock"))
+            lambda: LiveServer(self._live, self.backlog), str(self.sockets / "live.sock"))
         # connections handed over: this process's share of max_connections, as each serving process has its own
         # (what they hand over frees their slot: the total open on the public port stays within max_connections)
         http = service.config.http
@@ -141,7 +143,7 @@ class WorkerPool:
         assert self.sockets is not None and self.adopted is not None
         if self.adopted.direct is not None:  # without OCSP nothing is handed over
             self.adopter = Adopter(str(self.sockets / "handover.sock"), self.adopted, functools.partial(
-                self._adopt, server))
+                self._adopt, server), timeout=self.adopted.request_timeout)  # the serving processes' (``Passer``)
             self.adopter.start()
         self._tasks = [asyncio.create_task(self._keep(slot), name=f"worker-{slot.index}") for slot in self.slots]
 
@@ -365,7 +367,23 @@ class WorkerPool:
                                          "serving process offered to the main process and closed without its "
                                          "answer (none within request_timeout, or handover.sock lost)")
         unanswered.add_metric([], int(self.totals().get("handover_unanswered", 0)))
-        yield from (serving, restarts, handed, refused, unanswered)
+        late = CounterMetricFamily("annuaire_http_connections_handover_late", "Client connections the main process "
+                                   "read too late to hand back to their serving process (it gives them up after "
+                                   "request_timeout): answered 503 by the main process")
+        late.add_metric([], self.adopter.late if self.adopter is not None else 0)
+        backlog = self.backlog
+        waiting = GaugeMetricFamily("annuaire_ocsp_live_backlog", "Live OCSP requests of the serving processes "
+                                    "waiting in the main process to be signed")
+        waiting.add_metric([], backlog.waiting)
+        expired = CounterMetricFamily("annuaire_ocsp_live_expired", "Live OCSP requests of the serving processes "
+                                      "the main process gave up at their deadline (request_timeout after they were "
+                                      "sent, when their serving process gives them up): tryLater, not signed unless "
+                                      "a signing thread had begun")
+        expired.add_metric([], backlog.expired)
+        full = CounterMetricFamily("annuaire_ocsp_live_backlog_full", "Live OCSP requests of the serving processes "
+                                   "answered tryLater at once, the main process's backlog of requests to sign full")
+        full.add_metric([], backlog.full)
+        yield from (serving, restarts, handed, refused, unanswered, late, waiting, expired, full)
 
 
 def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

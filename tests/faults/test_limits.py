@@ -14,6 +14,9 @@ from pathlib import Path
 
 from tests.conftest import run_cli
 from tests.served import http, serve
+from tests.test_handover import _check_signed, _holder
+from tests.test_ocsp_direct import _Reader, _requests, _wire_post
+from tests.test_workers import _workers
 
 
 def _connect(base: str) -> socket.socket:
@@ -220,3 +223,35 @@ def test_descriptors_are_shared_out_under_rlimit_nofile(demo: Path) -> None:
                             text=True, timeout=60, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
                                                                                         (300, 300)))
     assert result.returncode == 2 and "file descriptor limit (300" in result.stderr, result.stderr
+
+
+def test_the_main_process_counts_what_its_serving_processes_hold_open(demo: Path) -> None:
+    """With ``[http] workers`` the main process also holds its serving processes' connections to its application
+    (app.sock: up to 256 each, its internal listener's cap), their refusals and accept burst, and live.sock,
+    handover.sock and pipes. Its budget counted none of them: with 2 serving processes and max_connections = 48
+    it asked 256 + 128 (admin) + 48 + 64 = 496 descriptors and kept that soft limit; the internal listener's
+    connections then took every one, and the main process could no longer receive a connection handed over (nor
+    accept, nor open a file). The limit must be raised to what it can hold (the hard limit allows it here)."""
+    demo.write_text(demo.read_text().replace("[http]\n", "[http]\nworkers = 2\nmax_connections = 48\n", 1))
+    with serve(demo, nofile=(496, 4096)) as served:
+        base, port, main = served.base, int(served.base.rsplit(":", 1)[1]), served.proc.pid
+        workers = _workers(main)
+        cmdline = Path(f"/proc/{workers[0]}/cmdline").read_bytes().split(b"\0")
+        app_sock = str(Path(cmdline[cmdline.index(b"--sockets") + 1].decode()) / "app.sock")
+        internal = []
+        try:
+            for _ in range(2 * 256):  # what the serving processes may hold open there
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                internal.append(s)
+                s.connect(app_sock)
+            time.sleep(0.5)
+            nonced = _requests(demo, nonce=True)[0]
+            with _connect(base) as sock:  # a connection handed over: the main process takes its descriptor
+                sock.sendall(_wire_post(nonced))
+                _check_signed(_Reader(sock).response()[2], nonced)
+                assert _holder([main, *workers], sock, port) == main
+        finally:
+            for s in internal:
+                s.close()
+    for trouble in ("Too many open files", "out of system resource", "truncated"):
+        assert trouble not in served.output, served.output[-3000:]
