@@ -219,3 +219,49 @@ async def test_the_main_process_bounds_what_waits_to_be_signed_and_gives_up_at_t
     finally:
         client.close()
         server.close()
+
+
+async def _raw(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A serving process's connection as a broken or compromised one would use it: frames written by hand."""
+    return await asyncio.open_unix_connection(path)
+
+
+async def _answers(reader: asyncio.StreamReader, count: int) -> dict[int, list[Outcome]]:
+    got: dict[int, list[Outcome]] = {}
+    for _ in range(count):
+        number, size = struct.unpack(">II", await asyncio.wait_for(reader.readexactly(8), 5))
+        got.setdefault(number, []).append(outcome_of(await reader.readexactly(size)))
+    return got
+
+
+async def test_a_request_number_sent_twice_does_not_leak_a_backlog_place(tmp_path: Path) -> None:
+    """A serving process (buggy, or not ours any more) sending two requests of one number while the first is being
+    signed: each is answered, and both give their place in the backlog back. Were the place kept by number, the
+    first's would never be given back (nor the request cancelled at its deadline): ``Backlog.cap`` such frames,
+    from any serving process, would leave every live request of every serving process tryLater for good."""
+    release = asyncio.Event()
+
+    async def slow(received: bytes | str | Request) -> Outcome:
+        await release.wait()
+        return Outcome(b"signed", "successful", "live", 1, 2, b"\x01")
+
+    path = str(tmp_path / "live.sock")
+    backlog = Backlog(cap=4, timeout=5)
+    server = await asyncio.get_running_loop().create_unix_server(lambda: LiveServer(slow, backlog), path)
+    try:
+        reader, writer = await _raw(path)
+        for _ in range(2):
+            writer.write(struct.pack(">IIBQ", 7, 1, 0, time.monotonic_ns()) + b"x")
+        await writer.drain()
+        for _ in range(50):
+            if backlog.waiting == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert backlog.waiting == 2
+        release.set()
+        assert [a.status for a in (await _answers(reader, 2))[7]] == ["successful"] * 2
+        assert backlog.waiting == 0
+        writer.close()
+    finally:
+        server.close()
+

@@ -182,8 +182,10 @@ class LiveServer(asyncio.Protocol):
         self.backlog = backlog if backlog is not None else Backlog()
         self.buffer = bytearray()
         self.tasks: set[asyncio.Future[Outcome]] = set()
-        # those counted in ``backlog.waiting``, by number, with their deadline (CLOCK_MONOTONIC ns), oldest first
-        self.signing: dict[int, tuple[asyncio.Future[Outcome], int]] = {}
+        # those counted in ``backlog.waiting``, with their deadline (CLOCK_MONOTONIC ns), oldest first; keyed by
+        # the future, not the request's number: a serving process that sends one number twice (a bug) would
+        # otherwise keep a place in the backlog (shared by all of them) for good
+        self.signing: dict[asyncio.Future[Outcome], int] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self.paused = False
         self.transport: asyncio.Transport | None = None
@@ -228,7 +230,7 @@ class LiveServer(asyncio.Protocol):
             self.tasks.add(task)
             if not task.done():  # to be signed: counted, and given up at its deadline
                 backlog.waiting += 1
-                self.signing[number] = (task, deadline)
+                self.signing[task] = deadline
                 if self._sweep is None:
                     self._sweep = asyncio.get_running_loop().call_later((deadline - now) / 1e9, self._expire)
             task.add_done_callback(lambda done, n=number: self._send(n, done))
@@ -248,7 +250,7 @@ class LiveServer(asyncio.Protocol):
         self._sweep = None
         now = time.monotonic_ns()
         late = []
-        for task, deadline in self.signing.values():
+        for task, deadline in self.signing.items():
             if deadline > now:
                 self._sweep = asyncio.get_running_loop().call_later((deadline - now) / 1e9, self._expire)
                 break
@@ -258,7 +260,7 @@ class LiveServer(asyncio.Protocol):
 
     def _send(self, number: int, done: asyncio.Future[Outcome]) -> None:
         self.tasks.discard(done)
-        if self.signing.pop(number, None) is not None:
+        if self.signing.pop(done, None) is not None:
             self.backlog.waiting -= 1
         if self.transport is None or self.transport.is_closing():
             return
