@@ -265,3 +265,25 @@ async def test_a_request_number_sent_twice_does_not_leak_a_backlog_place(tmp_pat
     finally:
         server.close()
 
+
+async def test_a_request_stamped_in_the_future_does_not_keep_the_others_from_their_deadline(tmp_path: Path) -> None:
+    """Every process reads one CLOCK_MONOTONIC: a send time ahead of the main process's clock is a broken serving
+    process. Such a request must still be given up ``timeout`` after it was read, and must not hold back the
+    deadline of those sent after it on the connection (they would be signed for nobody, long after)."""
+    async def never(received: bytes | str | Request) -> Outcome:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    path = str(tmp_path / "live.sock")
+    backlog = Backlog(cap=4, timeout=0.3)
+    server = await asyncio.get_running_loop().create_unix_server(lambda: LiveServer(never, backlog), path)
+    try:
+        reader, writer = await _raw(path)
+        writer.write(struct.pack(">IIBQ", 1, 1, 0, 2 ** 64 - 1) + b"x")
+        writer.write(struct.pack(">IIBQ", 2, 1, 0, time.monotonic_ns()) + b"y")
+        answers = await _answers(reader, 2)
+        assert {n: [a.status for a in got] for n, got in answers.items()} == {1: ["tryLater"], 2: ["tryLater"]}
+        assert backlog.expired == 2 and backlog.waiting == 0
+        writer.close()
+    finally:
+        server.close()

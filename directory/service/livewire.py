@@ -205,7 +205,9 @@ class LiveServer(asyncio.Protocol):
             return
         backlog, now = self.backlog, time.monotonic_ns()
         for (number, _, kind, sent), payload in frames:
-            deadline = sent + backlog.timeout_ns
+            # one clock for every process of the host: a send time ahead of it is a broken serving process's,
+            # taken as now (else never given up, and the deadline sweep, oldest first, stuck behind it)
+            deadline = min(sent, now) + backlog.timeout_ns
             if deadline <= now:  # its serving process has given it up: nobody waits for a signature
                 backlog.expired += 1
                 self._refuse(number, "error")
