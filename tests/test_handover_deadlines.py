@@ -174,3 +174,35 @@ async def test_a_refusal_that_cannot_reach_its_serving_process_is_a_503(tmp_path
         await runner.cleanup()
         passer.close()
         adopter.close()
+
+
+def test_offers_read_late_in_a_burst_are_each_answered_503(demo: Path) -> None:
+    """The main process frozen past ``request_timeout`` while more connections than ``LINGER`` were offered: when it
+    reads them, every one is too late to hand back, and every one is answered 503, not only the first ``LINGER``
+    (a refusal past the listener's cap beyond those is cut at once, with its request unanswered: here the serving
+    process has let the connection go, nobody else would answer it)."""
+    timeout, count = 2, 48
+    demo.write_text(demo.read_text().replace(
+        "[http]\n", f"[http]\nworkers = 2\nmax_connections = 300\nrequest_timeout = {timeout}\n", 1))
+    with serve(demo) as served:
+        base, main = served.base, served.proc.pid
+        nonced = _requests(demo, nonce=True)[0]
+        socks: list[socket.socket] = []
+        try:
+            with _stopped(main):
+                for _ in range(count):
+                    socks.append(_connect(base))
+                    socks[-1].sendall(_wire_post(nonced))
+                time.sleep(timeout + 1.5)  # every serving process gave its offers up
+            statuses = []
+            for sock in socks:
+                sock.settimeout(10)
+                try:
+                    statuses.append(_Reader(sock).response()[0])
+                except (ConnectionError, AssertionError, ValueError, IndexError) as exc:
+                    statuses.append(repr(exc).encode())
+            assert statuses == [b"HTTP/1.1 503 Service Unavailable"] * count
+            assert _metric(base, LATE) == count
+        finally:
+            for sock in socks:
+                sock.close()

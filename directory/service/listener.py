@@ -7,7 +7,9 @@ connection forever. Here each listener has:
 
 - a cap: past ``cap`` open connections a new one gets a minimal ``503`` with ``Retry-After`` and is closed
   before any parsing (at once on a TLS listener, and at once when more than ``LINGER`` refusals are still
-  being read: a flood of refusals cannot hold descriptors either);
+  being read: a flood of refusals cannot hold descriptors either; a connection handed over too late to
+  serve, ``handover.Adopter``, gets its 503 written before that close: its request was read, nobody else
+  answers it);
 - a deadline per request, from its first byte (from the TCP connection on a TLS listener: the handshake
   counts) to the last byte of its body; bytes arriving do not extend it. Past it the connection is
   aborted. The ``request_deadline`` middleware marks where a request's body ends (and the handler,
@@ -157,7 +159,11 @@ class _Gated(asyncio.Protocol):
         if gate.open >= gate.cap or self.late:
             gate.refused += not self.late
             if gate.tls is not None or gate.lingering >= LINGER:
-                transport.abort()
+                if self.late:  # its serving process has let it go: nobody else answers it. Its request was read
+                    transport.write(REFUSAL)  # there (nothing unread here to reset it, as a rule): the 503 is
+                    transport.close()  # written, then the descriptor given back at once, not kept a second
+                else:
+                    transport.abort()
                 return
             gate.lingering += 1
             transport.write(REFUSAL)
