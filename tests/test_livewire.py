@@ -287,3 +287,30 @@ async def test_a_request_stamped_in_the_future_does_not_keep_the_others_from_the
         writer.close()
     finally:
         server.close()
+
+
+async def test_a_serving_process_that_reads_no_answers_cannot_fill_the_main_process_memory(tmp_path: Path) -> None:
+    """Requests answered at once (past their deadline, the backlog full: tryLater without the signer) are not in
+    flight, so the bound on those never pauses reading; a serving process (broken, or not ours any more) that sends
+    them without reading its answers must not pile answers up in the main process without end: its requests are
+    no longer read while its answers wait unsent."""
+    servers: list[LiveServer] = []
+
+    def made() -> LiveServer:
+        servers.append(LiveServer(_answer, Backlog(cap=4, timeout=5)))
+        return servers[-1]
+
+    path = str(tmp_path / "live.sock")
+    server = await asyncio.get_running_loop().create_unix_server(made, path)
+    try:
+        _, writer = await _raw(path)
+        expired = struct.pack(">IIBQ", 1, 1, 0, 0) + b"x"  # sent at the clock's start: given up long ago
+        for _ in range(40):
+            writer.write(expired * 10_000)
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        transport = servers[0].transport
+        assert transport is not None and transport.get_write_buffer_size() < 4 * 1024 * 1024
+        writer.transport.abort()
+    finally:
+        server.close()

@@ -187,7 +187,8 @@ class LiveServer(asyncio.Protocol):
         # otherwise keep a place in the backlog (shared by all of them) for good
         self.signing: dict[asyncio.Future[Outcome], int] = {}
         self._sweep: asyncio.TimerHandle | None = None
-        self.paused = False
+        self.paused = False  # too many in flight: reading paused until half of them are answered
+        self.backed_up = False  # answers waiting unsent (the serving process not reading them): reading paused too
         self.transport: asyncio.Transport | None = None
         self.outbox: _Outbox | None = None
 
@@ -238,7 +239,21 @@ class LiveServer(asyncio.Protocol):
             task.add_done_callback(lambda done, n=number: self._send(n, done))
         if len(self.tasks) >= MAX_IN_FLIGHT and not self.paused and self.transport is not None:
             self.paused = True
+            if not self.backed_up:
+                self.transport.pause_reading()
+
+    def pause_writing(self) -> None:
+        """Answers pile up unsent: no more requests read until they leave. Those answered at once (past their
+        deadline, the backlog full) are never in flight, so ``MAX_IN_FLIGHT`` alone would not stop a serving process
+        that sends them and reads nothing from filling this process's memory."""
+        self.backed_up = True
+        if not self.paused and self.transport is not None:
             self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.backed_up = False
+        if not self.paused and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def _refuse(self, number: int, path: str) -> None:
         """tryLater for request ``number``, not asked of the signer."""
@@ -283,7 +298,8 @@ class LiveServer(asyncio.Protocol):
         self.outbox.send(_ANSWER.pack(number, len(payload)) + payload)
         if self.paused and len(self.tasks) < MAX_IN_FLIGHT // 2:
             self.paused = False
-            self.transport.resume_reading()
+            if not self.backed_up:
+                self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
