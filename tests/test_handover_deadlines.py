@@ -206,3 +206,19 @@ def test_offers_read_late_in_a_burst_are_each_answered_503(demo: Path) -> None:
         finally:
             for sock in socks:
                 sock.close()
+
+
+def test_a_main_process_held_up_past_the_silence_limit_kills_no_serving_process(demo: Path) -> None:
+    """The main process frozen longer than ``workers.SILENCE`` while its serving processes report on time: their
+    reports wait in the pipes. Its silence timers fire before it reads them (once it runs again): that must not
+    be taken for their silence and kill every one of them, with their clients' connections and requests."""
+    demo.write_text(demo.read_text().replace("[http]\n", "[http]\nworkers = 2\nrequest_timeout = 2\n", 1))
+    with serve(demo) as served:
+        base, main = served.base, served.proc.pid
+        workers = set(_workers(main))
+        with _stopped(main):
+            time.sleep(17)
+        time.sleep(3)
+        assert _metric(base, "annuaire_http_worker_restarts_total") == 0
+        assert set(_workers(main)) == workers
+        assert "killed" not in served.output

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SILENCE = 15.0  # seconds without a report before a serving process is taken as stuck and killed
+SILENCE_GRACE = 1.0  # and then this long more, the pipe looked at again (the main process may be the one held up)
 STOP_GRACE = 10.0  # seconds a serving process has to finish its requests on shutdown
 
 
@@ -247,10 +248,16 @@ class WorkerPool:
         assert process.stdout is not None
         while True:
             try:
-                line = await asyncio.wait_for(process.stdout.readline(), SILENCE)
+                try:
+                    line = await asyncio.wait_for(process.stdout.readline(), SILENCE)
+                except TimeoutError:
+                    if self._stopping:
+                        continue
+                    # the silence may be this process's (stopped, swapped out, its loop held up): what the serving
+                    # process wrote meanwhile waits in the pipe, read at once; its timer may fire before the pipe
+                    # is looked at, so a stall of this process longer than SILENCE killed every serving process
+                    line = await asyncio.wait_for(process.stdout.readline(), SILENCE_GRACE)
             except TimeoutError:
-                if self._stopping:
-                    continue
                 log.error("serving process %d (pid %d) silent for %.0f s: killed", slot.index, process.pid, SILENCE)
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
