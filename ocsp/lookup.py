@@ -20,7 +20,8 @@ from directory.der import DIGESTS
 from directory.httpdate import http_date
 from ocsp import response as resp
 from ocsp.lru import ByteLru
-from ocsp.request import CertId, Malformed, Request, decode_get_path, parse_request
+from ocsp.nonced import NonceShapes
+from ocsp.request import CertId, Malformed, Request, decode_get_path, parse_request_located
 from ocsp.store import PresignedStore
 
 PRESIGN_HASH = "sha1"  # what RFC 5019 clients use in CertIDs
@@ -142,6 +143,7 @@ class AnswerLookup:
         self.requests: ByteLru[bytes | str, tuple[IssuerIdentity, str, int]] = ByteLru(
             request_cache, REQUEST_ENTRY_OVERHEAD)
         self.ready: ByteLru[tuple[str, int], tuple[bytes, Outcome]] = ByteLru(READY_CACHE, READY_ENTRY_OVERHEAD)
+        self.nonced = NonceShapes()
 
     def from_cache(self, received: bytes | str) -> Outcome | Request:
         """The fast path (event loop, no I/O): a held answer, or the parsed request for the slow path.
@@ -157,7 +159,10 @@ class AnswerLookup:
                 return hit
         try:
             der = decode_get_path(received) if isinstance(received, str) else received
-            request = parse_request(der, 100)
+            request = self.nonced.get(der)  # a nonce request of a shape decoded before (``ocsp.nonced``)
+            if request is None:
+                request, nonce_at = parse_request_located(der, 100)
+                self.nonced.put(der, request, nonce_at)
         except Malformed:
             return error_outcome(resp.MALFORMED_REQUEST, "error")
         return self.from_request(request, received)

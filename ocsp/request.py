@@ -48,6 +48,13 @@ class Request:
 
 def parse_request(der: bytes, max_cert_ids: int = 10) -> Request:
     """The values of one strict-DER OCSPRequest; ``Malformed`` says what is wrong and where."""
+    return parse_request_located(der, max_cert_ids)[0]
+
+
+def parse_request_located(der: bytes, max_cert_ids: int = 10) -> tuple[Request, int]:
+    """``parse_request``, and where the nonce's own octets are in ``der`` (-1: no nonce). Those octets are the
+    contents of a primitive OCTET STRING: any others of the same length decode to the same request but for its
+    nonce (``ocsp.nonced``)."""
     try:
         top = Reader(der)
         request = top.enter(SEQUENCE, "OCSPRequest")
@@ -78,14 +85,16 @@ def parse_request(der: bytes, max_cert_ids: int = 10) -> Request:
             item.done("Request")
         if not cert_ids:
             raise Malformed("empty requestList")
-        nonce = None
+        nonce, nonce_at = None, -1
         extensions = tbs.enter_optional(0xA2, "requestExtensions")
         if extensions is not None:
             found = _extensions(extensions, "requestExtensions", understood=(NONCE_OID_CONTENTS,))
             if NONCE_OID_CONTENTS in found:
-                nonce = _nonce(found[NONCE_OID_CONTENTS])
+                value, value_at = found[NONCE_OID_CONTENTS]
+                nonce = _nonce(value)
+                nonce_at = value_at + len(value) - len(nonce)  # the inner OCTET STRING ends the extnValue
         tbs.done("tbsRequest")
-        return Request(tuple(cert_ids), nonce)
+        return Request(tuple(cert_ids), nonce), nonce_at
     except DerError as exc:
         raise Malformed(str(exc)) from None
 
@@ -114,12 +123,12 @@ def _cert_id(r: Reader) -> CertId:
     return CertId(hash_name, name_hash, key_hash, serial)
 
 
-def _extensions(explicit: Reader, what: str, understood: tuple[bytes, ...]) -> dict[bytes, bytes]:
-    """``Extensions`` (SIZE 1..MAX): OID contents -> extnValue contents. Each OID at most once; an
+def _extensions(explicit: Reader, what: str, understood: tuple[bytes, ...]) -> dict[bytes, tuple[bytes, int]]:
+    """``Extensions`` (SIZE 1..MAX): OID contents -> (extnValue contents, their offset). Each OID at most once; an
     unknown critical one is refused (RFC 5280 §4.2); an unknown other one is checked as DER and ignored."""
     sequence = explicit.enter(SEQUENCE, what)
     explicit.done(what)
-    found: dict[bytes, bytes] = {}
+    found: dict[bytes, tuple[bytes, int]] = {}
     while not sequence.at_end():
         extension = sequence.enter(SEQUENCE, "Extension")
         oid = extension.oid("extnID")
@@ -129,6 +138,7 @@ def _extensions(explicit: Reader, what: str, understood: tuple[bytes, ...]) -> d
             if not critical:
                 raise Malformed(f"critical FALSE encoded in {what} (DER leaves out DEFAULT values)")
         value = extension.octet_string("extnValue")
+        value_at = extension.pos - len(value)  # a primitive OCTET STRING: its contents end where the reader is
         extension.done("Extension")
         if oid in found:
             raise Malformed(f"extension {dotted(oid)} twice in {what}")
@@ -138,7 +148,7 @@ def _extensions(explicit: Reader, what: str, understood: tuple[bytes, ...]) -> d
             inner = Reader(value)
             inner.any(f"extension {dotted(oid)}")
             inner.done(f"extension {dotted(oid)}")
-        found[oid] = value
+        found[oid] = value, value_at
     if not found:
         raise Malformed(f"empty {what}")
     return found

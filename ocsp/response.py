@@ -81,11 +81,20 @@ def response_data(responder_key_hash: bytes, produced_at: int, singles: list[byt
     responses = b"".join(singles)
     parts = [_responder_id(responder_key_hash), _time(produced_at), der.header(0x30, len(responses)), responses]
     if nonce is not None or extended_revoke:
-        exts = der.sequence(_ID_NONCE, der.octet_string(der.octet_string(nonce))) if nonce is not None else b""
+        exts = _nonce_head(len(nonce)) + nonce if nonce is not None else b""
         if extended_revoke:
             exts += _EXTENDED_REVOKE
         parts.append(der.tlv(0xA1, der.sequence(exts)))
     return b"".join((der.header(0x30, sum(map(len, parts))), *parts))
+
+
+@lru_cache(maxsize=64)
+def _nonce_head(size: int) -> bytes:
+    """The nonce extension up to the nonce's own octets: ``Extension { id-pkix-ocsp-nonce, OCTET STRING {
+    OCTET STRING { nonce } } }`` for a nonce of ``size`` octets (made once per size: every nonce answer has one)."""
+    inner = der.header(0x04, size)
+    value = der.header(0x04, len(inner) + size) + inner
+    return der.header(0x30, len(_ID_NONCE) + len(value) + size) + _ID_NONCE + value
 
 
 def signed_part(tbs: bytes, algorithm_der: bytes, signature: bytes) -> bytes:
@@ -97,9 +106,11 @@ def certs_field(cert_ders: list[bytes]) -> bytes:
     return der.tlv(0xA0, der.sequence(*cert_ders)) if cert_ders else b""
 
 
+@lru_cache(maxsize=256)
 def _envelope(n: int) -> bytes:
     """OCSPResponse { successful, responseBytes { id-pkix-ocsp-basic, OCTET STRING { BasicOCSPResponse
-    header } } } for a BasicOCSPResponse body of ``n`` octets: everything before that body."""
+    header } } } for a BasicOCSPResponse body of ``n`` octets: everything before that body (made once per
+    length: one issuer's answers come in a few lengths)."""
     basic_header = b"\x30" + length(n)
     octet_len = len(basic_header) + n
     octet_header = b"\x04" + length(octet_len)

@@ -9,7 +9,7 @@
   ``C_GetAttributeValue`` for ``CKA_ALLOWED_MECHANISMS``: what the token and each key can do.
 - ``C_SignInit`` + ``C_Sign`` for a mechanism without parameters, into a buffer sized beforehand: two calls
   that release the GIL where python-pkcs11 makes three (it asks the length first), without its per-call
-  objects; on the live OCSP path every signature pays them (see ``signer.py`` for the fallback on errors).
+  objects; on the live OCSP path every signature pays them (see ``direct.py`` for the fallback on errors).
   Their arguments are plain integers (addresses of a ``CK_MECHANISM`` made once per mechanism and of a
   ``SignBuffer`` made once per session): no ctypes object is built per signature. Each of the two calls is
   made with the GIL held while it stays quick (``Quick``): getting the GIL back can take longer than such a call;

@@ -10,7 +10,9 @@ Design:
 - recovery without restart: a lost session or login is re-opened at once; a vanished token is looked up
   again at each attempt, and as a last resort (rate-limited) the module is initialised again with the
   same arguments; callers get ``HsmUnavailable`` until it is back;
-- a refused PIN is not retried in a loop (tokens lock PINs after a few failures): it backs off.
+- a refused PIN is not retried in a loop (tokens lock PINs after a few failures): it backs off;
+- the common raw-mechanism signature goes straight to the token (``direct.py``), falling back to the
+  general path here on anything unusual.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from directory.hsm import capabilities, inventory
 from directory.hsm.algorithms import SignatureAlgorithm
 from directory.hsm.availability import Availability
 from directory.hsm.capabilities import KeyReport, Plan, TokenReport
-from directory.hsm.cryptoki import CryptokiError, MechanismInfo, SignMechanism
+from directory.hsm.cryptoki import CryptokiError, MechanismInfo
+from directory.hsm.direct import LOST, SESSION_WAIT, DirectPath
 from directory.hsm.errors import (
     HsmError,
     HsmUnavailable,
@@ -67,13 +70,6 @@ _MECHANISM_ERRORS: tuple[type[Exception], ...] = (
     p11e.MechanismInvalid, p11e.MechanismParamInvalid, p11e.KeyTypeInconsistent, p11e.FunctionNotSupported,
     p11e.KeySizeRange, p11e.DataLenRange,
 )
-# Raw return codes (``cryptoki``) that mean the same as python-pkcs11's exceptions above.
-_LOST: dict[int, type[Exception]] = {
-    0xB3: p11e.SessionHandleInvalid, 0xB0: p11e.SessionClosed, 0x101: p11e.UserNotLoggedIn,
-    0x82: p11e.ObjectHandleInvalid, 0x60: p11e.KeyHandleInvalid, 0x32: p11e.DeviceRemoved, 0x30: p11e.DeviceError,
-    0xE0: p11e.TokenNotPresent, 0x5: p11e.GeneralError,
-}
-_SESSION_WAIT = 60.0  # a caller waits this long at most for a free session
 _CAPABILITY_PROBE = b"annuaire: can this key sign as configured?"
 
 
@@ -103,8 +99,7 @@ class HsmSigner:
         self._executor = ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="hsm")
         self._known_labels: set[str] = set()
         self._plans: dict[tuple[str, str], Plan] = {}
-        # (label, algorithm) whose plan is a raw mechanism without parameters -> its CK_MECHANISM
-        self._direct: dict[tuple[str, str], SignMechanism] = {}
+        self._direct = DirectPath(self._module)  # the common case of ``sign_raw``
         self._offered: tuple[int, dict[int, MechanismInfo]] | None = None
         self.stats = HsmStats()
         self.on_signature: Callable[[float], None] | None = None  # seconds per signature (metrics)
@@ -184,7 +179,7 @@ class HsmSigner:
         """
         last: Exception | None = None
         module = self._module
-        entry = self._pool.take(_SESSION_WAIT) if permit is False else permit
+        entry = self._pool.take(SESSION_WAIT) if permit is False else permit
         try:
             for attempt in range(3):
                 device = False
@@ -248,7 +243,7 @@ class HsmSigner:
             try:
                 allowed = self._module.raw.allowed_mechanisms(entry.session.handle, key.handle)
             except CryptokiError as exc:
-                lost = _LOST.get(exc.rv)
+                lost = LOST.get(exc.rv)
                 if lost is not None:  # the session (or the token) went away: recovered as python-pkcs11's errors
                     raise lost() from None
                 raise HsmUnavailable(f"cannot read key {label!r}: {exc}") from None
@@ -257,8 +252,7 @@ class HsmSigner:
 
         plan = self._with_session(action)
         self._plans[label, algorithm.name] = plan
-        if not plan.token_hashes and capabilities.call_arguments(plan.mechanism, algorithm)[1] is None:
-            self._direct[label, algorithm.name] = self._module.raw.mechanism(plan.mechanism)
+        self._direct.learn(label, algorithm, plan)
         return plan
 
     def inspect(self, keys: Iterable[KeySigner]) -> TokenReport:
@@ -307,7 +301,7 @@ class HsmSigner:
             try:
                 return key.sign(data(), mechanism=mechanism, mechanism_param=param)
             except _MECHANISM_ERRORS as exc:
-                self._direct.pop((label, algorithm.name), None)  # first: ``sign_raw`` reads it first
+                self._direct.forget(label, algorithm)  # first: ``sign_raw`` reads it first
                 self._plans.pop((label, algorithm.name), None)
                 raise KeyUnusable(f"key {label!r}: the module refused {plan.describe()} for {algorithm.name}: "
                                   f"{type(exc).__name__}") from None
@@ -319,50 +313,9 @@ class HsmSigner:
         return signature
 
     def sign_raw(self, label: str, algorithm: SignatureAlgorithm, token_input: bytes) -> bytes:
-        """Sign pre-hashed input (see ``algorithms.py``) with the key's raw mechanism.
-
-        The common case goes straight to the token: a raw mechanism without parameters (``_direct``), a
-        pooled session of the current module generation that found the key already, a module that needs no
-        serialising lock. Anything else, and any error, takes the general path (``_sign``) with the same
-        permit: it signs again through python-pkcs11, whose exceptions drive the recovery.
-        """
-        mechanism = self._direct.get((label, algorithm.name))
-        if mechanism is None:
-            plan = self.plan(label, algorithm)
-            if plan.token_hashes:
-                raise KeyUnusable(f"key {label!r}: this module signs only with {plan.describe()}, not a digest")
-            return self._sign(label, algorithm, plan, lambda: token_input, token_input)
-        started = time.perf_counter()
-        pool, module = self._pool, self._module
-        entry = pool.take(_SESSION_WAIT)
-        key = entry.keys.get(label) if entry is not None else None
-        try:
-            if key is not None:
-                module.lock.acquire_shared()
-                try:
-                    if entry.generation == module.generation and module.serial_reason is None:  # type: ignore[union-attr]
-                        signature = module.raw.sign_into(entry.handle, key.handle, mechanism,  # type: ignore[union-attr]
-                                                         token_input, entry.buffer)  # type: ignore[union-attr]
-                    else:
-                        key = None
-                except CryptokiError:
-                    key = None
-                finally:
-                    module.lock.release_shared()
-        except BaseException:
-            self._give(entry)  # whatever else went wrong, the permit goes back (the module's lock released first)
-            raise
-        if key is None:
-            plan = self._plans.get((label, algorithm.name))
-            if plan is None:  # refused meanwhile (``_sign``): plan again, without holding a permit
-                self._give(entry)
-                self._direct.pop((label, algorithm.name), None)
-                return self.sign_raw(label, algorithm, token_input)
-            return self._sign(label, algorithm, plan, lambda: token_input, token_input, entry, started)
-        self._give(entry)
-        self.availability.up()
-        self._signed(started)
-        return signature
+        """Sign pre-hashed input (see ``algorithms.py``) with the key's raw mechanism: straight to the token in
+        the common case (``direct.py``), else through the general path (``_sign``)."""
+        return self._direct.sign(self, label, algorithm, token_input)
 
     def _give(self, entry: PooledSession | None) -> None:
         """Give a permit back; close its session if the pool shrank meanwhile."""

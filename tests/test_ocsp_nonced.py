@@ -1,0 +1,101 @@
+"""Nonce requests recognised by their shape (``ocsp.nonced``) decode exactly as the strict decoder would, and
+only when nothing but the nonce's own octets differ."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ocsp import nonced
+from ocsp.nonced import NonceShapes
+from ocsp.request import parse_request, parse_request_located
+from tests import ocsp_requests as build
+
+SERIAL = 0x1F2E3D4C5B6A79880112233445566778
+NAME_HASH, KEY_HASH = bytes(range(20)), bytes(range(100, 120))
+OTHER_EXTENSION = build.seq(build.tlv(0x06, bytes.fromhex("2b0601050507300104")),  # id-pkix-ocsp-response
+                            build.tlv(0x04, build.seq(build.tlv(0x06, bytes.fromhex("2b0601050507300101")))))
+
+
+def _request(nonce: bytes, serial: int = SERIAL, after: bool = False) -> bytes:
+    cid = build.cert_id("sha1", NAME_HASH, KEY_HASH, serial)
+    if not after:
+        return build.request(cid, nonce=nonce)
+    # the nonce first, another extension after it: the nonce does not end the request
+    nonce_ext = build.seq(build.tlv(0x06, bytes.fromhex(build.NONCE_OID)), build.tlv(0x04, build.tlv(0x04, nonce)))
+    tbs = build.seq(build.seq(cid)) + build.tlv(0xA2, build.seq(nonce_ext + OTHER_EXTENSION))
+    return build.seq(build.seq(tbs))
+
+
+def _shaped(shapes: NonceShapes, der: bytes) -> None:
+    request, at = parse_request_located(der, 100)
+    shapes.put(der, request, at)
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_the_nonce_is_located_where_its_octets_are(after: bool) -> None:
+    nonce = bytes(range(1, 17))
+    der = _request(nonce, after=after)
+    request, at = parse_request_located(der)
+    assert request.nonce == nonce and der[at:at + 16] == nonce
+    assert parse_request_located(build.request(build.cert_id("sha1", NAME_HASH, KEY_HASH, SERIAL)))[1] == -1
+    made = ocsp.OCSPRequestBuilder().add_certificate_by_hash(NAME_HASH, KEY_HASH, SERIAL, hashes.SHA1()) \
+        .add_extension(x509.OCSPNonce(nonce), critical=False).build().public_bytes(serialization.Encoding.DER)
+    request, at = parse_request_located(made)
+    assert made[at:at + 16] == nonce == request.nonce
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=st.binary(min_size=1, max_size=32), data=st.data(), after=st.booleans())
+def test_a_request_of_a_known_shape_decodes_as_the_strict_decoder_does(first: bytes, data: st.DataObject,
+                                                                       after: bool) -> None:
+    shapes = NonceShapes()
+    _shaped(shapes, _request(first, after=after))
+    other = data.draw(st.binary(min_size=len(first), max_size=len(first)))
+    der = _request(other, after=after)
+    assert shapes.get(der) == parse_request(der, 100)
+
+
+def test_anything_but_the_nonce_differing_is_decoded_again() -> None:
+    shapes = NonceShapes()
+    der = _request(b"n" * 16)
+    _shaped(shapes, der)
+    assert shapes.get(_request(b"m" * 16)) is not None
+    assert shapes.get(_request(b"n" * 16, serial=SERIAL + 1)) is None  # same length, another serial
+    assert shapes.get(_request(b"n" * 15)) is None  # another length
+    rng = random.Random(15)
+    at = parse_request_located(der)[1]
+    for _ in range(200):  # one octet changed outside the nonce: never taken for the known shape
+        i = rng.choice([i for i in range(len(der)) if not at <= i < at + 16])
+        changed = der[:i] + bytes([der[i] ^ (1 << rng.randrange(8))]) + der[i + 1:]
+        assert shapes.get(changed) is None
+
+
+def test_a_request_without_a_nonce_has_no_shape() -> None:
+    shapes = NonceShapes()
+    der = build.request(build.cert_id("sha1", NAME_HASH, KEY_HASH, SERIAL))
+    _shaped(shapes, der)
+    assert shapes.get(der) is None
+
+
+def test_what_traffic_fills_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    shapes = NonceShapes(capacity=20_000)
+    for serial in range(1, 3000):  # shapes of one length: the LRU's bytes bound them
+        _shaped(shapes, _request(b"n" * 16, serial=SERIAL + serial))
+    assert len(shapes._shapes) < 20_000 // nonced.SHAPE_OVERHEAD
+    for size in range(1, 33):  # layouts: at most LAYOUTS per length, at most LENGTHS lengths
+        for pad in range(8):
+            _shaped(shapes, _request(b"n" * size, serial=0x1234 << (8 * pad)))
+    assert len(shapes._layouts) <= nonced.LENGTHS
+    assert all(len(layouts) <= nonced.LAYOUTS for layouts in shapes._layouts.values())
+    monkeypatch.setattr(nonced, "LENGTHS", 4)
+    few = NonceShapes()
+    for size in range(1, 10):
+        _shaped(few, _request(b"x" * size))
+    assert len(few._layouts) == 4 and few.get(_request(b"y" * 9)) is not None  # the newest kept
