@@ -99,7 +99,7 @@ def test_a_revocation_before_the_number_is_listed_one_after_is_not(parts, caplog
     number was allocated (while signing) is not listed by that CRL (its change sequence is before it)."""
     demo, registry, publisher = parts
     first, second = _good_serials(demo)[:2]
-    caplog.set_level(logging.DEBUG, logger="directory.crl.builder")
+    caplog.set_level(logging.DEBUG, logger="directory.crl")
 
     ahead = ReadAhead(registry.path, ISSUER, False)
     ahead.reader.join()  # everything read, in a snapshot taken before the revocation
@@ -147,7 +147,7 @@ def test_a_read_ahead_that_fails_fails_the_build_and_writes_nothing(parts, monke
 def test_a_read_ahead_that_does_not_fit_is_dropped(parts, caplog: pytest.LogCaptureFixture) -> None:
     """Read for another cut-off (keep_expired) or another issuer: not used, the build reads as usual."""
     _, registry, publisher = parts
-    caplog.set_level(logging.DEBUG, logger="directory.crl.builder")
+    caplog.set_level(logging.DEBUG, logger="directory.crl")
     for ahead in (ReadAhead(registry.path, ISSUER, True), ReadAhead(registry.path, "ac-structures", False)):
         publisher.read_ahead = ahead
         crl = publisher.publish(publisher.full_targets()[0])
@@ -196,7 +196,7 @@ def test_a_registry_file_replaced_after_the_read_began_is_not_numbered_in(parts,
     assert not ahead.same_file(copy)  # same path, another file
     ahead.close()
     # the build's side: a read ahead whose file is not the registry's now is not numbered in
-    caplog.set_level(logging.DEBUG, logger="directory.crl.builder")
+    caplog.set_level(logging.DEBUG, logger="directory.crl")
     number = registry.crl_last_number(ISSUER)
     publisher.read_ahead = ReadAhead(registry.path, ISSUER, False)
     monkeypatch.setattr(ReadAhead, "same_file", lambda self, path: False)
