@@ -79,6 +79,65 @@ def test_start_reads_where_the_configuration_file_says(demo: Path, tmp_path: Pat
     assert readahead.start(pg, None) is None
 
 
+def test_the_command_line_says_where_to_read_before_it_is_parsed(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main`` begins `crl build`'s read from the words alone, before the other command groups are imported
+    (``cli.crl.read_ahead_from``): only the plain spellings; anything else begins nothing here (the command
+    begins its read once parsed)."""
+    from directory.cli.crl import read_ahead_from
+
+    monkeypatch.delenv("ANNUAIRE_CONFIG", raising=False)
+    data = (demo.parent / "data" / "registry.sqlite3").resolve()
+    for words, issuer in ((["--config", str(demo), "crl", "build"], ISSUER),
+                          (["crl", "build", "--config", str(demo), "--issuer", "ac-structures", "--json"],
+                           "ac-structures"),
+                          (["--log-level", "debug", "crl", "build", f"--config={demo}", "--issuer=ac-structures"],
+                           "ac-structures"),
+                          (["-c", "elsewhere.toml", "crl", "build", "-c", str(demo)], ISSUER)):
+        ahead = read_ahead_from(words)
+        assert ahead is not None, words
+        try:
+            assert (ahead.path.resolve(), ahead.issuer) == (data, issuer)
+        finally:
+            ahead.close()
+    for words in (["crl", "build", "--config", str(demo), "--delta"], ["crl", "show", "--config", str(demo), "x.crl"],
+                  ["crl", "build", "--conf", str(demo)], ["crl", "--config", str(demo), "build"],
+                  [f"-c{demo}", "crl", "build"], ["--help"], ["crl", "build", "--config"],
+                  ["crl", "build", "--json=1", "--config", str(demo)],
+                  ["crl", "build", "extra", "--config", str(demo)], ["crl"], []):
+        assert read_ahead_from(words) is None, words
+    monkeypatch.setenv("ANNUAIRE_CONFIG", str(demo))
+    ahead = read_ahead_from(["crl", "build"])
+    assert ahead is not None and ahead.path.resolve() == data
+    ahead.close()
+
+
+def test_main_hands_the_read_it_began_to_the_build(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One read, begun before the parsers are made (and the command groups imported), used by the build."""
+    import directory.cli
+    from directory.cli import main
+
+    seen: list[str] = []
+    aheads: list[ReadAhead | None] = []
+    real_start, real_parser, real_number_in = readahead.start, directory.cli.build_parser, readahead.number_in
+
+    def start(*args: object) -> ReadAhead | None:
+        seen.append("read")
+        aheads.append(real_start(*args))  # type: ignore[arg-type]
+        return aheads[-1]
+
+    def number_in(ahead: ReadAhead, *args: object, **kwargs: object) -> object:
+        numbered = real_number_in(ahead, *args, **kwargs)  # type: ignore[arg-type]
+        seen.append("numbered in the read" if ahead is aheads[0] and numbered is not None else "not numbered")
+        return numbered
+
+    monkeypatch.setattr(readahead, "start", start)
+    monkeypatch.setattr(readahead, "number_in", number_in)
+    monkeypatch.setattr(directory.cli, "build_parser", lambda: seen.append("parsers") or real_parser())
+    assert main(["crl", "build", "--config", str(demo), "--issuer", ISSUER]) == 0
+    assert seen == ["read", "parsers", "numbered in the read"]
+    assert aheads[0] is not None and aheads[0]._conn is None
+
+
 def test_crl_build_uses_its_read_ahead_and_lists_the_same_entries(demo: Path, parts) -> None:
     """`crl build` builds its first CRL from the entries read ahead (the debug timing says so); the entries
     are byte for byte those of a build that reads after allocating its number."""

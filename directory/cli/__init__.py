@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import gc
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from directory.cli import audit, certificates, crl, demo, ldap, service
+from directory.cli import crl
 from directory.cli.common import EXIT_REFUSED, EXIT_USAGE, searched
 from directory.refusal import Refused
+
+if TYPE_CHECKING:
+    from directory.crl.readahead import ReadAhead
 
 DESCRIPTION = ("The annuaire command line: publication of a CA's certificates and revocations\n"
                "(CRLs, OCSP, LDAP), signed in an HSM.")
@@ -44,6 +48,8 @@ def log_level(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """Every command, each group's from its own module (in the order ``--help`` lists them)."""
+    from directory.cli import audit, certificates, demo, ldap, service  # after `crl build`'s read began (``main``)
+
     parser = argparse.ArgumentParser(prog="annuaire", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action=_Version, help="show the version (and those of Python and the key "
@@ -71,11 +77,26 @@ def main(argv: list[str] | None = None) -> int:
     # second after `crl build` on a busy machine), only to free memory the system takes back anyway.
     atexit.unregister(gc.freeze)  # once per process, however many times main() runs in it (tests)
     atexit.register(gc.freeze)
+    # `crl build` reads its first CRL's entries from here on, told where by the command line's words alone,
+    # while the other command groups are imported and the parsers made (``crl.read_ahead_from``)
+    ahead = crl.read_ahead_from(sys.argv[1:] if argv is None else argv)
+    try:
+        with crl.quiet() if ahead is not None else contextlib.nullcontext():
+            return _run(argv, ahead)
+    finally:
+        if ahead is not None:
+            ahead.close()  # unless a build took it (then closed already)
+
+
+def _run(argv: list[str] | None, ahead: ReadAhead | None) -> int:
+    """The command parsed and run (``ahead``: `crl build`'s read, begun by ``main``, handed to it)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from directory import logs
 
     logs.setup(args.log_level, args.log_format)
+    if args.func is crl.cmd_crl_build:
+        args.read_ahead = ahead
     try:
         return int(args.func(args))
     except Exception as exc:
