@@ -80,20 +80,24 @@ def test_start_reads_where_the_configuration_file_says(demo: Path, tmp_path: Pat
 
 
 def test_the_command_line_says_where_to_read_before_it_is_parsed(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``main`` begins `crl build`'s read from the words alone, before the other command groups are imported
-    (``cli.crl.read_ahead_from``): only the plain spellings; anything else begins nothing here (the command
-    begins its read once parsed)."""
-    from directory.cli.crl import read_ahead_from
+    """``main`` begins `crl build`'s read from the words alone, before any parser is made
+    (``cli.crl.plain_build``): only plain spellings, which the full parser reads as `crl build` and the crl
+    group's parser alone reads the same; anything else begins nothing here (the command begins its read once
+    parsed, by the full parser)."""
+    from directory.cli import build_parser
+    from directory.cli.crl import plain_build, read_ahead
 
     monkeypatch.delenv("ANNUAIRE_CONFIG", raising=False)
     data = (demo.parent / "data" / "registry.sqlite3").resolve()
     for words, issuer in ((["--config", str(demo), "crl", "build"], ISSUER),
                           (["crl", "build", "--config", str(demo), "--issuer", "ac-structures", "--json"],
                            "ac-structures"),
-                          (["--log-level", "debug", "crl", "build", f"--config={demo}", "--issuer=ac-structures"],
-                           "ac-structures"),
+                          (["crl", "build", f"--config={demo}", "--issuer=ac-structures"], "ac-structures"),
                           (["-c", "elsewhere.toml", "crl", "build", "-c", str(demo)], ISSUER)):
-        ahead = read_ahead_from(words)
+        plain = plain_build(words)
+        assert plain is not None, words
+        assert vars(build_parser(crl_only=True).parse_args(words)) == vars(build_parser().parse_args(words))
+        ahead = read_ahead(plain)
         assert ahead is not None, words
         try:
             assert (ahead.path.resolve(), ahead.issuer) == (data, issuer)
@@ -101,18 +105,21 @@ def test_the_command_line_says_where_to_read_before_it_is_parsed(demo: Path, mon
             ahead.close()
     for words in (["crl", "build", "--config", str(demo), "--delta"], ["crl", "show", "--config", str(demo), "x.crl"],
                   ["crl", "build", "--conf", str(demo)], ["crl", "--config", str(demo), "build"],
-                  [f"-c{demo}", "crl", "build"], ["--help"], ["crl", "build", "--config"],
+                  [f"-c{demo}", "crl", "build"], ["--help"], ["crl", "build", "--config"], ["crl", "build", "--help"],
+                  ["--log-level", "nonsense", "crl", "build", "--config", str(demo)],
                   ["crl", "build", "--json=1", "--config", str(demo)],
                   ["crl", "build", "extra", "--config", str(demo)], ["crl"], []):
-        assert read_ahead_from(words) is None, words
+        assert plain_build(words) is None, words
     monkeypatch.setenv("ANNUAIRE_CONFIG", str(demo))
-    ahead = read_ahead_from(["crl", "build"])
+    plain = plain_build(["crl", "build"])
+    assert plain is not None
+    ahead = read_ahead(plain)
     assert ahead is not None and ahead.path.resolve() == data
     ahead.close()
 
 
 def test_main_hands_the_read_it_began_to_the_build(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One read, begun before the parsers are made (and the command groups imported), used by the build."""
+    """One read, begun before the parsers are made (the crl group's alone), used by the build."""
     import directory.cli
     from directory.cli import main
 
@@ -132,9 +139,10 @@ def test_main_hands_the_read_it_began_to_the_build(demo: Path, monkeypatch: pyte
 
     monkeypatch.setattr(readahead, "start", start)
     monkeypatch.setattr(readahead, "number_in", number_in)
-    monkeypatch.setattr(directory.cli, "build_parser", lambda: seen.append("parsers") or real_parser())
+    monkeypatch.setattr(directory.cli, "build_parser", lambda crl_only: seen.append(f"parsers {crl_only}")
+                        or real_parser(crl_only))
     assert main(["crl", "build", "--config", str(demo), "--issuer", ISSUER]) == 0
-    assert seen == ["read", "parsers", "numbered in the read"]
+    assert seen == ["read", "parsers True", "numbered in the read"]
     assert aheads[0] is not None and aheads[0]._conn is None
 
 

@@ -46,10 +46,10 @@ def log_level(text: str) -> str:
     return text.upper()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Every command, each group's from its own module (in the order ``--help`` lists them)."""
-    from directory.cli import audit, certificates, demo, ldap, service  # after `crl build`'s read began (``main``)
-
+def build_parser(crl_only: bool = False) -> argparse.ArgumentParser:
+    """Every command, each group's from its own module (in the order ``--help`` lists them); ``crl_only``:
+    the crl group's alone (``main``, for words that can only be `crl build`: the other groups' modules are not
+    imported nor their parsers made)."""
     parser = argparse.ArgumentParser(prog="annuaire", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action=_Version, help="show the version (and those of Python and the key "
@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", "-c", help=config_help)
     common.add_argument("--config", "-c", help=config_help, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
+    if crl_only:
+        crl.add_parsers(sub, common)
+        return parser
+    from directory.cli import audit, certificates, demo, ldap, service  # (not before `crl build`'s read began)
+
     for group in (demo.add_parsers, certificates.add_parsers, service.add_parsers, crl.add_parsers,
                   ldap.add_parsers, audit.add_parsers, service.add_check_parsers):
         group(sub, common)
@@ -77,20 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     # second after `crl build` on a busy machine), only to free memory the system takes back anyway.
     atexit.unregister(gc.freeze)  # once per process, however many times main() runs in it (tests)
     atexit.register(gc.freeze)
-    # `crl build` reads its first CRL's entries from here on, told where by the command line's words alone,
-    # while the other command groups are imported and the parsers made (``crl.read_ahead_from``)
-    ahead = crl.read_ahead_from(sys.argv[1:] if argv is None else argv)
+    # Words that can only be `crl build` (``crl.plain_build``): its first CRL's entries are read from here on,
+    # told where by the words alone, while the parsers are made and the command imports what it needs
+    plain = crl.plain_build(sys.argv[1:] if argv is None else argv)
+    ahead = crl.read_ahead(plain) if plain is not None else None
     try:
         with crl.quiet() if ahead is not None else contextlib.nullcontext():
-            return _run(argv, ahead)
+            return _run(argv, plain is not None, ahead)
     finally:
         if ahead is not None:
             ahead.close()  # unless a build took it (then closed already)
 
 
-def _run(argv: list[str] | None, ahead: ReadAhead | None) -> int:
+def _run(argv: list[str] | None, crl_only: bool, ahead: ReadAhead | None) -> int:
     """The command parsed and run (``ahead``: `crl build`'s read, begun by ``main``, handed to it)."""
-    parser = build_parser()
+    parser = build_parser(crl_only)
     args = parser.parse_args(argv)
     from directory import logs
 

@@ -9,7 +9,7 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from directory.cli.common import EXIT_OK, EXIT_REFUSED, config_of, config_path, user
 from directory.cli.progress import ProgressBar
@@ -21,17 +21,21 @@ if TYPE_CHECKING:
     from directory.crl import readahead
 
 
-def read_ahead_from(words: Sequence[str]) -> readahead.ReadAhead | None:
-    """`crl build`'s read ahead begun from the command line's words alone (``main``, before the other command
-    groups are imported and the parsers made): ``[--config FILE] [--log-level L] [--log-format F] crl build
-    [--config FILE] [--issuer NAME] [--json]``, each option spelled out (``--config=FILE`` too). Anything else,
-    or unusual (``--delta``, ``-cFILE``, an abbreviation), begins nothing: ``cmd_crl_build`` then begins the
-    read once the words are parsed. A guess either way: the builder uses it only when the validated
-    configuration says the same (``readahead``)."""
-    from directory.crl import readahead
+class PlainBuild(NamedTuple):
+    """`crl build` as the command line says it plainly (``plain_build``)."""
 
+    config: str | None
+    issuer: str | None
+
+
+def plain_build(words: Sequence[str]) -> PlainBuild | None:
+    """``[--config FILE] crl build [--config FILE] [--issuer NAME] [--json]``, each option spelled out
+    (``--config=FILE`` too): words the full parser reads as `crl build` and cannot refuse (no value it checks),
+    so ``main`` makes only the crl group's parsers and begins the read at once (``read_ahead``). None for
+    anything else or anything unusual (``--delta``, ``--log-level``, ``-cFILE``, an abbreviation, ``--help``):
+    the whole command line is then parsed as ever, and the command begins its read once parsed."""
     config, issuer, place = None, None, 0  # place: 0 before `crl`, 1 after it, 2 after `build`
-    allowed = ({"--config", "-c", "--log-level", "--log-format"}, set(), {"--config", "-c", "--issuer", "--json"})
+    allowed = ({"--config", "-c"}, set(), {"--config", "-c", "--issuer", "--json"})
     words = list(words)
     while words:
         word = words.pop(0)
@@ -53,11 +57,18 @@ def read_ahead_from(words: Sequence[str]) -> readahead.ReadAhead | None:
             value = words.pop(0)
         if name in ("--config", "-c"):
             config = value
-        elif name == "--issuer":
+        else:
             issuer = value
-    if place != 2:
-        return None
-    return readahead.start(config_path(argparse.Namespace(config=config)), issuer)
+    return PlainBuild(config, issuer) if place == 2 else None
+
+
+def read_ahead(build: PlainBuild) -> readahead.ReadAhead | None:
+    """`crl build`'s read ahead begun from the command line's words alone (``main``, before the other command
+    groups are imported and the parsers made). A guess: the builder uses it only when the validated
+    configuration says the same (``readahead``)."""
+    from directory.crl import readahead
+
+    return readahead.start(config_path(argparse.Namespace(config=build.config)), build.issuer)
 
 
 @contextlib.contextmanager
@@ -86,7 +97,7 @@ def cmd_crl_build(args: argparse.Namespace) -> int:
 
     # The first full CRL's entries read from here on (SQLite, without the GIL), while this process imports
     # and reads its configuration: the builder uses them only if they are what it would read (``readahead``).
-    # ``main`` began it already when the command line said plainly where (``read_ahead_from``).
+    # ``main`` began it already when the command line said plainly where (``plain_build``).
     ahead = getattr(args, "read_ahead", None)
     if ahead is None and not args.delta:
         ahead = readahead.start(config_path(args), args.issuer)
