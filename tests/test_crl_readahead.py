@@ -107,7 +107,8 @@ def test_the_command_line_says_where_to_read_before_it_is_parsed(demo: Path, mon
                   ["crl", "build", "--conf", str(demo)], ["crl", "--config", str(demo), "build"],
                   [f"-c{demo}", "crl", "build"], ["--help"], ["crl", "build", "--config"], ["crl", "build", "--help"],
                   ["--log-level", "nonsense", "crl", "build", "--config", str(demo)],
-                  ["crl", "build", "--json=1", "--config", str(demo)],
+                  ["crl", "build", "--json=1", "--config", str(demo)], ["--config", "--json", "crl", "build"],
+                  ["crl", "build", "--config", str(demo), "--issuer", "-x"],
                   ["crl", "build", "extra", "--config", str(demo)], ["crl"], []):
         assert plain_build(words) is None, words
     monkeypatch.setenv("ANNUAIRE_CONFIG", str(demo))

@@ -52,7 +52,7 @@ def plain_build(words: Sequence[str]) -> PlainBuild | None:
                 return None
             continue
         if not equals:
-            if not words:
+            if not words or words[0].startswith("-"):  # (argparse may take it for an option: an error)
                 return None
             value = words.pop(0)
         if name in ("--config", "-c"):
