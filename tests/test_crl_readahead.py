@@ -79,6 +79,74 @@ def test_start_reads_where_the_configuration_file_says(demo: Path, tmp_path: Pat
     assert readahead.start(pg, None) is None
 
 
+def test_the_command_line_says_where_to_read_before_it_is_parsed(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main`` begins `crl build`'s read from the words alone, before any parser is made
+    (``cli.crl.plain_build``): only plain spellings, which the full parser reads as `crl build` and the crl
+    group's parser alone reads the same; anything else begins nothing here (the command begins its read once
+    parsed, by the full parser)."""
+    from directory.cli import build_parser
+    from directory.cli.crl import plain_build, read_ahead
+
+    monkeypatch.delenv("ANNUAIRE_CONFIG", raising=False)
+    data = (demo.parent / "data" / "registry.sqlite3").resolve()
+    for words, issuer in ((["--config", str(demo), "crl", "build"], ISSUER),
+                          (["crl", "build", "--config", str(demo), "--issuer", "ac-structures", "--json"],
+                           "ac-structures"),
+                          (["crl", "build", f"--config={demo}", "--issuer=ac-structures"], "ac-structures"),
+                          (["-c", "elsewhere.toml", "crl", "build", "-c", str(demo)], ISSUER)):
+        plain = plain_build(words)
+        assert plain is not None, words
+        assert vars(build_parser(crl_only=True).parse_args(words)) == vars(build_parser().parse_args(words))
+        ahead = read_ahead(plain)
+        assert ahead is not None, words
+        try:
+            assert (ahead.path.resolve(), ahead.issuer) == (data, issuer)
+        finally:
+            ahead.close()
+    for words in (["crl", "build", "--config", str(demo), "--delta"], ["crl", "show", "--config", str(demo), "x.crl"],
+                  ["crl", "build", "--conf", str(demo)], ["crl", "--config", str(demo), "build"],
+                  [f"-c{demo}", "crl", "build"], ["--help"], ["crl", "build", "--config"], ["crl", "build", "--help"],
+                  ["--log-level", "nonsense", "crl", "build", "--config", str(demo)],
+                  ["crl", "build", "--json=1", "--config", str(demo)], ["--config", "--json", "crl", "build"],
+                  ["crl", "build", "--config", str(demo), "--issuer", "-x"],
+                  ["crl", "build", "extra", "--config", str(demo)], ["crl"], []):
+        assert plain_build(words) is None, words
+    monkeypatch.setenv("ANNUAIRE_CONFIG", str(demo))
+    plain = plain_build(["crl", "build"])
+    assert plain is not None
+    ahead = read_ahead(plain)
+    assert ahead is not None and ahead.path.resolve() == data
+    ahead.close()
+
+
+def test_main_hands_the_read_it_began_to_the_build(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One read, begun before the parsers are made (the crl group's alone), used by the build."""
+    import directory.cli
+    from directory.cli import main
+
+    seen: list[str] = []
+    aheads: list[ReadAhead | None] = []
+    real_start, real_parser, real_number_in = readahead.start, directory.cli.build_parser, readahead.number_in
+
+    def start(*args: object) -> ReadAhead | None:
+        seen.append("read")
+        aheads.append(real_start(*args))  # type: ignore[arg-type]
+        return aheads[-1]
+
+    def number_in(ahead: ReadAhead, *args: object, **kwargs: object) -> object:
+        numbered = real_number_in(ahead, *args, **kwargs)  # type: ignore[arg-type]
+        seen.append("numbered in the read" if ahead is aheads[0] and numbered is not None else "not numbered")
+        return numbered
+
+    monkeypatch.setattr(readahead, "start", start)
+    monkeypatch.setattr(readahead, "number_in", number_in)
+    monkeypatch.setattr(directory.cli, "build_parser", lambda crl_only: seen.append(f"parsers {crl_only}")
+                        or real_parser(crl_only))
+    assert main(["crl", "build", "--config", str(demo), "--issuer", ISSUER]) == 0
+    assert seen == ["read", "parsers True", "numbered in the read"]
+    assert aheads[0] is not None and aheads[0]._conn is None
+
+
 def test_crl_build_uses_its_read_ahead_and_lists_the_same_entries(demo: Path, parts) -> None:
     """`crl build` builds its first CRL from the entries read ahead (the debug timing says so); the entries
     are byte for byte those of a build that reads after allocating its number."""
@@ -99,7 +167,7 @@ def test_a_revocation_before_the_number_is_listed_one_after_is_not(parts, caplog
     number was allocated (while signing) is not listed by that CRL (its change sequence is before it)."""
     demo, registry, publisher = parts
     first, second = _good_serials(demo)[:2]
-    caplog.set_level(logging.DEBUG, logger="directory.crl.builder")
+    caplog.set_level(logging.DEBUG, logger="directory.crl")
 
     ahead = ReadAhead(registry.path, ISSUER, False)
     ahead.reader.join()  # everything read, in a snapshot taken before the revocation
@@ -147,7 +215,7 @@ def test_a_read_ahead_that_fails_fails_the_build_and_writes_nothing(parts, monke
 def test_a_read_ahead_that_does_not_fit_is_dropped(parts, caplog: pytest.LogCaptureFixture) -> None:
     """Read for another cut-off (keep_expired) or another issuer: not used, the build reads as usual."""
     _, registry, publisher = parts
-    caplog.set_level(logging.DEBUG, logger="directory.crl.builder")
+    caplog.set_level(logging.DEBUG, logger="directory.crl")
     for ahead in (ReadAhead(registry.path, ISSUER, True), ReadAhead(registry.path, "ac-structures", False)):
         publisher.read_ahead = ahead
         crl = publisher.publish(publisher.full_targets()[0])
@@ -196,7 +264,7 @@ def test_a_registry_file_replaced_after_the_read_began_is_not_numbered_in(parts,
     assert not ahead.same_file(copy)  # same path, another file
     ahead.close()
     # the build's side: a read ahead whose file is not the registry's now is not numbered in
-    caplog.set_level(logging.DEBUG, logger="directory.crl.builder")
+    caplog.set_level(logging.DEBUG, logger="directory.crl")
     number = registry.crl_last_number(ISSUER)
     publisher.read_ahead = ReadAhead(registry.path, ISSUER, False)
     monkeypatch.setattr(ReadAhead, "same_file", lambda self, path: False)

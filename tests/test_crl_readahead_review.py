@@ -50,7 +50,7 @@ def test_a_revocation_by_another_process_during_the_read_ahead_is_listed(parts, 
                                                                         caplog) -> None:
     demo, registry, publisher = parts
     serial = _good_serials(demo)[0]
-    caplog.set_level(logging.DEBUG, logger="directory.crl.builder")
+    caplog.set_level(logging.DEBUG, logger="directory.crl")
     done = _hooked(monkeypatch, when, lambda: _revoke_by_cli(demo, serial))
     publisher.read_ahead = ReadAhead(registry.path, ISSUER, False)
     crl = publisher.publish(publisher.full_targets()[0])
@@ -264,7 +264,7 @@ def test_a_symlinked_registry_is_one_database_for_the_read_ahead(demo: Path, tmp
     config = load_config(demo)
     registry = open_config_registry(config)
     hsm = open_hsm(config)
-    caplog.set_level(logging.DEBUG, logger="directory.crl.builder")
+    caplog.set_level(logging.DEBUG, logger="directory.crl")
     try:
         publisher = publishers_for(config, opened(hsm), registry)[ISSUER]
         ahead = readahead.start(demo, ISSUER)
@@ -285,7 +285,7 @@ def test_two_read_aheads_of_one_snapshot_never_share_a_number(parts, caplog) -> 
     """Two `crl build` at once, both read ahead before either numbered: the second's numbering in its (now
     stale) snapshot is refused, it numbers as usual after the first; numbers only go up."""
     _, registry, publisher = parts
-    caplog.set_level(logging.DEBUG, logger="directory.crl.builder")
+    caplog.set_level(logging.DEBUG, logger="directory.crl")
     first, second = ReadAhead(registry.path, ISSUER, False), ReadAhead(registry.path, ISSUER, False)
     first.reader.join()
     second.reader.join()

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import gc
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from directory.cli import audit, certificates, crl, demo, ldap, service
+from directory.cli import crl
 from directory.cli.common import EXIT_REFUSED, EXIT_USAGE, searched
 from directory.refusal import Refused
+
+if TYPE_CHECKING:
+    from directory.crl.readahead import ReadAhead
 
 DESCRIPTION = ("The annuaire command line: publication of a CA's certificates and revocations\n"
                "(CRLs, OCSP, LDAP), signed in an HSM.")
@@ -42,8 +46,10 @@ def log_level(text: str) -> str:
     return text.upper()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Every command, each group's from its own module (in the order ``--help`` lists them)."""
+def build_parser(crl_only: bool = False) -> argparse.ArgumentParser:
+    """Every command, each group's from its own module (in the order ``--help`` lists them); ``crl_only``:
+    the crl group's alone (``main``, for words that can only be `crl build`: the other groups' modules are not
+    imported nor their parsers made)."""
     parser = argparse.ArgumentParser(prog="annuaire", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action=_Version, help="show the version (and those of Python and the key "
@@ -57,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", "-c", help=config_help)
     common.add_argument("--config", "-c", help=config_help, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
+    if crl_only:
+        crl.add_parsers(sub, common)
+        return parser
+    from directory.cli import audit, certificates, demo, ldap, service  # (not before `crl build`'s read began)
+
     for group in (demo.add_parsers, certificates.add_parsers, service.add_parsers, crl.add_parsers,
                   ldap.add_parsers, audit.add_parsers, service.add_check_parsers):
         group(sub, common)
@@ -71,11 +82,27 @@ def main(argv: list[str] | None = None) -> int:
     # second after `crl build` on a busy machine), only to free memory the system takes back anyway.
     atexit.unregister(gc.freeze)  # once per process, however many times main() runs in it (tests)
     atexit.register(gc.freeze)
-    parser = build_parser()
+    # Words that can only be `crl build` (``crl.plain_build``): its first CRL's entries are read from here on,
+    # told where by the words alone, while the parsers are made and the command imports what it needs
+    plain = crl.plain_build(sys.argv[1:] if argv is None else argv)
+    ahead = crl.read_ahead(plain) if plain is not None else None
+    try:
+        with crl.quiet() if ahead is not None else contextlib.nullcontext():
+            return _run(argv, plain is not None, ahead)
+    finally:
+        if ahead is not None:
+            ahead.close()  # unless a build took it (then closed already)
+
+
+def _run(argv: list[str] | None, crl_only: bool, ahead: ReadAhead | None) -> int:
+    """The command parsed and run (``ahead``: `crl build`'s read, begun by ``main``, handed to it)."""
+    parser = build_parser(crl_only)
     args = parser.parse_args(argv)
     from directory import logs
 
     logs.setup(args.log_level, args.log_format)
+    if args.func is crl.cmd_crl_build:
+        args.read_ahead = ahead
     try:
         return int(args.func(args))
     except Exception as exc:

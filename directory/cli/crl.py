@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from directory.cli.common import EXIT_OK, EXIT_REFUSED, config_of, config_path, user
 from directory.cli.progress import ProgressBar
@@ -19,29 +21,90 @@ if TYPE_CHECKING:
     from directory.crl import readahead
 
 
-def cmd_crl_build(args: argparse.Namespace) -> int:
-    import gc
+class PlainBuild(NamedTuple):
+    """`crl build` as the command line says it plainly (``plain_build``)."""
 
+    config: str | None
+    issuer: str | None
+
+
+def plain_build(words: Sequence[str]) -> PlainBuild | None:
+    """``[--config FILE] crl build [--config FILE] [--issuer NAME] [--json]``, each option spelled out
+    (``--config=FILE`` too): words the full parser reads as `crl build` and cannot refuse (no value it checks),
+    so ``main`` makes only the crl group's parsers and begins the read at once (``read_ahead``). None for
+    anything else or anything unusual (``--delta``, ``--log-level``, ``-cFILE``, an abbreviation, ``--help``):
+    the whole command line is then parsed as ever, and the command begins its read once parsed."""
+    config, issuer, place = None, None, 0  # place: 0 before `crl`, 1 after it, 2 after `build`
+    allowed = ({"--config", "-c"}, set(), {"--config", "-c", "--issuer", "--json"})
+    words = list(words)
+    while words:
+        word = words.pop(0)
+        if not word.startswith("-"):
+            if (place, word) not in ((0, "crl"), (1, "build")):
+                return None
+            place += 1
+            continue
+        name, equals, value = word.partition("=")
+        if name not in allowed[place]:
+            return None
+        if name == "--json":
+            if equals:
+                return None
+            continue
+        if not equals:
+            if not words or words[0].startswith("-"):  # (argparse may take it for an option: an error)
+                return None
+            value = words.pop(0)
+        if name in ("--config", "-c"):
+            config = value
+        else:
+            issuer = value
+    return PlainBuild(config, issuer) if place == 2 else None
+
+
+def read_ahead(build: PlainBuild) -> readahead.ReadAhead | None:
+    """`crl build`'s read ahead begun from the command line's words alone (``main``, before the other command
+    groups are imported and the parsers made). A guess: the builder uses it only when the validated
+    configuration says the same (``readahead``)."""
     from directory.crl import readahead
 
-    # The first full CRL's entries read from here on (SQLite, without the GIL), while this process imports
-    # and reads its configuration: the builder uses them only if they are what it would read (``readahead``).
-    ahead = None if args.delta else readahead.start(config_path(args), args.issuer)
-    # No cyclic garbage collection meanwhile: it ran some 60 times over the objects of the modules being
-    # imported (5-10% of their import time) for a command whose memory is its CRL's bytes (reference counting
-    # frees them); restored for whoever runs the command in-process.
+    return readahead.start(config_path(argparse.Namespace(config=build.config)), build.issuer)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """`crl build`'s interpreter: no cyclic garbage collection and a 0.5 ms GIL switch interval, restored after
+    (for whoever runs the command in-process). The collector ran some 60 times over the objects of the modules
+    being imported (5-10% of their import time) for a command whose memory is its CRL's bytes (reference
+    counting frees them); the reading thread needs the GIL a few times a run (the run's bytes, its queue)
+    while the main one imports: handed over within 0.5 ms instead of 5, the read is not paced by the imports."""
+    import gc
+
     collecting = gc.isenabled()
     gc.disable()
-    # The reading thread needs the GIL a few times a run (the run's bytes, its queue) while this one imports:
-    # handed over within 0.5 ms instead of 5, the read is not paced by the imports.
     interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
     try:
-        return _crl_build(args, ahead)
+        yield
     finally:
         sys.setswitchinterval(interval)
         if collecting:
             gc.enable()
+
+
+def cmd_crl_build(args: argparse.Namespace) -> int:
+    from directory.crl import readahead
+
+    # The first full CRL's entries read from here on (SQLite, without the GIL), while this process imports
+    # and reads its configuration: the builder uses them only if they are what it would read (``readahead``).
+    # ``main`` began it already when the command line said plainly where (``plain_build``).
+    ahead = getattr(args, "read_ahead", None)
+    if ahead is None and not args.delta:
+        ahead = readahead.start(config_path(args), args.issuer)
+    try:
+        with quiet():
+            return _crl_build(args, ahead)
+    finally:
         if ahead is not None:
             ahead.close()  # unless a build took it (then closed already)
 

@@ -37,11 +37,11 @@ from cryptography import x509
 
 from directory import der
 from directory.config import Config, IssuerConfig
+from directory.crl import readahead
 from directory.crl.crlfile import CrlFile
 from directory.crl.entrycheck import WalkCache
 from directory.crl.entryread import RunReader, check_runs
 from directory.crl.install import CrlFolder
-from directory.crl.readahead import ReadAhead, ReadAheadUnusable
 from directory.crl.selfcheck import Built, CrlBuildError, self_check
 from directory.publication import Target, crl_dir, crl_url, delta_target, full_crl_name, targets_of
 from directory.registry import Registry
@@ -113,16 +113,6 @@ class _Tbs(NamedTuple):
     hashing: Future[bytes] | None  # the digest, being computed since the last chunk was read (full CRLs)
 
 
-class _ReadAhead(NamedTuple):
-    """A full CRL's entries read and checked before its number was allocated (in the same snapshot)."""
-
-    entries: int
-    checked: int
-    chunks: list[bytes]
-    change_seq: int
-    seconds: float
-
-
 class CrlStats:
     """CRLs published and failed by one publisher (metrics)."""
 
@@ -146,7 +136,7 @@ class CrlPublisher:
         self.clock = clock
         self.on_published = on_published
         self.on_stage: Callable[[str], None] | None = None  # "ac-x.crl number 12: signing" (CLI progress)
-        self.read_ahead: ReadAhead | None = None  # `crl build`: its first CRL's entries, being read already
+        self.read_ahead: readahead.ReadAhead | None = None  # `crl build`: its first CRL's entries, being read already
         self.stats = CrlStats()
         self._walks: dict[str, WalkCache] = {}  # per CRL file: the entry walk of its previous build
         self.folder = CrlFolder(crl_dir, issuer.name, issuer.crl.archive)
@@ -208,7 +198,8 @@ class CrlPublisher:
             login.shutdown()
 
     def _publish(self, target: Target, rebase: bool, started: float, ready: Future[None]) -> PublishedCrl:
-        ahead = self._ahead_for(target)
+        ahead, self.read_ahead = self.read_ahead, None  # used by one build at most, the first
+        ahead = readahead.usable(ahead, self.registry.path, self.issuer.name, self.settings.keep_expired, target)
         now = ahead.now if ahead is not None else int(self.clock())
         validity = self.settings.delta_validity if target.kind == "delta" else self.settings.validity
         base: CrlRecord | None = None
@@ -225,7 +216,10 @@ class CrlPublisher:
                 log.info("%s: CRL numbers continue after %d ([issuers.crl] number_floor)", self.issuer.name,
                          self.settings.number_floor, extra={"issuer": self.issuer.name})
             self._floor_applied = True
-        early = self._read_ahead(ahead, target, now, validity) if ahead is not None else None
+        early = None
+        if ahead is not None:
+            early = readahead.number_in(ahead, self.registry, self.issuer.name, target, now, validity,
+                                        self._walk_cache(target.filename), self.stats, self.on_stage)
         if early is not None:
             record, read = early
             spent = [("reading ahead", read.seconds), ("numbering", time.monotonic() - started - read.seconds)]
@@ -294,51 +288,8 @@ class CrlPublisher:
             exts.append(der.expired_certs_on_crl(not_before))
         return der.tlv(0xA0, der.sequence(*exts))
 
-    def _ahead_for(self, target: Target) -> ReadAhead | None:
-        """The entries read ahead (``readahead``) when they are what this build would read, else None (and
-        the read dropped: it is used by one build at most, the first)."""
-        ahead, self.read_ahead = self.read_ahead, None
-        if ahead is None or ahead.fits(self.registry.path, self.issuer.name, self.settings.keep_expired,
-                                       target.partition, target.kind):
-            return ahead
-        ahead.close()
-        return None
-
-    def _read_ahead(self, ahead: ReadAhead, target: Target, now: int,
-                    validity: int) -> tuple[CrlRecord, _ReadAhead] | None:
-        """The entries read ahead, checked, and the number allocated in their snapshot (one view: see
-        ``readahead``); None when they were out of date or the guess did not fit the registry (the build then
-        allocates and reads as usual). A read that fails fails the build before it has a number: nothing
-        is written."""
-        at = time.monotonic()
-        try:
-            if self.on_stage is not None:
-                self.on_stage(f"{target.filename}: reading entries")
-            try:
-                entries, checked = check_runs(ahead.reader, self._walk_cache(target.filename))
-            except ReadAheadUnusable as exc:
-                log.debug("%s: entries not read ahead (%s)", target.filename, exc)
-                return None
-            except Exception as exc:
-                self.stats.failed += 1
-                log.error("CRL %s not published (no number allocated): %s", target.filename, exc)
-                raise CrlBuildError(f"{target.filename}: reading the entries: {exc}") from exc
-            assert ahead.snapshot is not None
-            if self.registry.path is None or not ahead.same_file(self.registry.path):
-                log.warning("%s: the registry file was replaced while its entries were read ahead; read again",
-                            target.filename, extra={"issuer": self.issuer.name})
-                return None
-            record = self.registry.crl_allocate_in(ahead.snapshot, self.issuer.name, target.kind, now, now + validity)
-            if record is None:
-                log.info("%s: the registry changed while its entries were read ahead; read again", target.filename,
-                         extra={"issuer": self.issuer.name})
-                return None
-            return record, _ReadAhead(entries, checked, ahead.reader.chunks, ahead.snapshot.change_seq,
-                                      time.monotonic() - at)
-        finally:
-            ahead.close()
-
-    def _tbs(self, target: Target, record: CrlRecord, base: CrlRecord | None, read: _ReadAhead | None = None) -> _Tbs:
+    def _tbs(self, target: Target, record: CrlRecord, base: CrlRecord | None,
+             read: readahead.Read | None = None) -> _Tbs:
         """The TBSCertList as pieces (head, the registry's entry chunks as they are, extensions); a full CRL's
         entries checked (``read``: ahead, in the snapshot its number was allocated in) and its digest under way
         (``entryread``), a delta's not yet."""

@@ -12,8 +12,12 @@ The entries read and the CRL number are one view: the number is allocated in the
 (``Crls.crl_allocate_in``), which SQLite refuses when another connection committed anything since the read
 began; the build then allocates as usual and reads again (a revocation committed before the number is
 listed, never one committed after). The file read is known by device and inode: one replaced meanwhile
-(a backup moved into place) is not numbered in (``same_file``). Only the standard library and ``der`` are
-imported here.
+(a backup moved into place) is not numbered in (``same_file``). Only the standard library is imported
+here before the read begins (``logging`` and ``CrlBuildError``'s module once the entries are read).
+
+The builder's side is here too, given the publisher's registry, walk cache and counts: whether a read is
+what the build would read (``usable``), and its entries checked and the number allocated in its snapshot
+(``number_in``).
 """
 
 from __future__ import annotations
@@ -22,11 +26,19 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
-from directory.crl.entryread import RunReader
+from directory.crl.entryread import RunReader, check_runs
 from directory.registry.snapshot import SQLITE_PRAGMAS, CrlSnapshot
+
+if TYPE_CHECKING:  # the builder's types: cryptography and the registry's store are not imported here
+    from directory.crl.builder import CrlStats
+    from directory.crl.entrycheck import WalkCache
+    from directory.publication import Target
+    from directory.registry import Registry
+    from directory.registry.store import CrlRecord
 
 
 class ReadAheadUnusable(Exception):
@@ -103,6 +115,68 @@ class ReadAhead:
                 self._conn.execute("ROLLBACK")
             self._conn.close()
             self._conn = None
+
+
+class Read(NamedTuple):
+    """A full CRL's entries read and checked before its number was allocated (in the same snapshot)."""
+
+    entries: int
+    checked: int
+    chunks: list[bytes]
+    change_seq: int
+    seconds: float
+
+
+def usable(ahead: ReadAhead | None, registry_path: Path | None, issuer: str, keep_expired: bool,
+           target: Target) -> ReadAhead | None:
+    """``ahead`` when it read what the build of ``target`` would read, else None (and the read dropped: it is
+    used by one build at most, the first)."""
+    if ahead is None or ahead.fits(registry_path, issuer, keep_expired, target.partition, target.kind):
+        return ahead
+    ahead.close()
+    return None
+
+
+def number_in(ahead: ReadAhead, registry: Registry, issuer: str, target: Target, now: int, validity: int,
+              walks: WalkCache, stats: CrlStats,
+              on_stage: Callable[[str], None] | None = None) -> tuple[CrlRecord, Read] | None:
+    """The entries read ahead, checked (``walks``: the publisher's walk cache of ``target``), and the number
+    allocated in their snapshot (one view: see the module's docstring); None when they were out of date or
+    the guess did not fit the registry (the build then allocates and reads as usual). A read that fails
+    fails the build (counted in ``stats``) before it has a number: nothing is written. ``ahead`` is closed."""
+    import logging  # (like cryptography, not before the read begins: the command line imports it later)
+
+    from directory.crl.selfcheck import CrlBuildError  # cryptography: imported once the entries are read
+
+    log = logging.getLogger(__name__)
+
+    at = time.monotonic()
+    try:
+        if on_stage is not None:
+            on_stage(f"{target.filename}: reading entries")
+        try:
+            entries, checked = check_runs(ahead.reader, walks)
+        except ReadAheadUnusable as exc:
+            log.debug("%s: entries not read ahead (%s)", target.filename, exc)
+            return None
+        except Exception as exc:
+            stats.failed += 1
+            log.error("CRL %s not published (no number allocated): %s", target.filename, exc)
+            raise CrlBuildError(f"{target.filename}: reading the entries: {exc}") from exc
+        assert ahead.snapshot is not None
+        if registry.path is None or not ahead.same_file(registry.path):
+            log.warning("%s: the registry file was replaced while its entries were read ahead; read again",
+                        target.filename, extra={"issuer": issuer})
+            return None
+        record = registry.crl_allocate_in(ahead.snapshot, issuer, target.kind, now, now + validity)
+        if record is None:
+            log.info("%s: the registry changed while its entries were read ahead; read again", target.filename,
+                     extra={"issuer": issuer})
+            return None
+        return record, Read(entries, checked, ahead.reader.chunks, ahead.snapshot.change_seq,
+                            time.monotonic() - at)
+    finally:
+        ahead.close()
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -1,15 +1,14 @@
 """The consistent read view a CRL build takes its entries from: one read transaction of one issuer.
 
-Apart from ``crls`` (numbers and records) and importing only the standard library and ``der``: `crl build`
-opens one on a connection of its own while the command is still starting (``crl.readahead``).
+Apart from ``crls`` (numbers and records) and importing only the standard library (``der`` for a delta's
+entries): `crl build` opens one on a connection of its own while the command is still starting
+(``crl.readahead``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
-
-from directory import der
 
 Conn = Any  # a connection of the backend: ``execute(sql, params)``
 # every SQLite connection of the registry (after journal_mode=WAL): a commit survives a power cut
@@ -73,6 +72,8 @@ class CrlSnapshot:
 
     def delta_entries(self, since_seq: int, removal_time: int) -> list[bytes]:
         """Entries changed after ``since_seq``: current entries, plus removeFromCRL for released holds."""
+        from directory import der  # (its dataclass and datetime not before a full CRL's read begins)
+
         rows = self.conn.execute(
             "SELECT c.id, c.serial_hex, c.status, e.entry_der FROM certificates c "
             "LEFT JOIN crl_entries e ON e.issuer_id = c.issuer_id AND e.certificate_id = c.id "
