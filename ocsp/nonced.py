@@ -18,7 +18,10 @@ from ocsp.lru import ByteLru
 from ocsp.request import CertId, Request
 
 SHAPES = 1024 * 1024  # bytes of remembered request shapes
-SHAPE_OVERHEAD = 400  # per shape besides its bytes: dict slot, LRU links, tuples (CertIds are the request's)
+SHAPE_OVERHEAD = 400  # per shape besides its bytes: dict slot, LRU links, key and value tuples
+# per CertID a shape keeps: its object, two hashes and a serial of its own (up to SHA-512 and 20 octets), beyond
+# their bytes in the shape; tests/test_ocsp_nonced.py measures both charges as upper bounds
+CERT_ID_COST = 384
 LAYOUTS = 4  # (nonce offset, nonce length) tried per request length
 LENGTHS = 256
 
@@ -59,4 +62,5 @@ class NonceShapes:
                 layouts.pop(0)
             layouts.append((nonce_at, size))
         rest = der[:nonce_at] + der[nonce_at + size:]
-        self._shapes.put((nonce_at, size, rest), request.cert_ids, len(rest))
+        cost = len(rest) + CERT_ID_COST * len(request.cert_ids)
+        self._shapes.put((nonce_at, size, rest), request.cert_ids, cost)

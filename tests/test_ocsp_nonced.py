@@ -4,6 +4,7 @@ only when nothing but the nonce's own octets differ."""
 from __future__ import annotations
 
 import random
+import tracemalloc
 
 import pytest
 from cryptography import x509
@@ -99,3 +100,32 @@ def test_what_traffic_fills_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for size in range(1, 10):
         _shaped(few, _request(b"x" * size))
     assert len(few._layouts) == 4 and few.get(_request(b"y" * 9)) is not None  # the newest kept
+
+
+def _traced_against_charged(shapes_of: int, cert_ids: int, hash_name: str) -> tuple[int, int]:
+    """(bytes tracemalloc sees held by ``shapes_of`` remembered shapes, bytes the LRU charged for them): each
+    request ``cert_ids`` CertIDs of ``hash_name`` with 20-octet serials (the largest), decoded as
+    ``from_cache`` does (its objects are the shape's once the request is answered)."""
+    rng = random.Random(shapes_of * cert_ids)
+    size = build.DIGEST_SIZES[hash_name]
+    ders = [build.request(*(build.cert_id(hash_name, rng.randbytes(size), rng.randbytes(size),
+                                          rng.getrandbits(159) | (1 << 158)) for _ in range(cert_ids)),
+                          nonce=b"n" * 16) for _ in range(shapes_of)]
+    shapes = NonceShapes(capacity=1 << 40)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for der in ders:
+            _shaped(shapes, der)
+        return tracemalloc.get_traced_memory()[0] - before, shapes._shapes.bytes
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_shape_is_charged_at_least_what_it_holds() -> None:
+    # the CertIDs a shape keeps (objects of their own: hashes, serial) are charged too, not only its bytes:
+    # a 100-CertID request's shape holds four times its length
+    for shapes_of, cert_ids, hash_name in ((1000, 1, "sha1"), (5462, 1, "sha1"), (10923, 1, "sha512"),
+                                           (300, 100, "sha1"), (200, 60, "sha512")):
+        used, charged = _traced_against_charged(shapes_of, cert_ids, hash_name)
+        assert used <= charged, (shapes_of, cert_ids, hash_name, used, charged)
