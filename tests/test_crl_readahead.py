@@ -119,6 +119,23 @@ def test_the_command_line_says_where_to_read_before_it_is_parsed(demo: Path, mon
     ahead.close()
 
 
+def test_a_log_level_from_the_environment_is_refused_as_the_full_parser_refuses_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """$ANNUAIRE_LOG_LEVEL is a value the parser checks (the default of --log-level): plain `crl build` words
+    with a level it refuses get the full parser's error, every command in its usage, not the crl group's alone."""
+    from directory.cli import build_parser, main
+
+    monkeypatch.setenv("ANNUAIRE_LOG_LEVEL", "loud")
+    words = ["crl", "build", "--config", "nowhere.toml"]
+    with pytest.raises(SystemExit) as full:
+        build_parser().parse_args(words)
+    expected = capsys.readouterr().err
+    assert "{init-demo," in expected
+    with pytest.raises(SystemExit) as ran:
+        main(words)
+    assert (ran.value.code, capsys.readouterr().err) == (full.value.code, expected) == (2, expected)
+
+
 def test_main_hands_the_read_it_began_to_the_build(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One read, begun before the parsers are made (the crl group's alone), used by the build."""
     import directory.cli

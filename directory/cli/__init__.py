@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     atexit.register(gc.freeze)
     # Words that can only be `crl build` (``crl.plain_build``): its first CRL's entries are read from here on,
     # told where by the words alone, while the parsers are made and the command imports what it needs
-    plain = crl.plain_build(sys.argv[1:] if argv is None else argv)
+    # (not when $ANNUAIRE_LOG_LEVEL, --log-level's default, is one the parser refuses: the full parser's error)
+    level = os.environ.get("ANNUAIRE_LOG_LEVEL", "INFO")
+    plain = crl.plain_build(sys.argv[1:] if argv is None else argv) if level.upper() in LOG_LEVELS else None
     ahead = crl.read_ahead(plain) if plain is not None else None
     try:
         with crl.quiet() if ahead is not None else contextlib.nullcontext():
