@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from ocsp import nonced
 from ocsp.nonced import NonceShapes
-from ocsp.request import parse_request, parse_request_located
+from ocsp.request import Request, parse_request, parse_request_located
 from tests import ocsp_requests as build
 
 SERIAL = 0x1F2E3D4C5B6A79880112233445566778
@@ -61,6 +61,60 @@ def test_a_request_of_a_known_shape_decodes_as_the_strict_decoder_does(first: by
     other = data.draw(st.binary(min_size=len(first), max_size=len(first)))
     der = _request(other, after=after)
     assert shapes.get(der) == parse_request(der, 100)
+
+
+SIGNATURE = build.tlv(0xA0, build.seq(build.seq(build.tlv(0x06, bytes.fromhex("2a864886f70d01010b")), build.NULL),
+                                       build.tlv(0x03, b"\x00" + bytes(range(16)))))
+REQUESTOR = build.tlv(0xA4, build.seq(build.tlv(0x31, build.seq(build.tlv(0x06, b"\x55\x04\x03"),
+                                                                 build.tlv(0x0C, b"requestor")))))
+UNKNOWN_EXTENSION = build.seq(build.tlv(0x06, bytes.fromhex("2b0601050507300105")),
+                              build.tlv(0x04, build.tlv(0x04, b"\x04\x02ab")))
+
+
+@st.composite
+def _varied(draw: st.DrawFn) -> bytes:
+    """A strict-DER nonce request with what else a request may carry: several CertIDs of any hash, a
+    requestorName, a signature, single-request extensions, other extensions before and after the nonce, a
+    critical nonce, a nonce that reads as DER itself."""
+    items = []
+    for _ in range(draw(st.integers(1, 4))):
+        hash_name = draw(st.sampled_from(sorted(build.DIGEST_SIZES)))
+        size = build.DIGEST_SIZES[hash_name]
+        cid = build.cert_id(hash_name, draw(st.binary(min_size=size, max_size=size)),
+                            draw(st.binary(min_size=size, max_size=size)), draw(st.integers(0, 2**159)),
+                            params=draw(st.sampled_from([build.NULL, None])))
+        single = build.tlv(0xA0, build.seq(UNKNOWN_EXTENSION)) if draw(st.booleans()) else b""
+        items.append(build.seq(cid + single))
+    nonce = draw(st.one_of(st.binary(min_size=1, max_size=32),
+                           st.binary(max_size=30).map(lambda inner: build.tlv(0x04, inner))))
+    critical = b"\x01\x01\xff" if draw(st.booleans()) else b""
+    extensions = [build.seq(build.tlv(0x06, bytes.fromhex(build.NONCE_OID)), critical,
+                            build.tlv(0x04, build.tlv(0x04, nonce)))]
+    for other in (OTHER_EXTENSION, UNKNOWN_EXTENSION):
+        if draw(st.booleans()):
+            extensions.insert(draw(st.integers(0, len(extensions))), other)
+    tbs = ((build.tlv(0xA1, REQUESTOR) if draw(st.booleans()) else b"") + build.seq(*items)
+           + build.tlv(0xA2, build.seq(*extensions)))
+    return build.seq(build.seq(tbs), SIGNATURE if draw(st.booleans()) else b"")
+
+
+@settings(max_examples=300, deadline=None)
+@given(der=_varied(), data=st.data())
+def test_any_request_taken_for_a_known_shape_is_what_the_strict_decoder_makes_of_it(der: bytes,
+                                                                                  data: st.DataObject) -> None:
+    shapes = NonceShapes()
+    _shaped(shapes, der)
+    request, at = parse_request_located(der, 100)
+    assert request.nonce is not None and der[at:at + len(request.nonce)] == request.nonce
+    for _ in range(20):  # other octets of the same length: at the nonce's place, or anywhere
+        start = data.draw(st.sampled_from([at, data.draw(st.integers(0, len(der) - 1))]))
+        octets = data.draw(st.binary(min_size=1, max_size=len(der) - start))
+        changed = der[:start] + octets + der[start + len(octets):]
+        found = shapes.get(changed)
+        if start == at and len(octets) == len(request.nonce):
+            assert found == parse_request(changed, 100) == Request(request.cert_ids, octets)
+        elif found is not None:
+            assert found == parse_request(changed, 100)
 
 
 def test_anything_but_the_nonce_differing_is_decoded_again() -> None:
