@@ -120,3 +120,14 @@ def test_a_postgresql_registry_without_its_driver_is_named(tmp_path: Path, priva
     monkeypatch.undo()
     # with the extra installed (as here), the same file loads
     assert run_cli("check-config", "--offline", "--config", str(config)).returncode == 0
+
+
+def test_a_configuration_nested_too_deeply_is_a_configuration_error(tmp_path: Path) -> None:
+    """tomllib recurses once per nesting level: a file of thousands of levels is refused as invalid TOML (exit 2,
+    the file named), by every command, `crl build`'s early read included, never with a traceback."""
+    deep = tmp_path / "deep.toml"
+    deep.write_text("demo = " + "[" * 5000 + "]" * 5000 + "\n")
+    for args in (["check-config", "--offline"], ["crl", "build"], ["status"]):
+        r = run_cli(*args, "--config", str(deep))
+        assert r.returncode == 2 and "nested too deeply" in r.stderr and str(deep) in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr, r.stderr

@@ -78,6 +78,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(file, "-", f"cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "-", f"invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nesting level: thousands of levels end the parser's stack
+        raise ConfigError(file, "-", "invalid TOML: nested too deeply") from None
 
     top = Section(file, "", raw, {"demo", "data_dir", "hsm", "http", "registry", "ldap", "issuers", "admin",
                                   "check"})

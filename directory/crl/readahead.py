@@ -216,5 +216,5 @@ def start(config: Path | None, issuer: str | None) -> ReadAhead | None:
         if not isinstance(keep_expired, bool):
             return None
         return ReadAhead(path, found[0]["name"], keep_expired)
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError):
+        return None  # (load_config says what is wrong, a RecursionError too)
