@@ -26,6 +26,11 @@ class Transit:
     def __init__(self, gated: _Gated, carried: bytes | None = None, passing: bytes | None = None) -> None:
         self.gated, self.carried, self.passing = gated, carried, passing
 
+    def _detach(self) -> None:
+        """Nothing of this connection in transit any more: its gate lets go of this (unless it holds another)."""
+        if self.gated.transit is self:
+            self.gated.transit = None
+
     # -- carried in -------------------------------------------------------------------------------
     def take(self) -> None:
         """What a serving process handed over with the connection, taken now that the transport reads, not in
@@ -34,8 +39,7 @@ class Transit:
         here without bound. Bytes read before this runs wait behind these (``before``)."""
         gated = self.gated
         carried, self.carried = self.carried, None
-        if gated.transit is self:
-            gated.transit = None
+        self._detach()
         transport = gated.transport
         if carried is not None and transport is not None and not transport.is_closing():
             gated.data_received(carried)
@@ -46,8 +50,7 @@ class Transit:
         if carried is None:
             return data
         self.carried = None
-        if self.gated.transit is self:
-            self.gated.transit = None
+        self._detach()
         return carried + data
 
     # -- carried out ------------------------------------------------------------------------------
@@ -69,11 +72,11 @@ class Transit:
     def answered(self, taken: bool | None) -> None:
         """The main process's answer to ``offer``: taken, this process's descriptor is closed (a close, not a
         shutdown: the client's connection is the main process's now); refused, answered here. None: not known
-        (no answer in time, the main process's socket lost), closed here uncounted: the main process may serve it."""
+        (no answer in time, the main process's socket lost), closed here, counted ``handover_unanswered`` (not
+        ``handed_over``): the main process may serve it."""
         gated = self.gated
         rest, self.passing = self.passing, None
-        if gated.transit is self:
-            gated.transit = None
+        self._detach()
         transport = gated.transport
         if rest is None or transport is None or transport.is_closing():
             return
