@@ -278,7 +278,8 @@ class Adopter:
             self._reply(peer, number, False)
             return
         gate = self.gate
-        timely = time.monotonic_ns() - sent < self.handback_ns
+        age = time.monotonic_ns() - sent
+        timely = age < self.handback_ns
         if timely and self.sock is not None and gate.open + self.adopting < gate.cap:
             self.adopting += 1
             self.adopted += 1
@@ -292,8 +293,8 @@ class Adopter:
         # too late to hand back (the serving process has given it up, or will have when the answer comes), or the
         # answer not sent: closed by both, the request would be lost unanswered. Kept here, and answered 503.
         self.late += 1
-        log.warning("connection hand-over: offer read %.1f s after it was sent: answered 503",
-                    (time.monotonic_ns() - sent) / 1e9)
+        log.warning("connection hand-over: offer %s: answered 503",
+                    f"read {age / 1e9:.1f} s after it was sent" if not timely else "whose refusal could not be sent")
         self._reply(peer, number, True)
         self.adopting += 1
         asyncio.ensure_future(self._turn_away(sock)).add_done_callback(self._adopted)
