@@ -7,10 +7,9 @@ asyncio may accept in one go before the cap is checked, ``ACCEPT_BURST``) and a 
 everything else (registry, HSM, CRL files, child processes' pipes, logs) must fit under the limit; with
 ``[http] workers`` the main process's public share is the connections handed over to it, and its
 serving processes' connections to it count too (``internal``: its internal listener's cap, and their
-channels), or they could take every descriptor it has. The
-soft limit is raised up to the hard one when needed; if that is not enough the public cap is lowered
-(with a warning naming the limit) and the service refuses to start when even the reserve and the admin
-cap do not fit.
+channels), or they could take every descriptor it has. The soft limit is raised up to the hard one when
+needed; if that is not enough the public cap is lowered (with a warning naming the limit) and the service
+refuses to start when even the reserve, the serving processes' share and the admin cap do not fit.
 """
 
 from __future__ import annotations

@@ -157,7 +157,8 @@ class _Gated(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         gate = self.gate
         if gate.open >= gate.cap or self.late:
-            gate.refused += not self.late
+            if not self.late:  # counted by the adopter (``late``), not as a refusal of this listener
+                gate.refused += 1
             if gate.tls is not None or gate.lingering >= LINGER:
                 if self.late:  # its serving process has let it go: nobody else answers it. Its request was read
                     transport.write(REFUSAL)  # there (nothing unread here to reset it, as a rule): the 503 is
