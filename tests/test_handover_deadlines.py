@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import time
@@ -17,7 +18,7 @@ from cryptography.x509 import ocsp
 
 from directory.service.handover import Adopter, Passer
 from directory.service.listener import ConnectionGate
-from tests.served import serve
+from tests.served import http, serve
 from tests.test_handover import _check_signed, _holder, _metric
 from tests.test_ocsp_direct import (
     _answers,
@@ -38,6 +39,8 @@ from tests.test_workers import _workers
 UNANSWERED = "annuaire_http_connections_handover_unanswered_total"
 LATE = "annuaire_http_connections_handover_late_total"
 EXPIRED = "annuaire_ocsp_live_expired_total"
+BACKLOG = "annuaire_ocsp_live_backlog"
+BACKLOG_FULL = "annuaire_ocsp_live_backlog_full_total"
 SIGNATURES = "annuaire_hsm_signatures_total"
 
 
@@ -130,6 +133,9 @@ def test_live_requests_given_up_by_their_serving_process_are_not_signed(demo: Pa
         time.sleep(1)  # the main process reads what waited on livewire
         assert _metric(base, SIGNATURES) == signed, "requests nobody waits for were signed"
         assert _metric(base, EXPIRED) == count
+        exposed = http(base + "/metrics")[2].decode()  # README's other two: none waiting now, none turned away
+        for name in (BACKLOG, BACKLOG_FULL):
+            assert re.search(rf"^{name} 0\.0$", exposed, re.M), name
         assert _status(_post_http10(base, nonced)) == ocsp.OCSPResponseStatus.SUCCESSFUL
 
 

@@ -255,3 +255,16 @@ def test_the_main_process_counts_what_its_serving_processes_hold_open(demo: Path
                 s.close()
     for trouble in ("Too many open files", "out of system resource", "truncated"):
         assert trouble not in served.output, served.output[-3000:]
+
+
+def test_a_limit_that_cannot_hold_the_serving_processes_connections_is_refused_at_start(demo: Path) -> None:
+    """README's promise with ``[http] workers``: when the limit cannot hold the reserve, the serving processes'
+    connections to the main process (``limits.internal``: 2 × 256 + 64 + 2 × 4 here) and the admin cap, ``serve``
+    refuses to start (exit 2) and says so, naming ``[http] workers`` among what to lower."""
+    demo.write_text(demo.read_text().replace("[http]\n", "[http]\nworkers = 2\n", 1))
+    result = subprocess.run([sys.executable, "-m", "directory.cli", "serve", "-c", str(demo)], capture_output=True,
+                            text=True, timeout=60, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                                                        (700, 700)))
+    assert result.returncode == 2, result.stderr
+    assert "the serving processes' connections (584)" in result.stderr, result.stderr
+    assert "or [http] workers" in result.stderr, result.stderr
