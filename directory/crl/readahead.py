@@ -12,8 +12,9 @@ The entries read and the CRL number are one view: the number is allocated in the
 (``Crls.crl_allocate_in``), which SQLite refuses when another connection committed anything since the read
 began; the build then allocates as usual and reads again (a revocation committed before the number is
 listed, never one committed after). The file read is known by device and inode: one replaced meanwhile
-(a backup moved into place) is not numbered in (``same_file``). Only the standard library is imported
-here before the read begins (``logging`` and ``CrlBuildError``'s module once the entries are read).
+(a backup moved into place) is not numbered in (``same_file``). Only the standard library, ``entryread``
+and ``registry.snapshot`` (standard library only themselves) are imported here before the read begins
+(``CrlBuildError``'s module, with cryptography, once the entries are read).
 
 The builder's side is here too, given the publisher's registry, walk cache and counts: whether a read is
 what the build would read (``usable``), and its entries checked and the number allocated in its snapshot
@@ -22,6 +23,7 @@ what the build would read (``usable``), and its entries checked and the number a
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -39,6 +41,8 @@ if TYPE_CHECKING:  # the builder's types: cryptography and the registry's store 
     from directory.publication import Target
     from directory.registry import Registry
     from directory.registry.store import CrlRecord
+
+log = logging.getLogger(__name__)
 
 
 class ReadAheadUnusable(Exception):
@@ -144,11 +148,7 @@ def number_in(ahead: ReadAhead, registry: Registry, issuer: str, target: Target,
     allocated in their snapshot (one view: see the module's docstring); None when they were out of date or
     the guess did not fit the registry (the build then allocates and reads as usual). A read that fails
     fails the build (counted in ``stats``) before it has a number: nothing is written. ``ahead`` is closed."""
-    import logging  # (like cryptography, not before the read begins: the command line imports it later)
-
     from directory.crl.selfcheck import CrlBuildError  # cryptography: imported once the entries are read
-
-    log = logging.getLogger(__name__)
 
     at = time.monotonic()
     try:
