@@ -72,12 +72,12 @@ class DirectPath:
         entry = pool.take(SESSION_WAIT)
         key = entry.keys.get(label) if entry is not None else None
         try:
-            if key is not None:
+            if entry is not None and key is not None:  # (a key only comes with a session: ``entry`` for the types)
                 module.lock.acquire_shared()
                 try:
-                    if entry.generation == module.generation and module.serial_reason is None:  # type: ignore[union-attr]
-                        signature = module.raw.sign_into(entry.handle, key.handle, mechanism,  # type: ignore[union-attr]
-                                                         token_input, entry.buffer)  # type: ignore[union-attr]
+                    if entry.generation == module.generation and module.serial_reason is None:
+                        signature = module.raw.sign_into(entry.handle, key.handle, mechanism, token_input,
+                                                         entry.buffer)
                     else:
                         key = None
                 except CryptokiError:
