@@ -37,7 +37,7 @@ from tests.test_workers import _workers
 
 UNANSWERED = "annuaire_http_connections_handover_unanswered_total"
 LATE = "annuaire_http_connections_handover_late_total"
-EXPIRED = "annuaire_ocsp_live_expired_total"
+EXPIRED = 'annuaire_ocsp_live_expired_total{source="workers"}'
 SIGNATURES = "annuaire_hsm_signatures_total"
 
 
