@@ -56,8 +56,10 @@ class OcspComponent:
     async def start(self, service: Service) -> None:
         self.service = service
         self.responder = OcspResponder(service.config, service.hsm, service.registry, self.clock, self.store)
-        self.live = LiveLane(self.responder.answer_live, service.hsm.sessions)  # one thread per HSM session
         self.live_timeout = service.config.http.request_timeout
+        # one thread per HSM session; what waits for them is bounded (``ocsp.live.Backlog``) and never signed past
+        # request_timeout, whatever asks for it (this process's connections, the serving processes')
+        self.live = LiveLane(self.responder.answer_live, service.hsm.sessions, timeout=self.live_timeout)
         self.live.start(asyncio.get_running_loop())
         self.metrics = OcspMetrics(self.responder, self.live.backlog)
         service.metrics.register(self.metrics.collect)

@@ -16,15 +16,22 @@ no queue: a flood of nonces from any side cannot make the ones behind wait longe
 A request leaves the count as its future is done, however (signed, failed, cancelled): a place is never kept by
 a request given up, and a cancelled one still in the queue costs no signature. What cancelled requests leave
 in the queue is swept out once they outnumber ``cap`` (``_purge``), so cancelling cannot grow it either.
+
+Whoever asks keeps a deadline (``request_timeout``) and cancels at it; the lane has one too (``timeout`` after
+``submit``): a thread takes no request past it, answering tryLater instead. The callers' timers run on the
+event loop, which a signer that keeps the GIL (SoftHSM2, ``directory.hsm.module``) or a busy process can hold
+up: without it a thread would sign what waited past its deadline before the loop got to cancel it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import queue
 import threading
 from collections.abc import Callable
+from time import monotonic
 
 from ocsp import response as resp
 from ocsp.request import Request
@@ -45,7 +52,7 @@ class Backlog:
         self.cap = cap
         self.waiting = 0
         # given up at their deadline (tryLater; not signed unless a signing thread had begun): counted by whoever
-        # keeps the deadline (``ocsp.direct``, ``ocsp.http``, ``livewire``)
+        # gives it up first (``ocsp.direct``, ``ocsp.http``, ``livewire``, or the lane's thread)
         self.expired = dict.fromkeys(SOURCES, 0)
         self.full = dict.fromkeys(SOURCES, 0)  # answered tryLater at once, ``cap`` waiting already
 
@@ -53,14 +60,18 @@ class Backlog:
 class LiveLane:
     """``threads`` signing threads running ``answer`` (blocking, HSM) for requests from one event loop."""
 
-    def __init__(self, answer: Callable[[Request], Outcome], threads: int, cap: int = MAX_WAITING) -> None:
+    def __init__(self, answer: Callable[[Request], Outcome], threads: int, cap: int = MAX_WAITING,
+                 timeout: float = math.inf) -> None:
         self._answer = answer
         self.backlog = Backlog(cap)
+        self.timeout = timeout  # seconds after ``submit`` a thread no longer takes a request up
         self._ghosts = 0  # requests cancelled since the last purge (some still in the queue, to be skipped)
         self._stopped = False
-        self._jobs: queue.SimpleQueue[tuple[Request, asyncio.Future[Outcome]] | None] = queue.SimpleQueue()
+        # (request, its future, deadline: time.monotonic(), source)
+        self._jobs: queue.SimpleQueue[tuple[Request, asyncio.Future[Outcome], float, str] | None] = queue.SimpleQueue()
         self._done: collections.deque[tuple[asyncio.Future[Outcome], Outcome | None, BaseException | None]] = \
             collections.deque()
+        self._late: collections.deque[tuple[asyncio.Future[Outcome], str]] = collections.deque()  # not taken up
         self._lock = threading.Lock()
         self._wake_pending = False
         self.wakeups = 0  # times the event loop was woken to take answers (fewer than answers under load)
@@ -92,7 +103,7 @@ class LiveLane:
             return future
         backlog.waiting += 1
         future.add_done_callback(self._release)  # first of its callbacks: the place is free before they run
-        self._jobs.put((request, future))
+        self._jobs.put((request, future, monotonic() + self.timeout, source))
         return future
 
     def _release(self, future: asyncio.Future[Outcome]) -> None:
@@ -129,18 +140,21 @@ class LiveLane:
                 thread.join(timeout=60)
 
     def _work(self) -> None:
-        jobs, done, answer = self._jobs, self._done, self._answer
+        jobs, done, late, answer = self._jobs, self._done, self._late, self._answer
         while True:
             job = jobs.get()
             if job is _STOP:
                 return
-            request, future = job
+            request, future, deadline, source = job
             if future.cancelled():  # given up (client gone, request deadline past): no signature for nobody
                 continue
-            try:
-                done.append((future, answer(request), None))
-            except BaseException as exc:  # handed to the awaiting coroutine, which decides
-                done.append((future, None, exc))
+            if monotonic() > deadline:  # its caller's timer has yet to run (the loop held up): not signed
+                late.append((future, source))
+            else:
+                try:
+                    done.append((future, answer(request), None))
+                except BaseException as exc:  # handed to the awaiting coroutine, which decides
+                    done.append((future, None, exc))
             with self._lock:
                 if self._wake_pending:
                     continue  # the loop has yet to drain: it will find this answer too
@@ -165,3 +179,9 @@ class LiveLane:
                 future.set_exception(exc)
             else:
                 future.set_result(outcome)  # type: ignore[arg-type]
+        late = self._late
+        while late:
+            future, source = late.popleft()
+            if not future.cancelled():  # else its caller gave it up first, and counted it
+                self.backlog.expired[source] += 1
+                future.set_result(error_outcome(resp.TRY_LATER, "error"))

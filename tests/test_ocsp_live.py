@@ -153,6 +153,38 @@ def test_what_waits_for_the_signer_is_bounded_whatever_asks_for_it() -> None:
     assert signed == [0, 1, 2, 4, 6, 7, 10, 11]  # 3 and 5, given up while waiting, never signed
 
 
+def test_a_thread_takes_up_no_request_past_its_deadline() -> None:
+    """The callers' deadline timers run on the event loop, which a signer keeping the GIL or a busy process can
+    hold up; the lane's own deadline (``timeout`` after ``submit``) keeps a thread from signing what waited past
+    it all the same: tryLater, counted once for its source, whoever gives it up first."""
+    signed: list[int] = []
+
+    def answer(request: Request) -> Outcome:
+        signed.append(request.cert_ids[0].serial)
+        if request.cert_ids[0].serial == 0:
+            time.sleep(0.4)  # a signature held up past the deadline of those behind
+        return Outcome(b"signed", "successful", "live")
+
+    async def main() -> None:
+        lane = LiveLane(answer, 1, timeout=0.2)
+        lane.start(asyncio.get_running_loop())
+        try:
+            first = lane.submit(_request(0))
+            behind = [lane.submit(_request(1), "workers"), lane.submit(_request(2))]
+            given_up = lane.submit(_request(3))
+            await asyncio.sleep(0.25)
+            given_up.cancel()  # by its caller's timer, first: counted there, not again here
+            assert (await first).status == "successful"
+            assert [(a.status, a.path) for a in await asyncio.gather(*behind)] == [("tryLater", "error")] * 2
+            assert lane.backlog.expired == {"local": 1, "workers": 1} and lane.backlog.waiting == 0
+            assert (await lane.submit(_request(4))).status == "successful"
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, lane.stop)
+
+    asyncio.run(main())
+    assert signed == [0, 4]
+
+
 def test_requests_given_up_in_numbers_do_not_grow_the_queue() -> None:
     """A stalled signer and clients that give up and ask again, each time a place given back: the requests
     cancelled stay in the thread's queue until taken (to be skipped), so they are swept out once they outnumber
