@@ -132,7 +132,7 @@ def test_what_waits_for_the_signer_is_bounded_whatever_asks_for_it() -> None:
             extra = lane.submit(_request(99))
             assert extra.done() and extra.result().path == "shed"
             assert backlog.full == {"local": 1, "workers": 1} and backlog.waiting == 8
-            local[3].cancel()  # given up (deadline, client gone): its place is free before anything else runs
+            local[3].cancel()  # given up (deadline, client gone): its place given back in the next turn, first
             remote[0].cancel()
             await asyncio.sleep(0)
             assert backlog.waiting == 6

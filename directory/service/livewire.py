@@ -162,7 +162,8 @@ class LiveServer(asyncio.Protocol):
     whose answer fails gets ``internalError``, the others are not touched; what is still being signed when the
     connection goes is cancelled (nobody would read it), and so is what is still being signed at its deadline,
     ``timeout`` after it was sent (then answered tryLater, counted in ``backlog.expired``). How many may wait to
-    be signed is ``answer``'s to bound (``LiveLane.submit``: a future done at once past it)."""
+    be signed is ``answer``'s to bound (``LiveLane.submit``: a future done at once past it, the lane's
+    ``backlog`` full); with it full already, a request is refused here before it is even unpacked."""
 
     def __init__(self, answer: Callable[[bytes | str | Request], Awaitable[Outcome]],
                  backlog: Backlog | None = None, timeout: float = 30.0) -> None:
@@ -201,6 +202,10 @@ class LiveServer(asyncio.Protocol):
             if deadline <= now:  # its serving process has given it up: nobody waits for a signature
                 backlog.expired["workers"] += 1
                 self._refuse(number, "error")
+                continue
+            if backlog.waiting >= backlog.cap:  # as ``LiveLane.submit`` would answer, without unpacking it first
+                backlog.full["workers"] += 1
+                self._refuse(number, "shed")
                 continue
             received: bytes | str | Request
             if kind == 2:
