@@ -42,6 +42,8 @@ def test_each_answer_reaches_its_requester_with_fewer_wakeups_than_answers() -> 
         lane.start(asyncio.get_running_loop())
         try:
             results = await asyncio.gather(*(lane.answer(_request(n)) for n in range(400)), return_exceptions=True)
+            await asyncio.sleep(0)
+            assert lane.backlog.waiting == 0  # answers and failures alike give their place back
         finally:
             await asyncio.get_running_loop().run_in_executor(None, lane.stop)
         return results, lane.wakeups
