@@ -146,19 +146,35 @@ def _send_pipelined(socks: list[socket.socket], make: Callable[[], bytes]) -> No
         sock.sendall(b"".join(_wire_post(make(), b"X-Request-ID: c%d-%d" % (i, n)) for n in range(PIPELINED)))
 
 
-def _sessions(demo: Path) -> int:
-    found = re.search(r"^max_concurrent *= *(\d+)", demo.read_text(), re.M)
-    return int(found.group(1)) if found else 2
+def _quiet(base: str) -> float:
+    """The HSM's signature count once it stops moving (pre-signing and start-up CRLs done): from then on every
+    signature is a live answer's."""
+    last, since, deadline = _metric(base, SIGNATURES), time.monotonic(), time.monotonic() + 60
+    while time.monotonic() - since < 2:
+        assert time.monotonic() < deadline, "the HSM never stopped signing"
+        time.sleep(0.25)
+        now = _metric(base, SIGNATURES)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
+def _configure(demo: Path, workers: int, timeout: int) -> None:
+    """The publication checker off: it asks the service for nonce answers every interval, live requests and
+    signatures of its own that the counts here would take for the flood's."""
+    text = demo.read_text().replace("[http]\n", f"[http]\nworkers = {workers}\nrequest_timeout = {timeout}\n", 1)
+    assert "[check]" not in text
+    demo.write_text(text + "\n[check]\nenabled = false\n")
 
 
 def test_a_nonce_flood_on_the_main_process_is_bounded_answered_and_not_signed_past_its_deadline(demo: Path) -> None:
     """``workers = 1``: 2,560 nonce requests on 160 connections read at once. At most 1,024 wait for the signer
     (the gauge, sampled, never above), the rest tryLater at once (well before any deadline); frozen past
-    ``request_timeout`` with the bound reached, what still waited is given up: tryLater, not signed (every
-    signature went to a client, but for those a signing thread had begun). Every request answered, in its
+    ``request_timeout`` with the bound reached, what still waited is given up: tryLater, and no signing thread
+    takes it up (a few signatures were under way or not yet handed over). Every request answered, in its
     connection's order; every tryLater counted (``source="local"``); the service answers normally after."""
     timeout, conns = 3, 160
-    demo.write_text(demo.read_text().replace("[http]\n", f"[http]\nworkers = 1\nrequest_timeout = {timeout}\n", 1))
+    _configure(demo, 1, timeout)
     with serve(demo) as served:
         base, main = served.base, served.proc.pid
         for der in _requests(demo):
@@ -169,7 +185,7 @@ def test_a_nonce_flood_on_the_main_process_is_bounded_answered_and_not_signed_pa
         warm.sendall(_wire_post(nonced))
         _check_signed(_Reader(warm).response()[2], nonced)
         warm.close()
-        signatures = _metric(base, SIGNATURES)
+        signatures = _quiet(base)
         socks = [_connect(base) for _ in range(conns)]
         time.sleep(0.5)  # accepted
         sampler = _Sampler(base)
@@ -203,10 +219,12 @@ def test_a_nonce_flood_on_the_main_process_is_bounded_answered_and_not_signed_pa
         assert full > 0 and expired > 0, (full, expired)
         assert flood.try_later == full + expired
         assert _metric(base, _full("workers")) == 0 and _metric(base, _expired("workers")) == 0
-        signed = _metric(base, SIGNATURES) - signatures
-        successful = total - flood.try_later
-        assert successful <= signed <= successful + _sessions(demo), "signed for requests given up"
-        assert max(sampler.seen) <= MAX_WAITING and max(sampler.seen) > MAX_WAITING / 2, sampler.seen
+        # every signature went to a client, but those a thread had begun before their deadline and those done
+        # before it that the event loop had yet to hand over when it gave them up (uvloop runs its timers before
+        # the hand-over): a few, where a signer taking up what waited past its deadline would have made ~900
+        wasted = _metric(base, SIGNATURES) - signatures - (total - flood.try_later)
+        assert 0 <= wasted < expired / 20, f"{wasted:.0f} signatures for {expired:.0f} requests given up"
+        assert 0 < max(sampler.seen) <= MAX_WAITING, sampler.seen
         assert _metric(base, WAITING) == 0
         after = _connect(base)
         nonced = make()
@@ -244,7 +262,7 @@ def test_the_main_process_own_requests_and_the_serving_processes_share_one_bound
     together they are not: the one bound turns the excess away (tryLater at once, counted for its source), the
     gauge never above it, and every request of either source is answered."""
     timeout, held_conns, remote = 5, 64, 600
-    demo.write_text(demo.read_text().replace("[http]\n", f"[http]\nworkers = 2\nrequest_timeout = {timeout}\n", 1))
+    _configure(demo, 2, timeout)
     with serve(demo) as served:
         base, main = served.base, served.proc.pid
         for der in _requests(demo):
