@@ -148,6 +148,7 @@ class Answers:
             future.cancel()  # its callback (``_signed``) writes it when first in line
             late.append(entry.request_id)
         if late:
+            self._direct.component.live_expired(len(late))
             log.warning("OCSP: live answer(s) not signed within %.0f s, tryLater: request id(s) %s", self.timeout,
                         " ".join(late))
         if due is not None:

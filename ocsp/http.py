@@ -56,10 +56,12 @@ class OcspComponent:
     async def start(self, service: Service) -> None:
         self.service = service
         self.responder = OcspResponder(service.config, service.hsm, service.registry, self.clock, self.store)
-        self.live = LiveLane(self.responder.answer_live, service.hsm.sessions)  # one thread per HSM session
         self.live_timeout = service.config.http.request_timeout
+        # one thread per HSM session; what waits for them is bounded (``ocsp.live.Backlog``) and never signed past
+        # request_timeout, whatever asks for it (this process's connections, the serving processes')
+        self.live = LiveLane(self.responder.answer_live, service.hsm.sessions, timeout=self.live_timeout)
         self.live.start(asyncio.get_running_loop())
-        self.metrics = OcspMetrics(self.responder)
+        self.metrics = OcspMetrics(self.responder, self.live.backlog)
         service.metrics.register(self.metrics.collect)
         loop = asyncio.get_running_loop()
         self.visibility = await loop.run_in_executor(None, self._restore_visibility)
@@ -157,17 +159,27 @@ class OcspComponent:
         """A request without a held answer: signed here (a serving process hands it to the main process).
         Not signed within ``live_timeout`` (a stuck HSM, a swamped lane): tryLater, as on the direct path
         (``ocsp.direct.Answers``), rather than a handler, its connection and its slot held for good; the
-        signature is given up (cancelled: a signing thread not yet at it skips it)."""
+        signature is given up (cancelled: a signing thread not yet at it skips it, its place in the lane's backlog
+        given back) and counted as expired. The lane full: tryLater at once (``LiveLane.submit``)."""
         try:
             async with asyncio.timeout(self.live_timeout):
                 return await self.live.answer(request)
         except TimeoutError:
+            self.live.backlog.expired["local"] += 1
             log.warning("OCSP: live answer not signed within %.0f s: tryLater", self.live_timeout)
             return error_outcome(resp.TRY_LATER, "error")
 
     def live_future(self, received: bytes | str, request: Request) -> asyncio.Future[Outcome]:
         """``_live`` for the direct path (``ocsp.direct``), as a future: here the signing lane's own, no task."""
         return self.live.submit(request)
+
+    def live_expired(self, count: int) -> None:
+        """``count`` live answers of this process's own connections given up at their deadline (``ocsp.direct``):
+        counted where the signer is. A serving process has none (``WorkerOcsp``): the main process counts the
+        same requests given up at the same deadline (source ``workers``)."""
+        live: LiveLane | None = getattr(self, "live", None)
+        if live is not None:
+            live.backlog.expired["local"] += count
 
     def answer_future(self, received: bytes | str | Request) -> asyncio.Future[Outcome]:
         """What a serving process asks for a request it holds no answer for (``[http] workers``; usually the
@@ -181,7 +193,7 @@ class OcspComponent:
             log.exception("OCSP request failed unexpectedly")
             first = error_outcome(resp.INTERNAL_ERROR)
         if isinstance(first, Request):
-            return self.live.submit(first)
+            return self.live.submit(first, "workers")  # within the one bound of this process's live work
         done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         done.set_result(first)
         return done

@@ -10,6 +10,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
+from ocsp.live import SOURCES, Backlog
 from ocsp.responder import OcspResponder
 
 LATENCY_NAME = "annuaire_ocsp_request_duration_seconds"
@@ -64,8 +65,9 @@ class OcspMetrics:
     processes (``[http] workers``: ``by_status``, ``by_path``, ``latency`` {path: {le: cumulative, "sum": s}}),
     added to this process's own so that each family tells the whole service's truth."""
 
-    def __init__(self, responder: OcspResponder) -> None:
+    def __init__(self, responder: OcspResponder, backlog: Backlog | None = None) -> None:
         self.responder = responder
+        self.backlog = backlog  # the signing lane's bound on live work (``ocsp.live``)
         self.latency = PathLatency()
         self.elsewhere: Callable[[], dict[str, Any]] | None = None
 
@@ -97,6 +99,26 @@ class OcspMetrics:
             cache_bytes.add_metric([name], lru.bytes)
             evictions.add_metric([name], lru.evictions)
         yield from (by_status, by_path, shed, presigned, cached, cache_bytes, evictions)
+        if self.backlog is not None:
+            yield from backlog_families(self.backlog)
+
+
+def backlog_families(backlog: Backlog) -> Iterator[Metric]:
+    """The lane's bound: what waits now (every source: what ``cap`` bounds), and by source (``local``: this
+    process's own connections; ``workers``: the serving processes', over livewire) what was given up at its
+    deadline and what was turned away at once."""
+    waiting = GaugeMetricFamily("annuaire_ocsp_live_backlog", "Live OCSP requests (every source) waiting in the "
+                                "signing process for the signer, or at it")
+    waiting.add_metric([], backlog.waiting)
+    expired = CounterMetricFamily("annuaire_ocsp_live_expired", "Live OCSP requests given up at their deadline "
+                                  "(request_timeout after they came, or were sent by a serving process): tryLater, "
+                                  "not signed unless a signing thread had begun", labels=["source"])
+    full = CounterMetricFamily("annuaire_ocsp_live_backlog_full", "Live OCSP requests answered tryLater at once, "
+                               "the signing process's backlog of requests to sign full", labels=["source"])
+    for source in SOURCES:
+        expired.add_metric([source], backlog.expired[source])
+        full.add_metric([source], backlog.full[source])
+    yield from (waiting, expired, full)
 
 
 def _plus(own: dict[str, int], others: dict[str, Any] | None, key: str) -> dict[str, int]:

@@ -38,9 +38,9 @@ from tests.test_workers import _workers
 
 UNANSWERED = "annuaire_http_connections_handover_unanswered_total"
 LATE = "annuaire_http_connections_handover_late_total"
-EXPIRED = "annuaire_ocsp_live_expired_total"
+EXPIRED = 'annuaire_ocsp_live_expired_total{source="workers"}'
 BACKLOG = "annuaire_ocsp_live_backlog"
-BACKLOG_FULL = "annuaire_ocsp_live_backlog_full_total"
+BACKLOG_FULL = 'annuaire_ocsp_live_backlog_full_total{source="workers"}'
 SIGNATURES = "annuaire_hsm_signatures_total"
 
 
@@ -135,7 +135,7 @@ def test_live_requests_given_up_by_their_serving_process_are_not_signed(demo: Pa
         assert _metric(base, EXPIRED) == count
         exposed = http(base + "/metrics")[2].decode()  # README's other two: none waiting now, none turned away
         for name in (BACKLOG, BACKLOG_FULL):
-            assert re.search(rf"^{name} 0\.0$", exposed, re.M), name
+            assert re.search(rf"^{re.escape(name)} 0\.0$", exposed, re.M), name
         assert _status(_post_http10(base, nonced)) == ocsp.OCSPResponseStatus.SUCCESSFUL
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,6 @@ import pytest
 
 from directory.service.livewire import (
     MAX_FRAME,
-    Backlog,
     LiveClient,
     LiveServer,
     live_payload,
@@ -25,6 +25,7 @@ from directory.service.livewire import (
     pack_request,
     unpack_request,
 )
+from ocsp.live import Backlog, LiveLane
 from ocsp.lookup import Outcome
 from ocsp.request import CertId, Request
 
@@ -181,44 +182,50 @@ async def test_submit_needs_an_open_connection_and_fails_as_ask_does(tmp_path: P
 
 
 async def test_the_main_process_bounds_what_waits_to_be_signed_and_gives_up_at_the_deadline(tmp_path: Path) -> None:
-    """Past ``Backlog.cap`` requests waiting to be signed, tryLater at once (path ``shed``); one still waiting at its
-    deadline (``timeout`` after it was sent) is cancelled (a signing thread not at it yet skips it) and answered
-    tryLater; one already past it when read is never asked of the signer. Each counted."""
+    """Past the signing lane's ``cap`` requests waiting to be signed, tryLater at once (path ``shed``); one still
+    waiting at its deadline (``timeout`` after it was sent) is cancelled, answered tryLater and never signed (the
+    signing thread, busy meanwhile, skips it); one already past it when read is never asked of the signer. Each
+    counted, for the serving processes' source, in the lane's one ``Backlog``."""
     started: list[bytes] = []
-    release = asyncio.Event()
+    release = threading.Event()
 
-    async def slow(received: bytes | str | Request) -> Outcome:
-        assert isinstance(received, bytes)
+    def sign(received: bytes) -> Outcome:  # a signing thread's HSM call, held up
         started.append(received)
-        await release.wait()
+        release.wait(10)
         return Outcome(b"answer to " + received, "successful", "live", 1, 2, b"\x01")
 
-    path = str(tmp_path / "live.sock")
-    backlog = Backlog(cap=4, timeout=0.5)
-    server = await asyncio.get_running_loop().create_unix_server(lambda: LiveServer(slow, backlog), path)
-    client = LiveClient(path, timeout=5)  # the main process's answers, not this side's timeout
     loop = asyncio.get_running_loop()
+    lane = LiveLane(sign, threads=1, cap=4)  # type: ignore[arg-type]
+    lane.start(loop)
+    backlog = lane.backlog
+    path = str(tmp_path / "live.sock")
+    server = await loop.create_unix_server(
+        lambda: LiveServer(lambda r: lane.submit(r, "workers"), backlog, timeout=0.5), path)  # type: ignore[arg-type]
+    client = LiveClient(path, timeout=5)  # the main process's answers, not this side's timeout
     try:
         asks = [asyncio.ensure_future(client.ask("post", b"r%d" % n)) for n in range(6)]
         await asyncio.wait(asks[4:], timeout=0.3)
         assert [(a.result().status, a.result().path) for a in asks[4:]] == [("tryLater", "shed")] * 2
-        assert backlog.full == 2 and backlog.waiting == 4 and not any(a.done() for a in asks[:4])
+        assert backlog.full == {"local": 0, "workers": 2} and backlog.waiting == 4
+        assert not any(a.done() for a in asks[:4])
         began = loop.time()
         answers = await asyncio.gather(*asks[:4])
         assert loop.time() - began < 1 and {(a.status, a.path) for a in answers} == {("tryLater", "error")}
-        assert backlog.expired == 4 and backlog.waiting == 0 and len(started) == 4
+        assert backlog.expired["workers"] == 4 and backlog.waiting == 0 and started == [b"r0"]
         protocol = client._protocol
         assert protocol is not None
         waiter: asyncio.Future[Outcome] = loop.create_future()
         protocol.wait(999, waiter, loop.time() + 5)
         protocol.transport.write(struct.pack(">IIBQ", 999, 3, 0, time.monotonic_ns() - 10**10) + b"old")
-        assert (await waiter).status == "tryLater" and b"old" not in started and backlog.expired == 5
+        assert (await waiter).status == "tryLater" and backlog.expired["workers"] == 5
         release.set()
         assert (await client.ask("post", b"fresh")).body == b"answer to fresh"
-        assert backlog.waiting == 0
+        assert started == [b"r0", b"fresh"] and backlog.waiting == 0  # r1-r3, given up, never signed
     finally:
+        release.set()
         client.close()
         server.close()
+        lane.stop()
 
 
 async def _raw(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -239,15 +246,18 @@ async def test_a_request_number_sent_twice_does_not_leak_a_backlog_place(tmp_pat
     signed: each is answered, and both give their place in the backlog back. Were the place kept by number, the
     first's would never be given back (nor the request cancelled at its deadline): ``Backlog.cap`` such frames,
     from any serving process, would leave every live request of every serving process tryLater for good."""
-    release = asyncio.Event()
+    release = threading.Event()
 
-    async def slow(received: bytes | str | Request) -> Outcome:
-        await release.wait()
+    def sign(received: bytes) -> Outcome:
+        release.wait(10)
         return Outcome(b"signed", "successful", "live", 1, 2, b"\x01")
 
+    lane = LiveLane(sign, threads=1, cap=4)  # type: ignore[arg-type]
+    lane.start(asyncio.get_running_loop())
+    backlog = lane.backlog
     path = str(tmp_path / "live.sock")
-    backlog = Backlog(cap=4, timeout=5)
-    server = await asyncio.get_running_loop().create_unix_server(lambda: LiveServer(slow, backlog), path)
+    server = await asyncio.get_running_loop().create_unix_server(
+        lambda: LiveServer(lambda r: lane.submit(r, "workers"), backlog, timeout=5), path)  # type: ignore[arg-type]
     try:
         reader, writer = await _raw(path)
         for _ in range(2):
@@ -263,7 +273,9 @@ async def test_a_request_number_sent_twice_does_not_leak_a_backlog_place(tmp_pat
         assert backlog.waiting == 0
         writer.close()
     finally:
+        release.set()
         server.close()
+        lane.stop()
 
 
 async def test_a_request_stamped_in_the_future_does_not_keep_the_others_from_their_deadline(tmp_path: Path) -> None:
@@ -275,15 +287,15 @@ async def test_a_request_stamped_in_the_future_does_not_keep_the_others_from_the
         raise AssertionError("unreachable")
 
     path = str(tmp_path / "live.sock")
-    backlog = Backlog(cap=4, timeout=0.3)
-    server = await asyncio.get_running_loop().create_unix_server(lambda: LiveServer(never, backlog), path)
+    backlog = Backlog(cap=4)
+    server = await asyncio.get_running_loop().create_unix_server(lambda: LiveServer(never, backlog, 0.3), path)
     try:
         reader, writer = await _raw(path)
         writer.write(struct.pack(">IIBQ", 1, 1, 0, 2 ** 64 - 1) + b"x")
         writer.write(struct.pack(">IIBQ", 2, 1, 0, time.monotonic_ns()) + b"y")
         answers = await _answers(reader, 2)
         assert {n: [a.status for a in got] for n, got in answers.items()} == {1: ["tryLater"], 2: ["tryLater"]}
-        assert backlog.expired == 2 and backlog.waiting == 0
+        assert backlog.expired["workers"] == 2
         writer.close()
     finally:
         server.close()
@@ -297,7 +309,7 @@ async def test_a_serving_process_that_reads_no_answers_cannot_fill_the_main_proc
     servers: list[LiveServer] = []
 
     def made() -> LiveServer:
-        servers.append(LiveServer(_answer, Backlog(cap=4, timeout=5)))
+        servers.append(LiveServer(_answer, timeout=5))
         return servers[-1]
 
     path = str(tmp_path / "live.sock")

@@ -244,6 +244,10 @@ class _Signing(_Component):
         super().__init__(held)
         self.signing: dict[bytes | str, asyncio.Future[Outcome]] = {}
         self.most = 0  # most futures in flight at once
+        self.expired = 0  # given up at their deadline (``live_expired``)
+
+    def live_expired(self, count: int) -> None:
+        self.expired += count
 
     def live_future(self, received: bytes | str, request: object) -> asyncio.Future[Outcome]:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
@@ -499,10 +503,11 @@ async def test_an_answer_not_signed_within_the_request_deadline_is_try_later(
             assert 0.29 < loop.time() - started < 2.0
             assert ocsp.load_der_ocsp_response(answers[0][2]).response_status == ocsp.OCSPResponseStatus.TRY_LATER
             assert answers[0][1]["X-Request-ID"] == "r1" and answers[1][2] == b"HELD"
-            assert stuck.cancelled() and ("tryLater", "error") in component.counted
+            assert stuck.cancelled() and ("tryLater", "error") in component.counted and component.expired == 1
             assert any("not signed within" in r.getMessage() and "r1" in r.getMessage() for r in caplog.records)
             later = await _answers(sock, 1)  # the second, on its own deadline
             assert ocsp.load_der_ocsp_response(later[0][2]).response_status == ocsp.OCSPResponseStatus.TRY_LATER
+            assert component.expired == 2
             await loop.sock_sendall(sock, _wire(_body(b"failed"), b"X-Request-ID: r9") + _wire(_body(b"signed")))
             await _until(lambda: _body(b"signed") in component.signing)
             component.signing.pop(_body(b"failed")).set_exception(RuntimeError("boom"))

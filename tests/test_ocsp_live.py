@@ -42,6 +42,8 @@ def test_each_answer_reaches_its_requester_with_fewer_wakeups_than_answers() -> 
         lane.start(asyncio.get_running_loop())
         try:
             results = await asyncio.gather(*(lane.answer(_request(n)) for n in range(400)), return_exceptions=True)
+            await asyncio.sleep(0)
+            assert lane.backlog.waiting == 0  # answers and failures alike give their place back
         finally:
             await asyncio.get_running_loop().run_in_executor(None, lane.stop)
         return results, lane.wakeups
@@ -105,6 +107,118 @@ def test_requests_given_up_before_a_thread_takes_them_are_not_signed() -> None:
     assert signed == [0, 50]
 
 
+def test_what_waits_for_the_signer_is_bounded_whatever_asks_for_it() -> None:
+    """One bound per process (``LiveLane.backlog``): past ``cap`` requests waiting for the signer, from this
+    process's connections or the serving processes', a request is answered tryLater at once (path ``shed``),
+    never queued, and counted for its source; a request given up gives its place back as it is cancelled, and
+    is never signed; a place comes back as each answer is handed over."""
+    signed: list[int] = []
+    release = threading.Event()
+
+    def answer(request: Request) -> Outcome:
+        signed.append(request.cert_ids[0].serial)
+        release.wait(5)
+        return Outcome(b"%d" % request.cert_ids[0].serial, "successful", "live")
+
+    async def main() -> None:
+        lane = LiveLane(answer, 1, cap=8)
+        lane.start(asyncio.get_running_loop())
+        backlog = lane.backlog
+        try:
+            local = [lane.submit(_request(n)) for n in range(5)]
+            remote = [lane.submit(_request(n), "workers") for n in range(5, 9)]
+            assert backlog.waiting == 8
+            assert [f.done() for f in local + remote] == [False] * 8 + [True]
+            shed = remote[-1].result()
+            assert (shed.status, shed.path) == ("tryLater", "shed")
+            extra = lane.submit(_request(99))
+            assert extra.done() and extra.result().path == "shed"
+            assert backlog.full == {"local": 1, "workers": 1} and backlog.waiting == 8
+            local[3].cancel()  # given up (deadline, client gone): its place given back in the next turn, first
+            remote[0].cancel()
+            await asyncio.sleep(0)
+            assert backlog.waiting == 6
+            again = [lane.submit(_request(n), "workers") for n in (10, 11)]
+            assert not any(f.done() for f in again) and backlog.waiting == 8
+            release.set()
+            answered = await asyncio.gather(*local[:3], local[4], *remote[1:3], *again)
+            assert [int(a.body) for a in answered] == [0, 1, 2, 4, 6, 7, 10, 11]
+            await asyncio.sleep(0)
+            assert backlog.waiting == 0
+        finally:
+            release.set()
+            await asyncio.get_running_loop().run_in_executor(None, lane.stop)
+        after = lane.submit(_request(12))  # stopped: no thread would take it
+        assert after.result().status == "tryLater" and backlog.waiting == 0 and backlog.full["local"] == 1
+
+    asyncio.run(main())
+    assert signed == [0, 1, 2, 4, 6, 7, 10, 11]  # 3 and 5, given up while waiting, never signed
+
+
+def test_a_thread_takes_up_no_request_past_its_deadline() -> None:
+    """The callers' deadline timers run on the event loop, which a signer keeping the GIL or a busy process can
+    hold up; the lane's own deadline (``timeout`` after ``submit``) keeps a thread from signing what waited past
+    it all the same: tryLater, counted once for its source, whoever gives it up first."""
+    signed: list[int] = []
+
+    def answer(request: Request) -> Outcome:
+        signed.append(request.cert_ids[0].serial)
+        if request.cert_ids[0].serial == 0:
+            time.sleep(0.4)  # a signature held up past the deadline of those behind
+        return Outcome(b"signed", "successful", "live")
+
+    async def main() -> None:
+        lane = LiveLane(answer, 1, timeout=0.2)
+        lane.start(asyncio.get_running_loop())
+        try:
+            first = lane.submit(_request(0))
+            behind = [lane.submit(_request(1), "workers"), lane.submit(_request(2))]
+            given_up = lane.submit(_request(3))
+            await asyncio.sleep(0.25)
+            given_up.cancel()  # by its caller's timer, first: counted there, not again here
+            assert (await first).status == "successful"
+            assert [(a.status, a.path) for a in await asyncio.gather(*behind)] == [("tryLater", "error")] * 2
+            assert lane.backlog.expired == {"local": 1, "workers": 1} and lane.backlog.waiting == 0
+            assert (await lane.submit(_request(4))).status == "successful"
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, lane.stop)
+
+    asyncio.run(main())
+    assert signed == [0, 4]
+
+
+def test_requests_given_up_in_numbers_do_not_grow_the_queue() -> None:
+    """A stalled signer and clients that give up and ask again, each time a place given back: the requests
+    cancelled stay in the thread's queue until taken (to be skipped), so they are swept out once they outnumber
+    ``cap``; the living ones keep their order."""
+    signed: list[int] = []
+    release = threading.Event()
+
+    def answer(request: Request) -> Outcome:
+        signed.append(request.cert_ids[0].serial)
+        release.wait(5)
+        return Outcome(b"%d" % request.cert_ids[0].serial, "successful", "live")
+
+    async def main() -> None:
+        lane = LiveLane(answer, 1, cap=16)
+        lane.start(asyncio.get_running_loop())
+        try:
+            kept = [lane.submit(_request(n)) for n in range(4)]
+            for n in range(1000, 3000):
+                lane.submit(_request(n)).cancel()
+                await asyncio.sleep(0)
+                assert lane._jobs.qsize() <= 2 * 16 + 1
+            assert lane.backlog.waiting == 4
+            release.set()
+            assert [int(a.body) for a in await asyncio.gather(*kept)] == [0, 1, 2, 3]
+        finally:
+            release.set()
+            await asyncio.get_running_loop().run_in_executor(None, lane.stop)
+
+    asyncio.run(main())
+    assert signed == [0, 1, 2, 3]
+
+
 def test_a_live_answer_through_aiohttp_not_signed_in_time_is_try_later() -> None:
     """The aiohttp path's live answer (``OcspComponent._live``) waits ``live_timeout`` at most ([http]
     request_timeout), as the direct path's: then tryLater, and the signature given up is not made later."""
@@ -129,6 +243,8 @@ def test_a_live_answer_through_aiohttp_not_signed_in_time_is_try_later() -> None
                 await asyncio.sleep(0.01)
             behind = await component._live(b"", _request(2))
             assert behind.status == "tryLater" and (await stuck).status == "tryLater"
+            assert component.live.backlog.expired == {"local": 2, "workers": 0}
+            assert component.live.backlog.waiting == 0  # their places given back at once
             release.set()
             assert (await component._live(b"", _request(3))).status == "successful"
         finally:

@@ -20,15 +20,14 @@ connection looks at what waits, not one per request. Frames made in one turn of 
 write (``_Outbox``): the answers one wake-up of the signing lane hands over, the requests of the clients one
 poll of the sockets found (a send and a wake-up of the other side each, not one per frame).
 
-The main process's side has deadlines and a bound of its own (``Backlog``, shared by every serving process's
-connection): a serving process gives a request up ``timeout`` after sending it (tryLater to its client), so
-the main process does not sign it past that either. A request already that old when read is answered tryLater
-at once; one still waiting to be signed then is cancelled (a signing thread not at it yet skips it,
-``ocsp.live``) and answered tryLater: a main process behind on its work does not spend the HSM on answers
-nobody waits for, which a flood of nonces would otherwise pile up. At most ``MAX_SIGNING`` requests wait to be
-signed at once, whatever the number of serving processes; past that, tryLater at once (path ``shed``), as the
-direct path's own connections are bounded (``ocsp.direct.MAX_PENDING`` each, within their cap) and given up at
-their deadline.
+The main process's side has deadlines of its own: a serving process gives a request up ``timeout`` after
+sending it (tryLater to its client), so the main process does not sign it past that either. A request already
+that old when read is answered tryLater at once; one still waiting to be signed then is cancelled (a signing
+thread not at it yet skips it, ``ocsp.live``) and answered tryLater: a main process behind on its work does not
+spend the HSM on answers nobody waits for, which a flood of nonces would otherwise pile up. Each is counted as
+expired (source ``workers``) in the signing lane's ``Backlog``, which also bounds what waits to be signed: one
+bound for the process, shared by every serving process's connection and the main process's own (past it,
+tryLater at once, path ``shed``: ``LiveLane.submit``).
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ from collections.abc import Awaitable, Callable
 
 from directory.der import DIGESTS
 from ocsp import response as resp
+from ocsp.live import Backlog
 from ocsp.lookup import Outcome, error_outcome
 from ocsp.request import MAX_NONCE, MAX_SERIAL_OCTETS, CertId, Request
 
@@ -49,7 +49,6 @@ _ASK = struct.Struct(">IIBQ")
 _ANSWER = struct.Struct(">II")
 MAX_FRAME = 64 * 1024  # a request is at most 10 KiB (MAX_BODY), an answer a few KiB
 MAX_IN_FLIGHT = 1024  # per connection, on the main process's side: past it, reading pauses
-MAX_SIGNING = 1024  # requests of every serving process waiting in the main process to be signed: past it, tryLater
 KINDS = ("post", "get", "request")
 MAX_CERT_IDS = 100  # what the serving processes' parser lets through (``from_cache``)
 _HASHES = tuple(DIGESTS)  # CertID hash algorithms by index
@@ -157,34 +156,25 @@ class _Outbox:
             self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
 
-class Backlog:
-    """The requests waiting in the main process to be signed, from every serving process: at most ``cap``, each
-    given up ``timeout`` after it was sent (the serving processes' ``LiveClient.timeout``), and what was turned
-    away so (``/metrics``)."""
-
-    def __init__(self, cap: int = MAX_SIGNING, timeout: float = 30.0) -> None:
-        self.cap, self.timeout_ns = cap, int(timeout * 1e9)
-        self.waiting = 0
-        self.expired = 0  # given up at their deadline: answered tryLater, not signed unless a thread had begun
-        self.full = 0  # answered tryLater at once: ``cap`` requests were waiting
-
-
 class LiveServer(asyncio.Protocol):
     """The main process's side of one connection: each request answered by ``answer`` as soon as it is
     signed (answers may leave in another order than the requests came: each carries its number). A request
     whose answer fails gets ``internalError``, the others are not touched; what is still being signed when the
-    connection goes is cancelled (nobody would read it), and so is what is still being signed at its deadline
-    (then answered tryLater, ``backlog``)."""
+    connection goes is cancelled (nobody would read it), and so is what is still being signed at its deadline,
+    ``timeout`` after it was sent (then answered tryLater, counted in ``backlog.expired``). How many may wait to
+    be signed is ``answer``'s to bound (``LiveLane.submit``: a future done at once past it, the lane's
+    ``backlog`` full); with it full already, a request is refused here before it is even unpacked."""
 
     def __init__(self, answer: Callable[[bytes | str | Request], Awaitable[Outcome]],
-                 backlog: Backlog | None = None) -> None:
+                 backlog: Backlog | None = None, timeout: float = 30.0) -> None:
         self.answer = answer
         self.backlog = backlog if backlog is not None else Backlog()
+        self.timeout_ns = int(timeout * 1e9)
         self.buffer = bytearray()
         self.tasks: set[asyncio.Future[Outcome]] = set()
-        # those counted in ``backlog.waiting``, with their deadline (CLOCK_MONOTONIC ns), oldest first; keyed by
-        # the future, not the request's number: a serving process that sends one number twice (a bug) would
-        # otherwise keep a place in the backlog (shared by all of them) for good
+        # those still to be signed, with their deadline (CLOCK_MONOTONIC ns), oldest first; keyed by the future,
+        # not the request's number: a serving process that sends one number twice (a bug) would otherwise keep
+        # the first out of the deadline sweep, signed for nobody
         self.signing: dict[asyncio.Future[Outcome], int] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self.paused = False  # too many in flight: reading paused until half of them are answered
@@ -208,13 +198,13 @@ class LiveServer(asyncio.Protocol):
         for (number, _, kind, sent), payload in frames:
             # one clock for every process of the host: a send time ahead of it is a broken serving process's,
             # taken as now (else never given up, and the deadline sweep, oldest first, stuck behind it)
-            deadline = min(sent, now) + backlog.timeout_ns
+            deadline = min(sent, now) + self.timeout_ns
             if deadline <= now:  # its serving process has given it up: nobody waits for a signature
-                backlog.expired += 1
+                backlog.expired["workers"] += 1
                 self._refuse(number, "error")
                 continue
-            if backlog.waiting >= backlog.cap:
-                backlog.full += 1
+            if backlog.waiting >= backlog.cap:  # as ``LiveLane.submit`` would answer, without unpacking it first
+                backlog.full["workers"] += 1
                 self._refuse(number, "shed")
                 continue
             received: bytes | str | Request
@@ -231,8 +221,7 @@ class LiveServer(asyncio.Protocol):
                 received = payload.decode("utf-8", "surrogateescape") if kind == 1 else payload
             task = asyncio.ensure_future(self.answer(received))  # a future is taken as it is (no task)
             self.tasks.add(task)
-            if not task.done():  # to be signed: counted, and given up at its deadline
-                backlog.waiting += 1
+            if not task.done():  # to be signed (a place in the lane's backlog): given up at its deadline
                 self.signing[task] = deadline
                 if self._sweep is None:
                     self._sweep = asyncio.get_running_loop().call_later((deadline - now) / 1e9, self._expire)
@@ -277,12 +266,11 @@ class LiveServer(asyncio.Protocol):
 
     def _send(self, number: int, done: asyncio.Future[Outcome]) -> None:
         self.tasks.discard(done)
-        if self.signing.pop(done, None) is not None:
-            self.backlog.waiting -= 1
+        self.signing.pop(done, None)
         if self.transport is None or self.transport.is_closing():
             return
         if done.cancelled():  # at its deadline (``_expire``): a connection lost has no transport
-            self.backlog.expired += 1
+            self.backlog.expired["workers"] += 1
             self._refuse(number, "error")
             return
         exc = done.exception()

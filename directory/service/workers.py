@@ -45,7 +45,7 @@ from directory.config import Config
 from directory.service.handover import Adopter
 from directory.service.limits import INTERNAL_CAP_PER_WORKER, share
 from directory.service.listener import HELD_GRACE, ConnectionGate, _Gated
-from directory.service.livewire import Backlog, LiveServer
+from directory.service.livewire import LiveServer
 from ocsp import response as resp
 from ocsp.http import OcspComponent
 from ocsp.lookup import Outcome, error_outcome
@@ -101,7 +101,6 @@ class WorkerPool:
         self._live_server: asyncio.AbstractServer | None = None
         self.adopted: ConnectionGate | None = None  # client connections handed over by the serving processes
         self.adopter: Adopter | None = None
-        self.backlog = Backlog()
 
     @property
     def app_socket(self) -> str:
@@ -119,10 +118,12 @@ class WorkerPool:
         # app.sock's gate (live.sock: one framed connection per serving process, livewire)
         self.internal = ConnectionGate(n * INTERNAL_CAP_PER_WORKER, service.config.http.request_timeout,
                                        name="internal", cut_stalled_readers=False)
-        # what they ask to sign: bounded, and given up when they give it up (``LiveClient``: request_timeout)
-        self.backlog = Backlog(timeout=service.config.http.request_timeout)
+        # what they ask to sign: given up when they give it up (``LiveClient``: request_timeout), and within the
+        # signing lane's one bound, with this process's own live requests (``ocsp.live.Backlog``)
+        backlog = self.ocsp.live.backlog if self.ocsp is not None and hasattr(self.ocsp, "live") else None
+        timeout = service.config.http.request_timeout
         self._live_server = await asyncio.get_running_loop().create_unix_server(
-            lambda: LiveServer(self._live, self.backlog), str(self.sockets / "live.sock"))
+            lambda: LiveServer(self._live, backlog, timeout), str(self.sockets / "live.sock"))
         # connections handed over: this process's share of max_connections, as each serving process has its own
         # (what they hand over frees their slot: the total open on the public port stays within max_connections)
         http = service.config.http
@@ -378,19 +379,7 @@ class WorkerPool:
                                    "read too late to hand back to their serving process (it gives them up after "
                                    "request_timeout): answered 503 by the main process")
         late.add_metric([], self.adopter.late if self.adopter is not None else 0)
-        backlog = self.backlog
-        waiting = GaugeMetricFamily("annuaire_ocsp_live_backlog", "Live OCSP requests of the serving processes "
-                                    "waiting in the main process to be signed")
-        waiting.add_metric([], backlog.waiting)
-        expired = CounterMetricFamily("annuaire_ocsp_live_expired", "Live OCSP requests of the serving processes "
-                                      "the main process gave up at their deadline (request_timeout after they were "
-                                      "sent, when their serving process gives them up): tryLater, not signed unless "
-                                      "a signing thread had begun")
-        expired.add_metric([], backlog.expired)
-        full = CounterMetricFamily("annuaire_ocsp_live_backlog_full", "Live OCSP requests of the serving processes "
-                                   "answered tryLater at once, the main process's backlog of requests to sign full")
-        full.add_metric([], backlog.full)
-        yield from (serving, restarts, handed, refused, unanswered, late, waiting, expired, full)
+        yield from (serving, restarts, handed, refused, unanswered, late)
 
 
 def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
