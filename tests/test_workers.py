@@ -206,7 +206,7 @@ def test_serving_processes_share_answers_see_revocations_and_restart(demo: Path)
         remaining = _workers(served.proc.pid)
     output = served.output
     assert "exited with code -9: restarted" in output
-    assert "silent for 15 s: killed" in output
+    assert "silent for 16 s: killed" in output
     # a clean stop: no serving process outlives the main one, and the shared store (a cache) is gone
     assert all(not Path(f"/proc/{pid}").exists() for pid in remaining)
     assert not (root / "data" / "ocsp-answers.lmdb").exists()

@@ -259,7 +259,8 @@ class WorkerPool:
                     # is looked at, so a stall of this process longer than SILENCE killed every serving process
                     line = await asyncio.wait_for(process.stdout.readline(), SILENCE_GRACE)
             except TimeoutError:
-                log.error("serving process %d (pid %d) silent for %.0f s: killed", slot.index, process.pid, SILENCE)
+                log.error("serving process %d (pid %d) silent for %.0f s: killed", slot.index, process.pid,
+                          SILENCE + SILENCE_GRACE)
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 continue
