@@ -161,10 +161,13 @@ class OcspComponent:
         (``ocsp.direct.Answers``), rather than a handler, its connection and its slot held for good; the
         signature is given up (cancelled: a signing thread not yet at it skips it, its place in the lane's backlog
         given back) and counted as expired. The lane full: tryLater at once (``LiveLane.submit``)."""
+        future = self.live.submit(request)
         try:
             async with asyncio.timeout(self.live_timeout):
-                return await self.live.answer(request)
+                return await future
         except TimeoutError:
+            if future.done() and not future.cancelled():  # answered in the turn its timer ran (the loop held up):
+                return future.result()  # the lane's answer, counted by it if it gave the request up
             self.live.backlog.expired["local"] += 1
             log.warning("OCSP: live answer not signed within %.0f s: tryLater", self.live_timeout)
             return error_outcome(resp.TRY_LATER, "error")
