@@ -161,10 +161,13 @@ class OcspComponent:
         (``ocsp.direct.Answers``), rather than a handler, its connection and its slot held for good; the
         signature is given up (cancelled: a signing thread not yet at it skips it, its place in the lane's backlog
         given back) and counted as expired. The lane full: tryLater at once (``LiveLane.submit``)."""
+        future = self.live.submit(request)
         try:
             async with asyncio.timeout(self.live_timeout):
-                return await self.live.answer(request)
+                return await future
         except TimeoutError:
+            if future.done() and not future.cancelled():  # answered in the turn its timer ran (the loop held up):
+                return future.result()  # the lane's answer, counted by it if it gave the request up
             self.live.backlog.expired["local"] += 1
             log.warning("OCSP: live answer not signed within %.0f s: tryLater", self.live_timeout)
             return error_outcome(resp.TRY_LATER, "error")
@@ -181,7 +184,7 @@ class OcspComponent:
         if live is not None:
             live.backlog.expired["local"] += count
 
-    def answer_future(self, received: bytes | str | Request) -> asyncio.Future[Outcome]:
+    def answer_future(self, received: bytes | str | Request, deadline: float | None = None) -> asyncio.Future[Outcome]:
         """What a serving process asks for a request it holds no answer for (``[http] workers``; usually the
         values of a request it parsed, ``livewire``): the answer, counted by the process that sends it, not
         here. A future, the signing lane's own when it is signed (no task per answer); never an exception."""
@@ -193,7 +196,8 @@ class OcspComponent:
             log.exception("OCSP request failed unexpectedly")
             first = error_outcome(resp.INTERNAL_ERROR)
         if isinstance(first, Request):
-            return self.live.submit(first, "workers")  # within the one bound of this process's live work
+            # within the one bound of this process's live work; not signed past its serving process's deadline
+            return self.live.submit(first, "workers", deadline)
         done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         done.set_result(first)
         return done

@@ -18,9 +18,10 @@ a request given up, and a cancelled one still in the queue costs no signature. W
 in the queue is swept out once they outnumber ``cap`` (``_purge``), so cancelling cannot grow it either.
 
 Whoever asks keeps a deadline (``request_timeout``) and cancels at it; the lane has one too (``timeout`` after
-``submit``): a thread takes no request past it, answering tryLater instead. The callers' timers run on the
-event loop, which a signer that keeps the GIL (SoftHSM2, ``directory.hsm.module``) or a busy process can hold
-up: without it a thread would sign what waited past its deadline before the loop got to cancel it.
+``submit``, or the asker's own when earlier: a serving process's, ``timeout`` after it sent): a thread takes no
+request past it, answering tryLater instead. The callers' timers run on the event loop, which a signer that
+keeps the GIL (SoftHSM2, ``directory.hsm.module``) or a busy process can hold up: without it a thread would
+sign what waited past its deadline before the loop got to cancel it.
 """
 
 from __future__ import annotations
@@ -88,11 +89,13 @@ class LiveLane:
         """The live answer to ``request`` (signed on a signing thread)."""
         return await self.submit(request)
 
-    def submit(self, request: Request, source: str = "local") -> asyncio.Future[Outcome]:
+    def submit(self, request: Request, source: str = "local", deadline: float | None = None) -> asyncio.Future[Outcome]:
         """The future of the live answer to ``request``: what ``answer`` awaits, for a caller that needs no
         coroutine (``ocsp.direct`` chains a callback to it: no task per answer). Cancelling it forgets the
         answer, and the signature unless a signing thread has begun it, and gives its place back. With ``cap``
-        requests waiting already, a future done at once: tryLater (path ``shed``), counted for ``source``."""
+        requests waiting already, a future done at once: tryLater (path ``shed``), counted for ``source``.
+        ``deadline`` (``time.monotonic()``): its asker's own when earlier than ``timeout`` from now (a serving
+        process's request, given up ``timeout`` after it was sent, however late it was read)."""
         assert self._loop is not None, "LiveLane.start() first"
         future: asyncio.Future[Outcome] = self._loop.create_future()
         backlog = self.backlog
@@ -103,7 +106,8 @@ class LiveLane:
             return future
         backlog.waiting += 1
         future.add_done_callback(self._release)  # first of its callbacks: the place is free before they run
-        self._jobs.put((request, future, monotonic() + self.timeout, source))
+        until = monotonic() + self.timeout
+        self._jobs.put((request, future, until if deadline is None else min(deadline, until), source))
         return future
 
     def _release(self, future: asyncio.Future[Outcome]) -> None:

@@ -32,7 +32,7 @@ from ocsp.request import CertId, Request
 _delays = random.Random(15)
 
 
-async def _answer(received: bytes | str | Request) -> Outcome:
+async def _answer(received: bytes | str | Request, deadline: float = 0.0) -> Outcome:
     if isinstance(received, Request):
         return Outcome(repr(received).encode(), "successful", "live", 1, None, b"\x02")
     body = received.encode() if isinstance(received, str) else received
@@ -200,7 +200,7 @@ async def test_the_main_process_bounds_what_waits_to_be_signed_and_gives_up_at_t
     backlog = lane.backlog
     path = str(tmp_path / "live.sock")
     server = await loop.create_unix_server(
-        lambda: LiveServer(lambda r: lane.submit(r, "workers"), backlog, timeout=0.5), path)  # type: ignore[arg-type]
+        lambda: LiveServer(lambda r, d: lane.submit(r, "workers", d), backlog, timeout=0.5), path)  # type: ignore[arg-type]
     client = LiveClient(path, timeout=5)  # the main process's answers, not this side's timeout
     try:
         asks = [asyncio.ensure_future(client.ask("post", b"r%d" % n)) for n in range(6)]
@@ -257,7 +257,7 @@ async def test_a_request_number_sent_twice_does_not_leak_a_backlog_place(tmp_pat
     backlog = lane.backlog
     path = str(tmp_path / "live.sock")
     server = await asyncio.get_running_loop().create_unix_server(
-        lambda: LiveServer(lambda r: lane.submit(r, "workers"), backlog, timeout=5), path)  # type: ignore[arg-type]
+        lambda: LiveServer(lambda r, d: lane.submit(r, "workers", d), backlog, timeout=5), path)  # type: ignore[arg-type]
     try:
         reader, writer = await _raw(path)
         for _ in range(2):
@@ -282,7 +282,7 @@ async def test_a_request_stamped_in_the_future_does_not_keep_the_others_from_the
     """Every process reads one CLOCK_MONOTONIC: a send time ahead of the main process's clock is a broken serving
     process. Such a request must still be given up ``timeout`` after it was read, and must not hold back the
     deadline of those sent after it on the connection (they would be signed for nobody, long after)."""
-    async def never(received: bytes | str | Request) -> Outcome:
+    async def never(received: bytes | str | Request, deadline: float = 0.0) -> Outcome:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
@@ -326,3 +326,44 @@ async def test_a_serving_process_that_reads_no_answers_cannot_fill_the_main_proc
         writer.transport.abort()
     finally:
         server.close()
+
+
+async def test_a_signing_thread_takes_up_no_request_past_its_serving_process_deadline(tmp_path: Path) -> None:
+    """A serving process gives its request up ``timeout`` after it sent it; the main process's loop, held up (a
+    signer keeping the GIL, a busy process), cannot cancel it then. The signing thread must not sign it past that
+    deadline either: the lane's own (``timeout`` after ``submit``) comes later by however long the request took
+    to be read, up to ``timeout`` more for one read late."""
+    started: list[bytes] = []
+
+    def sign(received: bytes) -> Outcome:
+        started.append(received)
+        if received == b"first":
+            time.sleep(0.5)  # holds the only thread past the serving process's deadline of the one behind
+        return Outcome(b"answer to " + received, "successful", "live", 1, 2, b"\x01")
+
+    loop = asyncio.get_running_loop()
+    lane = LiveLane(sign, threads=1, timeout=1.0)  # type: ignore[arg-type]
+    lane.start(loop)
+    path = str(tmp_path / "live.sock")
+    server = await loop.create_unix_server(
+        lambda: LiveServer(lambda r, *d: lane.submit(r, "workers", *d), lane.backlog, timeout=1.0),  # type: ignore
+        path)
+    try:
+        reader, writer = await _raw(path)
+        writer.write(struct.pack(">IIBQ", 1, 5, 0, time.monotonic_ns()) + b"first")
+        # read 0.8 s after it was sent (the main process behind): its serving process gives it up 0.2 s from now
+        writer.write(struct.pack(">IIBQ", 2, 4, 0, time.monotonic_ns() - 800_000_000) + b"late")
+        await writer.drain()
+        for _ in range(100):
+            if lane.backlog.waiting == 2:
+                break
+            await asyncio.sleep(0.005)
+        assert lane.backlog.waiting == 2
+        time.sleep(0.8)  # the loop held up past that deadline: its timer cannot cancel it
+        answers = await _answers(reader, 2)
+        assert answers[1][0].status == "successful" and answers[2][0].status == "tryLater"
+        assert started == [b"first"] and lane.backlog.expired["workers"] == 1 and lane.backlog.waiting == 0
+        writer.close()
+    finally:
+        server.close()
+        lane.stop()

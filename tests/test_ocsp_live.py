@@ -309,3 +309,35 @@ def test_status_cache_charge_is_an_upper_bound() -> None:
     finally:
         tracemalloc.stop()
     assert per_entry <= STATUS_ENTRY_OVERHEAD, per_entry
+
+
+def test_a_live_answer_through_aiohttp_given_up_by_the_lane_and_its_timer_is_counted_once() -> None:
+    """The event loop held up past the deadline (a signer keeping the GIL, a busy process): the lane's thread
+    answers tryLater first (counted expired), and the caller's timer, run in the same turn, finds its task's
+    future done already. That is one request given up, counted once (asyncio's loop: the hand-over runs before
+    the timers due)."""
+    from ocsp.http import OcspComponent
+
+    def answer(request: Request) -> Outcome:
+        if request.cert_ids[0].serial == 0:
+            time.sleep(0.4)  # holds the only thread past the deadline of the one behind
+        return Outcome(b"signed", "successful", "live")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        component = OcspComponent()
+        component.live = LiveLane(answer, 1, timeout=0.2)
+        component.live.start(loop)
+        component.live_timeout = 0.2
+        try:
+            first = component.live.submit(_request(0))
+            behind = asyncio.ensure_future(component._live(b"", _request(1)))
+            await asyncio.sleep(0)  # submitted, its timer set
+            time.sleep(0.6)  # the loop held up: the thread finds it past its deadline before the timer runs
+            assert (await behind).status == "tryLater" and (await first).status == "successful"
+            assert component.live.backlog.expired == {"local": 1, "workers": 0}
+            assert component.live.backlog.waiting == 0
+        finally:
+            await loop.run_in_executor(None, component.live.stop)
+
+    asyncio.run(main())

@@ -165,7 +165,7 @@ class LiveServer(asyncio.Protocol):
     be signed is ``answer``'s to bound (``LiveLane.submit``: a future done at once past it, the lane's
     ``backlog`` full); with it full already, a request is refused here before it is even unpacked."""
 
-    def __init__(self, answer: Callable[[bytes | str | Request], Awaitable[Outcome]],
+    def __init__(self, answer: Callable[[bytes | str | Request, float], Awaitable[Outcome]],
                  backlog: Backlog | None = None, timeout: float = 30.0) -> None:
         self.answer = answer
         self.backlog = backlog if backlog is not None else Backlog()
@@ -219,7 +219,8 @@ class LiveServer(asyncio.Protocol):
                     continue
             else:
                 received = payload.decode("utf-8", "surrogateescape") if kind == 1 else payload
-            task = asyncio.ensure_future(self.answer(received))  # a future is taken as it is (no task)
+            # its deadline goes with it: a signing thread takes it up no later (the loop, held up, may not cancel it)
+            task = asyncio.ensure_future(self.answer(received, deadline / 1e9))  # a future is taken as it is
             self.tasks.add(task)
             if not task.done():  # to be signed (a place in the lane's backlog): given up at its deadline
                 self.signing[task] = deadline

@@ -326,13 +326,13 @@ class WorkerPool:
                 task.cancel()
 
     # -- what the main process answers for them ----------------------------------------------------
-    def _live(self, received: bytes | str | Request) -> asyncio.Future[Outcome]:
-        """A serving process's request to sign (``livewire``)."""
+    def _live(self, received: bytes | str | Request, deadline: float | None = None) -> asyncio.Future[Outcome]:
+        """A serving process's request to sign (``livewire``), given up at ``deadline`` (``time.monotonic()``)."""
         if self.ocsp is None or self.ocsp.responder is None:
             busy: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
             busy.set_result(error_outcome(resp.TRY_LATER, "error"))
             return busy
-        return self.ocsp.answer_future(received)
+        return self.ocsp.answer_future(received, deadline)
 
     # -- readiness and metrics -------------------------------------------------------------------------
     def serving(self) -> int:
