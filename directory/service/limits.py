@@ -32,9 +32,8 @@ CHANNELS_PER_WORKER = 4  # the main process's other descriptors per serving proc
 def share(max_connections: int, workers: int) -> int:
     """One process's share of ``[http] max_connections`` with ``workers`` serving processes: each of them, and
     the main process for the connections they hand over (``directory/service/handover.py``), so that what is
-    open on the public port stays within it (a handed-over connection frees its slot in its serving process).
-    At least ``MIN_PUBLIC`` (a process must be able to serve some), never more than ``max_connections`` itself."""
-    return min(max_connections, max(MIN_PUBLIC, math.ceil(max_connections / (workers + 1))))
+    open on the public port stays within it (a handed-over connection frees its slot in its serving process)."""
+    return max(MIN_PUBLIC, math.ceil(max_connections / (workers + 1)))
 
 
 def internal(workers: int) -> int:

@@ -268,13 +268,3 @@ def test_a_limit_that_cannot_hold_the_serving_processes_connections_is_refused_a
     assert result.returncode == 2, result.stderr
     assert "the serving processes' connections (584)" in result.stderr, result.stderr
     assert "or [http] workers" in result.stderr, result.stderr
-
-
-def test_a_share_of_max_connections_is_never_more_than_max_connections() -> None:
-    """Each serving process and the main process get a share of at least MIN_PUBLIC: with a cap below that, a
-    serving process allowed more than the cap itself (the main process already took the smaller)."""
-    from directory.service.limits import MIN_PUBLIC, share
-
-    assert share(96, 2) == 32 and share(20, 4) == MIN_PUBLIC
-    assert share(8, 2) == 8 and share(1, 4) == 1
-    assert all(share(cap, workers) <= cap for cap in range(1, 200) for workers in range(1, 9))
