@@ -5,15 +5,16 @@ Every live OCSP answer pays one signature, so the common case skips the general 
 mechanism without parameters (remembered here as its ``SignMechanism``), a pooled session of the current
 module generation that found the key already, a module that needs no serialising lock. Then
 ``cryptoki.sign_into`` writes into the session's ``SignBuffer``. Anything else, and any error, continues on
-the general path with the same permit (``HsmSigner._sign``): python-pkcs11 signs again and raises its own
-exceptions, which drive the recovery (lost session, logout, re-initialisation, vanished token).
+the general path with the same permit (``HsmSigner.sign_raw`` hands it to ``_sign``): python-pkcs11 signs
+again and raises its own exceptions, which drive the recovery (lost session, logout, re-initialisation,
+vanished token).
 
-Whatever happens, the permit taken from the pool goes back exactly once, after the module's lock is released.
+The module's shared lock is released before ``attempt`` returns, whatever happens: the signer gives its permit
+back after it, exactly once (``HsmSigner.sign_raw``).
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from pkcs11 import exceptions as p11e
@@ -22,11 +23,10 @@ from directory.hsm import capabilities
 from directory.hsm.algorithms import SignatureAlgorithm
 from directory.hsm.capabilities import Plan
 from directory.hsm.cryptoki import CryptokiError, SignMechanism
-from directory.hsm.errors import KeyUnusable
 
 if TYPE_CHECKING:
     from directory.hsm.module import Module
-    from directory.hsm.signer import HsmSigner
+    from directory.hsm.sessions import PooledSession
 
 # Raw return codes (``cryptoki``) that mean the same as python-pkcs11's exceptions: a lost session or token,
 # recovered like them by the signer.
@@ -39,11 +39,11 @@ SESSION_WAIT = 60.0  # a caller waits this long at most for a free session
 
 
 class DirectPath:
-    """One signer's direct path: which (label, algorithm) sign straight to the token, and the signing itself.
+    """Which (label, algorithm) sign straight to the token, and the two raw calls on a pooled session.
 
-    Part of ``HsmSigner`` kept apart: ``sign`` is handed the signer (its pool, module and general path) at each
-    call rather than keeping it, so that a signer and its direct path make no reference cycle (a signer let go
-    is freed at once, its sessions with it, not at some later garbage collection)."""
+    Knows the module and nothing of the signer: taking a permit, giving it back, falling back to the general
+    path and counting stay in ``HsmSigner.sign_raw`` (so no reference cycle either: a signer let go is freed at
+    once, its sessions with it)."""
 
     def __init__(self, module: Module) -> None:
         self._module = module
@@ -56,45 +56,28 @@ class DirectPath:
             self._mechanisms[label, algorithm.name] = self._module.raw.mechanism(plan.mechanism)
 
     def forget(self, label: str, algorithm: SignatureAlgorithm) -> None:
-        """The module refused the plan: forgotten first (``sign`` reads it first)."""
+        """The module refused the plan: forgotten first (``mechanism`` is read first)."""
         self._mechanisms.pop((label, algorithm.name), None)
 
-    def sign(self, signer: HsmSigner, label: str, algorithm: SignatureAlgorithm, token_input: bytes) -> bytes:
-        """``signer.sign_raw``: straight to the token when it can, else through the signer's general path."""
-        mechanism = self._mechanisms.get((label, algorithm.name))
-        if mechanism is None:
-            plan = signer.plan(label, algorithm)
-            if plan.token_hashes:
-                raise KeyUnusable(f"key {label!r}: this module signs only with {plan.describe()}, not a digest")
-            return signer._sign(label, algorithm, plan, lambda: token_input, token_input)
-        started = time.perf_counter()
-        pool, module = signer._pool, signer._module
-        entry = pool.take(SESSION_WAIT)
+    def mechanism(self, label: str, algorithm: SignatureAlgorithm) -> SignMechanism | None:
+        """The CK_MECHANISM to sign with straight to the token, or None (no plan yet, or not a raw one)."""
+        return self._mechanisms.get((label, algorithm.name))
+
+    def attempt(self, entry: PooledSession | None, label: str, mechanism: SignMechanism,
+                token_input: bytes) -> bytes | None:
+        """The signature by the two raw calls on ``entry``'s session, or None: no session (``entry`` None), the key
+        not found on it yet, a session of an older module generation, a module that must be serialised, or any
+        Cryptoki error (the general path signs again and its exceptions drive the recovery)."""
         key = entry.keys.get(label) if entry is not None else None
+        if entry is None or key is None:
+            return None
+        module = self._module
+        module.lock.acquire_shared()
         try:
-            if entry is not None and key is not None:  # (a key only comes with a session: ``entry`` for the types)
-                module.lock.acquire_shared()
-                try:
-                    if entry.generation == module.generation and module.serial_reason is None:
-                        signature = module.raw.sign_into(entry.handle, key.handle, mechanism, token_input,
-                                                         entry.buffer)
-                    else:
-                        key = None
-                except CryptokiError:
-                    key = None
-                finally:
-                    module.lock.release_shared()
-        except BaseException:
-            signer._give(entry)  # whatever else went wrong, the permit goes back (the module's lock released first)
-            raise
-        if key is None:
-            plan = signer._plans.get((label, algorithm.name))
-            if plan is None:  # refused meanwhile (``_sign``): plan again, without holding a permit
-                signer._give(entry)
-                self.forget(label, algorithm)
-                return self.sign(signer, label, algorithm, token_input)
-            return signer._sign(label, algorithm, plan, lambda: token_input, token_input, entry, started)
-        signer._give(entry)
-        signer.availability.up()
-        signer._signed(started)
-        return signature
+            if entry.generation != module.generation or module.serial_reason is not None:
+                return None
+            return module.raw.sign_into(entry.handle, key.handle, mechanism, token_input, entry.buffer)
+        except CryptokiError:
+            return None
+        finally:
+            module.lock.release_shared()

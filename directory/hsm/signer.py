@@ -314,8 +314,32 @@ class HsmSigner:
 
     def sign_raw(self, label: str, algorithm: SignatureAlgorithm, token_input: bytes) -> bytes:
         """Sign pre-hashed input (see ``algorithms.py``) with the key's raw mechanism: straight to the token in
-        the common case (``direct.py``), else through the general path (``_sign``)."""
-        return self._direct.sign(self, label, algorithm, token_input)
+        the common case (``direct.py``), else through the general path (``_sign``), with the same permit. The
+        permit goes back exactly once, after the module's lock is released."""
+        mechanism = self._direct.mechanism(label, algorithm)
+        if mechanism is None:
+            plan = self.plan(label, algorithm)
+            if plan.token_hashes:
+                raise KeyUnusable(f"key {label!r}: this module signs only with {plan.describe()}, not a digest")
+            return self._sign(label, algorithm, plan, lambda: token_input, token_input)
+        started = time.perf_counter()
+        entry = self._pool.take(SESSION_WAIT)
+        try:
+            signature = self._direct.attempt(entry, label, mechanism, token_input)
+        except BaseException:
+            self._give(entry)  # whatever else went wrong, the permit goes back
+            raise
+        if signature is None:
+            plan = self._plans.get((label, algorithm.name))
+            if plan is None:  # refused meanwhile (``_sign``): plan again, without holding a permit
+                self._give(entry)
+                self._direct.forget(label, algorithm)
+                return self.sign_raw(label, algorithm, token_input)
+            return self._sign(label, algorithm, plan, lambda: token_input, token_input, entry, started)
+        self._give(entry)
+        self.availability.up()
+        self._signed(started)
+        return signature
 
     def _give(self, entry: PooledSession | None) -> None:
         """Give a permit back; close its session if the pool shrank meanwhile."""
