@@ -27,6 +27,7 @@ from cryptography.x509 import ocsp
 from ocsp.live import MAX_WAITING
 from tests.served import serve
 from tests.test_handover import _check_signed, _metric
+from tests.test_handover_deadlines import _post_http10
 from tests.test_ocsp_direct import _connect, _Reader, _requests, _until_held, _wire_post
 
 TRY_LATER = bytes.fromhex("3003 0a01 03")  # OCSPResponse ::= SEQUENCE { responseStatus tryLater(3) }
@@ -231,15 +232,6 @@ def test_a_nonce_flood_on_the_main_process_is_bounded_answered_and_not_signed_pa
         after.sendall(_wire_post(nonced))
         _check_signed(_Reader(after).response()[2], nonced)
         after.close()
-
-
-def _post_http10(base: str, der: bytes) -> socket.socket:
-    """A nonce request the direct path does not take (HTTP/1.0): aiohttp's in its serving process, which asks the
-    main process to sign it over livewire (never handed over)."""
-    sock = _connect(base)
-    sock.sendall(b"POST /ocsp HTTP/1.0\r\nHost: annuaire\r\nContent-Type: application/ocsp-request\r\n"
-                 b"Content-Length: %d\r\n\r\n" % len(der) + der)
-    return sock
 
 
 def _http10_late(sock: socket.socket) -> bool:

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,20 @@ from tests.test_ocsp import _request as _ocsp_request
 
 def _request(n: int) -> Request:
     return Request((CertId("sha1", bytes(20), bytes(20), n),), n.to_bytes(4, "big"))
+
+
+def _held_signer() -> tuple[list[int], threading.Event, Callable[[Request], Outcome]]:
+    """A signer that records each serial it takes up, then waits for ``release`` (a stalled HSM): (serials taken
+    up, release, the signer)."""
+    signed: list[int] = []
+    release = threading.Event()
+
+    def answer(request: Request) -> Outcome:
+        signed.append(request.cert_ids[0].serial)
+        release.wait(5)
+        return Outcome(b"%d" % request.cert_ids[0].serial, "successful", "live")
+
+    return signed, release, answer
 
 
 def _answer(request: Request) -> Outcome:
@@ -112,13 +127,7 @@ def test_what_waits_for_the_signer_is_bounded_whatever_asks_for_it() -> None:
     process's connections or the serving processes', a request is answered tryLater at once (path ``shed``),
     never queued, and counted for its source; a request given up gives its place back as it is cancelled, and
     is never signed; a place comes back as each answer is handed over."""
-    signed: list[int] = []
-    release = threading.Event()
-
-    def answer(request: Request) -> Outcome:
-        signed.append(request.cert_ids[0].serial)
-        release.wait(5)
-        return Outcome(b"%d" % request.cert_ids[0].serial, "successful", "live")
+    signed, release, answer = _held_signer()
 
     async def main() -> None:
         lane = LiveLane(answer, 1, cap=8)
@@ -191,13 +200,7 @@ def test_requests_given_up_in_numbers_do_not_grow_the_queue() -> None:
     """A stalled signer and clients that give up and ask again, each time a place given back: the requests
     cancelled stay in the thread's queue until taken (to be skipped), so they are swept out once they outnumber
     ``cap``; the living ones keep their order."""
-    signed: list[int] = []
-    release = threading.Event()
-
-    def answer(request: Request) -> Outcome:
-        signed.append(request.cert_ids[0].serial)
-        release.wait(5)
-        return Outcome(b"%d" % request.cert_ids[0].serial, "successful", "live")
+    signed, release, answer = _held_signer()
 
     async def main() -> None:
         lane = LiveLane(answer, 1, cap=16)
