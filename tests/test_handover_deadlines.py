@@ -99,14 +99,19 @@ def _post_http10(base: str, der: bytes) -> socket.socket:
     return sock
 
 
-def _status(sock: socket.socket) -> ocsp.OCSPResponseStatus:
+def _http10_body(sock: socket.socket, timeout: float = 10) -> bytes:
+    """The body of ``_post_http10``'s answer (read to the close, HTTP/1.0), which must be a 200."""
     data = b""
-    sock.settimeout(10)
+    sock.settimeout(timeout)
     while chunk := sock.recv(65536):
         data += chunk
     head, body = data.split(b"\r\n\r\n", 1)
     assert head.split(b" ", 2)[1] == b"200", head
-    return ocsp.load_der_ocsp_response(body).response_status
+    return body
+
+
+def _status(sock: socket.socket) -> ocsp.OCSPResponseStatus:
+    return ocsp.load_der_ocsp_response(_http10_body(sock)).response_status
 
 
 def test_live_requests_given_up_by_their_serving_process_are_not_signed(demo: Path) -> None:

@@ -27,7 +27,7 @@ from cryptography.x509 import ocsp
 from ocsp.live import MAX_WAITING
 from tests.served import serve
 from tests.test_handover import _check_signed, _metric
-from tests.test_handover_deadlines import _post_http10
+from tests.test_handover_deadlines import _http10_body, _post_http10
 from tests.test_ocsp_direct import _connect, _Reader, _requests, _until_held, _wire_post
 
 TRY_LATER = bytes.fromhex("3003 0a01 03")  # OCSPResponse ::= SEQUENCE { responseStatus tryLater(3) }
@@ -236,12 +236,7 @@ def test_a_nonce_flood_on_the_main_process_is_bounded_answered_and_not_signed_pa
 
 def _http10_late(sock: socket.socket) -> bool:
     """Whether the livewire request's answer is tryLater (else a signed successful one)."""
-    data = b""
-    sock.settimeout(30)
-    while chunk := sock.recv(65536):
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    assert head.split(b" ", 2)[1] == b"200", head
+    body = _http10_body(sock, 30)
     if body == TRY_LATER:
         return True
     assert ocsp.load_der_ocsp_response(body).response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
