@@ -367,7 +367,8 @@ class WorkerPool:
         restarts.add_metric([], self.restarts)
         handed = CounterMetricFamily("annuaire_http_connections_handed_over", "Client connections a serving process "
                                      "handed to the main process for their live OCSP answers")
-        handed.add_metric([], int(self.totals().get("handed_over", 0)))
+        totals = self.totals()  # (every serving process's reports summed: once per scrape)
+        handed.add_metric([], int(totals.get("handed_over", 0)))
         refused = CounterMetricFamily("annuaire_http_connections_handover_refused", "Client connections the main "
                                       "process did not take from a serving process (its cap reached): answered "
                                       "there, over livewire")
@@ -375,7 +376,7 @@ class WorkerPool:
         unanswered = CounterMetricFamily("annuaire_http_connections_handover_unanswered", "Client connections a "
                                          "serving process offered to the main process and closed without its "
                                          "answer (none within request_timeout, or handover.sock lost)")
-        unanswered.add_metric([], int(self.totals().get("handover_unanswered", 0)))
+        unanswered.add_metric([], int(totals.get("handover_unanswered", 0)))
         late = CounterMetricFamily("annuaire_http_connections_handover_late", "Client connections the main process "
                                    "read too late to hand back to their serving process (it gives them up after "
                                    "request_timeout): answered 503 by the main process")
